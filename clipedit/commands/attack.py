@@ -1,0 +1,80 @@
+"""``clipedit attack``: write typographic attacks (attacked, blank-note and mask images) for photos."""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Optional
+
+import click
+import numpy as np
+from PIL import Image
+
+from attacks import Attack, LabelStyle, render_attack
+
+from ..datasets import load_image
+from ..io import save_image
+from .options import check_out_dir, out_dir_option, seed_option
+
+log = logging.getLogger(__name__)
+
+
+def file_word(word: str) -> str:
+    """``word`` made safe for a file name (runs of other characters become ``-``)."""
+    return re.sub(r"[^\w]+", "-", word.strip(), flags=re.UNICODE).strip("-") or "text"
+
+
+def render_all(photos: list[Path], words: list[str], n: int, style: LabelStyle,
+               seed: int) -> list[tuple[str, Attack]]:
+    """(file stem, attack) for every photo x word x k < n; render k of (photo i, word j) is seeded by (seed, i, j, k)."""
+    out = []
+    for i, path in enumerate(photos):
+        image = load_image(path)
+        for j, word in enumerate(words):
+            for k in range(n):
+                render_seed = int(np.random.default_rng([seed, i, j, k]).integers(2**31 - 1))
+                stem = f"{path.stem}_{file_word(word)}" + (f"_{k}" if n > 1 else "")
+                out.append((stem, render_attack(image, word, style, seed=render_seed)))
+    return out
+
+
+def save_attack(out: Path, stem: str, attack: Attack) -> list[Path]:
+    """Write ``<stem>_attacked.png``, ``_blank.png`` and ``_mask.png`` (label pixels white)."""
+    mask = Image.fromarray(attack.mask.astype(np.uint8) * 255)
+    return [save_image(out / f"{stem}_{part}.png", image)
+            for part, image in (("attacked", attack.attacked), ("blank", attack.blank), ("mask", mask))]
+
+
+@click.command()
+@click.argument("photos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--text", "texts", multiple=True, required=True, metavar="WORD",
+              help="Word to write (repeat for several).")
+@click.option("--n", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Renders per photo and word (random placement each).")
+@out_dir_option(help="Directory for <stem>_<word>[_<k>]_{attacked,blank,mask}.png.")
+@click.option("--kind", type=click.Choice(["note", "sticker", "text"]), default="note", show_default=True,
+              help="A paper note, a sticker, or bare text.")
+@click.option("--font", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TTF/OTF font file (default DejaVu Sans).")
+@click.option("--font-size", type=float, default=0.12, show_default=True,
+              help="Below 1: fraction of the image's shorter side; else pixels.")
+@click.option("--position", type=click.Choice(["random", "center"]), default="random", show_default=True)
+@click.option("--rotation", type=float, default=0.0, show_default=True, help="Degrees, counter-clockwise.")
+@click.option("--perspective", type=float, default=0.0, show_default=True, help="Perspective warp 0..0.9.")
+@seed_option()
+def attack(photos: tuple[Path, ...], texts: tuple[str, ...], n: int, out: Path, kind: str,
+           font: Optional[Path], font_size: float, position: str, rotation: float, perspective: float,
+           seed: int) -> None:
+    """Write words onto PHOTOS as typographic attacks.
+
+    Every render is saved as the attacked photo, the same photo with a blank label, and
+    the label's mask. Nothing is written unless every render succeeds.
+    """
+    style = LabelStyle(kind=kind, font=str(font) if font else None, font_size=font_size,
+                       position=position, rotation=rotation, perspective=perspective)
+    check_out_dir(out)
+    renders = render_all(list(photos), list(texts), n, style, seed)
+    for stem, result in renders:
+        for path in save_attack(out, stem, result):
+            click.echo(str(path))
+    log.info("wrote %d renders to %s", len(renders), out)

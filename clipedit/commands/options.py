@@ -1,0 +1,190 @@
+"""Click options shared by the commands (--model, --checkpoint, --device, --out …) and their parsing."""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import click
+
+from ..errors import ClipeditError
+
+
+@dataclass
+class ModelOptions:
+    """Which model to load and where.
+
+    Attributes:
+        spec: ``NAME[:PRETRAINED]``, ``mini`` …
+        checkpoint: local weights to load instead of the tag's.
+        device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
+    """
+
+    spec: str
+    checkpoint: Optional[Path] = None
+    device: Optional[str] = None
+
+    def load(self):
+        """The :class:`~clipedit.models.ModelBundle` these options name."""
+        from ..models import load_model
+
+        return load_model(self.spec, checkpoint=self.checkpoint, device=self.device)
+
+
+def model_options(default: Optional[str] = None) -> Callable:
+    """Decorator: add --model/--checkpoint/--device and pass them as ``model: ModelOptions``."""
+
+    def decorate(f: Callable) -> Callable:
+        @click.option("--model", "model_spec", required=default is None, default=default, show_default=True,
+                      metavar="SPEC", help="Model NAME[:PRETRAINED] (e.g. ViT-B-32:openai, mini, tiny-vit).")
+        @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                      help="Local weights (.pt/.bin/.safetensors) instead of downloading.")
+        @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+        @functools.wraps(f)
+        def wrapper(*args, model_spec: str, checkpoint: Optional[Path], device: str, **kwargs):
+            return f(*args, model=ModelOptions(model_spec, checkpoint, device), **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def out_dir_option(required: bool = True, help: str = "Output directory.") -> Callable:
+    """Decorator: ``--out DIR`` (a Path)."""
+    return click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
+                        required=required, help=help)
+
+
+def out_file_option(default: Optional[str] = None, help: str = "Output file.") -> Callable:
+    """Decorator: ``--out FILE`` (a Path)."""
+    return click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+                        default=default, show_default=default is not None, help=help)
+
+
+def seed_option(default: int = 0) -> Callable:
+    """Decorator: ``--seed S`` (non-negative int)."""
+    return click.option("--seed", type=click.IntRange(min=0), default=default, show_default=True,
+                        help="Random seed.")
+
+
+def batch_size_option(default: int = 64) -> Callable:
+    """Decorator: ``--batch-size B`` (positive int)."""
+    return click.option("--batch-size", type=click.IntRange(min=1), default=default, show_default=True,
+                        help="Images per forward pass.")
+
+
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """Fail now (creating nothing) if directory ``path`` could not be created or written to later."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ClipeditError(f"output directory {path} is a file")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ClipeditError(f"output directory {path} is not writable")
+        return path
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ClipeditError(f"cannot create output directory {path}: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ClipeditError(f"cannot create output directory {path}: {ancestor} is not writable")
+    return path
+
+
+def check_out_file(path: str | os.PathLike) -> Path:
+    """Fail now (creating nothing) if file ``path`` could not be written later."""
+    path = Path(path)
+    if path.is_dir():
+        raise ClipeditError(f"output file {path} is a directory")
+    check_out_dir(path.parent)
+    return path
+
+
+def split_list(text: Optional[str]) -> Optional[list[str]]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]`` (empty items dropped); None stays None."""
+    if text is None:
+        return None
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """Non-empty, non-comment (``#``) lines of a text file; ``what`` names it in errors."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ClipeditError(f"{what} file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ClipeditError(f"cannot read {what} file {path}: {e}") from None
+    return [s.strip() for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")]
+
+
+def class_list(classes: Optional[str], classes_file: Optional[Path]) -> Optional[list[str]]:
+    """The class names from ``--classes a,b,c`` or ``--classes-file F`` (None when neither is given).
+
+    Raises:
+        ClipeditError: both given, or the list is empty.
+    """
+    if classes is not None and classes_file is not None:
+        raise ClipeditError("give either --classes or --classes-file, not both")
+    names = split_list(classes) if classes is not None else \
+        read_lines(classes_file, "classes") if classes_file is not None else None
+    if names is not None and not names:
+        raise ClipeditError("the class list is empty")
+    return names
+
+
+def template_list(templates_file: Optional[Path]) -> Optional[list[str]]:
+    """Prompt templates from ``--templates-file`` (one per line, each with ``{}``), or None."""
+    if templates_file is None:
+        return None
+    templates = read_lines(templates_file, "templates")
+    if not templates:
+        raise ClipeditError(f"templates file {templates_file} has no templates")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ClipeditError(f"template {bad[0]!r} has no '{{}}' for the class name")
+    return templates
+
+
+class GreedyOption(click.Option):
+    """A repeatable option that also takes every value after it: ``--photos a.jpg b.jpg``.
+
+    Use with ``cls=GreedyCommand`` on the command; the values end at the next ``-``-word.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["multiple"] = True
+        super().__init__(*args, **kwargs)
+
+
+class GreedyCommand(click.Command):
+    """A command that rewrites ``--opt a b`` into ``--opt a --opt b`` for its :class:`GreedyOption` s."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        names = {o for p in self.params if isinstance(p, GreedyOption) for o in p.opts}
+        return super().parse_args(ctx, expand_greedy(args, names))
+
+
+def expand_greedy(args: list[str], names: set[str]) -> list[str]:
+    """Repeat a greedy option's name before each further plain value that follows it."""
+    out: list[str] = []
+    current: Optional[str] = None  # the greedy option being read
+    has_value = False  # whether it has its first value already
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        if arg.startswith("-") and arg != "-":
+            name, eq, _ = arg.partition("=")
+            current = name if name in names else None
+            has_value = bool(eq)
+            out.append(arg)
+        elif current is not None and has_value:
+            out += [current, arg]
+        else:
+            out.append(arg)
+            has_value = True
+    return out

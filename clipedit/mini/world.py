@@ -1,0 +1,164 @@
+"""The mini world: procedurally drawn objects on varied backgrounds, with or without a note.
+
+A scene is one object (one of ``CLASSNAMES``) drawn at a random size, position,
+colour and tilt over a random background. Notes come from the attack renderer
+(:mod:`attacks`), so the training set, the held-out figures and the attacks a
+user renders all share one note generator.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from attacks import Attack, StyleSampler, render_attack
+
+from ..errors import ClipeditError
+from .shapes import OBJECTS, background, random_colour
+
+CLASSNAMES: tuple[str, ...] = tuple(OBJECTS)
+TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a drawing of a {}.",
+    "a {}.",
+)
+IMAGE_SIZE: int = 64
+_SUPERSAMPLE = 2  # draw at twice the size, then average down (anti-aliasing)
+
+
+@dataclasses.dataclass
+class Scene:
+    """One drawn object: the image, its class index and its box in pixels (x0, y0, x1, y1)."""
+
+    image: Image.Image
+    label: int
+    object_box: tuple[int, int, int, int]
+
+
+def draw_scene(rng: np.random.Generator, label: int | None = None, size: int = IMAGE_SIZE) -> Scene:
+    """Draw one object of class ``label`` (random when None) over a random background."""
+    if label is None:
+        label = int(rng.integers(len(CLASSNAMES)))
+    if not 0 <= label < len(CLASSNAMES):
+        raise ValueError(f"label {label} is not in 0..{len(CLASSNAMES) - 1}")
+    drawer, aspect = OBJECTS[CLASSNAMES[label]]
+    big = size * _SUPERSAMPLE
+    bg = background(rng, big)
+
+    # Object box: its longer side covers 60-90% of the image, anywhere inside it.
+    aspect *= float(np.exp(rng.normal(0, 0.1)))
+    longest = rng.uniform(0.6, 0.9) * big
+    w, h = (longest, longest / aspect) if aspect >= 1 else (longest * aspect, longest)
+    margin = 0.04 * big
+    x0 = rng.uniform(margin, big - margin - w)
+    y0 = rng.uniform(margin, big - margin - h)
+    box = (x0, y0, x0 + w, y0 + h)
+
+    colour = _contrasting_colour(rng, bg, box)
+    layer = Image.new("RGBA", (big, big), (0, 0, 0, 0))
+    drawer(ImageDraw.Draw(layer), box, rng, colour)
+    angle = rng.uniform(-20, 20)
+    if abs(angle) > 2:
+        layer = layer.rotate(angle, resample=Image.BILINEAR, center=((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+
+    image = Image.fromarray(bg).convert("RGBA")
+    image.alpha_composite(layer)
+    image = image.convert("RGB").reduce(_SUPERSAMPLE)
+    bbox = layer.getchannel("A").point(lambda a: 255 if a > 96 else 0).getbbox() or (0, 0, big, big)
+    object_box = (
+        max(0, bbox[0] // _SUPERSAMPLE),
+        max(0, bbox[1] // _SUPERSAMPLE),
+        min(size, -(-bbox[2] // _SUPERSAMPLE)),
+        min(size, -(-bbox[3] // _SUPERSAMPLE)),
+    )
+    return Scene(image=image, label=label, object_box=object_box)
+
+
+def _contrasting_colour(rng: np.random.Generator, bg: np.ndarray, box) -> tuple[int, int, int]:
+    """An object colour far enough from the background under the object's box."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    mean = bg[y0:y1, x0:x1].reshape(-1, 3).mean(0)
+    best, best_dist = None, -1.0
+    for _ in range(8):
+        colour = random_colour(rng)
+        dist = float(np.linalg.norm(np.asarray(colour, np.float32) - mean))
+        if dist > 110:
+            return colour
+        if dist > best_dist:
+            best, best_dist = colour, dist
+    return best  # type: ignore[return-value]
+
+
+def note_sampler() -> StyleSampler:
+    """Held-out note styles placed on the object: the default for :func:`attack_set`.
+
+    The preset's fonts, inks and papers; its smallest font sizes and tight margins,
+    so that the note sits on the object yet leaves most of it visible at 64x64.
+    """
+    return StyleSampler.heldout(position="object", font_size=(0.19, 0.22), padding=(0.1, 0.25))
+
+
+def attack_set(
+    n: int,
+    seed: int,
+    *,
+    words: str | Sequence[str] = "other",
+    sampler: StyleSampler | None = None,
+    size: int = IMAGE_SIZE,
+) -> tuple[list[Attack], list[int]]:
+    """``n`` scenes, each with one note whose word is never the scene's true class.
+
+    Args:
+        n: number of scenes; classes are balanced (``n`` need not be a multiple).
+        seed: seeds everything, so equal arguments give equal pictures.
+        words: ``"other"`` writes a random other class name; a word or a list of words
+            writes one of them, drawing a scene of another class when the word is the class.
+        sampler: note styles; :func:`note_sampler` (held-out styles) by default.
+        size: image side in pixels.
+
+    Returns:
+        The attacks (``.clean``, ``.blank``, ``.attacked``, masks) and the true labels.
+    """
+    vocab = None if isinstance(words, str) and words == "other" else [words] if isinstance(words, str) else list(words)
+    if vocab is not None and (not vocab or not all(isinstance(w, str) and w.strip() for w in vocab)):
+        raise ClipeditError("the list of words to write is empty or holds an empty word")
+    sampler = sampler or note_sampler()
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % len(CLASSNAMES))
+    attacks: list[Attack] = []
+    true_labels: list[int] = []
+    for label in labels.tolist():
+        if vocab is None:
+            word = CLASSNAMES[(label + int(rng.integers(1, len(CLASSNAMES)))) % len(CLASSNAMES)]
+        else:
+            word = vocab[int(rng.integers(len(vocab)))]
+            if word == CLASSNAMES[label]:
+                label = (label + int(rng.integers(1, len(CLASSNAMES)))) % len(CLASSNAMES)
+        scene = draw_scene(rng, label, size)
+        style = sampler.sample(rng)
+        attacks.append(render_attack(scene.image, word, style, seed=int(rng.integers(2**31)),
+                                     object_box=scene.object_box))
+        true_labels.append(label)
+    return attacks, true_labels
+
+
+def reference_images(n: int = 256, seed: int = 12345, size: int = IMAGE_SIZE) -> list[Image.Image]:
+    """A fixed mix of clean, blank-note and text-note scenes (for a layer's key statistics)."""
+    rng = np.random.default_rng(seed)
+    sampler = StyleSampler.exemplar()
+    images = []
+    for i in range(n):
+        scene = draw_scene(rng, size=size)
+        kind = i % 3
+        if kind == 0:
+            images.append(scene.image)
+            continue
+        word = CLASSNAMES[int(rng.integers(len(CLASSNAMES)))]
+        attack = render_attack(scene.image, word, sampler.sample(rng), seed=int(rng.integers(2**31)),
+                               object_box=scene.object_box)
+        images.append(attack.blank if kind == 1 else attack.attacked)
+    return images

@@ -1,0 +1,7 @@
+"""Model registry: CLIP models from open_clip, the bundled mini CLIP, and ImageNet classifiers."""
+from .bundle import ModelBundle
+from .checkpoint import load_state_dict_file, save_state_dict
+from .registry import list_models, load_model, parse_spec, register_loader, resolve_device
+
+__all__ = ["ModelBundle", "load_model", "list_models", "parse_spec", "register_loader",
+           "resolve_device", "load_state_dict_file", "save_state_dict"]

@@ -1,0 +1,57 @@
+"""What a loaded model carries: the module, its preprocessing and tokenizer, and where it came from."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelBundle:
+    """A model with the preprocessing (and, for CLIP, the tokenizer) that come with its weights.
+
+    Attributes:
+        model: the module, in eval mode, on its device.
+        preprocess: PIL image -> normalised tensor (C, H, W).
+        tokenizer: text -> token ids (CLIP only).
+        name: architecture name (``ViT-B-32``, ``mini``, ``tf_efficientnet_lite0`` …).
+        pretrained: weight tag, checkpoint path, or ``none``.
+        kind: ``clip`` (zero-shot through text) or ``classifier`` (fixed label head).
+        classnames: default class names (the mini world, ImageNet classifiers).
+        templates: default prompt templates (CLIP).
+        source: the spec string the user gave.
+    """
+
+    model: nn.Module
+    preprocess: Callable
+    tokenizer: Optional[Callable] = None
+    name: str = ""
+    pretrained: str = "none"
+    kind: str = "clip"
+    classnames: Optional[list[str]] = None
+    templates: Optional[list[str]] = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_module(self) -> nn.Module:
+        """The module that maps images to features (CLIP's ``visual`` or the classifier itself)."""
+        return self.model.visual if self.kind == "clip" else self.model
+
+    @property
+    def image_prefix(self) -> str:
+        """Dotted-name prefix of :attr:`image_module` inside :attr:`model`."""
+        return "visual." if self.kind == "clip" else ""
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Features for a batch of preprocessed images: CLIP embeddings (unnormalised) or logits."""
+        images = images.to(self.device)
+        if self.kind == "clip":
+            return self.model.encode_image(images)
+        return self.model(images)

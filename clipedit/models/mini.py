@@ -1,0 +1,65 @@
+"""The bundled mini CLIP (``assets/mini``): a small open_clip ``CLIP`` trained on a generated world."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError
+from .bundle import ModelBundle
+from .checkpoint import load_state_dict_file
+from .registry import register_loader
+
+REGEN = "regenerate it with `python -m clipedit.mini.train`"
+
+
+def mini_asset_dir() -> Path:
+    """``$CLIPEDIT_MINI_DIR`` or the repository's ``assets/mini``."""
+    env = os.environ.get("CLIPEDIT_MINI_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "assets" / "mini"
+
+
+def read_mini_config(asset_dir: Path | None = None) -> dict:
+    """The mini model's config.json (model config, class names, templates, figures)."""
+    path = (asset_dir or mini_asset_dir()) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+        cfg["model_cfg"], cfg["classnames"], cfg["templates"]  # noqa: B018 - schema check
+    except FileNotFoundError:
+        raise ModelLoadError(f"mini model config missing: {path}; {REGEN}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"mini model config {path} is corrupt ({type(e).__name__}: {e}); {REGEN}") from None
+    return cfg
+
+
+@register_loader("mini")
+def load_mini(tag: str, checkpoint, device: torch.device) -> ModelBundle:
+    """Build the mini CLIP from its config and load the bundled (or given) weights."""
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+    asset_dir = mini_asset_dir()
+    cfg = read_mini_config(asset_dir)
+    model = open_clip.model.CLIP(**cfg["model_cfg"])
+    weights = Path(checkpoint) if checkpoint else asset_dir / "model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"mini model weights missing: {weights}; {REGEN}")
+    try:
+        state = load_state_dict_file(weights)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{e}; {REGEN}") from None
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"mini weights {weights} do not fit its config ({str(e).splitlines()[0]}); {REGEN}") from None
+    model.to(device).eval()
+    image_size = cfg["model_cfg"]["vision_cfg"]["image_size"]
+    preprocess = open_clip.image_transform(image_size, is_train=False,
+                                           mean=tuple(cfg["image_mean"]), std=tuple(cfg["image_std"]))
+    tokenizer = SimpleTokenizer(context_length=cfg["model_cfg"]["text_cfg"]["context_length"])
+    return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name="mini",
+                       pretrained=str(checkpoint) if checkpoint else "bundled", kind="clip",
+                       classnames=list(cfg["classnames"]), templates=list(cfg["templates"]),
+                       extra={"config": cfg})

@@ -1,0 +1,175 @@
+"""Load models by spec: ``NAME[:PRETRAINED]`` for open_clip, ``mini``, or a registered classifier.
+
+    load_model("ViT-B-32:openai")            # open_clip's loader downloads the weights
+    load_model("RN50:none")                  # random init
+    load_model("ViT-B-32", checkpoint="x.pt")  # local weights
+    load_model("mini")                        # the bundled mini CLIP (assets/mini)
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import ModelLoadError
+from .bundle import ModelBundle
+from .checkpoint import load_state_dict_file
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+RANDOM_TAGS = {"none", "random", ""}
+
+# Extra loaders by model name: name -> fn(pretrained, checkpoint, device) -> ModelBundle.
+LOADERS: dict[str, Callable[..., ModelBundle]] = {}
+
+
+def register_loader(name: str):
+    """Decorator: make ``load_model(name…)`` call the decorated loader."""
+
+    def wrap(fn):
+        LOADERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def resolve_device(device: Optional[str] = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else CPU."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelLoadError(f"unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but CUDA is not available")
+    return dev
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split ``NAME[:PRETRAINED]`` into (name, pretrained); pretrained defaults to ``none``."""
+    name, _, tag = spec.strip().partition(":")
+    if not name:
+        raise ModelLoadError(f"empty model name in {spec!r}")
+    return name, (tag or "none")
+
+
+def list_models() -> list[str]:
+    """All model names ``load_model`` knows."""
+    _register_open_clip_configs()
+    import open_clip
+
+    return sorted(set(open_clip.list_models()) | set(LOADERS))
+
+
+def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
+               device: Optional[str] = None) -> ModelBundle:
+    """Load a model, its preprocessing and tokenizer.
+
+    Args:
+        spec: ``NAME[:PRETRAINED]``; ``PRETRAINED`` is an open_clip tag or ``none`` (random init).
+        checkpoint: local weights (state dict, ``.pt``/``.bin``/``.safetensors``) to load instead.
+        device: ``cpu``, ``cuda``, ``cuda:1`` …; default picks CUDA when present.
+
+    Raises:
+        ModelLoadError: unknown name or tag, unreadable checkpoint, or weights that cannot be fetched.
+    """
+    _register_builtin_loaders()
+    name, tag = parse_spec(spec)
+    dev = resolve_device(device)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ModelLoadError(f"checkpoint not found: {checkpoint}")
+    if name in LOADERS:
+        bundle = LOADERS[name](tag, checkpoint, dev)
+    else:
+        bundle = _load_open_clip(name, tag, checkpoint, dev)
+    bundle.source = spec
+    bundle.model.eval()
+    log.info("loaded %s (%s) on %s", bundle.name, bundle.pretrained, dev)
+    return bundle
+
+
+class _OpenClipRootLogs(logging.Filter):
+    """Re-log open_clip's messages to the root logger ("No pretrained weights loaded …",
+    "Failed to download …") at debug level under ``open_clip``, so that a CLI error stays one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "root" and "open_clip" in Path(record.pathname).parts:
+            logging.getLogger("open_clip").debug(record.getMessage())
+            return False
+        return True
+
+
+def _load_open_clip(name: str, tag: str, checkpoint, device: torch.device) -> ModelBundle:
+    root, quiet = logging.getLogger(), _OpenClipRootLogs()
+    root.addFilter(quiet)
+    try:
+        return _create_open_clip(name, tag, checkpoint, device)
+    finally:
+        root.removeFilter(quiet)
+
+
+def _create_open_clip(name: str, tag: str, checkpoint, device: torch.device) -> ModelBundle:
+    import open_clip
+
+    _register_open_clip_configs()
+    if name not in open_clip.list_models():
+        hint = difflib.get_close_matches(name, list_models(), n=3)
+        raise ModelLoadError(f"unknown model {name!r}" + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
+    if tag.lower() not in RANDOM_TAGS and checkpoint is None:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if tag not in tags:
+            known = ", ".join(tags) or "none published"
+            raise ModelLoadError(f"unknown pretrained tag {tag!r} for {name} (known: {known})")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, device=device)
+        except Exception as e:  # open_clip/hf raise RuntimeError, OSError, HTTP errors …
+            raise ModelLoadError(
+                f"could not fetch weights {name}:{tag} ({type(e).__name__}; offline?) - "
+                f"download them elsewhere and pass --checkpoint PATH") from None
+        pretrained = tag
+    else:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+        pretrained = "none"
+        if checkpoint is not None:
+            _load_weights(model, checkpoint)
+            pretrained = str(checkpoint)
+    tokenizer = open_clip.get_tokenizer(name)
+    return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name,
+                       pretrained=pretrained, kind="clip")
+
+
+def _load_weights(model: torch.nn.Module, checkpoint) -> None:
+    state = load_state_dict_file(checkpoint)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ModelLoadError(f"checkpoint {checkpoint} does not fit this model: {first}") from None
+
+
+_configs_registered = False
+
+
+def _register_open_clip_configs() -> None:
+    """Make the tiny test configs in ``configs/`` known to open_clip (once)."""
+    global _configs_registered
+    if not _configs_registered:
+        import open_clip
+
+        open_clip.add_model_config(CONFIG_DIR)
+        _configs_registered = True
+
+
+def _register_builtin_loaders() -> None:
+    # Imported for their @register_loader side effects.
+    from . import mini  # noqa: F401
+    try:
+        from . import classifiers  # noqa: F401
+    except ImportError as e:  # the ImageNet path is optional
+        log.debug("classifier loaders unavailable: %s", e)
