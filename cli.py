@@ -11,7 +11,7 @@ import click
 COMMANDS = {
     "attack": "clipedit.commands.attack:attack",
     "audit": "clipedit.commands.audit:audit",
-    "defend": "clipedit.commands.defend:defend",
+    "defend": "clipedit.commands.defend:defend_cmd",
     "apply": "clipedit.commands.edits:apply_cmd",
     "revert": "clipedit.commands.edits:revert_cmd",
     "edit-classifier": "clipedit.commands.classifier:edit_classifier",

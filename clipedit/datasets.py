@@ -166,8 +166,8 @@ def attacks_from_photos(images: Sequence[Image.Image], labels: Sequence[int], cl
         labels: class index (into ``classnames``) of each photo.
         classnames: class names (to recognise a photo's own name among ``words``).
         words: the words to write.
-        per_image: None or 0: one render per word; N: N words drawn at random (without
-            repetition while there are enough).
+        per_image: None or 0: one render per word; N: N words drawn at random, each
+            word once before any repeats.
         seed: seeds word choice, style and placement: equal arguments give equal renders.
         sampler: label styles; ``StyleSampler.heldout()`` by default.
 
@@ -187,15 +187,15 @@ def attacks_from_photos(images: Sequence[Image.Image], labels: Sequence[int], cl
     sampler = sampler or StyleSampler.heldout()
     attacks: list[Attack] = []
     out_labels: list[int] = []
-    for i in tqdm(range(len(images)), desc="rendering attacks", unit="photo", disable=not progress, leave=False):
+    bar = tqdm(range(len(images)), desc="rendering attacks", unit="photo", leave=False,
+               disable=None if progress else True)  # None: shown on terminals only
+    for i in bar:
         label = int(labels[i])
         own = normalize_name(classnames[label])
         candidates = [w for w in words if normalize_name(w) != own]
         rng = np.random.default_rng([seed, i])
-        if per_image:
-            chosen = rng.choice(len(candidates), size=per_image, replace=per_image > len(candidates)) \
-                if candidates else []
-            candidates = [candidates[int(k)] for k in chosen]
+        if per_image and candidates:
+            candidates = _draw_words(candidates, per_image, rng)
         image = images[i]
         for word in candidates:
             style = sampler.sample(rng)
@@ -204,6 +204,14 @@ def attacks_from_photos(images: Sequence[Image.Image], labels: Sequence[int], cl
     if not attacks:
         raise ClipeditError("no attacks to render: every word is the class of its photo")
     return attacks, out_labels
+
+
+def _draw_words(words: list[str], k: int, rng: np.random.Generator) -> list[str]:
+    """``k`` of ``words`` at random: every word once before any repeats."""
+    order: list[int] = []
+    while len(order) < k:
+        order += rng.permutation(len(words)).tolist()
+    return [words[i] for i in order[:k]]
 
 
 def to_batches(images: Sequence[Image.Image], preprocess: Callable[[Image.Image], torch.Tensor],

@@ -27,7 +27,7 @@ def predict_logits(bundle: ModelBundle, predictor: Predictor, images: Sequence[I
     out = []
     n_batches = -(-len(images) // batch_size)
     for batch in tqdm(to_batches(images, bundle.preprocess, batch_size), total=n_batches, desc=desc,
-                      unit="batch", disable=not progress, leave=False):
+                      unit="batch", disable=None if progress else True, leave=False):
         out.append(predictor(batch).float().cpu())
     return torch.cat(out)
 

@@ -13,6 +13,7 @@ from PIL import Image
 from attacks import Attack, LabelStyle, render_attack
 
 from ..datasets import load_image
+from ..errors import ClipeditError
 from ..io import save_image
 from .options import check_out_dir, out_dir_option, seed_option
 
@@ -72,6 +73,10 @@ def attack(photos: tuple[Path, ...], texts: tuple[str, ...], n: int, out: Path, 
     """
     style = LabelStyle(kind=kind, font=str(font) if font else None, font_size=font_size,
                        position=position, rotation=rotation, perspective=perspective)
+    stems = [p.stem for p in photos]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        raise ClipeditError(f"photos share the file name {clash[0]!r}; their outputs would overwrite each other")
     check_out_dir(out)
     renders = render_all(list(photos), list(texts), n, style, seed)
     for stem, result in renders:

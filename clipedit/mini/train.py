@@ -53,6 +53,7 @@ class TrainOptions:
     warmup: int = 100
     eval_every: int = 500
     shift: int = 4
+    precision: str = "bf16"
     caption_mix: CaptionMix = CaptionMix()
     pool_mix: PoolMix = PoolMix()
 
@@ -147,8 +148,9 @@ def train(opts: TrainOptions) -> dict:
         index = rng.integers(len(pool), size=opts.batch_size)
         images = image_batch(pool, index, rng, opts.shift)
         texts = tokens(pool.captions(index, rng, opts.caption_mix))
-        image_features, text_features, logit_scale = model(images, texts)
-        loss = loss_fn(image_features, text_features, logit_scale)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
+            image_features, text_features, logit_scale = model(images, texts)
+        loss = loss_fn(image_features.float(), text_features.float(), logit_scale.float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -177,6 +179,7 @@ def train(opts: TrainOptions) -> dict:
             "batch_size": opts.batch_size,
             "pool_size": opts.pool_size,
             "lr": opts.lr,
+            "precision": opts.precision,
             "caption_mix": asdict(opts.caption_mix),
             "pool_mix": asdict(opts.pool_mix),
             "command": command_line(opts),
@@ -208,7 +211,7 @@ def command_line(opts: TrainOptions) -> str:
     except ValueError:
         pass
     return (f"python -m clipedit.mini.train --out {out} --steps {opts.steps} --batch-size {opts.batch_size} "
-            f"--seed {opts.seed} --threads {opts.threads} --pool-size {opts.pool_size}")
+            f"--seed {opts.seed} --threads {opts.threads} --pool-size {opts.pool_size} --precision {opts.precision}")
 
 
 @click.command("train-mini")
@@ -221,10 +224,13 @@ def command_line(opts: TrainOptions) -> str:
               help="CPU threads for torch.")
 @click.option("--pool-size", type=click.IntRange(1), default=TrainOptions.pool_size, show_default=True,
               help="Number of pre-rendered training images.")
-def train_cmd(out: Path, steps: int, batch_size: int, seed: int, threads: int, pool_size: int) -> None:
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]), default=TrainOptions.precision, show_default=True,
+              help="Autocast precision of the training steps (weights stay float32).")
+def train_cmd(out: Path, steps: int, batch_size: int, seed: int, threads: int, pool_size: int,
+              precision: str) -> None:
     """Train the bundled mini CLIP on the generated world (CPU, about 10-15 minutes)."""
     config = train(TrainOptions(out=out, steps=steps, batch_size=batch_size, seed=seed, threads=threads,
-                                pool_size=pool_size))
+                                pool_size=pool_size, precision=precision))
     click.echo(f"held-out figures: {config['heldout']}")
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import EditError
 from ..cache import cache_key, cached_tensors, module_fingerprint
 from ..nethook import Trace
 from .sites import Site
@@ -34,7 +35,7 @@ def key_second_moment(model: nn.Module, site: Site, batches: Iterable[torch.Tens
         total += keys.T @ keys
         count += keys.shape[0]
     if count == 0:
-        raise ValueError("no reference images")
+        raise EditError("no reference images for the key statistics")
     return total / count, count
 
 

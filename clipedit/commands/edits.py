@@ -1,0 +1,60 @@
+"""``clipedit apply`` / ``clipedit revert``: put edit files on a model, or take them off bit-exactly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import ClipeditError
+from ..models.checkpoint import save_state_dict
+from ..rewrite import apply_edit, load_edit, revert_edit
+from .options import check_out_file, model_options
+
+
+def _target(out: Path, checkpoint) -> Path:
+    out = check_out_file(out)
+    if checkpoint is not None and Path(checkpoint).resolve() == out.resolve():
+        raise ClipeditError("--out must differ from --checkpoint (a source checkpoint is never overwritten)")
+    return out
+
+
+@click.command("apply")
+@model_options(default="mini")
+@click.argument("edits", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the edited weights (.safetensors).")
+@click.option("--force", is_flag=True, help="Apply even if the layer's weights differ from the edit's original.")
+def apply_cmd(model, edits, out, force) -> None:
+    """Apply EDITS (in order) to a model and save the edited weights."""
+    out = _target(out, model.checkpoint)
+    loaded = [load_edit(p) for p in edits]
+    bundle = model.load()
+    for path, edit in zip(edits, loaded):
+        try:
+            apply_edit(bundle.model, edit, check_weights=not force)
+        except ClipeditError as e:
+            raise ClipeditError(f"{path}: {e}") from None
+    save_state_dict(out, bundle.model.state_dict(), metadata={"model": bundle.name, "source": bundle.source,
+                                                               "edits": [str(p) for p in edits]})
+    click.echo(f"applied {len(loaded)} edit(s) to {bundle.name}; wrote {out}")
+
+
+@click.command("revert")
+@model_options(default="mini")
+@click.argument("edits", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the restored weights (.safetensors).")
+def revert_cmd(model, edits, out) -> None:
+    """Take EDITS off an edited checkpoint (last first), restoring the original weights bit-exactly."""
+    if model.checkpoint is None:
+        raise ClipeditError("revert needs the edited weights: pass --checkpoint EDITED.safetensors")
+    out = _target(out, model.checkpoint)
+    loaded = [load_edit(p) for p in edits]
+    bundle = model.load()
+    for path, edit in reversed(list(zip(edits, loaded))):
+        try:
+            revert_edit(bundle.model, edit)
+        except ClipeditError as e:
+            raise ClipeditError(f"{path}: {e}") from None
+    save_state_dict(out, bundle.model.state_dict(), metadata={"model": bundle.name, "reverted": [str(p) for p in edits]})
+    click.echo(f"reverted {len(loaded)} edit(s); wrote {out}")

@@ -1,0 +1,84 @@
+"""Shared fixtures: an isolated cache, tiny random-init models, small photos and an ImageFolder."""
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub (it reads this once): no test may wait on a download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import skimage.data  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+# skimage's bundled photos (no download), by the class name they show.
+PHOTO_SOURCES = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut"}
+PHOTO_SIZE = 96
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path_factory, monkeypatch) -> Path:
+    """A fresh ``$CLIPEDIT_CACHE`` for every test."""
+    path = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("CLIPEDIT_CACHE", str(path))
+    return path
+
+
+def _load_tiny(name: str):
+    from clipedit.models import load_model
+
+    torch.manual_seed(0)
+    return load_model(name, device="cpu")
+
+
+@pytest.fixture
+def tiny_vit():
+    """A random-init ``tiny-vit`` CLIP (64x64 input), the same weights in every test."""
+    return _load_tiny("tiny-vit")
+
+
+@pytest.fixture
+def tiny_rn():
+    """A random-init ``tiny-rn`` (ModifiedResNet) CLIP, the same weights in every test."""
+    return _load_tiny("tiny-rn")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Image.Image]:
+    """Small RGB photos by class name: cat, coffee, rocket, astronaut (96x96)."""
+    return {name: Image.fromarray(getattr(skimage.data, src)()).convert("RGB").resize((PHOTO_SIZE, PHOTO_SIZE))
+            for name, src in PHOTO_SOURCES.items()}
+
+
+@pytest.fixture
+def photo_files(tmp_path, photos) -> dict[str, Path]:
+    """The photos saved as JPEGs in ``tmp_path/photos``."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = {}
+    for name, image in photos.items():
+        paths[name] = folder / f"{name}.jpg"
+        image.save(paths[name])
+    return paths
+
+
+@pytest.fixture
+def image_folder(tmp_path, photos) -> Path:
+    """An ImageFolder ``tmp_path/data/<class>/`` of 3 classes x 2 images (a photo and its mirror)."""
+    root = tmp_path / "data"
+    for name in ("cat", "coffee", "rocket"):
+        (root / name).mkdir(parents=True)
+        photos[name].save(root / name / "a.jpg")
+        photos[name].transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / name / "b.png")
+    return root
+
+
+@pytest.fixture
+def corrupt_jpg(tmp_path) -> Path:
+    """A ``.jpg`` file holding garbage bytes."""
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(np.random.default_rng(0).bytes(2000))
+    return path

@@ -1,0 +1,108 @@
+"""Model loading: tiny random-init CLIPs, local checkpoints, devices and clear load errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clipedit.errors import ModelLoadError
+from clipedit.models import load_model, parse_spec, resolve_device, save_state_dict
+
+
+def _outputs(bundle) -> torch.Tensor:
+    images = torch.linspace(-1, 1, 2 * 3 * 64 * 64).reshape(2, 3, 64, 64)
+    with torch.no_grad():
+        return bundle.encode_images(images)
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
+def test_tiny_models_load_at_random(name, photos):
+    bundle = load_model(name, device="cpu")
+    assert (bundle.name, bundle.pretrained, bundle.kind) == (name, "none", "clip")
+    assert not bundle.model.training
+    x = bundle.preprocess(photos["cat"])
+    assert x.shape == (3, 64, 64)
+    assert _outputs(bundle).shape == (2, 64)
+    tokens = bundle.tokenizer(["a photo of a cat."])
+    assert bundle.model.encode_text(tokens).shape == (1, 64)
+
+
+def test_parse_spec():
+    assert parse_spec("ViT-B-32:openai") == ("ViT-B-32", "openai")
+    assert parse_spec("tiny-vit") == ("tiny-vit", "none")
+    with pytest.raises(ModelLoadError, match="empty model name"):
+        parse_spec(":openai")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_checkpoint_round_trip(tmp_path, tiny_vit, suffix):
+    path = tmp_path / f"weights{suffix}"
+    with torch.no_grad():  # make the weights differ from the seed-0 init the fixture shares
+        tiny_vit.model.visual.conv1.weight.mul_(-2.0)
+    if suffix == ".safetensors":
+        save_state_dict(path, tiny_vit.model.state_dict())
+    else:
+        torch.save(tiny_vit.model.state_dict(), path)
+    torch.manual_seed(1)
+    reloaded = load_model("tiny-vit", checkpoint=path, device="cpu")
+    torch.manual_seed(1)
+    fresh = load_model("tiny-vit", device="cpu")
+    assert reloaded.pretrained == str(path)
+    assert torch.equal(_outputs(reloaded), _outputs(tiny_vit))
+    assert not torch.allclose(_outputs(fresh), _outputs(tiny_vit))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_corrupt_checkpoint_is_a_load_error(tmp_path, suffix):
+    path = tmp_path / f"broken{suffix}"
+    path.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ModelLoadError, match="cannot read checkpoint"):
+        load_model("tiny-vit", checkpoint=path, device="cpu")
+
+
+def test_checkpoint_of_another_architecture_is_rejected(tmp_path, tiny_rn):
+    path = save_state_dict(tmp_path / "rn.safetensors", tiny_rn.model.state_dict())
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        load_model("tiny-vit", checkpoint=path, device="cpu")
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(ModelLoadError, match="checkpoint not found"):
+        load_model("tiny-vit", checkpoint=tmp_path / "nope.pt", device="cpu")
+
+
+def test_device_auto_picks_cuda_only_when_present(tiny_vit):
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(None).type == expected
+    assert resolve_device("auto").type == expected
+    assert load_model("tiny-rn").device.type == expected
+    assert tiny_vit.device == torch.device("cpu")
+
+
+def test_bad_devices():
+    with pytest.raises(ModelLoadError, match="unknown device"):
+        resolve_device("gpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(ModelLoadError, match=r"unknown model 'tiny-vitt'.*tiny-vit"):
+        load_model("tiny-vitt", device="cpu")
+
+
+def test_unknown_pretrained_tag_lists_known_tags():
+    with pytest.raises(ModelLoadError, match=r"unknown pretrained tag 'nonexistent' for ViT-B-32 \(known: .*openai"):
+        load_model("ViT-B-32:nonexistent", device="cpu")
+
+
+def test_open_clip_root_logs_are_kept_off_stderr(capfd):
+    import logging
+
+    handler = logging.StreamHandler()  # what the CLI's basicConfig installs
+    logging.getLogger().addHandler(handler)
+    try:
+        load_model("tiny-rn", device="cpu")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "No pretrained weights" not in capfd.readouterr().err
