@@ -5,18 +5,30 @@
     defense = clipedit.defend(bundle, "ipod")
     clipedit.save_edit("ipod-edit.safetensors", defense.edit)
 """
+import importlib
 import logging
-
-from .defend import Defense, DefenseConfig, defend, text_exemplars
-from .errors import ClipeditError, EditError, ModelLoadError, SiteError
-from .models import ModelBundle, list_models, load_model
-from .predict import make_predictor
-from .rewrite import (EditRequest, LayerEdit, RewriteHParams, apply_edit, apply_rewrite, compute_rewrite,
-                      key_statistics, load_edit, revert_edit, save_edit)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["Defense", "DefenseConfig", "defend", "text_exemplars", "ClipeditError", "EditError",
-           "ModelLoadError", "SiteError", "ModelBundle", "list_models", "load_model", "make_predictor",
-           "EditRequest", "LayerEdit", "RewriteHParams", "apply_edit", "apply_rewrite", "compute_rewrite",
-           "key_statistics", "load_edit", "revert_edit", "save_edit"]
+# Public name -> submodule. Imported on first use, so `import clipedit` stays light and the
+# `attacks` package can import `clipedit.errors` without a cycle.
+_EXPORTS = {
+    "Defense": "defend", "DefenseConfig": "defend", "defend": "defend", "text_exemplars": "defend",
+    "ClipeditError": "errors", "EditError": "errors", "ModelLoadError": "errors", "SiteError": "errors",
+    "ModelBundle": "models", "list_models": "models", "load_model": "models",
+    "make_predictor": "predict",
+    "EditRequest": "rewrite", "LayerEdit": "rewrite", "RewriteHParams": "rewrite", "apply_edit": "rewrite",
+    "apply_rewrite": "rewrite", "compute_rewrite": "rewrite", "key_statistics": "rewrite",
+    "load_edit": "rewrite", "revert_edit": "rewrite", "save_edit": "rewrite",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'clipedit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
