@@ -11,26 +11,23 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from attacks import Attack, StyleSampler, render_attack
 
-from .cache import module_fingerprint
 from .datasets import IMAGE_EXTENSIONS, LazyImages, to_batches
-from .errors import ClipeditError, EditError
+from .errors import ClipeditError
 from .models.bundle import ModelBundle
 from .requests import request_from_attacks
-from .rewrite import EditRequest, KeyStatistics, LayerEdit, RewriteHParams, compute_rewrite, apply_edit
-from .rewrite import default_layer, key_statistics, resolve_site
-from .rewrite.finetune import FinetuneHParams, finetune
+from .methods import run_method, sample_photos
+from .rewrite import EditRequest, KeyStatistics, LayerEdit, RewriteHParams, key_statistics
+from .rewrite.finetune import FinetuneHParams
 
 log = logging.getLogger(__name__)
 
-METHODS = ("edit", "finetune-local", "finetune-global")
 EXEMPLAR_SEED_OFFSET = 1_000  # exemplar renders never share a seed with evaluation sets
 
 
@@ -104,14 +101,6 @@ def _other_class(rng: np.random.Generator, classnames: Sequence[str], word: str)
     return int(choices[int(rng.integers(len(choices)))])
 
 
-def sample_photos() -> list[Image.Image]:
-    """scikit-image's colour sample photographs (shipped with the package, no download)."""
-    from skimage import data
-
-    names = ("coffee", "chelsea", "astronaut", "rocket", "cat", "immunohistochemistry")
-    return [Image.fromarray(getattr(data, n)()).convert("RGB") for n in names if hasattr(data, n)]
-
-
 def reference_statistics(bundle: ModelBundle, layer: str, config: DefenseConfig,
                          request: EditRequest) -> KeyStatistics:
     """Key statistics of ``layer`` over the reference images (cached by model, layer and data).
@@ -171,33 +160,13 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod", config: Opt
     """
     config = config or DefenseConfig()
     words = [words] if isinstance(words, str) else list(words)
-    if config.method not in METHODS:
-        raise ClipeditError(f"unknown method {config.method!r} (choose from {', '.join(METHODS)})")
-    layer = config.hparams.layer or default_layer(bundle.image_module, bundle.image_prefix)
-    resolve_site(bundle.model, layer)  # fail early on a bad layer
-    hp = RewriteHParams(**{**config.hparams.to_dict(), "layer": layer})
     if request is None:
         if exemplars is None:
             if not words:
                 raise ClipeditError("no words to defend against")
             exemplars = [a for w in words for a in text_exemplars(bundle, w, config.renders, config.seed, config.photos)]
         request = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=config.mask == "text")
-    exemplars = list(exemplars or [])
-    edit = None
-    if config.method == "edit":
-        stats = reference_statistics(bundle, layer, config, request)
-        meta = {"model": bundle.name, "pretrained": bundle.pretrained, "words": words}
-        edit = compute_rewrite(bundle.model, request, hp, stats, forward=bundle.encode_images, meta=meta)
-        apply_edit(bundle.model, edit)
-    else:
-        params = [resolve_site(bundle.model, layer).weight] if config.method == "finetune-local" \
-            else list(bundle.image_module.parameters())
-        finetune(bundle.model, params, request, config.finetune, forward=bundle.encode_images)
-        _check_finite(bundle.model)
-    return Defense(layer=layer, method=config.method, words=words, edit=edit, exemplars=exemplars)
-
-
-def _check_finite(model: torch.nn.Module) -> None:
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise EditError(f"fine-tuning produced NaN or inf in {name}")
+    result = run_method(bundle, request, config.method, config.hparams, config.finetune,
+                        lambda layer: reference_statistics(bundle, layer, config, request), {"words": words})
+    return Defense(layer=result.layer, method=result.method, words=words, edit=result.edit,
+                   exemplars=list(exemplars or []))

@@ -7,7 +7,7 @@ import torch
 
 from clipedit.errors import ClipeditError
 from clipedit.mini.captions import CaptionMix, caption
-from clipedit.mini.data import BLANK, CLEAN, TEXT, PoolMix, build_pool
+from clipedit.mini.data import BLANK, CLEAN, SIGN, TEXT, PoolMix, build_pool
 from clipedit.mini.world import CLASSNAMES, IMAGE_SIZE, TEMPLATES, Scene, attack_set, draw_scene, reference_images
 
 
@@ -115,16 +115,21 @@ def test_captions_follow_the_mix():
 
 
 def test_training_pool_kinds_words_and_images():
-    pool = build_pool(40, seed=0, mix=PoolMix(clean=0.3, blank=0.3, distractor=0.0, true_word=0.0))
-    assert pool.images.shape == (40, IMAGE_SIZE, IMAGE_SIZE, 3) and pool.images.dtype == np.uint8
-    assert set(pool.kinds.tolist()) == {CLEAN, BLANK, TEXT}
+    pool = build_pool(60, seed=0, mix=PoolMix(clean=0.25, blank=0.25, sign=0.2, distractor=0.0, true_word=0.0))
+    assert pool.images.shape == (60, IMAGE_SIZE, IMAGE_SIZE, 3) and pool.images.dtype == np.uint8
+    assert set(pool.kinds.tolist()) == {CLEAN, BLANK, TEXT, SIGN}
     for kind, label, word in zip(pool.kinds, pool.labels, pool.words):
         if kind == TEXT:
             assert word in CLASSNAMES and word != CLASSNAMES[label]
+        elif kind == SIGN:
+            assert word in CLASSNAMES and label == -1
         else:
-            assert word is None
-    caps = pool.captions(np.arange(40), np.random.default_rng(0), CaptionMix())
-    assert len(caps) == 40 and all(isinstance(c, str) and c for c in caps)
+            assert word is None and 0 <= label < len(CLASSNAMES)
+    caps = pool.captions(np.arange(60), np.random.default_rng(0), CaptionMix())
+    assert len(caps) == 60 and all(isinstance(c, str) and c for c in caps)
+    signs = np.flatnonzero(pool.kinds == SIGN)
+    for i, cap in zip(signs, pool.captions(signs, np.random.default_rng(1), CaptionMix())):
+        assert pool.words[i] in cap  # a sign's caption names its word
 
 
 def test_training_batches_are_normalised_tensors():

@@ -1,7 +1,6 @@
 """``clipedit defend --text iPod``: rewrite one layer so written words stop steering the model."""
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from pathlib import Path
@@ -9,7 +8,8 @@ from typing import Optional
 
 import click
 
-from ..defend import METHODS, DefenseConfig, defend
+from ..defend import DefenseConfig, defend
+from ..methods import METHODS
 from ..defense_eval import comparison_rows, evaluate_defense, folder_eval_sets, mini_eval_sets
 from ..errors import ClipeditError
 from ..models.checkpoint import save_state_dict

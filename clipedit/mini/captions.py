@@ -41,7 +41,7 @@ class CaptionMix:
         blank_mention: a blank-note image's caption mentions the note.
     """
 
-    word: float = 0.5
+    word: float = 0.6
     both: float = 0.3
     blank_mention: float = 0.2
 

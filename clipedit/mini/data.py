@@ -6,6 +6,7 @@ colour jitter, and draws a fresh caption for every use.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -15,12 +16,13 @@ from tqdm import tqdm
 from attacks import LabelStyle, render_attack
 from attacks.fonts import mpl_font_dir
 
-from .captions import DISTRACTOR_WORDS, CaptionMix, caption
+from .captions import DISTRACTOR_WORDS, CaptionMix, caption, word_caption
+from .shapes import background
 from .world import CLASSNAMES, IMAGE_SIZE, draw_scene
 
 log = logging.getLogger(__name__)
 
-CLEAN, BLANK, TEXT = 0, 1, 2
+CLEAN, BLANK, TEXT, SIGN = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -28,21 +30,32 @@ class PoolMix:
     """Share of each kind of training image, and of notes with a non-class word.
 
     Attributes:
-        clean: no note.
-        blank: a note without writing.
-        distractor: among text notes, the share writing a word that is no class name.
-        true_word: among text notes, the share writing the object's own name.
+        clean: an object, no note.
+        blank: an object with a note without writing.
+        sign: a note with a word on a bare background (no object), captioned by the word.
+        distractor: among written notes, the share writing a word that is no class name.
+        true_word: among notes on objects, the share writing the object's own name.
+        The rest are objects with a written note.
     """
 
-    clean: float = 0.3
-    blank: float = 0.2
-    distractor: float = 0.15
+    clean: float = 0.25
+    blank: float = 0.15
+    sign: float = 0.15
+    distractor: float = 0.05
     true_word: float = 0.1
+
+    @property
+    def probabilities(self) -> list[float]:
+        """Probabilities of CLEAN, BLANK, TEXT and SIGN."""
+        return [self.clean, self.blank, 1 - self.clean - self.blank - self.sign, self.sign]
 
 
 @dataclass
 class Pool:
-    """Rendered images (N, H, W, 3) uint8 with per-image kind, label and written word."""
+    """Rendered images (N, H, W, 3) uint8 with per-image kind, label and written word.
+
+    Signs have no object: their label is -1 and their captions name only the word.
+    """
 
     images: np.ndarray
     kinds: np.ndarray
@@ -54,7 +67,8 @@ class Pool:
 
     def captions(self, index: np.ndarray, rng: np.random.Generator, mix: CaptionMix) -> list[str]:
         """A freshly drawn caption for each image in ``index``."""
-        return [caption(rng, CLASSNAMES[self.labels[i]], self.words[i], self.kinds[i] == BLANK, mix)
+        return [word_caption(rng, self.words[i]) if self.kinds[i] == SIGN else
+                caption(rng, CLASSNAMES[self.labels[i]], self.words[i], self.kinds[i] == BLANK, mix)
                 for i in index.tolist()]
 
 
@@ -94,10 +108,15 @@ def build_pool(n: int, seed: int, mix: PoolMix = PoolMix(), size: int = IMAGE_SI
     rng = np.random.default_rng(seed)
     fonts = training_fonts()
     images = np.empty((n, size, size, 3), np.uint8)
-    kinds = rng.choice(3, size=n, p=[mix.clean, mix.blank, 1 - mix.clean - mix.blank])
+    kinds = rng.choice(4, size=n, p=mix.probabilities)
     labels = np.empty(n, np.int64)
     words: list[str | None] = []
     for i in tqdm(range(n), desc="rendering training pool", mininterval=5, leave=False):
+        if kinds[i] == SIGN:
+            images[i], word = _sign(rng, fonts, mix, size)
+            labels[i] = -1
+            words.append(word)
+            continue
         scene = draw_scene(rng, size=size)
         labels[i] = scene.label
         if kinds[i] == CLEAN:
@@ -109,9 +128,20 @@ def build_pool(n: int, seed: int, mix: PoolMix = PoolMix(), size: int = IMAGE_SI
                                object_box=scene.object_box)
         images[i] = np.asarray(attack.blank if kinds[i] == BLANK else attack.attacked)
         words.append(None if kinds[i] == BLANK else word)
-    log.info("rendered %d training images (%.0f%% clean, %.0f%% blank note, %.0f%% text note)", n,
-             100 * np.mean(kinds == CLEAN), 100 * np.mean(kinds == BLANK), 100 * np.mean(kinds == TEXT))
+    log.info("rendered %d training images (%.0f%% clean, %.0f%% blank note, %.0f%% text note, %.0f%% sign)", n,
+             *(100 * np.mean(kinds == k) for k in (CLEAN, BLANK, TEXT, SIGN)))
     return Pool(images=images, kinds=kinds, labels=labels, words=words)
+
+
+def _sign(rng: np.random.Generator, fonts: list[str | None], mix: PoolMix, size: int) -> tuple[np.ndarray, str]:
+    """A written note on a bare background, and its word."""
+    if rng.random() < mix.distractor:
+        word = DISTRACTOR_WORDS[int(rng.integers(len(DISTRACTOR_WORDS)))]
+    else:
+        word = CLASSNAMES[int(rng.integers(len(CLASSNAMES)))]
+    style = dataclasses.replace(training_style(rng, fonts), position="random")
+    attack = render_attack(background(rng, size), word, style, seed=int(rng.integers(2**31)))
+    return np.asarray(attack.attacked), word
 
 
 def _note_word(rng: np.random.Generator, label: int, mix: PoolMix) -> str:

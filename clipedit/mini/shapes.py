@@ -11,7 +11,7 @@ import math
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import ImageDraw
 
 Box = tuple[float, float, float, float]
 RGB = tuple[int, int, int]

@@ -48,10 +48,10 @@ class TrainOptions:
     seed: int = 0
     threads: int = 2
     pool_size: int = 30000
-    lr: float = 7e-4
+    lr: float = 1e-3
     weight_decay: float = 0.1
     warmup: int = 100
-    eval_every: int = 500
+    eval_every: int = 250
     shift: int = 4
     precision: str = "bf16"
     caption_mix: CaptionMix = CaptionMix()
@@ -161,13 +161,22 @@ def train(opts: TrainOptions) -> dict:
         if (step + 1) % 100 == 0:
             log.info("step %d/%d loss %.3f scale %.1f", step + 1, opts.steps, running, logit_scale.item())
         if opts.eval_every and (step + 1) % opts.eval_every == 0 and step + 1 < opts.steps:
-            log.info("step %d quick held-out check: %s", step + 1,
-                     heldout_figures(model, preprocess, tokens.tokenizer, n=240))
+            # An interim checkpoint with a quick check, replaced by the final one.
+            figures = heldout_figures(model, preprocess, tokens.tokenizer, n=240)
+            log.info("step %d quick held-out check: %s", step + 1, figures)
+            save_checkpoint(model, make_config(opts, figures, step + 1, (time.time() - start) / 60), out)
     train_minutes = (time.time() - start) / 60
 
     figures = heldout_figures(model, preprocess, tokens.tokenizer, n=HELDOUT_N, seed=HELDOUT_SEED)
     log.info("held-out figures: %s", figures)
-    config = {
+    config = make_config(opts, figures, opts.steps, train_minutes)
+    save_checkpoint(model, config, out)
+    return config
+
+
+def make_config(opts: TrainOptions, figures: dict, steps_done: int, minutes: float) -> dict:
+    """The config.json contents: model config, classes, templates, training run and figures."""
+    return {
         "model_cfg": MODEL_CFG,
         "image_mean": list(IMAGE_MEAN),
         "image_std": list(IMAGE_STD),
@@ -175,7 +184,7 @@ def train(opts: TrainOptions) -> dict:
         "templates": list(TEMPLATES),
         "training": {
             "seed": opts.seed,
-            "steps": opts.steps,
+            "steps": steps_done,
             "batch_size": opts.batch_size,
             "pool_size": opts.pool_size,
             "lr": opts.lr,
@@ -183,13 +192,11 @@ def train(opts: TrainOptions) -> dict:
             "caption_mix": asdict(opts.caption_mix),
             "pool_mix": asdict(opts.pool_mix),
             "command": command_line(opts),
-            "minutes": round(train_minutes, 1),
+            "minutes": round(minutes, 1),
             "threads": opts.threads,
         },
         "heldout": figures,
     }
-    save_checkpoint(model, config, out)
-    return config
 
 
 def save_checkpoint(model, config: dict, out: Path) -> None:

@@ -49,6 +49,12 @@ class ModelBundle:
         """Dotted-name prefix of :attr:`image_module` inside :attr:`model`."""
         return "visual." if self.kind == "clip" else ""
 
+    def default_layer(self) -> str:
+        """The default rewrite site: a per-model entry (``extra["default_layer"]``), else per architecture."""
+        from ..rewrite.defaults import default_layer
+
+        return self.extra.get("default_layer") or default_layer(self.image_module, self.image_prefix)
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Features for a batch of preprocessed images: CLIP embeddings (unnormalised) or logits."""
         images = images.to(self.device)

@@ -4,6 +4,7 @@
     load_model("RN50:none")                  # random init
     load_model("ViT-B-32", checkpoint="x.pt")  # local weights
     load_model("mini")                        # the bundled mini CLIP (assets/mini)
+    load_model("timm/resnet50:none")          # a registered prefix loader (ImageNet classifiers)
 """
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ RANDOM_TAGS = {"none", "random", ""}
 LOADERS: dict[str, Callable[..., ModelBundle]] = {}
 
 
+# Loaders by name prefix: "timm/" -> fn(rest_of_name, pretrained, checkpoint, device) -> ModelBundle.
+PREFIX_LOADERS: dict[str, Callable[..., ModelBundle]] = {}
+
+
 def register_loader(name: str):
     """Decorator: make ``load_model(name…)`` call the decorated loader."""
 
@@ -36,6 +41,23 @@ def register_loader(name: str):
         return fn
 
     return wrap
+
+
+def register_prefix_loader(prefix: str):
+    """Decorator: make ``load_model(prefix + rest…)`` call the decorated loader with ``rest``."""
+
+    def wrap(fn):
+        PREFIX_LOADERS[prefix] = fn
+        return fn
+
+    return wrap
+
+
+def _prefix_loader(name: str) -> Optional[tuple[str, Callable[..., ModelBundle]]]:
+    for prefix, fn in PREFIX_LOADERS.items():
+        if name.startswith(prefix):
+            return name[len(prefix):], fn
+    return None
 
 
 def resolve_device(device: Optional[str] = None) -> torch.device:
@@ -84,8 +106,11 @@ def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
     dev = resolve_device(device)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ModelLoadError(f"checkpoint not found: {checkpoint}")
+    by_prefix = _prefix_loader(name)
     if name in LOADERS:
         bundle = LOADERS[name](tag, checkpoint, dev)
+    elif by_prefix is not None:
+        bundle = by_prefix[1](by_prefix[0], tag, checkpoint, dev)
     else:
         bundle = _load_open_clip(name, tag, checkpoint, dev)
     bundle.source = spec

@@ -10,9 +10,11 @@ from ..nethook import get_module
 DEFAULT_SITES: dict[str, tuple[str, int]] = {
     "VisionTransformer": ("transformer.resblocks.{}.mlp.c_proj", 0),  # open_clip ViT
     "ModifiedResNet": ("layer3.{}.conv3", -1),  # open_clip CLIP ResNets
-    "ResNet": ("layer3.{}.conv3", -1),  # timm and torchvision ResNets
-    "EfficientNet": ("blocks.{}.0.conv_pwl", 3),  # timm EfficientNet(-Lite): a middle stage's first block
+    "ResNet": ("layer3.{}.conv3", -1),  # timm and torchvision ResNet-50/101/152: last bottleneck of layer3
+    # timm EfficientNet(-Lite): the last block of the second-to-last stage (conv_pwl+bn3 before its skip)
+    "EfficientNet": ("blocks.5.{}.conv_pwl", -1),
     "VGG": ("features.{}", 34),  # torchvision vgg16_bn: conv5_1 (features.34) followed by its BN
+    "MobileNetV3": ("blocks.4.{}.conv_pwl", -1),  # timm MobileNetV3: same block type as EfficientNet
 }
 
 

@@ -43,6 +43,8 @@ BLOCK_SPECS: dict[str, tuple[BlockSpec, ...]] = {
     "ResidualAttentionBlock": (BlockSpec(site="mlp.c_proj"),),
     # ResNet bottlenecks (open_clip ModifiedResNet, timm, torchvision): out = act(bn3(conv3(h)) + shortcut)
     "Bottleneck": (BlockSpec(site="conv3", norm="bn3", residual="shortcut", shortcut_module="downsample"),),
+    # ResNet-18/34 basic blocks (timm, torchvision): out = act(bn2(conv2(h)) + shortcut)
+    "BasicBlock": (BlockSpec(site="conv2", norm="bn2", residual="shortcut", shortcut_module="downsample"),),
     # timm EfficientNet blocks: out = bn(conv(h)) (+ input when has_skip), no activation after
     "InvertedResidual": (BlockSpec(site="conv_pwl", norm="bn3"),),
     "DepthwiseSeparableConv": (BlockSpec(site="conv_pw", norm="bn2"),),

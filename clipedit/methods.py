@@ -1,0 +1,89 @@
+"""The three ways to make a model treat attacked exemplars like their targets, behind one call:
+the rank-r rewrite (``edit``) and the paper's fine-tuning baselines (``finetune-local``/``-global``)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import ClipeditError, EditError
+from .models.bundle import ModelBundle
+from .rewrite import EditRequest, KeyStatistics, LayerEdit, RewriteHParams, apply_edit, compute_rewrite
+from .rewrite import resolve_site
+from .rewrite.finetune import FinetuneHParams, finetune
+
+METHODS = ("edit", "finetune-local", "finetune-global")
+
+
+@dataclass
+class MethodResult:
+    """Which layer was targeted, by which method, and the edit (``edit`` only)."""
+
+    layer: str
+    method: str
+    edit: Optional[LayerEdit]
+
+
+def run_method(bundle: ModelBundle, request: EditRequest, method: str, hparams: RewriteHParams,
+               finetune_hparams: FinetuneHParams, statistics: Callable[[str], KeyStatistics],
+               meta: Optional[dict] = None) -> MethodResult:
+    """Change ``bundle.model`` in place so the request's attacked images look like its targets.
+
+    Args:
+        hparams: the rewrite's settings; ``hparams.layer`` None = the model's default site (also the
+            layer ``finetune-local`` trains).
+        statistics: ``layer -> KeyStatistics`` (only called for ``edit``).
+        meta: stored with the edit.
+    """
+    if method not in METHODS:
+        raise ClipeditError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    layer = hparams.layer or bundle.default_layer()
+    site = resolve_site(bundle.model, layer)
+    if method == "edit":
+        hp = RewriteHParams(**{**hparams.to_dict(), "layer": layer})
+        meta = {"model": bundle.name, "pretrained": bundle.pretrained, **(meta or {})}
+        edit = compute_rewrite(bundle.model, request, hp, statistics(layer), forward=bundle.encode_images,
+                               meta=meta)
+        apply_edit(bundle.model, edit)
+        return MethodResult(layer, method, edit)
+    params = [site.weight] if method == "finetune-local" else list(bundle.image_module.parameters())
+    finetune(bundle.model, params, request, finetune_hparams, forward=bundle.encode_images)
+    for name, p in bundle.model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise EditError(f"fine-tuning produced NaN or inf in {name}")
+    return MethodResult(layer, method, None)
+
+
+SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "horse", "camera", "brick",
+                 "grass", "gravel", "coins", "moon", "page", "immunohistochemistry", "retina",
+                 "hubble_deep_field", "cell", "text", "colorwheel", "clock")
+
+
+def sample_photos(names: Sequence[str] = SAMPLE_PHOTOS) -> list[Image.Image]:
+    """scikit-image's shipped photographs as RGB (those this version has without a download)."""
+    from skimage import data
+
+    out = []
+    for name in names:
+        try:
+            arr = getattr(data, name)()
+        except Exception:  # missing in this version, or one it would have to download
+            continue
+        arr = arr[0] if isinstance(arr, tuple) else arr  # stereo_motorcycle: (left, right, disparity)
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8) * 255
+        out.append(Image.fromarray(arr).convert("RGB"))
+    return out
+
+
+def images_key(images: Sequence[Image.Image]) -> str:
+    """A cache key for a list of images (their sizes and downscaled pixels)."""
+    h = hashlib.blake2b(digest_size=12)
+    for im in images:
+        h.update(f"{im.size}".encode())
+        h.update(np.asarray(im.convert("RGB").resize((32, 32))).tobytes())
+    return h.hexdigest()
