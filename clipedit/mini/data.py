@@ -38,9 +38,9 @@ class PoolMix:
         The rest are objects with a written note.
     """
 
-    clean: float = 0.25
+    clean: float = 0.2
     blank: float = 0.15
-    sign: float = 0.15
+    sign: float = 0.3
     distractor: float = 0.05
     true_word: float = 0.1
 
@@ -82,7 +82,7 @@ def training_fonts() -> list[str | None]:
 
 def training_style(rng: np.random.Generator, fonts: list[str | None]) -> LabelStyle:
     """A broad random note style, like the writing met in web photos."""
-    kind = ("note", "sticker", "text")[int(rng.choice(3, p=[0.5, 0.25, 0.25]))]
+    kind = ("note", "sticker", "text")[int(rng.choice(3, p=[0.6, 0.3, 0.1]))]
     light = tuple(int(v) for v in rng.integers(200, 256, 3))
     dark = tuple(int(v) for v in rng.integers(0, 90, 3))
     text_color, note_color = (dark, light) if rng.random() < 0.85 else (light, dark)
@@ -91,12 +91,12 @@ def training_style(rng: np.random.Generator, fonts: list[str | None]) -> LabelSt
     return LabelStyle(
         kind=kind,
         font=fonts[int(rng.integers(len(fonts)))],
-        font_size=float(rng.uniform(0.1, 0.24)),
+        font_size=float(rng.uniform(0.14, 0.26)),
         text_color=text_color,
         note_color=note_color,
         position="object" if rng.random() < 0.8 else "random",
-        rotation=float(rng.normal(0, 8)),
-        perspective=float(rng.uniform(0, 0.2)),
+        rotation=float(rng.normal(0, 5)),
+        perspective=float(rng.uniform(0, 0.1)),
         padding=float(rng.uniform(0.1, 0.45)),
         bold=bool(rng.random() < 0.3),
         shrink_to_fit=True,
