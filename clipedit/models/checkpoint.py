@@ -33,6 +33,16 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def load_weights_into(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:
+    """Load a checkpoint into ``model`` (strict), with a one-line error when it does not fit."""
+    state = load_state_dict_file(checkpoint)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ModelLoadError(f"checkpoint {checkpoint} does not fit this model: {first}") from None
+
+
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata stored in a ``.safetensors`` header."""
     from safetensors import safe_open

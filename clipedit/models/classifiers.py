@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import ClipeditError, ModelLoadError
 from .bundle import ModelBundle
-from .checkpoint import load_state_dict_file
+from .checkpoint import load_weights_into
 from .registry import RANDOM_TAGS, register_loader, register_prefix_loader
 
 log = logging.getLogger(__name__)
@@ -150,15 +150,6 @@ def load_by_key_order(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
     model.load_state_dict(mapped, strict=True)
 
 
-def _load_checkpoint(model: nn.Module, checkpoint) -> None:
-    state = load_state_dict_file(checkpoint)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ModelLoadError(f"checkpoint {checkpoint} does not fit this model: {first}") from None
-
-
 def _fetch_failed(spec: str, e: Exception) -> ModelLoadError:
     return ModelLoadError(f"could not fetch weights {spec} ({type(e).__name__}; offline?) - "
                           "download them elsewhere and pass --checkpoint PATH")
@@ -197,7 +188,7 @@ def load_timm(arch: str, tag: str, checkpoint, device: torch.device) -> ModelBun
         model = timm.create_model(arch, pretrained=False)
         pretrained = "none"
         if checkpoint is not None:
-            _load_checkpoint(model, checkpoint)
+            load_weights_into(model, checkpoint)
             pretrained = str(checkpoint)
     else:
         full = arch if tag.lower() in DEFAULT_TAGS else f"{arch}.{tag}"
@@ -230,7 +221,7 @@ def load_torchvision(arch: str, tag: str, checkpoint, device: torch.device) -> M
         model = tvm.get_model(arch, weights=None)
         pretrained = "none"
         if checkpoint is not None:
-            _load_checkpoint(model, checkpoint)
+            load_weights_into(model, checkpoint)
             pretrained = str(checkpoint)
     else:
         key = "DEFAULT" if tag.lower() in DEFAULT_TAGS else tag
@@ -275,7 +266,7 @@ def load_efficientnet_lite0(tag: str, checkpoint, device: torch.device) -> Model
 
     model = timm.create_model(LITE0_ARCH, pretrained=False)
     if checkpoint is not None:
-        _load_checkpoint(model, checkpoint)
+        load_weights_into(model, checkpoint)
         pretrained = str(checkpoint)
     elif tag.lower() == "random":
         pretrained = "none"

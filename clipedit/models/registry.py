@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .bundle import ModelBundle
-from .checkpoint import load_state_dict_file
+from .checkpoint import load_weights_into
 
 log = logging.getLogger(__name__)
 
@@ -162,20 +162,11 @@ def _create_open_clip(name: str, tag: str, checkpoint, device: torch.device) -> 
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
         pretrained = "none"
         if checkpoint is not None:
-            _load_weights(model, checkpoint)
+            load_weights_into(model, checkpoint)
             pretrained = str(checkpoint)
     tokenizer = open_clip.get_tokenizer(name)
     return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name,
                        pretrained=pretrained, kind="clip")
-
-
-def _load_weights(model: torch.nn.Module, checkpoint) -> None:
-    state = load_state_dict_file(checkpoint)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ModelLoadError(f"checkpoint {checkpoint} does not fit this model: {first}") from None
 
 
 _configs_registered = False
