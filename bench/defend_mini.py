@@ -49,7 +49,7 @@ def main() -> None:
         start = time.perf_counter()
         defense = defend(bundle, args.word, config)
         timings[name] = time.perf_counter() - start
-        results[name] = evaluate_defense(bundle, _rebind(predictor, bundle), sets)
+        results[name] = evaluate_defense(bundle, predictor.with_bundle(bundle), sets)
         results[name]["layer"] = defense.layer
 
     header = ["", *results]
@@ -58,12 +58,6 @@ def main() -> None:
     print("seconds to defend: " + ", ".join(f"{k}: {v:.1f}" for k, v in timings.items()))
     write_json(args.out, {"word": args.word, "n": args.n, "default_config": _config_dict(DefenseConfig()),
                           "results": results, "seconds": timings})
-
-
-def _rebind(predictor, bundle):
-    p = copy.copy(predictor)
-    p.bundle = bundle
-    return p
 
 
 def _config_dict(config: DefenseConfig) -> dict:

@@ -46,8 +46,8 @@ class DefenseConfig:
     """
 
     method: Literal["edit", "finetune-local", "finetune-global"] = "edit"
-    hparams: RewriteHParams = field(default_factory=lambda: RewriteHParams(rank=16))
-    renders: int = 64
+    hparams: RewriteHParams = field(default_factory=lambda: RewriteHParams(rank=32))
+    renders: int = 128
     seed: int = 0
     mask: Literal["text", "label"] = "text"
     reference: Optional[Path] = None

@@ -74,6 +74,10 @@ class Predictor:
     def n_classes(self) -> int:
         return len(self.classnames)
 
+    def with_bundle(self, bundle: ModelBundle) -> "Predictor":
+        """The same head on another model (e.g. an edited copy): the text tower is not run again."""
+        return Predictor(bundle, self.classnames, self.templates, weights=self.weights, columns=self.columns)
+
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (B, n_classes) for a batch of preprocessed images (B, C, H, W)."""

@@ -139,3 +139,40 @@ def test_training_batches_are_normalised_tensors():
     batch = image_batch(pool, np.arange(8), np.random.default_rng(0), shift=4)
     assert batch.shape == (8, 3, IMAGE_SIZE, IMAGE_SIZE) and batch.dtype == torch.float32
     assert -3 < batch.min() < 0 < batch.max() < 3
+
+
+def test_saved_checkpoint_loads_through_the_model_registry(tmp_path, monkeypatch):
+    from clipedit.mini.train import TrainOptions, build_model, make_config, make_preprocess, save_checkpoint
+    from clipedit.models import load_model
+
+    model = build_model(seed=0).eval()
+    figures = {"n": 0, "seed": 0, "clean_acc": 0.0, "blank_acc": 0.0, "text_acc": 0.0, "attack_success": 0.0}
+    config = make_config(TrainOptions(out=tmp_path), figures, 0, 0.0)
+    save_checkpoint(model, config, tmp_path)
+    assert "python -m clipedit.mini.train" in config["training"]["command"]
+    monkeypatch.setenv("CLIPEDIT_MINI_DIR", str(tmp_path))
+    bundle = load_model("mini")
+    assert bundle.classnames == list(CLASSNAMES) and bundle.templates == list(TEMPLATES)
+    image = make_preprocess()(draw_scene(np.random.default_rng(0)).image)[None]
+    with torch.no_grad():
+        want = model.encode_image(image)
+        got = bundle.model.encode_image(image.to(bundle.device))
+    assert torch.allclose(want, got, atol=0.05 * want.abs().max().item())  # fp16 storage
+    assert bundle.tokenizer(["a photo of a mug."]).shape == (1, config["model_cfg"]["text_cfg"]["context_length"])
+
+
+
+def test_warm_start_trains_the_image_tower_on_objects_and_words():
+    from clipedit.mini.train import build_model, image_batch
+    from clipedit.mini.warmstart import WORDS, warm_start, word_targets
+
+    pool = build_pool(24, seed=3)
+    targets = word_targets(pool)
+    for word, t in zip(pool.words, targets.tolist()):
+        assert (word is None and t == len(WORDS)) or WORDS[t] == word
+    visual = build_model(seed=0).visual
+    before = [p.detach().clone() for p in visual.parameters()]
+    loss = warm_start(visual, 128, pool, steps=3, batch=lambda p, i, r: image_batch(p, i, r, 2),
+                      rng=np.random.default_rng(0), lr=1e-3, batch_size=8, autocast=False)
+    assert np.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, visual.parameters()))

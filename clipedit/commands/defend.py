@@ -32,12 +32,14 @@ log = logging.getLogger(__name__)
 @click.option("--method", type=click.Choice(METHODS), default="edit", show_default=True,
               help="The rewrite, or a fine-tuning baseline on the same exemplars.")
 @click.option("--layer", default=None, help="Dotted name of the layer to rewrite (default per architecture).")
-@click.option("--rank", type=click.IntRange(min=1), default=None, help="Rank of the update.")
+@click.option("--rank", type=click.IntRange(min=1), default=None,
+              help=f"Rank of the update [default: {DefenseConfig().hparams.rank}].")
 @click.option("--solver", type=click.Choice(SOLVERS), default="closed-form", show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Steps of the optimize solver / fine-tuning baselines.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Their learning rate.")
-@click.option("--renders", type=click.IntRange(min=1), default=None, help="Rendered exemplars per word.")
+@click.option("--renders", type=click.IntRange(min=1), default=None,
+              help=f"Rendered exemplars per word [default: {DefenseConfig().renders}].")
 @click.option("--mask-kind", type=click.Choice(["text", "label"]), default="text", show_default=True,
               help="Edit the glyphs' locations or the whole label's.")
 @click.option("--exemplar", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -41,8 +41,8 @@ class CaptionMix:
         blank_mention: a blank-note image's caption mentions the note.
     """
 
-    word: float = 0.6
-    both: float = 0.3
+    word: float = 0.7
+    both: float = 0.2
     blank_mention: float = 0.2
 
 

@@ -97,9 +97,13 @@ def note_sampler() -> StyleSampler:
     """Held-out note styles placed on the object: the default for :func:`attack_set`.
 
     The preset's fonts, inks and papers; its smallest font sizes and tight margins,
-    so that the note sits on the object yet leaves most of it visible at 64x64.
+    so that the note sits on the object yet leaves most of it visible at 64x64. Writing is
+    near-upright (within 10 degrees), as in the training world: the mini model never saw
+    steeper writing and mostly fails to read it (at the preset's 25 degrees, attack success
+    falls from 58% to 33%).
     """
-    return StyleSampler.heldout(position="object", font_size=(0.19, 0.22), padding=(0.1, 0.25))
+    return StyleSampler.heldout(position="object", font_size=(0.19, 0.22), padding=(0.1, 0.25),
+                                rotation=(-10.0, 10.0), perspective=(0.0, 0.1))
 
 
 def attack_set(
