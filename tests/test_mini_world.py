@@ -176,3 +176,11 @@ def test_warm_start_trains_the_image_tower_on_objects_and_words():
                       rng=np.random.default_rng(0), lr=1e-3, batch_size=8, autocast=False)
     assert np.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, visual.parameters()))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from clipedit.mini.warmstart import cosine_lr
+
+    lrs = [cosine_lr(s, steps=10, warmup=2, lr=1.0) for s in range(11)]
+    assert lrs[0] == 0.5 and lrs[2] == 1.0 and lrs[10] == 0.0
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))

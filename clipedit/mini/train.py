@@ -23,7 +23,7 @@ from ..io import atomic_path, ensure_writable_dir, write_json
 from .captions import CaptionMix
 from .data import Pool, PoolMix, build_pool
 from .evaluate import HELDOUT_N, HELDOUT_SEED, heldout_figures
-from .warmstart import warm_start
+from .warmstart import cosine_lr, warm_start
 from .world import CLASSNAMES, IMAGE_SIZE, TEMPLATES
 
 log = logging.getLogger(__name__)
@@ -120,13 +120,6 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def cosine_lr(step: int, opts: TrainOptions) -> float:
-    if step < opts.warmup:
-        return opts.lr * (step + 1) / opts.warmup
-    t = (step - opts.warmup) / max(1, opts.steps - opts.warmup)
-    return 0.5 * opts.lr * (1 + math.cos(math.pi * t))
-
-
 def train(opts: TrainOptions) -> dict:
     """Train, evaluate on the held-out set and write ``config.json`` + ``model.safetensors``."""
     from open_clip.loss import ClipLoss
@@ -154,7 +147,7 @@ def train(opts: TrainOptions) -> dict:
     bar = tqdm(range(opts.steps), desc="training mini CLIP", mininterval=10, file=sys.stderr)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, opts)
+            group["lr"] = cosine_lr(step, opts.steps, opts.warmup, opts.lr)
         index = rng.integers(len(pool), size=opts.batch_size)
         images = image_batch(pool, index, rng, opts.shift)
         texts = tokens(pool.captions(index, rng, opts.caption_mix))

@@ -9,6 +9,7 @@ wins. The heads are thrown away: the checkpoint stays a plain open_clip ``CLIP``
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -23,6 +24,13 @@ from .world import CLASSNAMES
 log = logging.getLogger(__name__)
 
 WORDS: tuple[str, ...] = (*CLASSNAMES, *DISTRACTOR_WORDS)  # the word head's classes, then "no writing"
+
+
+def cosine_lr(step: int, steps: int, warmup: int, lr: float) -> float:
+    """Learning rate at ``step``: linear warmup over ``warmup`` steps, then cosine decay to 0."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def word_targets(pool: Pool) -> torch.Tensor:
@@ -49,9 +57,8 @@ def warm_start(visual: nn.Module, embed_dim: int, pool: Pool, steps: int, batch:
     warmup = max(1, steps // 10)
     loss = torch.tensor(float("nan"))
     for step in range(steps):
-        scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + np.cos(np.pi * (step - warmup) / (steps - warmup)))
         for group in optimizer.param_groups:
-            group["lr"] = lr * scale
+            group["lr"] = cosine_lr(step, steps, warmup, lr)
         index = rng.integers(len(pool), size=batch_size)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             features = visual(batch(pool, index, rng))
