@@ -1,15 +1,42 @@
-"""Defense of the mini CLIP on notes placed anywhere in the picture (held-out styles): python bench/defend_positions.py"""
-import torch, copy, dataclasses; torch.set_num_threads(2)
-from attacks import StyleSampler
+"""Defense of the bundled mini CLIP on "ipod" notes placed anywhere in the picture, not only on the object.
+
+    python bench/defend_positions.py [--n 600] [--seed 4242]
+
+The notes use the mini world's held-out styles (`world.note_sampler()`) with ``position="random"``;
+the edit is `defend(bundle, "ipod")` with the defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+
 from clipedit import load_model
 from clipedit.defend import defend
-from clipedit.defense_eval import EvalSets, evaluate_defense
+from clipedit.defense_eval import ROWS, EvalSets, evaluate_defense
 from clipedit.mini import world
 from clipedit.predict import make_predictor
-base = load_model("mini", device="cpu")
-s = StyleSampler.heldout(position="random", font_size=(0.19, 0.22), padding=(0.1, 0.25), rotation=(-10.0, 10.0), perspective=(0.0, 0.1))
-sets = EvalSets(list(base.classnames), world.attack_set(600, 4242, words=["ipod"], sampler=s), None, "random-position")
-pred = make_predictor(base, sets.classnames)
-print("before", evaluate_defense(base, pred, sets))
-b = dataclasses.replace(base, model=copy.deepcopy(base.model)); defend(b, "ipod")
-print("after", evaluate_defense(b, pred.with_bundle(b), sets))
+from clipedit.results import format_table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=4242)
+    args = ap.parse_args()
+
+    base = load_model("mini", device="cpu")
+    sampler = dataclasses.replace(world.note_sampler(), position="random")
+    sets = EvalSets(list(base.classnames), world.attack_set(args.n, args.seed, words=["ipod"], sampler=sampler),
+                    None, "mini-world, notes anywhere")
+    predictor = make_predictor(base, sets.classnames)
+    before = evaluate_defense(base, predictor, sets)
+    edited = dataclasses.replace(base, model=copy.deepcopy(base.model))
+    defend(edited, "ipod")
+    after = evaluate_defense(edited, predictor.with_bundle(edited), sets)
+    rows = [[label, before[key], after[key]] for label, key in ROWS if key in before]
+    print(format_table(rows, header=["", "before", "after"]))
+
+
+if __name__ == "__main__":
+    main()
