@@ -21,7 +21,8 @@ from .datasets import to_batches
 from .errors import ClipeditError
 from .models.bundle import ModelBundle
 from .requests import request_from_images
-from .methods import run_method, images_key, sample_photos
+from .methods import run_method
+from .reference import default_reference, images_key
 from .rewrite import EditRequest, LayerEdit, RewriteHParams, key_statistics
 from .rewrite.finetune import FinetuneHParams
 
@@ -170,14 +171,14 @@ def concept_edit(bundle: ModelBundle, request: EditRequest, config: Optional[Con
     """Edit ``bundle.model`` in place so the request's keys are treated like its targets.
 
     Args:
-        reference: images for the key statistics C (default: scikit-image's photos).
+        reference: images for the key statistics C (default: views of scikit-image's photos).
         layer: site (dotted name in ``bundle.model``) overriding ``config.hparams.layer``;
             default: the model's default site.
     """
 
     config = config or ConceptConfig()
     hp = RewriteHParams(**{**config.hparams.to_dict(), "layer": layer or config.hparams.layer})
-    images = list(reference) if reference else sample_photos()
+    images = list(reference) if reference else default_reference()
 
     def statistics(site: str):
         return key_statistics(bundle.model, site, lambda: to_batches(images, bundle.preprocess, 32),

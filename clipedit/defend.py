@@ -22,7 +22,8 @@ from .datasets import IMAGE_EXTENSIONS, LazyImages, to_batches
 from .errors import ClipeditError
 from .models.bundle import ModelBundle
 from .requests import request_from_attacks
-from .methods import run_method, sample_photos
+from .methods import run_method
+from .reference import default_reference, sample_photos
 from .rewrite import EditRequest, KeyStatistics, LayerEdit, RewriteHParams, key_statistics
 from .rewrite.finetune import FinetuneHParams
 
@@ -105,8 +106,8 @@ def reference_statistics(bundle: ModelBundle, layer: str, config: DefenseConfig,
                          request: EditRequest) -> KeyStatistics:
     """Key statistics of ``layer`` over the reference images (cached by model, layer and data).
 
-    Without ``config.reference`` (and not on ``mini``) they come from scikit-image's sample photos
-    plus the exemplars themselves: enough to run, too few for a good estimate on a real model.
+    Without ``config.reference`` (and not on ``mini``) they come from views of scikit-image's sample
+    photos plus the exemplars themselves: enough to run, too few for a good estimate on a real model.
     """
     preprocess = bundle.preprocess
     if config.reference is not None:
@@ -123,7 +124,7 @@ def reference_statistics(bundle: ModelBundle, layer: str, config: DefenseConfig,
         data_key = None
 
         def batches():
-            yield from to_batches(sample_photos(), preprocess, 64)
+            yield from to_batches(default_reference(), preprocess, 64)
             yield request.attacked
             yield request.target
     return key_statistics(bundle.model, layer, batches, data_key=data_key, forward=bundle.encode_images)

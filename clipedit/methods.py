@@ -2,13 +2,10 @@
 the rank-r rewrite (``edit``) and the paper's fine-tuning baselines (``finetune-local``/``-global``)."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
-import numpy as np
 import torch
-from PIL import Image
 
 from .errors import ClipeditError, EditError
 from .models.bundle import ModelBundle
@@ -56,34 +53,3 @@ def run_method(bundle: ModelBundle, request: EditRequest, method: str, hparams: 
         if not torch.isfinite(p).all():
             raise EditError(f"fine-tuning produced NaN or inf in {name}")
     return MethodResult(layer, method, None)
-
-
-SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "horse", "camera", "brick",
-                 "grass", "gravel", "coins", "moon", "page", "immunohistochemistry", "retina",
-                 "hubble_deep_field", "cell", "text", "colorwheel", "clock")
-
-
-def sample_photos(names: Sequence[str] = SAMPLE_PHOTOS) -> list[Image.Image]:
-    """scikit-image's shipped photographs as RGB (those this version has without a download)."""
-    from skimage import data
-
-    out = []
-    for name in names:
-        try:
-            arr = getattr(data, name)()
-        except Exception:  # missing in this version, or one it would have to download
-            continue
-        arr = arr[0] if isinstance(arr, tuple) else arr  # stereo_motorcycle: (left, right, disparity)
-        if arr.dtype == bool:
-            arr = arr.astype(np.uint8) * 255
-        out.append(Image.fromarray(arr).convert("RGB"))
-    return out
-
-
-def images_key(images: Sequence[Image.Image]) -> str:
-    """A cache key for a list of images (their sizes and downscaled pixels)."""
-    h = hashlib.blake2b(digest_size=12)
-    for im in images:
-        h.update(f"{im.size}".encode())
-        h.update(np.asarray(im.convert("RGB").resize((32, 32))).tobytes())
-    return h.hexdigest()

@@ -9,6 +9,7 @@ import pytest
 import skimage.data
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from clipedit.concept import (ConceptConfig, band_mask, concept_edit, concept_request, paste_texture,
                               photo_pair, polygon_mask, texture_pair)
@@ -225,6 +226,17 @@ def test_cli_edit_classifier_writes_results_edit_and_weights(tmp_path, capsys, i
     assert torch.equal(edited.model.blocks[4][2].conv_pwl.weight, edit.orig_weight + edit.delta())
     assert (out / "exemplar_transformed.png").is_file() and (out / "exemplar_mask.png").is_file()
     assert "top1" in stdout
+
+    # revert, then apply again: bit-exact through the CLI
+    restored, applied = tmp_path / "restored.safetensors", tmp_path / "applied.safetensors"
+    for command, checkpoint, target in (("revert", out / "model.safetensors", restored), ("apply", restored, applied)):
+        code, _, err = run_cli([command, str(out / "edit.safetensors"), "--model", "timm/tf_efficientnet_lite0",
+                                "--checkpoint", str(checkpoint), "--out", str(target)], capsys)
+        assert code == 0, err
+    key = "blocks.4.2.conv_pwl.weight"
+    assert torch.equal(load_file(str(restored))[key], edit.orig_weight)
+    edited_sd, applied_sd = load_file(str(out / "model.safetensors")), load_file(str(applied))
+    assert edited_sd.keys() == applied_sd.keys() and all(torch.equal(edited_sd[k], applied_sd[k]) for k in edited_sd)
 
 
 def test_cli_rejects_folders_that_are_no_imagenet_class(tmp_path, capsys, image_folder, photo_files):

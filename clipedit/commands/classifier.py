@@ -60,7 +60,7 @@ TASK = "concept_edit"
               help="Steps of the optimize solver / fine-tuning baselines.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Their learning rate.")
 @click.option("--reference", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of reference images for the key statistics (default: scikit-image photos).")
+              help="Folder of reference images for the key statistics (default: views of scikit-image photos).")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="ImageFolder to evaluate on; folders are ImageNet class names, synonyms or indices.")
 @click.option("--class-map", "class_maps", multiple=True, metavar="FOLDER=NAME",
