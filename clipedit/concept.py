@@ -178,9 +178,9 @@ def concept_edit(bundle: ModelBundle, request: EditRequest, config: Optional[Con
 
     config = config or ConceptConfig()
     hp = RewriteHParams(**{**config.hparams.to_dict(), "layer": layer or config.hparams.layer})
-    images = list(reference) if reference else default_reference()
 
     def statistics(site: str):
+        images = list(reference) if reference else default_reference()
         return key_statistics(bundle.model, site, lambda: to_batches(images, bundle.preprocess, 32),
                               data_key=images_key(images) + repr(bundle.preprocess), forward=bundle.encode_images)
 
