@@ -161,7 +161,6 @@ def test_saved_checkpoint_loads_through_the_model_registry(tmp_path, monkeypatch
     assert bundle.tokenizer(["a photo of a mug."]).shape == (1, config["model_cfg"]["text_cfg"]["context_length"])
 
 
-
 def test_warm_start_trains_the_image_tower_on_objects_and_words():
     from clipedit.mini.train import build_model, image_batch
     from clipedit.mini.warmstart import WORDS, warm_start, word_targets

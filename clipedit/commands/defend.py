@@ -114,8 +114,6 @@ def defend_cmd(model, texts, method, layer, rank, solver, steps, lr, renders, ma
                + (" edit.safetensors," if defense.edit is not None else "") + " model.safetensors, results.json")
 
 
-
-
 def _config(method, layer, rank, solver, steps, lr, renders, mask_kind, seed, reference, photos) -> DefenseConfig:
     base = DefenseConfig()
     hp = dict(base.hparams.to_dict(), layer=layer, solver=solver)
