@@ -15,7 +15,7 @@ COMMANDS = {
     "apply": "clipedit.commands.edits:apply_cmd",
     "revert": "clipedit.commands.edits:revert_cmd",
     "edit-classifier": "clipedit.commands.classifier:edit_classifier",
-    "train-mini": "clipedit.mini.train:train_cmd",
+    "train-mini": "clipedit.commands.train_mini:train_cmd",
 }
 
 
@@ -43,6 +43,7 @@ def cli(verbose: int) -> None:
 
 def main(argv=None) -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 1."""
+    from attacks import AttackError
     from clipedit.errors import ClipeditError
 
     try:
@@ -55,7 +56,7 @@ def main(argv=None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except ClipeditError as e:
+    except (ClipeditError, AttackError) as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
     except (KeyboardInterrupt, BrokenPipeError):

@@ -15,11 +15,12 @@ import json
 import time
 
 from clipedit import load_model
-from clipedit.defend import DefenseConfig, defend
-from clipedit.defense_eval import ROWS, evaluate_defense, mini_eval_sets
+from clipedit.defenses.typographic import DefenseConfig, defend
+from clipedit.eval.defense_metrics import ROWS, evaluate_defense
+from clipedit.eval.heldout import world_eval_sets
+from clipedit.eval.predictor import make_predictor
+from clipedit.eval.results import format_table
 from clipedit.io import write_json
-from clipedit.predict import make_predictor
-from clipedit.results import format_table
 
 
 def settings(default: DefenseConfig) -> dict[str, DefenseConfig]:
@@ -40,11 +41,11 @@ def main() -> None:
     args = ap.parse_args()
 
     base = load_model("mini", device="cpu")
-    sets = mini_eval_sets(base.classnames, [args.word], args.n)
+    sets = world_eval_sets(base.world, [args.word], args.n)
     predictor = make_predictor(base, sets.classnames)
     results = {"unedited": evaluate_defense(base, predictor, sets)}
     timings = {}
-    for name, config in settings(DefenseConfig()).items():
+    for name, config in settings(DefenseConfig().resolved(base)).items():
         bundle = dataclasses.replace(base, model=copy.deepcopy(base.model))
         start = time.perf_counter()
         defense = defend(bundle, args.word, config)
@@ -56,7 +57,7 @@ def main() -> None:
     rows = [[label, *(r.get(key) for r in results.values())] for label, key in ROWS]
     print(format_table(rows, header=header))
     print("seconds to defend: " + ", ".join(f"{k}: {v:.1f}" for k, v in timings.items()))
-    write_json(args.out, {"word": args.word, "n": args.n, "default_config": _config_dict(DefenseConfig()),
+    write_json(args.out, {"word": args.word, "n": args.n, "default_config": _config_dict(DefenseConfig().resolved(base)),
                           "results": results, "seconds": timings})
 
 

@@ -12,11 +12,12 @@ import copy
 import dataclasses
 
 from clipedit import load_model
-from clipedit.defend import defend
-from clipedit.defense_eval import ROWS, EvalSets, evaluate_defense
+from clipedit.defenses.typographic import defend
+from clipedit.eval.defense_metrics import ROWS, evaluate_defense
+from clipedit.eval.heldout import EvalSets
+from clipedit.eval.predictor import make_predictor
+from clipedit.eval.results import format_table
 from clipedit.mini import world
-from clipedit.predict import make_predictor
-from clipedit.results import format_table
 
 
 def main() -> None:

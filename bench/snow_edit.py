@@ -35,15 +35,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from clipedit.concept import (ConceptConfig, band_mask, concept_edit, concept_request, polygon_mask,  # noqa: E402
-                              texture_pair)
-from clipedit.datasets import load_image  # noqa: E402
+from clipedit.core import RewriteHParams, revert_edit  # noqa: E402
+from clipedit.data.images import load_image  # noqa: E402
+from clipedit.data.reference import photo_views, sample_photos  # noqa: E402
+from clipedit.defenses.concept import (
+    ConceptConfig,
+    band_mask,
+    concept_edit,
+    concept_request,
+    polygon_mask,
+    texture_pair,
+)
+from clipedit.defenses.finetune import FinetuneHParams  # noqa: E402
+from clipedit.eval.results import format_table  # noqa: E402
 from clipedit.io import save_image, write_json  # noqa: E402
 from clipedit.models import load_model  # noqa: E402
-from clipedit.reference import photo_views, sample_photos  # noqa: E402
-from clipedit.results import format_table  # noqa: E402
-from clipedit.rewrite import RewriteHParams, revert_edit  # noqa: E402
-from clipedit.rewrite.finetune import FinetuneHParams  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "snow"

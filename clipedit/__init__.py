@@ -4,31 +4,34 @@
     bundle = clipedit.load_model("mini")
     defense = clipedit.defend(bundle, "ipod")
     clipedit.save_edit("ipod-edit.safetensors", defense.edit)
+
+Layers, lowest first (each imports only from those before it): ``errors``/``io``, ``core`` (the
+rewrite, independent of CLIP), ``data``, ``mini`` (the generated world), ``models``, ``eval``,
+``defenses``, ``commands``. The attack generator is the separate package ``attacks``.
 """
-import importlib
 import logging
+
+from clipedit.core import (
+                           EditRequest,
+                           LayerEdit,
+                           RewriteHParams,
+                           apply_edit,
+                           apply_rewrite,
+                           compute_rewrite,
+                           key_statistics,
+                           load_edit,
+                           revert_edit,
+                           save_edit,
+)
+from clipedit.defenses.defaults import defaults_for
+from clipedit.defenses.typographic import Defense, DefenseConfig, defend, text_exemplars
+from clipedit.errors import ClipeditError, EditError, ModelLoadError, SiteError
+from clipedit.eval.predictor import make_predictor
+from clipedit.models import ModelBundle, list_models, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-# Public name -> submodule. Imported on first use, so `import clipedit` stays light and the
-# `attacks` package can import `clipedit.errors` without a cycle.
-_EXPORTS = {
-    "Defense": "defend", "DefenseConfig": "defend", "defend": "defend", "text_exemplars": "defend",
-    "ClipeditError": "errors", "EditError": "errors", "ModelLoadError": "errors", "SiteError": "errors",
-    "ModelBundle": "models", "list_models": "models", "load_model": "models",
-    "make_predictor": "predict",
-    "EditRequest": "rewrite", "LayerEdit": "rewrite", "RewriteHParams": "rewrite", "apply_edit": "rewrite",
-    "apply_rewrite": "rewrite", "compute_rewrite": "rewrite", "key_statistics": "rewrite",
-    "load_edit": "rewrite", "revert_edit": "rewrite", "save_edit": "rewrite",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'clipedit' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__all__ = ["ClipeditError", "Defense", "DefenseConfig", "EditError", "EditRequest", "LayerEdit", "ModelBundle",
+           "ModelLoadError", "RewriteHParams", "SiteError", "apply_edit", "apply_rewrite", "compute_rewrite",
+           "defaults_for", "defend", "key_statistics", "list_models", "load_edit", "load_model", "make_predictor",
+           "revert_edit", "save_edit", "text_exemplars"]

@@ -1,4 +1,4 @@
-"""Exceptions that the CLI turns into one-line errors."""
+"""Exceptions that the CLI turns into one-line errors (with ``attacks.AttackError``)."""
 
 
 class ClipeditError(Exception):

@@ -1,4 +1,4 @@
-"""Atomic file output: write to a temporary file in the target folder, then rename."""
+"""File output that never leaves a half-written file: atomic writes of JSON, images and ``.safetensors``."""
 from __future__ import annotations
 
 import contextlib
@@ -6,9 +6,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
-from .errors import ClipeditError
+import torch
+
+from clipedit.errors import ClipeditError
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -63,3 +65,26 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata stored in a ``.safetensors`` header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise ClipeditError(f"cannot read {path}: {e}") from None
+
+
+def save_state_dict(path: str | os.PathLike, state: dict[str, torch.Tensor],
+                    metadata: Optional[dict] = None) -> Path:
+    """Save tensors as ``.safetensors`` atomically; ``metadata`` values are JSON-encoded if not str."""
+    from safetensors.torch import save_file
+
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)

@@ -117,7 +117,7 @@ def test_text_that_cannot_fit_raises_one_line(tiny):
     message = str(err.value)
     assert "does not fit in a 64x64 image" in message and "(30px)" in message
     assert "\n" not in message
-    assert isinstance(err.value, ClipeditError) and isinstance(err.value, ValueError)
+    assert isinstance(err.value, ValueError) and not isinstance(err.value, ClipeditError)
 
 
 def test_shrink_to_fit_and_reduced_padding(tiny):

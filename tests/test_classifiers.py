@@ -11,16 +11,24 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from clipedit.concept import (ConceptConfig, band_mask, concept_edit, concept_request, paste_texture,
-                              photo_pair, polygon_mask, texture_pair)
+from cli import main
+from clipedit.core import RewriteHParams, load_edit, resolve_site, revert_edit
+from clipedit.core.nethook import Trace
+from clipedit.defenses.concept import (
+    ConceptConfig,
+    band_mask,
+    concept_edit,
+    concept_request,
+    paste_texture,
+    photo_pair,
+    polygon_mask,
+    texture_pair,
+)
+from clipedit.defenses.defaults import default_layer
+from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.errors import ClipeditError, ModelLoadError, SiteError
 from clipedit.models import load_model
-from clipedit.nethook import Trace
-from clipedit.models.classifiers import (imagenet_class_index, imagenet_classnames,
-                                         load_by_key_order, map_folder_classes)
-from clipedit.rewrite import RewriteHParams, load_edit, resolve_site, revert_edit
-from clipedit.rewrite.finetune import FinetuneHParams
-from cli import main
+from clipedit.models.classifiers import imagenet_class_index, imagenet_classnames, load_by_key_order, map_folder_classes
 
 COFFEE_IDS = {967, 968, 504, 969}  # espresso, cup, coffee mug, eggnog
 CAT_IDS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -69,7 +77,7 @@ def test_specs_load_classifiers_with_their_preprocessing_and_default_sites():
         bundle = load_model(spec, device="cpu")
         assert bundle.kind == "classifier" and bundle.pretrained == "none" and len(bundle.classnames) == 1000
         assert bundle.preprocess(Image.new("RGB", (300, 200))).shape == (3, 224, 224)
-        layer = bundle.default_layer()
+        layer = default_layer(bundle)
         assert layer == site
         resolved = resolve_site(bundle.model, layer)
         assert resolved.norm_name is not None  # conv followed by its BatchNorm

@@ -145,9 +145,9 @@ def mini_dir(tmp_path, monkeypatch) -> Path:
     import open_clip
 
     from clipedit.mini.world import CLASSNAMES, TEMPLATES
-    from clipedit.models.registry import CONFIG_DIR
+    from clipedit.models.registry import config_files
 
-    model_cfg = json.loads((CONFIG_DIR / "tiny-vit.json").read_text())
+    model_cfg = json.loads(config_files()["tiny-vit"].read_text())
     folder = tmp_path / "mini"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({
@@ -165,7 +165,7 @@ def test_audit_mini_uses_its_held_out_world(capsys, tmp_path, mini_dir):
     out = tmp_path / "mini.json"
     stdout = run_ok(capsys, "audit", "--model", "mini", "--n", "12", "--seed", "1", "--out", out)
     record = json.loads(out.read_text())
-    assert record["dataset"] == "mini" and record["pretrained"] == "bundled"
+    assert record["dataset"] == "mini-world" and record["pretrained"] == "bundled"
     assert record["classnames"] == list(CLASSNAMES) and record["templates"] == len(TEMPLATES)
     assert record["n"] == 12 and record["metrics"]["n_text"] == 12 == record["metrics"]["n_word_in_classes"]
     assert "mini (bundled)" in stdout

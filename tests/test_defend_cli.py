@@ -9,8 +9,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from cli import main
+from clipedit.core import load_edit
 from clipedit.models import save_state_dict
-from clipedit.rewrite import load_edit
 
 LAYER = "visual.transformer.resblocks.1.mlp.c_proj"
 

@@ -11,13 +11,15 @@ from PIL import Image
 from torch import nn
 
 from attacks import Attack, LabelStyle
-from clipedit.datasets import (attacks_from_photos, labels_from_names, load_image, load_image_folder,
-                               remap_labels, to_batches)
+from clipedit.data.classnames import labels_from_names, remap_labels
+from clipedit.data.folders import load_image_folder
+from clipedit.data.images import load_image, to_batches
 from clipedit.errors import ClipeditError
-from clipedit.evaluate import classification_metrics, evaluate_attacks, evaluate_images
+from clipedit.eval.attack_sets import attacks_from_photos
+from clipedit.eval.metrics import classification_metrics, evaluate_attacks, evaluate_images
+from clipedit.eval.predictor import make_predictor
+from clipedit.eval.results import format_table, make_record, write_results
 from clipedit.models import ModelBundle
-from clipedit.predict import make_predictor
-from clipedit.results import format_table, make_record, write_results
 
 CLASSES = ["ipod", "mug", "apple", "ball", "clock", "key"]
 

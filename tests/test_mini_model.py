@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipedit.mini.evaluate import heldout_figures
+from clipedit.mini.training.figures import heldout_figures
 from clipedit.models import load_model
 
 N = 360  # 30 scenes per class
@@ -44,12 +44,13 @@ def test_default_defense_restores_ipod_notes_and_keeps_clean_and_blank():
     import copy
     import dataclasses
 
-    from clipedit.defend import defend
-    from clipedit.defense_eval import evaluate_defense, mini_eval_sets
-    from clipedit.predict import make_predictor
+    from clipedit.defenses.typographic import defend
+    from clipedit.eval.defense_metrics import evaluate_defense
+    from clipedit.eval.heldout import world_eval_sets
+    from clipedit.eval.predictor import make_predictor
 
     base = load_model("mini", device="cpu")
-    sets = mini_eval_sets(base.classnames, ["ipod"], n=240, seed=SEED)
+    sets = world_eval_sets(base.world, ["ipod"], n=240, split="test")
     predictor = make_predictor(base, sets.classnames)
     before = evaluate_defense(base, predictor, sets)
     edited = dataclasses.replace(base, model=copy.deepcopy(base.model))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from clipedit.errors import ClipeditError
-from clipedit.mini.captions import CaptionMix, caption
-from clipedit.mini.data import BLANK, CLEAN, SIGN, TEXT, PoolMix, build_pool
+from clipedit.mini.training.captions import CaptionMix, caption
+from clipedit.mini.training.pool import BLANK, CLEAN, SIGN, TEXT, PoolMix, build_pool
 from clipedit.mini.world import CLASSNAMES, IMAGE_SIZE, TEMPLATES, Scene, attack_set, draw_scene, reference_images
 
 
@@ -133,7 +133,7 @@ def test_training_pool_kinds_words_and_images():
 
 
 def test_training_batches_are_normalised_tensors():
-    from clipedit.mini.train import image_batch
+    from clipedit.mini.training.train import image_batch
 
     pool = build_pool(8, seed=1)
     batch = image_batch(pool, np.arange(8), np.random.default_rng(0), shift=4)
@@ -142,14 +142,14 @@ def test_training_batches_are_normalised_tensors():
 
 
 def test_saved_checkpoint_loads_through_the_model_registry(tmp_path, monkeypatch):
-    from clipedit.mini.train import TrainOptions, build_model, make_config, make_preprocess, save_checkpoint
+    from clipedit.mini.training.train import TrainOptions, build_model, make_config, make_preprocess, save_checkpoint
     from clipedit.models import load_model
 
     model = build_model(seed=0).eval()
     figures = {"n": 0, "seed": 0, "clean_acc": 0.0, "blank_acc": 0.0, "text_acc": 0.0, "attack_success": 0.0}
     config = make_config(TrainOptions(out=tmp_path), figures, 0, 0.0)
     save_checkpoint(model, config, tmp_path)
-    assert "python -m clipedit.mini.train" in config["training"]["command"]
+    assert config["training"]["command"].startswith("clipedit train-mini --out ")
     monkeypatch.setenv("CLIPEDIT_MINI_DIR", str(tmp_path))
     bundle = load_model("mini")
     assert bundle.classnames == list(CLASSNAMES) and bundle.templates == list(TEMPLATES)
@@ -162,8 +162,8 @@ def test_saved_checkpoint_loads_through_the_model_registry(tmp_path, monkeypatch
 
 
 def test_warm_start_trains_the_image_tower_on_objects_and_words():
-    from clipedit.mini.train import build_model, image_batch
-    from clipedit.mini.warmstart import WORDS, warm_start, word_targets
+    from clipedit.mini.training.train import build_model, image_batch
+    from clipedit.mini.training.warmstart import WORDS, warm_start, word_targets
 
     pool = build_pool(24, seed=3)
     targets = word_targets(pool)
@@ -178,7 +178,7 @@ def test_warm_start_trains_the_image_tower_on_objects_and_words():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    from clipedit.mini.warmstart import cosine_lr
+    from clipedit.mini.training.warmstart import cosine_lr
 
     lrs = [cosine_lr(s, steps=10, warmup=2, lr=1.0) for s in range(11)]
     assert lrs[0] == 0.5 and lrs[2] == 1.0 and lrs[10] == 0.0

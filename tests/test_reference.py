@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipedit.data.reference import default_reference, images_key, photo_views, sample_photos
 from clipedit.errors import ClipeditError
-from clipedit.reference import default_reference, images_key, photo_views, sample_photos
 
 
 @pytest.fixture(scope="module")

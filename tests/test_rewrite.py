@@ -6,12 +6,22 @@ import copy
 import pytest
 import torch
 
+from clipedit.core import (
+    EditRequest,
+    RewriteHParams,
+    apply_edit,
+    apply_rewrite,
+    compute_rewrite,
+    key_statistics,
+    load_edit,
+    resolve_site,
+    revert_edit,
+    save_edit,
+)
+from clipedit.core import statistics as stats_module
+from clipedit.core.keys_values import collect_exemplars
+from clipedit.core.nethook import Trace
 from clipedit.errors import EditError, SiteError
-from clipedit.nethook import Trace
-from clipedit.rewrite import (EditRequest, RewriteHParams, apply_edit, apply_rewrite, compute_rewrite,
-                              default_layer, key_statistics, load_edit, resolve_site, revert_edit, save_edit)
-from clipedit.rewrite import stats as stats_module
-from clipedit.rewrite.exemplars import collect_exemplars
 
 VIT_SITE = "visual.transformer.resblocks.0.mlp.c_proj"
 RN_SITE = "visual.layer2.0.conv3"
@@ -205,9 +215,11 @@ def test_key_statistics_are_cached_by_their_arguments(tiny_vit, monkeypatch):
 
 
 def test_default_layers(tiny_vit, tiny_rn):
-    assert default_layer(tiny_vit.model.visual, "visual.") == VIT_SITE
-    assert default_layer(tiny_rn.model.visual, "visual.") == "visual.layer3.0.conv3"
-    resolve_site(tiny_rn.model, default_layer(tiny_rn.model.visual, "visual."))
+    from clipedit.defenses.defaults import default_layer
+
+    assert default_layer(tiny_vit) == VIT_SITE
+    assert default_layer(tiny_rn) == "visual.layer3.0.conv3"
+    resolve_site(tiny_rn.model, default_layer(tiny_rn))
 
 
 def test_trace_removes_its_hooks_even_on_error(tiny_vit):

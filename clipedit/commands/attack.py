@@ -11,11 +11,10 @@ import numpy as np
 from PIL import Image
 
 from attacks import Attack, LabelStyle, render_attack
-
-from ..datasets import load_image
-from ..errors import ClipeditError
-from ..io import save_image
-from .options import check_out_dir, out_dir_option, seed_option
+from clipedit.commands.options import check_out_dir, out_dir_option, seed_option
+from clipedit.data.images import load_image
+from clipedit.errors import ClipeditError
+from clipedit.io import save_image
 
 log = logging.getLogger(__name__)
 

@@ -10,19 +10,32 @@ import click
 from PIL import Image
 
 from attacks import Attack
-
-from ..datasets import attacks_from_photos, labels_from_names, load_image_folder, load_photos, remap_labels
-from ..errors import ClipeditError
-from ..evaluate import evaluate_attacks
-from ..models import parse_spec
-from ..predict import check_classnames, make_predictor
-from ..results import format_table, make_record, write_results
-from .options import (GreedyCommand, GreedyOption, ModelOptions, batch_size_option, check_out_file,
-                      class_list, model_options, out_file_option, seed_option, split_list, template_list)
+from clipedit.commands.options import (
+    GreedyCommand,
+    GreedyOption,
+    ModelOptions,
+    batch_size_option,
+    check_out_file,
+    class_list,
+    model_options,
+    out_file_option,
+    seed_option,
+    split_list,
+    template_list,
+)
+from clipedit.data.classnames import check_classnames, labels_from_names, remap_labels
+from clipedit.data.folders import load_image_folder
+from clipedit.data.images import load_photos
+from clipedit.errors import ClipeditError
+from clipedit.eval.attack_sets import attacks_from_photos
+from clipedit.eval.heldout import world_attack_set
+from clipedit.eval.metrics import evaluate_attacks
+from clipedit.eval.predictor import make_predictor
+from clipedit.eval.results import format_table, make_record, write_results
 
 log = logging.getLogger(__name__)
 
-MINI_SCENES = 120  # default size of the mini world's held-out set
+WORLD_SCENES = 120  # default size of a world's held-out set (e.g. the mini world's)
 TASK = "typographic_audit"
 
 
@@ -79,13 +92,12 @@ def photos_source(photos: Sequence[Path], label_names: list[str],
     return PhotoSource(images, labels_from_names(label_names, classnames), classnames, "photos")
 
 
-def mini_set(classnames: list[str], words: Optional[list[str]], n: Optional[int], seed: int) -> AuditSet:
-    """The mini world's held-out attack set (notes in held-out styles, words of other classes)."""
-    from ..mini.world import CLASSNAMES, attack_set
-
-    attacks, labels = attack_set(n or MINI_SCENES, seed, words=words or "other")
-    labels = remap_labels(labels, CLASSNAMES, classnames)
-    return AuditSet(attacks, labels, classnames, "mini", len(attacks))
+def world_set(world, classnames: Optional[list[str]], words: Optional[list[str]], n: Optional[int]) -> AuditSet:
+    """A world's held-out attack set (test split; held-out styles; words of other classes by default)."""
+    attacks, labels = world_attack_set(world, n or WORLD_SCENES, "test", words or "other")
+    names = classnames or list(world.classnames)
+    labels = remap_labels(labels, list(world.classnames), names)
+    return AuditSet(attacks, labels, names, world.name, len(attacks))
 
 
 def result_rows(metrics: dict[str, Any]) -> list[tuple[str, Optional[float], int]]:
@@ -111,7 +123,7 @@ def result_rows(metrics: dict[str, Any]) -> list[tuple[str, Optional[float], int
               help="Prompt templates with '{}', one per line (default: the model's).")
 @click.option("--words", default=None, metavar="w1,w2", help="Words to write (default: the other class names).")
 @click.option("--n", type=click.IntRange(min=1), default=None,
-              help=f"Mini world: scenes (default {MINI_SCENES}). Photos: random words each (default: every word).")
+              help=f"World scenes (default {WORLD_SCENES}). Photos: random words each (default: every word).")
 @seed_option()
 @batch_size_option()
 @out_file_option(help="Write the results as JSON (clip_benchmark layout) here.")
@@ -121,7 +133,7 @@ def audit(model: ModelOptions, data: Optional[Path], photos: tuple[Path, ...], l
     """Measure a model's accuracy on clean photos, with a blank note, and with a written note.
 
     Attack success is how often the prediction becomes the written word. Without --data or
-    --photos, --model mini is audited on its generated held-out scenes.
+    --photos, a model that brings a world (e.g. mini) is audited on its held-out scenes (test split).
     """
     classnames = class_list(classes, classes_file)
     templates = template_list(templates_file)
@@ -135,10 +147,6 @@ def audit(model: ModelOptions, data: Optional[Path], photos: tuple[Path, ...], l
         raise ClipeditError("--labels goes with --photos")
     if photos and not label_names:
         raise ClipeditError("--photos needs --labels (the class name of each photo)")
-    is_mini = parse_spec(model.spec)[0] == "mini"
-    if data is None and not photos and not is_mini:
-        raise ClipeditError("give --data DIR or --photos PHOTO... --labels L... "
-                            "(only --model mini has a built-in test set)")
     if out is not None:
         check_out_file(out)
     if classnames is not None:
@@ -150,8 +158,11 @@ def audit(model: ModelOptions, data: Optional[Path], photos: tuple[Path, ...], l
     bundle = model.load()
     if source is not None:
         audit_set = source.render(word_list, n, seed)
+    elif bundle.world is not None and bundle.world.classnames:
+        audit_set = world_set(bundle.world, classnames, word_list, n)
     else:
-        audit_set = mini_set(classnames or list(bundle.classnames or []), word_list, n, seed)
+        raise ClipeditError(f"give --data DIR or --photos PHOTO... --labels L...: {bundle.name} brings no "
+                            "held-out scenes of its own (only models with a world, e.g. mini, do)")
 
     predictor = make_predictor(bundle, audit_set.classnames, templates)
     metrics = evaluate_attacks(bundle, predictor, audit_set.attacks, audit_set.labels, batch_size=batch_size)

@@ -8,21 +8,29 @@ from typing import Optional
 
 import click
 
-from ..methods import METHODS
-from ..concept import (DIRECTIONS, ConceptConfig, band_mask, concept_edit, concept_request,
-                       parse_points, photo_pair, polygon_mask, texture_pair)
-from ..datasets import IMAGE_EXTENSIONS, LabeledImages, LazyImages, load_image, load_image_folder
-from ..errors import ClipeditError
-from ..evaluate import evaluate_images
-from ..io import save_image
-from ..models.checkpoint import save_state_dict
-from ..predict import make_predictor
-from ..requests import load_mask
-from ..results import format_table, make_record, write_results
-from ..rewrite import RewriteHParams, save_edit
-from ..rewrite.finetune import FinetuneHParams
-from ..rewrite.hparams import SOLVERS
-from .options import batch_size_option, check_out_dir, model_options, out_dir_option, seed_option
+from clipedit.commands.options import batch_size_option, check_out_dir, model_options, out_dir_option, seed_option
+from clipedit.core import RewriteHParams, save_edit
+from clipedit.core.hparams import SOLVERS
+from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
+from clipedit.data.images import LazyImages, load_image, load_mask
+from clipedit.defenses.concept import (
+    DIRECTIONS,
+    ConceptConfig,
+    band_mask,
+    concept_edit,
+    concept_request,
+    parse_points,
+    photo_pair,
+    polygon_mask,
+    texture_pair,
+)
+from clipedit.defenses.finetune import FinetuneHParams
+from clipedit.defenses.methods import METHODS
+from clipedit.errors import ClipeditError
+from clipedit.eval.metrics import evaluate_images
+from clipedit.eval.predictor import make_predictor
+from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.io import save_image, save_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +179,7 @@ def _parse_class_map(items) -> dict[str, str]:
 def _imagenet_folder(data: Path, class_map: dict[str, str], exemplar: Path
                      ) -> tuple[LabeledImages, list[int], dict[str, int]]:
     """The ImageFolder, its labels as ImageNet indices and the folder -> index map; the exemplar is left out."""
-    from ..models.classifiers import map_folder_classes
+    from clipedit.models.classifiers import map_folder_classes
 
     folder = load_image_folder(data)
     dirs = [folder.paths[folder.labels.index(c)].relative_to(data).parts[0] for c in range(len(folder.classnames))]
@@ -192,12 +200,7 @@ def _md5(path: Path) -> str:
 
 
 def _reference_images(folder: Path):
-    if not folder.is_dir():
-        raise ClipeditError(f"reference folder not found: {folder}")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not paths:
-        raise ClipeditError(f"no images in reference folder {folder}")
-    return [load_image(p) for p in paths]
+    return [load_image(p) for p in image_paths(folder, "reference folder")]
 
 
 def _mask_image(mask):

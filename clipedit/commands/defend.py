@@ -8,19 +8,30 @@ from typing import Optional
 
 import click
 
-from ..defend import DefenseConfig, defend
-from ..methods import METHODS
-from ..defense_eval import comparison_rows, evaluate_defense, folder_eval_sets, mini_eval_sets
-from ..errors import ClipeditError
-from ..models.checkpoint import save_state_dict
-from ..predict import make_predictor
-from ..requests import load_mask, request_from_images
-from ..results import format_table, make_record, write_results
-from ..rewrite import RewriteHParams, save_edit
-from ..rewrite.finetune import FinetuneHParams
-from ..rewrite.hparams import SOLVERS
-from .options import (GreedyCommand, GreedyOption, check_out_dir, class_list, model_options,
-                      out_dir_option, seed_option, split_list)
+from clipedit.commands.options import (
+    GreedyCommand,
+    GreedyOption,
+    check_out_dir,
+    class_list,
+    model_options,
+    out_dir_option,
+    seed_option,
+    split_list,
+)
+from clipedit.core import RewriteHParams, save_edit
+from clipedit.core.hparams import SOLVERS
+from clipedit.data.images import load_image, load_mask, load_photos
+from clipedit.defenses.defaults import defaults_for
+from clipedit.defenses.edit_requests import request_from_images
+from clipedit.defenses.finetune import FinetuneHParams
+from clipedit.defenses.methods import METHODS
+from clipedit.defenses.typographic import DefenseConfig, defend
+from clipedit.errors import ClipeditError
+from clipedit.eval.defense_metrics import comparison_rows, evaluate_defense
+from clipedit.eval.heldout import folder_eval_sets, world_eval_sets
+from clipedit.eval.predictor import make_predictor
+from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.io import save_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +44,14 @@ log = logging.getLogger(__name__)
               help="The rewrite, or a fine-tuning baseline on the same exemplars.")
 @click.option("--layer", default=None, help="Dotted name of the layer to rewrite (default per architecture).")
 @click.option("--rank", type=click.IntRange(min=1), default=None,
-              help=f"Rank of the update [default: {DefenseConfig().hparams.rank}].")
+              help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json].")
 @click.option("--solver", type=click.Choice(SOLVERS), default="closed-form", show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Steps of the optimize solver / fine-tuning baselines.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Their learning rate.")
 @click.option("--renders", type=click.IntRange(min=1), default=None,
-              help=f"Rendered exemplars per word [default: {DefenseConfig().renders}].")
-@click.option("--mask-kind", type=click.Choice(["text", "label"]), default="text", show_default=True,
+              help="Rendered exemplars per word [default: per architecture, defaults.json].")
+@click.option("--mask-kind", type=click.Choice(["text", "label"]), default=None,
               help="Edit the glyphs' locations or the whole label's.")
 @click.option("--exemplar", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A real attacked photo (with --blank and --mask) instead of rendered exemplars.")
@@ -49,14 +60,14 @@ log = logging.getLogger(__name__)
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Mask image of the text (white = text).")
 @click.option("--photos", cls=GreedyOption, type=click.Path(dir_okay=False, path_type=Path),
-              help="Photos to render exemplars on (non-mini models; default: scikit-image samples).")
+              help="Photos to render exemplars on instead of the model's world (default: mini: its world; others: scikit-image samples).")
 @click.option("--reference", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of reference images for the key statistics.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="ImageFolder to evaluate on (default for mini: generated held-out scenes).")
+              help="ImageFolder to evaluate on (default: the model's world's held-out scenes, where it has them).")
 @click.option("--classes", default=None, help="Class names for --data (comma-separated).")
 @click.option("--n-eval", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Generated held-out scenes per set (mini).")
+              help="Held-out scenes per set (models whose world generates them, e.g. mini).")
 @click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation.")
 @seed_option()
 @out_dir_option(required=False, help="Output directory [default: runs/defend-WORDS].")
@@ -67,17 +78,21 @@ def defend_cmd(model, texts, method, layer, rank, solver, steps, lr, renders, ma
     if not words:
         raise ClipeditError("no word to defend against (--text)")
     out = check_out_dir(out or Path("runs") / ("defend-" + _slug("-".join(words))))
-    config = _config(method, layer, rank, solver, steps, lr, renders, mask_kind, seed, reference, photos)
+    photo_images = load_photos(photos) if photos else None
     bundle = model.load()
+    config = _config(bundle, method, layer, rank, solver, steps, lr, renders, mask_kind, seed, reference, photo_images)
     request = _photo_request(bundle, exemplar, blank, mask_path)
 
     sets = predictor = None
     if not no_eval:
-        names = class_list(classes, None) or bundle.classnames
+        names = class_list(classes, None)
         if data is not None:
-            sets = folder_eval_sets(data, words, names, per_image=1)
-        elif bundle.name == "mini":
-            sets = mini_eval_sets(bundle.classnames, words, n_eval)
+            sets = folder_eval_sets(data, words, names or bundle.classnames, per_image=1)
+        elif bundle.world is not None and bundle.world.classnames:
+            if names is not None:
+                raise ClipeditError(f"--classes goes with --data: {bundle.world.name}'s held-out scenes have "
+                                    "their own classes")
+            sets = world_eval_sets(bundle.world, words, n_eval)
         else:
             raise ClipeditError(f"no evaluation data for {bundle.name}: pass --data DIR (or --no-eval)")
         predictor = make_predictor(bundle, sets.classnames)
@@ -114,19 +129,16 @@ def defend_cmd(model, texts, method, layer, rank, solver, steps, lr, renders, ma
                + (" edit.safetensors," if defense.edit is not None else "") + " model.safetensors, results.json")
 
 
-def _config(method, layer, rank, solver, steps, lr, renders, mask_kind, seed, reference, photos) -> DefenseConfig:
-    base = DefenseConfig()
-    hp = dict(base.hparams.to_dict(), layer=layer, solver=solver)
-    if rank is not None:
-        hp["rank"] = rank
+def _config(bundle, method, layer, rank, solver, steps, lr, renders, mask_kind, seed, reference,
+            photos) -> DefenseConfig:
+    """The defense settings: what the user gave, the model's defaults (``defaults.json``) for the rest."""
+    defaults = defaults_for(bundle)
+    hp = dict(layer=layer or defaults.layer, rank=rank or defaults.rank, cov_reg=defaults.cov_reg, solver=solver)
     if solver == "optimize":
         hp.update({k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
     ft = FinetuneHParams(**{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
-    from ..datasets import load_photos
-
-    return DefenseConfig(method=method, hparams=RewriteHParams(**hp), renders=renders or base.renders,
-                         seed=seed, mask=mask_kind, reference=reference,
-                         photos=load_photos(photos) if photos else None, finetune=ft)
+    return DefenseConfig(method=method, hparams=RewriteHParams(**hp), renders=renders, seed=seed, mask=mask_kind,
+                         reference=reference, photos=photos, finetune=ft)
 
 
 def _photo_request(bundle, exemplar: Optional[Path], blank: Optional[Path], mask: Optional[Path]):
@@ -135,8 +147,6 @@ def _photo_request(bundle, exemplar: Optional[Path], blank: Optional[Path], mask
         return None
     if not all(given):
         raise ClipeditError("a real exemplar needs all of --exemplar, --blank and --mask")
-    from ..datasets import load_image
-
     return request_from_images(bundle.preprocess, [load_image(exemplar)], [load_image(blank)], [load_mask(mask)])
 
 

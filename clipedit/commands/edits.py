@@ -5,10 +5,10 @@ from pathlib import Path
 
 import click
 
-from ..errors import ClipeditError
-from ..models.checkpoint import save_state_dict
-from ..rewrite import apply_edit, load_edit, revert_edit
-from .options import check_out_file, model_options
+from clipedit.commands.options import check_out_file, model_options
+from clipedit.core import apply_edit, load_edit, revert_edit
+from clipedit.errors import ClipeditError
+from clipedit.io import save_state_dict
 
 
 def _target(out: Path, checkpoint) -> Path:

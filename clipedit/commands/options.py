@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 import click
 
-from ..errors import ClipeditError
+from clipedit.errors import ClipeditError
 
 
 @dataclass
@@ -28,7 +28,7 @@ class ModelOptions:
 
     def load(self):
         """The :class:`~clipedit.models.ModelBundle` these options name."""
-        from ..models import load_model
+        from clipedit.models import load_model
 
         return load_model(self.spec, checkpoint=self.checkpoint, device=self.device)
 

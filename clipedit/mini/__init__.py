@@ -1,9 +1,19 @@
-"""The bundled mini CLIP: a generated image-text world and the command that trains on it.
+"""The bundled mini CLIP's generated image-text world, and (in ``training/``) the code that trains on it.
 
-``world`` draws the scenes and notes, ``captions`` and ``data`` make the training
-pool, ``train`` trains open_clip's ``CLIP`` on it and ``evaluate`` measures the
-held-out figures stored in ``assets/mini/config.json``.
+``world`` and ``shapes`` draw the scenes and notes (all that run time needs); ``training/`` makes
+the training pool (``captions``, ``pool``), trains open_clip's ``CLIP`` on it (``warmstart``,
+``train``) and measures the held-out figures stored in ``assets/mini/config.json`` (``figures``).
 """
-from .world import CLASSNAMES, IMAGE_SIZE, TEMPLATES, Scene, attack_set, draw_scene, reference_images
+from clipedit.mini.world import (
+                                 CLASSNAMES,
+                                 IMAGE_SIZE,
+                                 TEMPLATES,
+                                 MiniWorld,
+                                 Scene,
+                                 attack_set,
+                                 draw_scene,
+                                 reference_images,
+)
 
-__all__ = ["CLASSNAMES", "IMAGE_SIZE", "TEMPLATES", "Scene", "attack_set", "draw_scene", "reference_images"]
+__all__ = ["CLASSNAMES", "IMAGE_SIZE", "TEMPLATES", "MiniWorld", "Scene", "attack_set", "draw_scene",
+           "reference_images"]

@@ -14,9 +14,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from attacks import Attack, StyleSampler, render_attack
-
-from ..errors import ClipeditError
-from .shapes import OBJECTS, background, random_colour
+from clipedit.errors import ClipeditError
+from clipedit.mini.shapes import OBJECTS, background, random_colour
 
 CLASSNAMES: tuple[str, ...] = tuple(OBJECTS)
 TEMPLATES: tuple[str, ...] = (
@@ -166,3 +165,32 @@ def reference_images(n: int = 256, seed: int = 12345, size: int = IMAGE_SIZE) ->
                                object_box=scene.object_box)
         images.append(attack.blank if kind == 1 else attack.attacked)
     return images
+
+
+class MiniWorld:
+    """The mini world as a :class:`clipedit.data.worlds.World`: what ``--model mini`` defends and is tested on."""
+
+    name = "mini-world"
+    classnames = CLASSNAMES
+    templates = TEMPLATES
+
+    def exemplars(self, word: str, n: int, rng: np.random.Generator) -> list[Attack]:
+        """Notes with ``word`` on objects of other classes, in exemplar styles."""
+        sampler = StyleSampler.exemplar(position="object")
+        others = [i for i, c in enumerate(CLASSNAMES) if c.lower() != word.lower()]
+        out = []
+        for _ in range(n):
+            scene = draw_scene(rng, others[int(rng.integers(len(others)))])
+            out.append(render_attack(scene.image, word, sampler.sample(rng), seed=int(rng.integers(2**31)),
+                                     object_box=scene.object_box))
+        return out
+
+    def reference_images(self, n: int) -> list[Image.Image]:
+        return reference_images(n)
+
+    def reference_key(self, n: int) -> str:
+        return f"mini-world-reference:n={n}"
+
+    def attack_set(self, n: int, seed: int, words: str | Sequence[str] = "other"
+                   ) -> tuple[list[Attack], list[int]]:
+        return attack_set(n, seed, words=words)

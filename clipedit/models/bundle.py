@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from clipedit.data.worlds import World
 
 
 @dataclass
@@ -22,6 +25,7 @@ class ModelBundle:
         classnames: default class names (the mini world, ImageNet classifiers).
         templates: default prompt templates (CLIP).
         source: the spec string the user gave.
+        world: where exemplars, reference images and held-out scenes come from (None: photographs).
     """
 
     model: nn.Module
@@ -33,6 +37,7 @@ class ModelBundle:
     classnames: Optional[list[str]] = None
     templates: Optional[list[str]] = None
     source: str = ""
+    world: Optional["World"] = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -48,12 +53,6 @@ class ModelBundle:
     def image_prefix(self) -> str:
         """Dotted-name prefix of :attr:`image_module` inside :attr:`model`."""
         return "visual." if self.kind == "clip" else ""
-
-    def default_layer(self) -> str:
-        """The default rewrite site: a per-model entry (``extra["default_layer"]``), else per architecture."""
-        from ..rewrite.defaults import default_layer
-
-        return self.extra.get("default_layer") or default_layer(self.image_module, self.image_prefix)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Features for a batch of preprocessed images: CLIP embeddings (unnormalised) or logits."""

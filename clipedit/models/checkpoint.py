@@ -1,15 +1,12 @@
 """Read and write state dicts (``.safetensors`` or torch pickles) with clear errors."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 
-from ..errors import ModelLoadError
-from ..io import atomic_path
+from clipedit.errors import ModelLoadError
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -41,26 +38,3 @@ def load_weights_into(model: torch.nn.Module, checkpoint: str | os.PathLike) -> 
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise ModelLoadError(f"checkpoint {checkpoint} does not fit this model: {first}") from None
-
-
-def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The string metadata stored in a ``.safetensors`` header."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as e:
-        raise ModelLoadError(f"cannot read {path}: {e}") from None
-
-
-def save_state_dict(path: str | os.PathLike, state: dict[str, torch.Tensor],
-                    metadata: Optional[dict] = None) -> Path:
-    """Save tensors as ``.safetensors`` atomically; ``metadata`` values are JSON-encoded if not str."""
-    from safetensors.torch import save_file
-
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)

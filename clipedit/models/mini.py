@@ -3,22 +3,30 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError
-from .bundle import ModelBundle
-from .checkpoint import load_state_dict_file
-from .registry import register_loader
+from clipedit.errors import ModelLoadError
+from clipedit.mini.world import MiniWorld
+from clipedit.models.bundle import ModelBundle
+from clipedit.models.checkpoint import load_state_dict_file
+from clipedit.models.registry import register_loader
 
-REGEN = "regenerate it with `python -m clipedit.mini.train`"
+REGEN = "rebuild it with `clipedit train-mini --out DIR` and point $CLIPEDIT_MINI_DIR at DIR"
 
 
 def mini_asset_dir() -> Path:
-    """``$CLIPEDIT_MINI_DIR`` or the repository's ``assets/mini``."""
+    """``$CLIPEDIT_MINI_DIR``, else the installed package data ``clipedit.assets/mini`` (the repository's
+    ``assets/mini``, mapped into the package by ``pyproject.toml``)."""
     env = os.environ.get("CLIPEDIT_MINI_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "assets" / "mini"
+    return Path(env) if env else bundled_asset_dir("mini")
+
+
+def bundled_asset_dir(name: str) -> Path:
+    """The folder of a bundled asset inside the installed ``clipedit.assets`` package."""
+    return Path(str(resources.files("clipedit.assets").joinpath(name)))
 
 
 def read_mini_config(asset_dir: Path | None = None) -> dict:
@@ -62,4 +70,4 @@ def load_mini(tag: str, checkpoint, device: torch.device) -> ModelBundle:
     return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name="mini",
                        pretrained=str(checkpoint) if checkpoint else "bundled", kind="clip",
                        classnames=list(cfg["classnames"]), templates=list(cfg["templates"]),
-                       extra={"config": cfg})
+                       world=MiniWorld(), extra={"config": cfg})

@@ -9,20 +9,22 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import logging
 import os
+from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-from ..errors import ModelLoadError
-from .bundle import ModelBundle
-from .checkpoint import load_weights_into
+from clipedit.errors import ModelLoadError
+from clipedit.models.bundle import ModelBundle
+from clipedit.models.checkpoint import load_weights_into
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 RANDOM_TAGS = {"none", "random", ""}
 
 # Extra loaders by model name: name -> fn(pretrained, checkpoint, device) -> ModelBundle.
@@ -82,8 +84,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def list_models() -> list[str]:
-    """All model names ``load_model`` knows."""
-    _register_open_clip_configs()
+    """All model names ``load_model`` knows: open_clip's, clipedit's own (``mini``, ``tiny-*`` …)."""
+    _register_builtin_loaders()
     import open_clip
 
     return sorted(set(open_clip.list_models()) | set(LOADERS))
@@ -142,7 +144,6 @@ def _load_open_clip(name: str, tag: str, checkpoint, device: torch.device) -> Mo
 def _create_open_clip(name: str, tag: str, checkpoint, device: torch.device) -> ModelBundle:
     import open_clip
 
-    _register_open_clip_configs()
     if name not in open_clip.list_models():
         hint = difflib.get_close_matches(name, list_models(), n=3)
         raise ModelLoadError(f"unknown model {name!r}" + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
@@ -169,23 +170,37 @@ def _create_open_clip(name: str, tag: str, checkpoint, device: torch.device) -> 
                        pretrained=pretrained, kind="clip")
 
 
-_configs_registered = False
+def config_files() -> dict[str, Any]:
+    """clipedit's own open_clip model configs (``clipedit/models/configs/NAME.json``), by name."""
+    folder = resources.files(__package__).joinpath("configs")
+    return {f.name.removesuffix(".json"): f for f in folder.iterdir() if f.name.endswith(".json")}
 
 
-def _register_open_clip_configs() -> None:
-    """Make the tiny test configs in ``configs/`` known to open_clip (once)."""
-    global _configs_registered
-    if not _configs_registered:
-        import open_clip
+def _load_config_model(name: str, tag: str, checkpoint, device: torch.device) -> ModelBundle:
+    """A CLIP built from one of clipedit's configs, without adding it to open_clip's global registry."""
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
 
-        open_clip.add_model_config(CONFIG_DIR)
-        _configs_registered = True
+    if tag.lower() not in RANDOM_TAGS:
+        raise ModelLoadError(f"{name} has no pretrained weights (use {name}:none or --checkpoint)")
+    cfg = json.loads(config_files()[name].read_text())
+    model = open_clip.model.CLIP(**cfg).to(device)
+    pretrained = "none"
+    if checkpoint is not None:
+        load_weights_into(model, checkpoint)
+        pretrained = str(checkpoint)
+    preprocess = open_clip.image_transform(cfg["vision_cfg"]["image_size"], is_train=False)
+    tokenizer = SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
+    return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name, pretrained=pretrained,
+                       kind="clip")
 
 
 def _register_builtin_loaders() -> None:
+    for name in config_files():
+        LOADERS.setdefault(name, functools.partial(_load_config_model, name))
     # Imported for their @register_loader side effects.
-    from . import mini  # noqa: F401
+    from clipedit.models import mini  # noqa: F401
     try:
-        from . import classifiers  # noqa: F401
+        from clipedit.models import classifiers  # noqa: F401
     except ImportError as e:  # the ImageNet path is optional
         log.debug("classifier loaders unavailable: %s", e)

@@ -1,0 +1,121 @@
+"""Rewrite one layer so the keys of attacked exemplars map to the values of their targets.
+
+    stats = key_statistics(model, "visual.transformer.resblocks.0.mlp.c_proj", batches, data_key="ref-v1")
+    model, orig, edit = apply_rewrite(model, EditRequest(attacked, blank, mask), hparams, stats)
+"""
+from __future__ import annotations
+
+import copy as copy_module
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from clipedit.core.edits import LayerEdit, apply_edit, edited_digest, tensor_digest
+from clipedit.core.hparams import RewriteHParams
+from clipedit.core.keys_values import collect_exemplars
+from clipedit.core.sites import resolve_site
+from clipedit.core.solvers import solve_closed_form, solve_optimize
+from clipedit.core.statistics import cached_second_moment
+from clipedit.core.subspace import edit_directions, regularise
+from clipedit.errors import EditError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EditRequest:
+    """Exemplar pairs: attacked images, what they should look like to the model, and the label masks.
+
+    Attributes:
+        attacked: (batch, 3, H, W) preprocessed attacked exemplars.
+        target: (batch, 3, H, W) preprocessed targets (the blank-note images).
+        mask: (batch, H, W) label masks in [0, 1] at the same resolution.
+    """
+
+    attacked: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class KeyStatistics:
+    """Second moment of a site's keys over reference images."""
+
+    layer: str
+    C: torch.Tensor
+    n_keys: int
+
+
+def key_statistics(model: nn.Module, layer: str, batches: Callable[[], Iterable[torch.Tensor]],
+                   data_key: Optional[str] = None, forward: Optional[Callable] = None,
+                   model_key: Optional[str] = None) -> KeyStatistics:
+    """C = E[k kᵀ] of ``layer``'s keys over reference batches; cached when ``data_key`` is given."""
+    site = resolve_site(model, layer)
+    C, n = cached_second_moment(model, site, batches, data_key, forward, model_key)
+    return KeyStatistics(layer=layer, C=C, n_keys=n)
+
+
+def _merge(requests: EditRequest | Sequence[EditRequest]) -> EditRequest:
+    reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
+    if not reqs:
+        raise EditError("no exemplars given")
+    return EditRequest(torch.cat([r.attacked for r in reqs]), torch.cat([r.target for r in reqs]),
+                       torch.cat([r.mask for r in reqs]))
+
+
+def compute_rewrite(model: nn.Module, requests: EditRequest | Sequence[EditRequest],
+                    hparams: RewriteHParams, stats: KeyStatistics,
+                    forward: Optional[Callable] = None, meta: Optional[dict] = None) -> LayerEdit:
+    """Compute (without applying) the rank-r edit of ``hparams.layer``.
+
+    Args:
+        forward: runs the model on a batch of images (default ``model``; e.g. ``model.encode_image``).
+        meta: extra metadata stored with the edit (model name, words …).
+    """
+    if hparams.layer is None:
+        raise EditError("no layer given")
+    if stats.layer != hparams.layer:
+        raise EditError(f"key statistics are for {stats.layer}, not {hparams.layer}")
+    site = resolve_site(model, hparams.layer)
+    req = _merge(requests)
+    ex = collect_exemplars(model, site, req.attacked, req.target, req.mask, forward, hparams.mask_threshold)
+    C = regularise(stats.C, stats.n_keys, hparams.cov_reg)
+    D = edit_directions(ex.keys.cpu(), C, hparams.rank, ex.weights.cpu())
+    if hparams.solver == "closed-form":
+        lam = solve_closed_form(site, ex, D)
+    else:
+        lam = solve_optimize(model, site, ex, D, hparams)
+    w = site.weight.detach()
+    edit = LayerEdit(layer=hparams.layer, lam=lam.float().cpu(), directions=D.float().cpu(),
+                     orig_weight=w.cpu().clone(),
+                     meta={**(meta or {}), "hparams": hparams.to_dict(), "n_keys": int(ex.keys.shape[0]),
+                           "n_exemplars": int(req.attacked.shape[0]), "orig_sha256": tensor_digest(w)})
+    edit.check_finite()
+    edit.meta["edited_sha256"] = edited_digest(edit)
+    log.info("edit of %s: rank %d from %d keys of %d exemplars", edit.layer, edit.rank,
+             edit.meta["n_keys"], edit.meta["n_exemplars"])
+    return edit
+
+
+def apply_rewrite(model: nn.Module, requests: EditRequest | Sequence[EditRequest],
+                  hparams: RewriteHParams, stats: KeyStatistics, forward: Optional[Callable] = None,
+                  copy: bool = False, return_orig_weights: bool = True, meta: Optional[dict] = None
+                  ) -> tuple[nn.Module, Optional[dict[str, torch.Tensor]], LayerEdit]:
+    """Compute the edit and apply it (ROME's calling convention).
+
+    Args:
+        copy: edit a deep copy and leave ``model`` untouched.
+        return_orig_weights: also return ``{weight name: original weight}``.
+
+    Returns:
+        (edited model, original weights or None, the edit).
+    """
+    edit = compute_rewrite(model, requests, hparams, stats, forward, meta)
+    if copy:
+        model = copy_module.deepcopy(model)
+    orig = {f"{edit.layer}.weight": edit.orig_weight.clone()} if return_orig_weights else None
+    apply_edit(model, edit)
+    return model, orig, edit

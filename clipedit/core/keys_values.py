@@ -1,0 +1,103 @@
+"""Keys and values of a site from attacked/target exemplar pairs, read through forward hooks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from clipedit.core.nethook import TraceDict
+from clipedit.core.sites import Site
+from clipedit.errors import EditError
+
+
+@dataclass
+class Exemplars:
+    """What a solver needs, at the locations the label covers.
+
+    Attributes:
+        keys: (n, key_dim) site inputs of the attacked exemplars.
+        values: (n, out) site outputs that make the block reproduce the target exemplars.
+        weights: (n,) location weights.
+        block_input: (batch, …) the attacked exemplars' block input (``optimize``).
+        block_target: (batch, …) the target exemplars' block output (``optimize``).
+        location_mask: (batch, locations) which locations are edited.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    weights: torch.Tensor
+    block_input: Optional[torch.Tensor]
+    block_target: Optional[torch.Tensor]
+    location_mask: torch.Tensor
+
+
+def _run(model: nn.Module, site: Site, images: torch.Tensor, forward: Callable) -> TraceDict:
+    # clone: blocks add the shortcut in place (`out += identity`) onto the traced tensors
+    with TraceDict(model, site.trace_layers(), retain_input=True, clone=True, stop=True) as td:
+        forward(images)
+    return td
+
+
+@torch.no_grad()
+def collect_exemplars(model: nn.Module, site: Site, attacked: torch.Tensor, target: torch.Tensor,
+                      masks: torch.Tensor, forward: Optional[Callable] = None,
+                      threshold: float = 0.0) -> Exemplars:
+    """Read keys at the attacked exemplars and the values that reproduce the target there.
+
+    For a site inside a residual block the value keeps the attacked residual path and replaces the
+    site's contribution: ``contribution* = pre_target - (pre_attacked - contribution_attacked)``,
+    mapped back through the eval-mode norm (an affine map) when there is one.
+
+    Args:
+        attacked, target: (batch, 3, H, W) preprocessed images of equal shape.
+        masks: (batch, H, W) label masks in [0, 1] at the same resolution.
+    """
+    if attacked.shape != target.shape:
+        raise EditError(f"attacked and blank exemplars differ in size: {tuple(attacked.shape)} vs {tuple(target.shape)}")
+    if masks.shape[0] != attacked.shape[0] or masks.shape[-2:] != attacked.shape[-2:]:
+        raise EditError(f"mask size {tuple(masks.shape)} does not match the exemplars {tuple(attacked.shape)}")
+    if not (masks > 0).any():
+        raise EditError("the mask is empty: no pixel of the label lies inside the image")
+    forward = forward or model
+    dev = next(model.parameters()).device
+    att = _run(model, site, attacked.to(dev), forward)
+    tgt = _run(model, site, target.to(dev), forward)
+
+    keys = site.keys(att[site.layer].input)
+    n_loc = keys.shape[1]
+    out_hw = None if isinstance(site.module, nn.Linear) else tuple(att[site.layer].output.shape[-2:])
+    loc = site.location_weights(masks.to(dev), n_loc, out_hw, threshold)
+    if not (loc > 0).any():
+        raise EditError("the mask covers no location of the site (label too small for the grid?)")
+
+    contrib_att = _contribution(site, att)
+    contrib_tgt = _contribution(site, tgt)
+    residual_att = _pre_activation(site, att, contrib_att) - contrib_att
+    residual_tgt = _pre_activation(site, tgt, contrib_tgt) - contrib_tgt
+    contrib_star = contrib_tgt + residual_tgt - residual_att
+    scale, shift = site.norm_affine(model)
+    # Channels the norm zeroes cannot be changed by the site: keep their current output there.
+    dead = scale.abs() < 1e-12
+    values = (site.locations(contrib_star) - shift) / torch.where(dead, torch.ones_like(scale), scale)
+    values = torch.where(dead, site.locations(att[site.layer].output), values)
+
+    sel = loc > 0
+    block_in = att[site.block_name].input if site.block_name else None
+    block_tgt = tgt[site.block_name].output if site.block_name else None
+    return Exemplars(keys=keys[sel], values=values[sel], weights=loc[sel].float(),
+                     block_input=block_in, block_target=block_tgt, location_mask=loc)
+
+
+def _contribution(site: Site, trace: TraceDict) -> torch.Tensor:
+    return trace[site.norm_name].output if site.norm_name else trace[site.layer].output
+
+
+def _pre_activation(site: Site, trace: TraceDict, contribution: torch.Tensor) -> torch.Tensor:
+    if site.residual == "output":
+        return trace[site.block_name].output
+    if site.residual == "shortcut":
+        shortcut = trace[site.shortcut_name].output if site.shortcut_name else trace[site.block_name].input
+        return contribution + shortcut
+    return contribution  # no residual: the target is the contribution itself

@@ -1,0 +1,155 @@
+"""Forward hooks over named modules, after ROME's ``util/nethook.py``.
+
+``Trace`` records (and may replace) the input and output of one module; ``TraceDict`` does the same
+for several. Both are context managers: hooks are always removed on exit, also on error.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from clipedit.errors import SiteError
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """Return the submodule called ``name`` (dotted path), or raise ``SiteError``."""
+    for n, m in model.named_modules():
+        if n == name:
+            return m
+    raise SiteError(f"no module named {name!r} in {type(model).__name__}")
+
+
+def get_parameter(model: nn.Module, name: str) -> nn.Parameter:
+    """Return the parameter called ``name`` (dotted path), or raise ``SiteError``."""
+    for n, p in model.named_parameters():
+        if n == name:
+            return p
+    raise SiteError(f"no parameter named {name!r} in {type(model).__name__}")
+
+
+def set_requires_grad(requires_grad: bool, *models: nn.Module | torch.Tensor) -> None:
+    """Set ``requires_grad`` on every parameter of the given modules (or on given tensors)."""
+    for m in models:
+        if isinstance(m, nn.Module):
+            for p in m.parameters():
+                p.requires_grad_(requires_grad)
+        else:
+            m.requires_grad_(requires_grad)
+
+
+class StopForward(Exception):
+    """Raised by a ``Trace`` with ``stop=True`` to end the forward pass after the module runs."""
+
+
+class Trace(contextlib.AbstractContextManager):
+    """Record the input and output of one module during forward passes.
+
+    Args:
+        module: the module, or ``model`` plus ``layer`` to look it up by name.
+        layer: dotted name of the module inside ``module``.
+        retain_input: keep ``self.input`` (the first positional argument).
+        retain_output: keep ``self.output``.
+        detach: detach recorded tensors from the graph.
+        clone: clone recorded tensors (so later in-place ops cannot change them).
+        edit_output: ``fn(output, layer) -> output`` applied to the module's output.
+        stop: raise ``StopForward`` after the module, to skip the rest of the model.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        layer: Optional[str] = None,
+        retain_input: bool = False,
+        retain_output: bool = True,
+        detach: bool = True,
+        clone: bool = False,
+        edit_output: Optional[Callable] = None,
+        stop: bool = False,
+    ) -> None:
+        self.layer = layer
+        target = get_module(module, layer) if layer is not None else module
+        self.input: Optional[torch.Tensor] = None
+        self.output: Optional[torch.Tensor] = None
+
+        def keep(t):
+            if not isinstance(t, torch.Tensor):
+                return t
+            if detach:
+                t = t.detach()
+            return t.clone() if clone else t
+
+        def hook(mod, inputs, output):
+            if retain_input:
+                self.input = keep(inputs[0] if inputs else None)
+            if edit_output is not None:
+                output = edit_output(output, layer)
+            if retain_output:
+                self.output = keep(output)
+            if stop:
+                raise StopForward()
+            return output
+
+        self._handle = target.register_forward_hook(hook)
+        self.stop = stop
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        return self.stop and exc_type is StopForward
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+class TraceDict(OrderedDict, contextlib.AbstractContextManager):
+    """A ``Trace`` for each of several layers, keyed by name; ``stop`` ends after the last one."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        layers: Iterable[str],
+        retain_input: bool = False,
+        retain_output: bool = True,
+        detach: bool = True,
+        clone: bool = False,
+        edit_output: Optional[Callable] = None,
+        stop: bool = False,
+    ) -> None:
+        super().__init__()
+        layers = list(dict.fromkeys(layers))
+        self.stop = stop
+        last = _last_to_finish(module, layers)
+        try:
+            for layer in layers:
+                self[layer] = Trace(
+                    module, layer, retain_input=retain_input, retain_output=retain_output,
+                    detach=detach, clone=clone, edit_output=edit_output,
+                    stop=stop and layer == last,
+                )
+        except Exception:
+            self.close()
+            raise
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        return self.stop and exc_type is StopForward
+
+    def close(self) -> None:
+        for trace in self.values():
+            trace.close()
+
+
+def _last_to_finish(model: nn.Module, layers: list[str]) -> Optional[str]:
+    """The traced module whose forward ends last: the latest-registered one, or an ancestor of it."""
+    wanted = set(layers)
+    order = [n for n, _ in model.named_modules() if n in wanted]
+    if not order:
+        return None
+    last = order[-1]
+    for name in order:  # ancestors finish after their children
+        if name == "" or last.startswith(name + "."):
+            return name
+    return last

@@ -1,0 +1,194 @@
+"""Rewrite sites: a Linear or Conv2d reached by dotted name, and the block that gives its values.
+
+A site's *contribution* is its output, or the eval-mode BatchNorm right after it. The block adds the
+contribution to a residual (``pre = contribution + residual``) and may apply an activation. Which
+modules play which part is data (``BLOCK_SPECS``), keyed by the block's class name.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipedit.core.nethook import get_module
+from clipedit.errors import SiteError
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Where a site sits in a residual block (names relative to the block).
+
+    Attributes:
+        site: the rewritten module.
+        norm: eval-mode BatchNorm applied to the site's output, if any.
+        residual: ``output`` — the block's output is the pre-activation, residual = output - contribution;
+            ``shortcut`` — output = act(contribution + shortcut), the shortcut read from ``shortcut_module``
+            (or the block's input when that module is None).
+        shortcut_module: module whose output is the shortcut (e.g. ``downsample``).
+    """
+
+    site: str
+    norm: Optional[str] = None
+    residual: str = "output"
+    shortcut_module: Optional[str] = None
+
+
+# Block class name -> specs of the sites it holds.
+BLOCK_SPECS: dict[str, tuple[BlockSpec, ...]] = {
+    # open_clip ViT: out = y + ls_2(mlp(ln_2(y)))
+    "ResidualAttentionBlock": (BlockSpec(site="mlp.c_proj"),),
+    # ResNet bottlenecks (open_clip ModifiedResNet, timm, torchvision): out = act(bn3(conv3(h)) + shortcut)
+    "Bottleneck": (BlockSpec(site="conv3", norm="bn3", residual="shortcut", shortcut_module="downsample"),),
+    # ResNet-18/34 basic blocks (timm, torchvision): out = act(bn2(conv2(h)) + shortcut)
+    "BasicBlock": (BlockSpec(site="conv2", norm="bn2", residual="shortcut", shortcut_module="downsample"),),
+    # timm EfficientNet blocks: out = bn(conv(h)) (+ input when has_skip), no activation after
+    "InvertedResidual": (BlockSpec(site="conv_pwl", norm="bn3"),),
+    "DepthwiseSeparableConv": (BlockSpec(site="conv_pw", norm="bn2"),),
+}
+
+
+@dataclass
+class Site:
+    """A resolved site: names (relative to the model) and the modules they point to."""
+
+    layer: str
+    module: nn.Module
+    norm_name: Optional[str]
+    block_name: Optional[str]
+    residual: str  # "output" | "shortcut" | "none"
+    shortcut_name: Optional[str]  # module giving the shortcut; None with residual "shortcut" = block input
+    batch_first: bool = True
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.module.weight
+
+    @property
+    def key_dim(self) -> int:
+        w = self.module.weight
+        return w.shape[1] if isinstance(self.module, nn.Linear) else w[0].numel()
+
+    def weight_matrix(self, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The weight as an (out, key_dim) matrix (a conv's kernel flattened as ``F.unfold`` orders keys)."""
+        w = self.module.weight if weight is None else weight
+        return w.reshape(w.shape[0], -1)
+
+    def trace_layers(self) -> list[str]:
+        names = [self.layer, self.norm_name, self.block_name, self.shortcut_name]
+        return [n for n in names if n]
+
+    # -- keys and locations -------------------------------------------------------------------
+    def keys(self, site_input: torch.Tensor) -> torch.Tensor:
+        """Site inputs as keys, (batch, locations, key_dim)."""
+        m = self.module
+        if isinstance(m, nn.Linear):
+            x = site_input if self.batch_first else site_input.transpose(0, 1)
+            return x.reshape(x.shape[0], -1, x.shape[-1])
+        if m.kernel_size == (1, 1) and m.stride == (1, 1) and m.padding in ((0, 0), "valid"):
+            return site_input.flatten(2).transpose(1, 2)
+        cols = F.unfold(site_input, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+        return cols.transpose(1, 2)
+
+    def locations(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A site-output-shaped tensor (output, contribution, pre-activation) as (batch, locations, channels)."""
+        if isinstance(self.module, nn.Linear):
+            x = tensor if self.batch_first else tensor.transpose(0, 1)
+            return x.reshape(x.shape[0], -1, x.shape[-1])
+        return tensor.flatten(2).transpose(1, 2)
+
+    def location_weights(self, pixel_mask: torch.Tensor, n_locations: int,
+                         out_hw: Optional[tuple[int, int]] = None, threshold: float = 0.0) -> torch.Tensor:
+        """Which locations the label covers: (batch, locations) in {0, 1}.
+
+        Args:
+            pixel_mask: (batch, H, W) in [0, 1] at the model's input resolution.
+            n_locations: locations per image (tokens for a ViT, positions for a conv).
+            out_hw: the conv output grid; None for token sites (grid inferred, prefix tokens excluded).
+            threshold: a location counts when the covered fraction exceeds it.
+        """
+        mask = pixel_mask.float().unsqueeze(1)
+        if out_hw is None:  # tokens: [prefix tokens] + row-major patch grid
+            grid = math.isqrt(n_locations - 1)
+            while grid > 0 and n_locations - grid * grid < 1:
+                grid -= 1
+            prefix = n_locations - grid * grid
+            frac = F.adaptive_avg_pool2d(mask, (grid, grid)).flatten(1)
+            frac = torch.cat([frac.new_zeros(frac.shape[0], prefix), frac], dim=1)
+        else:
+            frac = F.adaptive_avg_pool2d(mask, out_hw).flatten(1)
+        return (frac > threshold).to(pixel_mask.dtype if pixel_mask.is_floating_point() else torch.float32)
+
+    # -- the affine map from site output to contribution ---------------------------------------
+    def norm_affine(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (scale, shift) of the eval-mode norm after the site (ones, zeros without one)."""
+        out_ch = self.module.weight.shape[0]
+        w = self.module.weight
+        if self.norm_name is None:
+            return torch.ones(out_ch, dtype=w.dtype, device=w.device), torch.zeros(out_ch, dtype=w.dtype, device=w.device)
+        bn = get_module(model, self.norm_name)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.weight is not None else 1 / torch.sqrt(bn.running_var + bn.eps)
+        shift = (bn.bias if bn.bias is not None else 0) - bn.running_mean * scale
+        return scale.detach(), shift.detach()
+
+
+def resolve_site(model: nn.Module, layer: str) -> Site:
+    """Find ``layer`` in ``model`` and work out its block, norm and residual path.
+
+    Raises:
+        SiteError: no such module, or one that cannot be rewritten.
+    """
+    module = get_module(model, layer)
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        raise SiteError(f"{layer} is a {type(module).__name__}; a site must be a Linear or Conv2d layer")
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise SiteError(f"{layer} is a grouped/depthwise conv (groups={module.groups}); pick a dense conv")
+    parts = layer.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        block_name, rel = ".".join(parts[:cut]), ".".join(parts[cut:])
+        block = get_module(model, block_name)
+        for spec in BLOCK_SPECS.get(type(block).__name__, ()):
+            if spec.site == rel:
+                return _site_from_spec(model, module, layer, block_name, block, spec)
+    return _plain_site(model, module, layer)
+
+
+def _site_from_spec(model, module, layer, block_name, block, spec: BlockSpec) -> Site:
+    norm = f"{block_name}.{spec.norm}" if spec.norm else None
+    shortcut = None
+    residual = spec.residual
+    if residual == "shortcut" and spec.shortcut_module and getattr(block, spec.shortcut_module, None) is not None:
+        shortcut = f"{block_name}.{spec.shortcut_module}"
+    if type(block).__name__ == "ResidualAttentionBlock" and not isinstance(getattr(block, "ls_2", nn.Identity()), nn.Identity):
+        raise SiteError(f"{layer}: blocks with LayerScale are not supported")
+    if type(block).__name__ == "Bottleneck" and getattr(block, "se", None) is not None:
+        raise SiteError(f"{layer}: bottlenecks with squeeze-excitation after the site are not supported")
+    return Site(layer=layer, module=module, norm_name=norm, block_name=block_name, residual=residual,
+                shortcut_name=shortcut, batch_first=_batch_first(model, layer))
+
+
+def _plain_site(model, module, layer) -> Site:
+    """A layer outside a known block: its target is the blank image's own (normed) output."""
+    parent_name, _, child = layer.rpartition(".")
+    norm = None
+    parent = get_module(model, parent_name) if parent_name else model
+    if isinstance(parent, nn.Sequential):
+        names = [n for n, _ in parent.named_children()]
+        i = names.index(child)
+        if i + 1 < len(names) and isinstance(getattr(parent, names[i + 1]), nn.modules.batchnorm._BatchNorm):
+            norm = f"{parent_name}.{names[i + 1]}" if parent_name else names[i + 1]
+    return Site(layer=layer, module=module, norm_name=norm, block_name=None, residual="none",
+                shortcut_name=None, batch_first=_batch_first(model, layer))
+
+
+def _batch_first(model: nn.Module, layer: str) -> bool:
+    """open_clip transformers record their layout in ``batch_first``; look for it above the site."""
+    parts = layer.split(".")
+    for cut in range(len(parts) - 1, -1, -1):
+        m = get_module(model, ".".join(parts[:cut])) if cut else model
+        if hasattr(m, "batch_first"):
+            return bool(m.batch_first)
+    return True

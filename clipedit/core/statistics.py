@@ -1,0 +1,65 @@
+"""Second moment C = E[k kᵀ] of a site's keys over reference images: streamed in float64, cached on disk."""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from clipedit.core.cache import cache_key, cached_tensors, module_fingerprint
+from clipedit.core.nethook import Trace
+from clipedit.core.sites import Site
+from clipedit.errors import EditError
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def key_second_moment(model: nn.Module, site: Site, batches: Iterable[torch.Tensor],
+                      forward: Optional[Callable] = None) -> tuple[torch.Tensor, int]:
+    """Stream reference batches through ``forward`` and accumulate Σ k kᵀ at every location.
+
+    Returns:
+        (C, n): the second moment (key_dim x key_dim, float64, on CPU) and the number of keys.
+    """
+    forward = forward or model
+    d = site.key_dim
+    total = torch.zeros(d, d, dtype=torch.float64)
+    count = 0
+    for batch in tqdm(batches, desc="key statistics", leave=False, unit="batch", disable=None):
+        with Trace(model, site.layer, retain_input=True, retain_output=False, stop=True) as tr:
+            forward(batch.to(_device(model)))
+        keys = site.keys(tr.input).reshape(-1, d).to(torch.float64).cpu()
+        total += keys.T @ keys
+        count += keys.shape[0]
+    if count == 0:
+        raise EditError("no reference images for the key statistics")
+    return total / count, count
+
+
+def cached_second_moment(model: nn.Module, site: Site, batches: Callable[[], Iterable[torch.Tensor]],
+                         data_key: Optional[str], forward: Optional[Callable] = None,
+                         model_key: Optional[str] = None) -> tuple[torch.Tensor, int]:
+    """``key_second_moment`` cached by (model weights, site, data); ``data_key=None`` disables the cache.
+
+    Args:
+        batches: a callable giving the reference batches (only called on a cache miss).
+        data_key: identifies the reference data and its preprocessing.
+        model_key: identifies the weights; default hashes every parameter of ``model``.
+    """
+    def compute():
+        c, n = key_second_moment(model, site, batches(), forward)
+        return {"C": c, "n": torch.tensor(n)}
+
+    if data_key is None:
+        out = compute()
+    else:
+        key = cache_key(model=model_key or module_fingerprint(model), site=site.layer, data=data_key)
+        out = cached_tensors("stats", key, compute)
+    return out["C"], int(out["n"])
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

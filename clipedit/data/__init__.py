@@ -1,0 +1,1 @@
+"""Images from disk: loading and batching, the one folder scanner, class-name matching, reference images, worlds."""

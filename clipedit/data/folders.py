@@ -1,0 +1,99 @@
+"""Image folders: the one scanner of image files, and ImageFolder trees (``root/<class>/<image>``)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+
+from clipedit.data.images import IMAGE_EXTENSIONS, LazyImages, load_image
+from clipedit.errors import ClipeditError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabeledImages:
+    """Images with integer labels into ``classnames``.
+
+    Attributes:
+        images: the images (PIL or a :class:`LazyImages`).
+        labels: class index of each image.
+        classnames: the class names.
+        paths: the files the images came from (empty when generated).
+    """
+
+    images: Sequence[Image.Image]
+    labels: list[int]
+    classnames: list[str]
+    paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` is a file with a common image extension (hidden files excluded)."""
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def image_paths(folder: str | os.PathLike, what: str = "folder", required: bool = True) -> list[Path]:
+    """Every image file below ``folder`` (recursively, sorted; hidden files left out).
+
+    Raises:
+        ClipeditError: the folder is missing, or (``required``) holds no image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ClipeditError(f"{what} not found: {folder}")
+    paths = sorted(p for p in folder.rglob("*") if is_image_file(p))
+    if required and not paths:
+        raise ClipeditError(f"no images in {what} {folder}")
+    return paths
+
+
+def files_key(paths: Sequence[Path]) -> str:
+    """A cache key for files: their resolved paths, sizes and modification times."""
+    h = hashlib.blake2b(digest_size=12)
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def load_image_folder(root: str | os.PathLike, check: bool = True) -> LabeledImages:
+    """An ImageFolder tree: ``root/<class>/<image>``; class names are the folder names with ``_`` as spaces.
+
+    Args:
+        root: the directory.
+        check: open every image now so that a corrupt file fails before any work is done.
+
+    Raises:
+        ClipeditError: missing directory, no class folders or images, or (with ``check``) a corrupt image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ClipeditError(f"data directory not found: {root}")
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths: list[Path] = []
+    labels: list[int] = []
+    classnames: list[str] = []
+    for folder in folders:
+        files = image_paths(folder, required=False)
+        if not files:
+            log.warning("skipping %s: no images", folder)
+            continue
+        labels += [len(classnames)] * len(files)
+        classnames.append(folder.name.replace("_", " "))
+        paths += files
+    if not paths:
+        raise ClipeditError(f"no images found in {root} (expected {root}/<class>/<image>.jpg)")
+    if check:
+        for p in paths:
+            load_image(p).close()
+    log.info("loaded %d images of %d classes from %s", len(paths), len(classnames), root)
+    return LabeledImages(LazyImages(paths), labels, classnames, paths)

@@ -1,0 +1,82 @@
+"""Worlds: where a model's exemplars, reference images and held-out scenes come from.
+
+A model bundle carries its world (``bundle.world``): the bundled mini CLIP carries the generated
+mini world (:class:`clipedit.mini.world.MiniWorld`); any other model is given a :class:`PhotoWorld`
+over photographs (by default scikit-image's samples). Defenses and evaluations ask the world and
+never test a model's name.
+"""
+from __future__ import annotations
+
+from typing import Optional, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from attacks import Attack, StyleSampler, render_attack
+from clipedit.data.reference import default_reference, images_key, sample_photos
+from clipedit.errors import ClipeditError
+
+
+@runtime_checkable
+class World(Protocol):
+    """A source of scenes to write words on.
+
+    Attributes:
+        name: names the world in results records (``dataset``) and cache keys.
+        classnames: its classes (None for unlabelled photos).
+        templates: prompt templates that suit it (None: the model's).
+    """
+
+    name: str
+    classnames: Optional[Sequence[str]]
+    templates: Optional[Sequence[str]]
+
+    def exemplars(self, word: str, n: int, rng: np.random.Generator) -> list[Attack]:
+        """``n`` renders of ``word`` in exemplar styles (never the held-out ones)."""
+
+    def reference_images(self, n: int) -> Sequence[Image.Image]:
+        """About ``n`` ordinary images for the key statistics."""
+
+    def reference_key(self, n: int) -> str:
+        """A cache key for ``reference_images(n)``."""
+
+    def attack_set(self, n: int, seed: int, words: Sequence[str] | str = "other"
+                   ) -> tuple[list[Attack], list[int]]:
+        """``n`` held-out attacks (held-out styles) and true labels; raises ClipeditError if it has none."""
+
+
+class PhotoWorld:
+    """Photographs with no labels: exemplars are rendered on them; views of them are the reference."""
+
+    name = "photos"
+    classnames = None
+    templates = None
+
+    def __init__(self, photos: Optional[Sequence[Image.Image]] = None) -> None:
+        self._photos = list(photos) if photos else None
+
+    @property
+    def photos(self) -> list[Image.Image]:
+        if self._photos is None:
+            self._photos = sample_photos()
+        return self._photos
+
+    def exemplars(self, word: str, n: int, rng: np.random.Generator) -> list[Attack]:
+        sampler = StyleSampler.exemplar()
+        photos = self.photos
+        return [render_attack(photos[i % len(photos)], word, sampler.sample(rng), seed=int(rng.integers(2**31)))
+                for i in range(n)]
+
+    def reference_images(self, n: int) -> list[Image.Image]:
+        if self._photos is None:
+            return default_reference()
+        from clipedit.data.reference import photo_views
+
+        return photo_views(self.photos, max(1, -(-n // len(self.photos))), seed=0)
+
+    def reference_key(self, n: int) -> str:
+        return f"photos:{images_key(self.reference_images(n))}"
+
+    def attack_set(self, n: int, seed: int, words: Sequence[str] | str = "other"):
+        raise ClipeditError("unlabelled photos have no held-out scenes: pass --data DIR (an ImageFolder) "
+                            "or --dataset KIND:PATH to evaluate on")

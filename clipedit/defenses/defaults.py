@@ -1,0 +1,71 @@
+"""Default defense settings per architecture and model, read from ``defaults.json`` (one table of data)."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from torch import nn
+
+from clipedit.core.nethook import get_module
+from clipedit.errors import SiteError
+from clipedit.models.bundle import ModelBundle
+
+
+@dataclass(frozen=True)
+class DefenseDefaults:
+    """What a defense uses when the user does not say.
+
+    Attributes:
+        layer: dotted name of the site inside the whole model (None: the architecture has none).
+        rank: rank of the update.
+        renders: exemplars rendered per word.
+        n_reference: reference images drawn from the model's world for the key statistics.
+        cov_reg: regularisation λ of C.
+        mask: ``text`` (glyphs) or ``label`` (the whole note).
+    """
+
+    layer: str | None
+    rank: int
+    renders: int
+    n_reference: int
+    cov_reg: float
+    mask: str
+
+
+@lru_cache(maxsize=1)
+def defaults_table() -> dict:
+    """The parsed ``defaults.json``."""
+    return json.loads(resources.files(__package__).joinpath("defaults.json").read_text())
+
+
+def defaults_for(bundle: ModelBundle) -> DefenseDefaults:
+    """The defaults for ``bundle``: table default, then its architecture's, then its own entry."""
+    table = defaults_table()
+    arch = type(bundle.image_module).__name__
+    entry = {**table["default"], **table["architectures"].get(arch, {}), **table["models"].get(bundle.name, {})}
+    template = entry.pop("layer", None)
+    layer = bundle.image_prefix + expand_layer(bundle.image_module, template) if template else None
+    return DefenseDefaults(layer=layer, **entry)
+
+
+def default_layer(bundle: ModelBundle) -> str:
+    """The default rewrite site of ``bundle``; raises SiteError when its architecture has none."""
+    layer = defaults_for(bundle).layer
+    if layer is None:
+        raise SiteError(f"no default layer for {type(bundle.image_module).__name__}; pass one with --layer")
+    return layer
+
+
+def expand_layer(image_module: nn.Module, template: str) -> str:
+    """``layer3.{-1}.conv3`` -> ``layer3.5.conv3``: a negative ``{i}`` counts from the end of its container."""
+    match = re.search(r"\{(-?\d+)\}", template)
+    if match is None:
+        return template
+    index = int(match.group(1))
+    if index < 0:
+        container = template[:match.start()].rstrip(".")
+        index += len(get_module(image_module, container))
+    return template[:match.start()] + str(index) + template[match.end():]

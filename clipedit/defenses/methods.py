@@ -1,0 +1,63 @@
+"""The three ways to make a model treat attacked exemplars like their targets, behind one call:
+the rank-r rewrite (``edit``) and the paper's fine-tuning baselines (``finetune-local``/``-global``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from clipedit.core import (
+    EditRequest,
+    KeyStatistics,
+    LayerEdit,
+    RewriteHParams,
+    apply_edit,
+    compute_rewrite,
+    resolve_site,
+)
+from clipedit.defenses.defaults import default_layer
+from clipedit.defenses.finetune import FinetuneHParams, finetune
+from clipedit.errors import ClipeditError, EditError
+from clipedit.models.bundle import ModelBundle
+
+METHODS = ("edit", "finetune-local", "finetune-global")
+
+
+@dataclass
+class MethodResult:
+    """Which layer was targeted, by which method, and the edit (``edit`` only)."""
+
+    layer: str
+    method: str
+    edit: Optional[LayerEdit]
+
+
+def run_method(bundle: ModelBundle, request: EditRequest, method: str, hparams: RewriteHParams,
+               finetune_hparams: FinetuneHParams, statistics: Callable[[str], KeyStatistics],
+               meta: Optional[dict] = None) -> MethodResult:
+    """Change ``bundle.model`` in place so the request's attacked images look like its targets.
+
+    Args:
+        hparams: the rewrite's settings; ``hparams.layer`` None = the model's default site (also the
+            layer ``finetune-local`` trains).
+        statistics: ``layer -> KeyStatistics`` (only called for ``edit``).
+        meta: stored with the edit.
+    """
+    if method not in METHODS:
+        raise ClipeditError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    layer = hparams.layer or default_layer(bundle)
+    site = resolve_site(bundle.model, layer)
+    if method == "edit":
+        hp = RewriteHParams(**{**hparams.to_dict(), "layer": layer})
+        meta = {"model": bundle.name, "pretrained": bundle.pretrained, **(meta or {})}
+        edit = compute_rewrite(bundle.model, request, hp, statistics(layer), forward=bundle.encode_images,
+                               meta=meta)
+        apply_edit(bundle.model, edit)
+        return MethodResult(layer, method, edit)
+    params = [site.weight] if method == "finetune-local" else list(bundle.image_module.parameters())
+    finetune(bundle.model, params, request, finetune_hparams, forward=bundle.encode_images)
+    for name, p in bundle.model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise EditError(f"fine-tuning produced NaN or inf in {name}")
+    return MethodResult(layer, method, None)

@@ -1,0 +1,1 @@
+"""Evaluation: zero-shot heads, predictors, metrics, attack sets, the held-out protocol, results records."""

@@ -1,0 +1,32 @@
+"""Before/after figures of a defense on held-out sets: clean, blank note, defended and other words."""
+from __future__ import annotations
+
+from typing import Any
+
+from clipedit.eval.heldout import EvalSets
+from clipedit.eval.metrics import evaluate_attacks
+from clipedit.eval.predictor import Predictor
+from clipedit.models.bundle import ModelBundle
+
+
+def evaluate_defense(bundle: ModelBundle, predictor: Predictor, sets: EvalSets,
+                     batch_size: int = 128) -> dict[str, Any]:
+    """clean / blank-note accuracy, text-note accuracy and attack success for edited and other words."""
+    ed = evaluate_attacks(bundle, predictor, *sets.edited, batch_size=batch_size)
+    out = {"clean_acc": ed["clean_acc"], "blank_acc": ed["blank_acc"],
+           "text_acc": ed["text_acc"], "attack_success_rate": ed["attack_success_rate"], "n": ed["n"]}
+    if sets.other is not None:
+        ot = evaluate_attacks(bundle, predictor, *sets.other, batch_size=batch_size)
+        out.update({"other_text_acc": ot["text_acc"], "other_attack_success_rate": ot["attack_success_rate"],
+                    "other_clean_acc": ot["clean_acc"], "other_blank_acc": ot["blank_acc"], "n_other": ot["n"]})
+    return out
+
+
+ROWS = (("clean", "clean_acc"), ("blank note", "blank_acc"), ("text note (defended words)", "text_acc"),
+        ("attack success (defended words)", "attack_success_rate"),
+        ("text note (other words)", "other_text_acc"), ("attack success (other words)", "other_attack_success_rate"))
+
+
+def comparison_rows(before: dict, after: dict) -> list[list]:
+    """Table rows: metric, before, after."""
+    return [[label, before.get(key), after.get(key)] for label, key in ROWS if key in before]

@@ -1,0 +1,78 @@
+"""The one held-out protocol: named splits, and the attack sets every evaluation draws from them.
+
+Exemplars are rendered in exemplar styles from seeds offset by ``EXEMPLAR_SEED_OFFSET``
+(:mod:`clipedit.defenses.typographic`); held-out sets use held-out styles
+(``attacks.StyleSampler.heldout``) and the seeds below. Tune on ``validation``, report on ``test``:
+``audit``, ``defend``, the mini model's stored figures, the tests and the bench all call this module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from attacks import Attack
+from clipedit.data.classnames import normalize_name
+from clipedit.data.folders import load_image_folder
+from clipedit.data.worlds import World
+from clipedit.errors import ClipeditError
+from clipedit.eval.attack_sets import attacks_from_photos
+
+#: Seeds of the held-out splits. A split's set with the defended words uses its seed; the set
+#: with other words uses seed + 1.
+SPLITS: dict[str, int] = {"validation": 31_415, "test": 20_240}
+
+
+def split_seed(split: str) -> int:
+    """The seed of a named split (``validation`` or ``test``)."""
+    try:
+        return SPLITS[split]
+    except KeyError:
+        raise ClipeditError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})") from None
+
+
+@dataclass
+class EvalSets:
+    """Held-out attack sets: notes with the defended words, and notes with other words."""
+
+    classnames: list[str]
+    edited: tuple[list[Attack], list[int]]
+    other: Optional[tuple[list[Attack], list[int]]]
+    dataset: str
+    split: str = "test"
+
+
+def _other_words(classnames: Sequence[str], words: Sequence[str]) -> list[str]:
+    defended = {normalize_name(w) for w in words}
+    return [c for c in classnames if normalize_name(c) not in defended]
+
+
+def world_attack_set(world: World, n: int, split: str = "test",
+                     words: str | Sequence[str] = "other") -> tuple[list[Attack], list[int]]:
+    """``n`` held-out scenes of ``world`` with notes (``"other"``: another class's name)."""
+    return world.attack_set(n, split_seed(split), words)
+
+
+def world_eval_sets(world: World, words: Sequence[str], n: int, split: str = "test") -> EvalSets:
+    """Held-out scenes of a world that has them (``n`` per set)."""
+    if not world.classnames:
+        raise ClipeditError(f"{world.name} has no classes to evaluate on")
+    seed = split_seed(split)
+    others = _other_words(world.classnames, words)
+    edited = world.attack_set(n, seed, list(words))
+    other = world.attack_set(n, seed + 1, others) if others else None
+    return EvalSets(list(world.classnames), edited, other, world.name, split)
+
+
+def folder_eval_sets(folder: Path, words: Sequence[str], classnames: Optional[Sequence[str]] = None,
+                     split: str = "test", per_image: int = 1) -> EvalSets:
+    """Attacks rendered on an ImageFolder's photos (class = subfolder): defended words and other classes."""
+    data = load_image_folder(folder)
+    names = list(classnames or data.classnames)
+    if len(names) != len(data.classnames):
+        raise ClipeditError(f"{len(names)} class names given for {len(data.classnames)} folders")
+    seed = split_seed(split)
+    others = _other_words(names, words)
+    edited = attacks_from_photos(data.images, data.labels, names, list(words), per_image, seed)
+    other = attacks_from_photos(data.images, data.labels, names, others, per_image, seed + 1) if others else None
+    return EvalSets(names, edited, other, str(folder), split)

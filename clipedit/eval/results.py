@@ -1,0 +1,88 @@
+"""Results records in clip_benchmark's JSON layout (plus clipedit's fields), and printed tables."""
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from clipedit.io import write_json
+from clipedit.models.bundle import ModelBundle
+
+
+def clipedit_version() -> str:
+    """The installed clipedit version (``unknown`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clipedit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def make_record(*, dataset: str, bundle: ModelBundle, task: str, metrics: dict[str, Any],
+                classnames: Sequence[str], templates: Optional[Sequence[str]], words: Optional[Sequence[str]],
+                seed: Optional[int], n: int, **extra: Any) -> dict[str, Any]:
+    """A results record: clip_benchmark's ``dataset, model, pretrained, task, metrics`` and ours.
+
+    Args:
+        dataset: what was evaluated (a directory, ``photos`` or ``mini``).
+        bundle: the evaluated model (gives model, pretrained, device).
+        task: e.g. ``typographic_audit``.
+        metrics: numbers (``None`` where undefined); a ``predictions`` entry is dropped.
+        classnames, templates, words, seed, n: how the evaluation was set up.
+        extra: further fields (e.g. ``checkpoint``).
+    """
+    return {
+        "dataset": dataset,
+        "model": bundle.name,
+        "pretrained": bundle.pretrained,
+        "task": task,
+        "metrics": {k: v for k, v in metrics.items() if k != "predictions"},
+        "language": "en",
+        "classnames": list(classnames),
+        "templates": len(templates) if templates is not None else 0,
+        "words": list(words) if words is not None else None,
+        "seed": seed,
+        "n": n,
+        "device": str(bundle.device),
+        "clipedit_version": clipedit_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def write_results(path: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``record`` as JSON, atomically (a failed run leaves no partial file)."""
+    return write_json(path, record)
+
+
+def format_value(value: Any, percent: bool = True) -> str:
+    """A table cell: floats as percentages (or 4 digits), None as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{100 * value:.1f}%" if percent else f"{value:.4f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[Sequence[Any]], header: Optional[Sequence[str]] = None,
+                 percent: bool = True) -> str:
+    """Rows as aligned text: first column left-aligned, the others right-aligned.
+
+    Args:
+        rows: one sequence of cells per row; floats are rates shown as percentages.
+        header: column titles.
+        percent: show floats as percentages (else with 4 decimals).
+    """
+    table = [[format_value(c, percent) for c in row] for row in rows]
+    if header is not None:
+        table.insert(0, [str(h) for h in header])
+    if not table:
+        return ""
+    widths = [max(len(r[i]) for r in table if i < len(r)) for i in range(max(len(r) for r in table))]
+    lines = []
+    for row in table:
+        cells = [c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""Zero-shot classifier heads built from class names x prompt templates, as open_clip builds them."""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from clipedit.core.cache import cache_key, cached_tensors, module_fingerprint
+from clipedit.errors import ClipeditError
+from clipedit.models.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.",
+                     "a bright photo of a {}.", "a photo of a small {}.", "a photo of a large {}.")
+
+
+@torch.no_grad()
+def zero_shot_weights(model, tokenizer, classnames: Sequence[str], templates: Sequence[str],
+                      batch_size: int = 256) -> torch.Tensor:
+    """Class embeddings (embed_dim, n_classes): the mean of normalised template embeddings, renormalised."""
+    if not classnames:
+        raise ClipeditError("the class list is empty")
+    if not templates:
+        raise ClipeditError("the template list is empty")
+    device = next(model.parameters()).device
+    texts = [t.format(c) for c in classnames for t in templates]
+    feats = []
+    for i in range(0, len(texts), batch_size):
+        tokens = tokenizer(texts[i:i + batch_size]).to(device)
+        feats.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+    emb = torch.cat(feats).view(len(classnames), len(templates), -1).mean(dim=1)
+    return F.normalize(emb, dim=-1).T.contiguous()
+
+
+def classifier_weights(bundle: ModelBundle, classnames: Sequence[str],
+                       templates: Sequence[str] | None = None, use_cache: bool = True) -> torch.Tensor:
+    """``zero_shot_weights`` for a CLIP bundle, cached on disk per model weights + classes + templates."""
+    templates = list(templates or bundle.templates or DEFAULT_TEMPLATES)
+    classnames = list(classnames)
+    if not classnames:
+        raise ClipeditError("the class list is empty")
+    text_tower = _text_tower_fingerprint(bundle.model)
+    key = cache_key(model=bundle.name, text=text_tower, classes=classnames, templates=templates)
+    out = cached_tensors("zeroshot", key, lambda: {
+        "weights": zero_shot_weights(bundle.model, bundle.tokenizer, classnames, templates)},
+        enabled=use_cache)
+    return out["weights"].to(bundle.device)
+
+
+def _text_tower_fingerprint(model) -> str:
+    # The head depends on everything but the visual tower: editing `visual` keeps the cache valid.
+    return module_fingerprint(model, exclude=("visual.",))
+
+
+@torch.no_grad()
+def zero_shot_logits(bundle: ModelBundle, images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Scaled cosine logits (batch, n_classes) of preprocessed images against a zero-shot head."""
+    feats = F.normalize(bundle.encode_images(images).float(), dim=-1)
+    return 100.0 * feats @ weights
