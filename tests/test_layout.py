@@ -1,0 +1,172 @@
+"""The package's shape: one-way dependencies, no cycles, a whole wheel, names that do not collide."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Layers, lowest first: a module may import from its own layer and the ones before it, never after.
+LAYERS = [
+    ("clipedit.errors", "clipedit.io"),
+    ("clipedit.core",),
+    ("clipedit.data",),
+    ("clipedit.mini", "clipedit.mini.world", "clipedit.mini.shapes"),
+    ("clipedit.models",),
+    ("clipedit.eval",),
+    ("clipedit.defenses",),
+    ("clipedit.mini.training",),
+    ("clipedit.commands",),
+]
+
+
+def layer_of(module: str) -> int:
+    """Index of the layer holding ``module`` (the longest matching prefix wins)."""
+    best, best_len = None, -1
+    for i, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > best_len:
+                best, best_len = i, len(p)
+    if best is None:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+    return best
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every ``clipedit``/``attacks`` module a file imports, at any depth (function-level imports too)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {m for m in out if m.split(".")[0] in ("clipedit", "attacks")}
+
+
+def library_files(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def test_dependencies_point_one_way():
+    wrong = []
+    for path in library_files("clipedit"):
+        me = module_name(path)
+        if me in ("clipedit", "clipedit.__main__"):
+            continue  # the package's front door re-exports from every layer
+        for target in imported_modules(path):
+            if target.startswith("attacks"):
+                continue  # the attack generator sits below clipedit
+            if target == "clipedit" or layer_of(target) > layer_of(me):
+                wrong.append(f"{me} -> {target}")
+    assert not wrong, "imports against the layering:\n" + "\n".join(sorted(wrong))
+
+
+def test_attacks_import_nothing_from_clipedit():
+    offenders = [f"{module_name(p)} -> {t}" for p in library_files("attacks") for t in imported_modules(p)
+                 if t.startswith("clipedit")]
+    assert not offenders
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_import_attacks_loads_no_clipedit_module():
+    r = _run("import attacks, sys; assert not any(m.startswith('clipedit') for m in sys.modules), "
+             "sorted(m for m in sys.modules if m.startswith('clipedit'))")
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_core_imports_alone():
+    """Import ``clipedit.core`` without the package's front door: nothing of models/eval/… comes along."""
+    code = (
+        "import sys, types\n"
+        f"pkg = types.ModuleType('clipedit'); pkg.__path__ = [{str(ROOT / 'clipedit')!r}]\n"
+        "sys.modules['clipedit'] = pkg\n"
+        "import clipedit.core\n"
+        "from clipedit.core import apply_rewrite, key_statistics\n"
+        "above = ('clipedit.models', 'clipedit.eval', 'clipedit.data', 'clipedit.defenses', 'clipedit.mini',"
+        " 'clipedit.commands', 'open_clip', 'attacks')\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(above))\n"
+        "assert not bad, bad\n"
+    )
+    r = _run(code)
+    assert r.returncode == 0, r.stderr
+
+
+def test_public_names_do_not_shadow_submodules():
+    """``from clipedit.defenses.typographic import X`` must not turn ``clipedit.defend`` into a module."""
+    import importlib
+    import pkgutil
+
+    import clipedit
+
+    for info in pkgutil.walk_packages(clipedit.__path__, "clipedit."):
+        if not info.ispkg:
+            continue
+        package = importlib.import_module(info.name)
+        subs = {m.name for m in pkgutil.iter_modules(package.__path__)}
+        assert not subs & set(getattr(package, "__all__", ())), info.name
+    subs = {m.name for m in pkgutil.iter_modules(clipedit.__path__)}
+    assert not subs & set(clipedit.__all__)
+    from clipedit.defenses.typographic import DefenseConfig  # noqa: F401
+
+    assert callable(clipedit.defend) and clipedit.defend.__module__ == "clipedit.defenses.typographic"
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_every_package_is_in_the_wheel():
+    setuptools = _pyproject()["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    found = {module_name(p.parent / "__init__.py") for pkg in ("clipedit", "attacks")
+             for p in (ROOT / pkg).rglob("__init__.py")}
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
+    mapped = setuptools["package-dir"]
+    assert mapped == {"clipedit.assets": "assets"} and (ROOT / "assets" / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("package, folder, required", [
+    ("clipedit.assets", "assets", ["mini/config.json", "mini/model.safetensors"]),
+    ("clipedit.assets.mini", "assets/mini", ["config.json", "model.safetensors"]),
+    ("clipedit.models.configs", "clipedit/models/configs", ["tiny-vit.json", "tiny-rn.json"]),
+    ("clipedit.defenses", "clipedit/defenses", ["defaults.json"]),
+    ("clipedit", "clipedit", ["py.typed"]),
+])
+def test_package_data_globs_cover_the_files_runtime_reads(package, folder, required):
+    globs = _pyproject()["tool"]["setuptools"]["package-data"][package]
+    for rel in required:
+        assert (ROOT / folder / rel).is_file(), rel
+        assert any(fnmatch(rel, g) for g in globs), f"{rel} is not shipped by {package}'s package-data {globs}"
+
+
+def test_list_models_names_clipedits_models_without_touching_open_clips_registry():
+    import open_clip
+
+    from clipedit import list_models, load_model
+
+    names = list_models()
+    assert {"mini", "tiny-vit", "tiny-rn", "ViT-B-32", "RN50"} <= set(names)
+    load_model("tiny-vit", device="cpu")
+    assert "tiny-vit" not in open_clip.list_models() and "mini" not in open_clip.list_models()
+
+
+def test_python_dash_m_clipedit_lists_the_commands():
+    r = subprocess.run([sys.executable, "-m", "clipedit", "--help"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for command in ("attack", "audit", "defend", "apply", "revert", "edit-classifier", "train-mini"):
+        assert command in r.stdout
