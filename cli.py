@@ -16,6 +16,8 @@ COMMANDS = {
     "revert": "clipedit.commands.edits:revert_cmd",
     "edit-classifier": "clipedit.commands.classifier:edit_classifier",
     "train-mini": "clipedit.commands.train_mini:train_cmd",
+    "sweep": "clipedit.commands.sweep:sweep_cmd",
+    "stats": "clipedit.commands.stats:stats_cmd",
 }
 
 

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import unicodedata
 from pathlib import Path
 
 from PIL import ImageFont
 
 from .errors import AttackError
+
+logger = logging.getLogger(__name__)
 
 
 def mpl_font_dir() -> Path:
@@ -45,3 +49,30 @@ def load_font(path: str, size_px: int) -> ImageFont.FreeTypeFont:
         return ImageFont.truetype(path, size_px)
     except OSError as e:
         raise AttackError(f"cannot read font {path}: {e}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def font_codepoints(path: str) -> frozenset[int] | None:
+    """The code points ``path``'s character map covers (None when fontTools cannot read the font)."""
+    from fontTools.ttLib import TTFont
+
+    try:
+        with TTFont(path, lazy=True, fontNumber=0) as font:
+            return frozenset(font.getBestCmap() or {})
+    except Exception as e:  # a font Pillow reads but fontTools does not: leave it unchecked
+        logger.debug("cannot read the character map of %s: %s", path, e)
+        return None
+
+
+def check_glyphs(text: str, path: str) -> None:
+    """Raise AttackError naming the characters of ``text`` that the font at ``path`` has no glyph for
+    (they would be drawn as empty boxes, e.g. an emoji in DejaVu Sans)."""
+    covered = font_codepoints(path)
+    if covered is None:
+        return
+    missing = [c for c in dict.fromkeys(text)
+               if ord(c) not in covered and not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf")]
+    if missing:
+        shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in missing[:3])
+        raise AttackError(f"font {os.path.basename(path)} has no glyph for {shown}; "
+                          "pick a font that covers the text (--font)")

@@ -11,7 +11,7 @@ from PIL import Image, ImageFont
 
 from .compose import over, scale_alpha, to_rgb_array
 from .errors import AttackError
-from .fonts import bold_font_path, default_font_path, load_font
+from .fonts import bold_font_path, check_glyphs, default_font_path, load_font
 from .geometry import choose_translation, label_quad, source_corners, translation_range
 from .label import LabelLayer, draw_label, label_size, text_extent
 from .style import LabelStyle
@@ -98,6 +98,7 @@ def render_attack(
         raise AttackError("attack text is empty")
     clean = to_rgb_array(image)
     height, width = clean.shape[:2]
+    check_glyphs(text, _font_file(style))
     rng = np.random.default_rng(seed)
     jitter = rng.uniform(0.0, 1.0, size=(4, 2))
     layout = _fit_layout(text, style, width, height, jitter)
@@ -114,12 +115,17 @@ def requested_font_px(style: LabelStyle, width: int, height: int) -> int:
     return max(1, int(round(size)))
 
 
+def _font_file(style: LabelStyle) -> str:
+    """Path of the font ``style`` draws with."""
+    if style.font is None:
+        return bold_font_path() if style.bold else default_font_path()
+    return str(style.font)
+
+
 def _font_for(style: LabelStyle, px: int) -> tuple[ImageFont.FreeTypeFont, int]:
     """Font object and stroke width (faux bold) for ``style`` at ``px`` pixels."""
-    if style.font is None:
-        return load_font(bold_font_path() if style.bold else default_font_path(), px), 0
-    stroke = max(1, round(px / 24)) if style.bold else 0
-    return load_font(str(style.font), px), stroke
+    stroke = max(1, round(px / 24)) if style.bold and style.font is not None else 0
+    return load_font(_font_file(style), px), stroke
 
 
 def _fit_layout(text: str, style: LabelStyle, width: int, height: int, jitter: np.ndarray) -> _Layout:
@@ -143,6 +149,7 @@ def _fit_layout(text: str, style: LabelStyle, width: int, height: int, jitter: n
         smaller = min(px - 1, math.floor(px * min(width / ink_w, height / ink_h) * 0.95))
         if not style.shrink_to_fit or px <= MIN_FONT_PX:
             shown = text.replace("\n", " ")
+            shown = shown if len(shown) <= 40 else shown[:39] + "…"
             raise AttackError(f"text '{shown}' ({wanted}px) does not fit in a {width}x{height} image")
         px = max(smaller, MIN_FONT_PX)
 

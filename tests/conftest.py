@@ -14,6 +14,8 @@ import skimage.data  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import cli  # noqa: E402
+
 # skimage's bundled photos (no download), by the class name they show.
 PHOTO_SOURCES = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut"}
 PHOTO_SIZE = 96
@@ -82,3 +84,32 @@ def corrupt_jpg(tmp_path) -> Path:
     path = tmp_path / "broken.jpg"
     path.write_bytes(np.random.default_rng(0).bytes(2000))
     return path
+
+
+# -- running the command line in-process (shared by the CLI tests: `from conftest import run_ok …`) --------
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """Run ``clipedit ARGS`` in-process: (exit code, stdout, stderr)."""
+    try:
+        cli.main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_ok(capsys, *args) -> str:
+    """Run ``clipedit ARGS`` and return its stdout (a failure shows stderr)."""
+    code, out, err = run_cli(args, capsys)
+    if code:
+        pytest.fail(f"exit {code}: {err}")
+    return out
+
+
+def run_error(capsys, *args) -> str:
+    """Run ``clipedit ARGS``, expect exit 1 and one ``Error:`` line on stderr; return that line."""
+    code, _, err = run_cli(args, capsys)
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    return lines[0]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from conftest import run_cli
 from PIL import Image
 from safetensors.torch import load_file
 
-from cli import main
 from clipedit.core import RewriteHParams, load_edit, resolve_site, revert_edit
 from clipedit.core.nethook import Trace
 from clipedit.defenses.concept import (
@@ -32,17 +32,6 @@ from clipedit.models.classifiers import imagenet_class_index, imagenet_classname
 
 COFFEE_IDS = {967, 968, 504, 969}  # espresso, cup, coffee mug, eggnog
 CAT_IDS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-
-
-def run_cli(args, capsys):
-    """Run the console script in-process: (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -227,7 +216,8 @@ def test_cli_edit_classifier_writes_results_edit_and_weights(tmp_path, capsys, i
     record = json.loads((out / "results.json").read_text())
     assert record["task"] == "concept_edit" and record["layer"] == "blocks.4.2.conv_pwl"
     assert record["folder_classes"] == {"espresso": "espresso", "tabby": "tabby"}
-    assert record["metrics"]["before"]["n"] == 4 and "top1" in record["metrics"]["after"]
+    assert record["before"]["n"] == 4 and "top1" in record["after"]  # before/after beside the flat metrics
+    assert record["metrics"]["n"] == 4 and record["metrics"]["after_top1"] == record["after"]["top1"]
     edit = load_edit(out / "edit.safetensors")
     assert edit.rank == 2 and edit.layer == "blocks.4.2.conv_pwl"
     edited = load_model("timm/tf_efficientnet_lite0", checkpoint=str(out / "model.safetensors"), device="cpu")

@@ -7,30 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_error, run_ok
 from PIL import Image
 
 import cli
 from clipedit.models import save_state_dict
-
-
-def run_ok(capsys, *args) -> str:
-    """Run ``clipedit ARGS`` and return its stdout (a failure shows stderr)."""
-    try:
-        cli.main([str(a) for a in args])
-    except SystemExit as e:
-        pytest.fail(f"exit {e.code}: {capsys.readouterr().err}")
-    return capsys.readouterr().out
-
-
-def run_error(capsys, *args) -> str:
-    """Run ``clipedit ARGS``, expect exit 1 and one ``Error:`` line on stderr; return that line."""
-    with pytest.raises(SystemExit) as info:
-        cli.main([str(a) for a in args])
-    err = capsys.readouterr().err
-    assert info.value.code == 1, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), err
-    return lines[0]
 
 
 def files_under(path: Path) -> list[Path]:
@@ -111,8 +92,11 @@ def test_audit_image_folder(capsys, tmp_path, image_folder):
     assert m["n_text"] == m["n_word_in_classes"] == 12
     assert rows["clean"] == [f"{100 * m['clean_acc']:.1f}%", "12"]
     assert rows["attack success"] == [f"{100 * m['attack_success_rate']:.1f}%", "12"]
-    assert sum(v["n"] for v in m["by_word"].values()) == 12
-    assert "predictions" not in m
+    assert sum(v["n"] for v in record["by_word"].values()) == 12  # breakdowns beside the flat metrics
+    assert sum(v["n_text"] for v in record["by_class"].values()) == 12
+    assert "predictions" not in m and "predictions" not in record
+    assert all(v is None or isinstance(v, (int, float)) for v in m.values())
+    assert m["acc1"] is not None and out.with_suffix(".png").is_file()
 
 
 def test_audit_photos_with_labels_and_words(capsys, tmp_path, photo_files):
@@ -124,8 +108,8 @@ def test_audit_photos_with_labels_and_words(capsys, tmp_path, photo_files):
     m = record["metrics"]
     assert record["dataset"] == "photos" and record["n"] == 6 and record["n_photos"] == 2
     assert m["n_text"] == 6
-    assert m["n_word_in_classes"] == m["by_word"]["coffee"]["n"] == 3  # every other render writes "coffee"
-    assert m["by_word"]["ipod"]["attack_success_rate"] is None
+    assert m["n_word_in_classes"] == record["by_word"]["coffee"]["n"] == 3  # every other render writes "coffee"
+    assert record["by_word"]["ipod"]["attack_success_rate"] is None
 
 
 def test_audit_templates_and_classes_files(capsys, tmp_path, image_folder):

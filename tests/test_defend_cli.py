@@ -5,24 +5,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 from safetensors.torch import load_file
 
-from cli import main
 from clipedit.core import load_edit
 from clipedit.models import save_state_dict
 
 LAYER = "visual.transformer.resblocks.1.mlp.c_proj"
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -37,7 +27,7 @@ def defend_args(base, out, *extra):
 
 def test_defend_then_revert_and_apply_are_bit_exact(base_ckpt, tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = run(defend_args(base_ckpt, out, "--text", "ipod,mug"), capsys)
+    code, stdout, err = run_cli(defend_args(base_ckpt, out, "--text", "ipod,mug"), capsys)
     assert code == 0, err
     assert {p.name for p in out.iterdir()} == {"edit.safetensors", "model.safetensors", "results.json"}
     edit = load_edit(out / "edit.safetensors")
@@ -45,13 +35,13 @@ def test_defend_then_revert_and_apply_are_bit_exact(base_ckpt, tmp_path, capsys)
     record = json.loads((out / "results.json").read_text())
     assert record["task"] == "typographic_defense" and record["model"] == "tiny-vit"
 
-    code, _, err = run(["revert", str(out / "edit.safetensors"), "--model", "tiny-vit", "--checkpoint",
+    code, _, err = run_cli(["revert", str(out / "edit.safetensors"), "--model", "tiny-vit", "--checkpoint",
                         str(out / "model.safetensors"), "--out", str(tmp_path / "restored.safetensors")], capsys)
     assert code == 0, err
     base, restored = load_file(str(base_ckpt)), load_file(str(tmp_path / "restored.safetensors"))
     assert all(np.array_equal(base[k].numpy(), restored[k].numpy()) for k in base)
 
-    code, _, err = run(["apply", str(out / "edit.safetensors"), "--model", "tiny-vit", "--checkpoint",
+    code, _, err = run_cli(["apply", str(out / "edit.safetensors"), "--model", "tiny-vit", "--checkpoint",
                         str(base_ckpt), "--out", str(tmp_path / "applied.safetensors")], capsys)
     assert code == 0, err
     edited, applied = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "applied.safetensors"))
@@ -61,7 +51,7 @@ def test_defend_then_revert_and_apply_are_bit_exact(base_ckpt, tmp_path, capsys)
 
 def test_finetune_baseline_writes_no_edit_file(base_ckpt, tmp_path, capsys):
     out = tmp_path / "ft"
-    code, _, err = run(defend_args(base_ckpt, out, "--method", "finetune-local", "--steps", "3"), capsys)
+    code, _, err = run_cli(defend_args(base_ckpt, out, "--method", "finetune-local", "--steps", "3"), capsys)
     assert code == 0, err
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "results.json"}
 
@@ -72,7 +62,7 @@ def test_finetune_baseline_writes_no_edit_file(base_ckpt, tmp_path, capsys):
 ])
 def test_bad_layer_is_one_line_and_writes_nothing(base_ckpt, tmp_path, capsys, extra, message):
     out = tmp_path / "run"
-    code, _, err = run(defend_args(base_ckpt, out, *extra), capsys)
+    code, _, err = run_cli(defend_args(base_ckpt, out, *extra), capsys)
     assert code == 1
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
@@ -95,33 +85,36 @@ def _photo_pair(tmp_path, blank_size=(96, 96), mask_box=(30, 30, 60, 50)):
 
 def test_real_photo_exemplar(base_ckpt, tmp_path, capsys):
     p = _photo_pair(tmp_path)
-    code, _, err = run(defend_args(base_ckpt, tmp_path / "run", "--exemplar", str(p["attacked"]), "--blank",
-                                   str(p["blank"]), "--mask", str(p["mask"])), capsys)
+    code, stdout, err = run_cli(defend_args(base_ckpt, tmp_path / "run", "--exemplar", str(p["attacked"]), "--blank",
+                                        str(p["blank"]), "--mask", str(p["mask"])), capsys)
     assert code == 0, err
+    edit = load_edit(tmp_path / "run" / "edit.safetensors")
+    assert edit.meta["n_exemplars"] == 1 and edit.meta["n_keys"] > 0  # the one photo pair, not rendered words
+    assert f"edit of {LAYER}" in stdout
 
 
 @pytest.mark.parametrize("kind, message", [("size", "differ in size"), ("empty", "mask is empty")])
 def test_bad_photo_exemplar(base_ckpt, tmp_path, capsys, kind, message):
     p = _photo_pair(tmp_path, blank_size=(80, 96)) if kind == "size" else _photo_pair(tmp_path, mask_box=(0, 0, 0, 0))
-    code, _, err = run(defend_args(base_ckpt, tmp_path / "run", "--exemplar", str(p["attacked"]), "--blank",
+    code, _, err = run_cli(defend_args(base_ckpt, tmp_path / "run", "--exemplar", str(p["attacked"]), "--blank",
                                    str(p["blank"]), "--mask", str(p["mask"])), capsys)
     assert code == 1 and message in err and "Traceback" not in err
 
 
 def test_edit_for_another_model_is_refused(base_ckpt, tiny_rn, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run(defend_args(base_ckpt, out), capsys)[0] == 0
+    assert run_cli(defend_args(base_ckpt, out), capsys)[0] == 0
     rn_ckpt = save_state_dict(tmp_path / "rn.safetensors", tiny_rn.model.state_dict())
-    code, _, err = run(["apply", str(out / "edit.safetensors"), "--model", "tiny-rn", "--checkpoint", str(rn_ckpt),
+    code, _, err = run_cli(["apply", str(out / "edit.safetensors"), "--model", "tiny-rn", "--checkpoint", str(rn_ckpt),
                         "--out", str(tmp_path / "x.safetensors")], capsys)
     assert code == 1 and "tiny-vit" in err and not (tmp_path / "x.safetensors").exists()
 
 
 def test_output_never_overwrites_the_source_checkpoint(base_ckpt, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run(defend_args(base_ckpt, out), capsys)[0] == 0
+    assert run_cli(defend_args(base_ckpt, out), capsys)[0] == 0
     before = base_ckpt.read_bytes()
-    code, _, err = run(["apply", str(out / "edit.safetensors"), "--model", "tiny-vit", "--checkpoint",
+    code, _, err = run_cli(["apply", str(out / "edit.safetensors"), "--model", "tiny-vit", "--checkpoint",
                         str(base_ckpt), "--out", str(base_ckpt)], capsys)
     assert code == 1 and "--out must differ" in err
     assert base_ckpt.read_bytes() == before

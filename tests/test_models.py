@@ -28,7 +28,7 @@ def test_tiny_models_load_at_random(name, photos):
 
 def test_parse_spec():
     assert parse_spec("ViT-B-32:openai") == ("ViT-B-32", "openai")
-    assert parse_spec("tiny-vit") == ("tiny-vit", "none")
+    assert parse_spec("tiny-vit") == ("tiny-vit", "")
     with pytest.raises(ModelLoadError, match="empty model name"):
         parse_spec(":openai")
 

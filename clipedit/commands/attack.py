@@ -1,6 +1,7 @@
 """``clipedit attack``: write typographic attacks (attacked, blank-note and mask images) for photos."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -14,27 +15,48 @@ from attacks import Attack, LabelStyle, render_attack
 from clipedit.commands.options import check_out_dir, out_dir_option, seed_option
 from clipedit.data.images import load_image
 from clipedit.errors import ClipeditError
-from clipedit.io import save_image
+from clipedit.io import atomic_output_set, save_image
 
 log = logging.getLogger(__name__)
 
 
+MAX_FILE_WORD = 64  # characters of a word kept in file names (a file name has at most 255 bytes)
+
+
 def file_word(word: str) -> str:
-    """``word`` made safe for a file name (runs of other characters become ``-``)."""
-    return re.sub(r"[^\w]+", "-", word.strip(), flags=re.UNICODE).strip("-") or "text"
+    """``word`` made safe for a file name (runs of other characters become ``-``); a long word is cut
+    to ``MAX_FILE_WORD`` characters and given a digest of the whole word."""
+    slug = re.sub(r"[^\w]+", "-", word.strip(), flags=re.UNICODE).strip("-") or "text"
+    return slug if len(slug) <= MAX_FILE_WORD else f"{slug[:MAX_FILE_WORD]}-{_word_digest(word)}"
+
+
+def file_words(words: list[str]) -> list[str]:
+    """A distinct file-name form of every word: words that would share one (``ipod!``/``ipod?``,
+    ``a/b``/``a-b``) each get a digest of the word appended."""
+    slugs = [file_word(w) for w in words]
+    return [s if slugs.count(s) == 1 else f"{s}-{_word_digest(w)}" for s, w in zip(slugs, words)]
+
+
+def _word_digest(word: str) -> str:
+    return hashlib.sha1(word.encode()).hexdigest()[:8]
 
 
 def render_all(photos: list[Path], words: list[str], n: int, style: LabelStyle,
                seed: int) -> list[tuple[str, Attack]]:
     """(file stem, attack) for every photo x word x k < n; render k of (photo i, word j) is seeded by (seed, i, j, k)."""
     out = []
+    names = file_words(words)
     for i, path in enumerate(photos):
         image = load_image(path)
         for j, word in enumerate(words):
             for k in range(n):
                 render_seed = int(np.random.default_rng([seed, i, j, k]).integers(2**31 - 1))
-                stem = f"{path.stem}_{file_word(word)}" + (f"_{k}" if n > 1 else "")
+                stem = f"{path.stem}_{names[j]}" + (f"_{k}" if n > 1 else "")
                 out.append((stem, render_attack(image, word, style, seed=render_seed)))
+    stems = [stem for stem, _ in out]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        raise ClipeditError(f"two renders would share the file name {clash[0]!r}; rename a photo or change a word")
     return out
 
 
@@ -77,8 +99,9 @@ def attack(photos: tuple[Path, ...], texts: tuple[str, ...], n: int, out: Path, 
     if clash:
         raise ClipeditError(f"photos share the file name {clash[0]!r}; their outputs would overwrite each other")
     check_out_dir(out)
-    renders = render_all(list(photos), list(texts), n, style, seed)
-    for stem, result in renders:
-        for path in save_attack(out, stem, result):
-            click.echo(str(path))
+    renders = render_all(list(photos), list(dict.fromkeys(texts)), n, style, seed)
+    with atomic_output_set(out) as stage:  # every render's three images, or nothing
+        written = [path.name for stem, result in renders for path in save_attack(stage, stem, result)]
+    for name in written:
+        click.echo(str(out / name))
     log.info("wrote %d renders to %s", len(renders), out)

@@ -1,4 +1,5 @@
-"""``clipedit audit``: how much a model's predictions follow written words (clean / blank note / text note)."""
+"""``clipedit audit``: how much a model's predictions follow written words (clean / blank note / text note),
+on rendered notes or on a published benchmark's photos (``--dataset KIND:PATH``)."""
 from __future__ import annotations
 
 import logging
@@ -23,14 +24,17 @@ from clipedit.commands.options import (
     split_list,
     template_list,
 )
+from clipedit.data.benchmarks import LAYOUTS, LoadedBenchmark, load_benchmark_images, read_benchmark
 from clipedit.data.classnames import check_classnames, labels_from_names, remap_labels
 from clipedit.data.folders import load_image_folder
 from clipedit.data.images import load_photos
 from clipedit.errors import ClipeditError
 from clipedit.eval.attack_sets import attacks_from_photos
+from clipedit.eval.benchmark_metrics import evaluate_benchmark, kind_rows
 from clipedit.eval.heldout import world_attack_set
 from clipedit.eval.metrics import evaluate_attacks
 from clipedit.eval.predictor import make_predictor
+from clipedit.eval.report import GridItem, attacks_grid, bar_chart, benchmark_grid, write_chart, write_report
 from clipedit.eval.results import format_table, make_record, write_results
 
 log = logging.getLogger(__name__)
@@ -108,15 +112,53 @@ def result_rows(metrics: dict[str, Any]) -> list[tuple[str, Optional[float], int
             ("attack success", metrics["attack_success_rate"], metrics["n_word_in_classes"])]
 
 
+@dataclass
+class AuditOutcome:
+    """What an audit measured, ready to print, save and report."""
+
+    metrics: dict[str, Any]
+    rows: list[list[Any]]
+    classnames: list[str]
+    dataset: str
+    words: list[str]
+    n_photos: int
+    grid: list[GridItem]
+    templates: Optional[list[str]]
+
+
+def audit_rendered(bundle, audit_set: AuditSet, templates: Optional[list[str]], batch_size: int) -> AuditOutcome:
+    """Evaluate rendered attacks (clean / blank note / text note of each photo)."""
+    predictor = make_predictor(bundle, audit_set.classnames, templates)
+    metrics = evaluate_attacks(bundle, predictor, audit_set.attacks, audit_set.labels, batch_size=batch_size)
+    names = audit_set.classnames
+    grid = attacks_grid(audit_set.attacks, audit_set.labels, names, metrics["predictions"]["text"])
+    return AuditOutcome(metrics, [list(r) for r in result_rows(metrics)], names, audit_set.dataset,
+                        sorted({a.text for a in audit_set.attacks}), audit_set.n_photos, grid, predictor.templates)
+
+
+def audit_benchmark(bundle, data: LoadedBenchmark, templates: Optional[list[str]], batch_size: int) -> AuditOutcome:
+    """Evaluate a published benchmark's photos as they are (nothing rendered)."""
+    predictor = make_predictor(bundle, data.classnames, templates)
+    metrics = evaluate_benchmark(bundle, predictor, data, batch_size=batch_size)
+    scenes = {r.pair or str(r.path) for r in data.records}
+    grid = benchmark_grid(data, metrics["predictions"])
+    return AuditOutcome(metrics, kind_rows(metrics), data.classnames, data.dataset,
+                        sorted({r.word for r in data.records if r.word}), len(scenes), grid, predictor.templates)
+
+
 @click.command(cls=GreedyCommand)
 @model_options()
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="ImageFolder directory: DIR/<class>/<image>.")
+@click.option("--dataset", "dataset_spec", default=None, metavar="KIND:PATH",
+              help=f"A typographic benchmark as published, evaluated as is: KIND is one of {', '.join(LAYOUTS)} "
+                   "(see clipedit/data/benchmarks.py).")
 @click.option("--photos", cls=GreedyOption, type=click.Path(path_type=Path), metavar="PHOTO...",
               help="Photos to attack (with --labels).")
 @click.option("--labels", "label_args", cls=GreedyOption, metavar="L...",
               help="Class name of each photo (space- or comma-separated).")
-@click.option("--classes", default=None, metavar="a,b,c", help="Class list (default: folder names or labels).")
+@click.option("--classes", default=None, metavar="a,b,c",
+              help="Class list (default: folder names, labels, or a dataset's classes and written words).")
 @click.option("--classes-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Class list, one name per line.")
 @click.option("--templates-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -126,14 +168,19 @@ def result_rows(metrics: dict[str, Any]) -> list[tuple[str, Optional[float], int
               help=f"World scenes (default {WORLD_SCENES}). Photos: random words each (default: every word).")
 @seed_option()
 @batch_size_option()
-@out_file_option(help="Write the results as JSON (clip_benchmark layout) here.")
-def audit(model: ModelOptions, data: Optional[Path], photos: tuple[Path, ...], label_args: tuple[str, ...],
-          classes: Optional[str], classes_file: Optional[Path], templates_file: Optional[Path],
-          words: Optional[str], n: Optional[int], seed: int, batch_size: int, out: Optional[Path]) -> None:
+@out_file_option(help="Write the results as JSON (clip_benchmark layout) here, and a bar chart as .png beside it.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.html",
+              help="Write a self-contained HTML report (table, chart, attacked images with predictions).")
+def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str], photos: tuple[Path, ...],
+          label_args: tuple[str, ...], classes: Optional[str], classes_file: Optional[Path],
+          templates_file: Optional[Path], words: Optional[str], n: Optional[int], seed: int, batch_size: int,
+          out: Optional[Path], report: Optional[Path]) -> None:
     """Measure a model's accuracy on clean photos, with a blank note, and with a written note.
 
-    Attack success is how often the prediction becomes the written word. Without --data or
-    --photos, a model that brings a world (e.g. mini) is audited on its held-out scenes (test split).
+    Attack success is how often the prediction becomes the written word. With --dataset, a published
+    benchmark's own photos are evaluated (RTA-100, SCAM, PAINT, Disentangling, photo triples or a
+    manifest). Without --data, --photos or --dataset, a model that brings a world (e.g. mini) is
+    audited on its held-out scenes (test split).
     """
     classnames = class_list(classes, classes_file)
     templates = template_list(templates_file)
@@ -141,40 +188,58 @@ def audit(model: ModelOptions, data: Optional[Path], photos: tuple[Path, ...], l
     if word_list is not None and not word_list:
         raise ClipeditError("the word list is empty")
     label_names = [name for arg in label_args for name in split_list(arg) or []]
-    if data is not None and photos:
-        raise ClipeditError("give either --data or --photos, not both")
+    if sum(x is not None and x != () for x in (data, photos, dataset_spec)) > 1:
+        raise ClipeditError("give one of --data, --photos or --dataset")
+    if dataset_spec is not None and (word_list is not None or n is not None):
+        raise ClipeditError("--words and --n do not go with --dataset (its photos are evaluated as they are)")
     if label_names and not photos:
         raise ClipeditError("--labels goes with --photos")
     if photos and not label_names:
         raise ClipeditError("--photos needs --labels (the class name of each photo)")
-    if out is not None:
-        check_out_file(out)
+    for path in (out, report):
+        if path is not None:
+            check_out_file(path)
     if classnames is not None:
         check_classnames(classnames)
 
     # Read the photos first (a bad file fails before any download), render after loading the model.
+    bench = load_benchmark_images(read_benchmark(dataset_spec), classnames) if dataset_spec else None
     source = folder_source(data, classnames) if data is not None else \
         photos_source(photos, label_names, classnames) if photos else None
     bundle = model.load()
-    if source is not None:
-        audit_set = source.render(word_list, n, seed)
+    if bench is not None:
+        outcome = audit_benchmark(bundle, bench, templates, batch_size)
+    elif source is not None:
+        outcome = audit_rendered(bundle, source.render(word_list, n, seed), templates, batch_size)
     elif bundle.world is not None and bundle.world.classnames:
-        audit_set = world_set(bundle.world, classnames, word_list, n)
+        outcome = audit_rendered(bundle, world_set(bundle.world, classnames, word_list, n), templates, batch_size)
     else:
-        raise ClipeditError(f"give --data DIR or --photos PHOTO... --labels L...: {bundle.name} brings no "
-                            "held-out scenes of its own (only models with a world, e.g. mini, do)")
+        raise ClipeditError(f"give --data DIR or --photos PHOTO... --labels L... (or --dataset KIND:PATH): "
+                            f"{bundle.name} brings no held-out scenes of its own (only models with a world, "
+                            "e.g. mini, do)")
 
-    predictor = make_predictor(bundle, audit_set.classnames, templates)
-    metrics = evaluate_attacks(bundle, predictor, audit_set.attacks, audit_set.labels, batch_size=batch_size)
-    click.echo(f"{bundle.name} ({bundle.pretrained}) on {bundle.device}: {audit_set.dataset}, "
-               f"{audit_set.n_photos} photos, {len(audit_set.attacks)} attacks, "
-               f"{len(audit_set.classnames)} classes")
-    click.echo(format_table(result_rows(metrics), header=("", "rate", "n")))
+    metrics = outcome.metrics
+    click.echo(f"{bundle.name} ({bundle.pretrained}) on {bundle.device}: {outcome.dataset}, "
+               f"{outcome.n_photos} photos or scenes, {metrics['n']} images evaluated, "
+               f"{len(outcome.classnames)} classes")
+    click.echo(format_table(outcome.rows, header=("", "rate", "n")))
+    if metrics.get("n_skipped"):
+        click.echo(f"skipped {metrics['n_skipped']} images that do not decode (listed in the results)")
     if out is not None:
-        record = make_record(dataset=audit_set.dataset, bundle=bundle, task=TASK, metrics=metrics,
-                             classnames=audit_set.classnames, templates=predictor.templates,
-                             words=sorted({a.text for a in audit_set.attacks}), seed=seed,
-                             n=len(audit_set.attacks), n_photos=audit_set.n_photos,
+        record = make_record(dataset=outcome.dataset, bundle=bundle, task=TASK, metrics=metrics,
+                             classnames=outcome.classnames, templates=outcome.templates, words=outcome.words,
+                             seed=seed, n=metrics["n"], n_photos=outcome.n_photos,
                              checkpoint=str(model.checkpoint) if model.checkpoint else None)
         write_results(out, record)
-        click.echo(f"wrote {out}")
+        chart = write_chart(out.with_suffix(".png"), outcome.rows, ["rate"], f"{bundle.name} on {outcome.dataset}")
+        click.echo(f"wrote {out} and {chart}")
+    if report is not None:
+        write_report(report, title=f"Typographic audit: {bundle.name} ({bundle.pretrained})",
+                     facts=[("dataset", outcome.dataset), ("model", f"{bundle.name} ({bundle.pretrained})"),
+                            ("images", f"{metrics['n']} evaluated, {outcome.n_photos} photos or scenes"),
+                            ("classes", f"{len(outcome.classnames)}: {', '.join(outcome.classnames[:30])}"
+                                        + (" …" if len(outcome.classnames) > 30 else ""))],
+                     header=("", "rate", "n"), rows=outcome.rows,
+                     chart=bar_chart(outcome.rows, ["rate"]), grid=outcome.grid,
+                     notes=[f"skipped (did not decode): {p}" for p, _ in metrics.get("skipped", [])])
+        click.echo(f"wrote {report}")

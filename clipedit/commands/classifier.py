@@ -24,15 +24,20 @@ from clipedit.defenses.concept import (
     polygon_mask,
     texture_pair,
 )
+from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
 from clipedit.errors import ClipeditError
 from clipedit.eval.metrics import evaluate_images
 from clipedit.eval.predictor import make_predictor
-from clipedit.eval.results import format_table, make_record, write_results
-from clipedit.io import save_image, save_state_dict
+from clipedit.eval.results import before_after_metrics, format_table, make_record, write_results
+from clipedit.io import atomic_output_set, save_image
+from clipedit.models.checkpoint import save_model_weights
 
 log = logging.getLogger(__name__)
+
+OUTPUT_SET = ("model.safetensors", "edit.safetensors", "exemplar_transformed.png", "exemplar_mask.png",
+              "results.json")
 
 TASK = "concept_edit"
 
@@ -58,12 +63,13 @@ TASK = "concept_edit"
 @click.option("--method", type=click.Choice(METHODS), default="edit", show_default=True,
               help="The rewrite, or a fine-tuning baseline on the same pair.")
 @click.option("--layer", default=None, help="Dotted name of the layer to rewrite (default per architecture).")
-@click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True, help="Rank of the update.")
+@click.option("--rank", type=click.IntRange(min=1), default=None,
+              help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json].")
 @click.option("--solver", type=click.Choice(SOLVERS), default="closed-form", show_default=True)
 @click.option("--mask-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Edit feature-map locations covered more than this fraction by the mask.")
-@click.option("--cov-reg", type=click.FloatRange(min=0), default=1e-3, show_default=True,
-              help="Regularisation of the key statistics.")
+@click.option("--cov-reg", type=click.FloatRange(min=0), default=None,
+              help="Regularisation of the key statistics [default: defaults.json].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Steps of the optimize solver / fine-tuning baselines.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Their learning rate.")
@@ -102,7 +108,9 @@ def edit_classifier(model, exemplar, mask_path, mask_band, mask_polygon, texture
     if bundle.kind != "classifier" or not bundle.classnames:
         raise ClipeditError(f"{bundle.name} is not an ImageNet classifier (try efficientnet-lite0, timm/resnet50 …)")
     request = concept_request(bundle.preprocess, [pair], direction)
-    hp = dict(layer=layer, rank=rank, solver=solver, mask_threshold=mask_threshold, cov_reg=cov_reg)
+    defaults = defaults_for(bundle)
+    hp = dict(layer=layer, rank=rank or defaults.rank, solver=solver, mask_threshold=mask_threshold,
+              cov_reg=defaults.cov_reg if cov_reg is None else cov_reg)
     if solver == "optimize":
         hp.update({k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
     ft = FinetuneHParams(loss="kl", **{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
@@ -125,21 +133,22 @@ def edit_classifier(model, exemplar, mask_path, mask_band, mask_polygon, texture
     if eval_set is not None:
         folder_classes = {name: bundle.classnames[i] for name, i in folder_ids.items()}
         record = make_record(dataset=str(data), bundle=bundle, task=TASK,
-                             metrics={"before": _strip(before), "after": _strip(after)},
-                             classnames=bundle.classnames, templates=None, words=None, seed=seed, n=len(labels),
-                             folder_classes=folder_classes, **extra)
+                             metrics=before_after_metrics(before, after), before=_strip(before),
+                             after=_strip(after), classnames=bundle.classnames, templates=None, words=None,
+                             seed=seed, n=len(labels), folder_classes=folder_classes, **extra)
     else:
         record = make_record(dataset="none", bundle=bundle, task=TASK, metrics={}, classnames=[],
                              templates=None, words=None, seed=seed, n=0, **extra)
 
     meta = {"model": bundle.name, "source": bundle.source, "method": method, "layer": result.layer,
             "task": TASK, "exemplar": str(exemplar)}
-    save_state_dict(out / "model.safetensors", bundle.model.state_dict(), metadata=meta)
-    if result.edit is not None:
-        save_edit(out / "edit.safetensors", result.edit)
-    save_image(out / "exemplar_transformed.png", pair.transformed)
-    save_image(out / "exemplar_mask.png", _mask_image(pair.mask))
-    write_results(out / "results.json", record)
+    with atomic_output_set(out, replaces=OUTPUT_SET) as stage:  # the whole set of this run, or none
+        save_model_weights(stage / "model.safetensors", bundle, metadata=meta)
+        if result.edit is not None:
+            save_edit(stage / "edit.safetensors", result.edit)
+        save_image(stage / "exemplar_transformed.png", pair.transformed)
+        save_image(stage / "exemplar_mask.png", _mask_image(pair.mask))
+        write_results(stage / "results.json", record)
 
     if before is not None:
         rows = [(k, before[k], after[k]) for k in ("top1", "top5", "mean_per_class_recall") if k in before]

@@ -1,6 +1,7 @@
 """``clipedit defend --text iPod``: rewrite one layer so written words stop steering the model."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ from clipedit.commands.options import (
     GreedyCommand,
     GreedyOption,
     check_out_dir,
+    check_out_file,
     class_list,
     model_options,
     out_dir_option,
@@ -19,19 +21,27 @@ from clipedit.commands.options import (
     split_list,
 )
 from clipedit.core import RewriteHParams, save_edit
+from clipedit.core.edit_sets import save_edit_set
 from clipedit.core.hparams import SOLVERS
+from clipedit.data.benchmarks import LAYOUTS, load_benchmark_images, looks_like_spec, read_benchmark
 from clipedit.data.images import load_image, load_mask, load_photos
+from clipedit.defenses.any_word import any_word_config, evaluation_words
 from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.edit_requests import request_from_images
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
 from clipedit.defenses.typographic import DefenseConfig, defend
+from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import ClipeditError
 from clipedit.eval.defense_metrics import comparison_rows, evaluate_defense
 from clipedit.eval.heldout import folder_eval_sets, world_eval_sets
 from clipedit.eval.predictor import make_predictor
-from clipedit.eval.results import format_table, make_record, write_results
-from clipedit.io import save_state_dict
+from clipedit.eval.report import bar_chart, evaluation_grid, write_chart, write_report
+from clipedit.eval.results import before_after_metrics, drop_predictions, format_table, make_record, write_results
+from clipedit.io import atomic_output_set
+from clipedit.models.checkpoint import save_model_weights
+
+OUTPUT_SET = ("model.safetensors", "edit.safetensors", "results.json")
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +49,22 @@ log = logging.getLogger(__name__)
 @click.command(cls=GreedyCommand)
 @model_options(default="mini")
 @click.option("--text", "texts", multiple=True, default=("ipod",), show_default=True,
-              help="Word(s) to defend against (repeat or comma-separate; several make one joint edit).")
+              help="Word(s) to defend against (repeat or comma-separate; several make one joint edit); "
+                   "'*': any word (exemplars from a broad vocabulary, evaluated on words held out of it).")
+@click.option("--vocab", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Word list (one or more per line) for --text '*' [default: open_clip's tokenizer words, "
+                   "the class names and random letter strings].")
 @click.option("--method", type=click.Choice(METHODS), default="edit", show_default=True,
               help="The rewrite, or a fine-tuning baseline on the same exemplars.")
-@click.option("--layer", default=None, help="Dotted name of the layer to rewrite (default per architecture).")
-@click.option("--rank", type=click.IntRange(min=1), default=None,
-              help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json].")
+@click.option("--layer", default=None,
+              help="Dotted name of the layer to rewrite (default per architecture); 'auto': the sweep's pick on "
+                   "the validation split (clipedit sweep).")
+@click.option("--rank", default=None, metavar="INTEGER|auto",
+              help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json]; 'auto': the "
+                   "sweep's pick on the validation split.")
 @click.option("--solver", type=click.Choice(SOLVERS), default="closed-form", show_default=True)
+@click.option("--cov-reg", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Ridge added to the key statistics, times their mean variance [default: per architecture].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Steps of the optimize solver / fine-tuning baselines.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Their learning rate.")
@@ -63,53 +82,82 @@ log = logging.getLogger(__name__)
               help="Photos to render exemplars on instead of the model's world (default: mini: its world; others: scikit-image samples).")
 @click.option("--reference", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of reference images for the key statistics.")
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="ImageFolder to evaluate on (default: the model's world's held-out scenes, where it has them).")
+@click.option("--data", default=None, metavar="DIR|KIND:PATH",
+              help="ImageFolder to render notes on, or a typographic benchmark as published (KIND: "
+                   f"{', '.join(LAYOUTS)}) to evaluate on (default: the model's world's held-out scenes).")
 @click.option("--classes", default=None, help="Class names for --data (comma-separated).")
 @click.option("--n-eval", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Held-out scenes per set (models whose world generates them, e.g. mini).")
 @click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation.")
 @seed_option()
 @out_dir_option(required=False, help="Output directory [default: runs/defend-WORDS].")
-def defend_cmd(model, texts, method, layer, rank, solver, steps, lr, renders, mask_kind, exemplar, blank,
-               mask_path, photos, reference, data, classes, n_eval, no_eval, seed, out) -> None:
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.html",
+              help="Write a self-contained HTML report: table, chart, images before/after, the exemplar.")
+def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, steps, lr, renders, mask_kind, exemplar,
+               blank, mask_path, photos, reference, data, classes, n_eval, no_eval, seed, out, report) -> None:
     """Rewrite one layer so that written WORDS no longer steer the model, and report before/after."""
     words = [w for t in texts for w in (split_list(t) or [])]
     if not words:
         raise ClipeditError("no word to defend against (--text)")
     out = check_out_dir(out or Path("runs") / ("defend-" + _slug("-".join(words))))
+    if report is not None:
+        check_out_file(report)
     photo_images = load_photos(photos) if photos else None
     bundle = model.load()
-    config = _config(bundle, method, layer, rank, solver, steps, lr, renders, mask_kind, seed, reference, photo_images)
+    auto_layer, auto_rank = layer == "auto", rank == "auto"
+    config = _config(bundle, method, None if auto_layer else layer, None if auto_rank else _rank(rank), solver,
+                     cov_reg, steps, lr, renders, mask_kind, seed, reference, photo_images)
+    selection = None
+    if (auto_layer or auto_rank) and words != [ANY_WORD]:
+        config, selection = _choose_by_sweep(bundle, words, config, auto_layer, auto_rank, exemplar, n_eval)
+    eval_words = words
+    if words == [ANY_WORD]:
+        if auto_layer or auto_rank:
+            raise ClipeditError("--layer/--rank auto do not go with --text '*' (bench/any_word.py --tune compares "
+                                "its settings)")
+        config = any_word_config(bundle, config, layer, _rank(rank), renders, vocab)
+        eval_words = evaluation_words(bundle, config)
+        if not no_eval:
+            click.echo(f"--text '*': the 'defended words' rows write {len(eval_words)} words never rendered as "
+                       "exemplars; 'other words' are the class names among the exemplars", err=True)
+    elif vocab is not None:
+        raise ClipeditError("--vocab goes with --text '*'")
     request = _photo_request(bundle, exemplar, blank, mask_path)
 
-    sets = predictor = None
+    sets = predictor = before = after = None
     if not no_eval:
         names = class_list(classes, None)
-        if data is not None:
-            sets = folder_eval_sets(data, words, names or bundle.classnames, per_image=1)
+        if data is not None and looks_like_spec(data):
+            sets = load_benchmark_images(read_benchmark(data), names)
+        elif data is not None:
+            sets = folder_eval_sets(Path(data), eval_words, names or bundle.classnames, per_image=1)
         elif bundle.world is not None and bundle.world.classnames:
             if names is not None:
                 raise ClipeditError(f"--classes goes with --data: {bundle.world.name}'s held-out scenes have "
                                     "their own classes")
-            sets = world_eval_sets(bundle.world, words, n_eval)
+            sets = world_eval_sets(bundle.world, eval_words, n_eval)
         else:
             raise ClipeditError(f"no evaluation data for {bundle.name}: pass --data DIR (or --no-eval)")
         predictor = make_predictor(bundle, sets.classnames)
         click.echo(f"evaluating {bundle.name} before the {method} …", err=True)
-        before = evaluate_defense(bundle, predictor, sets)
+        before = evaluate_defense(bundle, predictor, sets, keep_predictions=report is not None)
 
     defense = defend(bundle, words, config, request=request)
 
     record_extra = {"method": method, "layer": defense.layer, "defended_words": words}
+    if selection is not None:  # --layer/--rank auto: what the sweep chose, and by which rule
+        record_extra["selection"] = selection
+        if defense.edit is not None:
+            defense.edit.meta["selection"] = selection
     if defense.edit is not None:
         record_extra["hparams"] = defense.edit.meta["hparams"]
     rows = None
     if sets is not None:
-        after = evaluate_defense(bundle, predictor, sets)
+        after = evaluate_defense(bundle, predictor, sets, keep_predictions=report is not None)
         rows = comparison_rows(before, after)
         record = make_record(dataset=sets.dataset, bundle=bundle, task="typographic_defense",
-                             metrics={"before": before, "after": after}, classnames=sets.classnames,
+                             metrics=before_after_metrics(before, after), before=drop_predictions(before),
+                             after=drop_predictions(after), classnames=sets.classnames,
                              templates=predictor.templates, words=words, seed=seed, n=before["n"],
                              **record_extra)
     else:
@@ -118,27 +166,71 @@ def defend_cmd(model, texts, method, layer, rank, solver, steps, lr, renders, ma
 
     meta = {"model": bundle.name, "source": bundle.source, "method": method, "layer": defense.layer,
             "words": words}
-    save_state_dict(out / "model.safetensors", bundle.model.state_dict(), metadata=meta)
-    if defense.edit is not None:
-        save_edit(out / "edit.safetensors", defense.edit)
-    write_results(out / "results.json", record)
+    with atomic_output_set(out, replaces=OUTPUT_SET) as stage:  # all three files of this run, or none
+        save_model_weights(stage / "model.safetensors", bundle, metadata=meta)
+        if defense.edit is not None:
+            save_edit(stage / "edit.safetensors", defense.edit)
+        elif defense.edit_set is not None:  # a multi-site edit: one file, applied and reverted as one
+            save_edit_set(stage / "edit.safetensors", defense.edit_set)
+        write_results(stage / "results.json", record)
 
     if rows:
         click.echo(format_table(rows, header=["", "before", "after"]))
+        write_chart(out / "results.png", rows, ["before", "after"],
+                    f"{bundle.name}: {method} against {', '.join(words)}")
+    if report is not None:
+        _write_report(report, bundle, method, defense, words, sets, before, after, rows, (exemplar, blank, mask_path))
+        click.echo(f"wrote {report}")
     click.echo(f"{method} of {defense.layer} against {', '.join(words)}; wrote {out}/"
-               + (" edit.safetensors," if defense.edit is not None else "") + " model.safetensors, results.json")
+               + (" edit.safetensors," if (defense.edit or defense.edit_set) is not None else "")
+               + " model.safetensors, results.json")
 
 
-def _config(bundle, method, layer, rank, solver, steps, lr, renders, mask_kind, seed, reference,
+def _config(bundle, method, layer, rank, solver, cov_reg, steps, lr, renders, mask_kind, seed, reference,
             photos) -> DefenseConfig:
     """The defense settings: what the user gave, the model's defaults (``defaults.json``) for the rest."""
     defaults = defaults_for(bundle)
-    hp = dict(layer=layer or defaults.layer, rank=rank or defaults.rank, cov_reg=defaults.cov_reg, solver=solver)
+    hp = dict(layer=layer or defaults.layer, rank=rank or defaults.rank, cov_reg=cov_reg or defaults.cov_reg,
+              solver=solver)
     if solver == "optimize":
         hp.update({k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
     ft = FinetuneHParams(**{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
     return DefenseConfig(method=method, hparams=RewriteHParams(**hp), renders=renders, seed=seed, mask=mask_kind,
                          reference=reference, photos=photos, finetune=ft)
+
+
+def _rank(rank: Optional[str]) -> Optional[int]:
+    if rank is None:
+        return None
+    if not rank.isdigit() or int(rank) < 1:
+        raise ClipeditError(f"--rank takes a positive integer or 'auto', got {rank!r}")
+    return int(rank)
+
+
+def _choose_by_sweep(bundle, words, config: DefenseConfig, auto_layer: bool, auto_rank: bool,
+                     exemplar: Optional[Path], n_eval: int) -> tuple[DefenseConfig, dict]:
+    """``--layer auto`` / ``--rank auto``: sweep on the validation split (at most ``n_eval`` scenes per
+    set), take the pick rule's setting."""
+    from clipedit.defenses.sweep import SweepSettings, pick_rule_text, sweep
+
+    if config.method != "edit" or words == [ANY_WORD] or exemplar is not None:
+        raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
+    hp = config.hparams
+    settings = SweepSettings(sites=None if auto_layer else [hp.layer], ranks=None if auto_rank else [hp.rank],
+                             n_val=min(n_eval, SweepSettings.n_val), n_signs=min(n_eval, SweepSettings.n_signs))
+    click.echo("choosing " + " and ".join(n for n, a in (("the layer", auto_layer), ("the rank", auto_rank)) if a)
+               + " on the validation split …", err=True)
+    result = sweep(bundle, words, settings, config)
+    picked = result.picked
+    selection = {"split": "validation", "rule": pick_rule_text(settings.tolerance), "candidates": len(result.rows),
+                 "auto": [n for n, a in (("layer", auto_layer), ("rank", auto_rank)) if a],
+                 "picked": picked, "baseline": result.baseline}
+    if picked is None:
+        log.warning("no setting met the pick rule on validation; keeping %s rank %d", hp.layer, hp.rank)
+        return config, selection
+    click.echo(f"picked {picked['site']} rank {picked['rank']} (validation: defended word "
+               f"{100 * result.baseline['text_acc']:.1f}% -> {100 * picked['text_acc']:.1f}%)", err=True)
+    return dataclasses.replace(config, hparams=dataclasses.replace(hp, layer=picked["site"], rank=picked["rank"])), selection
 
 
 def _photo_request(bundle, exemplar: Optional[Path], blank: Optional[Path], mask: Optional[Path]):
@@ -148,6 +240,26 @@ def _photo_request(bundle, exemplar: Optional[Path], blank: Optional[Path], mask
     if not all(given):
         raise ClipeditError("a real exemplar needs all of --exemplar, --blank and --mask")
     return request_from_images(bundle.preprocess, [load_image(exemplar)], [load_image(blank)], [load_mask(mask)])
+
+
+def _write_report(path, bundle, method, defense, words, sets, before, after, rows, photo_exemplar) -> None:
+    """The HTML report: before/after table and chart, the defended words' images, the exemplar used."""
+    exemplar, blank, mask = photo_exemplar
+    if exemplar is not None:
+        shown = {"exemplar": load_image(exemplar), "blank": load_image(blank), "mask": load_mask(mask)}
+    elif defense.exemplars:
+        first = defense.exemplars[0]
+        shown = {f"exemplar ({first.text})": first.attacked, "blank": first.blank, "mask": first.text_mask}
+    else:
+        shown = None
+    write_report(path, title=f"Typographic defense: {bundle.name} ({bundle.pretrained})",
+                 facts=[("defense", f"{method} of {defense.layer} against {', '.join(words)}"),
+                        ("evaluated on", sets.dataset if sets is not None else "nothing (--no-eval)"),
+                        ("exemplars", str(len(defense.exemplars)) if defense.exemplars else "one real photo pair")],
+                 header=["", "before", "after"], rows=rows or [],
+                 chart=bar_chart(rows, ["before", "after"]) if rows else None,
+                 grid=evaluation_grid(sets, before["predictions"], after["predictions"]) if sets is not None else [],
+                 exemplar=shown)
 
 
 def _slug(text: str) -> str:

@@ -6,9 +6,9 @@ from pathlib import Path
 import click
 
 from clipedit.commands.options import check_out_file, model_options
-from clipedit.core import apply_edit, load_edit, revert_edit
+from clipedit.core.edit_sets import apply_edit_set, load_edits, revert_edit_set
 from clipedit.errors import ClipeditError
-from clipedit.io import save_state_dict
+from clipedit.models.checkpoint import save_model_weights
 
 
 def _target(out: Path, checkpoint) -> Path:
@@ -27,14 +27,14 @@ def _target(out: Path, checkpoint) -> Path:
 def apply_cmd(model, edits, out, force) -> None:
     """Apply EDITS (in order) to a model and save the edited weights."""
     out = _target(out, model.checkpoint)
-    loaded = [load_edit(p) for p in edits]
+    loaded = [load_edits(p) for p in edits]  # single or multi-site edit files
     bundle = model.load()
     for path, edit in zip(edits, loaded):
         try:
-            apply_edit(bundle.model, edit, check_weights=not force)
+            apply_edit_set(bundle.model, edit, check_weights=not force)
         except ClipeditError as e:
             raise ClipeditError(f"{path}: {e}") from None
-    save_state_dict(out, bundle.model.state_dict(), metadata={"model": bundle.name, "source": bundle.source,
+    save_model_weights(out, bundle, metadata={"model": bundle.name, "source": bundle.source,
                                                                "edits": [str(p) for p in edits]})
     click.echo(f"applied {len(loaded)} edit(s) to {bundle.name}; wrote {out}")
 
@@ -49,12 +49,12 @@ def revert_cmd(model, edits, out) -> None:
     if model.checkpoint is None:
         raise ClipeditError("revert needs the edited weights: pass --checkpoint EDITED.safetensors")
     out = _target(out, model.checkpoint)
-    loaded = [load_edit(p) for p in edits]
+    loaded = [load_edits(p) for p in edits]
     bundle = model.load()
     for path, edit in reversed(list(zip(edits, loaded))):
         try:
-            revert_edit(bundle.model, edit)
+            revert_edit_set(bundle.model, edit)
         except ClipeditError as e:
             raise ClipeditError(f"{path}: {e}") from None
-    save_state_dict(out, bundle.model.state_dict(), metadata={"model": bundle.name, "reverted": [str(p) for p in edits]})
+    save_model_weights(out, bundle, metadata={"model": bundle.name, "reverted": [str(p) for p in edits]})
     click.echo(f"reverted {len(loaded)} edit(s); wrote {out}")

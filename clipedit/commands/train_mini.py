@@ -7,8 +7,13 @@ import click
 
 from clipedit.mini.training.train import DEFAULT_OUT, TrainOptions, train
 
+ARCHES = ("resnet", "vit")
+
 
 @click.command("train-mini")
+@click.option("--arch", type=click.Choice(ARCHES), default="resnet", show_default=True,
+              help="resnet: the bundled mini (assets/mini); vit: the mini ViT (assets/mini-vit), distilled "
+                   "from the bundled mini, whose text tower it shares.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
               help="Folder for config.json and model.safetensors.")
 @click.option("--steps", type=click.IntRange(1), default=TrainOptions.steps, show_default=True)
@@ -22,9 +27,18 @@ from clipedit.mini.training.train import DEFAULT_OUT, TrainOptions, train
               help="Autocast precision of the training steps (weights stay float32).")
 @click.option("--warmstart-steps", type=click.IntRange(0), default=TrainOptions.warmstart_steps, show_default=True,
               help="Steps of the supervised warm start of the image tower (objects and written words).")
-def train_cmd(out: Path, steps: int, batch_size: int, seed: int, threads: int, pool_size: int,
-              precision: str, warmstart_steps: int) -> None:
+@click.pass_context
+def train_cmd(ctx: click.Context, arch: str, out: Path, steps: int, batch_size: int, seed: int, threads: int,
+              pool_size: int, precision: str, warmstart_steps: int) -> None:
     """Train the bundled mini CLIP on the generated world (CPU, about 22 minutes on 2 cores)."""
+    if arch == "vit":  # the ViT's own defaults (DistillOptions) stand where an option was not given
+        from clipedit.mini.training.distill import DistillOptions, distill
+
+        given = {k: v for k, v in dict(out=out, steps=steps, batch_size=batch_size, seed=seed, threads=threads,
+                                       pool_size=pool_size, precision=precision).items()
+                 if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+        click.echo(f"held-out figures: {distill(DistillOptions(**given))['heldout']}")
+        return
     config = train(TrainOptions(out=out, steps=steps, batch_size=batch_size, seed=seed, threads=threads,
                                 pool_size=pool_size, precision=precision,
                                 warmstart_steps=warmstart_steps))

@@ -14,10 +14,15 @@ import torch
 from torch import nn
 
 from clipedit.core.edits import LayerEdit, apply_edit, edited_digest, tensor_digest
+from clipedit.core.exemplar_sums import (
+    accumulate_exemplar_sums,
+    directions_from_sums,
+    solve_closed_form_from_sums,
+)
 from clipedit.core.hparams import RewriteHParams
 from clipedit.core.keys_values import collect_exemplars
 from clipedit.core.sites import resolve_site
-from clipedit.core.solvers import solve_closed_form, solve_optimize
+from clipedit.core.solvers import solve_optimize
 from clipedit.core.statistics import cached_second_moment
 from clipedit.core.subspace import edit_directions, regularise
 from clipedit.errors import EditError
@@ -66,10 +71,13 @@ def _merge(requests: EditRequest | Sequence[EditRequest]) -> EditRequest:
                        torch.cat([r.mask for r in reqs]))
 
 
-def compute_rewrite(model: nn.Module, requests: EditRequest | Sequence[EditRequest],
+def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditRequest],
                     hparams: RewriteHParams, stats: KeyStatistics,
                     forward: Optional[Callable] = None, meta: Optional[dict] = None) -> LayerEdit:
     """Compute (without applying) the rank-r edit of ``hparams.layer``.
+
+    The closed-form solver accumulates its sums over batches of exemplars (memory flat in their
+    number; ``requests`` may be a generator); the optimizer holds all exemplars at once.
 
     Args:
         forward: runs the model on a batch of images (default ``model``; e.g. ``model.encode_image``).
@@ -80,19 +88,24 @@ def compute_rewrite(model: nn.Module, requests: EditRequest | Sequence[EditReque
     if stats.layer != hparams.layer:
         raise EditError(f"key statistics are for {stats.layer}, not {hparams.layer}")
     site = resolve_site(model, hparams.layer)
-    req = _merge(requests)
-    ex = collect_exemplars(model, site, req.attacked, req.target, req.mask, forward, hparams.mask_threshold)
     C = regularise(stats.C, stats.n_keys, hparams.cov_reg)
-    D = edit_directions(ex.keys.cpu(), C, hparams.rank, ex.weights.cpu())
     if hparams.solver == "closed-form":
-        lam = solve_closed_form(site, ex, D)
+        sums = accumulate_exemplar_sums(model, site, [requests] if isinstance(requests, EditRequest) else requests,
+                                        forward, hparams.mask_threshold)
+        D = directions_from_sums(sums, C, hparams.rank)
+        lam = solve_closed_form_from_sums(sums, D)
+        n_keys, n_exemplars = sums.n_keys, sums.n_exemplars
     else:
+        req = _merge(requests)
+        ex = collect_exemplars(model, site, req.attacked, req.target, req.mask, forward, hparams.mask_threshold)
+        D = edit_directions(ex.keys.cpu(), C, hparams.rank, ex.weights.cpu())
         lam = solve_optimize(model, site, ex, D, hparams)
+        n_keys, n_exemplars = int(ex.keys.shape[0]), int(req.attacked.shape[0])
     w = site.weight.detach()
     edit = LayerEdit(layer=hparams.layer, lam=lam.float().cpu(), directions=D.float().cpu(),
                      orig_weight=w.cpu().clone(),
-                     meta={**(meta or {}), "hparams": hparams.to_dict(), "n_keys": int(ex.keys.shape[0]),
-                           "n_exemplars": int(req.attacked.shape[0]), "orig_sha256": tensor_digest(w)})
+                     meta={**(meta or {}), "hparams": hparams.to_dict(), "n_keys": n_keys,
+                           "n_exemplars": n_exemplars, "orig_sha256": tensor_digest(w)})
     edit.check_finite()
     edit.meta["edited_sha256"] = edited_digest(edit)
     log.info("edit of %s: rank %d from %d keys of %d exemplars", edit.layer, edit.rank,

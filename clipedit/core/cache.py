@@ -5,11 +5,14 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Optional
 
 import torch
 from torch import nn
+
+from clipedit.core.edits import tensor_digest
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +43,72 @@ def cache_key(**parts) -> str:
     return hashlib.blake2b(blob, digest_size=12).hexdigest()
 
 
+FORMAT = "clipedit-cache/1"
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors`` (in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(f"{name}:{tensor_digest(tensors[name])};".encode())
+    return h.hexdigest()
+
+
+def _args_text(args: Optional[dict]) -> str:
+    return json.dumps(args or {}, sort_keys=True, default=str)
+
+
 def cached_tensors(kind: str, key: str, compute: Callable[[], dict[str, torch.Tensor]],
-                   enabled: bool = True) -> dict[str, torch.Tensor]:
-    """Return ``compute()``'s tensors, read from (or written to) ``cache_dir()/kind/key.safetensors``."""
-    from safetensors.torch import load_file, save_file
+                   enabled: bool = True, args: Optional[dict] = None) -> dict[str, torch.Tensor]:
+    """Return ``compute()``'s tensors, read from (or written to) ``cache_dir()/kind/key.safetensors``.
+
+    An entry records the arguments that made it (``args``) and a digest of its tensors. It is used only
+    when both match and every tensor is finite; otherwise it is recomputed with a warning and rewritten.
+    """
+    path = cache_dir() / kind / f"{key}.safetensors"
+    if enabled and path.is_file():
+        tensors, problem = _read_entry(path, args)
+        if problem is None:
+            log.info("cache hit %s", path)
+            return tensors
+        log.warning("cache entry %s %s; recomputing it", path, problem)
+    tensors = compute()
+    if enabled:
+        _write_entry(path, tensors, args)
+    return tensors
+
+
+def _read_entry(path: Path, args: Optional[dict]) -> tuple[Optional[dict[str, torch.Tensor]], Optional[str]]:
+    """(tensors, None) for a sound entry, else (None, what is wrong with it)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as e:
+        return None, f"is unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if meta.get("format") != FORMAT:
+        return None, "has no integrity record (written by an older version)"
+    if meta.get("args") != _args_text(args):
+        return None, f"was made by other arguments ({meta.get('args')})"
+    if meta.get("digest") != tensors_digest(tensors):
+        return None, "does not match its digest (altered or corrupt)"
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        return None, f"has NaN or inf in {bad[0]}"
+    return tensors, None
+
+
+def _write_entry(path: Path, tensors: dict[str, torch.Tensor], args: Optional[dict]) -> None:
+    from safetensors.torch import save_file
 
     from clipedit.io import atomic_path
 
-    path = cache_dir() / kind / f"{key}.safetensors"
-    if enabled and path.is_file():
-        try:
-            log.info("cache hit %s", path)
-            return load_file(str(path))
-        except Exception as e:  # a corrupt entry is recomputed
-            log.warning("ignoring unreadable cache entry %s: %s", path, e)
-    tensors = compute()
-    if enabled:
-        try:
-            with atomic_path(path) as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        except Exception as e:  # caching is best effort
-            log.warning("could not write cache entry %s: %s", path, e)
-    return tensors
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"format": FORMAT, "args": _args_text(args), "digest": tensors_digest(tensors)}
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+    except Exception as e:  # caching is best effort
+        log.warning("could not write cache entry %s: %s", path, e)

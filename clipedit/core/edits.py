@@ -57,8 +57,35 @@ class LayerEdit:
         return d.reshape(self.orig_weight.shape).to(self.orig_weight.dtype)
 
     def check_finite(self) -> None:
-        if not (torch.isfinite(self.lam).all() and torch.isfinite(self.directions).all()):
-            raise EditError(f"the edit of {self.layer} contains NaN or inf; refusing to use it")
+        """Refuse an edit with NaN or inf in any of its tensors."""
+        for name, t in self.tensors().items():
+            if not torch.isfinite(t).all():
+                raise EditError(f"the edit of {self.layer} has NaN or inf in its {name}; refusing to use it")
+
+    def verify(self) -> None:
+        """Refuse an edit that is not finite, not self-consistent, or does not match the digests it carries.
+
+        ``orig_sha256`` must be the digest of ``orig_weight`` and ``edited_sha256`` that of
+        ``orig_weight + Λ Dᵀ``: a tampered Λ, D or original weight is caught before it is used.
+        """
+        self.check_finite()
+        out, key_dim = self.orig_weight.shape[0], self.orig_weight[0].numel() if self.orig_weight.ndim else 0
+        if (self.lam.ndim != 2 or self.directions.ndim != 2 or self.lam.shape[0] != out
+                or self.directions.shape != (key_dim, self.lam.shape[1])):
+            raise EditError(f"the edit of {self.layer} has inconsistent shapes: lambda {tuple(self.lam.shape)}, "
+                            f"directions {tuple(self.directions.shape)}, orig_weight {tuple(self.orig_weight.shape)}")
+        for key, what, actual in (("orig_sha256", "orig_weight", lambda: tensor_digest(self.orig_weight)),
+                                  ("edited_sha256", "orig_weight + lambda directionsᵀ", lambda: edited_digest(self))):
+            expected = self.meta.get(key)
+            if not expected:
+                raise EditError(f"the edit of {self.layer} carries no {key}; refusing to use it")
+            if actual() != expected:
+                raise EditError(f"the edit of {self.layer} is corrupt or was altered: its {what} does not match "
+                                f"its {key}")
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The edit's tensors by their names in the edit file."""
+        return {"lambda": self.lam, "directions": self.directions, "orig_weight": self.orig_weight}
 
 
 def _weight(model: nn.Module, edit: LayerEdit) -> nn.Parameter:
@@ -82,7 +109,7 @@ def apply_edit(model: nn.Module, edit: LayerEdit, check_weights: bool = True) ->
     Args:
         check_weights: refuse unless the layer holds exactly the weight the edit was made on.
     """
-    edit.check_finite()
+    edit.verify()
     w = _weight(model, edit)
     if check_weights and tensor_digest(w) != edit.meta.get("orig_sha256"):
         raise EditError(f"this edit was made on other weights of {edit.layer} "
@@ -98,6 +125,7 @@ def revert_edit(model: nn.Module, edit: LayerEdit) -> None:
     Raises:
         EditError: the layer does not hold what this edit made (not applied, or another edit on top).
     """
+    edit.verify()
     w = _weight(model, edit)
     if tensor_digest(w) != edit.meta.get("edited_sha256"):
         raise EditError(f"{edit.layer} does not hold this edit's result (not applied, or another edit "
@@ -114,8 +142,7 @@ def save_edit(path: str | os.PathLike, edit: LayerEdit) -> Path:
     """Write the edit as ``.safetensors`` (atomically); refuses NaN/inf."""
     edit.check_finite()
     meta = {"format": FORMAT, "layer": edit.layer, **edit.meta}
-    return save_state_dict(path, {"lambda": edit.lam, "directions": edit.directions,
-                                  "orig_weight": edit.orig_weight}, metadata=meta)
+    return save_state_dict(path, edit.tensors(), metadata=meta)
 
 
 def load_edit(path: str | os.PathLike) -> LayerEdit:

@@ -1,15 +1,20 @@
 """Keys and values of a site from attacked/target exemplar pairs, read through forward hooks."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
 from clipedit.core.nethook import TraceDict
 from clipedit.core.sites import Site
-from clipedit.errors import EditError
+from clipedit.errors import EditError, SiteError
+
+
+class EmptyMaskError(EditError):
+    """The label masks cover no location of the site (batched collection skips such batches)."""
 
 
 @dataclass
@@ -54,23 +59,61 @@ def collect_exemplars(model: nn.Module, site: Site, attacked: torch.Tensor, targ
         attacked, target: (batch, 3, H, W) preprocessed images of equal shape.
         masks: (batch, H, W) label masks in [0, 1] at the same resolution.
     """
+    _check_pairs(attacked, target, masks)
+    forward = forward or model
+    dev = next(model.parameters()).device
+    att = _run(model, site, attacked.to(dev), forward)
+    tgt = _run(model, site, target.to(dev), forward)
+    return _exemplars_from_traces(model, site, att, tgt, masks.to(dev), threshold)
+
+
+@torch.no_grad()
+def collect_exemplars_at(model: nn.Module, sites: Sequence[Site], attacked: torch.Tensor, target: torch.Tensor,
+                         masks: torch.Tensor, forward: Optional[Callable] = None,
+                         threshold: float = 0.0) -> dict[str, Exemplars]:
+    """:func:`collect_exemplars` for several sites from one traced pass of the attacked and one of the
+    target exemplars (every site's modules hooked at once); keyed by site name.
+
+    Raises:
+        SiteError: a site whose module the forward pass never calls (e.g. an attention projection
+            used through its weights): its keys and values are not defined.
+    """
+    _check_pairs(attacked, target, masks)
+    forward = forward or model
+    dev = next(model.parameters()).device
+    layers = [name for site in sites for name in site.trace_layers()]
+    traces = []
+    for images in (attacked, target):
+        with TraceDict(model, layers, retain_input=True, clone=True) as td:
+            forward(images.to(dev))
+        traces.append(td)
+    att, tgt = traces
+    for site in sites:
+        unseen = [name for name in site.trace_layers() if att[name].output is None]
+        if unseen:
+            raise SiteError(f"{site.layer}: the forward pass never calls {unseen[0]} as a module (its weights "
+                            "are used directly), so the site's keys and values are not defined")
+    return {site.layer: _exemplars_from_traces(model, site, att, tgt, masks.to(dev), threshold) for site in sites}
+
+
+def _check_pairs(attacked: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> None:
     if attacked.shape != target.shape:
         raise EditError(f"attacked and blank exemplars differ in size: {tuple(attacked.shape)} vs {tuple(target.shape)}")
     if masks.shape[0] != attacked.shape[0] or masks.shape[-2:] != attacked.shape[-2:]:
         raise EditError(f"mask size {tuple(masks.shape)} does not match the exemplars {tuple(attacked.shape)}")
     if not (masks > 0).any():
-        raise EditError("the mask is empty: no pixel of the label lies inside the image")
-    forward = forward or model
-    dev = next(model.parameters()).device
-    att = _run(model, site, attacked.to(dev), forward)
-    tgt = _run(model, site, target.to(dev), forward)
+        raise EmptyMaskError("the mask is empty: no pixel of the label lies inside the image")
 
+
+def _exemplars_from_traces(model: nn.Module, site: Site, att: TraceDict, tgt: TraceDict, masks: torch.Tensor,
+                           threshold: float) -> Exemplars:
+    """Keys at the attacked exemplars and the values that reproduce the target, from traced passes."""
     keys = site.keys(att[site.layer].input)
     n_loc = keys.shape[1]
     out_hw = None if isinstance(site.module, nn.Linear) else tuple(att[site.layer].output.shape[-2:])
-    loc = site.location_weights(masks.to(dev), n_loc, out_hw, threshold)
+    loc = site.location_weights(masks, n_loc, out_hw, threshold)
     if not (loc > 0).any():
-        raise EditError("the mask covers no location of the site (label too small for the grid?)")
+        raise EmptyMaskError("the mask covers no location of the site (label too small for the grid?)")
 
     contrib_att = _contribution(site, att)
     contrib_tgt = _contribution(site, tgt)

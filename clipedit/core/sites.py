@@ -51,6 +51,13 @@ BLOCK_SPECS: dict[str, tuple[BlockSpec, ...]] = {
 }
 
 
+# Modules that pass a child Linear's weight to F.multi_head_attention_forward instead of calling it.
+DIRECT_WEIGHT_PARENTS = {"MultiheadAttention": "nn.MultiheadAttention (e.g. a ViT block's attn.out_proj)",
+                         "AttentionPool2d": "the ResNet's attention pooling (attnpool.q_proj/k_proj/v_proj/c_proj)"}
+SUPPORTED_SITES = ("Linear or Conv2d layers that the image forward pass calls, e.g. a ViT block's mlp.c_proj "
+                   "or a ResNet bottleneck's conv3")
+
+
 @dataclass
 class Site:
     """A resolved site: names (relative to the model) and the modules they point to."""
@@ -84,6 +91,9 @@ class Site:
     # -- keys and locations -------------------------------------------------------------------
     def keys(self, site_input: torch.Tensor) -> torch.Tensor:
         """Site inputs as keys, (batch, locations, key_dim)."""
+        if site_input is None:
+            raise SiteError(f"{self.layer} is never called by the image forward pass (a text-tower layer?); "
+                            f"supported sites are {SUPPORTED_SITES}")
         m = self.module
         if isinstance(m, nn.Linear):
             x = site_input if self.batch_first else site_input.transpose(0, 1)
@@ -146,14 +156,30 @@ def resolve_site(model: nn.Module, layer: str) -> Site:
         raise SiteError(f"{layer} is a {type(module).__name__}; a site must be a Linear or Conv2d layer")
     if isinstance(module, nn.Conv2d) and module.groups != 1:
         raise SiteError(f"{layer} is a grouped/depthwise conv (groups={module.groups}); pick a dense conv")
+    parent_name = layer.rpartition(".")[0]
+    parent = type(get_module(model, parent_name) if parent_name else model).__name__
+    if parent in DIRECT_WEIGHT_PARENTS:
+        raise SiteError(f"{layer} cannot be rewritten: {DIRECT_WEIGHT_PARENTS[parent]} uses its weight without calling "
+                        f"it, so its inputs cannot be hooked; supported sites are {SUPPORTED_SITES}")
+    site = None
     parts = layer.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         block_name, rel = ".".join(parts[:cut]), ".".join(parts[cut:])
         block = get_module(model, block_name)
         for spec in BLOCK_SPECS.get(type(block).__name__, ()):
-            if spec.site == rel:
-                return _site_from_spec(model, module, layer, block_name, block, spec)
-    return _plain_site(model, module, layer)
+            if spec.site == rel and site is None:
+                site = _site_from_spec(model, module, layer, block_name, block, spec)
+    site = site or _plain_site(model, module, layer)
+    _check_finite(model, site)
+    return site
+
+
+def _check_finite(model: nn.Module, site: Site) -> None:
+    """Refuse a site whose weights (or its norm's statistics) hold NaN or inf: nothing sound can be solved."""
+    for name in filter(None, (site.layer, site.norm_name)):
+        for key, t in get_module(model, name).state_dict().items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise SiteError(f"{name}.{key} contains NaN or inf; the model's weights are corrupt")
 
 
 def _site_from_spec(model, module, layer, block_name, block, spec: BlockSpec) -> Site:
@@ -192,3 +218,18 @@ def _batch_first(model: nn.Module, layer: str) -> bool:
         if hasattr(m, "batch_first"):
             return bool(m.batch_first)
     return True
+
+
+def candidate_sites(model: nn.Module, prefix: str = "") -> list[str]:
+    """Every site a residual block of ``model`` holds (``BLOCK_SPECS``: each block's output projection,
+    e.g. ViT ``resblocks.{i}.mlp.c_proj``, ResNet ``conv3``), in forward order, as ``prefix`` + name."""
+    names = []
+    for name, block in model.named_modules():
+        for spec in BLOCK_SPECS.get(type(block).__name__, ()):
+            layer = f"{name}.{spec.site}" if name else spec.site
+            try:
+                resolve_site(model, layer)
+            except SiteError:  # unsupported variant (LayerScale, squeeze-excitation …)
+                continue
+            names.append(prefix + layer)
+    return names

@@ -9,6 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clipedit.core.cache import cache_key, cached_tensors, module_fingerprint
+from clipedit.core.distributed import all_reduce_sum, is_distributed, is_main_process, shard_iterable
 from clipedit.core.nethook import Trace
 from clipedit.core.sites import Site
 from clipedit.errors import EditError
@@ -21,6 +22,9 @@ def key_second_moment(model: nn.Module, site: Site, batches: Iterable[torch.Tens
                       forward: Optional[Callable] = None) -> tuple[torch.Tensor, int]:
     """Stream reference batches through ``forward`` and accumulate Σ k kᵀ at every location.
 
+    Inside a ``torch.distributed`` process group each rank takes every world-size-th batch and the
+    sums are all-reduced: every rank gets the single-process result (to float64 round-off).
+
     Returns:
         (C, n): the second moment (key_dim x key_dim, float64, on CPU) and the number of keys.
     """
@@ -28,12 +32,14 @@ def key_second_moment(model: nn.Module, site: Site, batches: Iterable[torch.Tens
     d = site.key_dim
     total = torch.zeros(d, d, dtype=torch.float64)
     count = 0
-    for batch in tqdm(batches, desc="key statistics", leave=False, unit="batch", disable=None):
+    for batch in tqdm(shard_iterable(batches), desc="key statistics", leave=False, unit="batch", disable=None):
         with Trace(model, site.layer, retain_input=True, retain_output=False, stop=True) as tr:
             forward(batch.to(_device(model)))
         keys = site.keys(tr.input).reshape(-1, d).to(torch.float64).cpu()
         total += keys.T @ keys
         count += keys.shape[0]
+    total = all_reduce_sum(total)
+    count = int(all_reduce_sum(torch.tensor([count], dtype=torch.float64)).item())
     if count == 0:
         raise EditError("no reference images for the key statistics")
     return total / count, count
@@ -48,16 +54,27 @@ def cached_second_moment(model: nn.Module, site: Site, batches: Callable[[], Ite
         batches: a callable giving the reference batches (only called on a cache miss).
         data_key: identifies the reference data and its preprocessing.
         model_key: identifies the weights; default hashes every parameter of ``model``.
+
+    Under ``torch.distributed`` every rank computes its shard (a cache hit on some ranks only would
+    leave the others waiting in the all-reduce); rank 0 then stores the result.
     """
     def compute():
         c, n = key_second_moment(model, site, batches(), forward)
         return {"C": c, "n": torch.tensor(n)}
 
     if data_key is None:
+        return _unpack(compute())
+    args = {"model": model_key or module_fingerprint(model), "site": site.layer, "data": data_key}
+    if is_distributed():
         out = compute()
+        if is_main_process():
+            cached_tensors("stats", cache_key(**args), lambda: out, args=args)
     else:
-        key = cache_key(model=model_key or module_fingerprint(model), site=site.layer, data=data_key)
-        out = cached_tensors("stats", key, compute)
+        out = cached_tensors("stats", cache_key(**args), compute, args=args)
+    return _unpack(out)
+
+
+def _unpack(out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     return out["C"], int(out["n"])
 
 

@@ -45,8 +45,10 @@ def edit_directions(keys: torch.Tensor, C: torch.Tensor, rank: int,
     except RuntimeError:
         raise EditError("the key statistics are not positive definite; raise cov_reg") from None
     Z = torch.linalg.solve_triangular(L, K.T, upper=False).T  # rows z_i = L⁻¹ k_i
-    r = min(rank, *Z.shape)
+    n, d = Z.shape
+    r = min(rank, n, d)
     if r < rank:
-        log.warning("rank %d clamped to %d (only %d exemplar keys)", rank, r, Z.shape[0])
+        limit = f"the key dimension is {d}" if d <= n else f"only {n} exemplar keys"
+        log.warning("rank %d clamped to %d (%s)", rank, r, limit)
     _, _, Vh = torch.linalg.svd(Z, full_matrices=False)
     return torch.linalg.solve_triangular(L.T, Vh[:r].T, upper=True)

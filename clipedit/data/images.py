@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,12 +34,26 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             warnings.simplefilter("ignore")  # PIL warns on some truncated files before failing
             with Image.open(path) as im:
                 im.load()
-                return im.convert("RGB")
+                return to_rgb(im)
     except Exception as e:  # UnidentifiedImageError, truncated data, decompression bombs …
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "cannot identify image file" in reason:
             reason = "not a recognised image format"
         raise ClipeditError(f"cannot read image {path}: {reason}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB; 16- and 32-bit greyscale are scaled to their full range, not clipped at 255
+    (PIL's own ``convert`` would turn most of a 16-bit image white)."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.size and np.nanmax(values) <= 1.0 else 255.0
+    else:
+        top = 65535.0 if image.mode.startswith("I;16") or (values.size and values.max() > 255) else 255.0
+    grey = np.clip(np.round(np.nan_to_num(values) / top * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
 
 
 class LazyImages(Sequence[Image.Image]):

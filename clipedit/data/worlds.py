@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from attacks import Attack, StyleSampler, render_attack
-from clipedit.data.reference import default_reference, images_key, sample_photos
+from clipedit.data.reference import default_reference, images_key, photo_views, sample_photos
 from clipedit.errors import ClipeditError
 
 
@@ -54,6 +54,7 @@ class PhotoWorld:
 
     def __init__(self, photos: Optional[Sequence[Image.Image]] = None) -> None:
         self._photos = list(photos) if photos else None
+        self._reference: dict[int, list[Image.Image]] = {}
 
     @property
     def photos(self) -> list[Image.Image]:
@@ -68,11 +69,11 @@ class PhotoWorld:
                 for i in range(n)]
 
     def reference_images(self, n: int) -> list[Image.Image]:
-        if self._photos is None:
-            return default_reference()
-        from clipedit.data.reference import photo_views
-
-        return photo_views(self.photos, max(1, -(-n // len(self.photos))), seed=0)
+        """Seeded views of the photos (the default reference for scikit-image's samples)."""
+        if n not in self._reference:
+            self._reference[n] = default_reference() if self._photos is None else \
+                photo_views(self.photos, max(1, -(-n // len(self.photos))), seed=0)
+        return self._reference[n]
 
     def reference_key(self, n: int) -> str:
         return f"photos:{images_key(self.reference_images(n))}"

@@ -1,9 +1,11 @@
-"""The three ways to make a model treat attacked exemplars like their targets, behind one call:
-the rank-r rewrite (``edit``) and the paper's fine-tuning baselines (``finetune-local``/``-global``)."""
+"""The ways to make a model treat attacked exemplars like their targets, behind one call: the rank-r
+rewrite (``edit``), the paper's fine-tuning baselines (``finetune-local``/``-global``) and the peer
+defenses tuned on the validation split (``head-ablation``, ``paint``)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -16,12 +18,15 @@ from clipedit.core import (
     compute_rewrite,
     resolve_site,
 )
+from clipedit.core.edit_sets import EditSet
 from clipedit.defenses.defaults import default_layer
 from clipedit.defenses.finetune import FinetuneHParams, finetune
+from clipedit.defenses.head_ablation import HeadAblationHParams, ablate_heads
+from clipedit.defenses.paint import PaintHParams, paint
 from clipedit.errors import ClipeditError, EditError
 from clipedit.models.bundle import ModelBundle
 
-METHODS = ("edit", "finetune-local", "finetune-global")
+METHODS = ("edit", "finetune-local", "finetune-global", "head-ablation", "paint")
 
 
 @dataclass
@@ -31,6 +36,8 @@ class MethodResult:
     layer: str
     method: str
     edit: Optional[LayerEdit]
+    details: Optional[Any] = None  # head-ablation: the HeadAblation; paint: the PaintResult
+    edit_set: Optional[EditSet] = None  # head-ablation: the edits that zero the heads (a file like an edit)
 
 
 def run_method(bundle: ModelBundle, request: EditRequest, method: str, hparams: RewriteHParams,
@@ -46,6 +53,8 @@ def run_method(bundle: ModelBundle, request: EditRequest, method: str, hparams: 
     """
     if method not in METHODS:
         raise ClipeditError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    if method in ("head-ablation", "paint"):
+        return _run_peer(bundle, request, method, finetune_hparams, meta or {})
     layer = hparams.layer or default_layer(bundle)
     site = resolve_site(bundle.model, layer)
     if method == "edit":
@@ -61,3 +70,15 @@ def run_method(bundle: ModelBundle, request: EditRequest, method: str, hparams: 
         if not torch.isfinite(p).all():
             raise EditError(f"fine-tuning produced NaN or inf in {name}")
     return MethodResult(layer, method, None)
+
+
+def _run_peer(bundle: ModelBundle, request: EditRequest, method: str, finetune_hparams: FinetuneHParams,
+              meta: dict) -> MethodResult:
+    """The peer defenses, tuned on the validation split of the model's world for ``meta["words"]``."""
+    words = meta.get("words") or []
+    if method == "head-ablation":
+        ablation = ablate_heads(bundle, request, words, HeadAblationHParams(), meta=meta)
+        layers = ",".join(ablation.edit_set.layers) if ablation.edit_set is not None else "none"
+        return MethodResult(layers, method, None, ablation, ablation.edit_set)
+    result = paint(bundle, request, words, PaintHParams(finetune=finetune_hparams))
+    return MethodResult(bundle.image_prefix.rstrip(".") or "model", method, None, result)

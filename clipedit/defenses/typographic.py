@@ -4,6 +4,9 @@
     bundle = clipedit.load_model("mini")
     defense = clipedit.defend(bundle, "ipod")          # edits bundle.model in place
     clipedit.save_edit("ipod.safetensors", defense.edit)
+
+``defend(bundle, "*")`` defends against any written word: exemplars rendered from a broad vocabulary
+(:mod:`clipedit.defenses.vocabulary`), optionally edited over several sites (``DefenseConfig.sites``).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from PIL import Image
 
 from attacks import Attack
 from clipedit.core import EditRequest, KeyStatistics, LayerEdit, RewriteHParams, key_statistics
+from clipedit.core.edit_sets import EditSet
 from clipedit.data.folders import files_key, image_paths
 from clipedit.data.images import LazyImages, to_batches
 from clipedit.data.worlds import PhotoWorld, World
@@ -26,6 +30,7 @@ from clipedit.defenses.defaults import default_layer, defaults_for
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import run_method
+from clipedit.defenses.vocabulary import ANY_WORD, Vocabulary
 from clipedit.errors import ClipeditError
 from clipedit.models.bundle import ModelBundle
 
@@ -46,9 +51,12 @@ class DefenseConfig:
         reference: folder of reference images for the key statistics (default: the model's world's).
         n_reference: reference images drawn from the model's world.
         photos: photos to render exemplars on, in place of the model's world.
+        vocab: a word list for ``"*"`` (default: open_clip's tokenizer words, class names, random strings).
+        vocab_words: exemplar words ``"*"`` renders (``renders`` each).
+        sites: layers of a multi-site edit, solved in this order (None: ``hparams.layer`` alone).
     """
 
-    method: Literal["edit", "finetune-local", "finetune-global"] = "edit"
+    method: Literal["edit", "finetune-local", "finetune-global", "head-ablation", "paint"] = "edit"
     hparams: Optional[RewriteHParams] = None
     renders: Optional[int] = None
     seed: int = 0
@@ -57,6 +65,9 @@ class DefenseConfig:
     n_reference: Optional[int] = None
     photos: Optional[Sequence[Image.Image]] = None
     finetune: FinetuneHParams = field(default_factory=FinetuneHParams)
+    vocab: Optional[Path] = None
+    vocab_words: Optional[int] = None
+    sites: Optional[tuple[str, ...]] = None
 
     def resolved(self, bundle: ModelBundle) -> "DefenseConfig":
         """A copy with every unset field taken from the model's defaults."""
@@ -77,6 +88,9 @@ class Defense:
     words: list[str]
     edit: Optional[LayerEdit]
     exemplars: list[Attack]
+    edit_set: Optional[EditSet] = None
+    vocabulary: Optional[Vocabulary] = None
+    details: Optional[object] = None  # head-ablation: the HeadAblation; paint: the PaintResult
 
 
 def world_of(bundle: ModelBundle, photos: Optional[Sequence[Image.Image]] = None) -> World:
@@ -109,12 +123,13 @@ def reference_statistics(bundle: ModelBundle, layer: str, config: DefenseConfig)
     else:
         world = world_of(bundle, config.photos)
         n = config.n_reference or defaults_for(bundle).n_reference
-        if isinstance(world, PhotoWorld):
-            log.warning("no --reference images: key statistics from views of %s photos; pass --reference "
-                        "for a real model", "the given" if config.photos else "scikit-image's sample")
         data_key = world.reference_key(n) + repr(preprocess)
         batches = lambda: to_batches(world.reference_images(n), preprocess, 64)  # noqa: E731
-    return key_statistics(bundle.model, layer, batches, data_key=data_key, forward=bundle.encode_images)
+    stats = key_statistics(bundle.model, layer, batches, data_key=data_key, forward=bundle.encode_images)
+    if config.reference is None and isinstance(world, PhotoWorld):  # said once the site has proved usable
+        log.warning("no --reference images: key statistics from views of %s photos; pass --reference "
+                    "for a real model", "the given" if config.photos else "scikit-image's sample")
+    return stats
 
 
 def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod", config: Optional[DefenseConfig] = None,
@@ -123,13 +138,18 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod", config: Opt
 
     Args:
         bundle: the model to defend (edited in place).
-        words: the word(s) to defend against; several words make one joint edit.
+        words: the word(s) to defend against; several words make one joint edit; ``"*"``: any word
+            (exemplars from a broad vocabulary, :mod:`clipedit.defenses.any_word`).
         config: method, layer, rank, renders …
         exemplars: rendered attacks to use instead of generating ``config.renders`` per word.
         request: a ready ``EditRequest`` (e.g. a real photo pair) instead of rendered exemplars.
     """
-    config = (config or DefenseConfig()).resolved(bundle)
     words = [words] if isinstance(words, str) else list(words)
+    if words == [ANY_WORD] and request is None and exemplars is None:
+        from clipedit.defenses.any_word import defend_any_word  # it builds on this module
+
+        return defend_any_word(bundle, config or DefenseConfig())
+    config = (config or DefenseConfig()).resolved(bundle)
     if request is None:
         if exemplars is None:
             if not words:
@@ -139,4 +159,4 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod", config: Opt
     result = run_method(bundle, request, config.method, config.hparams, config.finetune,
                         lambda layer: reference_statistics(bundle, layer, config), {"words": words})
     return Defense(layer=result.layer, method=result.method, words=words, edit=result.edit,
-                   exemplars=list(exemplars or []))
+                   exemplars=list(exemplars or []), edit_set=result.edit_set, details=result.details)

@@ -3,18 +3,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from clipedit.data.benchmarks import LoadedBenchmark
+from clipedit.eval.benchmark_metrics import evaluate_benchmark, kind_rows
 from clipedit.eval.heldout import EvalSets
 from clipedit.eval.metrics import evaluate_attacks
 from clipedit.eval.predictor import Predictor
 from clipedit.models.bundle import ModelBundle
 
 
-def evaluate_defense(bundle: ModelBundle, predictor: Predictor, sets: EvalSets,
-                     batch_size: int = 128) -> dict[str, Any]:
-    """clean / blank-note accuracy, text-note accuracy and attack success for edited and other words."""
+def evaluate_defense(bundle: ModelBundle, predictor: Predictor, sets: EvalSets | LoadedBenchmark,
+                     batch_size: int = 128, keep_predictions: bool = False) -> dict[str, Any]:
+    """clean / blank-note accuracy, text-note accuracy and attack success for edited and other words
+    (a benchmark: :func:`~clipedit.eval.benchmark_metrics.evaluate_benchmark`'s figures on its photos).
+    ``keep_predictions``: add ``predictions``, the class predicted for each text-note image of the
+    defended words' set (or each benchmark image), for a report."""
+    if isinstance(sets, LoadedBenchmark):
+        out = evaluate_benchmark(bundle, predictor, sets, batch_size=batch_size)
+        return out if keep_predictions else {k: v for k, v in out.items() if k != "predictions"}
     ed = evaluate_attacks(bundle, predictor, *sets.edited, batch_size=batch_size)
     out = {"clean_acc": ed["clean_acc"], "blank_acc": ed["blank_acc"],
            "text_acc": ed["text_acc"], "attack_success_rate": ed["attack_success_rate"], "n": ed["n"]}
+    if keep_predictions:
+        out["predictions"] = ed["predictions"]["text"]
     if sets.other is not None:
         ot = evaluate_attacks(bundle, predictor, *sets.other, batch_size=batch_size)
         out.update({"other_text_acc": ot["text_acc"], "other_attack_success_rate": ot["attack_success_rate"],
@@ -28,5 +38,7 @@ ROWS = (("clean", "clean_acc"), ("blank note", "blank_acc"), ("text note (defend
 
 
 def comparison_rows(before: dict, after: dict) -> list[list]:
-    """Table rows: metric, before, after."""
+    """Table rows: metric, before, after (a benchmark's: per image kind, see ``kind_rows``)."""
+    if "n_attacked" in before:  # evaluate_benchmark's figures
+        return [row[:3] for row in kind_rows(before, after)]
     return [[label, before.get(key), after.get(key)] for label, key in ROWS if key in before]

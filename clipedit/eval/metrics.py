@@ -70,7 +70,9 @@ def evaluate_attacks(bundle: ModelBundle, predictor: Predictor, attacks: Sequenc
         clean_acc, blank_acc, n (all attacks); text_acc and n_text over attacks whose word is not
         the photo's class; attack_success_rate (prediction == written word) and n_word_in_classes
         over those whose word is another class (None when there are none); clean_top5 (>= 5 classes),
-        clean_mean_per_class_recall; by_word {word: {text_acc, attack_success_rate, n, in_classes}};
+        clean_mean_per_class_recall; acc1, acc5 (>= 5 classes), mean_per_class_recall on every
+        text-note image (clip_benchmark's names); by_word {word: {text_acc, attack_success_rate, n,
+        in_classes}}; by_class {class: {clean_acc, blank_acc, text_acc, n_clean, n_blank, n_text}};
         predictions {clean, blank, text}.
     """
     n = len(attacks)
@@ -104,18 +106,22 @@ def evaluate_attacks(bundle: ModelBundle, predictor: Predictor, attacks: Sequenc
     }
     if "top5" in clean:
         result["clean_top5"] = clean["top5"]
-    result["by_word"] = _by_word(attacks, words, counted, correct, success)
+    result.update(benchmark_names(classification_metrics(logits["text"], labels)))
+    result["by_word"] = by_word([a.text for a in attacks], words, counted, correct, success)
+    result["by_class"] = by_class(target, predictor.classnames,
+                                  {k: pred[k] == target for k in ("clean", "blank")} | {"text": correct},
+                                  {"text": counted})
     result["predictions"] = {k: v.tolist() for k, v in pred.items()}
     if result["n_text"] < n:
         log.info("%d of %d notes name the true class and are left out of text_acc", n - result["n_text"], n)
     return result
 
 
-def _by_word(attacks: Sequence[Attack], words: torch.Tensor, counted: torch.Tensor,
-             correct: torch.Tensor, success: torch.Tensor) -> dict[str, dict[str, Any]]:
-    """Per written word: text_acc, attack_success_rate (None for non-class words), n, in_classes."""
+def by_word(texts: Sequence[str], words: torch.Tensor, counted: torch.Tensor,
+            correct: torch.Tensor, success: torch.Tensor) -> dict[str, dict[str, Any]]:
+    """Per written word (``texts[i]``, class index ``words[i]`` or -1): text_acc, attack_success_rate
+    (None for non-class words), n, in_classes; ``counted`` marks notes not naming the true class."""
     out: dict[str, dict[str, Any]] = {}
-    texts = [a.text for a in attacks]
     for word in sorted(set(texts)):
         same = torch.tensor([t == word for t in texts])
         rows = same & counted
@@ -127,6 +133,35 @@ def _by_word(attacks: Sequence[Attack], words: torch.Tensor, counted: torch.Tens
             "in_classes": in_classes,
         }
     return out
+
+
+def by_class(target: torch.Tensor, classnames: Sequence[str], hits: dict[str, torch.Tensor],
+             masks: Optional[dict[str, torch.Tensor]] = None) -> dict[str, dict[str, Any]]:
+    """Per true class: ``<set>_acc`` and ``n_<set>`` for each set in ``hits`` (correct-or-not per image).
+
+    Args:
+        target: true class index of each image of every set (sets are aligned with it).
+        classnames: the class list.
+        hits: per set name, whether each image was classified correctly.
+        masks: per set name, the images that count (default: all).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    masks = masks or {}
+    for c in sorted(set(target.tolist())):
+        row: dict[str, Any] = {}
+        for name, hit in hits.items():
+            rows = (target == c) & masks.get(name, torch.ones_like(hit, dtype=torch.bool))
+            row[f"{name}_acc"] = _mean(hit[rows])
+            row[f"n_{name}"] = int(rows.sum())
+        out[classnames[c]] = row
+    return out
+
+
+def benchmark_names(metrics: dict[str, Any]) -> dict[str, Any]:
+    """top1 / top5 / mean_per_class_recall of :func:`classification_metrics` under clip_benchmark's
+    names: acc1, acc5, mean_per_class_recall."""
+    names = {"top1": "acc1", "top5": "acc5", "mean_per_class_recall": "mean_per_class_recall"}
+    return {names[k]: v for k, v in metrics.items() if k in names}
 
 
 def _check_labels(labels: Sequence[int], n: int, n_classes: int) -> torch.Tensor:

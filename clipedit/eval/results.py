@@ -25,20 +25,26 @@ def make_record(*, dataset: str, bundle: ModelBundle, task: str, metrics: dict[s
                 seed: Optional[int], n: int, **extra: Any) -> dict[str, Any]:
     """A results record: clip_benchmark's ``dataset, model, pretrained, task, metrics`` and ours.
 
+    ``metrics`` stays flat and scalar, so that ``clip_benchmark build`` (which copies it into one
+    CSV row) gives a number per cell; breakdowns (``by_word``, ``by_class`` …) go beside it.
+
     Args:
-        dataset: what was evaluated (a directory, ``photos`` or ``mini``).
+        dataset: what was evaluated (a directory, ``KIND:PATH``, ``photos`` or ``mini``).
         bundle: the evaluated model (gives model, pretrained, device).
         task: e.g. ``typographic_audit``.
-        metrics: numbers (``None`` where undefined); a ``predictions`` entry is dropped.
+        metrics: numbers (``None`` where undefined) and breakdowns (dicts, lists), split by
+            :func:`split_metrics`; a ``predictions`` entry is dropped.
         classnames, templates, words, seed, n: how the evaluation was set up.
         extra: further fields (e.g. ``checkpoint``).
     """
+    flat, breakdowns = split_metrics(metrics)
     return {
         "dataset": dataset,
         "model": bundle.name,
         "pretrained": bundle.pretrained,
         "task": task,
-        "metrics": {k: v for k, v in metrics.items() if k != "predictions"},
+        "metrics": flat,
+        **breakdowns,
         "language": "en",
         "classnames": list(classnames),
         "templates": len(templates) if templates is not None else 0,
@@ -50,6 +56,36 @@ def make_record(*, dataset: str, bundle: ModelBundle, task: str, metrics: dict[s
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
+
+
+def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(scalars, breakdowns): numbers, strings, booleans and None in the first; dicts and lists in the
+    second; per-image ``predictions`` dropped (they belong in a report, not in a results row)."""
+    flat: dict[str, Any] = {}
+    breakdowns: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key == "predictions":
+            continue
+        (breakdowns if isinstance(value, (dict, list, tuple)) else flat)[key] = value
+    return flat, breakdowns
+
+
+def drop_predictions(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` without its per-image ``predictions``."""
+    return {k: v for k, v in metrics.items() if k != "predictions"}
+
+
+def before_after_metrics(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """One flat row for a defense: the unedited model's figures as they are, the defended one's
+    with ``after_`` in front (``text_acc``, ``after_text_acc`` …); counts (``n``, ``n_*``), the same
+    images before and after, appear once."""
+    flat_before, _ = split_metrics(before)
+    flat_after, _ = split_metrics(after)
+    return {**flat_before, **{f"after_{k}": v for k, v in flat_after.items() if not _is_count(k)}}
+
+
+def _is_count(key: str) -> bool:
+    return key == "n" or key.startswith("n_")
 
 
 def write_results(path: str | os.PathLike, record: dict[str, Any]) -> Path:

@@ -194,3 +194,13 @@ class MiniWorld:
     def attack_set(self, n: int, seed: int, words: str | Sequence[str] = "other"
                    ) -> tuple[list[Attack], list[int]]:
         return attack_set(n, seed, words=words)
+
+    def signs(self, n: int, seed: int) -> tuple[list[Image.Image], list[int]]:
+        """``n`` signs: a class name written on a bare background (no object), in held-out note
+        styles anywhere in the picture; labelled by the written class (balanced)."""
+        sampler = dataclasses.replace(note_sampler(), position="random")
+        rng = np.random.default_rng(seed)
+        labels = rng.permutation(np.arange(n) % len(CLASSNAMES)).tolist()
+        images = [render_attack(background(rng, IMAGE_SIZE), CLASSNAMES[label], sampler.sample(rng),
+                                seed=int(rng.integers(2**31))).attacked for label in labels]
+        return images, labels

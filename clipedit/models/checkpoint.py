@@ -1,16 +1,25 @@
 """Read and write state dicts (``.safetensors`` or torch pickles) with clear errors."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from clipedit.errors import ModelLoadError
+from clipedit.io import read_safetensors_metadata, save_state_dict
+
+SOURCE_DTYPES = "source_dtypes"  # ModelBundle.extra key: the checkpoint's dtype of every tensor
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a state dict; strips ``module.`` prefixes and unwraps ``{"state_dict": …}``."""
+    """Load a state dict; strips ``module.`` prefixes and unwraps ``{"state_dict": …}``.
+
+    Raises:
+        ModelLoadError: missing or unreadable file, no state dict, or NaN/inf in a tensor.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"checkpoint not found: {path}")
@@ -27,14 +36,82 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"checkpoint {path} holds no state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    check_finite_state(state, path)
+    return state
 
 
-def load_weights_into(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:
-    """Load a checkpoint into ``model`` (strict), with a one-line error when it does not fit."""
-    state = load_state_dict_file(checkpoint)
+def check_finite_state(state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Raise ModelLoadError naming the first floating-point tensor with NaN or inf."""
+    for name, t in state.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ModelLoadError(f"checkpoint {source} is corrupt: {name} contains NaN or inf")
+
+
+def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Optional[str]:
+    """What keeps ``state`` from loading strictly into ``model`` (first missing, unexpected and
+    wrongly-shaped keys), or None when it fits."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    parts = [f"{label} {len(keys)} key(s), first: {', '.join(keys[:3])}"
+             for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape in", shapes))
+             if keys]
+    return "; ".join(parts) or None
+
+
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Load ``state`` into ``model`` strictly (converting dtypes), or raise a one-line ModelLoadError."""
+    problem = state_mismatch(model, state)
+    if problem is not None:
+        raise ModelLoadError(f"checkpoint {source} does not fit this model ({problem})")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ModelLoadError(f"checkpoint {checkpoint} does not fit this model: {first}") from None
+        raise ModelLoadError(f"checkpoint {source} does not fit this model: {str(e).strip().splitlines()[0]}") from None
+
+
+def load_weights_into(model: torch.nn.Module, checkpoint: str | os.PathLike) -> dict[str, torch.dtype]:
+    """Load a checkpoint into ``model`` (strict), with a one-line error when it does not fit.
+
+    Returns:
+        the source dtype of every tensor (``checkpoint_dtypes``), to save edited weights in that precision.
+    """
+    state = load_state_dict_file(checkpoint)
+    load_state_into(model, state, checkpoint)
+    return checkpoint_dtypes(checkpoint, state)
+
+
+def checkpoint_dtypes(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> dict[str, torch.dtype]:
+    """The dtype of every tensor of a loaded checkpoint; a tensor that ``save_model_weights`` had to keep
+    wider than its source (an edited layer) reports the source's dtype recorded in the file's metadata."""
+    dtypes = {k: v.dtype for k, v in state.items()}
+    if Path(path).suffix == ".safetensors":
+        recorded = json.loads(read_safetensors_metadata(path).get(SOURCE_DTYPES, "{}"))
+        dtypes.update({k: getattr(torch, v) for k, v in recorded.items()
+                       if k in dtypes and isinstance(getattr(torch, v, None), torch.dtype)})
+    return dtypes
+
+
+def save_model_weights(path: str | os.PathLike, bundle, metadata: Optional[dict] = None) -> Path:
+    """Write a ``ModelBundle``'s weights in its source checkpoint's dtypes, atomically.
+
+    Unchanged weights of an fp16 checkpoint are written in fp16 again (bit-exact with the source). A
+    tensor the source dtype cannot hold exactly (an edited layer) keeps its own dtype, and its source
+    dtype goes into the metadata, so that reverting the edit writes the source file's dtypes again.
+    """
+    dtypes = bundle.extra.get(SOURCE_DTYPES) or {}
+    state, kept = {}, {}
+    for name, t in bundle.model.state_dict().items():
+        dtype = dtypes.get(name)
+        if dtype is not None and dtype != t.dtype and t.is_floating_point() and dtype.is_floating_point:
+            cast = t.to(dtype)
+            if torch.equal(cast.to(t.dtype), t):
+                t = cast
+            else:
+                kept[name] = str(dtype).removeprefix("torch.")
+        state[name] = t
+    meta = {**(metadata or {}), **({SOURCE_DTYPES: kept} if kept else {})}
+    return save_state_dict(path, state, metadata=meta)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ LITE0_NAME = "efficientnet-lite0"
 LITE0_ARCH = "tf_efficientnet_lite0"
 LITE0_EXTRA_HINT = "pip install -e '.[imagenet]'"
 DEFAULT_TAGS = {"default", "imagenet", "pretrained", "in1k"}  # the library's default weights
+LITE0_WEIGHT_TAGS = DEFAULT_TAGS | {""}  # no tag: the shipped ImageNet weights
 
 
 # -- ImageNet class names ------------------------------------------------------------------------
@@ -250,14 +252,17 @@ def lite0_weights_path() -> str:
 
 @register_loader(LITE0_NAME)
 def load_efficientnet_lite0(tag: str, checkpoint, device: torch.device) -> ModelBundle:
-    """timm's ``tf_efficientnet_lite0`` with the shipped ImageNet weights (tag ``random``: random init)."""
+    """timm's ``tf_efficientnet_lite0`` with the shipped ImageNet weights (``none``/``random``: random init)."""
     import timm
 
+    if checkpoint is None and tag.lower() not in LITE0_WEIGHT_TAGS | {"none", "random"}:
+        raise ModelLoadError(f"unknown pretrained tag {tag!r} for {LITE0_NAME} (known: imagenet, the default; "
+                             "none for random init)")
     model = timm.create_model(LITE0_ARCH, pretrained=False)
     if checkpoint is not None:
         load_weights_into(model, checkpoint)
         pretrained = str(checkpoint)
-    elif tag.lower() == "random":
+    elif tag.lower() in ("none", "random"):
         pretrained = "none"
     else:
         path = lite0_weights_path()

@@ -21,7 +21,7 @@ import torch
 
 from clipedit.errors import ModelLoadError
 from clipedit.models.bundle import ModelBundle
-from clipedit.models.checkpoint import load_weights_into
+from clipedit.models.checkpoint import SOURCE_DTYPES, load_weights_into
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,16 @@ def resolve_device(device: Optional[str] = None) -> torch.device:
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """Split ``NAME[:PRETRAINED]`` into (name, pretrained); pretrained defaults to ``none``."""
+    """Split ``NAME[:PRETRAINED]`` into (name, pretrained); pretrained is ``""`` when no tag is given.
+
+    Each loader reads an empty tag as its default: random init for open_clip, timm and torchvision
+    names (as open_clip does), the shipped weights for ``mini`` and ``efficientnet-lite0``.
+    ``none`` always means random init.
+    """
     name, _, tag = spec.strip().partition(":")
     if not name:
         raise ModelLoadError(f"empty model name in {spec!r}")
-    return name, (tag or "none")
+    return name, tag
 
 
 def list_models() -> list[str]:
@@ -121,6 +126,31 @@ def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
     return bundle
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers within ``timeout`` seconds.
+
+    When it does not, the hub's offline mode is switched on for this process, so that weights already
+    in the local cache still load and missing ones fail at once instead of after minutes of retries.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError as e:
+        log.info("%s is unreachable (%s): switching the hub to offline mode", url.hostname, e)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        constants.HF_HUB_OFFLINE = True
+        return False
+
+
 class _OpenClipRootLogs(logging.Filter):
     """Re-log open_clip's messages to the root logger ("No pretrained weights loaded …",
     "Failed to download …") at debug level under ``open_clip``, so that a CLI error stays one line."""
@@ -152,22 +182,24 @@ def _create_open_clip(name: str, tag: str, checkpoint, device: torch.device) -> 
         if tag not in tags:
             known = ", ".join(tags) or "none published"
             raise ModelLoadError(f"unknown pretrained tag {tag!r} for {name} (known: {known})")
+        offline = not hub_reachable()
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, device=device)
         except Exception as e:  # open_clip/hf raise RuntimeError, OSError, HTTP errors …
+            reason = "no network and not in the local cache" if offline else f"{type(e).__name__}; offline?"
             raise ModelLoadError(
-                f"could not fetch weights {name}:{tag} ({type(e).__name__}; offline?) - "
+                f"could not fetch weights {name}:{tag} ({reason}) - "
                 f"download them elsewhere and pass --checkpoint PATH") from None
-        pretrained = tag
+        pretrained, dtypes = tag, None
     else:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
-        pretrained = "none"
+        pretrained, dtypes = "none", None
         if checkpoint is not None:
-            load_weights_into(model, checkpoint)
+            dtypes = load_weights_into(model, checkpoint)
             pretrained = str(checkpoint)
     tokenizer = open_clip.get_tokenizer(name)
     return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name,
-                       pretrained=pretrained, kind="clip")
+                       pretrained=pretrained, kind="clip", extra={SOURCE_DTYPES: dtypes})
 
 
 def config_files() -> dict[str, Any]:
@@ -185,21 +217,21 @@ def _load_config_model(name: str, tag: str, checkpoint, device: torch.device) ->
         raise ModelLoadError(f"{name} has no pretrained weights (use {name}:none or --checkpoint)")
     cfg = json.loads(config_files()[name].read_text())
     model = open_clip.model.CLIP(**cfg).to(device)
-    pretrained = "none"
+    pretrained, dtypes = "none", None
     if checkpoint is not None:
-        load_weights_into(model, checkpoint)
+        dtypes = load_weights_into(model, checkpoint)
         pretrained = str(checkpoint)
     preprocess = open_clip.image_transform(cfg["vision_cfg"]["image_size"], is_train=False)
     tokenizer = SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
     return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name, pretrained=pretrained,
-                       kind="clip")
+                       kind="clip", extra={SOURCE_DTYPES: dtypes})
 
 
 def _register_builtin_loaders() -> None:
     for name in config_files():
         LOADERS.setdefault(name, functools.partial(_load_config_model, name))
     # Imported for their @register_loader side effects.
-    from clipedit.models import mini  # noqa: F401
+    from clipedit.models import mini, mini_vit  # noqa: F401
     try:
         from clipedit.models import classifiers  # noqa: F401
     except ImportError as e:  # the ImageNet path is optional

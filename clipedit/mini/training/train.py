@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clipedit.io import atomic_path, ensure_writable_dir, write_json
+from clipedit.io import atomic_output_set, atomic_path, ensure_writable_dir, write_json
 from clipedit.mini.training.captions import CaptionMix
 from clipedit.mini.training.figures import HELDOUT_N, HELDOUT_SEED, heldout_figures
 from clipedit.mini.training.pool import Pool, PoolMix, build_pool
@@ -31,6 +31,7 @@ IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's statistics
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 CONTEXT_LENGTH = 32
 DEFAULT_OUT = Path("runs") / "mini"  # never the shipped checkpoint: copy a new one into assets/ by hand
+CHECKPOINT_FILES = ("model.safetensors", "config.json")
 
 # A ResNet image tower: on 2 CPU cores a 4-layer ViT (width 128, patch 8) had not learned to read after
 # 1500 steps, nor after 300 supervised steps with word labels; this ResNet reads after 300 such steps.
@@ -203,14 +204,15 @@ def make_config(opts: TrainOptions, figures: dict, steps_done: int, minutes: flo
 
 
 def save_checkpoint(model, config: dict, out: Path) -> None:
-    """Write fp16 ``model.safetensors`` and ``config.json`` into ``out``, each atomically."""
+    """Write fp16 ``model.safetensors`` and ``config.json`` into ``out``, together (both or neither)."""
     from safetensors.torch import save_file
 
     state = {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
              for k, v in model.state_dict().items()}  # BatchNorm's step counter stays an integer
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-    write_json(out / "config.json", config)
+    with atomic_output_set(out, replaces=CHECKPOINT_FILES) as stage:
+        with atomic_path(stage / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        write_json(stage / "config.json", config)
     log.info("wrote %s", out)
 
 
@@ -218,7 +220,7 @@ def command_line(opts: TrainOptions) -> str:
     """The command that reproduces this run."""
     out = opts.out
     try:
-        out = Path(out).resolve().relative_to(DEFAULT_OUT.parents[1])
+        out = Path(out).resolve().relative_to(Path.cwd())
     except ValueError:
         pass
     return (f"clipedit train-mini --out {out} --steps {opts.steps} --batch-size {opts.batch_size} "

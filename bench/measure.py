@@ -1,0 +1,108 @@
+"""What the speed benchmarks share: wall time, peak memory of one call, the machine, and result files."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from clipedit.io import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def seconds(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
+    """Best wall time of ``repeat`` calls of ``fn`` (the least disturbed by other load) and the last result."""
+    times, out = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), out
+
+
+def paired_seconds(first: Callable[[], Any], second: Callable[[], Any], repeat: int = 3) -> tuple[float, float]:
+    """Best wall times of two calls run alternately, so that a shared machine's changing load hits both alike."""
+    a, b = [], []
+    for _ in range(repeat):
+        a.append(seconds(first)[0])
+        b.append(seconds(second)[0])
+    return min(a), min(b)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+@dataclass
+class Peak:
+    """Peak memory a call added on top of what was resident before it, in MiB."""
+
+    host_mib: float
+    device_mib: Optional[float]
+
+
+def peak_memory(fn: Callable[[], Any]) -> tuple[Peak, Any]:
+    """Run ``fn`` and measure its peak: host RSS high-water mark (Linux ``clear_refs``) and CUDA allocations."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    out = fn()
+    host = (_status_kib("VmHWM") - before) / 1024
+    device = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
+    return Peak(host_mib=round(host, 1), device_mib=None if device is None else round(device, 1)), out
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were taken."""
+    info = {"cpu": platform.processor() or platform.machine(), "cores_visible": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return info
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def save(name: str, result: dict[str, Any], quick: bool = False) -> Path:
+    """Write ``bench/results/<name>.json`` (``<name>_quick.json`` for a quick run) with the machine it ran on."""
+    path = RESULTS / f"{name}{'_quick' if quick else ''}.json"
+    return write_json(path, {"machine": machine(), "quick": quick, **result})
+
+
+def ratio_line(label: str, value: float, target: Optional[float] = None, higher_is_better: bool = True) -> str:
+    """``label  12.3x  (target >= 1000x: met)``."""
+    text = f"{label:<58} {value:10.2f}x"
+    if target is not None:
+        met = value >= target if higher_is_better else value <= target
+        text += f"  (target {'>=' if higher_is_better else '<='} {target:g}x: {'met' if met else 'MISSED'})"
+    return text
+
+
+def main_for(run: Callable[[bool], dict[str, Any]], doc: Optional[str]) -> None:
+    """A benchmark module's command line: ``python -m bench.<name> [--quick]``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes")
+    run(ap.parse_args().quick)

@@ -1,0 +1,152 @@
+"""Where to rewrite the bundled mini ViT: every block's ``mlp.c_proj`` x ranks, masks and thresholds, on the
+VALIDATION split, plus an oracle that patches the blank image's block output into the text tokens.
+
+    python bench/mini_vit_sites.py [--n 300] [--word ipod] [--out bench/results/mini_vit_sites.json]
+
+The oracle answers "how much can a token-level edit after block i restore at most, with this token
+mask?": it replaces the attacked image's residual stream after block i by the blank image's, at the
+tokens the mask selects (glyphs, the whole label, the glyphs grown by one token), and scores the result.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import time
+
+import torch
+import torch.nn.functional as F
+
+from clipedit import load_model
+from clipedit.core import RewriteHParams
+from clipedit.core.nethook import Trace
+from clipedit.core.sites import resolve_site
+from clipedit.defenses.edit_requests import preprocess_mask
+from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
+from clipedit.eval.defense_metrics import evaluate_defense
+from clipedit.eval.heldout import world_eval_sets
+from clipedit.eval.predictor import make_predictor
+from clipedit.eval.results import format_table
+from clipedit.io import write_json
+
+SITE = "visual.transformer.resblocks.{}.mlp.c_proj"
+BLOCK = "visual.transformer.resblocks.{}"
+STEM_OUTPUT = "visual.conv1"
+
+
+def stem_convs(model) -> list[str]:
+    """The stem's convs after the first (which sees raw pixels): sites that act before any token is mixed."""
+    convs = [f"{STEM_OUTPUT}.{i}" for i, m in enumerate(model.visual.conv1) if isinstance(m, torch.nn.Conv2d)]
+    return convs[1:]
+
+
+def run_defense(base, predictor, sets, exemplars, settings: list[tuple[str, int, str, float]]) -> dict:
+    """Defend a copy of ``base`` at each (layer, rank, mask, threshold) in turn (several: stacked edits)."""
+    bundle = dataclasses.replace(base, model=copy.deepcopy(base.model))
+    start = time.perf_counter()
+    for layer, rank, mask, threshold in settings:
+        config = DefenseConfig(hparams=RewriteHParams(layer=layer, rank=rank, mask_threshold=threshold), mask=mask)
+        defend(bundle, "ipod", config, exemplars=exemplars)
+    seconds = time.perf_counter() - start
+    result = evaluate_defense(bundle, predictor.with_bundle(bundle), sets)
+    print(settings, {k: round(result[k], 4) for k in ("clean_acc", "blank_acc", "text_acc", "other_text_acc")},
+          flush=True)
+    return {**result, "seconds": seconds}
+
+
+def token_masks(bundle, attacks, site_layer: str) -> dict[str, torch.Tensor]:
+    """(n, tokens) masks of the glyphs, the whole label and the glyphs grown by one token."""
+    site = resolve_site(bundle.model, site_layer)
+    n_tokens = 1 + int(bundle.model.visual.grid_size[0]) ** 2
+    grid = bundle.model.visual.grid_size[0]
+    glyphs = torch.stack([preprocess_mask(bundle.preprocess, a.text_mask) for a in attacks])
+    label = torch.stack([preprocess_mask(bundle.preprocess, a.mask) for a in attacks])
+    text = site.location_weights(glyphs, n_tokens)
+    grown = F.max_pool2d(text[:, 1:].view(-1, 1, grid, grid), 3, stride=1, padding=1).flatten(1)
+    return {"glyphs": text, "label": site.location_weights(label, n_tokens),
+            "glyphs+1 token": torch.cat([text[:, :1], grown], 1),
+            "all patches": torch.cat([torch.zeros_like(text[:, :1]), torch.ones_like(text[:, 1:])], 1)}
+
+
+@torch.no_grad()
+def oracle_text_acc(bundle, predictor, attacks, labels, layer: str, mask: torch.Tensor) -> float:
+    """Text-note accuracy when the blank image's output of ``layer`` (a block: the residual stream; the stem:
+    the patch embeddings) replaces the attacked one at the tokens of ``mask`` (n, 1 + grid**2)."""
+    attacked = torch.stack([bundle.preprocess(a.attacked) for a in attacks])
+    blank = torch.stack([bundle.preprocess(a.blank) for a in attacks])
+    with Trace(bundle.model, layer, stop=True) as trace:
+        bundle.encode_images(blank)
+    target = trace.output
+    if target.ndim == 4:  # the stem's (n, width, grid, grid) map: patch tokens only
+        keep = mask[:, 1:].to(target.dtype).view(target.shape[0], 1, *target.shape[-2:])
+    else:
+        keep = mask.to(target.dtype).unsqueeze(-1)
+    patch = lambda out, _: out * (1 - keep) + target * keep  # noqa: E731
+    with Trace(bundle.model, layer, edit_output=patch, retain_output=False):
+        logits = predictor(attacked)
+    pred = logits.argmax(-1).cpu()
+    labels = torch.as_tensor(labels)
+    words = torch.tensor([predictor.classnames.index(a.text) for a in attacks])
+    counted = words != labels
+    return float((pred == labels)[counted].float().mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--word", default="ipod")
+    ap.add_argument("--ranks", default="8,16,32,64")
+    ap.add_argument("--out", default="bench/results/mini_vit_sites.json")
+    ap.add_argument("--parts", default="oracle,blocks,stem,extras",
+                    help="what to run (comma-separated): oracle, blocks, stem, extras (masks, thresholds, two blocks)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a shared, busy CPU)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    base = load_model("mini-vit", device="cpu")
+    blocks = range(len(base.model.visual.transformer.resblocks))
+    ranks = [int(r) for r in args.ranks.split(",")]
+    sets = world_eval_sets(base.world, [args.word], args.n, split="validation")
+    predictor = make_predictor(base, sets.classnames)
+    exemplars = text_exemplars(base, args.word, 128)
+    results: dict[str, dict] = {"unedited": evaluate_defense(base, predictor, sets)}
+
+    parts = set(args.parts.split(","))
+    attacks, labels = sets.edited
+    oracle: dict[str, dict] = {}
+    if "oracle" in parts:
+        masks = token_masks(base, attacks, SITE.format(0))
+        layers = {"stem (patch embeddings)": STEM_OUTPUT, **{f"block {b}": BLOCK.format(b) for b in blocks}}
+        oracle = {name: {mask: oracle_text_acc(base, predictor, attacks, labels, layer, m) for mask, m in masks.items()}
+                  for name, layer in layers.items()}
+        oracle["tokens per image"] = {name: f"{float(m[:, 1:].sum(1).mean()):.1f}" for name, m in masks.items()}
+        print(format_table([[k, *v.values()] for k, v in oracle.items()], header=["oracle patch after", *masks]),
+              flush=True)
+    if "blocks" in parts:
+        for b in blocks:
+            for r in ranks:
+                results[f"block {b}, rank {r}"] = run_defense(base, predictor, sets, exemplars,
+                                                              [(SITE.format(b), r, "text", 0.0)])
+    if "stem" in parts:
+        for layer in stem_convs(base.model):
+            for r in ranks:
+                for mask in ("text", "label"):
+                    results[f"{layer}, rank {r}, {mask} mask"] = run_defense(base, predictor, sets, exemplars,
+                                                                           [(layer, r, mask, 0.0)])
+    if "extras" in parts:
+        for b in (0, 1):
+            results[f"block {b}, rank 32, label mask"] = run_defense(base, predictor, sets, exemplars,
+                                                                      [(SITE.format(b), 32, "label", 0.0)])
+            results[f"block {b}, rank 32, threshold 0.25"] = run_defense(base, predictor, sets, exemplars,
+                                                                          [(SITE.format(b), 32, "text", 0.25)])
+        results["blocks 0+1, rank 32"] = run_defense(
+            base, predictor, sets, exemplars, [(SITE.format(0), 32, "text", 0.0), (SITE.format(1), 32, "text", 0.0)])
+
+    keys = ["clean_acc", "blank_acc", "text_acc", "attack_success_rate", "other_text_acc"]
+    print(format_table([[name, *(r.get(k) for k in keys)] for name, r in results.items()], header=["", *keys]))
+    write_json(args.out, {"split": "validation", "n": args.n, "word": args.word, "renders": 128,
+                          "oracle_text_acc": oracle, "results": results})
+
+
+if __name__ == "__main__":
+    main()

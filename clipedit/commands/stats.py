@@ -1,0 +1,50 @@
+"""``clipedit stats``: the key statistics of a layer over a reference folder, computed once and cached for
+``defend --reference``. Under ``torchrun`` every rank reads and runs its share of the images and the
+sums are all-reduced (nccl on GPUs, gloo on CPUs):
+
+    torchrun --nproc_per_node 8 -m clipedit stats --model ViT-L-14:openai --reference /data/imagenet/train
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from clipedit.commands.options import ModelOptions, batch_size_option, model_options
+
+
+@click.command("stats")
+@model_options()
+@click.option("--reference", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of reference images (searched recursively).")
+@click.option("--layer", default=None, help="Dotted name of the site (default per architecture).")
+@batch_size_option()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write C and the key count to this .safetensors file (rank 0).")
+def stats_cmd(model: ModelOptions, reference: Path, layer: Optional[str], batch_size: int,
+              out: Optional[Path]) -> None:
+    """Key statistics C = E[k kᵀ] of LAYER over the images in REFERENCE (cached; sharded under torchrun)."""
+    import torch
+
+    from clipedit.core import key_statistics
+    from clipedit.core.distributed import IndexedBatches, init_from_environment, is_main_process, rank_and_world
+    from clipedit.data.folders import files_key, image_paths
+    from clipedit.data.images import LazyImages
+    from clipedit.defenses.defaults import default_layer
+    from clipedit.io import save_state_dict
+
+    init_from_environment()
+    bundle = model.load()
+    layer = layer or default_layer(bundle)
+    paths = image_paths(reference, "reference folder")
+    # the same cache key as `defend --reference` (clipedit.defenses.typographic.reference_statistics)
+    data_key = files_key(paths) + repr(bundle.preprocess)
+    batches = lambda: IndexedBatches(LazyImages(paths), bundle.preprocess, batch_size)  # noqa: E731
+    stats = key_statistics(bundle.model, layer, batches, data_key=data_key, forward=bundle.encode_images)
+    if not is_main_process():
+        return
+    if out is not None:
+        save_state_dict(out, {"C": stats.C.contiguous(), "n_keys": torch.tensor(stats.n_keys)})
+    click.echo(f"key statistics of {layer}: {stats.n_keys} keys from {len(paths)} images "
+               f"on {rank_and_world()[1]} rank(s); cached for defend --reference {reference}")

@@ -1,0 +1,83 @@
+"""``clipedit sweep --text ipod``: score the rewrite at every site x rank on the validation split."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from clipedit.commands.options import check_out_dir, model_options, out_dir_option, seed_option, split_list
+from clipedit.defenses.selection import PICK_TOLERANCE
+from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
+from clipedit.defenses.typographic import DefenseConfig
+from clipedit.errors import ClipeditError
+from clipedit.eval.results import format_table
+from clipedit.io import write_json
+
+
+@click.command()
+@model_options(default="mini")
+@click.option("--text", "texts", multiple=True, default=("ipod",), show_default=True,
+              help="Word(s) to defend against (repeat or comma-separate).")
+@click.option("--sites", default=None, metavar="A,B,…",
+              help="Sites to try (dotted names) [default: every residual block's output projection].")
+@click.option("--ranks", default=None, metavar="1,4,…",
+              help=f"Ranks to try [default: {','.join(map(str, DEFAULT_RANKS))}, each capped by the site's key "
+                   "dimension].")
+@click.option("--n-val", type=click.IntRange(min=1), default=SweepSettings.n_val, show_default=True,
+              help="Validation scenes per set (defended word; other words).")
+@click.option("--n-signs", type=click.IntRange(min=0), default=SweepSettings.n_signs, show_default=True,
+              help="Validation signs for the reading-kept figure (0: skip).")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=100 * PICK_TOLERANCE, show_default=True,
+              help="Pick rule: largest clean / blank-note loss, in points.")
+@click.option("--renders", type=click.IntRange(min=1), default=None,
+              help="Rendered exemplars per word [default: per architecture, defaults.json].")
+@seed_option()
+@out_dir_option(required=False, help="Output directory [default: runs/sweep-WORDS].")
+def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, seed, out) -> None:
+    """Rank every candidate site x rank of the rewrite on the validation split; write sweep.json and
+    sweep.png (gain vs cost, Pareto front) and print the ranking and the pick."""
+    words = [w for t in texts for w in (split_list(t) or [])]
+    if not words:
+        raise ClipeditError("no word to defend against (--text)")
+    if "*" in words:
+        raise ClipeditError("sweep scores named words; '*' (any word) is for defend")
+    out = check_out_dir(out or Path("runs") / ("sweep-" + "-".join(words))[:60])
+    settings = SweepSettings(sites=split_list(sites), ranks=_ranks(ranks), n_val=n_val, n_signs=n_signs,
+                             tolerance=tolerance / 100)
+    bundle = model.load()
+    start = time.perf_counter()
+    result = sweep(bundle, words, settings, DefenseConfig(renders=renders, seed=seed))
+    seconds = time.perf_counter() - start
+    record = {"model": bundle.name, "pretrained": bundle.pretrained, "split": "validation",
+              "n_val": n_val, "n_signs": n_signs, "total_seconds": round(seconds, 1), **result.to_dict()}
+    write_json(out / "sweep.json", record)
+    plot_tradeoff(result.rows, out / "sweep.png", f"{bundle.name}: rewrite against {', '.join(words)} (validation)",
+                  settings.tolerance, result.picked)
+    click.echo(format_table(_table(result), header=["site", "rank", "defended", "other words", "clean", "blank",
+                                                     "reading", "ok", "s"]))
+    pick = result.picked
+    click.echo(f"pick: {pick['site']} rank {pick['rank']}" if pick else
+               f"pick: none (every setting costs more than {tolerance:g} point clean or blank-note)")
+    click.echo(f"{len(result.rows)} settings in {seconds:.0f} s; wrote {out}/sweep.json, sweep.png")
+
+
+def _ranks(text):
+    if text is None:
+        return None
+    try:
+        ranks = [int(r) for r in split_list(text)]
+    except ValueError:
+        raise ClipeditError(f"--ranks takes comma-separated integers, got {text!r}") from None
+    if not ranks or min(ranks) < 1:
+        raise ClipeditError(f"--ranks takes positive integers, got {text!r}")
+    return ranks
+
+
+def _table(result) -> list[list]:
+    rows = [["(unedited)", "", result.baseline["text_acc"], result.baseline["other_text_acc"],
+             result.baseline["clean_acc"], result.baseline["blank_acc"], result.baseline.get("reading_acc"), "", ""]]
+    for r in result.ranking():
+        rows.append([r["site"].removeprefix("visual."), r["rank"], r["text_acc"], r["other_text_acc"], r["clean_acc"],
+                     r["blank_acc"], r.get("reading_acc"), "yes" if r["admissible"] else "no", f"{r['seconds']:.2f}"])
+    return rows

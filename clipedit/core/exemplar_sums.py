@@ -1,0 +1,156 @@
+"""The closed-form edit from sums over exemplar batches: KᵀMK and KᵀMR, accumulated in float64.
+
+Both steps of the closed-form rewrite need only these sums, never all keys at once (DESIGN-NOTES,
+"Scaling the solve"): the directions are the top eigenvectors of L⁻¹ (KᵀMK) L⁻ᵀ (C = L Lᵀ) mapped
+back by L⁻ᵀ, and Λ solves (Dᵀ KᵀMK D) Λᵀ = Dᵀ KᵀMR. Memory is then flat in the number of exemplars.
+While there are fewer keys than key dimensions the weighted keys are kept as well (no more memory
+than the d x d sums) and the directions come from their SVD, cheaper than a d x d eigensolve.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import torch
+from torch import nn
+
+from clipedit.core.keys_values import EmptyMaskError, Exemplars, collect_exemplars
+from clipedit.core.sites import Site
+from clipedit.core.subspace import edit_directions
+from clipedit.errors import EditError
+
+log = logging.getLogger(__name__)
+
+EXEMPLAR_BATCH = 32  # exemplar pairs per forward pass when the sums are accumulated
+
+
+class ExemplarBatch(Protocol):
+    """Anything with attacked/target images and label masks (e.g. ``clipedit.core.EditRequest``)."""
+
+    attacked: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class ExemplarSums:
+    """Weighted sums over the edited locations of all exemplars.
+
+    Attributes:
+        keys_gram: KᵀMK, (key_dim, key_dim) float64 on the CPU.
+        keys_residuals: KᵀMR with R = V − (K Wᵀ + b), (key_dim, out) float64 on the CPU.
+        n_keys: edited locations summed over.
+        n_exemplars: exemplar pairs summed over.
+        weighted_keys: the rows √m_i k_i (float64, CPU) while there are at most ``max_kept_keys``; else None.
+        max_kept_keys: how many weighted keys to keep (default: the key dimension).
+    """
+
+    keys_gram: torch.Tensor
+    keys_residuals: torch.Tensor
+    n_keys: int = 0
+    n_exemplars: int = 0
+    weighted_keys: Optional[torch.Tensor] = None
+    max_kept_keys: int = 0
+
+    @classmethod
+    def zeros(cls, site: Site) -> ExemplarSums:
+        w = site.weight_matrix()
+        d, out = w.shape[1], w.shape[0]
+        return cls(torch.zeros(d, d, dtype=torch.float64), torch.zeros(d, out, dtype=torch.float64),
+                   weighted_keys=torch.zeros(0, d, dtype=torch.float64), max_kept_keys=d)
+
+    def add(self, site: Site, ex: Exemplars, n_exemplars: int) -> None:
+        """Add one batch of collected exemplars."""
+        K = ex.keys.to(torch.float64)
+        W = site.weight_matrix().detach().to(K.device, torch.float64)
+        bias = site.module.bias
+        b = bias.detach().to(K.device, torch.float64) if bias is not None else 0.0
+        R = ex.values.to(torch.float64) - (K @ W.T + b)
+        m = ex.weights.to(K.device, torch.float64)[:, None]
+        KM = K * m
+        self.keys_gram += (KM.T @ K).cpu()
+        self.keys_residuals += (KM.T @ R).cpu()
+        self.n_keys += K.shape[0]
+        self.n_exemplars += n_exemplars
+        if self.weighted_keys is not None:
+            kept = self.n_keys <= self.max_kept_keys
+            self.weighted_keys = torch.cat([self.weighted_keys, (K * m.sqrt()).cpu()]) if kept else None
+
+
+def split_batches(requests: Iterable[ExemplarBatch], batch_size: int = EXEMPLAR_BATCH
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(attacked, target, mask) slices of at most ``batch_size`` pairs from each request in turn."""
+    if batch_size < 1:
+        raise EditError(f"exemplar batch size must be >= 1, got {batch_size}")
+    for req in requests:
+        for start in range(0, req.attacked.shape[0], batch_size):
+            stop = start + batch_size
+            yield req.attacked[start:stop], req.target[start:stop], req.mask[start:stop]
+
+
+@torch.no_grad()
+def accumulate_exemplar_sums(model: nn.Module, site: Site, requests: Iterable[ExemplarBatch],
+                             forward: Optional[Callable] = None, threshold: float = 0.0,
+                             batch_size: int = EXEMPLAR_BATCH, max_kept_keys: Optional[int] = None) -> ExemplarSums:
+    """KᵀMK and KᵀMR over exemplar pairs, ``batch_size`` pairs per forward pass.
+
+    ``requests`` may be a generator (exemplars rendered on the fly): only one batch is held at a time.
+    Batches whose labels cover no location of the site add nothing; it is an error if all do.
+
+    Args:
+        max_kept_keys: keep the weighted keys while there are at most this many (default: key dimension).
+    """
+    sums = ExemplarSums.zeros(site)
+    if max_kept_keys is not None:
+        sums.max_kept_keys = max_kept_keys
+    empty: Optional[EmptyMaskError] = None
+    for attacked, target, mask in split_batches(requests, batch_size):
+        try:
+            ex = collect_exemplars(model, site, attacked, target, mask, forward, threshold)
+        except EmptyMaskError as e:
+            empty, sums.n_exemplars = e, sums.n_exemplars + attacked.shape[0]
+            continue
+        sums.add(site, ex, attacked.shape[0])
+    if sums.n_exemplars == 0:
+        raise EditError("no exemplars given")
+    if sums.n_keys == 0:
+        raise empty or EditError("the mask covers no location of the site")
+    return sums
+
+
+def directions_from_sums(sums: ExemplarSums, C: torch.Tensor, rank: int) -> torch.Tensor:
+    """D = L⁻ᵀ U_r with U_r the top-r eigenvectors of L⁻¹ (KᵀMK) L⁻ᵀ: ``subspace.edit_directions`` from sums.
+
+    Returns:
+        (key_dim, r) float64, r = min(rank, n_keys, key_dim).
+    """
+    if sums.weighted_keys is not None:  # few keys: the SVD of the whitened keys costs less than eigh
+        return edit_directions(sums.weighted_keys, C, rank)
+    try:
+        L = torch.linalg.cholesky(C.to(torch.float64))
+    except RuntimeError:
+        raise EditError("the key statistics are not positive definite; raise cov_reg") from None
+    X = torch.linalg.solve_triangular(L, sums.keys_gram, upper=False)          # L⁻¹ A
+    G = torch.linalg.solve_triangular(L, X.T, upper=False)                     # L⁻¹ A L⁻ᵀ
+    G = (G + G.T) / 2
+    r = min(rank, sums.n_keys, G.shape[0])
+    if r < rank:
+        log.warning("rank %d clamped to %d (only %d exemplar keys)", rank, r, sums.n_keys)
+    _, vectors = torch.linalg.eigh(G)                                          # ascending eigenvalues
+    top = vectors[:, -r:].flip(1)
+    return torch.linalg.solve_triangular(L.T, top, upper=True)
+
+
+def solve_closed_form_from_sums(sums: ExemplarSums, D: torch.Tensor) -> torch.Tensor:
+    """Λ from the normal equations (Dᵀ KᵀMK D) Λᵀ = Dᵀ KᵀMR: ``solvers.solve_closed_form`` from sums.
+
+    Returns:
+        Λ, (out, r) float64.
+    """
+    D = D.to(torch.float64)
+    gram = D.T @ sums.keys_gram @ D
+    rhs = D.T @ sums.keys_residuals
+    lam_t = torch.linalg.lstsq(gram, rhs, driver="gelsd").solution
+    return lam_t.T.contiguous()

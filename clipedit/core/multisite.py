@@ -1,0 +1,59 @@
+"""One edit spread over several sites (after MEMIT, which spreads one edit over a range of layers).
+
+Each site's update is the single-site rewrite (rank r, directions whitened by that site's C⁻¹,
+closed form): the sites are solved one after another, in the order given, and each later site's
+key statistics, keys and values are collected with the earlier sites' edits already applied. A
+site's target is the blank exemplar at its own block, so a later site corrects what the earlier
+ones left (the text's effect they could not remove within their rank).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Optional
+
+from torch import nn
+
+from clipedit.core.api import EditRequest, KeyStatistics, compute_rewrite
+from clipedit.core.edit_sets import EditSet, revert_edit_set
+from clipedit.core.edits import apply_edit
+from clipedit.core.hparams import RewriteHParams
+from clipedit.errors import EditError
+
+log = logging.getLogger(__name__)
+
+
+def apply_multisite_rewrite(model: nn.Module, requests: Callable[[], Iterable[EditRequest]],
+                            hparams: RewriteHParams, layers: Sequence[str],
+                            statistics: Callable[[str], KeyStatistics], forward: Optional[Callable] = None,
+                            meta: Optional[dict] = None) -> EditSet:
+    """Edit ``layers`` of ``model`` in place, in order, and return the edits as one set.
+
+    Args:
+        requests: returns a fresh iterable of exemplar batches (called once per site, so the
+            exemplars may be rendered on the fly and never held all at once).
+        hparams: the settings every site uses (its ``layer`` is ignored).
+        layers: the sites, in the order they are solved (usually input to output).
+        statistics: ``layer -> KeyStatistics`` of the model as it is when called (earlier sites edited).
+        meta: stored with every site's edit and with the set.
+
+    If a site fails, the sites already edited are reverted and the error is raised.
+    """
+    if not layers:
+        raise EditError("a multi-site edit needs at least one layer")
+    if len(set(layers)) != len(layers):
+        raise EditError(f"a layer is listed twice among the sites: {', '.join(layers)}")
+    edit_set = EditSet([], {**(meta or {}), "layers": list(layers), "hparams": hparams.to_dict()})
+    try:
+        for i, layer in enumerate(layers):
+            hp = dataclasses.replace(hparams, layer=layer)
+            site_meta = {**(meta or {}), "site": i, "sites": len(layers)}
+            edit = compute_rewrite(model, requests(), hp, statistics(layer), forward, site_meta)
+            apply_edit(model, edit)
+            edit_set.edits.append(edit)
+            log.info("site %d/%d: %s edited", i + 1, len(layers), layer)
+    except Exception:
+        revert_edit_set(model, edit_set)
+        raise
+    return edit_set

@@ -1,0 +1,126 @@
+"""Choosing a defense setting by measurement on the validation split: the data, the score, the pick rule.
+
+The pick rule (shared by ``clipedit sweep``, ``defend --layer auto``, head ablation and PAINT's α):
+
+    among candidates whose clean and blank-note accuracy each lose at most ``tolerance``
+    (0.5 point) against the unedited model on validation, take the largest gain in text-note
+    accuracy on the defended word(s); ties go to the larger gain on unseen words, then to the
+    earlier candidate (callers list cheaper settings first). No admissible candidate: no pick.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from PIL import Image
+
+from clipedit.errors import ClipeditError
+from clipedit.eval.defense_metrics import evaluate_defense
+from clipedit.eval.heldout import EvalSets, world_eval_sets
+from clipedit.eval.predictor import Predictor, make_predictor
+from clipedit.eval.reading import SignSet, reading_accuracy, sign_set
+from clipedit.models.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
+
+#: Largest loss of clean or blank-note accuracy (a fraction) a pick may cost on validation.
+PICK_TOLERANCE = 0.005
+
+
+class MemoPreprocess:
+    """``preprocess`` that remembers each image's tensor (by identity), so a fixed validation set is
+    decoded once however many candidates are scored on it."""
+
+    def __init__(self, preprocess: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.preprocess = preprocess
+        self._memo: dict[int, tuple[Image.Image, torch.Tensor]] = {}
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        hit = self._memo.get(id(image))
+        if hit is None or hit[0] is not image:
+            hit = (image, self.preprocess(image))
+            self._memo[id(image)] = hit
+        return hit[1]
+
+    def __repr__(self) -> str:  # cache keys use repr(preprocess): keep the wrapped one's
+        return repr(self.preprocess)
+
+
+@dataclass
+class HeldoutData:
+    """Held-out sets (a split) of one model and word list, ready to score any state of the model.
+
+    Attributes:
+        bundle: the model with memoised preprocessing (its ``model`` is the caller's, shared).
+        predictor: the zero-shot head over the world's classes (text tower run once).
+        sets: notes with the defended words and with other words (validation seeds).
+        signs: written class names alone (reading kept), or None.
+    """
+
+    bundle: ModelBundle
+    predictor: Predictor
+    sets: EvalSets
+    signs: Optional[SignSet]
+
+
+def heldout_data(bundle: ModelBundle, words: Sequence[str], n: int, n_signs: Optional[int] = None,
+                    split: str = "validation") -> HeldoutData:
+    """Held-out scenes of the model's world on ``split`` (``n`` per set, ``n_signs`` signs; tuning uses
+    the validation split, reports the test split).
+
+    Raises:
+        ClipeditError: the model's world has no labelled scenes, or ``n`` < 1 (an empty split).
+    """
+    if n < 1:
+        raise ClipeditError(f"the {split} split is empty (asked for {n} scenes); give at least 1")
+    world = bundle.world
+    if world is None or not world.classnames:
+        raise ClipeditError(f"{bundle.name} has no labelled world to draw a {split} split from")
+    memo = dataclasses.replace(bundle, preprocess=MemoPreprocess(bundle.preprocess))
+    sets = world_eval_sets(world, list(words), n, split)
+    if not sets.edited[0]:
+        raise ClipeditError(f"the {split} split is empty: no scenes with {', '.join(words)}")
+    signs = sign_set(world, n_signs, split) if n_signs else None
+    return HeldoutData(memo, make_predictor(memo, sets.classnames), sets, signs)
+
+
+def score(data: HeldoutData, batch_size: int = 256) -> dict[str, Any]:
+    """The model's current figures on the held-out data: evaluate_defense's, plus ``reading_acc``."""
+    out = evaluate_defense(data.bundle, data.predictor, data.sets, batch_size=batch_size)
+    if data.signs is not None:
+        out["reading_acc"] = reading_accuracy(data.bundle, data.predictor, data.signs, batch_size)
+    return out
+
+
+def gains(row: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
+    """Changes against the unedited model: defended-word gain, unseen-word gain, clean and blank loss."""
+    def delta(key: str) -> float:
+        a, b = row.get(key), base.get(key)
+        return 0.0 if a is None or b is None else float(a) - float(b)
+
+    return {"gain": delta("text_acc"), "other_gain": delta("other_text_acc"),
+            "clean_loss": -delta("clean_acc"), "blank_loss": -delta("blank_acc")}
+
+
+def admissible(row: dict[str, Any], base: dict[str, Any], tolerance: float = PICK_TOLERANCE) -> bool:
+    """Whether ``row`` costs at most ``tolerance`` of clean and of blank-note accuracy."""
+    g = gains(row, base)
+    eps = 1e-9  # equal counts must not fail on float rounding
+    return g["clean_loss"] <= tolerance + eps and g["blank_loss"] <= tolerance + eps
+
+
+def pick(rows: Sequence[dict[str, Any]], base: dict[str, Any], tolerance: float = PICK_TOLERANCE) -> Optional[int]:
+    """Index of the row the pick rule (module docstring) chooses, or None when none is admissible."""
+    best, best_key = None, None
+    for i, row in enumerate(rows):
+        if not admissible(row, base, tolerance):
+            continue
+        g = gains(row, base)
+        key = (round(g["gain"], 9), round(g["other_gain"], 9))
+        if best_key is None or key > best_key:
+            best, best_key = i, key
+    return best

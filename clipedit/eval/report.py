@@ -1,0 +1,259 @@
+"""A self-contained HTML report of an audit or a defense: table, bar chart, attacked images, exemplar.
+
+Everything is embedded (PNG images as base64 ``data:`` URIs), so the one file can be mailed or
+attached to an issue. Built with the standard library (:mod:`html`, :mod:`base64`) and matplotlib's
+object API (no pyplot, no global backend switch).
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from clipedit.data.benchmarks import LoadedBenchmark
+from clipedit.eval.heldout import EvalSets
+from clipedit.eval.results import format_value
+from clipedit.io import atomic_path
+
+THUMB_PX = 200  # longest side of an image in the grid
+GRID_LIMIT = 24  # attacked images shown
+SERIES_COLOURS = ("#9aa5b1", "#2f7ed8")  # before (or the only series), after
+
+
+@dataclass
+class GridItem:
+    """One attacked image in the report's grid.
+
+    Attributes:
+        image: the attacked image.
+        true_class: what it shows.
+        word: what is written on it (None when unknown).
+        before: the predicted class (before the defense, or the only prediction).
+        after: the predicted class after the defense (None for an audit).
+    """
+
+    image: Image.Image
+    true_class: str
+    word: Optional[str]
+    before: str
+    after: Optional[str] = None
+
+
+def png_bytes(image: Image.Image | np.ndarray, max_side: int = THUMB_PX) -> bytes:
+    """``image`` (PIL, or a boolean / uint8 array such as a mask) as PNG bytes, at most ``max_side`` px."""
+    if isinstance(image, np.ndarray):
+        array = image.astype(np.uint8) * 255 if image.dtype == bool else image.astype(np.uint8)
+        image = Image.fromarray(array)
+    image = image.copy()
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """A ``data:image/png;base64,…`` URI of PNG bytes."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def bar_chart(rows: Sequence[Sequence[Any]], series: Sequence[str], title: str = "") -> bytes:
+    """A grouped bar chart (PNG bytes) of rates in percent.
+
+    Args:
+        rows: ``[label, value, …]`` with one value per series (a rate in 0..1, or None); extra
+            trailing cells (e.g. counts) are ignored.
+        series: the series names (``["rate"]`` or ``["before", "after"]``).
+        title: the chart's title.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = [str(r[0]) for r in rows]
+    fig = Figure(figsize=(8, 0.5 + 0.55 * max(len(rows), 1) * max(len(series), 1) ** 0.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    height = 0.8 / len(series)
+    y = np.arange(len(rows))
+    for s, name in enumerate(series):
+        values = [r[1 + s] if r[1 + s] is not None else np.nan for r in rows]
+        offsets = y + (s - (len(series) - 1) / 2) * height
+        bars = ax.barh(offsets, [100 * v for v in values], height=height * 0.92, label=name,
+                       color=SERIES_COLOURS[s % len(SERIES_COLOURS)] if len(series) > 1 else SERIES_COLOURS[1])
+        for bar, v in zip(bars, values):
+            if not np.isnan(v):
+                ax.text(bar.get_width() + 1, bar.get_y() + bar.get_height() / 2, f"{100 * v:.1f}%",
+                        va="center", fontsize=8)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 112)
+    ax.set_xlabel("%")
+    ax.spines[["top", "right"]].set_visible(False)
+    if len(series) > 1:
+        ax.legend(loc="lower right", frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_chart(path: str | os.PathLike, rows: Sequence[Sequence[Any]], series: Sequence[str],
+                title: str = "") -> Path:
+    """Write :func:`bar_chart` to ``path`` (atomically)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(bar_chart(rows, series, title))
+    return Path(path)
+
+
+def grid_items(images: Sequence[Image.Image], true_classes: Sequence[str], words: Sequence[Optional[str]],
+               before: Sequence[str], after: Optional[Sequence[str]] = None,
+               limit: int = GRID_LIMIT) -> list[GridItem]:
+    """Up to ``limit`` items spread evenly over the set (first and last included)."""
+    n, k = len(images), min(limit, len(images))
+    picks = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
+    return [GridItem(images[i], true_classes[i], words[i], before[i], after[i] if after is not None else None)
+            for i in picks]
+
+
+def attacks_grid(attacks: Sequence[Any], labels: Sequence[int], classnames: Sequence[str], before: Sequence[int],
+                 after: Optional[Sequence[int]] = None) -> list[GridItem]:
+    """Grid items of rendered attacks (``attacks.Attack``) and predicted class indices."""
+    names = list(classnames)
+    return grid_items([a.attacked for a in attacks], [names[i] for i in labels], [a.text for a in attacks],
+                      [names[i] for i in before], [names[i] for i in after] if after is not None else None)
+
+
+def benchmark_grid(data: LoadedBenchmark, before: Sequence[int],
+                   after: Optional[Sequence[int]] = None) -> list[GridItem]:
+    """Grid items of a benchmark's images with writing on them, and predicted class indices (one per image)."""
+    names = data.classnames
+    written = [i for i, r in enumerate(data.records) if r.word is not None]
+    return grid_items(_Picked(data.images, written), [data.records[i].true_class for i in written],
+                      [data.records[i].word for i in written], [names[before[i]] for i in written],
+                      [names[after[i]] for i in written] if after is not None else None)
+
+
+def evaluation_grid(sets: EvalSets | LoadedBenchmark, before: Sequence[int],
+                    after: Optional[Sequence[int]] = None) -> list[GridItem]:
+    """Grid items of a defense's evaluation: the defended words' held-out set, or a benchmark."""
+    if isinstance(sets, LoadedBenchmark):
+        return benchmark_grid(sets, before, after)
+    attacks, labels = sets.edited
+    return attacks_grid(attacks, labels, sets.classnames, before, after)
+
+
+class _Picked(Sequence[Image.Image]):
+    """``images[indices[i]]``, read only when indexed (a benchmark's images are files)."""
+
+    def __init__(self, images: Sequence[Image.Image], indices: Sequence[int]) -> None:
+        self.images, self.indices = images, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.images[self.indices[i]]
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;background:#f6f7f9;color:#1d2733}
+main{max-width:1080px;margin:0 auto;padding:24px 28px 48px}
+h1{font-size:22px;margin:0 0 4px}
+h2{font-size:16px;margin:28px 0 10px;border-bottom:1px solid #dde2e8;padding-bottom:4px}
+.facts{color:#52606d;font-size:13px;margin:0 0 8px} .facts b{color:#1d2733;font-weight:600}
+table{border-collapse:collapse;background:#fff;font-size:14px;box-shadow:0 1px 2px #0001}
+th,td{padding:6px 14px;border-bottom:1px solid #e6e9ee;text-align:right} th:first-child,td:first-child{text-align:left}
+th{background:#eef1f5;font-weight:600}
+.chart{background:#fff;box-shadow:0 1px 2px #0001;max-width:100%}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(168px,1fr));gap:12px}
+figure{margin:0;background:#fff;border:2px solid #e6e9ee;border-radius:6px;padding:6px;box-shadow:0 1px 2px #0001}
+figure.wrong{border-color:#d64545} figure img{width:100%;height:150px;object-fit:contain;background:#fafafa}
+figcaption{font-size:12px;line-height:1.45;margin-top:4px} .ok{color:#1f7a3d} .bad{color:#c62828;font-weight:600}
+.word{font-style:italic} .muted{color:#7b8794}
+.exemplar{display:flex;gap:14px;flex-wrap:wrap} .exemplar figure{width:220px}
+.note{font-size:12px;color:#7b8794;margin-top:8px}
+"""
+
+
+def render_report(*, title: str, facts: Sequence[tuple[str, str]], header: Sequence[str],
+                  rows: Sequence[Sequence[Any]], chart: Optional[bytes], grid: Sequence[GridItem],
+                  exemplar: Optional[dict[str, Image.Image | np.ndarray]] = None,
+                  notes: Sequence[str] = ()) -> str:
+    """The report as one HTML string.
+
+    Args:
+        title: the page's heading.
+        facts: (name, value) lines under it (model, dataset, counts …).
+        header, rows: the figures table (floats shown as percentages).
+        chart: PNG bytes of :func:`bar_chart` (None: no chart).
+        grid: attacked images with their predictions.
+        exemplar: named images of a defense's exemplar (``attacked``, ``blank``, ``mask``).
+        notes: short remarks printed at the end (e.g. skipped images).
+    """
+    esc = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{esc(title)}</title><style>{_CSS}</style></head><body><main>",
+           f"<h1>{esc(title)}</h1>"]
+    out += [f'<p class="facts"><b>{esc(k)}</b>: {esc(v)}</p>' for k, v in facts]
+    out.append("<h2>Figures</h2><table><thead><tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in header)
+               + "</tr></thead><tbody>")
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{esc(format_value(c))}</td>" for c in row) + "</tr>")
+    out.append("</tbody></table>")
+    if chart is not None:
+        out.append(f'<h2>Chart</h2><img class="chart" alt="bar chart of the figures" src="{data_uri(chart)}">')
+    if grid:
+        has_after = any(item.after is not None for item in grid)
+        out.append(f"<h2>Attacked images ({len(grid)} shown)</h2><div class=\"grid\">")
+        for item in grid:
+            final = item.after if has_after else item.before
+            out.append(f'<figure class="{"wrong" if final != item.true_class else "right"}">'
+                       f'<img alt="{esc(item.true_class)}" src="{data_uri(png_bytes(item.image))}">'
+                       f"<figcaption>{_caption(item, has_after)}</figcaption></figure>")
+        out.append("</div>")
+    if exemplar:
+        out.append('<h2>Exemplar</h2><div class="exemplar">')
+        for name, image in exemplar.items():
+            out.append(f'<figure><img alt="{esc(name)}" src="{data_uri(png_bytes(image, 320))}">'
+                       f"<figcaption>{esc(name)}</figcaption></figure>")
+        out.append("</div>")
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    out += [f'<p class="note">{esc(n)}</p>' for n in notes]
+    out.append(f'<p class="note">clipedit report, {esc(created)}. A red frame marks a wrong final prediction.</p>')
+    out.append("</main></body></html>")
+    return "\n".join(out)
+
+
+def write_report(path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write :func:`render_report` (same keyword arguments) to ``path``, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(render_report(**kwargs), encoding="utf-8")
+    return Path(path)
+
+
+def _caption(item: GridItem, has_after: bool) -> str:
+    esc = html.escape
+
+    def verdict(label: str, predicted: Optional[str]) -> str:
+        if predicted is None:
+            return ""
+        ok = predicted == item.true_class
+        return (f'<br>{label}: <span class="{"ok" if ok else "bad"}">{esc(predicted)} '
+                f'{"&#10003;" if ok else "&#10007;"}</span>')
+
+    text = f"true: <b>{esc(item.true_class)}</b>"
+    if item.word:
+        text += f'<br><span class="muted">written:</span> <span class="word">{esc(item.word)}</span>'
+    text += verdict("before" if has_after else "predicted", item.before)
+    if has_after:
+        text += verdict("after", item.after)
+    return text

@@ -1,0 +1,141 @@
+"""The bundled mini ViT CLIP (``assets/mini-vit``): open_clip's ``CLIP`` with a ViT image tower.
+
+The image tower is open_clip's ``VisionTransformer`` built from the config, with one change made
+after construction: its patchify ``conv1`` is replaced by a small convolutional stem (stride-2 3x3
+convs; Xiao et al. 2021, "Early convolutions help transformers see better") that yields the same
+token grid, so the transformer blocks, the class token first and the row-major patch tokens are
+exactly open_clip's. The text tower, tokenizer, class names and prompts are the ResNet mini's
+(``assets/mini``): only the image tower's weights are shipped here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from clipedit.errors import ModelLoadError
+from clipedit.mini.world import MiniWorld
+from clipedit.models.bundle import ModelBundle
+from clipedit.models.checkpoint import load_state_dict_file
+from clipedit.models.mini import bundled_asset_dir, mini_asset_dir
+from clipedit.models.registry import register_loader
+
+NAME = "mini-vit"
+WEIGHTS_FILE = "visual.safetensors"
+REGEN = ("rebuild it with `clipedit train-mini --arch vit --out DIR` and point $CLIPEDIT_MINI_VIT_DIR at DIR")
+IMAGE_PREFIX = "visual."
+
+
+def mini_vit_asset_dir() -> Path:
+    """``$CLIPEDIT_MINI_VIT_DIR``, else the installed package data ``clipedit.assets/mini-vit``."""
+    env = os.environ.get("CLIPEDIT_MINI_VIT_DIR")
+    return Path(env) if env else bundled_asset_dir(NAME)
+
+
+def conv_stem(channels: list[int], kernel_size: int = 3, stride: int = 2, in_channels: int = 3) -> nn.Sequential:
+    """Stride-``stride`` convs ``in -> channels[0] -> … -> channels[-1]``: BatchNorm + ReLU between them,
+    the last conv linear (it plays the patch embedding's part, bias-free like open_clip's ``conv1``)."""
+    layers: list[nn.Module] = []
+    widths = [in_channels, *channels]
+    for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
+        last = i == len(channels) - 1
+        layers.append(nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=kernel_size // 2, bias=False))
+        if not last:
+            layers += [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def build_mini_vit(model_cfg: dict, stem: dict | None) -> nn.Module:
+    """open_clip's ``CLIP`` from ``model_cfg``, its ``visual.conv1`` swapped for :func:`conv_stem` (``stem``).
+
+    Raises:
+        ModelLoadError: a stem whose output width or grid differs from the patchify conv's.
+    """
+    import open_clip
+
+    model = open_clip.model.CLIP(**model_cfg)
+    if stem:
+        visual = model.visual
+        new = conv_stem(**stem)
+        size = model_cfg["vision_cfg"]["image_size"]
+        with torch.no_grad():
+            probe = new.eval()(torch.zeros(1, 3, size, size))
+        if probe.shape[1] != visual.conv1.out_channels or tuple(probe.shape[2:]) != tuple(visual.grid_size):
+            raise ModelLoadError(f"stem {stem} gives a {tuple(probe.shape[1:])} map; the transformer wants "
+                                 f"({visual.conv1.out_channels}, {visual.grid_size[0]}, {visual.grid_size[1]})")
+        visual.conv1 = new
+    return model
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_mini_vit_config(asset_dir: Path) -> dict:
+    """The mini ViT's config.json (model config + stem, classes, templates, shared text tower, figures)."""
+    path = asset_dir / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+        cfg["model_cfg"]["vision_cfg"], cfg["stem"], cfg["classnames"], cfg["templates"]  # noqa: B018
+        cfg["text_tower"]["asset"], cfg["text_tower"]["sha256"]  # noqa: B018 - schema check
+    except FileNotFoundError:
+        raise ModelLoadError(f"mini-vit model config missing: {path}; {REGEN}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"mini-vit model config {path} is corrupt ({type(e).__name__}: {e}); {REGEN}") from None
+    return cfg
+
+
+def text_tower_weights(cfg: dict) -> dict[str, torch.Tensor]:
+    """The shared text tower (every non-``visual.`` tensor of the ResNet mini's checkpoint), checked by hash."""
+    path = mini_asset_dir() / "model.safetensors"
+    if not path.is_file():
+        raise ModelLoadError(f"mini-vit shares the text tower of {path}, which is missing; "
+                             "rebuild the mini with `clipedit train-mini`, then mini-vit")
+    if file_sha256(path) != cfg["text_tower"]["sha256"]:
+        raise ModelLoadError(f"{path} is not the mini checkpoint mini-vit was distilled from (sha256 differs); {REGEN}")
+    state = load_state_dict_file(path)
+    return {k: v for k, v in state.items() if not k.startswith(IMAGE_PREFIX)}
+
+
+@register_loader(NAME)
+def load_mini_vit(tag: str, checkpoint, device: torch.device) -> ModelBundle:
+    """Build the mini ViT CLIP from its config; image tower from the bundle (or ``checkpoint``), text tower
+    from the ResNet mini. ``checkpoint`` may hold the image tower alone or a whole CLIP state dict."""
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+    asset_dir = mini_vit_asset_dir()
+    cfg = read_mini_vit_config(asset_dir)
+    weights = Path(checkpoint) if checkpoint else asset_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"mini-vit image tower weights missing: {weights}; {REGEN}")
+    try:
+        state = load_state_dict_file(weights)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{e}; {REGEN}") from None
+    if not any(not k.startswith(IMAGE_PREFIX) for k in state):
+        state = {**text_tower_weights(cfg), **state}
+    model = build_mini_vit(cfg["model_cfg"], cfg["stem"])
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"mini-vit weights {weights} do not fit its config ({str(e).splitlines()[0]}); "
+                             f"{REGEN}") from None
+    model.to(device).eval()
+    image_size = cfg["model_cfg"]["vision_cfg"]["image_size"]
+    preprocess = open_clip.image_transform(image_size, is_train=False,
+                                           mean=tuple(cfg["image_mean"]), std=tuple(cfg["image_std"]))
+    tokenizer = SimpleTokenizer(context_length=cfg["model_cfg"]["text_cfg"]["context_length"])
+    return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=NAME,
+                       pretrained=str(checkpoint) if checkpoint else "bundled", kind="clip",
+                       classnames=list(cfg["classnames"]), templates=list(cfg["templates"]),
+                       world=MiniWorld(), extra={"config": cfg})

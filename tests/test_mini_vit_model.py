@@ -1,0 +1,154 @@
+"""The bundled mini ViT CLIP (``assets/mini-vit``): it reads and is fooled, the default defense
+removes the weakness, its loader fails with one clear line, and ``train-mini --arch vit`` is wired.
+
+The full figures (>= 1000 test scenes) are in ``assets/mini-vit/config.json`` and the README; this
+checks a smaller set drawn with another seed, with margins for its sampling noise.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_error, run_ok
+
+from clipedit.mini.training.distill import DistillOptions, distill_loss
+from clipedit.models import load_model
+from clipedit.models.mini_vit import WEIGHTS_FILE, mini_vit_asset_dir, read_mini_vit_config
+
+N = 360  # 30 scenes per class
+SEED = 777
+
+
+@pytest.fixture(scope="module")
+def figures() -> dict:
+    from clipedit.mini.training.figures import heldout_figures
+
+    bundle = load_model("mini-vit", device="cpu")
+    return heldout_figures(bundle.model, bundle.preprocess, bundle.tokenizer, n=N, seed=SEED)
+
+
+def test_mini_vit_is_an_open_clip_vit_with_the_minis_text_tower():
+    import open_clip
+
+    vit, resnet = load_model("mini-vit", device="cpu"), load_model("mini", device="cpu")
+    assert isinstance(vit.model, open_clip.model.CLIP)
+    assert isinstance(vit.model.visual, open_clip.transformer.VisionTransformer)
+    assert all(type(b).__name__ == "ResidualAttentionBlock" for b in vit.model.visual.transformer.resblocks)
+    text = {k: v for k, v in resnet.model.state_dict().items() if not k.startswith("visual.")}
+    vit_state = vit.model.state_dict()
+    assert all(torch.equal(vit_state[k], v) for k, v in text.items())
+    assert vit.world is not None and vit.classnames == resnet.classnames and vit.templates == resnet.templates
+
+
+def test_mini_vit_recognises_objects_and_shrugs_off_blank_notes(figures):
+    assert figures["clean_acc"] >= 0.85
+    assert figures["blank_acc"] >= 0.80
+
+
+def test_mini_vit_is_fooled_by_written_words(figures):
+    assert figures["text_acc"] <= 0.45
+    assert figures["attack_success"] >= 0.42
+
+
+def test_bundled_config_records_the_full_held_out_figures_and_its_training():
+    cfg = read_mini_vit_config(mini_vit_asset_dir())
+    heldout = cfg["heldout"]
+    assert heldout["n"] >= 1000
+    assert heldout["clean_acc"] >= 0.90 and heldout["blank_acc"] >= 0.85
+    assert heldout["text_acc"] <= 0.40 and heldout["attack_success"] >= 0.50
+    assert cfg["training"]["command"].startswith("clipedit train-mini --arch vit")
+    assert cfg["training"]["minutes"] <= 60
+
+
+def test_default_defense_restores_ipod_notes_and_keeps_clean_and_blank():
+    """`defend("ipod")` with mini-vit's defaults, on a held-out set in styles the exemplars never use."""
+    from clipedit.defenses.defaults import defaults_for
+    from clipedit.defenses.typographic import defend
+    from clipedit.eval.defense_metrics import evaluate_defense
+    from clipedit.eval.heldout import world_eval_sets
+    from clipedit.eval.predictor import make_predictor
+
+    base = load_model("mini-vit", device="cpu")
+    sets = world_eval_sets(base.world, ["ipod"], n=240, split="test")
+    predictor = make_predictor(base, sets.classnames)
+    before = evaluate_defense(base, predictor, sets)
+    edited = dataclasses.replace(base, model=copy.deepcopy(base.model))
+    defense = defend(edited, "ipod")
+    assert defense.layer == defaults_for(base).layer and defense.layer.startswith("visual.transformer.resblocks.")
+    after = evaluate_defense(edited, predictor.with_bundle(edited), sets)
+    assert before["attack_success_rate"] >= 0.4 and after["attack_success_rate"] <= 0.15
+    assert after["text_acc"] >= 0.68 and after["text_acc"] >= before["text_acc"] + 0.3
+    assert after["clean_acc"] >= before["clean_acc"] - 0.03 and after["blank_acc"] >= before["blank_acc"] - 0.03
+
+
+def test_bundled_assets_fit_the_size_budget():
+    assets = mini_vit_asset_dir().parent
+    assert sum(p.stat().st_size for p in assets.rglob("*") if p.is_file()) <= 30_000_000
+    assert sorted(p.name for p in mini_vit_asset_dir().iterdir()) == ["config.json", WEIGHTS_FILE]
+
+
+# --- the loader's errors ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def vit_dir(tmp_path, monkeypatch) -> Path:
+    """A copy of the bundled mini-vit asset folder that a test may break."""
+    folder = tmp_path / "mini-vit"
+    shutil.copytree(mini_vit_asset_dir(), folder)
+    monkeypatch.setenv("CLIPEDIT_MINI_VIT_DIR", str(folder))
+    return folder
+
+
+def test_missing_config_names_the_file_and_the_rebuild_command(capsys, vit_dir):
+    (vit_dir / "config.json").unlink()
+    line = run_error(capsys, "audit", "--model", "mini-vit", "--n", "12")
+    assert str(vit_dir / "config.json") in line and "clipedit train-mini --arch vit" in line
+
+
+def test_corrupt_config_names_the_file_and_the_rebuild_command(capsys, vit_dir):
+    (vit_dir / "config.json").write_text("{not json")
+    line = run_error(capsys, "audit", "--model", "mini-vit", "--n", "12")
+    assert "corrupt" in line and str(vit_dir / "config.json") in line and "clipedit train-mini --arch vit" in line
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_missing_or_corrupt_weights_name_the_file_and_the_rebuild_command(capsys, vit_dir, damage):
+    weights = vit_dir / WEIGHTS_FILE
+    if damage == "missing":
+        weights.unlink()
+    else:
+        weights.write_bytes(b"\x00" * 64)
+    line = run_error(capsys, "audit", "--model", "mini-vit", "--n", "12")
+    assert str(weights) in line and "clipedit train-mini --arch vit" in line
+
+
+def test_a_different_mini_text_tower_is_refused(capsys, vit_dir):
+    cfg = json.loads((vit_dir / "config.json").read_text())
+    cfg["text_tower"]["sha256"] = "0" * 64
+    (vit_dir / "config.json").write_text(json.dumps(cfg))
+    line = run_error(capsys, "audit", "--model", "mini-vit", "--n", "12")
+    assert "model.safetensors" in line and "sha256" in line and "clipedit train-mini --arch vit" in line
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+def test_train_mini_arch_vit_runs_the_distillation_with_its_own_defaults(capsys, monkeypatch, tmp_path):
+    import clipedit.mini.training.distill as distill_module
+
+    seen = []
+    monkeypatch.setattr(distill_module, "distill", lambda opts: seen.append(opts) or {"heldout": {"n": 0}})
+    run_ok(capsys, "train-mini", "--arch", "vit", "--steps", "7", "--out", tmp_path / "v")
+    assert len(seen) == 1
+    assert seen[0] == DistillOptions(out=tmp_path / "v", steps=7)  # unspecified options: the ViT's defaults
+
+
+def test_distill_loss_is_zero_only_when_the_student_matches_the_teacher():
+    torch.manual_seed(0)
+    classes = torch.nn.functional.normalize(torch.randn(16, 12), dim=0)
+    teacher = torch.randn(8, 16)
+    assert distill_loss(2 * teacher, teacher, classes, 100.0, 1.0, 1.0).item() == pytest.approx(0, abs=1e-5)
+    assert distill_loss(torch.randn(8, 16), teacher, classes, 100.0, 1.0, 1.0).item() > 0.1

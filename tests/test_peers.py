@@ -1,0 +1,177 @@
+"""The peer defenses (head ablation, PAINT) through the method dispatcher, and the reading-kept figure."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from clipedit.core.edit_sets import EditSet, apply_edit_set, load_edits, revert_edit_set, save_edit_set
+from clipedit.core.nethook import get_module
+from clipedit.defenses.edit_requests import request_from_attacks
+from clipedit.defenses.finetune import FinetuneHParams
+from clipedit.defenses.head_ablation import (
+    HeadAblationHParams,
+    ablate_heads,
+    ablation_edits,
+    attention_sites,
+    head_scores,
+)
+from clipedit.defenses.methods import METHODS
+from clipedit.defenses.paint import PaintHParams, interpolate_, paint
+from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
+from clipedit.errors import ClipeditError, EditError
+from clipedit.eval.predictor import make_predictor
+from clipedit.eval.reading import plain_signs, reading_accuracy, sign_set
+from clipedit.mini.world import CLASSNAMES, IMAGE_SIZE, MiniWorld
+
+
+def with_world(bundle):
+    return dataclasses.replace(bundle, world=MiniWorld(), classnames=list(CLASSNAMES))
+
+
+def exemplar_request(bundle, n=4):
+    return request_from_attacks(bundle.preprocess, text_exemplars(with_world(bundle), "ipod", n))
+
+
+def state(bundle):
+    return {k: v.clone() for k, v in bundle.model.state_dict().items()}
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- head ablation -----------------------------------------------------------------------------------------
+def test_attention_sites_of_vit_and_resnet(tiny_vit, tiny_rn):
+    vit = attention_sites(tiny_vit)
+    assert [s.name for s in vit] == [f"visual.transformer.resblocks.{i}.attn" for i in range(2)]
+    assert all(s.proj.endswith("attn.out_proj") and s.n_heads == 2 for s in vit)
+    [pool] = attention_sites(tiny_rn)
+    assert pool.name == "visual.attnpool" and pool.proj == "visual.attnpool.c_proj"
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_rn"])
+def test_head_scores_are_the_share_of_attention_on_the_text(fixture, request):
+    bundle = request.getfixturevalue(fixture)
+    req = exemplar_request(bundle)
+    sites = attention_sites(bundle)
+    scores = head_scores(bundle, sites, req)
+    for s in sites:
+        assert scores[s.name].shape == (s.n_heads,)
+        assert ((scores[s.name] > 0) & (scores[s.name] < 1)).all()
+    everywhere = dataclasses.replace(req, mask=torch.ones_like(req.mask))
+    for s in sites:  # text everywhere: all of a head's attention over image locations lands on it
+        torch.testing.assert_close(head_scores(bundle, sites, everywhere)[s.name], torch.ones(s.n_heads))
+
+
+def test_ablation_file_zeroes_heads_and_reverts_bit_exactly(tiny_vit, tmp_path):
+    original = state(tiny_vit)
+    sites = attention_sites(tiny_vit)
+    chosen = [(sites[0], 1), (sites[1], 0)]
+    path = save_edit_set(tmp_path / "heads.safetensors", EditSet(ablation_edits(tiny_vit, sites, chosen)))
+    loaded = load_edits(path)  # the file `clipedit apply` / `revert` read
+    assert [e.meta["heads"] for e in loaded.edits] == [[1], [0]]
+    apply_edit_set(tiny_vit.model, loaded)
+    w0 = get_module(tiny_vit.model, sites[0].proj).weight
+    assert torch.equal(w0[:, 32:], torch.zeros_like(w0[:, 32:])) and w0[:, :32].abs().sum() > 0
+    with pytest.raises(EditError, match="other weights"):
+        apply_edit_set(tiny_vit.model, loaded)  # already applied: the weights are not the original ones
+    revert_edit_set(tiny_vit.model, loaded)
+    assert same(state(tiny_vit), original)
+
+
+def test_greedy_ablation_keeps_only_heads_that_help_within_tolerance(tiny_rn):
+    bundle = with_world(tiny_rn)
+    original = state(bundle)
+    result = ablate_heads(bundle, exemplar_request(bundle), ["ipod"], HeadAblationHParams(n_val=6, patience=2))
+    kept = [s for s in result.steps if s["kept"]]
+    assert [(s["site"], s["head"]) for s in kept] == result.heads
+    scores = [s["score"] for s in result.steps]
+    assert scores == sorted(scores, reverse=True)  # tried in score order
+    accuracies = [s["text_acc"] for s in kept]
+    assert accuracies == sorted(set(accuracies))  # each kept head raised the defended word's accuracy
+    proj = get_module(bundle.model, "visual.attnpool.c_proj").weight
+    width = proj.shape[1] // attention_sites(bundle)[0].n_heads
+    for _, head in result.heads:  # the kept heads are zeroed, the model is otherwise unchanged
+        assert torch.equal(proj[:, head * width:(head + 1) * width], torch.zeros_like(proj[:, :width]))
+    if result.edit_set is None:
+        assert not result.heads and same(state(bundle), original)
+    else:
+        assert result.edit_set.meta["heads"] == result.heads
+        revert_edit_set(bundle.model, result.edit_set)
+        assert same(state(bundle), original)
+
+
+# -- PAINT ----------------------------------------------------------------------------------------------
+def test_interpolation_endpoints_and_midpoint(tiny_rn):
+    tower = tiny_rn.image_module
+    theta0 = {k: v.clone() for k, v in tower.state_dict().items()}
+    theta1 = {k: v + 1 if v.is_floating_point() else v for k, v in theta0.items()}
+    interpolate_(tower, theta0, theta1, 1.0)
+    assert all(torch.equal(tower.state_dict()[k], theta1[k]) for k in theta0)
+    interpolate_(tower, theta0, theta1, 0.25)
+    k = next(k for k, v in theta0.items() if v.is_floating_point())
+    torch.testing.assert_close(tower.state_dict()[k], theta0[k] + 0.25)
+    interpolate_(tower, theta0, theta1, 0.0)
+    assert all(torch.equal(tower.state_dict()[k], theta0[k]) for k in theta0)
+
+
+def test_paint_picks_an_alpha_on_validation_and_leaves_the_model_there(tiny_rn):
+    bundle = with_world(tiny_rn)
+    hp = PaintHParams(alphas=(0.0, 1.0), finetune=FinetuneHParams(steps=1, lr=1e-3), n_val=6)
+    result = paint(bundle, exemplar_request(bundle), ["ipod"], hp)
+    assert [r["alpha"] for r in result.rows] == [0.0, 1.0]
+    assert result.rows[0]["gain"] == 0.0 and result.rows[0]["admissible"]
+    assert result.alpha in (0.0, 1.0)
+    with pytest.raises(EditError, match="alphas must lie in"):
+        paint(bundle, exemplar_request(bundle), ["ipod"], PaintHParams(alphas=(1.5,)))
+
+
+def test_peers_run_through_the_dispatcher(tiny_rn, monkeypatch):
+    assert {"head-ablation", "paint"} <= set(METHODS)
+    small = functools.partial(PaintHParams, alphas=(0.0, 1.0), n_val=6)
+    monkeypatch.setattr("clipedit.defenses.methods.PaintHParams", small)  # a small validation grid
+    bundle = with_world(tiny_rn)
+    original = state(bundle)
+    config = DefenseConfig(method="paint", renders=4, finetune=FinetuneHParams(steps=1))
+    defense = defend(bundle, "ipod", config)
+    assert defense.method == "paint" and defense.details.alpha in (0.0, 1.0)
+    changed = not same(state(bundle), original)
+    assert changed == (defense.details.alpha > 0)
+    few = functools.partial(HeadAblationHParams, n_val=6, patience=1)
+    monkeypatch.setattr("clipedit.defenses.methods.HeadAblationHParams", few)
+    ablated = defend(with_world(tiny_rn), "ipod", DefenseConfig(method="head-ablation", renders=4))
+    assert ablated.method == "head-ablation"
+    assert (ablated.edit_set is None) == (not ablated.details.heads)
+    if ablated.edit_set is not None:
+        assert ablated.layer == "visual.attnpool.c_proj" == ablated.edit_set.layers[0]
+    with pytest.raises(ClipeditError, match="no labelled world"):
+        defend(tiny_rn, "ipod", DefenseConfig(method="head-ablation", renders=2))
+
+
+# -- reading kept ----------------------------------------------------------------------------------------
+def test_signs_are_seeded_balanced_and_split_apart():
+    world = MiniWorld()
+    images, labels = world.signs(24, seed=5)
+    again, _ = world.signs(24, seed=5)
+    assert np.array_equal(np.asarray(images[3]), np.asarray(again[3]))
+    assert sorted(labels) == sorted(list(range(len(CLASSNAMES))) * 2)
+    assert images[0].size == (IMAGE_SIZE, IMAGE_SIZE)
+    val, test = sign_set(world, 12, "validation"), sign_set(world, 12, "test")
+    assert not np.array_equal(np.asarray(val.images[0]), np.asarray(test.images[0]))
+    plain, plain_labels = plain_signs(["cat", "dog"], 4, seed=1, size=48)
+    assert sorted(plain_labels) == [0, 0, 1, 1] and plain[0].size == (48, 48)
+    with pytest.raises(ClipeditError, match="class names"):
+        sign_set(None, 4)
+
+
+def test_the_mini_clip_reads_signs_far_above_chance():
+    from clipedit.models import load_model
+
+    bundle = load_model("mini", device="cpu")
+    signs = sign_set(bundle.world, 48, "validation")
+    accuracy = reading_accuracy(bundle, make_predictor(bundle, signs.classnames), signs)
+    assert accuracy > 3 / len(CLASSNAMES)  # chance is 1/12; it was trained on signs
