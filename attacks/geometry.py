@@ -76,7 +76,7 @@ def _point_in_box(
     center = np.array(label_wh, dtype=np.float64) / 2
     lo, hi = quad.min(axis=0) - center, quad.max(axis=0) - center
     out = []
-    for a, b, l, h in ((x0, x1, lo[0], hi[0]), (y0, y1, lo[1], hi[1])):
-        start, stop = a - l, b - h
+    for a, b, low, high in ((x0, x1, lo[0], hi[0]), (y0, y1, lo[1], hi[1])):
+        start, stop = a - low, b - high
         out.append(rng.uniform(start, stop) if start < stop else (a + b) / 2)
     return out[0], out[1]

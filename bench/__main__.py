@@ -77,6 +77,9 @@ def plot(results: dict[str, dict[str, Any]]) -> list[str]:
         ax_t.set(xlabel="key dimension", ylabel="seconds", title="edit time vs key dimension")
         ax_m.semilogx(dims, [r["closed_form_peak_mib"] for r in rows], "o-")
         ax_m.set(xlabel="key dimension", ylabel="peak MiB added", title="closed-form edit, peak memory")
+        for ax in (ax_t, ax_m):
+            ax.set_xticks(dims, [str(d) for d in dims])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         for r in rows:
             ax_t.annotate(r["model"].split(":")[0], (r["key_dim"], r["closed_form_seconds"]), fontsize=8)
         ax_t.legend(fontsize=8)

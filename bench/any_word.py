@@ -163,13 +163,22 @@ def methods(base: ModelBundle, vocab) -> dict[str, Callable[[ModelBundle], Any]]
 
 
 def peak_memory_mb(n_words: int, renders: int) -> float:
-    """Peak RSS (MB) of a fresh process that loads the mini and solves '*' with ``n_words`` x ``renders``."""
-    code = ("import resource, sys; from clipedit import load_model; from clipedit.defenses.typographic import "
-            "DefenseConfig, defend; b = load_model('mini', device='cpu'); "
+    """Peak RSS (MB, ``VmHWM``) of a fresh process that loads the mini and solves '*' with ``n_words`` x
+    ``renders`` exemplars (``ru_maxrss`` would carry this process's high-water mark across the exec)."""
+    code = ("from clipedit import load_model; from clipedit.defenses.typographic import DefenseConfig, defend; "
+            "b = load_model('mini', device='cpu'); "
             f"defend(b, '*', DefenseConfig(vocab_words={n_words}, renders={renders})); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def peak_memory(n_words: int) -> dict[str, float]:
+    """Peak RSS of the '*' solve at N = ``n_words`` x 4 renders and at 4N exemplars."""
+    peaks = {f"{n * 4} exemplars": peak_memory_mb(n, 4) for n in (n_words, 4 * n_words)}
+    print("peak RSS of the '*' solve (fresh process, model included): "
+          + ", ".join(f"{k}: {v:.0f} MB" for k, v in peaks.items()), flush=True)
+    return peaks
 
 
 def tune_grid(base: ModelBundle) -> dict[str, DefenseConfig]:
@@ -199,9 +208,16 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true", help="compare '*' settings on the validation split")
     ap.add_argument("--only", default=None, help="tune: run only these settings ('|'-separated names)")
     ap.add_argument("--memory-words", type=int, default=256, help="N for the peak-memory rows (words x 4 renders)")
+    ap.add_argument("--memory-only", action="store_true", help="only (re)measure peak memory into --out's JSON")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    if args.memory_only:
+        out = Path(args.out or "bench/results/any_word.json")
+        record = json.loads(out.read_text()) if out.is_file() else {}
+        record["peak_rss_mb"] = peak_memory(args.memory_words)
+        write_json(out, record)
+        return
 
     base = load_model("mini", device="cpu")
     vocab = build_vocabulary(base.classnames, n_words=any_word_defaults(base).words)
@@ -238,10 +254,7 @@ def main() -> None:
         "results": results, "seconds": seconds,
     }
     if not args.tune:
-        n = args.memory_words
-        record["peak_rss_mb"] = {f"{n * 4} exemplars": peak_memory_mb(n, 4),
-                                 f"{n * 16} exemplars": peak_memory_mb(n * 4, 4)}
-        print("peak RSS of the '*' solve: " + ", ".join(f"{k}: {v:.0f} MB" for k, v in record["peak_rss_mb"].items()))
+        record["peak_rss_mb"] = peak_memory(args.memory_words)
     out = args.out or ("bench/results/any_word_tune.json" if args.tune else "bench/results/any_word.json")
     write_json(out, json.loads(json.dumps(record, default=str)))
     print(f"wrote {out}; own peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

@@ -1,7 +1,7 @@
-"""Defense of the bundled mini CLIP against "ipod" notes: the default edit, the paper's single-exemplar
-rank-1 setting, and both fine-tuning baselines, evaluated side by side on one held-out set.
+"""Defense of a bundled mini CLIP against "ipod" notes: the default edit, the paper's single-exemplar
+rank-1 setting, and both fine-tuning baselines, evaluated side by side on the test split.
 
-    python bench/defend_mini.py [--n 1000] [--word ipod] [--out bench/results/defend_mini.json]
+    python bench/defend_mini.py [--model mini|mini-vit] [--n 1000] [--word ipod] [--out FILE]
 
 Exemplars use `StyleSampler.exemplar()` styles on fresh scenes; the held-out set uses the mini world's
 held-out note styles (fonts, sizes, colours never used by exemplars) and other seeds.
@@ -37,10 +37,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--word", default="ipod")
-    ap.add_argument("--out", default="bench/results/defend_mini.json")
+    ap.add_argument("--model", default="mini", help="a bundled model with a world: mini or mini-vit")
+    ap.add_argument("--out", default=None, help="default: bench/results/defend_<model>.json")
     args = ap.parse_args()
 
-    base = load_model("mini", device="cpu")
+    args.out = args.out or f"bench/results/defend_{args.model.replace('-', '_')}.json"
+    base = load_model(args.model, device="cpu")
     sets = world_eval_sets(base.world, [args.word], args.n)
     predictor = make_predictor(base, sets.classnames)
     results = {"unedited": evaluate_defense(base, predictor, sets)}
@@ -57,7 +59,8 @@ def main() -> None:
     rows = [[label, *(r.get(key) for r in results.values())] for label, key in ROWS]
     print(format_table(rows, header=header))
     print("seconds to defend: " + ", ".join(f"{k}: {v:.1f}" for k, v in timings.items()))
-    write_json(args.out, {"word": args.word, "n": args.n, "default_config": _config_dict(DefenseConfig().resolved(base)),
+    write_json(args.out, {"model": args.model, "word": args.word, "n": args.n, "split": sets.split,
+                          "default_config": _config_dict(DefenseConfig().resolved(base)),
                           "results": results, "seconds": timings})
 
 

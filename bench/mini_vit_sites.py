@@ -1,5 +1,6 @@
-"""Where to rewrite the bundled mini ViT: every block's ``mlp.c_proj`` x ranks, masks and thresholds, on the
-VALIDATION split, plus an oracle that patches the blank image's block output into the text tokens.
+"""Where to rewrite the bundled mini ViT: every block's ``mlp.c_proj`` and the conv stem's convs x ranks,
+masks and thresholds, on the VALIDATION split, plus an oracle that patches the blank image's output of the
+stem or of a block into the text tokens (bench/results/mini_vit_sites.json).
 
     python bench/mini_vit_sites.py [--n 300] [--word ipod] [--out bench/results/mini_vit_sites.json]
 

@@ -219,7 +219,8 @@ def main() -> None:
             seen = predict(model, torch.cat([request.target, request.attacked]))
         for layer in (SWEEP_LAYERS[:1] if args.quick else SWEEP_LAYERS):
             after = edit(request, EXEMPLARS[name][0], layer, 1)
-            after["exemplar_before"] = {"clear": bundle.classnames[int(seen[0])], "snowy": bundle.classnames[int(seen[1])]}
+            after["exemplar_before"] = {"clear": bundle.classnames[int(seen[0])],
+                                        "snowy": bundle.classnames[int(seen[1])]}
             runs.append({"method": "edit", "exemplar": name, "sweep": True, "layer": layer, "rank": 1, **after})
             sweep_rows.append([name, layer, after["exemplar_before"]["snowy"], after["exemplar_after"],
                                after["snow_top1_before"], after["snow_top1"], after["fixed"], after["broken"],
@@ -248,7 +249,8 @@ def main() -> None:
         "clean_set": {"photos": {k: sorted(v) for k, v in LABELED.items()}, "views_per_photo": 48, "n": len(clean),
                       "metric": "top-1 against the accepted ImageNet labels; agreement = same top-1 as unedited"},
         "reference": {"photos": list(REFERENCE_PHOTOS), "views_per_photo": REFERENCE_VIEWS},
-        "sweep_mean_snow_change": float(np.mean([r["snow_top1"] - r["snow_top1_before"] for r in sweep])) if sweep else None,
+        "sweep_mean_snow_change": (float(np.mean([r["snow_top1"] - r["snow_top1_before"] for r in sweep]))
+                                   if sweep else None),
         "runs": runs, "seconds": round(time.time() - t0, 1),
     }
     write_json(OUT / "snow_edit.json", record)

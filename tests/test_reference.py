@@ -28,7 +28,8 @@ def test_photo_views_differ_from_each_other(gradient):
     assert len({(v.size, v.tobytes()) for v in views}) == 8
 
 
-@pytest.mark.parametrize("kwargs", [{"per_image": 0}, {"per_image": 2, "min_area": 0.0}, {"per_image": 2, "min_area": 1.5}])
+@pytest.mark.parametrize("kwargs", [{"per_image": 0}, {"per_image": 2, "min_area": 0.0},
+                                    {"per_image": 2, "min_area": 1.5}])
 def test_photo_views_reject_bad_arguments(gradient, kwargs):
     with pytest.raises(ClipeditError):
         photo_views([gradient], **kwargs)

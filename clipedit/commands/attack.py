@@ -43,7 +43,10 @@ def _word_digest(word: str) -> str:
 
 def render_all(photos: list[Path], words: list[str], n: int, style: LabelStyle,
                seed: int) -> list[tuple[str, Attack]]:
-    """(file stem, attack) for every photo x word x k < n; render k of (photo i, word j) is seeded by (seed, i, j, k)."""
+    """(file stem, attack) for every photo x word x k < n.
+
+    Render k of (photo i, word j) is seeded by (seed, i, j, k).
+    """
     out = []
     names = file_words(words)
     for i, path in enumerate(photos):

@@ -3,9 +3,10 @@ on rendered notes or on a published benchmark's photos (``--dataset KIND:PATH``)
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import click
 from PIL import Image

@@ -164,7 +164,8 @@ def _exemplar_mask(size, mask_path: Optional[Path], band: Optional[str], polygon
     if mask_path is not None:
         mask = load_mask(mask_path)
         if mask.shape != (size[1], size[0]):
-            raise ClipeditError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]}; the exemplar is {size[0]}x{size[1]}")
+            raise ClipeditError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]}; "
+                                f"the exemplar is {size[0]}x{size[1]}")
         return mask
     if band is not None:
         try:

@@ -41,7 +41,7 @@ from clipedit.eval.results import before_after_metrics, drop_predictions, format
 from clipedit.io import atomic_output_set
 from clipedit.models.checkpoint import save_model_weights
 
-OUTPUT_SET = ("model.safetensors", "edit.safetensors", "results.json")
+OUTPUT_SET = ("model.safetensors", "edit.safetensors", "results.json", "results.png")
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ log = logging.getLogger(__name__)
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Mask image of the text (white = text).")
 @click.option("--photos", cls=GreedyOption, type=click.Path(dir_okay=False, path_type=Path),
-              help="Photos to render exemplars on instead of the model's world (default: mini: its world; others: scikit-image samples).")
+              help="Photos to render exemplars on instead of the model's world "
+                   "(default: the model's world, e.g. mini's; else scikit-image samples).")
 @click.option("--reference", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of reference images for the key statistics.")
 @click.option("--data", default=None, metavar="DIR|KIND:PATH",
@@ -166,18 +167,19 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, steps,
 
     meta = {"model": bundle.name, "source": bundle.source, "method": method, "layer": defense.layer,
             "words": words}
-    with atomic_output_set(out, replaces=OUTPUT_SET) as stage:  # all three files of this run, or none
+    with atomic_output_set(out, replaces=OUTPUT_SET) as stage:  # every file of this run, or none
         save_model_weights(stage / "model.safetensors", bundle, metadata=meta)
         if defense.edit is not None:
             save_edit(stage / "edit.safetensors", defense.edit)
         elif defense.edit_set is not None:  # a multi-site edit: one file, applied and reverted as one
             save_edit_set(stage / "edit.safetensors", defense.edit_set)
         write_results(stage / "results.json", record)
+        if rows:
+            write_chart(stage / "results.png", rows, ["before", "after"],
+                        f"{bundle.name}: {method} against {', '.join(words)}")
 
     if rows:
         click.echo(format_table(rows, header=["", "before", "after"]))
-        write_chart(out / "results.png", rows, ["before", "after"],
-                    f"{bundle.name}: {method} against {', '.join(words)}")
     if report is not None:
         _write_report(report, bundle, method, defense, words, sets, before, after, rows, (exemplar, blank, mask_path))
         click.echo(f"wrote {report}")
@@ -190,8 +192,8 @@ def _config(bundle, method, layer, rank, solver, cov_reg, steps, lr, renders, ma
             photos) -> DefenseConfig:
     """The defense settings: what the user gave, the model's defaults (``defaults.json``) for the rest."""
     defaults = defaults_for(bundle)
-    hp = dict(layer=layer or defaults.layer, rank=rank or defaults.rank, cov_reg=cov_reg or defaults.cov_reg,
-              solver=solver)
+    hp = dict(layer=layer or defaults.layer, rank=rank or defaults.rank, solver=solver,
+              cov_reg=defaults.cov_reg if cov_reg is None else cov_reg)
     if solver == "optimize":
         hp.update({k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
     ft = FinetuneHParams(**{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
@@ -230,7 +232,8 @@ def _choose_by_sweep(bundle, words, config: DefenseConfig, auto_layer: bool, aut
         return config, selection
     click.echo(f"picked {picked['site']} rank {picked['rank']} (validation: defended word "
                f"{100 * result.baseline['text_acc']:.1f}% -> {100 * picked['text_acc']:.1f}%)", err=True)
-    return dataclasses.replace(config, hparams=dataclasses.replace(hp, layer=picked["site"], rank=picked["rank"])), selection
+    hparams = dataclasses.replace(hp, layer=picked["site"], rank=picked["rank"])
+    return dataclasses.replace(config, hparams=hparams), selection
 
 
 def _photo_request(bundle, exemplar: Optional[Path], blank: Optional[Path], mask: Optional[Path]):

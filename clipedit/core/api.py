@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import copy as copy_module
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn

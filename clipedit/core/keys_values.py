@@ -98,7 +98,8 @@ def collect_exemplars_at(model: nn.Module, sites: Sequence[Site], attacked: torc
 
 def _check_pairs(attacked: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> None:
     if attacked.shape != target.shape:
-        raise EditError(f"attacked and blank exemplars differ in size: {tuple(attacked.shape)} vs {tuple(target.shape)}")
+        raise EditError(f"attacked and blank exemplars differ in size: {tuple(attacked.shape)} "
+                        f"vs {tuple(target.shape)}")
     if masks.shape[0] != attacked.shape[0] or masks.shape[-2:] != attacked.shape[-2:]:
         raise EditError(f"mask size {tuple(masks.shape)} does not match the exemplars {tuple(attacked.shape)}")
     if not (masks > 0).any():

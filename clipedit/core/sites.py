@@ -138,9 +138,11 @@ class Site:
         out_ch = self.module.weight.shape[0]
         w = self.module.weight
         if self.norm_name is None:
-            return torch.ones(out_ch, dtype=w.dtype, device=w.device), torch.zeros(out_ch, dtype=w.dtype, device=w.device)
+            ones = torch.ones(out_ch, dtype=w.dtype, device=w.device)
+            return ones, torch.zeros_like(ones)
         bn = get_module(model, self.norm_name)
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.weight is not None else 1 / torch.sqrt(bn.running_var + bn.eps)
+        inv_std = 1 / torch.sqrt(bn.running_var + bn.eps)
+        scale = bn.weight * inv_std if bn.weight is not None else inv_std
         shift = (bn.bias if bn.bias is not None else 0) - bn.running_mean * scale
         return scale.detach(), shift.detach()
 
@@ -188,7 +190,8 @@ def _site_from_spec(model, module, layer, block_name, block, spec: BlockSpec) ->
     residual = spec.residual
     if residual == "shortcut" and spec.shortcut_module and getattr(block, spec.shortcut_module, None) is not None:
         shortcut = f"{block_name}.{spec.shortcut_module}"
-    if type(block).__name__ == "ResidualAttentionBlock" and not isinstance(getattr(block, "ls_2", nn.Identity()), nn.Identity):
+    layer_scale = getattr(block, "ls_2", nn.Identity())
+    if type(block).__name__ == "ResidualAttentionBlock" and not isinstance(layer_scale, nn.Identity):
         raise SiteError(f"{layer}: blocks with LayerScale are not supported")
     if type(block).__name__ == "Bottleneck" and getattr(block, "se", None) is not None:
         raise SiteError(f"{layer}: bottlenecks with squeeze-excitation after the site are not supported")

@@ -1,7 +1,8 @@
 """Class names: how they are matched, checked and mapped between lists."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from clipedit.errors import ClipeditError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps

@@ -7,7 +7,8 @@ never test a model's name.
 """
 from __future__ import annotations
 
-from typing import Optional, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image

@@ -11,8 +11,9 @@ map to the original's (or the other way round):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw

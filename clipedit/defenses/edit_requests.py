@@ -1,7 +1,7 @@
 """Turn exemplars (rendered attacks or real photo pairs) into the rewrite core's ``EditRequest``."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

@@ -6,8 +6,9 @@ model's output for their targets, the same pairs the rewrite uses (no labels nee
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 
 import numpy as np
 from PIL import Image
@@ -69,7 +70,7 @@ class DefenseConfig:
     vocab_words: Optional[int] = None
     sites: Optional[tuple[str, ...]] = None
 
-    def resolved(self, bundle: ModelBundle) -> "DefenseConfig":
+    def resolved(self, bundle: ModelBundle) -> DefenseConfig:
         """A copy with every unset field taken from the model's defaults."""
         d = defaults_for(bundle)
         hp = self.hparams or RewriteHParams(layer=d.layer, rank=d.rank, cov_reg=d.cov_reg)
@@ -154,7 +155,8 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod", config: Opt
         if exemplars is None:
             if not words:
                 raise ClipeditError("no words to defend against")
-            exemplars = [a for w in words for a in text_exemplars(bundle, w, config.renders, config.seed, config.photos)]
+            exemplars = [a for w in words
+                         for a in text_exemplars(bundle, w, config.renders, config.seed, config.photos)]
         request = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=config.mask == "text")
     result = run_method(bundle, request, config.method, config.hparams, config.finetune,
                         lambda layer: reference_statistics(bundle, layer, config), {"words": words})

@@ -1,7 +1,8 @@
 """Typographic attacks rendered on labelled photos: each photo gets words other than its own class."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image

@@ -7,9 +7,10 @@ Exemplars are rendered in exemplar styles from seeds offset by ``EXEMPLAR_SEED_O
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from attacks import Attack
 from clipedit.data.classnames import normalize_name

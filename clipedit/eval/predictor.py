@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 
@@ -42,7 +43,7 @@ class Predictor:
     def n_classes(self) -> int:
         return len(self.classnames)
 
-    def with_bundle(self, bundle: ModelBundle) -> "Predictor":
+    def with_bundle(self, bundle: ModelBundle) -> Predictor:
         """The same head on another model (e.g. an edited copy): the text tower is not run again."""
         return Predictor(bundle, self.classnames, self.templates, weights=self.weights, columns=self.columns)
 

@@ -11,9 +11,10 @@ import datetime
 import html
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
@@ -226,7 +227,7 @@ def render_report(*, title: str, facts: Sequence[tuple[str, str]], header: Seque
             out.append(f'<figure><img alt="{esc(name)}" src="{data_uri(png_bytes(image, 320))}">'
                        f"<figcaption>{esc(name)}</figcaption></figure>")
         out.append("</div>")
-    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     out += [f'<p class="note">{esc(n)}</p>' for n in notes]
     out.append(f'<p class="note">clipedit report, {esc(created)}. A red frame marks a wrong final prediction.</p>')
     out.append("</main></body></html>")

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from clipedit.io import write_json
 from clipedit.models.bundle import ModelBundle
@@ -53,7 +54,7 @@ def make_record(*, dataset: str, bundle: ModelBundle, task: str, metrics: dict[s
         "n": n,
         "device": str(bundle.device),
         "clipedit_version": clipedit_version(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **extra,
     }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import colorsys
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import ImageDraw

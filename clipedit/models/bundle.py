@@ -1,8 +1,9 @@
 """What a loaded model carries: the module, its preprocessing and tokenizer, and where it came from."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ class ModelBundle:
     classnames: Optional[list[str]] = None
     templates: Optional[list[str]] = None
     source: str = ""
-    world: Optional["World"] = None
+    world: Optional[World] = None
     extra: dict = field(default_factory=dict)
 
     @property

@@ -13,9 +13,10 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
