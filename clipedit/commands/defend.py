@@ -183,9 +183,8 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, steps,
     if report is not None:
         _write_report(report, bundle, method, defense, words, sets, before, after, rows, (exemplar, blank, mask_path))
         click.echo(f"wrote {report}")
-    click.echo(f"{method} of {defense.layer} against {', '.join(words)}; wrote {out}/"
-               + (" edit.safetensors," if (defense.edit or defense.edit_set) is not None else "")
-               + " model.safetensors, results.json")
+    written = ", ".join(name for name in OUTPUT_SET if (out / name).is_file())
+    click.echo(f"{method} of {defense.layer} against {', '.join(words)}; wrote {out}/ {written}")
 
 
 def _config(bundle, method, layer, rank, solver, cov_reg, steps, lr, renders, mask_kind, seed, reference,
