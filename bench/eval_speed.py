@@ -17,9 +17,8 @@ import torch
 from bench.measure import device, main_for, paired_seconds, ratio_line, save, seconds
 from bench.stats_speed import encode_loop
 from clipedit import load_model
-from clipedit.eval.distributed import attack_images
 from clipedit.eval.heldout import world_eval_sets
-from clipedit.eval.metrics import evaluate_attacks
+from clipedit.eval.metrics import attack_image_sets, evaluate_attacks
 from clipedit.eval.predictor import make_predictor
 from clipedit.mini.world import MiniWorld
 from clipedit.models.bundle import ModelBundle
@@ -57,7 +56,7 @@ def measure(spec: str, n: int) -> dict[str, Any]:
     bundle = load_model(spec, device=device())
     # the mini world's scenes serve every model (its preprocessing resizes them)
     sets = world_eval_sets(bundle.world or MiniWorld(), ["ipod"], n)
-    images = [im for group in attack_images(sets.edited[0]).values() for im in group]
+    images = [im for group in attack_image_sets(sets.edited[0]).values() for im in group]
     encode_loop(bundle, images[:BATCH])  # warm-up
     with tempfile.TemporaryDirectory() as cache:
         old = os.environ.get("CLIPEDIT_CACHE")

@@ -101,3 +101,22 @@ def test_stats_command_fills_the_cache_that_defend_reads(reference_folder, monke
     torch.manual_seed(0)
     stats = reference_statistics(load_model("tiny-vit", device="cpu"), layer, DefenseConfig(reference=reference_folder))
     assert stats.layer == layer and stats.n_keys == 7 * 65
+
+
+def test_audit_under_torchrun_reports_the_one_process_figures(tmp_path, capsys):
+    """``torchrun -m clipedit audit``: 2 gloo ranks share the rendered attacks; rank 0 writes the one-process result."""
+    from conftest import run_ok
+
+    single = tmp_path / "one.json"
+    run_ok(capsys, "audit", "--model", "mini", "--scenes", "24", "--out", single)
+    sharded = tmp_path / "two.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "clipedit", "audit", "--model", "mini", "--scenes", "24", "--out", str(sharded)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("attack success") == 1  # only rank 0 prints
+    import json
+
+    one, two = json.loads(single.read_text()), json.loads(sharded.read_text())
+    assert two["metrics"] == one["metrics"] and two["by_word"] == one["by_word"]

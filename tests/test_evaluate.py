@@ -139,6 +139,21 @@ def test_zero_shot_predictor_on_a_tiny_clip(tiny_vit, photos, cache_dir):
     assert not torch.allclose(predictor(batch), logits)
 
 
+def test_text_tower_fingerprint_is_remembered_until_the_text_side_changes(tiny_vit, monkeypatch):
+    from clipedit.eval import zeroshot
+
+    first = zeroshot._text_tower_fingerprint(tiny_vit.model)
+    hashed = []
+    monkeypatch.setattr(zeroshot, "module_fingerprint", lambda *a, **k: hashed.append(1) or "rehashed")
+    assert zeroshot._text_tower_fingerprint(tiny_vit.model) == first and not hashed  # remembered
+    with torch.no_grad():
+        tiny_vit.model.visual.proj.mul_(2)  # the visual tower does not enter the head
+    assert zeroshot._text_tower_fingerprint(tiny_vit.model) == first and not hashed
+    with torch.no_grad():
+        tiny_vit.model.text_projection.mul_(2)  # an in-place write to the text side is seen
+    assert zeroshot._text_tower_fingerprint(tiny_vit.model) == "rehashed" and hashed == [1]
+
+
 def test_predictor_errors(tiny_vit):
     with pytest.raises(ClipeditError, match="the class list is empty"):
         make_predictor(tiny_vit, [])

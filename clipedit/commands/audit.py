@@ -25,6 +25,7 @@ from clipedit.commands.options import (
     split_list,
     template_list,
 )
+from clipedit.core.distributed import init_from_environment, is_main_process
 from clipedit.data.benchmarks import LAYOUTS, LoadedBenchmark, load_benchmark_images, read_benchmark
 from clipedit.data.classnames import check_classnames, labels_from_names, remap_labels
 from clipedit.data.folders import load_image_folder
@@ -32,8 +33,8 @@ from clipedit.data.images import load_photos
 from clipedit.errors import ClipeditError
 from clipedit.eval.attack_sets import attacks_from_photos
 from clipedit.eval.benchmark_metrics import evaluate_benchmark, kind_rows
+from clipedit.eval.distributed import evaluate_attacks_sharded
 from clipedit.eval.heldout import world_attack_set
-from clipedit.eval.metrics import evaluate_attacks
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.report import GridItem, attacks_grid, bar_chart, benchmark_grid, write_chart, write_report
 from clipedit.eval.results import format_table, make_record, write_results
@@ -130,7 +131,8 @@ class AuditOutcome:
 def audit_rendered(bundle, audit_set: AuditSet, templates: Optional[list[str]], batch_size: int) -> AuditOutcome:
     """Evaluate rendered attacks (clean / blank note / text note of each photo)."""
     predictor = make_predictor(bundle, audit_set.classnames, templates)
-    metrics = evaluate_attacks(bundle, predictor, audit_set.attacks, audit_set.labels, batch_size=batch_size)
+    metrics = evaluate_attacks_sharded(bundle, predictor, audit_set.attacks, audit_set.labels,
+                                       batch_size=batch_size)
     names = audit_set.classnames
     grid = attacks_grid(audit_set.attacks, audit_set.labels, names, metrics["predictions"]["text"])
     return AuditOutcome(metrics, [list(r) for r in result_rows(metrics)], names, audit_set.dataset,
@@ -165,7 +167,7 @@ def audit_benchmark(bundle, data: LoadedBenchmark, templates: Optional[list[str]
 @click.option("--templates-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Prompt templates with '{}', one per line (default: the model's).")
 @click.option("--words", default=None, metavar="w1,w2", help="Words to write (default: the other class names).")
-@click.option("--n", type=click.IntRange(min=1), default=None,
+@click.option("--n", "--scenes", "n", type=click.IntRange(min=1), default=None,
               help=f"World scenes (default {WORLD_SCENES}). Photos: random words each (default: every word).")
 @seed_option()
 @batch_size_option()
@@ -181,7 +183,8 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
     Attack success is how often the prediction becomes the written word. With --dataset, a published
     benchmark's own photos are evaluated (RTA-100, SCAM, PAINT, Disentangling, photo triples or a
     manifest). Without --data, --photos or --dataset, a model that brings a world (e.g. mini) is
-    audited on its held-out scenes (test split).
+    audited on its held-out scenes (test split). Under torchrun, rendered attacks are split across
+    the ranks and the figures gathered (rank 0 prints and writes).
     """
     classnames = class_list(classes, classes_file)
     templates = template_list(templates_file)
@@ -203,6 +206,8 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
     if classnames is not None:
         check_classnames(classnames)
 
+    # Under torchrun, each rank runs the model on its share of the rendered attacks; rank 0 reports.
+    init_from_environment()
     # Read the photos first (a bad file fails before any download), render after loading the model.
     bench = load_benchmark_images(read_benchmark(dataset_spec), classnames) if dataset_spec else None
     source = folder_source(data, classnames) if data is not None else \
@@ -219,6 +224,8 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
                             f"{bundle.name} brings no held-out scenes of its own (only models with a world, "
                             "e.g. mini, do)")
 
+    if not is_main_process():
+        return
     metrics = outcome.metrics
     click.echo(f"{bundle.name} ({bundle.pretrained}) on {bundle.device}: {outcome.dataset}, "
                f"{outcome.n_photos} photos or scenes, {metrics['n']} images evaluated, "

@@ -2,15 +2,14 @@
 
 Each rank runs the model on its contiguous share of the attacks (clean, blank-note and text-note
 images); the logits are summed across ranks into the full (n, classes) tables (every row comes from
-exactly one rank, the others add zeros), and :func:`clipedit.eval.metrics.evaluate_attacks` scores
-them on every rank. The counts it reports are then those of one process over all images, whatever
-metrics it computes.
+exactly one rank, the others add zeros), and :func:`clipedit.eval.metrics.score_attacks` (what
+``evaluate_attacks`` scores with) turns them into figures on every rank: those of one process over
+all images.
 
     torchrun --nproc_per_node 4 my_audit.py   # calls evaluate_attacks_sharded; every rank gets the totals
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -19,15 +18,9 @@ from PIL import Image
 
 from attacks import Attack
 from clipedit.core.distributed import all_reduce_sum, is_distributed, shard_bounds
-from clipedit.eval.metrics import evaluate_attacks, predict_logits
+from clipedit.eval.metrics import attack_image_sets, evaluate_attacks, predict_logits, score_attacks
 from clipedit.eval.predictor import Predictor
 from clipedit.models.bundle import ModelBundle
-
-
-def attack_images(attacks: Sequence[Attack]) -> dict[str, list[Image.Image]]:
-    """The three images of every attack, by set: ``clean``, ``blank`` and ``text``."""
-    return {"clean": [a.clean for a in attacks], "blank": [a.blank for a in attacks],
-            "text": [a.attacked for a in attacks]}
 
 
 def sharded_logits(bundle: ModelBundle, predictor: Predictor, images: Sequence[Image.Image],
@@ -49,33 +42,6 @@ def evaluate_attacks_sharded(bundle: ModelBundle, predictor: Predictor, attacks:
     """
     if not is_distributed():
         return evaluate_attacks(bundle, predictor, attacks, labels, word_indices, batch_size, progress)
-    rows: dict[int, torch.Tensor] = {}
-    for images in attack_images(attacks).values():
-        logits = sharded_logits(bundle, predictor, images, batch_size, progress)
-        rows.update({id(image): row for image, row in zip(images, logits)})
-    replay = _LogitsReplay(predictor.classnames, rows)
-    return evaluate_attacks(dataclasses.replace(bundle, preprocess=replay.index), replay, attacks, labels,
-                            word_indices, batch_size, progress=False)
-
-
-class _LogitsReplay:
-    """Stands in for the model when ``evaluate_attacks`` scores logits that were already gathered:
-    ``index`` is the bundle's preprocessing (image -> its key) and calling it returns the stored rows.
-
-    An image object that appears in several sets (a photo shared by its attacks) has one row: the
-    same pixels give the same logits.
-    """
-
-    def __init__(self, classnames: Sequence[str], rows: dict[int, torch.Tensor]) -> None:
-        self.classnames = list(classnames)
-        self.rows = rows
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.classnames)
-
-    def index(self, image: Image.Image) -> torch.Tensor:
-        return torch.tensor(id(image), dtype=torch.int64)
-
-    def __call__(self, keys: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.rows[int(k)] for k in keys])
+    logits = {k: sharded_logits(bundle, predictor, images, batch_size, progress)
+              for k, images in attack_image_sets(attacks).items()}
+    return score_attacks(logits, attacks, labels, predictor.classnames, word_indices)

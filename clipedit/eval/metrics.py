@@ -76,18 +76,30 @@ def evaluate_attacks(bundle: ModelBundle, predictor: Predictor, attacks: Sequenc
         in_classes}}; by_class {class: {clean_acc, blank_acc, text_acc, n_clean, n_blank, n_text}};
         predictions {clean, blank, text}.
     """
+    _check_labels(labels, len(attacks), len(predictor.classnames))
+    logits = {k: predict_logits(bundle, predictor, imgs, batch_size, f"{k} images", progress)
+              for k, imgs in attack_image_sets(attacks).items()}
+    return score_attacks(logits, attacks, labels, predictor.classnames, word_indices)
+
+
+def attack_image_sets(attacks: Sequence[Attack]) -> dict[str, list[Image.Image]]:
+    """The three images of every attack, by set: ``clean``, ``blank`` and ``text`` (the written note)."""
+    return {"clean": [a.clean for a in attacks], "blank": [a.blank for a in attacks],
+            "text": [a.attacked for a in attacks]}
+
+
+def score_attacks(logits: dict[str, torch.Tensor], attacks: Sequence[Attack], labels: Sequence[int],
+                  classnames: Sequence[str],
+                  word_indices: Optional[Sequence[Optional[int]]] = None) -> dict[str, Any]:
+    """:func:`evaluate_attacks`' figures from logits already computed (``clean``/``blank``/``text``, each
+    (n, classes) in the order of ``attacks``): however they were computed, e.g. sharded over ranks."""
     n = len(attacks)
-    target = _check_labels(labels, n, len(predictor.classnames))
+    target = _check_labels(labels, n, len(classnames))
     if word_indices is None:
-        word_indices = [class_index(a.text, predictor.classnames) for a in attacks]
+        word_indices = [class_index(a.text, classnames) for a in attacks]
     if len(word_indices) != n:
         raise ClipeditError(f"got {len(word_indices)} word indices for {n} attacks")
     words = torch.tensor([-1 if w is None else int(w) for w in word_indices])
-
-    sets = {"clean": [a.clean for a in attacks], "blank": [a.blank for a in attacks],
-            "text": [a.attacked for a in attacks]}
-    logits = {k: predict_logits(bundle, predictor, imgs, batch_size, f"{k} images", progress)
-              for k, imgs in sets.items()}
     pred = {k: v.argmax(dim=1) for k, v in logits.items()}
     clean = classification_metrics(logits["clean"], labels)
 
@@ -109,7 +121,7 @@ def evaluate_attacks(bundle: ModelBundle, predictor: Predictor, attacks: Sequenc
         result["clean_top5"] = clean["top5"]
     result.update(benchmark_names(classification_metrics(logits["text"], labels)))
     result["by_word"] = by_word([a.text for a in attacks], words, counted, correct, success)
-    result["by_class"] = by_class(target, predictor.classnames,
+    result["by_class"] = by_class(target, classnames,
                                   {k: pred[k] == target for k in ("clean", "blank")} | {"text": correct},
                                   {"text": counted})
     result["predictions"] = {k: v.tolist() for k, v in pred.items()}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -50,9 +51,24 @@ def classifier_weights(bundle: ModelBundle, classnames: Sequence[str],
     return out["weights"].to(bundle.device)
 
 
+# model -> (stamp of its text-side tensors, fingerprint): a loaded model is hashed once, not per audit.
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _text_tower_fingerprint(model) -> str:
-    # The head depends on everything but the visual tower: editing `visual` keeps the cache valid.
-    return module_fingerprint(model, exclude=("visual.",))
+    """A hash of everything but the visual tower (editing ``visual`` keeps the cache valid).
+
+    Remembered per model object; the stamp (each tensor's identity and in-place version counter)
+    changes whenever a text-side tensor is replaced or written to, and the hash is then taken again.
+    """
+    stamp = tuple((name, id(t), t._version) for name, t in model.state_dict(keep_vars=True).items()
+                  if not name.startswith("visual."))
+    cached = _FINGERPRINTS.get(model)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    fingerprint = module_fingerprint(model, exclude=("visual.",))
+    _FINGERPRINTS[model] = (stamp, fingerprint)
+    return fingerprint
 
 
 @torch.no_grad()
