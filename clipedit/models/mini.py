@@ -12,7 +12,6 @@ from clipedit.errors import ModelLoadError
 from clipedit.mini.world import MiniWorld
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import SOURCE_DTYPES, checkpoint_dtypes, load_state_dict_file, load_state_into
-from clipedit.models.registry import register_loader
 
 REGEN = "rebuild it with `clipedit train-mini --out DIR` and point $CLIPEDIT_MINI_DIR at DIR"
 
@@ -42,7 +41,6 @@ def read_mini_config(asset_dir: Path | None = None) -> dict:
     return cfg
 
 
-@register_loader("mini")
 def load_mini(tag: str, checkpoint, device: torch.device) -> ModelBundle:
     """Build the mini CLIP from its config and load the bundled (or given) weights."""
     import open_clip

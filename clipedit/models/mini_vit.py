@@ -22,7 +22,6 @@ from clipedit.mini.world import MiniWorld
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import load_state_dict_file
 from clipedit.models.mini import bundled_asset_dir, mini_asset_dir
-from clipedit.models.registry import register_loader
 
 NAME = "mini-vit"
 WEIGHTS_FILE = "visual.safetensors"
@@ -106,7 +105,6 @@ def text_tower_weights(cfg: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith(IMAGE_PREFIX)}
 
 
-@register_loader(NAME)
 def load_mini_vit(tag: str, checkpoint, device: torch.device) -> ModelBundle:
     """Build the mini ViT CLIP from its config; image tower from the bundle (or ``checkpoint``), text tower
     from the ResNet mini. ``checkpoint`` may hold the image tower alone or a whole CLIP state dict."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import json
 import logging
 import os
@@ -28,7 +29,19 @@ log = logging.getLogger(__name__)
 
 RANDOM_TAGS = {"none", "random", ""}
 
-# Extra loaders by model name: name -> fn(pretrained, checkpoint, device) -> ModelBundle.
+# clipedit's own loaders as data, "module:function", imported when first used: the loader modules do
+# not import this registry (no cycle), and `import clipedit` does not import timm or the mini loaders.
+BUILTIN_LOADERS: dict[str, str] = {
+    "mini": "clipedit.models.mini:load_mini",
+    "mini-vit": "clipedit.models.mini_vit:load_mini_vit",
+    "efficientnet-lite0": "clipedit.models.classifiers:load_efficientnet_lite0",
+}
+BUILTIN_PREFIX_LOADERS: dict[str, str] = {
+    "timm/": "clipedit.models.classifiers:load_timm",
+    "torchvision/": "clipedit.models.classifiers:load_torchvision",
+}
+
+# Further loaders by model name (``register_loader``): name -> fn(pretrained, checkpoint, device) -> ModelBundle.
 LOADERS: dict[str, Callable[..., ModelBundle]] = {}
 
 
@@ -231,9 +244,21 @@ def _load_config_model(name: str, tag: str, checkpoint, device: torch.device) ->
 def _register_builtin_loaders() -> None:
     for name in config_files():
         LOADERS.setdefault(name, functools.partial(_load_config_model, name))
-    # Imported for their @register_loader side effects.
-    from clipedit.models import mini, mini_vit  # noqa: F401
-    try:
-        from clipedit.models import classifiers  # noqa: F401
-    except ImportError as e:  # the ImageNet path is optional
-        log.debug("classifier loaders unavailable: %s", e)
+    for name, target in BUILTIN_LOADERS.items():
+        LOADERS.setdefault(name, _imported_when_called(target))
+    for prefix, target in BUILTIN_PREFIX_LOADERS.items():
+        PREFIX_LOADERS.setdefault(prefix, _imported_when_called(target))
+
+
+def _imported_when_called(target: str) -> Callable[..., ModelBundle]:
+    """A loader given as ``module:function``, imported on its first call."""
+    module, _, attr = target.partition(":")
+
+    def load(*args, **kwargs) -> ModelBundle:
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except ImportError as e:  # an optional dependency of that path (e.g. the ImageNet extra)
+            raise ModelLoadError(f"{target} cannot be imported ({e})") from None
+        return fn(*args, **kwargs)
+
+    return load

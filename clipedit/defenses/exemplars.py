@@ -1,0 +1,63 @@
+"""Exemplars and reference images of a typographic defense, drawn from the model's world (or given photos)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+from attacks import Attack
+from clipedit.core import KeyStatistics, key_statistics
+from clipedit.data.folders import files_key, image_paths
+from clipedit.data.images import LazyImages, to_batches
+from clipedit.data.worlds import PhotoWorld, World
+from clipedit.defenses.config import DefenseConfig
+from clipedit.defenses.defaults import defaults_for
+from clipedit.models.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
+
+
+EXEMPLAR_SEED_OFFSET = 1_000  # exemplar renders never share a seed with evaluation sets
+
+
+def world_of(bundle: ModelBundle, photos: Optional[Sequence[Image.Image]] = None) -> World:
+    """The world exemplars are drawn from: ``photos`` when given, else the model's, else scikit-image photos."""
+    if photos:
+        return PhotoWorld(photos)
+    return bundle.world or PhotoWorld()
+
+
+def text_exemplars(bundle: ModelBundle, word: str, n: int, seed: int = 0,
+                   photos: Optional[Sequence[Image.Image]] = None) -> list[Attack]:
+    """``n`` varied renders of ``word`` in exemplar styles (never the evaluation's held-out ones),
+    drawn from the model's world (or on ``photos``)."""
+    rng = np.random.default_rng([seed + EXEMPLAR_SEED_OFFSET, _word_seed(word)])
+    return world_of(bundle, photos).exemplars(word, n, rng)
+
+
+def _word_seed(word: str) -> int:
+    return int.from_bytes(hashlib.sha1(word.encode()).digest()[:4], "little")
+
+
+def reference_statistics(bundle: ModelBundle, layer: str, config: DefenseConfig) -> KeyStatistics:
+    """Key statistics of ``layer`` over the reference images (cached by model, layer and data):
+    ``config.reference`` when given, else the model's world's reference images."""
+    preprocess = bundle.preprocess
+    if config.reference is not None:
+        paths = image_paths(config.reference, "reference folder")
+        data_key = files_key(paths) + repr(preprocess)
+        batches = lambda: to_batches(LazyImages(paths), preprocess, 64)  # noqa: E731
+    else:
+        world = world_of(bundle, config.photos)
+        n = config.n_reference or defaults_for(bundle).n_reference
+        data_key = world.reference_key(n) + repr(preprocess)
+        batches = lambda: to_batches(world.reference_images(n), preprocess, 64)  # noqa: E731
+    stats = key_statistics(bundle.model, layer, batches, data_key=data_key, forward=bundle.encode_images)
+    if config.reference is None and isinstance(world, PhotoWorld):  # said once the site has proved usable
+        log.warning("no --reference images: key statistics from views of %s photos; pass --reference "
+                    "for a real model", "the given" if config.photos else "scikit-image's sample")
+    return stats
