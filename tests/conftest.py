@@ -113,3 +113,28 @@ def run_error(capsys, *args) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), err
     return lines[0]
+
+
+# -- a bundled model defended on its world's held-out scenes (shared by the mini model tests) ------------
+def defend_on_heldout(model: str, word: str = "ipod", n: int = 240):
+    """Defend a copy of ``model`` against ``word`` with its defaults; figures on the test split before/after.
+
+    Returns (unedited bundle, the defense, figures before, figures after).
+    """
+    import copy
+    import dataclasses
+
+    from clipedit.defenses.typographic import defend
+    from clipedit.eval.defense_metrics import evaluate_defense
+    from clipedit.eval.heldout import world_eval_sets
+    from clipedit.eval.predictor import make_predictor
+    from clipedit.models import load_model
+
+    base = load_model(model, device="cpu")
+    sets = world_eval_sets(base.world, [word], n=n, split="test")
+    predictor = make_predictor(base, sets.classnames)
+    before = evaluate_defense(base, predictor, sets)
+    edited = dataclasses.replace(base, model=copy.deepcopy(base.model))
+    defense = defend(edited, word)
+    after = evaluate_defense(edited, predictor.with_bundle(edited), sets)
+    return base, defense, before, after

@@ -6,6 +6,7 @@ a smaller set drawn with another seed, with margins for its sampling noise (abou
 from __future__ import annotations
 
 import pytest
+from conftest import defend_on_heldout
 
 from clipedit.mini.training.figures import heldout_figures
 from clipedit.models import load_model
@@ -41,22 +42,8 @@ def test_bundled_config_records_the_full_held_out_figures():
 
 def test_default_defense_restores_ipod_notes_and_keeps_clean_and_blank():
     """`defend("ipod")` with the defaults, on a held-out set in styles the exemplars never use."""
-    import copy
-    import dataclasses
-
-    from clipedit.defenses.typographic import defend
-    from clipedit.eval.defense_metrics import evaluate_defense
-    from clipedit.eval.heldout import world_eval_sets
-    from clipedit.eval.predictor import make_predictor
-
-    base = load_model("mini", device="cpu")
-    sets = world_eval_sets(base.world, ["ipod"], n=240, split="test")
-    predictor = make_predictor(base, sets.classnames)
-    before = evaluate_defense(base, predictor, sets)
-    edited = dataclasses.replace(base, model=copy.deepcopy(base.model))
-    defense = defend(edited, "ipod")
+    _, defense, before, after = defend_on_heldout("mini")
     assert defense.layer == "visual.layer3.0.conv3" and defense.edit.rank == 32
-    after = evaluate_defense(edited, predictor.with_bundle(edited), sets)
     assert before["attack_success_rate"] >= 0.4 and after["attack_success_rate"] <= 0.1
     assert after["text_acc"] >= 0.70 and after["text_acc"] >= before["text_acc"] + 0.3
     assert after["clean_acc"] >= before["clean_acc"] - 0.03 and after["blank_acc"] >= before["blank_acc"] - 0.03

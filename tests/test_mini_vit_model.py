@@ -6,15 +6,13 @@ checks a smaller set drawn with another seed, with margins for its sampling nois
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_error, run_ok
+from conftest import defend_on_heldout, run_error, run_ok
 
 from clipedit.mini.training.distill import DistillOptions, distill_loss
 from clipedit.models import load_model
@@ -68,19 +66,9 @@ def test_bundled_config_records_the_full_held_out_figures_and_its_training():
 def test_default_defense_restores_ipod_notes_and_keeps_clean_and_blank():
     """`defend("ipod")` with mini-vit's defaults, on a held-out set in styles the exemplars never use."""
     from clipedit.defenses.defaults import defaults_for
-    from clipedit.defenses.typographic import defend
-    from clipedit.eval.defense_metrics import evaluate_defense
-    from clipedit.eval.heldout import world_eval_sets
-    from clipedit.eval.predictor import make_predictor
 
-    base = load_model("mini-vit", device="cpu")
-    sets = world_eval_sets(base.world, ["ipod"], n=240, split="test")
-    predictor = make_predictor(base, sets.classnames)
-    before = evaluate_defense(base, predictor, sets)
-    edited = dataclasses.replace(base, model=copy.deepcopy(base.model))
-    defense = defend(edited, "ipod")
+    base, defense, before, after = defend_on_heldout("mini-vit")
     assert defense.layer == defaults_for(base).layer
-    after = evaluate_defense(edited, predictor.with_bundle(edited), sets)
     assert before["attack_success_rate"] >= 0.4 and after["attack_success_rate"] <= 0.15
     assert after["text_acc"] >= 0.60 and after["text_acc"] >= before["text_acc"] + 0.3  # measured: 65% (n=240)
     assert after["clean_acc"] >= before["clean_acc"] - 0.03 and after["blank_acc"] >= before["blank_acc"] - 0.03
