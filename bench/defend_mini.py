@@ -24,13 +24,18 @@ from clipedit.io import write_json
 
 
 def settings(default: DefenseConfig) -> dict[str, DefenseConfig]:
-    paper = dataclasses.replace(default, renders=1, hparams=dataclasses.replace(default.hparams, rank=1))
-    return {
-        "edit (default)": default,
-        "edit, 1 exemplar, rank 1 (paper)": paper,
-        "finetune-local": dataclasses.replace(default, method="finetune-local"),
-        "finetune-global": dataclasses.replace(default, method="finetune-global"),
-    }
+    """The default (one site or several, ``defaults.json``), the paper's single-exemplar rank-1 edit of the
+    default layer, and the fine-tuning baselines (on the default layer / the whole image tower)."""
+    single = dataclasses.replace(default, sites=None)
+    paper = dataclasses.replace(single, renders=1, hparams=dataclasses.replace(default.hparams, rank=1, keep_targets=0))
+    out = {"edit (default)": default}
+    if default.sites:  # the default layer alone, as the rewrite had it before the multi-site default
+        out[f"edit, {default.hparams.layer.rpartition('resblocks.')[2]} only, rank 32"] = dataclasses.replace(
+            single, hparams=dataclasses.replace(default.hparams, rank=32, keep_targets=0))
+    return {**out,
+            "edit, 1 exemplar, rank 1 (paper)": paper,
+            "finetune-local": dataclasses.replace(single, method="finetune-local"),
+            "finetune-global": dataclasses.replace(single, method="finetune-global")}
 
 
 def main() -> None:

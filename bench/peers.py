@@ -1,8 +1,9 @@
-"""The rewrite beside the defenses a user would pick today, on the bundled mini CLIP, on the test split.
+"""The rewrite beside the defenses a user would pick today, on a bundled mini CLIP, on the test split.
 
-    python bench/peers.py [--n 300] [--n-signs 120] [--word ipod] [--out bench/results/peers.json]
+    python bench/peers.py [--model mini|mini-vit] [--n 300] [--n-signs 120] [--word ipod] [--out …]
 
-Rows: unedited; edit (the default: visual.layer3.0.conv3, rank 32); edit (auto: the sweep's pick on the
+Rows: unedited; edit (the default from defaults.json: mini visual.layer3.0.conv3, rank 32; mini-vit the
+multi-site edit of blocks 0-2's attn.v_proj and block 0's mlp.c_proj); edit (auto: the sweep's pick on the
 validation split); head-ablation (Dyslexify-style, training-free); paint (fine-tune + weight
 interpolation, α chosen on validation); finetune-local; finetune-global. All use the same exemplars
 (128 renders of the word) and are scored on the same test scenes: the defended word's notes, other
@@ -54,8 +55,9 @@ def run(name: str, base, config: DefenseConfig, word: str) -> tuple[object, dict
         details["sweep_top"] = result.ranking()[:5]
         details["picked"] = result.picked
         if result.picked is not None:
-            hp = dataclasses.replace(config.hparams, layer=result.picked["site"], rank=result.picked["rank"])
-            config = dataclasses.replace(config, hparams=hp)
+            hp = dataclasses.replace(config.hparams, layer=result.picked["site"], rank=result.picked["rank"],
+                                     keep_targets=0.0)
+            config = dataclasses.replace(config, hparams=hp, sites=None)  # the sweep picks one site
     defense = defend(bundle, word, config)
     seconds = time.perf_counter() - start
     details["layer"] = defense.layer
@@ -76,11 +78,14 @@ def main() -> None:
     ap.add_argument("--n-signs", type=int, default=120)
     ap.add_argument("--word", default="ipod")
     ap.add_argument("--only", default=None, help="comma-separated method names to run (default: all)")
-    ap.add_argument("--out", default="bench/results/peers.json")
+    ap.add_argument("--model", default="mini", help="a bundled model with a world: mini or mini-vit")
+    ap.add_argument("--out", default=None, help="default: bench/results/peers.json (mini), peers_<model>.json")
     args = ap.parse_args()
     torch.manual_seed(0)
 
-    base = load_model("mini", device="cpu")
+    args.out = args.out or ("bench/results/peers.json" if args.model == "mini"
+                            else f"bench/results/peers_{args.model.replace('-', '_')}.json")
+    base = load_model(args.model, device="cpu")
     default = DefenseConfig().resolved(base)
     test = heldout_data(base, [args.word], args.n, args.n_signs, split="test")
     results = {"unedited": score(test)}
@@ -99,7 +104,7 @@ def main() -> None:
     rows = [[label, *(results[m].get(key) for m in results)] for label, key in COLUMNS]
     rows.append(["seconds to defend", *(f"{seconds[m]:.1f}" if m != "unedited" else "" for m in results)])
     print(format_table(rows, header=["", *results]))
-    record = {"word": args.word, "split": "test", "n": args.n, "n_signs": args.n_signs,
+    record = {"model": args.model, "word": args.word, "split": "test", "n": args.n, "n_signs": args.n_signs,
               "results": results, "seconds": seconds, "details": details, "threads": torch.get_num_threads(),
               "load_average_at_end": os.getloadavg()}
     write_json(args.out, record)
@@ -110,7 +115,8 @@ def plot(record: dict, path: Path) -> None:
     """Gain vs cost of each method on the test split (one marker per method, the Pareto front)."""
     base = record["results"]["unedited"]
     rows = [{"method": m, **gains(r, base)} for m, r in record["results"].items() if m != "unedited"]
-    plot_tradeoff(rows, path, f"mini CLIP vs '{record['word']}' notes (test split, {record['n']} scenes a set)")
+    plot_tradeoff(rows, path, f"{record.get('model', 'mini')} CLIP vs '{record['word']}' notes "
+                              f"(test split, {record['n']} scenes a set)")
 
 
 if __name__ == "__main__":

@@ -116,8 +116,9 @@ def run_error(capsys, *args) -> str:
 
 
 # -- a bundled model defended on its world's held-out scenes (shared by the mini model tests) ------------
-def defend_on_heldout(model: str, word: str = "ipod", n: int = 240):
-    """Defend a copy of ``model`` against ``word`` with its defaults; figures on the test split before/after.
+def defend_on_heldout(model: str, word: str = "ipod", n: int = 240, config=None):
+    """Defend a copy of ``model`` against ``word`` with its defaults (or ``config``); figures on the test
+    split before/after.
 
     Returns (unedited bundle, the defense, figures before, figures after).
     """
@@ -135,6 +136,6 @@ def defend_on_heldout(model: str, word: str = "ipod", n: int = 240):
     predictor = make_predictor(base, sets.classnames)
     before = evaluate_defense(base, predictor, sets)
     edited = dataclasses.replace(base, model=copy.deepcopy(base.model))
-    defense = defend(edited, word)
+    defense = defend(edited, word, config)
     after = evaluate_defense(edited, predictor.with_bundle(edited), sets)
     return base, defense, before, after

@@ -64,14 +64,24 @@ def test_bundled_config_records_the_full_held_out_figures_and_its_training():
 
 
 def test_default_defense_restores_ipod_notes_and_keeps_clean_and_blank():
-    """`defend("ipod")` with mini-vit's defaults, on a held-out set in styles the exemplars never use."""
+    """`defend("ipod")` with mini-vit's defaults (blocks 0-2's attention value projections and block 0's
+    mlp.c_proj, one edit set), on a held-out set in styles the exemplars never use; the value sites
+    lift what block 0's mlp.c_proj alone (the previous default) leaves."""
+    from clipedit.core import RewriteHParams
+    from clipedit.defenses.config import DefenseConfig
     from clipedit.defenses.defaults import defaults_for
 
     base, defense, before, after = defend_on_heldout("mini-vit")
-    assert defense.layer == defaults_for(base).layer
-    assert before["attack_success_rate"] >= 0.4 and after["attack_success_rate"] <= 0.15
-    assert after["text_acc"] >= 0.60 and after["text_acc"] >= before["text_acc"] + 0.3  # measured: 65% (n=240)
-    assert after["clean_acc"] >= before["clean_acc"] - 0.03 and after["blank_acc"] >= before["blank_acc"] - 0.03
+    sites = defaults_for(base).sites
+    assert any(s.endswith("attn.v_proj") for s in sites) and defense.layer == ",".join(sites)
+    assert [e.layer for e in defense.edit_set.edits] == list(sites)
+    assert before["attack_success_rate"] >= 0.4 and after["attack_success_rate"] <= 0.1
+    assert after["text_acc"] >= 0.68 and after["text_acc"] >= before["text_acc"] + 0.35  # measured: 32.9% -> 72.1%
+    assert after["clean_acc"] >= before["clean_acc"] - 0.02 and after["blank_acc"] >= before["blank_acc"] - 0.03
+
+    single = DefenseConfig(hparams=RewriteHParams(layer=defaults_for(base).layer, rank=32), mask="label")
+    *_, after_single = defend_on_heldout("mini-vit", config=single)
+    assert after["text_acc"] >= after_single["text_acc"] + 0.03  # measured: 65.0% alone, 72.1% with them
 
 
 def test_bundled_assets_fit_the_size_budget():

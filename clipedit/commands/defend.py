@@ -57,14 +57,18 @@ log = logging.getLogger(__name__)
 @click.option("--method", type=click.Choice(METHODS), default="edit", show_default=True,
               help="The rewrite, or a fine-tuning baseline on the same exemplars.")
 @click.option("--layer", default=None,
-              help="Dotted name of the layer to rewrite (default per architecture); 'auto': the sweep's pick on "
-                   "the validation split (clipedit sweep).")
+              help="Dotted name of the layer to rewrite (default per architecture and model, defaults.json); "
+                   "several, comma-separated: one edit over those sites, solved in order; 'auto': the sweep's pick "
+                   "on the validation split (clipedit sweep).")
 @click.option("--rank", default=None, metavar="INTEGER|auto",
               help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json]; 'auto': the "
                    "sweep's pick on the validation split.")
 @click.option("--solver", type=click.Choice(SOLVERS), default="closed-form", show_default=True)
 @click.option("--cov-reg", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Ridge added to the key statistics, times their mean variance [default: per architecture].")
+@click.option("--keep-blank", "keep_targets", type=click.FloatRange(min=0), default=None,
+              help="Weight of keeping the blank exemplars' own outputs in the solve (0: the paper's solve) "
+                   "[default: per model].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Steps of the optimize solver / fine-tuning baselines.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Their learning rate.")
@@ -94,8 +98,9 @@ log = logging.getLogger(__name__)
 @out_dir_option(required=False, help="Output directory [default: runs/defend-WORDS].")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.html",
               help="Write a self-contained HTML report: table, chart, images before/after, the exemplar.")
-def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, steps, lr, renders, mask_kind, exemplar,
-               blank, mask_path, photos, reference, data, classes, n_eval, no_eval, seed, out, report) -> None:
+def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_targets, steps, lr, renders,
+               mask_kind, exemplar, blank, mask_path, photos, reference, data, classes, n_eval, no_eval, seed, out,
+               report) -> None:
     """Rewrite one layer so that written WORDS no longer steer the model, and report before/after."""
     words = [w for t in texts for w in (split_list(t) or [])]
     if not words:
@@ -107,7 +112,7 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, steps,
     bundle = model.load()
     auto_layer, auto_rank = layer == "auto", rank == "auto"
     config = _config(bundle, method, None if auto_layer else layer, None if auto_rank else _rank(rank), solver,
-                     cov_reg, steps, lr, renders, mask_kind, seed, reference, photo_images)
+                     cov_reg, keep_targets, steps, lr, renders, mask_kind, seed, reference, photo_images)
     selection = None
     if (auto_layer or auto_rank) and words != [ANY_WORD]:
         config, selection = _choose_by_sweep(bundle, words, config, auto_layer, auto_rank, exemplar, n_eval)
@@ -146,6 +151,8 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, steps,
     defense = defend(bundle, words, config, request=request)
 
     record_extra = {"method": method, "layer": defense.layer, "defended_words": words}
+    if defense.edit_set is not None and "hparams" in defense.edit_set.meta:
+        record_extra["hparams"] = defense.edit_set.meta["hparams"]
     if selection is not None:  # --layer/--rank auto: what the sweep chose, and by which rule
         record_extra["selection"] = selection
         if defense.edit is not None:
@@ -187,17 +194,25 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, steps,
     click.echo(f"{method} of {defense.layer} against {', '.join(words)}; wrote {out}/ {written}")
 
 
-def _config(bundle, method, layer, rank, solver, cov_reg, steps, lr, renders, mask_kind, seed, reference,
-            photos) -> DefenseConfig:
-    """The defense settings: what the user gave, the model's defaults (``defaults.json``) for the rest."""
+def _config(bundle, method, layer, rank, solver, cov_reg, keep_targets, steps, lr, renders, mask_kind, seed,
+            reference, photos) -> DefenseConfig:
+    """The defense settings: what the user gave, the model's defaults (``defaults.json``) for the rest.
+    ``layer`` may list several sites (comma-separated); none given: the model's default site(s)."""
     defaults = defaults_for(bundle)
-    hp = dict(layer=layer or defaults.layer, rank=rank or defaults.rank, solver=solver,
-              cov_reg=defaults.cov_reg if cov_reg is None else cov_reg)
+    layers = tuple(split_list(layer) or ()) if layer else ()
+    default_sites = method == "edit" and solver == "closed-form" and not layers
+    sites = layers if len(layers) > 1 else (defaults.sites if default_sites else None)
+    hp = dict(layer=layers[0] if layers else defaults.layer, rank=rank or defaults.rank, solver=solver,
+              cov_reg=defaults.cov_reg if cov_reg is None else cov_reg,
+              keep_targets=defaults.keep_targets if keep_targets is None else keep_targets)
     if solver == "optimize":
         hp.update({k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
     ft = FinetuneHParams(**{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
+    if sites and solver != "closed-form":
+        raise ClipeditError(f"a multi-site edit ({', '.join(sites)}) is solved in closed form; pass one --layer "
+                            "for --solver optimize")
     return DefenseConfig(method=method, hparams=RewriteHParams(**hp), renders=renders, seed=seed, mask=mask_kind,
-                         reference=reference, photos=photos, finetune=ft)
+                         reference=reference, photos=photos, finetune=ft, sites=sites)
 
 
 def _rank(rank: Optional[str]) -> Optional[int]:
@@ -232,7 +247,7 @@ def _choose_by_sweep(bundle, words, config: DefenseConfig, auto_layer: bool, aut
     click.echo(f"picked {picked['site']} rank {picked['rank']} (validation: defended word "
                f"{100 * result.baseline['text_acc']:.1f}% -> {100 * picked['text_acc']:.1f}%)", err=True)
     hparams = dataclasses.replace(hp, layer=picked["site"], rank=picked["rank"])
-    return dataclasses.replace(config, hparams=hparams), selection
+    return dataclasses.replace(config, hparams=hparams, sites=None), selection
 
 
 def _photo_request(bundle, exemplar: Optional[Path], blank: Optional[Path], mask: Optional[Path]):

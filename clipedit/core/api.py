@@ -94,7 +94,7 @@ def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditReque
         sums = accumulate_exemplar_sums(model, site, [requests] if isinstance(requests, EditRequest) else requests,
                                         forward, hparams.mask_threshold)
         D = directions_from_sums(sums, C, hparams.rank)
-        lam = solve_closed_form_from_sums(sums, D)
+        lam = solve_closed_form_from_sums(sums, D, hparams.keep_targets)
         n_keys, n_exemplars = sums.n_keys, sums.n_exemplars
     else:
         req = _merge(requests)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clipedit.core.nethook import get_module
+from clipedit.core.sites import site_weight
 from clipedit.errors import EditError, SiteError
 from clipedit.io import read_safetensors_metadata, save_state_dict
 
@@ -88,13 +88,12 @@ class LayerEdit:
         return {"lambda": self.lam, "directions": self.directions, "orig_weight": self.orig_weight}
 
 
-def _weight(model: nn.Module, edit: LayerEdit) -> nn.Parameter:
+def _weight(model: nn.Module, edit: LayerEdit) -> torch.Tensor:
     try:
-        module = get_module(model, edit.layer)
+        w = site_weight(model, edit.layer)
     except SiteError:
         raise EditError(f"this edit is for layer {edit.layer} of {edit.meta.get('model', '?')}, "
                         "which this model does not have") from None
-    w = getattr(module, "weight", None)
     if w is None or tuple(w.shape) != tuple(edit.orig_weight.shape):
         shape = None if w is None else tuple(w.shape)
         raise EditError(f"this edit is for {edit.meta.get('model', '?')} ({edit.layer} weight "

@@ -41,6 +41,7 @@ class ExemplarSums:
     Attributes:
         keys_gram: KᵀMK, (key_dim, key_dim) float64 on the CPU.
         keys_residuals: KᵀMR with R = V − (K Wᵀ + b), (key_dim, out) float64 on the CPU.
+        target_gram: TᵀMT over the target exemplars' keys at the same locations (``keep_targets``).
         n_keys: edited locations summed over.
         n_exemplars: exemplar pairs summed over.
         weighted_keys: the rows √m_i k_i (float64, CPU) while there are at most ``max_kept_keys``; else None.
@@ -49,6 +50,7 @@ class ExemplarSums:
 
     keys_gram: torch.Tensor
     keys_residuals: torch.Tensor
+    target_gram: Optional[torch.Tensor] = None
     n_keys: int = 0
     n_exemplars: int = 0
     weighted_keys: Optional[torch.Tensor] = None
@@ -59,19 +61,23 @@ class ExemplarSums:
         w = site.weight_matrix()
         d, out = w.shape[1], w.shape[0]
         return cls(torch.zeros(d, d, dtype=torch.float64), torch.zeros(d, out, dtype=torch.float64),
+                   target_gram=torch.zeros(d, d, dtype=torch.float64),
                    weighted_keys=torch.zeros(0, d, dtype=torch.float64), max_kept_keys=d)
 
     def add(self, site: Site, ex: Exemplars, n_exemplars: int) -> None:
         """Add one batch of collected exemplars."""
         K = ex.keys.to(torch.float64)
         W = site.weight_matrix().detach().to(K.device, torch.float64)
-        bias = site.module.bias
+        bias = site.bias
         b = bias.detach().to(K.device, torch.float64) if bias is not None else 0.0
         R = ex.values.to(torch.float64) - (K @ W.T + b)
         m = ex.weights.to(K.device, torch.float64)[:, None]
         KM = K * m
         self.keys_gram += (KM.T @ K).cpu()
         self.keys_residuals += (KM.T @ R).cpu()
+        if self.target_gram is not None and ex.target_keys is not None:
+            T = ex.target_keys.to(torch.float64)
+            self.target_gram += ((T * m).T @ T).cpu()
         self.n_keys += K.shape[0]
         self.n_exemplars += n_exemplars
         if self.weighted_keys is not None:
@@ -143,14 +149,20 @@ def directions_from_sums(sums: ExemplarSums, C: torch.Tensor, rank: int) -> torc
     return torch.linalg.solve_triangular(L.T, top, upper=True)
 
 
-def solve_closed_form_from_sums(sums: ExemplarSums, D: torch.Tensor) -> torch.Tensor:
-    """Λ from the normal equations (Dᵀ KᵀMK D) Λᵀ = Dᵀ KᵀMR: ``solvers.solve_closed_form`` from sums.
+def solve_closed_form_from_sums(sums: ExemplarSums, D: torch.Tensor, keep_targets: float = 0.0) -> torch.Tensor:
+    """Λ from the normal equations (Dᵀ (KᵀMK + β TᵀMT) D) Λᵀ = Dᵀ KᵀMR: ``solvers.solve_closed_form`` from sums
+    (β = ``keep_targets``: the target keys T fitted to their current outputs).
 
     Returns:
         Λ, (out, r) float64.
     """
     D = D.to(torch.float64)
-    gram = D.T @ sums.keys_gram @ D
+    gram_keys = sums.keys_gram
+    if keep_targets > 0:
+        if sums.target_gram is None:
+            raise EditError("keep_targets needs the target keys' sums, which these sums lack")
+        gram_keys = gram_keys + keep_targets * sums.target_gram
+    gram = D.T @ gram_keys @ D
     rhs = D.T @ sums.keys_residuals
     lam_t = torch.linalg.lstsq(gram, rhs, driver="gelsd").solution
     return lam_t.T.contiguous()

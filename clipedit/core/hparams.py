@@ -18,6 +18,9 @@ class RewriteHParams:
         solver: ``closed-form`` (least squares for the rank-r factor) or ``optimize`` (the paper's Adam loop).
         cov_reg: λ in C + λ·mean(diag C)·I.
         mask_threshold: a location is edited when the label covers more than this fraction of it.
+        keep_targets: weight β of keeping the targets as they are: the closed form also fits the target
+            (blank) exemplars' keys at the same locations to their current outputs, with weight β relative
+            to the attacked ones (0: the paper's solve). The edit directions still come from the attacked keys.
         steps, lr, project_every: the ``optimize`` solver (paper: 20000 steps, lr 1e-4).
     """
 
@@ -26,6 +29,7 @@ class RewriteHParams:
     solver: Literal["closed-form", "optimize"] = "closed-form"
     cov_reg: float = 1e-3
     mask_threshold: float = 0.0
+    keep_targets: float = 0.0
     steps: int = 20000
     lr: float = 1e-4
     project_every: int = 10
@@ -39,6 +43,8 @@ class RewriteHParams:
             raise EditError(f"rank must be >= 1, got {self.rank}")
         if self.cov_reg < 0:
             raise EditError(f"cov_reg must be >= 0, got {self.cov_reg}")
+        if self.keep_targets < 0:
+            raise EditError(f"keep_targets must be >= 0, got {self.keep_targets}")
         if not 0 <= self.mask_threshold < 1:
             raise EditError(f"mask_threshold must be in [0, 1), got {self.mask_threshold}")
 

@@ -28,6 +28,8 @@ class Exemplars:
         block_input: (batch, …) the attacked exemplars' block input (``optimize``).
         block_target: (batch, …) the target exemplars' block output (``optimize``).
         location_mask: (batch, locations) which locations are edited.
+        target_keys: (n, key_dim) site inputs of the target exemplars at the same locations (their outputs
+            there are what ``keep_targets`` keeps).
     """
 
     keys: torch.Tensor
@@ -36,6 +38,7 @@ class Exemplars:
     block_input: Optional[torch.Tensor]
     block_target: Optional[torch.Tensor]
     location_mask: torch.Tensor
+    target_keys: Optional[torch.Tensor] = None
 
 
 def _run(model: nn.Module, site: Site, images: torch.Tensor, forward: Callable) -> TraceDict:
@@ -109,9 +112,9 @@ def _check_pairs(attacked: torch.Tensor, target: torch.Tensor, masks: torch.Tens
 def _exemplars_from_traces(model: nn.Module, site: Site, att: TraceDict, tgt: TraceDict, masks: torch.Tensor,
                            threshold: float) -> Exemplars:
     """Keys at the attacked exemplars and the values that reproduce the target, from traced passes."""
-    keys = site.keys(att[site.layer].input)
+    keys = site.keys(site.input_of(att[site.hook_name]))
     n_loc = keys.shape[1]
-    out_hw = None if isinstance(site.module, nn.Linear) else tuple(att[site.layer].output.shape[-2:])
+    out_hw = None if site.token_layout else tuple(att[site.hook_name].output.shape[-2:])
     loc = site.location_weights(masks, n_loc, out_hw, threshold)
     if not (loc > 0).any():
         raise EmptyMaskError("the mask covers no location of the site (label too small for the grid?)")
@@ -125,17 +128,18 @@ def _exemplars_from_traces(model: nn.Module, site: Site, att: TraceDict, tgt: Tr
     # Channels the norm zeroes cannot be changed by the site: keep their current output there.
     dead = scale.abs() < 1e-12
     values = (site.locations(contrib_star) - shift) / torch.where(dead, torch.ones_like(scale), scale)
-    values = torch.where(dead, site.locations(att[site.layer].output), values)
+    values = torch.where(dead, site.locations(site.output_of(att[site.hook_name])), values)
 
     sel = loc > 0
     block_in = att[site.block_name].input if site.block_name else None
     block_tgt = tgt[site.block_name].output if site.block_name else None
+    target_keys = site.keys(site.input_of(tgt[site.hook_name]))[sel]
     return Exemplars(keys=keys[sel], values=values[sel], weights=loc[sel].float(),
-                     block_input=block_in, block_target=block_tgt, location_mask=loc)
+                     block_input=block_in, block_target=block_tgt, location_mask=loc, target_keys=target_keys)
 
 
 def _contribution(site: Site, trace: TraceDict) -> torch.Tensor:
-    return trace[site.norm_name].output if site.norm_name else trace[site.layer].output
+    return trace[site.norm_name].output if site.norm_name else site.output_of(trace[site.hook_name])
 
 
 def _pre_activation(site: Site, trace: TraceDict, contribution: torch.Tensor) -> torch.Tensor:

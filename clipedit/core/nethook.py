@@ -52,7 +52,8 @@ class Trace(contextlib.AbstractContextManager):
     Args:
         module: the module, or ``model`` plus ``layer`` to look it up by name.
         layer: dotted name of the module inside ``module``.
-        retain_input: keep ``self.input`` (the first positional argument).
+        retain_input: keep ``self.input`` (the first positional argument), and every argument in
+            ``self.inputs`` (positional) and ``self.kwargs`` (by keyword), e.g. an attention's value.
         retain_output: keep ``self.output``.
         detach: detach recorded tensors from the graph.
         clone: clone recorded tensors (so later in-place ops cannot change them).
@@ -74,18 +75,27 @@ class Trace(contextlib.AbstractContextManager):
         self.layer = layer
         target = get_module(module, layer) if layer is not None else module
         self.input: Optional[torch.Tensor] = None
+        self.inputs: tuple = ()
+        self.kwargs: dict = {}
         self.output: Optional[torch.Tensor] = None
 
-        def keep(t):
+        def keep(t, kept: Optional[dict] = None):
             if not isinstance(t, torch.Tensor):
                 return t
-            if detach:
-                t = t.detach()
-            return t.clone() if clone else t
+            if kept is not None and id(t) in kept:  # one copy of a tensor passed twice (q = k = v)
+                return kept[id(t)]
+            out = t.detach() if detach else t
+            out = out.clone() if clone else out
+            if kept is not None:
+                kept[id(t)] = out
+            return out
 
-        def hook(mod, inputs, output):
+        def hook(mod, inputs, kwargs, output):
             if retain_input:
-                self.input = keep(inputs[0] if inputs else None)
+                kept: dict = {}
+                self.inputs = tuple(keep(t, kept) for t in inputs)
+                self.kwargs = {k: keep(t, kept) for k, t in kwargs.items()}
+                self.input = self.inputs[0] if self.inputs else None
             if edit_output is not None:
                 output = edit_output(output, layer)
             if retain_output:
@@ -94,7 +104,7 @@ class Trace(contextlib.AbstractContextManager):
                 raise StopForward()
             return output
 
-        self._handle = target.register_forward_hook(hook)
+        self._handle = target.register_forward_hook(hook, with_kwargs=True)
         self.stop = stop
 
     def __exit__(self, exc_type, exc, tb):

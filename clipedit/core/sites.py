@@ -3,6 +3,10 @@
 A site's *contribution* is its output, or the eval-mode BatchNorm right after it. The block adds the
 contribution to a residual (``pre = contribution + residual``) and may apply an activation. Which
 modules play which part is data (``BLOCK_SPECS``), keyed by the block's class name.
+
+One site is not a module: ``<attention>.v_proj``, the value projection of an ``nn.MultiheadAttention``
+(:class:`AttentionValueSite`). torch applies that weight inside the attention without calling a
+module, so the site hooks the attention itself and reads the value argument it is given.
 """
 from __future__ import annotations
 
@@ -39,8 +43,9 @@ class BlockSpec:
 
 # Block class name -> specs of the sites it holds.
 BLOCK_SPECS: dict[str, tuple[BlockSpec, ...]] = {
-    # open_clip ViT: out = y + ls_2(mlp(ln_2(y)))
-    "ResidualAttentionBlock": (BlockSpec(site="mlp.c_proj"),),
+    # open_clip ViT: y = x + ls_1(attn(ln_1(x))); out = y + ls_2(mlp(ln_2(y))). attn.v_proj: the values
+    # every token (the class token too) reads from the others (AttentionValueSite; its target is its own).
+    "ResidualAttentionBlock": (BlockSpec(site="attn.v_proj", residual="none"), BlockSpec(site="mlp.c_proj")),
     # ResNet bottlenecks (open_clip ModifiedResNet, timm, torchvision): out = act(bn3(conv3(h)) + shortcut)
     "Bottleneck": (BlockSpec(site="conv3", norm="bn3", residual="shortcut", shortcut_module="downsample"),),
     # ResNet-18/34 basic blocks (timm, torchvision): out = act(bn2(conv2(h)) + shortcut)
@@ -52,10 +57,12 @@ BLOCK_SPECS: dict[str, tuple[BlockSpec, ...]] = {
 
 
 # Modules that pass a child Linear's weight to F.multi_head_attention_forward instead of calling it.
-DIRECT_WEIGHT_PARENTS = {"MultiheadAttention": "nn.MultiheadAttention (e.g. a ViT block's attn.out_proj)",
+DIRECT_WEIGHT_PARENTS = {"MultiheadAttention": "nn.MultiheadAttention (e.g. a ViT block's attn.out_proj; its value "
+                                               "projection can be rewritten as attn.v_proj)",
                          "AttentionPool2d": "the ResNet's attention pooling (attnpool.q_proj/k_proj/v_proj/c_proj)"}
 SUPPORTED_SITES = ("Linear or Conv2d layers that the image forward pass calls, e.g. a ViT block's mlp.c_proj "
-                   "or a ResNet bottleneck's conv3")
+                   "or a ResNet bottleneck's conv3, and an attention's value projection (a ViT block's attn.v_proj)")
+VALUE_PROJECTION = "v_proj"  # the name an attention's value projection goes by (torch's, unpacked)
 
 
 @dataclass
@@ -71,22 +78,45 @@ class Site:
     batch_first: bool = True
 
     @property
-    def weight(self) -> nn.Parameter:
+    def weight(self) -> torch.Tensor:
+        """The weight an edit changes (for :class:`AttentionValueSite` a view of part of a parameter)."""
         return self.module.weight
 
     @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self.module.bias
+
+    @property
+    def hook_name(self) -> str:
+        """The module whose forward hook sees the site's input and output."""
+        return self.layer
+
+    @property
+    def token_layout(self) -> bool:
+        """Locations are tokens of a sequence (a Linear), not positions of a conv's grid."""
+        return isinstance(self.module, nn.Linear)
+
+    @property
     def key_dim(self) -> int:
-        w = self.module.weight
-        return w.shape[1] if isinstance(self.module, nn.Linear) else w[0].numel()
+        w = self.weight
+        return w.shape[1] if self.token_layout else w[0].numel()
 
     def weight_matrix(self, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The weight as an (out, key_dim) matrix (a conv's kernel flattened as ``F.unfold`` orders keys)."""
-        w = self.module.weight if weight is None else weight
+        w = self.weight if weight is None else weight
         return w.reshape(w.shape[0], -1)
 
     def trace_layers(self) -> list[str]:
-        names = [self.layer, self.norm_name, self.block_name, self.shortcut_name]
+        names = [self.hook_name, self.norm_name, self.block_name, self.shortcut_name]
         return [n for n in names if n]
+
+    def input_of(self, trace) -> Optional[torch.Tensor]:
+        """The site's input from a ``Trace`` of :attr:`hook_name` (run with ``retain_input``)."""
+        return trace.input
+
+    def output_of(self, trace) -> torch.Tensor:
+        """The site's output from a ``Trace`` of :attr:`hook_name`."""
+        return trace.output
 
     # -- keys and locations -------------------------------------------------------------------
     def keys(self, site_input: torch.Tensor) -> torch.Tensor:
@@ -95,7 +125,7 @@ class Site:
             raise SiteError(f"{self.layer} is never called by the image forward pass (a text-tower layer?); "
                             f"supported sites are {SUPPORTED_SITES}")
         m = self.module
-        if isinstance(m, nn.Linear):
+        if self.token_layout:
             x = site_input if self.batch_first else site_input.transpose(0, 1)
             return x.reshape(x.shape[0], -1, x.shape[-1])
         if m.kernel_size == (1, 1) and m.stride == (1, 1) and m.padding in ((0, 0), "valid"):
@@ -105,7 +135,7 @@ class Site:
 
     def locations(self, tensor: torch.Tensor) -> torch.Tensor:
         """A site-output-shaped tensor (output, contribution, pre-activation) as (batch, locations, channels)."""
-        if isinstance(self.module, nn.Linear):
+        if self.token_layout:
             x = tensor if self.batch_first else tensor.transpose(0, 1)
             return x.reshape(x.shape[0], -1, x.shape[-1])
         return tensor.flatten(2).transpose(1, 2)
@@ -135,8 +165,8 @@ class Site:
     # -- the affine map from site output to contribution ---------------------------------------
     def norm_affine(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (scale, shift) of the eval-mode norm after the site (ones, zeros without one)."""
-        out_ch = self.module.weight.shape[0]
-        w = self.module.weight
+        w = self.weight
+        out_ch = w.shape[0]
         if self.norm_name is None:
             ones = torch.ones(out_ch, dtype=w.dtype, device=w.device)
             return ones, torch.zeros_like(ones)
@@ -147,12 +177,85 @@ class Site:
         return scale.detach(), shift.detach()
 
 
+@dataclass
+class AttentionValueSite(Site):
+    """The value projection ``v = W_v x + b_v`` of an ``nn.MultiheadAttention``, named ``<attention>.v_proj``:
+    the rows 2E:3E of its packed ``in_proj_weight`` (or its ``v_proj_weight``).
+
+    Keys are the attention's value input at each token; the site's output is the values the attention
+    mixes into every query (the class token reads text tokens through them). Its target is the blank
+    exemplar's own value at that token: nothing is added to it inside the attention.
+    """
+
+    @property
+    def weight(self) -> torch.Tensor:
+        mha = self.module
+        if not mha._qkv_same_embed_dim:
+            return mha.v_proj_weight
+        e = mha.embed_dim
+        return mha.in_proj_weight[2 * e:3 * e]
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        e = self.module.embed_dim
+        return self.module.in_proj_bias[2 * e:3 * e] if self.module.in_proj_bias is not None else None
+
+    @property
+    def hook_name(self) -> str:
+        return self.layer.rpartition(".")[0]
+
+    @property
+    def token_layout(self) -> bool:
+        return True
+
+    def input_of(self, trace) -> Optional[torch.Tensor]:
+        if len(trace.inputs) > 2:  # forward(query, key, value, …)
+            return trace.inputs[2]
+        return trace.kwargs.get("value")
+
+    def output_of(self, trace) -> torch.Tensor:
+        x = self.input_of(trace)
+        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def _value_projection_site(model: nn.Module, layer: str) -> Optional[AttentionValueSite]:
+    """``<attention>.v_proj`` when the model has no module of that name and its parent is an attention."""
+    parent_name, _, child = layer.rpartition(".")
+    if child not in ("q_proj", "k_proj", VALUE_PROJECTION) or any(n == layer for n, _ in model.named_modules()):
+        return None
+    parent = get_module(model, parent_name) if parent_name else model
+    if not isinstance(parent, nn.MultiheadAttention):
+        return None
+    if child != VALUE_PROJECTION:
+        raise SiteError(f"{layer}: of an attention's projections only the values can be rewritten "
+                        f"({parent_name}.{VALUE_PROJECTION}); queries and keys decide where tokens look, and no "
+                        "blank exemplar gives a target for them")
+    return AttentionValueSite(layer=layer, module=parent, norm_name=None, block_name=None, residual="none",
+                              shortcut_name=None, batch_first=bool(parent.batch_first))
+
+
+def site_weight(model: nn.Module, layer: str) -> Optional[torch.Tensor]:
+    """The weight an edit of ``layer`` changes (None: the module has no weight).
+
+    Raises:
+        SiteError: no such module or attention value projection.
+    """
+    value_site = _value_projection_site(model, layer)
+    if value_site is not None:
+        return value_site.weight
+    return getattr(get_module(model, layer), "weight", None)
+
+
 def resolve_site(model: nn.Module, layer: str) -> Site:
     """Find ``layer`` in ``model`` and work out its block, norm and residual path.
 
     Raises:
         SiteError: no such module, or one that cannot be rewritten.
     """
+    value_site = _value_projection_site(model, layer)
+    if value_site is not None:
+        _check_finite(model, value_site)
+        return value_site
     module = get_module(model, layer)
     if not isinstance(module, (nn.Linear, nn.Conv2d)):
         raise SiteError(f"{layer} is a {type(module).__name__}; a site must be a Linear or Conv2d layer")
@@ -178,7 +281,7 @@ def resolve_site(model: nn.Module, layer: str) -> Site:
 
 def _check_finite(model: nn.Module, site: Site) -> None:
     """Refuse a site whose weights (or its norm's statistics) hold NaN or inf: nothing sound can be solved."""
-    for name in filter(None, (site.layer, site.norm_name)):
+    for name in filter(None, (site.hook_name, site.norm_name)):
         for key, t in get_module(model, name).state_dict().items():
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise SiteError(f"{name}.{key} contains NaN or inf; the model's weights are corrupt")
@@ -225,7 +328,8 @@ def _batch_first(model: nn.Module, layer: str) -> bool:
 
 def candidate_sites(model: nn.Module, prefix: str = "") -> list[str]:
     """Every site a residual block of ``model`` holds (``BLOCK_SPECS``: each block's output projection,
-    e.g. ViT ``resblocks.{i}.mlp.c_proj``, ResNet ``conv3``), in forward order, as ``prefix`` + name."""
+    e.g. ViT ``resblocks.{i}.mlp.c_proj`` and its attention's ``attn.v_proj``, ResNet ``conv3``), in
+    forward order, as ``prefix`` + name."""
     names = []
     for name, block in model.named_modules():
         for spec in BLOCK_SPECS.get(type(block).__name__, ()):

@@ -34,9 +34,9 @@ def key_second_moment(model: nn.Module, site: Site, batches: Iterable[torch.Tens
     total = torch.zeros(d, d, dtype=torch.float64)
     count = 0
     for batch in tqdm(shard_iterable(batches), desc="key statistics", leave=False, unit="batch", disable=None):
-        with Trace(model, site.layer, retain_input=True, retain_output=False, stop=True) as tr:
+        with Trace(model, site.hook_name, retain_input=True, retain_output=False, stop=True) as tr:
             forward(batch.to(_device(model)))
-        keys = site.keys(tr.input).reshape(-1, d).to(torch.float64).cpu()
+        keys = site.keys(site.input_of(tr)).reshape(-1, d).to(torch.float64).cpu()
         total += keys.T @ keys
         count += keys.shape[0]
     total = all_reduce_sum(total)

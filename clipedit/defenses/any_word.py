@@ -115,8 +115,10 @@ def any_word_config(bundle: ModelBundle, config: DefenseConfig, layer: Optional[
     """The CLI's config for ``--text '*'``: only what the user gave (``layer``, ``rank``, ``renders``,
     ``vocab``) overrides the ``any_word`` defaults (a given ``--layer`` edits that one site)."""
     d = any_word_defaults(bundle)
-    hparams = dataclasses.replace(config.hparams, layer=layer, rank=rank or d.rank)
-    return dataclasses.replace(config, hparams=hparams, renders=renders, vocab=vocab)
+    layers = tuple(s.strip() for s in layer.split(",") if s.strip()) if layer else ()
+    hparams = dataclasses.replace(config.hparams, layer=layers[0] if len(layers) == 1 else None, rank=rank or d.rank)
+    return dataclasses.replace(config, hparams=hparams, renders=renders, vocab=vocab,
+                               sites=layers if len(layers) > 1 else None)
 
 
 def evaluation_words(bundle: ModelBundle, config: DefenseConfig) -> list[str]:

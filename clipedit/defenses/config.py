@@ -10,11 +10,12 @@ from typing import Literal, Optional
 from PIL import Image
 
 from attacks import Attack
-from clipedit.core import LayerEdit, RewriteHParams
-from clipedit.core.edit_sets import EditSet
+from clipedit.core import LayerEdit, RewriteHParams, save_edit
+from clipedit.core.edit_sets import EditSet, save_edit_set
 from clipedit.defenses.defaults import default_layer, defaults_for
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.vocabulary import Vocabulary
+from clipedit.errors import ClipeditError
 from clipedit.models.bundle import ModelBundle
 
 
@@ -32,7 +33,8 @@ class DefenseConfig:
         photos: photos to render exemplars on, in place of the model's world.
         vocab: a word list for ``"*"`` (default: open_clip's tokenizer words, class names, random strings).
         vocab_words: exemplar words ``"*"`` renders (``renders`` each).
-        sites: layers of a multi-site edit, solved in this order (None: ``hparams.layer`` alone).
+        sites: layers of a multi-site edit, solved in this order (None: ``hparams.layer`` alone; with
+            ``hparams`` None the model's default sites, when it has several).
     """
 
     method: Literal["edit", "finetune-local", "finetune-global", "head-ablation", "paint"] = "edit"
@@ -51,11 +53,14 @@ class DefenseConfig:
     def resolved(self, bundle: ModelBundle) -> DefenseConfig:
         """A copy with every unset field taken from the model's defaults."""
         d = defaults_for(bundle)
-        hp = self.hparams or RewriteHParams(layer=d.layer, rank=d.rank, cov_reg=d.cov_reg)
+        hp = self.hparams or RewriteHParams(layer=d.layer, rank=d.rank, cov_reg=d.cov_reg, keep_targets=d.keep_targets)
+        sites = self.sites
+        if sites is None and self.hparams is None and self.method == "edit":
+            sites = d.sites
         if hp.layer is None:
             hp = dataclasses.replace(hp, layer=default_layer(bundle))
         return dataclasses.replace(self, hparams=hp, renders=self.renders or d.renders, mask=self.mask or d.mask,
-                                   n_reference=self.n_reference or d.n_reference)
+                                   n_reference=self.n_reference or d.n_reference, sites=sites)
 
 
 @dataclass
@@ -70,3 +75,11 @@ class Defense:
     edit_set: Optional[EditSet] = None
     vocabulary: Optional[Vocabulary] = None
     details: Optional[object] = None  # head-ablation: the HeadAblation; paint: the PaintResult
+
+    def save(self, path: str | Path) -> Path:
+        """Write the edit (one site) or the edit set (several sites; head ablation) as ``.safetensors``."""
+        if self.edit is not None:
+            return save_edit(path, self.edit)
+        if self.edit_set is not None:
+            return save_edit_set(path, self.edit_set)
+        raise ClipeditError(f"{self.method} leaves no edit to save (it changes the weights directly)")

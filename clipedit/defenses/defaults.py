@@ -25,6 +25,9 @@ class DefenseDefaults:
         n_reference: reference images drawn from the model's world for the key statistics.
         cov_reg: regularisation λ of C.
         mask: ``text`` (glyphs) or ``label`` (the whole note).
+        keep_targets: weight of keeping the blank exemplars as they are in the solve (``RewriteHParams``).
+        sites: a multi-site edit's layers, solved in order (full names; None: ``layer`` alone). ``layer``
+            stays the single site other methods (``finetune-local``) and a given ``--rank`` refer to.
     """
 
     layer: str | None
@@ -33,6 +36,8 @@ class DefenseDefaults:
     n_reference: int
     cov_reg: float
     mask: str
+    keep_targets: float = 0.0
+    sites: tuple[str, ...] | None = None
 
 
 @lru_cache(maxsize=1)
@@ -48,7 +53,10 @@ def defaults_for(bundle: ModelBundle) -> DefenseDefaults:
     entry = {**table["default"], **table["architectures"].get(arch, {}), **table["models"].get(bundle.name, {})}
     template = entry.pop("layer", None)
     layer = bundle.image_prefix + expand_layer(bundle.image_module, template) if template else None
-    return DefenseDefaults(layer=layer, **entry)
+    sites = entry.pop("sites", None)
+    if sites:
+        sites = tuple(bundle.image_prefix + expand_layer(bundle.image_module, s) for s in sites)
+    return DefenseDefaults(layer=layer, sites=sites or None, **entry)
 
 
 def default_layer(bundle: ModelBundle) -> str:

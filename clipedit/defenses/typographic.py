@@ -6,7 +6,7 @@ statistics in :mod:`clipedit.defenses.exemplars` (both re-exported here).
     import clipedit
     bundle = clipedit.load_model("mini")
     defense = clipedit.defend(bundle, "ipod")          # edits bundle.model in place
-    clipedit.save_edit("ipod.safetensors", defense.edit)
+    defense.save("ipod.safetensors")                   # the edit (or the edit set of a multi-site default)
 
 ``defend(bundle, "*")`` defends against any written word: exemplars rendered from a broad vocabulary
 (:mod:`clipedit.defenses.vocabulary`), optionally edited over several sites (``DefenseConfig.sites``).
@@ -18,6 +18,7 @@ from typing import Optional
 
 from attacks import Attack
 from clipedit.core import EditRequest
+from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.defenses.any_word import defend_any_word
 from clipedit.defenses.config import Defense, DefenseConfig
 from clipedit.defenses.edit_requests import request_from_attacks
@@ -53,7 +54,13 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod", config: Opt
             exemplars = [a for w in words
                          for a in text_exemplars(bundle, w, config.renders, config.seed, config.photos)]
         request = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=config.mask == "text")
-    result = run_method(bundle, request, config.method, config.hparams, config.finetune,
-                        lambda layer: reference_statistics(bundle, layer, config), {"words": words})
+    statistics = lambda layer: reference_statistics(bundle, layer, config)  # noqa: E731
+    if config.method == "edit" and config.sites:  # one edit over several sites, solved in order
+        edit_set = apply_multisite_rewrite(bundle.model, lambda: [request], config.hparams, config.sites, statistics,
+                                           forward=bundle.encode_images,
+                                           meta={"model": bundle.name, "pretrained": bundle.pretrained, "words": words})
+        return Defense(layer=",".join(config.sites), method="edit", words=words, edit=None,
+                       exemplars=list(exemplars or []), edit_set=edit_set)
+    result = run_method(bundle, request, config.method, config.hparams, config.finetune, statistics, {"words": words})
     return Defense(layer=result.layer, method=result.method, words=words, edit=result.edit,
                    exemplars=list(exemplars or []), edit_set=result.edit_set, details=result.details)
