@@ -180,3 +180,9 @@ def test_query_and_key_rows_are_refused_in_one_line(capsys):
     line = run_error(capsys, "defend", "--model", "tiny-vit", "--text", "ipod", "--no-eval",
                      "--layer", "visual.transformer.resblocks.0.attn.q_proj")
     assert "only the values can be rewritten" in line and "attn.v_proj" in line
+
+
+def test_finetune_local_refuses_a_value_site(capsys, tmp_path):
+    line = run_error(capsys, "defend", "--model", "tiny-vit", "--text", "ipod", "--no-eval", "--renders", "2",
+                     "--method", "finetune-local", "--layer", V_SITE, "--out", str(tmp_path / "d"))
+    assert "finetune-local" in line and not (tmp_path / "d").exists()

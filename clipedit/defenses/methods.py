@@ -64,6 +64,9 @@ def run_method(bundle: ModelBundle, request: EditRequest, method: str, hparams: 
                                meta=meta)
         apply_edit(bundle.model, edit)
         return MethodResult(layer, method, edit)
+    if method == "finetune-local" and not isinstance(site.weight, torch.nn.Parameter):
+        raise ClipeditError(f"finetune-local trains a whole weight; {layer} is part of one (pass a module's "
+                            "layer, e.g. an mlp.c_proj)")
     params = [site.weight] if method == "finetune-local" else list(bundle.image_module.parameters())
     finetune(bundle.model, params, request, finetune_hparams, forward=bundle.encode_images)
     for name, p in bundle.model.named_parameters():
