@@ -186,3 +186,26 @@ def test_finetune_local_refuses_a_value_site(capsys, tmp_path):
     line = run_error(capsys, "defend", "--model", "tiny-vit", "--text", "ipod", "--no-eval", "--renders", "2",
                      "--method", "finetune-local", "--layer", V_SITE, "--out", str(tmp_path / "d"))
     assert "finetune-local" in line and not (tmp_path / "d").exists()
+
+
+def test_defense_save_writes_an_edit_or_an_edit_set(tiny_vit, tmp_path):
+    from test_sweep import with_world
+
+    from clipedit.core.edit_sets import load_edits
+    from clipedit.defenses.config import DefenseConfig
+    from clipedit.defenses.typographic import defend
+    from clipedit.errors import ClipeditError
+
+    sites = (V_SITE, "visual.transformer.resblocks.0.mlp.c_proj")
+    for config, n_edits in ((DefenseConfig(hparams=RewriteHParams(layer=V_SITE, rank=2), renders=2), 1),
+                            (DefenseConfig(hparams=RewriteHParams(layer=V_SITE, rank=2), renders=2, sites=sites), 2)):
+        bundle = with_world(tiny_vit)
+        bundle.model = copy.deepcopy(bundle.model)
+        path = defend(bundle, "ipod", config).save(tmp_path / f"{n_edits}.safetensors")
+        assert len(load_edits(path).edits) == n_edits
+    bundle = with_world(tiny_vit)
+    bundle.model = copy.deepcopy(bundle.model)
+    finetuned = defend(bundle, "ipod", DefenseConfig(method="finetune-global", renders=2,
+                                                    hparams=RewriteHParams(layer=sites[1], steps=1)))
+    with pytest.raises(ClipeditError, match="no edit to save"):
+        finetuned.save(tmp_path / "ft.safetensors")
