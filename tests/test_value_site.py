@@ -125,16 +125,19 @@ def test_keep_targets_shrinks_the_change_at_the_blank_keys(tiny_vit, layer):
         lam = solve_closed_form(site, ex, D, keep_targets=beta)
         changes.append(float((T @ D @ lam.T).norm()))
     assert changes[0] > changes[1] > changes[2]
-    sums = accumulate_exemplar_sums(model, site, [req], model.encode_image, batch_size=4)
+    sums = accumulate_exemplar_sums(model, site, [req], model.encode_image, batch_size=4, with_targets=True)
+    assert accumulate_exemplar_sums(model, site, [req], model.encode_image).target_gram is None
     for beta in (0.0, 1.0):
         assert torch.allclose(solve_closed_form_from_sums(sums, D, beta), solve_closed_form(site, ex, D, beta),
                               rtol=1e-6, atol=1e-8)
     assert torch.allclose(directions_from_sums(sums, C, 4).abs(), D.abs(), atol=1e-6)
 
 
-def test_keep_targets_must_not_be_negative():
+def test_keep_targets_must_be_a_non_negative_closed_form_weight():
     with pytest.raises(EditError, match="keep_targets"):
         RewriteHParams(layer=V_SITE, keep_targets=-1)
+    with pytest.raises(EditError, match="closed-form"):
+        RewriteHParams(layer=V_SITE, keep_targets=1, solver="optimize")
 
 
 def test_cli_defends_over_several_sites_and_reverts(capsys, tmp_path, tiny_vit):

@@ -204,7 +204,8 @@ def _config(bundle, method, layer, rank, solver, cov_reg, keep_targets, steps, l
     sites = layers if len(layers) > 1 else (defaults.sites if default_sites else None)
     hp = dict(layer=layers[0] if layers else defaults.layer, rank=rank or defaults.rank, solver=solver,
               cov_reg=defaults.cov_reg if cov_reg is None else cov_reg,
-              keep_targets=defaults.keep_targets if keep_targets is None else keep_targets)
+              keep_targets=(defaults.keep_targets if solver == "closed-form" else 0.0) if keep_targets is None
+              else keep_targets)
     if solver == "optimize":
         hp.update({k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
     ft = FinetuneHParams(**{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})

@@ -92,7 +92,7 @@ def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditReque
     C = regularise(stats.C, stats.n_keys, hparams.cov_reg)
     if hparams.solver == "closed-form":
         sums = accumulate_exemplar_sums(model, site, [requests] if isinstance(requests, EditRequest) else requests,
-                                        forward, hparams.mask_threshold)
+                                        forward, hparams.mask_threshold, with_targets=hparams.keep_targets > 0)
         D = directions_from_sums(sums, C, hparams.rank)
         lam = solve_closed_form_from_sums(sums, D, hparams.keep_targets)
         n_keys, n_exemplars = sums.n_keys, sums.n_exemplars

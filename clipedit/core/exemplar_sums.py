@@ -41,7 +41,8 @@ class ExemplarSums:
     Attributes:
         keys_gram: KᵀMK, (key_dim, key_dim) float64 on the CPU.
         keys_residuals: KᵀMR with R = V − (K Wᵀ + b), (key_dim, out) float64 on the CPU.
-        target_gram: TᵀMT over the target exemplars' keys at the same locations (``keep_targets``).
+        target_gram: TᵀMT over the target exemplars' keys at the same locations (``keep_targets``; None
+            when not accumulated).
         n_keys: edited locations summed over.
         n_exemplars: exemplar pairs summed over.
         weighted_keys: the rows √m_i k_i (float64, CPU) while there are at most ``max_kept_keys``; else None.
@@ -57,11 +58,11 @@ class ExemplarSums:
     max_kept_keys: int = 0
 
     @classmethod
-    def zeros(cls, site: Site) -> ExemplarSums:
+    def zeros(cls, site: Site, with_targets: bool = False) -> ExemplarSums:
         w = site.weight_matrix()
         d, out = w.shape[1], w.shape[0]
         return cls(torch.zeros(d, d, dtype=torch.float64), torch.zeros(d, out, dtype=torch.float64),
-                   target_gram=torch.zeros(d, d, dtype=torch.float64),
+                   target_gram=torch.zeros(d, d, dtype=torch.float64) if with_targets else None,
                    weighted_keys=torch.zeros(0, d, dtype=torch.float64), max_kept_keys=d)
 
     def add(self, site: Site, ex: Exemplars, n_exemplars: int) -> None:
@@ -99,7 +100,8 @@ def split_batches(requests: Iterable[ExemplarBatch], batch_size: int = EXEMPLAR_
 @torch.no_grad()
 def accumulate_exemplar_sums(model: nn.Module, site: Site, requests: Iterable[ExemplarBatch],
                              forward: Optional[Callable] = None, threshold: float = 0.0,
-                             batch_size: int = EXEMPLAR_BATCH, max_kept_keys: Optional[int] = None) -> ExemplarSums:
+                             batch_size: int = EXEMPLAR_BATCH, max_kept_keys: Optional[int] = None,
+                             with_targets: bool = False) -> ExemplarSums:
     """KᵀMK and KᵀMR over exemplar pairs, ``batch_size`` pairs per forward pass.
 
     ``requests`` may be a generator (exemplars rendered on the fly): only one batch is held at a time.
@@ -107,8 +109,9 @@ def accumulate_exemplar_sums(model: nn.Module, site: Site, requests: Iterable[Ex
 
     Args:
         max_kept_keys: keep the weighted keys while there are at most this many (default: key dimension).
+        with_targets: also sum TᵀMT over the target exemplars' keys (what ``keep_targets`` needs).
     """
-    sums = ExemplarSums.zeros(site)
+    sums = ExemplarSums.zeros(site, with_targets)
     if max_kept_keys is not None:
         sums.max_kept_keys = max_kept_keys
     empty: Optional[EmptyMaskError] = None

@@ -45,6 +45,9 @@ class RewriteHParams:
             raise EditError(f"cov_reg must be >= 0, got {self.cov_reg}")
         if self.keep_targets < 0:
             raise EditError(f"keep_targets must be >= 0, got {self.keep_targets}")
+        if self.keep_targets > 0 and self.solver != "closed-form":
+            raise EditError("keep_targets (keeping the blank exemplars) is part of the closed-form solve; "
+                            "the optimize solver does not take it")
         if not 0 <= self.mask_threshold < 1:
             raise EditError(f"mask_threshold must be in [0, 1), got {self.mask_threshold}")
 
