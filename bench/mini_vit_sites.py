@@ -97,6 +97,14 @@ def token_masks(bundle, attacks, site_layer: str) -> dict[str, torch.Tensor]:
             "label + class token": torch.cat([torch.ones_like(text[:, :1]), label_tokens[:, 1:]], 1)}
 
 
+def text_note_acc(logits: torch.Tensor, predictor, attacks, labels) -> float:
+    """Accuracy over the scenes whose written word is not their class (as ``evaluate_defense`` counts)."""
+    labels = torch.as_tensor(labels)
+    words = torch.tensor([predictor.classnames.index(a.text) for a in attacks])
+    counted = words != labels
+    return float((logits.argmax(-1).cpu() == labels)[counted].float().mean())
+
+
 @torch.no_grad()
 def oracle_text_acc(bundle, predictor, attacks, labels, layer: str, mask: torch.Tensor) -> float:
     """Text-note accuracy when the blank image's output of ``layer`` (a block: the residual stream; the stem:
@@ -113,11 +121,7 @@ def oracle_text_acc(bundle, predictor, attacks, labels, layer: str, mask: torch.
     patch = lambda out, _: out * (1 - keep) + target * keep  # noqa: E731
     with Trace(bundle.model, layer, edit_output=patch, retain_output=False):
         logits = predictor(attacked)
-    pred = logits.argmax(-1).cpu()
-    labels = torch.as_tensor(labels)
-    words = torch.tensor([predictor.classnames.index(a.text) for a in attacks])
-    counted = words != labels
-    return float((pred == labels)[counted].float().mean())
+    return text_note_acc(logits, predictor, attacks, labels)
 
 
 @torch.no_grad()
@@ -152,10 +156,7 @@ def oracle_values_text_acc(bundle, predictor, attacks, labels, mask: torch.Tenso
     finally:
         for h in handles:
             h.remove()
-    labels = torch.as_tensor(labels)
-    words = torch.tensor([predictor.classnames.index(a.text) for a in attacks])
-    counted = words != labels
-    return float((logits.argmax(-1).cpu() == labels)[counted].float().mean())
+    return text_note_acc(logits, predictor, attacks, labels)
 
 
 def main() -> None:

@@ -17,12 +17,11 @@ from typing import Optional
 import torch
 
 from clipedit.core import EditRequest, RewriteHParams
-from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.defenses.config import Defense, DefenseConfig
 from clipedit.defenses.defaults import defaults_for, defaults_table, expand_layer
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, text_exemplars
-from clipedit.defenses.methods import run_method
+from clipedit.defenses.methods import run_method, run_multisite_edit
 from clipedit.defenses.vocabulary import ANY_WORD, build_vocabulary
 from clipedit.models.bundle import ModelBundle
 
@@ -81,11 +80,9 @@ def defend_any_word(bundle: ModelBundle, config: DefenseConfig) -> Defense:
     statistics = lambda layer: reference_statistics(bundle, layer, config)  # noqa: E731
     meta = {"words": [ANY_WORD], "vocabulary": vocabulary.source, "n_words": len(vocabulary.exemplar_words)}
     if config.method == "edit" and config.sites:
-        edit_set = apply_multisite_rewrite(bundle.model, requests, config.hparams, config.sites, statistics,
-                                           forward=bundle.encode_images,
-                                           meta={"model": bundle.name, "pretrained": bundle.pretrained, **meta})
-        return Defense(layer=",".join(config.sites), method="edit", words=[ANY_WORD], edit=None, exemplars=[],
-                       edit_set=edit_set, vocabulary=vocabulary)
+        result = run_multisite_edit(bundle, requests, config.hparams, config.sites, statistics, meta)
+        return Defense(layer=result.layer, method="edit", words=[ANY_WORD], edit=None, exemplars=[],
+                       edit_set=result.edit_set, vocabulary=vocabulary)
     request = requests() if config.method == "edit" else merged(requests())
     result = run_method(bundle, request, config.method, config.hparams, config.finetune, statistics, meta)
     return Defense(layer=result.layer, method=result.method, words=[ANY_WORD], edit=result.edit, exemplars=[],

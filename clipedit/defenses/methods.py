@@ -3,7 +3,7 @@ rewrite (``edit``), the paper's fine-tuning baselines (``finetune-local``/``-glo
 defenses tuned on the validation split (``head-ablation``, ``paint``)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -19,6 +19,7 @@ from clipedit.core import (
     resolve_site,
 )
 from clipedit.core.edit_sets import EditSet
+from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.defenses.defaults import default_layer
 from clipedit.defenses.finetune import FinetuneHParams, finetune
 from clipedit.defenses.head_ablation import HeadAblationHParams, ablate_heads
@@ -73,6 +74,20 @@ def run_method(bundle: ModelBundle, request: EditRequest, method: str, hparams: 
         if not torch.isfinite(p).all():
             raise EditError(f"fine-tuning produced NaN or inf in {name}")
     return MethodResult(layer, method, None)
+
+
+def run_multisite_edit(bundle: ModelBundle, requests: Callable[[], Iterable[EditRequest]], hparams: RewriteHParams,
+                       sites: Sequence[str], statistics: Callable[[str], KeyStatistics],
+                       meta: Optional[dict] = None) -> MethodResult:
+    """The rewrite over several ``sites`` of ``bundle.model``, solved in order, in place; one edit set.
+
+    Args:
+        requests: returns a fresh iterable of exemplar batches (called once per site).
+    """
+    meta = {"model": bundle.name, "pretrained": bundle.pretrained, **(meta or {})}
+    edit_set = apply_multisite_rewrite(bundle.model, requests, hparams, sites, statistics,
+                                       forward=bundle.encode_images, meta=meta)
+    return MethodResult(",".join(sites), "edit", None, edit_set=edit_set)
 
 
 def _run_peer(bundle: ModelBundle, request: EditRequest, method: str, finetune_hparams: FinetuneHParams,

@@ -18,12 +18,11 @@ from typing import Optional
 
 from attacks import Attack
 from clipedit.core import EditRequest
-from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.defenses.any_word import defend_any_word
 from clipedit.defenses.config import Defense, DefenseConfig
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, text_exemplars, world_of
-from clipedit.defenses.methods import run_method
+from clipedit.defenses.methods import run_method, run_multisite_edit
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import ClipeditError
 from clipedit.models.bundle import ModelBundle
@@ -56,11 +55,10 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod", config: Opt
         request = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=config.mask == "text")
     statistics = lambda layer: reference_statistics(bundle, layer, config)  # noqa: E731
     if config.method == "edit" and config.sites:  # one edit over several sites, solved in order
-        edit_set = apply_multisite_rewrite(bundle.model, lambda: [request], config.hparams, config.sites, statistics,
-                                           forward=bundle.encode_images,
-                                           meta={"model": bundle.name, "pretrained": bundle.pretrained, "words": words})
-        return Defense(layer=",".join(config.sites), method="edit", words=words, edit=None,
-                       exemplars=list(exemplars or []), edit_set=edit_set)
-    result = run_method(bundle, request, config.method, config.hparams, config.finetune, statistics, {"words": words})
+        result = run_multisite_edit(bundle, lambda: [request], config.hparams, config.sites, statistics,
+                                    {"words": words})
+    else:
+        result = run_method(bundle, request, config.method, config.hparams, config.finetune, statistics,
+                            {"words": words})
     return Defense(layer=result.layer, method=result.method, words=words, edit=result.edit,
                    exemplars=list(exemplars or []), edit_set=result.edit_set, details=result.details)
