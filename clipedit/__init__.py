@@ -3,7 +3,7 @@
     import clipedit
     bundle = clipedit.load_model("mini")
     defense = clipedit.defend(bundle, "ipod")
-    clipedit.save_edit("ipod-edit.safetensors", defense.edit)
+    clipedit.save_edits("ipod-edit.safetensors", defense.edit_set)
 
 Layers, lowest first (each imports only from those before it): ``errors``/``io``, ``core`` (the
 rewrite, independent of CLIP), ``data``, ``mini`` (the generated world), ``models``, ``eval``,
@@ -12,26 +12,36 @@ rewrite, independent of CLIP), ``data``, ``mini`` (the generated world), ``model
 import logging
 
 from clipedit.core import (
-                           EditRequest,
-                           LayerEdit,
-                           RewriteHParams,
-                           apply_edit,
-                           apply_rewrite,
-                           compute_rewrite,
-                           key_statistics,
-                           load_edit,
-                           revert_edit,
-                           save_edit,
+    EditRequest,
+    EditSet,
+    LayerEdit,
+    RewriteHParams,
+    apply_edit,
+    apply_edit_set,
+    apply_rewrite,
+    compute_rewrite,
+    key_statistics,
+    load_edit,
+    load_edits,
+    register_edit_kind,
+    revert_edit,
+    revert_edit_set,
+    save_edit,
+    save_edits,
 )
+from clipedit.defenses.config import Defense, DefenseConfig, DefenseResult, resolve_config
 from clipedit.defenses.defaults import defaults_for
-from clipedit.defenses.typographic import Defense, DefenseConfig, defend, text_exemplars
+from clipedit.defenses.methods import METHODS, MethodSpec
+from clipedit.defenses.typographic import defend, text_exemplars
 from clipedit.errors import ClipeditError, EditError, ModelLoadError, SiteError
 from clipedit.eval.predictor import make_predictor
 from clipedit.models import ModelBundle, list_models, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["ClipeditError", "Defense", "DefenseConfig", "EditError", "EditRequest", "LayerEdit", "ModelBundle",
-           "ModelLoadError", "RewriteHParams", "SiteError", "apply_edit", "apply_rewrite", "compute_rewrite",
-           "defaults_for", "defend", "key_statistics", "list_models", "load_edit", "load_model", "make_predictor",
-           "revert_edit", "save_edit", "text_exemplars"]
+__all__ = ["METHODS", "ClipeditError", "Defense", "DefenseConfig", "DefenseResult", "EditError", "EditRequest",
+           "EditSet", "LayerEdit", "MethodSpec", "ModelBundle", "ModelLoadError", "RewriteHParams", "SiteError",
+           "apply_edit", "apply_edit_set", "apply_rewrite", "compute_rewrite", "defaults_for", "defend",
+           "key_statistics", "list_models", "load_edit", "load_edits", "load_model", "make_predictor",
+           "register_edit_kind", "resolve_config", "revert_edit", "revert_edit_set", "save_edit", "save_edits",
+           "text_exemplars"]

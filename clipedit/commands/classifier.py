@@ -9,7 +9,7 @@ from typing import Optional
 import click
 
 from clipedit.commands.options import batch_size_option, check_out_dir, model_options, out_dir_option, seed_option
-from clipedit.core import RewriteHParams, save_edit
+from clipedit.core import RewriteHParams, save_edits
 from clipedit.core.hparams import SOLVERS
 from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
 from clipedit.data.images import LazyImages, load_image, load_mask
@@ -60,7 +60,7 @@ TASK = "concept_edit"
               help="Or a real edited version of the exemplar (same size) instead of --texture.")
 @click.option("--direction", type=click.Choice(DIRECTIONS), default="to-original", show_default=True,
               help="to-original: the transformed region is treated like the original (snowy road = road).")
-@click.option("--method", type=click.Choice(METHODS), default="edit", show_default=True,
+@click.option("--method", type=click.Choice(list(METHODS)), default="edit", show_default=True,
               help="The rewrite, or a fine-tuning baseline on the same pair.")
 @click.option("--layer", default=None, help="Dotted name of the layer to rewrite (default per architecture).")
 @click.option("--rank", type=click.IntRange(min=1), default=None,
@@ -145,7 +145,7 @@ def edit_classifier(model, exemplar, mask_path, mask_band, mask_polygon, texture
     with atomic_output_set(out, replaces=OUTPUT_SET) as stage:  # the whole set of this run, or none
         save_model_weights(stage / "model.safetensors", bundle, metadata=meta)
         if result.edit is not None:
-            save_edit(stage / "edit.safetensors", result.edit)
+            save_edits(stage / "edit.safetensors", result.edit_set)
         save_image(stage / "exemplar_transformed.png", pair.transformed)
         save_image(stage / "exemplar_mask.png", _mask_image(pair.mask))
         write_results(stage / "results.json", record)

@@ -20,17 +20,16 @@ from clipedit.commands.options import (
     seed_option,
     split_list,
 )
-from clipedit.core import RewriteHParams, save_edit
-from clipedit.core.edit_sets import save_edit_set
+from clipedit.core import save_edits
 from clipedit.core.hparams import SOLVERS
 from clipedit.data.benchmarks import LAYOUTS, load_benchmark_images, looks_like_spec, read_benchmark
 from clipedit.data.images import load_image, load_mask, load_photos
-from clipedit.defenses.any_word import any_word_config, evaluation_words
-from clipedit.defenses.defaults import defaults_for
+from clipedit.defenses.any_word import evaluation_words
+from clipedit.defenses.config import DefenseConfig, resolve_config
 from clipedit.defenses.edit_requests import request_from_images
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
-from clipedit.defenses.typographic import DefenseConfig, defend
+from clipedit.defenses.typographic import defend
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import ClipeditError
 from clipedit.eval.defense_metrics import comparison_rows, evaluate_defense
@@ -54,7 +53,7 @@ log = logging.getLogger(__name__)
 @click.option("--vocab", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Word list (one or more per line) for --text '*' [default: open_clip's tokenizer words, "
                    "the class names and random letter strings].")
-@click.option("--method", type=click.Choice(METHODS), default="edit", show_default=True,
+@click.option("--method", type=click.Choice(list(METHODS)), default="edit", show_default=True,
               help="The rewrite, or a fine-tuning baseline on the same exemplars.")
 @click.option("--layer", default=None,
               help="Dotted name of the layer to rewrite (default per architecture and model, defaults.json); "
@@ -111,17 +110,19 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
     photo_images = load_photos(photos) if photos else None
     bundle = model.load()
     auto_layer, auto_rank = layer == "auto", rank == "auto"
-    config = _config(bundle, method, None if auto_layer else layer, None if auto_rank else _rank(rank), solver,
-                     cov_reg, keep_targets, steps, lr, renders, mask_kind, seed, reference, photo_images)
+    any_word = words == [ANY_WORD]
+    if any_word and (auto_layer or auto_rank):
+        raise ClipeditError("--layer/--rank auto do not go with --text '*' (bench/any_word.py --tune compares "
+                            "its settings)")
+    config = resolve_config(bundle, _overrides(method, None if auto_layer else layer, None if auto_rank else _rank(rank),
+                                               solver, cov_reg, keep_targets, steps, lr, renders, mask_kind, seed,
+                                               reference, photo_images, vocab if any_word else None),
+                            any_word=any_word)
     selection = None
-    if (auto_layer or auto_rank) and words != [ANY_WORD]:
+    if (auto_layer or auto_rank) and not any_word:
         config, selection = _choose_by_sweep(bundle, words, config, auto_layer, auto_rank, exemplar, n_eval)
     eval_words = words
-    if words == [ANY_WORD]:
-        if auto_layer or auto_rank:
-            raise ClipeditError("--layer/--rank auto do not go with --text '*' (bench/any_word.py --tune compares "
-                                "its settings)")
-        config = any_word_config(bundle, config, layer, _rank(rank), renders, vocab)
+    if any_word:
         eval_words = evaluation_words(bundle, config)
         if not no_eval:
             click.echo(f"--text '*': the 'defended words' rows write {len(eval_words)} words never rendered as "
@@ -150,15 +151,14 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
 
     defense = defend(bundle, words, config, request=request)
 
-    record_extra = {"method": method, "layer": defense.layer, "defended_words": words}
-    if defense.edit_set is not None and "hparams" in defense.edit_set.meta:
-        record_extra["hparams"] = defense.edit_set.meta["hparams"]
+    record_extra = {"method": method, "layer": defense.layer, "defended_words": words,
+                    "hparams": config.method_hparams.to_dict(), "config": defense.config}
     if selection is not None:  # --layer/--rank auto: what the sweep chose, and by which rule
         record_extra["selection"] = selection
-        if defense.edit is not None:
-            defense.edit.meta["selection"] = selection
-    if defense.edit is not None:
-        record_extra["hparams"] = defense.edit.meta["hparams"]
+        if defense.edit_set is not None:
+            defense.edit_set.meta["selection"] = selection
+            for member in defense.edit_set.edits:
+                member.meta["selection"] = selection
     rows = None
     if sets is not None:
         after = evaluate_defense(bundle, predictor, sets, keep_predictions=report is not None)
@@ -176,10 +176,8 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
             "words": words}
     with atomic_output_set(out, replaces=OUTPUT_SET) as stage:  # every file of this run, or none
         save_model_weights(stage / "model.safetensors", bundle, metadata=meta)
-        if defense.edit is not None:
-            save_edit(stage / "edit.safetensors", defense.edit)
-        elif defense.edit_set is not None:  # a multi-site edit: one file, applied and reverted as one
-            save_edit_set(stage / "edit.safetensors", defense.edit_set)
+        if defense.edit_set is not None:  # one file, applied and reverted as one
+            save_edits(stage / "edit.safetensors", defense.edit_set)
         write_results(stage / "results.json", record)
         if rows:
             write_chart(stage / "results.png", rows, ["before", "after"],
@@ -194,26 +192,17 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
     click.echo(f"{method} of {defense.layer} against {', '.join(words)}; wrote {out}/ {written}")
 
 
-def _config(bundle, method, layer, rank, solver, cov_reg, keep_targets, steps, lr, renders, mask_kind, seed,
-            reference, photos) -> DefenseConfig:
-    """The defense settings: what the user gave, the model's defaults (``defaults.json``) for the rest.
-    ``layer`` may list several sites (comma-separated); none given: the model's default site(s)."""
-    defaults = defaults_for(bundle)
-    layers = tuple(split_list(layer) or ()) if layer else ()
-    default_sites = method == "edit" and solver == "closed-form" and not layers
-    sites = layers if len(layers) > 1 else (defaults.sites if default_sites else None)
-    hp = dict(layer=layers[0] if layers else defaults.layer, rank=rank or defaults.rank, solver=solver,
-              cov_reg=defaults.cov_reg if cov_reg is None else cov_reg,
-              keep_targets=(defaults.keep_targets if solver == "closed-form" else 0.0) if keep_targets is None
-              else keep_targets)
-    if solver == "optimize":
-        hp.update({k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
-    ft = FinetuneHParams(**{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
-    if sites and solver != "closed-form":
-        raise ClipeditError(f"a multi-site edit ({', '.join(sites)}) is solved in closed form; pass one --layer "
-                            "for --solver optimize")
-    return DefenseConfig(method=method, hparams=RewriteHParams(**hp), renders=renders, seed=seed, mask=mask_kind,
-                         reference=reference, photos=photos, finetune=ft, sites=sites)
+def _overrides(method, layer, rank, solver, cov_reg, keep_targets, steps, lr, renders, mask_kind, seed, reference,
+               photos, vocab) -> dict:
+    """What the user gave, as overrides of the model's defaults (``resolve_config``)."""
+    optimize = solver == "optimize"
+    given = {"method": method, "layer": layer, "rank": rank, "solver": solver, "cov_reg": cov_reg,
+             "keep_targets": keep_targets, "renders": renders, "mask": mask_kind, "seed": seed,
+             "reference": reference, "photos": photos, "vocab": vocab,
+             "finetune": FinetuneHParams(**{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})}
+    if optimize:
+        given.update(steps=steps, lr=lr)
+    return given
 
 
 def _rank(rank: Optional[str]) -> Optional[int]:
@@ -233,7 +222,9 @@ def _choose_by_sweep(bundle, words, config: DefenseConfig, auto_layer: bool, aut
     if config.method != "edit" or words == [ANY_WORD] or exemplar is not None:
         raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
     hp = config.hparams
-    settings = SweepSettings(sites=None if auto_layer else [hp.layer], ranks=None if auto_rank else [hp.rank],
+    settings = SweepSettings(sites=None if auto_layer else list(config.sites) if len(config.sites) == 1 else [],
+                             ranks=None if auto_rank else [hp.rank],
+                             site_sets=None if auto_layer or len(config.sites) == 1 else [config.sites],
                              n_val=min(n_eval, SweepSettings.n_val), n_signs=min(n_eval, SweepSettings.n_signs))
     click.echo("choosing " + " and ".join(n for n, a in (("the layer", auto_layer), ("the rank", auto_rank)) if a)
                + " on the validation split …", err=True)
@@ -243,12 +234,13 @@ def _choose_by_sweep(bundle, words, config: DefenseConfig, auto_layer: bool, aut
                  "auto": [n for n, a in (("layer", auto_layer), ("rank", auto_rank)) if a],
                  "picked": picked, "baseline": result.baseline}
     if picked is None:
-        log.warning("no setting met the pick rule on validation; keeping %s rank %d", hp.layer, hp.rank)
+        log.warning("no setting met the pick rule on validation; keeping %s rank %d", ",".join(config.sites), hp.rank)
         return config, selection
     click.echo(f"picked {picked['site']} rank {picked['rank']} (validation: defended word "
                f"{100 * result.baseline['text_acc']:.1f}% -> {100 * picked['text_acc']:.1f}%)", err=True)
-    hparams = dataclasses.replace(hp, layer=picked["site"], rank=picked["rank"])
-    return dataclasses.replace(config, hparams=hparams, sites=None), selection
+    hparams = dataclasses.replace(hp, layer=None, rank=picked["rank"])
+    chosen = dataclasses.replace(config, hparams=hparams, sites=tuple(picked["sites"]), method_hparams=None)
+    return resolve_config(bundle, chosen), selection
 
 
 def _photo_request(bundle, exemplar: Optional[Path], blank: Optional[Path], mask: Optional[Path]):

@@ -1,4 +1,4 @@
-"""Solvers for the rank-r factor Λ of the update ΔW = Λ Dᵀ."""
+"""The paper's optimiser for the rank-r factor Λ of ΔW = Λ Dᵀ (the closed form: ``exemplar_sums``)."""
 from __future__ import annotations
 
 import logging
@@ -14,28 +14,6 @@ from clipedit.core.sites import Site
 from clipedit.errors import EditError
 
 log = logging.getLogger(__name__)
-
-
-def solve_closed_form(site: Site, ex: Exemplars, D: torch.Tensor, keep_targets: float = 0.0) -> torch.Tensor:
-    """Least squares for Λ: minimise Σ_i m_i ‖(W + Λ Dᵀ) k_i + b − v_i‖² with D fixed
-    (+ β Σ_i m_i ‖Λ Dᵀ t_i‖² over the target keys t_i when ``keep_targets`` β > 0).
-
-    Returns:
-        Λ, (out, r) float64.
-    """
-    K = ex.keys.to(torch.float64)
-    W = site.weight_matrix().detach().to(torch.float64)
-    bias = site.bias
-    b = bias.detach().to(torch.float64) if bias is not None else 0.0
-    R = ex.values.to(torch.float64) - (K @ W.T + b)
-    P = K @ D.to(K.device)
-    sw = ex.weights.to(torch.float64).sqrt()[:, None]
-    P, R = P * sw, R * sw
-    if keep_targets > 0 and ex.target_keys is not None:
-        T = ex.target_keys.to(torch.float64) @ D.to(K.device) * (sw * keep_targets ** 0.5)
-        P, R = torch.cat([P, T]), torch.cat([R, torch.zeros(T.shape[0], R.shape[1], dtype=R.dtype, device=R.device)])
-    lam_t = torch.linalg.lstsq(P.cpu(), R.cpu(), driver="gelsd").solution
-    return lam_t.T.contiguous()
 
 
 def solve_optimize(model: nn.Module, site: Site, ex: Exemplars, D: torch.Tensor,

@@ -16,13 +16,14 @@ from torch import nn
 from tqdm.auto import trange
 
 from clipedit.core.api import EditRequest
+from clipedit.core.hparams import HParams
 from clipedit.errors import EditError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class FinetuneHParams:
+class FinetuneHParams(HParams):
     """Fine-tuning baseline settings.
 
     Attributes:
