@@ -101,7 +101,7 @@ def _copy_run(run: Path, to: Path) -> Path:
 def _tamper(path: Path, out: Path, name: str, change) -> Path:
     """A copy of edit file ``path`` with tensor ``name`` changed in place by ``change``; metadata kept."""
     tensors = load_file(str(path))
-    change(tensors[name])
+    change(tensors[f"0.{name}"])  # the only member of the set the file holds
     save_file(tensors, str(out), metadata=read_safetensors_metadata(path))
     return out
 

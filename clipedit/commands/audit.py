@@ -150,7 +150,7 @@ def audit_benchmark(bundle, data: LoadedBenchmark, templates: Optional[list[str]
 
 
 @click.command(cls=GreedyCommand)
-@model_options()
+@model_options(edits=True)
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="ImageFolder directory: DIR/<class>/<image>.")
 @click.option("--dataset", "dataset_spec", default=None, metavar="KIND:PATH",
@@ -237,7 +237,8 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
         record = make_record(dataset=outcome.dataset, bundle=bundle, task=TASK, metrics=metrics,
                              classnames=outcome.classnames, templates=outcome.templates, words=outcome.words,
                              seed=seed, n=metrics["n"], n_photos=outcome.n_photos,
-                             checkpoint=str(model.checkpoint) if model.checkpoint else None)
+                             checkpoint=str(model.checkpoint) if model.checkpoint else None,
+                             edits=[str(p) for p in model.edits])
         write_results(out, record)
         chart = write_chart(out.with_suffix(".png"), outcome.rows, ["rate"], f"{bundle.name} on {outcome.dataset}")
         click.echo(f"wrote {out} and {chart}")

@@ -16,6 +16,8 @@ from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.vocabulary import Vocabulary
 from clipedit.errors import ClipeditError, SiteError
+from clipedit.eval.defense_metrics import comparison_rows
+from clipedit.eval.results import before_after_metrics, drop_predictions, make_record
 from clipedit.models.bundle import ModelBundle
 
 #: Flat override keys that set a field of the rewrite's :class:`RewriteHParams`.
@@ -161,6 +163,8 @@ class DefenseResult:
         exemplars: the rendered exemplars used (empty for ``"*"`` and real photo pairs).
         vocabulary: the vocabulary of ``"*"``.
         config: the resolved configuration (:meth:`DefenseConfig.to_dict`).
+        figures: with ``defend(..., evaluate=…)``: ``before`` and ``after`` (evaluate_defense's figures on
+            the same sets), ``dataset``, ``classnames``, ``templates`` and ``sets`` (the images, for a report).
     """
 
     method: str
@@ -172,6 +176,27 @@ class DefenseResult:
     exemplars: list[Attack] = field(default_factory=list)
     vocabulary: Optional[Vocabulary] = None
     config: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self, bundle: ModelBundle, **extra: Any) -> dict[str, Any]:
+        """The results record of this defense (:func:`~clipedit.eval.results.make_record`): before/after
+        figures when evaluated, the method, layers, resolved config and hparams."""
+        fig = self.figures
+        fields = {"method": self.method, "layer": self.layer, "defended_words": self.words,
+                  "hparams": self.config.get("method_hparams"), "config": self.config, **extra}
+        if fig:
+            before, after = fig["before"], fig["after"]
+            return make_record(dataset=fig["dataset"], bundle=bundle, task="typographic_defense",
+                               metrics=before_after_metrics(before, after), before=drop_predictions(before),
+                               after=drop_predictions(after), classnames=fig["classnames"],
+                               templates=fig["templates"], words=self.words, seed=self.config.get("seed"),
+                               n=before["n"], **fields)
+        return make_record(dataset="none", bundle=bundle, task="typographic_defense", metrics={}, classnames=[],
+                           templates=None, words=self.words, seed=self.config.get("seed"), n=0, **fields)
+
+    def rows(self) -> list[list]:
+        """The before/after table (empty when not evaluated)."""
+        return comparison_rows(self.figures["before"], self.figures["after"]) if self.figures else []
 
     @property
     def edit(self) -> Optional[LayerEdit]:

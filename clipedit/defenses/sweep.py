@@ -263,6 +263,31 @@ def _site_sets(bundle: ModelBundle, settings: SweepSettings) -> list[tuple[str, 
     return sets
 
 
+def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig, auto: Sequence[str],
+                    n_val: int = SweepSettings.n_val) -> tuple[DefenseConfig, dict[str, Any]]:
+    """``--layer auto`` / ``--rank auto`` (``auto`` names which): sweep on the validation split (at most
+    ``n_val`` scenes per set) and take the pick rule's setting; returns (the config to defend with, what was
+    chosen and by which rule). No admissible setting: ``config`` unchanged."""
+    if config.method != "edit" or config.any_word:
+        raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
+    auto_layer, auto_rank = "layer" in auto, "rank" in auto
+    hp, single = config.hparams, len(config.sites) == 1
+    settings = SweepSettings(sites=None if auto_layer else list(config.sites) if single else [],
+                             ranks=None if auto_rank else [hp.rank],
+                             site_sets=None if auto_layer or single else [config.sites],
+                             n_val=min(n_val, SweepSettings.n_val), n_signs=min(n_val, SweepSettings.n_signs))
+    result = sweep(bundle, words, settings, config)
+    picked = result.picked
+    selection = {"split": "validation", "rule": pick_rule_text(settings.tolerance), "candidates": len(result.rows),
+                 "auto": list(auto), "picked": picked, "baseline": result.baseline}
+    if picked is None:
+        log.warning("no setting met the pick rule on validation; keeping %s rank %d", ",".join(config.sites), hp.rank)
+        return config, selection
+    chosen = dataclasses.replace(config, hparams=dataclasses.replace(hp, layer=None, rank=picked["rank"]),
+                                 sites=tuple(picked["sites"]), method_hparams=None)
+    return resolve_config(bundle, chosen), selection
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both axes (cost lower-or-equal, gain higher-or-equal,
     one strictly), ordered by cost."""

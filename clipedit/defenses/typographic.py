@@ -13,19 +13,23 @@ exemplars rendered from a broad vocabulary (:mod:`clipedit.defenses.any_word`).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Optional
 
 from attacks import Attack
 from clipedit.core import EditRequest
-from clipedit.defenses.any_word import any_word_data
+from clipedit.defenses.any_word import any_word_data, evaluation_words
 from clipedit.defenses.config import Defense, DefenseConfig, DefenseResult, resolve_config
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, text_exemplars, world_of
 from clipedit.defenses.methods import DefenseData, run_defense
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import ClipeditError
+from clipedit.eval.evaluation import EvalOptions, Evaluation
 from clipedit.models.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Defense", "DefenseConfig", "DefenseResult", "defend", "defense_data", "reference_statistics",
            "text_exemplars", "world_of"]
@@ -33,7 +37,7 @@ __all__ = ["Defense", "DefenseConfig", "DefenseResult", "defend", "defense_data"
 
 def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
            config: Optional[DefenseConfig | dict] = None, exemplars: Optional[Sequence[Attack]] = None,
-           request: Optional[EditRequest] = None) -> DefenseResult:
+           request: Optional[EditRequest] = None, evaluate: bool | EvalOptions = False) -> DefenseResult:
     """Make ``bundle.model`` ignore the written ``words``, in place.
 
     Args:
@@ -44,13 +48,27 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
             :func:`~clipedit.defenses.config.resolve_config`); the rest from the model's defaults.
         exemplars: rendered attacks to use instead of generating ``config.renders`` per word.
         request: a ready ``EditRequest`` (e.g. a real photo pair) instead of rendered exemplars.
+        evaluate: ``True`` or :class:`~clipedit.eval.evaluation.EvalOptions`: the CLI's before/after
+            figures on the same held-out sets, in ``result.figures`` (``"*"``: words held out of its
+            vocabulary).
     """
     words = [words] if isinstance(words, str) else list(words)
     if not words:
         raise ClipeditError("no words to defend against")
     config = resolve_config(bundle, config, any_word=words == [ANY_WORD] and request is None and exemplars is None)
+    evaluation = None
+    if evaluate is not False:
+        options = evaluate if isinstance(evaluate, EvalOptions) else EvalOptions()
+        evaluation = Evaluation.of(bundle, evaluation_words(bundle, config) if config.any_word else words, options)
+        log.info("evaluating %s before the %s …", bundle.name, config.method)
+        before = evaluation(bundle)
     data = defense_data(bundle, words, config, exemplars, request)
-    return run_defense(bundle, data, config, lambda layer: reference_statistics(bundle, layer, config))
+    result = run_defense(bundle, data, config, lambda layer: reference_statistics(bundle, layer, config))
+    if evaluation is not None:
+        result.figures = {"before": before, "after": evaluation(bundle), "dataset": evaluation.sets.dataset,
+                          "classnames": list(evaluation.sets.classnames),
+                          "templates": evaluation.predictor.templates, "sets": evaluation.sets}
+    return result
 
 
 def defense_data(bundle: ModelBundle, words: list[str], config: DefenseConfig,

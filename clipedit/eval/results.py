@@ -64,9 +64,7 @@ def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     second; per-image ``predictions`` dropped (they belong in a report, not in a results row)."""
     flat: dict[str, Any] = {}
     breakdowns: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if key == "predictions":
-            continue
+    for key, value in drop_predictions(metrics).items():
         (breakdowns if isinstance(value, (dict, list, tuple)) else flat)[key] = value
     return flat, breakdowns
 
@@ -90,7 +88,8 @@ def _is_count(key: str) -> bool:
 
 
 def write_results(path: str | os.PathLike, record: dict[str, Any]) -> Path:
-    """Write ``record`` as JSON, atomically (a failed run leaves no partial file)."""
+    """The one record writer (audit, defend, sweep, edit-classifier, the bench): ``record`` (from
+    :func:`make_record`) as JSON, atomically (a failed run leaves no partial file)."""
     return write_json(path, record)
 
 
