@@ -290,10 +290,10 @@ def _load_set_1(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> Edi
     sites = _json_field(header, "sites", list)
     if not sites:
         raise EditError("its header lists no sites")
+    layers = [_entry(i, site) for i, site in enumerate(sites)]
     _check_all_claimed(tensors, len(sites))
     edits = []
-    for i, site in enumerate(sites):
-        layer = _entry(i, site)
+    for i, (site, layer) in enumerate(zip(sites, layers)):
         meta = {k: v for k, v in site.items() if k != "layer"}
         edits.append(LayerEdit.from_tensors(layer, _member_tensors(tensors, i), meta))
     return EditSet(edits, _set_meta(header, ("format", "sites")))
