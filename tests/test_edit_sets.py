@@ -193,7 +193,7 @@ def test_a_legacy_set_with_an_entry_removed_is_refused(tiny_rn, tmp_path, capsys
     legacy_set_file(tmp_path / "set1.safetensors", weight_edits(tiny_rn))
     for change, message in ((lambda s: s[:-1], "belong to no member"), (lambda s: [], "lists no sites")):
         rewrite_header(tmp_path / "set1.safetensors", tmp_path / "bad.safetensors",
-                       lambda meta: meta.update(sites=json.dumps(change(json.loads(meta["sites"])))))
+                       lambda meta, change=change: meta.update(sites=json.dumps(change(json.loads(meta["sites"])))))
         line = run_error(capsys, "apply", tmp_path / "bad.safetensors", "--model", "tiny-rn",
                          "--out", tmp_path / "w.safetensors")
         assert message in line

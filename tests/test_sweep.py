@@ -194,7 +194,8 @@ def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_
     seen = [(c.sites, c.rank, [(m.layer, m.delta().double()) for m in c.edit_set.edits])
             for c in candidate_edits(bundle, ["ipod"], settings, resolve_config(bundle, given))]
     assert all(torch.equal(before[k], v) for k, v in bundle.model.state_dict().items())
-    assert [(s, r) for s, r, _ in seen] == [((c_proj,), 1), ((c_proj,), 3), ((v_proj, c_proj), 1), ((v_proj, c_proj), 3)]
+    pair = (v_proj, c_proj)
+    assert [(s, r) for s, r, _ in seen] == [((c_proj,), 1), ((c_proj,), 3), (pair, 1), (pair, 3)]
     for sites, rank, deltas in seen:
         edited = dataclasses.replace(bundle, model=copy.deepcopy(bundle.model))
         config = dataclasses.replace(given, hparams=dataclasses.replace(given.hparams, rank=rank), sites=sites)
