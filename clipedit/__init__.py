@@ -2,7 +2,8 @@
 
     import clipedit
     bundle = clipedit.load_model("mini")
-    defense = clipedit.defend(bundle, "ipod")
+    defense = clipedit.defend(bundle, "ipod", evaluate=clipedit.EvalOptions(n=200))
+    print(defense.figures["before"]["text_acc"], defense.figures["after"]["text_acc"])
     clipedit.save_edits("ipod-edit.safetensors", defense.edit_set)
 
 Layers, lowest first (each imports only from those before it): ``errors``/``io``, ``core`` (the
@@ -34,14 +35,15 @@ from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.methods import METHODS, MethodSpec
 from clipedit.defenses.typographic import defend, text_exemplars
 from clipedit.errors import ClipeditError, EditError, ModelLoadError, SiteError
+from clipedit.eval.evaluation import EvalOptions, evaluate
 from clipedit.eval.predictor import make_predictor
 from clipedit.models import ModelBundle, list_models, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = ["METHODS", "ClipeditError", "Defense", "DefenseConfig", "DefenseResult", "EditError", "EditRequest",
-           "EditSet", "LayerEdit", "MethodSpec", "ModelBundle", "ModelLoadError", "RewriteHParams", "SiteError",
-           "apply_edit", "apply_edit_set", "apply_rewrite", "compute_rewrite", "defaults_for", "defend",
+           "EditSet", "EvalOptions", "LayerEdit", "MethodSpec", "ModelBundle", "ModelLoadError", "RewriteHParams", "SiteError",
+           "apply_edit", "apply_edit_set", "apply_rewrite", "compute_rewrite", "defaults_for", "defend", "evaluate",
            "key_statistics", "list_models", "load_edit", "load_edits", "load_model", "make_predictor",
            "register_edit_kind", "resolve_config", "revert_edit", "revert_edit_set", "save_edit", "save_edits",
            "text_exemplars"]
