@@ -41,9 +41,9 @@ from clipedit.models import ModelBundle, list_models, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["METHODS", "ClipeditError", "Defense", "DefenseConfig", "DefenseResult", "EditError", "EditRequest",
-           "EditSet", "EvalOptions", "LayerEdit", "MethodSpec", "ModelBundle", "ModelLoadError", "RewriteHParams", "SiteError",
-           "apply_edit", "apply_edit_set", "apply_rewrite", "compute_rewrite", "defaults_for", "defend", "evaluate",
-           "key_statistics", "list_models", "load_edit", "load_edits", "load_model", "make_predictor",
+__all__ = ["ClipeditError", "Defense", "DefenseConfig", "DefenseResult", "EditError", "EditRequest", "EditSet",
+           "EvalOptions", "LayerEdit", "METHODS", "MethodSpec", "ModelBundle", "ModelLoadError", "RewriteHParams",
+           "SiteError", "apply_edit", "apply_edit_set", "apply_rewrite", "compute_rewrite", "defaults_for", "defend",
+           "evaluate", "key_statistics", "list_models", "load_edit", "load_edits", "load_model", "make_predictor",
            "register_edit_kind", "resolve_config", "revert_edit", "revert_edit_set", "save_edit", "save_edits",
            "text_exemplars"]

@@ -71,7 +71,8 @@ def test_every_method_takes_its_settings_from_python(tiny_rn):
     paint = resolve_config(tiny_rn, {"method": "paint", "hparams": {"alphas": [0.0, 0.5], "n_val": 4},
                                      "finetune": FinetuneHParams(steps=1)})
     assert paint.method_hparams == PaintHParams(alphas=(0.0, 0.5), n_val=4, finetune=FinetuneHParams(steps=1))
-    heads = resolve_config(tiny_rn, DefenseConfig(method="head-ablation", method_hparams=HeadAblationHParams(patience=1)))
+    given = HeadAblationHParams(patience=1)
+    heads = resolve_config(tiny_rn, DefenseConfig(method="head-ablation", method_hparams=given))
     assert heads.method_hparams.patience == 1
     edit = resolve_config(tiny_rn, {"hparams": {"rank": 3, "keep_targets": 0.5}, "rank": 2})  # options over the file
     assert edit.hparams.rank == 2 and edit.hparams.keep_targets == 0.5
@@ -95,7 +96,8 @@ def test_cli_hparams_file_reaches_the_method_and_is_recorded(tmp_path, capsys):
                                                     "--hparams", path, "--no-eval", "--out", tmp_path / "x")
     path.write_text(json.dumps({"alpha": 0.5}))
     assert "unknown setting(s) of PaintHParams: alpha" in run_error(
-        capsys, "defend", "--model", "mini", "--method", "paint", "--hparams", path, "--no-eval", "--out", tmp_path / "x")
+        capsys, "defend", "--model", "mini", "--method", "paint", "--hparams", path, "--no-eval",
+        "--out", tmp_path / "x")
 
 
 def test_python_defend_gives_the_cli_figures_and_records_the_config(tmp_path, capsys):
