@@ -30,7 +30,8 @@ from typing import Any, Optional
 
 from clipedit import load_model
 from clipedit.core import RewriteHParams
-from clipedit.defenses.config import DefenseConfig, resolve_config
+from clipedit.defenses.config import DefenseConfig
+from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import defend
 from clipedit.defenses.vocabulary import build_vocabulary
 from clipedit.eval.heldout import split_seed

@@ -14,8 +14,9 @@ import dataclasses
 import time
 
 from clipedit import load_model
-from clipedit.defenses.config import DefenseConfig, resolve_config
+from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
+from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import defend
 from clipedit.eval.defense_metrics import ROWS, evaluate_defense
 from clipedit.eval.heldout import world_eval_sets

@@ -20,10 +20,10 @@ from bench.measure import device, ratio_line, save, seconds
 from clipedit import load_model
 from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_statistics
 from clipedit.data.images import to_batches
-from clipedit.defenses.config import resolve_config
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import DefenseData, run_defense
+from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import text_exemplars
 from clipedit.eval.defense_metrics import evaluate_defense
 from clipedit.eval.heldout import world_eval_sets

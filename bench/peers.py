@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from clipedit import load_model
-from clipedit.defenses.config import DefenseConfig, resolve_config
+from clipedit.defenses.config import DefenseConfig
+from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import gains, heldout_data, score
 from clipedit.defenses.sweep import SweepSettings, plot_tradeoff, sweep
 from clipedit.defenses.typographic import defend

@@ -8,10 +8,12 @@
 
 Layers, lowest first (each imports only from those before it): ``errors``/``io``, ``core`` (the
 rewrite, independent of CLIP), ``data``, ``mini`` (the generated world), ``models``, ``eval``,
-``defenses``, ``commands``. The attack generator is the separate package ``attacks``.
+``defenses``, ``commands``. The attack generator is the separate package ``attacks/`` of the repository,
+installed as ``clipedit.attacks`` (it imports nothing from clipedit).
 """
 import logging
 
+from clipedit import _attacks  # noqa: F401  (first: makes clipedit.attacks importable in a checkout)
 from clipedit.core import (
     EditRequest,
     EditSet,
@@ -30,9 +32,11 @@ from clipedit.core import (
     save_edit,
     save_edits,
 )
-from clipedit.defenses.config import Defense, DefenseConfig, DefenseResult, resolve_config
+from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.methods import METHODS, MethodSpec
+from clipedit.defenses.resolve import resolve_config
+from clipedit.defenses.result import Defense, DefenseResult
 from clipedit.defenses.typographic import defend, text_exemplars
 from clipedit.errors import ClipeditError, EditError, ModelLoadError, SiteError
 from clipedit.eval.evaluation import EvalOptions, evaluate

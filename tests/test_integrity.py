@@ -344,7 +344,7 @@ def test_words_with_the_same_file_name_do_not_overwrite_each_other(tmp_path, cap
 
 
 def test_characters_the_font_lacks_are_refused(tmp_path, capsys, photo_files):
-    from attacks import AttackError, render_attack
+    from clipedit.attacks import AttackError, render_attack
 
     with pytest.raises(AttackError, match="U[+]1F4F1"):
         render_attack(Image.new("RGB", (96, 96), "white"), "ipod\N{MOBILE PHONE}", seed=0)

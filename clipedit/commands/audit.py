@@ -11,7 +11,7 @@ from typing import Any, Optional
 import click
 from PIL import Image
 
-from attacks import Attack
+from clipedit.attacks import Attack
 from clipedit.commands.options import (
     GreedyCommand,
     GreedyOption,

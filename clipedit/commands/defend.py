@@ -15,7 +15,7 @@ from clipedit.commands.defense_options import eval_options, photo_options, setti
 from clipedit.commands.options import GreedyCommand, check_out_dir, check_out_file, model_options, split_list
 from clipedit.core import save_edits
 from clipedit.defenses.any_word import evaluation_words
-from clipedit.defenses.config import resolve_config
+from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.sweep import choose_by_sweep
 from clipedit.defenses.typographic import defend
 from clipedit.defenses.vocabulary import ANY_WORD

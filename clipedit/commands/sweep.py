@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from clipedit.commands.options import check_out_dir, model_options, out_dir_option, seed_option, split_list
-from clipedit.defenses.config import resolve_config
+from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import PICK_TOLERANCE
 from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
 from clipedit.errors import ClipeditError

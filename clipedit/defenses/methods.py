@@ -23,13 +23,14 @@ from typing import Any, Optional
 
 import torch
 
-from attacks import Attack
+from clipedit.attacks import Attack
 from clipedit.core import EditRequest, KeyStatistics, RewriteHParams, resolve_site
 from clipedit.core.multisite import apply_multisite_rewrite
-from clipedit.defenses.config import DefenseConfig, DefenseResult
+from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.finetune import FinetuneHParams, finetune
 from clipedit.defenses.head_ablation import HeadAblationHParams, ablate_heads
 from clipedit.defenses.paint import PaintHParams, paint
+from clipedit.defenses.result import DefenseResult
 from clipedit.defenses.vocabulary import Vocabulary
 from clipedit.errors import ClipeditError, EditError
 from clipedit.models.bundle import ModelBundle

@@ -35,9 +35,10 @@ from clipedit.core import EditSet, apply_edit_set, resolve_site, revert_edit_set
 from clipedit.core.exemplar_sums import accumulate_exemplar_sums_at, closed_form_edit, directions_from_sums
 from clipedit.core.sites import candidate_sites
 from clipedit.core.subspace import regularise
-from clipedit.defenses.config import DefenseConfig, resolve_config
+from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.methods import run_defense
+from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import PICK_TOLERANCE, HeldoutData, admissible, gains, heldout_data, pick, score
 from clipedit.defenses.typographic import defense_data, reference_statistics
 from clipedit.errors import ClipeditError, SiteError

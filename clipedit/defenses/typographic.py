@@ -17,13 +17,15 @@ import logging
 from collections.abc import Sequence
 from typing import Optional
 
-from attacks import Attack
+from clipedit.attacks import Attack
 from clipedit.core import EditRequest
 from clipedit.defenses.any_word import any_word_data, evaluation_words
-from clipedit.defenses.config import Defense, DefenseConfig, DefenseResult, resolve_config
+from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, text_exemplars, world_of
 from clipedit.defenses.methods import DefenseData, run_defense
+from clipedit.defenses.resolve import resolve_config
+from clipedit.defenses.result import Defense, DefenseResult
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import ClipeditError
 from clipedit.eval.evaluation import EvalOptions, Evaluation

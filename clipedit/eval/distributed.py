@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from PIL import Image
 
-from attacks import Attack
+from clipedit.attacks import Attack
 from clipedit.core.distributed import all_reduce_sum, is_distributed, shard_bounds
 from clipedit.eval.metrics import attack_image_sets, evaluate_attacks, predict_logits, score_attacks
 from clipedit.eval.predictor import Predictor
