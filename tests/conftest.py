@@ -14,7 +14,7 @@ import skimage.data  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import cli  # noqa: E402
+from clipedit import cli  # noqa: E402
 
 # skimage's bundled photos (no download), by the class name they show.
 PHOTO_SOURCES = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut"}

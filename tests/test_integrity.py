@@ -26,7 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from test_rewrite import _pair
 
-import cli
+from clipedit import cli
 from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_statistics, save_edit
 from clipedit.core import statistics as stats_module
 from clipedit.core.cache import cache_dir
