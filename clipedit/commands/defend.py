@@ -83,12 +83,14 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
 
 
 def _write_outputs(out: Path, bundle, defense, selection) -> None:
-    """The run's files, all or none: weights, the edit set, the record and its chart."""
+    """The run's files, all or none: weights (unless the edit needs clipedit's hooks: then load the base with
+    ``--edit edit.safetensors``), the edit set, the record and its chart."""
     record = defense.to_record(bundle, **({"selection": selection} if selection is not None else {}))
     meta = {"model": bundle.name, "source": bundle.source, "method": defense.method, "layer": defense.layer,
             "words": defense.words}
     with atomic_output_set(out, replaces=OUTPUT_SET) as stage:
-        save_model_weights(stage / "model.safetensors", bundle, metadata=meta)
+        if defense.edit_set is None or defense.edit_set.exportable:  # hook members live only in the edit file
+            save_model_weights(stage / "model.safetensors", bundle, metadata=meta)
         if defense.edit_set is not None:  # one file, applied and reverted as one
             save_edits(stage / "edit.safetensors", defense.edit_set)
         write_results(stage / "results.json", record)

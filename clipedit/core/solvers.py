@@ -9,7 +9,7 @@ from tqdm.auto import trange
 
 from clipedit.core.hparams import RewriteHParams
 from clipedit.core.keys_values import Exemplars
-from clipedit.core.nethook import get_module
+from clipedit.core.nethook import get_module, training_only
 from clipedit.core.sites import Site
 from clipedit.errors import EditError
 
@@ -40,13 +40,9 @@ def solve_optimize(model: nn.Module, site: Site, ex: Exemplars, D: torch.Tensor,
         delta = (weight - w0).reshape(w0.shape[0], -1) @ proj
         weight.copy_(w0 + delta.reshape(w0.shape))
 
-    saved = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    weight.requires_grad_(True)
     opt = torch.optim.Adam([weight], lr=hp.lr)
     try:
-        with torch.enable_grad():
+        with training_only(model, [weight]):
             for step in trange(hp.steps, desc="rewrite (optimize)", leave=False, disable=None):
                 out = site.locations(block(ex.block_input))
                 loss = ((out - target).pow(2).sum(-1) * mask).sum() / mask.sum()
@@ -63,7 +59,5 @@ def solve_optimize(model: nn.Module, site: Site, ex: Exemplars, D: torch.Tensor,
     finally:
         with torch.no_grad():
             weight.copy_(w0)
-        for p, flag in saved.items():
-            p.requires_grad_(flag)
     D64 = D.to(delta.device, torch.float64)
     return delta @ D64 @ torch.linalg.inv(D64.T @ D64)
