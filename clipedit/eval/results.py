@@ -77,10 +77,10 @@ def drop_predictions(metrics: dict[str, Any]) -> dict[str, Any]:
 def before_after_metrics(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """One flat row for a defense: the unedited model's figures as they are, the defended one's
     with ``after_`` in front (``text_acc``, ``after_text_acc`` …); counts (``n``, ``n_*``), the same
-    images before and after, appear once."""
+    images before and after, and the ``figures`` tag appear once."""
     flat_before, _ = split_metrics(before)
     flat_after, _ = split_metrics(after)
-    return {**flat_before, **{f"after_{k}": v for k, v in flat_after.items() if not _is_count(k)}}
+    return {**flat_before, **{f"after_{k}": v for k, v in flat_after.items() if not _is_count(k) and k != "figures"}}
 
 
 def _is_count(key: str) -> bool:
