@@ -18,6 +18,7 @@ COMMANDS = {
     "edit-classifier": "clipedit.commands.classifier:edit_classifier",
     "train-mini": "clipedit.commands.train_mini:train_cmd",
     "sweep": "clipedit.commands.sweep:sweep_cmd",
+    "compare": "clipedit.commands.compare:compare_cmd",
     "stats": "clipedit.commands.stats:stats_cmd",
 }
 

@@ -106,7 +106,9 @@ def attention_sites(bundle: ModelBundle) -> list[AttentionSite]:
 
 
 # -- scoring -----------------------------------------------------------------------------------------
-def _mha_hook(store: list, module: nn.MultiheadAttention):
+def class_row_hook(store: list, module: nn.MultiheadAttention):
+    """A forward hook (``with_kwargs``) that appends the module's per-head attention row of token 0
+    (batch, heads, tokens) to ``store`` (the module's forward is run once more, asking for weights)."""
     def hook(mod, args, kwargs, output):
         q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")][len(args):])[:3]
         _, weights = mod.forward(q, k, v, need_weights=True, average_attn_weights=False,
@@ -146,7 +148,7 @@ def head_scores(bundle: ModelBundle, sites: Sequence[AttentionSite], request: Ed
             for s in sites:
                 module = get_module(model, s.name)
                 if isinstance(module, nn.MultiheadAttention):
-                    handle = module.register_forward_hook(_mha_hook(stores[s.name], module), with_kwargs=True)
+                    handle = module.register_forward_hook(class_row_hook(stores[s.name], module), with_kwargs=True)
                 else:
                     handle = module.register_forward_hook(_attnpool_hook(stores[s.name]))
                 stack.callback(handle.remove)
@@ -214,7 +216,8 @@ def ablate_heads(bundle: ModelBundle, request: EditRequest, words: Sequence[str]
     if kept:
         edits = ablation_edits(bundle, [s for s in sites if any(k[0] is s for k in kept)], kept, meta)
         edit_set = EditSet(edits, {"model": bundle.name, "pretrained": bundle.pretrained, **(meta or {}),
-                                   "method": "head-ablation", "heads": heads, "hparams": dataclasses.asdict(hp)})
+                                   "method": "head-ablation-weights", "heads": heads,
+                                   "hparams": dataclasses.asdict(hp)})
         apply_edit_set(bundle.model, edit_set)
     log.info("head ablation: %d of %d heads ablated: %s", len(heads), len(order), heads)
     return HeadAblation(heads=heads, edit_set=edit_set, scores={k: v.tolist() for k, v in scores.items()},
@@ -232,6 +235,6 @@ def ablation_edits(bundle: ModelBundle, sites: Sequence[AttentionSite], heads: S
         directions = torch.zeros(w.shape[1], len(cols), dtype=torch.float32)
         directions[cols, torch.arange(len(cols))] = 1.0
         edits.append(LayerEdit.create(site.proj, -w[:, cols], directions, w,
-                                      {"model": bundle.name, **(meta or {}), "method": "head-ablation",
+                                      {"model": bundle.name, **(meta or {}), "method": "head-ablation-weights",
                                        "heads": chosen}))
     return edits

@@ -9,7 +9,8 @@ Every method takes the same exemplars (:class:`DefenseData`) and returns a
 ``run(bundle, data, hparams, context)`` changes ``bundle.model`` in place. ``context`` gives the sites,
 the key statistics, the words, the split a method may tune on (validation only) and metadata. The table
 holds the rank-r rewrite (``edit``), the paper's fine-tuning baselines (``finetune-local``/``-global``)
-and the peer defenses (``head-ablation``, ``paint``); other modules add theirs with
+and the peer defenses (``dyslexify`` and ``paint`` as published; ``head-ablation-weights``, clipedit's
+all-token variant); other modules add theirs with
 :func:`register_method`. :func:`run_defense` is the one dispatcher.
 """
 from __future__ import annotations
@@ -25,8 +26,10 @@ import torch
 
 from clipedit.attacks import Attack
 from clipedit.core import EditRequest, KeyStatistics, RewriteHParams, resolve_site
+from clipedit.core.edit_sets import EditSet
 from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.defenses.config import DefenseConfig
+from clipedit.defenses.dyslexify import DyslexifyHParams, dyslexify
 from clipedit.defenses.finetune import FinetuneHParams, finetune
 from clipedit.defenses.head_ablation import HeadAblationHParams, ablate_heads
 from clipedit.defenses.paint import PaintHParams, paint
@@ -163,13 +166,28 @@ def run_head_ablation(bundle: ModelBundle, data: DefenseData, hparams: HeadAblat
     ablation = ablate_heads(bundle, data.merged(), data.words, hparams, meta=_meta(bundle, context))
     layers = ",".join(ablation.edit_set.layers) if ablation.edit_set is not None else "none"
     details = {"heads": ablation.heads, "scores": ablation.scores, "steps": ablation.steps}
-    return DefenseResult("head-ablation", layers, edit_set=ablation.edit_set, details=details)
+    return DefenseResult("head-ablation-weights", layers, edit_set=ablation.edit_set, details=details)
+
+
+def run_dyslexify(bundle: ModelBundle, data: DefenseData, hparams: DyslexifyHParams, context: MethodContext
+                  ) -> DefenseResult:
+    """Dyslexify as published: class-token head ablation (hook members), searched on its training split."""
+    result = dyslexify(bundle, hparams, meta=_meta(bundle, context))
+    edit_set = EditSet.of(result.members, {"method": "dyslexify", "heads": [list(h) for h in result.heads]}) \
+        if result.members else None
+    details = {"heads": [list(h) for h in result.heads], "scores": result.scores, "steps": result.steps,
+               "base": result.base, "rule": result.rule}
+    return DefenseResult("dyslexify", ",".join(result_layers(result)) or "none", edit_set=edit_set, details=details)
+
+
+def result_layers(result) -> list[str]:
+    return [m.layer for m in result.members]
 
 
 def run_paint(bundle: ModelBundle, data: DefenseData, hparams: PaintHParams, context: MethodContext
               ) -> DefenseResult:
     """PAINT: fine-tune the image tower, interpolate back with the α chosen on validation."""
-    result = paint(bundle, data.merged(), data.words, hparams)
+    result = paint(bundle, hparams)
     return DefenseResult("paint", bundle.image_prefix.rstrip(".") or "model", details=dataclasses.asdict(result))
 
 
@@ -177,8 +195,9 @@ METHODS: dict[str, MethodSpec] = {
     "edit": MethodSpec(RewriteHParams, run_edit, config_field="hparams"),
     "finetune-local": MethodSpec(FinetuneHParams, _run_finetune(local=True), config_field="finetune"),
     "finetune-global": MethodSpec(FinetuneHParams, _run_finetune(local=False), config_field="finetune"),
-    "head-ablation": MethodSpec(HeadAblationHParams, run_head_ablation),
-    "paint": MethodSpec(PaintHParams, run_paint, defaults=lambda config: PaintHParams(finetune=config.finetune)),
+    "dyslexify": MethodSpec(DyslexifyHParams, run_dyslexify),
+    "head-ablation-weights": MethodSpec(HeadAblationHParams, run_head_ablation),
+    "paint": MethodSpec(PaintHParams, run_paint),
 }
 
 

@@ -191,9 +191,10 @@ class MiniWorld:
     def reference_key(self, n: int) -> str:
         return f"mini-world-reference:n={n}"
 
-    def attack_set(self, n: int, seed: int, words: str | Sequence[str] = "other"
-                   ) -> tuple[list[Attack], list[int]]:
-        return attack_set(n, seed, words=words)
+    def attack_set(self, n: int, seed: int, words: str | Sequence[str] = "other",
+                   sampler: StyleSampler | None = None) -> tuple[list[Attack], list[int]]:
+        """``n`` scenes with notes (held-out styles unless ``sampler`` is given, e.g. a training split's)."""
+        return attack_set(n, seed, words=words, sampler=sampler)
 
     def signs(self, n: int, seed: int) -> tuple[list[Image.Image], list[int]]:
         """``n`` signs: a class name written on a bare background (no object), in held-out note

@@ -1,0 +1,182 @@
+"""Edit-set members that act through forward hooks instead of weights.
+
+Kind ``cls-head-ablation`` (Dyslexify, Hufe et al.): chosen heads of one ``nn.MultiheadAttention`` have
+their attention *result* zeroed **at the class token only** (token 0), as
+``create_zero_cls_attention_result_hook`` does in lowlorenz/dyslexify ``dyslexify/cache/hooks.py``
+(``attn_output[:, head_idx, 0, :] = 0`` before the output projection). The module's weights are not
+touched: a forward hook on the attention module recomputes the chosen heads' result at the class
+token (query of token 0 against every key) and subtracts its image under the output projection from
+the module's output at token 0. Because the output projection is linear, that equals zeroing those
+heads' result there; every other token's output is left as it was.
+
+A hook member cannot be folded into plain weights (``exportable`` is False). ``apply`` registers its
+hook (refused when already on), ``revert`` removes it (refused when not on). Handles are kept on the
+model object under ``_clipedit_hooks``, keyed by the member's digest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipedit.core.edit_sets import register_edit_kind
+from clipedit.core.nethook import get_module
+from clipedit.errors import EditError
+
+HOOKS_ATTR = "_clipedit_hooks"
+
+#: One line for any plain-weights export of a hook member.
+NOT_EXPORTABLE = ("{kind} edit on {layer} needs clipedit's hooks to run; load it with "
+                  "load_model(..., edits=[FILE]) or audit --edit FILE")
+
+
+def _handles(model: nn.Module) -> dict[str, Any]:
+    handles = getattr(model, HOOKS_ATTR, None)
+    if handles is None:
+        handles = {}
+        object.__setattr__(model, HOOKS_ATTR, handles)
+    return handles
+
+
+class ClsHeadAblation:
+    """Zero the result of ``heads`` of the attention module ``layer`` at the class token (a hook edit).
+
+    Attributes:
+        layer: dotted name of an ``nn.MultiheadAttention`` whose token 0 is the class token.
+        heads: head indices (sorted, unique).
+        meta: free metadata (model, method, scores …).
+    """
+
+    kind = "cls-head-ablation"
+    exportable = False
+
+    def __init__(self, layer: str, heads: Sequence[int], meta: Optional[dict] = None) -> None:
+        self.layer = layer
+        self.heads = sorted({int(h) for h in heads})
+        if not self.heads:
+            raise EditError(f"a {self.kind} edit of {layer} needs at least one head")
+        self.meta = dict(meta or {})
+
+    def __repr__(self) -> str:
+        return f"ClsHeadAblation({self.layer!r}, heads={self.heads})"
+
+    # -- content -------------------------------------------------------------------------------------
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {"heads": torch.tensor(self.heads, dtype=torch.int64)}
+
+    @classmethod
+    def from_tensors(cls, layer: str, tensors: dict[str, torch.Tensor], meta: dict) -> ClsHeadAblation:
+        if "heads" not in tensors:
+            raise EditError(f"{cls.kind} edit of {layer} has no 'heads' tensor")
+        return cls(layer, tensors["heads"].tolist(), meta)
+
+    def digest(self) -> str:
+        """sha256 over the kind, the layer and the heads (what the hook does)."""
+        payload = json.dumps({"kind": self.kind, "layer": self.layer, "heads": self.heads}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def export_error(self) -> str:
+        return NOT_EXPORTABLE.format(kind=self.kind, layer=self.layer)
+
+    # -- on / off ------------------------------------------------------------------------------------
+    def _module(self, model: nn.Module) -> nn.MultiheadAttention:
+        module = get_module(model, self.layer)
+        if not isinstance(module, nn.MultiheadAttention):
+            raise EditError(f"{self.layer} is a {type(module).__name__}, not a multi-head attention "
+                            f"(a {self.kind} edit needs one with a class token)")
+        if module.bias_k is not None or module.add_zero_attn:
+            raise EditError(f"{self.layer}: attention with bias_k/add_zero_attn is not supported")
+        if self.heads[-1] >= module.num_heads:
+            raise EditError(f"{self.layer} has {module.num_heads} heads; the edit names head {self.heads[-1]}")
+        return module
+
+    def is_applied(self, model: nn.Module) -> bool:
+        return self.digest() in _handles(model)
+
+    def apply(self, model: nn.Module) -> None:
+        module = self._module(model)
+        handles = _handles(model)
+        if self.digest() in handles:
+            raise EditError(f"the {self.kind} edit of {self.layer} (heads {self.heads}) is already applied")
+        handles[self.digest()] = module.register_forward_hook(cls_ablation_hook(self.heads), with_kwargs=True)
+
+    def revert(self, model: nn.Module) -> None:
+        handle = _handles(model).pop(self.digest(), None)
+        if handle is None:
+            raise EditError(f"the {self.kind} edit of {self.layer} (heads {self.heads}) is not applied")
+        handle.remove()
+
+
+def _inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    names = ("query", "key", "value")
+    got = list(args[:3]) + [kwargs.get(n) for n in names[len(args[:3]):]]
+    query = got[0]
+    key = got[1] if got[1] is not None else query
+    value = got[2] if got[2] is not None else key
+    return query, key, value
+
+
+def class_token_head_result(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
+                            value: torch.Tensor, heads: Sequence[int], attn_mask: Optional[torch.Tensor] = None,
+                            key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The result of ``heads`` at token 0 (batch, len(heads), head_dim), before the output projection,
+    for inputs in the module's layout (batch-first or not)."""
+    if not module.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    d, n_heads = module.embed_dim, module.num_heads
+    hd = d // n_heads
+    if module._qkv_same_embed_dim:
+        wq, wk, wv = module.in_proj_weight.chunk(3)
+    else:
+        wq, wk, wv = module.q_proj_weight, module.k_proj_weight, module.v_proj_weight
+    bq = bk = bv = None
+    if module.in_proj_bias is not None:
+        bq, bk, bv = module.in_proj_bias.chunk(3)
+    sel = torch.as_tensor(list(heads), device=query.device)
+    b, length = key.shape[0], key.shape[1]
+    q0 = F.linear(query[:, :1], wq, bq).view(b, 1, n_heads, hd).index_select(2, sel).transpose(1, 2)
+    k = F.linear(key, wk, bk).view(b, length, n_heads, hd).index_select(2, sel).transpose(1, 2)
+    v = F.linear(value, wv, bv).view(b, length, n_heads, hd).index_select(2, sel).transpose(1, 2)
+    scores = q0 @ k.transpose(-1, -2) / math.sqrt(hd)  # (b, h', 1, L)
+    if attn_mask is not None:
+        mask = attn_mask
+        if mask.dim() == 3:  # (b * n_heads, L, L)
+            mask = mask.view(b, n_heads, *mask.shape[1:]).index_select(1, sel)[:, :, :1]
+        else:
+            mask = mask[:1]
+        scores = scores.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :].bool(), float("-inf"))
+    return (scores.softmax(-1) @ v).squeeze(2)  # (b, h', hd)
+
+
+def cls_ablation_hook(heads: Sequence[int]):
+    """A forward hook (``with_kwargs``) for an ``nn.MultiheadAttention``: its output at token 0 without
+    the result of ``heads`` (Dyslexify's ``create_zero_cls_attention_result_hook``)."""
+    heads = list(heads)
+
+    def hook(module: nn.MultiheadAttention, args: tuple, kwargs: dict, output):
+        query, key, value = _inputs(args, kwargs)
+        out, weights = output if isinstance(output, tuple) else (output, None)
+        z = class_token_head_result(module, query, key, value, heads, kwargs.get("attn_mask"),
+                                    kwargs.get("key_padding_mask"))
+        hd = module.embed_dim // module.num_heads
+        cols = torch.tensor([h * hd + j for h in heads for j in range(hd)], device=z.device)
+        contrib = z.reshape(z.shape[0], -1) @ module.out_proj.weight.index_select(1, cols).T  # (b, d)
+        out = out.clone()
+        if module.batch_first:
+            out[:, 0] = out[:, 0] - contrib.to(out.dtype)
+        else:
+            out[0] = out[0] - contrib.to(out.dtype)
+        return (out, weights) if isinstance(output, tuple) else out
+
+    return hook
+
+
+register_edit_kind(ClsHeadAblation.kind, ClsHeadAblation)

@@ -1,0 +1,256 @@
+"""Every defense on the same budget, tuned on validation only, scored on the same test scenes.
+
+For each seed and defended word, each method defends a fresh copy of the model: the rewrite and the
+fine-tuning baselines from the same rendered exemplars of the word (``DefenseConfig.seed`` = the seed);
+the word-agnostic peers (Dyslexify, PAINT) from the same typographic training split of that seed
+(:mod:`clipedit.defenses.typo_train`), once per seed, scored on every word. Every method's own tuning
+uses the validation split; all are scored on the test split: the defended word's notes, other words'
+notes (unseen), clean, blank note and signs (reading kept). Every cell carries n and a 95% interval
+(:mod:`clipedit.eval.intervals`: Wilson for one seed; over several seeds, the mean with a t interval).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from clipedit.defenses.dyslexify import DyslexifyHParams, class_token_sites, dyslexify
+from clipedit.defenses.paint import PaintHParams, paint, validation_sets
+from clipedit.defenses.selection import HeldoutData, heldout_data
+from clipedit.defenses.typo_train import typographic_training_set
+from clipedit.defenses.typographic import DefenseConfig, defend
+from clipedit.errors import ClipeditError
+from clipedit.eval.intervals import cell
+from clipedit.eval.metrics import evaluate_attacks, evaluate_images
+from clipedit.models.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
+
+#: Methods compare knows, in table order.
+COMPARE_METHODS: tuple[str, ...] = ("edit", "dyslexify", "head-ablation-weights", "paint", "finetune-local",
+                                    "finetune-global")
+#: Methods trained on the word-agnostic typographic split (one run per seed serves every word).
+WORD_AGNOSTIC = frozenset({"dyslexify", "paint"})
+#: Table rows: label, metric key.
+METRICS: tuple[tuple[str, str], ...] = (("defended word", "text_acc"), ("unseen words", "other_text_acc"),
+                                        ("clean", "clean_acc"), ("blank note", "blank_acc"),
+                                        ("reading kept", "reading_acc"))
+
+
+@dataclass
+class CompareSettings:
+    """What ``clipedit compare`` runs (defaults: the issue's minimum scale).
+
+    Attributes:
+        methods: methods to run (None: every method that applies to the model).
+        words: defended words (each defended separately).
+        seeds: seeds of exemplars, training splits and training order.
+        n_test: test scenes per set (defended word, other words); ``n_signs`` test signs.
+        n_train: scenes of the typographic training split (Dyslexify, PAINT).
+        n_val: validation scenes per set for the methods' own tuning.
+    """
+
+    methods: Optional[tuple[str, ...]] = None
+    words: tuple[str, ...] = ("ipod", "mug", "apple")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_test: int = 1000
+    n_signs: int = 1000
+    n_train: int = 1000
+    n_val: int = 500
+
+
+def not_applicable(bundle: ModelBundle, method: str) -> Optional[str]:
+    """Why ``method`` does not apply to the model (None when it does)."""
+    if method == "dyslexify":
+        try:
+            class_token_sites(bundle)
+        except ClipeditError as e:
+            return str(e)
+    if method == "finetune-local":
+        from clipedit.core.sites import resolve_site
+        from clipedit.defenses.defaults import default_layer
+
+        site = resolve_site(bundle.model, default_layer(bundle))
+        if not isinstance(site.weight, torch.nn.Parameter):
+            return f"its default layer ({site.layer}) is part of a weight; finetune-local trains whole weights"
+    if method in WORD_AGNOSTIC | {"head-ablation-weights"} and (bundle.world is None or not bundle.world.classnames):
+        return f"{method} needs a labelled world to draw its training/validation splits from"
+    return None
+
+
+def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str, ...]:
+    """The methods to run; refuses unknown or inapplicable methods, empty seeds/words, empty sets.
+
+    Raises:
+        ClipeditError: one line saying what is wrong.
+    """
+    if not settings.seeds:
+        raise ClipeditError("--seeds is empty: give at least one seed, e.g. --seeds 0,1,2")
+    if not settings.words:
+        raise ClipeditError("--words is empty: give at least one word to defend against")
+    for name in ("n_test", "n_train", "n_val", "n_signs"):
+        if getattr(settings, name) < 1:
+            raise ClipeditError(f"{name} must be >= 1, got {getattr(settings, name)}")
+    if bundle.world is None or not bundle.world.classnames:
+        raise ClipeditError(f"{bundle.name} has no labelled world to compare on (give --data KIND:PATH)")
+    if settings.methods is None:
+        return tuple(m for m in COMPARE_METHODS if not_applicable(bundle, m) is None)
+    unknown = [m for m in settings.methods if m not in COMPARE_METHODS]
+    if unknown:
+        raise ClipeditError(f"unknown method {unknown[0]!r} (choose from {', '.join(COMPARE_METHODS)})")
+    for m in settings.methods:
+        why = not_applicable(bundle, m)
+        if why:
+            raise ClipeditError(f"{m} does not apply to {bundle.name}: {why}")
+    if not settings.methods:
+        raise ClipeditError("--methods is empty")
+    return tuple(settings.methods)
+
+
+def counts(data: HeldoutData, bundle: ModelBundle) -> dict[str, tuple[int, int]]:
+    """(hits, n) of each metric of ``bundle`` on the held-out data (test split)."""
+    held = dataclasses.replace(data.bundle, model=bundle.model)
+    predictor = data.predictor.with_bundle(held)
+    ed = evaluate_attacks(held, predictor, *data.sets.edited, progress=False, batch_size=256)
+    out = {"text_acc": (round(ed["text_acc"] * ed["n_text"]), ed["n_text"]),
+           "clean_acc": (round(ed["clean_acc"] * ed["n"]), ed["n"]),
+           "blank_acc": (round(ed["blank_acc"] * ed["n"]), ed["n"])}
+    if data.sets.other is not None:
+        ot = evaluate_attacks(held, predictor, *data.sets.other, progress=False, batch_size=256)
+        out["other_text_acc"] = (round(ot["text_acc"] * ot["n_text"]), ot["n_text"])
+    if data.signs is not None:
+        r = evaluate_images(held, predictor, data.signs.images, data.signs.labels, 256, progress=False)
+        out["reading_acc"] = (round(r["top1"] * r["n"]), r["n"])
+    return out
+
+
+def _copy(bundle: ModelBundle) -> ModelBundle:
+    return dataclasses.replace(bundle, model=copy.deepcopy(bundle.model))
+
+
+def run_method(base: ModelBundle, method: str, word: Optional[str], seed: int, settings: CompareSettings,
+               shared: dict[str, Any]) -> tuple[ModelBundle, dict[str, Any], float]:
+    """Defend a copy of ``base`` with ``method``; returns (bundle, details, seconds incl. its own data)."""
+    bundle = _copy(base)
+    start = time.perf_counter()
+    details: dict[str, Any] = {}
+    extra = 0.0
+    if method in WORD_AGNOSTIC:
+        key = f"train:{seed}"
+        if key not in shared:
+            t0 = time.perf_counter()
+            shared[key] = typographic_training_set(base, settings.n_train, seed)
+            shared[key + ":seconds"] = time.perf_counter() - t0
+        train = shared[key]
+        extra = shared[key + ":seconds"]  # each method that uses the split pays for rendering it
+        start = time.perf_counter()
+        if method == "dyslexify":
+            r = dyslexify(bundle, DyslexifyHParams(n_train=settings.n_train, seed=seed), train=train)
+            details = {"heads": [list(h) for h in r.heads], "scores": r.scores, "steps": r.steps, "base": r.base,
+                       "rule": r.rule}
+        else:
+            if "paint-val" not in shared:
+                shared["paint-val"] = validation_sets(base, settings.n_val, min(settings.n_signs, settings.n_val))
+            r = paint(bundle, PaintHParams(n_train=settings.n_train, seed=seed), train=train, val=shared["paint-val"])
+            details = {"alpha": r.alpha, "alpha_curve": r.rows, "rule": r.rule, "loss": r.loss}
+    else:
+        defense = defend(bundle, word, DefenseConfig(method=method, seed=seed))
+        details = {"layer": defense.layer}
+        if method == "head-ablation-weights":
+            details["heads"] = [list(h) for h in defense.details.heads]
+    return bundle, details, time.perf_counter() - start + extra
+
+
+def compare(base: ModelBundle, settings: CompareSettings,
+            progress: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """Run every method of ``settings`` and score it; returns the record (cells, raw counts, details)."""
+    methods = check_settings(base, settings)
+    t_all = time.perf_counter()
+    tests = {w: heldout_data(base, [w], settings.n_test, settings.n_signs, split="test") for w in settings.words}
+    raw: dict[str, dict[str, dict[str, dict]]] = {"unedited": {"-": {w: counts(tests[w], base)
+                                                                    for w in settings.words}}}
+    seconds: dict[str, list[float]] = {}
+    details: dict[str, dict] = {}
+    shared: dict[str, Any] = {}
+    for method in methods:
+        raw[method], seconds[method], details[method] = {}, [], {}
+        for seed in settings.seeds:
+            raw[method][str(seed)] = {}
+            if method in WORD_AGNOSTIC:
+                bundle, det, secs = run_method(base, method, None, seed, settings, shared)
+                seconds[method].append(secs)
+                details[method][str(seed)] = det
+                for w in settings.words:
+                    raw[method][str(seed)][w] = counts(tests[w], bundle)
+            else:
+                for w in settings.words:
+                    bundle, det, secs = run_method(base, method, w, seed, settings, shared)
+                    seconds[method].append(secs)
+                    details[method][f"{seed}:{w}"] = det
+                    raw[method][str(seed)][w] = counts(tests[w], bundle)
+            progress(f"{method} seed {seed}: {sum(seconds[method]):.0f} s so far")
+    cells = {m: table_cells(raw[m]) for m in raw}
+    return {"methods": list(methods), "words": list(settings.words), "seeds": list(settings.seeds),
+            "settings": dataclasses.asdict(settings), "cells": cells, "raw": raw,
+            "seconds": {m: {"mean_per_defense": sum(s) / len(s), "runs": len(s), "total": sum(s)}
+                        for m, s in seconds.items()},
+            "details": details, "wall_seconds": time.perf_counter() - t_all}
+
+
+def table_cells(per_seed: dict[str, dict[str, dict[str, tuple[int, int]]]]) -> dict[str, dict]:
+    """Cells of one method: per metric, counts pooled over words within each seed, then :func:`cell`."""
+    out = {}
+    for _, key in METRICS:
+        seeds = []
+        for words in per_seed.values():
+            pairs = [c[key] for c in words.values() if key in c]
+            if pairs:
+                seeds.append((sum(h for h, _ in pairs), sum(n for _, n in pairs)))
+        out[key] = cell(seeds)
+    return out
+
+
+def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """clip_benchmark-style flat scalars: ``{method}/{metric}``, ``…_lo``, ``…_hi``, ``…_n``, seconds."""
+    flat: dict[str, Any] = {}
+    for method, cells in record["cells"].items():
+        for key, c in cells.items():
+            flat[f"{method}/{key}"] = c["value"]
+            flat[f"{method}/{key}_lo"] = c["lo"]
+            flat[f"{method}/{key}_hi"] = c["hi"]
+            flat[f"{method}/{key}_n"] = c["n"]
+        if method in record["seconds"]:
+            flat[f"{method}/seconds"] = record["seconds"][method]["mean_per_defense"]
+    return flat
+
+
+def pareto_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Gain vs cost of each method against the unedited model (means), for the trade-off plot."""
+    base = record["cells"]["unedited"]
+
+    def delta(c: dict, key: str) -> float:
+        a, b = c.get(key, {}).get("value"), base.get(key, {}).get("value")
+        return 0.0 if a is None or b is None else a - b
+
+    return [{"method": m, "gain": delta(c, "text_acc"), "other_gain": delta(c, "other_text_acc"),
+             "clean_loss": -delta(c, "clean_acc"), "blank_loss": -delta(c, "blank_acc")}
+            for m, c in record["cells"].items() if m != "unedited"]
+
+
+def table_rows(record: dict[str, Any], fmt: Callable[[dict], str]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one column per method (unedited first), one row per metric, then seconds."""
+    methods = list(record["cells"])
+    rows = [[label, *(fmt(record["cells"][m][key]) for m in methods)] for label, key in METRICS]
+    rows.append(["seconds per defense", *("" if m == "unedited" else f"{record['seconds'][m]['mean_per_defense']:.1f}"
+                                          for m in methods)])
+    return ["", *methods], rows
+
+
+def words_label(words: Sequence[str]) -> str:
+    return ", ".join(words)

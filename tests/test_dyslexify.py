@@ -1,0 +1,171 @@
+"""Dyslexify as published: the class-token hook, its apply/revert, the greedy rule, and the search."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from clipedit.core.hook_edits import ClsHeadAblation
+from clipedit.core.nethook import get_module
+from clipedit.defenses.dyslexify import (
+    DyslexifyHParams,
+    class_token_sites,
+    dyslexify,
+    greedy_selection,
+    rule_text,
+    typographic_scores,
+)
+from clipedit.errors import ClipeditError, EditError
+from clipedit.mini.world import CLASSNAMES, MiniWorld
+
+ATTN = "visual.transformer.resblocks.0.attn"
+
+
+def with_world(bundle):
+    return dataclasses.replace(bundle, world=MiniWorld(), classnames=list(CLASSNAMES))
+
+
+def attn_output(bundle, images, name=ATTN):
+    """The attention module's output (batch, tokens, width) on ``images``."""
+    store = []
+    handle = get_module(bundle.model, name).register_forward_hook(lambda m, a, o: store.append(o[0].detach()))
+    try:
+        with torch.no_grad():
+            bundle.encode_images(images)
+    finally:
+        handle.remove()
+    return store[0]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_hook_equals_zeroing_the_head_at_the_class_token_only(batch_first):
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.attn = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    x = torch.randn(3, 5, 16) if batch_first else torch.randn(5, 3, 16)
+    with torch.no_grad():
+        plain = holder.attn(x, x, x, need_weights=False)[0]
+        edit = ClsHeadAblation("attn", [1, 3])
+        edit.apply(holder)
+        hooked = holder.attn(x, x, x, need_weights=False)[0]
+        edit.revert(holder)
+        # by hand: head h's result is the slice h*4:(h+1)*4 of the concatenated heads, which the output
+        # projection reads through its columns; zeroing those columns removes the head at every token.
+        w = holder.attn.out_proj.weight
+        saved = w.clone()
+        w[:, 4:8] = 0
+        w[:, 12:16] = 0
+        manual = holder.attn(x, x, x, need_weights=False)[0]
+        w.copy_(saved)
+    cls, rest = ((slice(None), 0), (slice(None), slice(1, None))) if batch_first else ((0,), (slice(1, None),))
+    torch.testing.assert_close(hooked[cls], manual[cls], atol=1e-5, rtol=1e-5)
+    assert torch.equal(hooked[rest], plain[rest])  # every other token untouched
+    assert (hooked[cls] - plain[cls]).abs().max() > 1e-3  # and the class token did change
+
+
+def test_hook_edit_on_a_vit_applies_reverts_and_round_trips(tiny_vit):
+    images = torch.randn(2, 3, 64, 64)
+    before = tiny_vit.encode_images(images).detach()
+    plain_attn = attn_output(tiny_vit, images)
+    weights = {k: v.clone() for k, v in tiny_vit.model.state_dict().items()}
+    edit = ClsHeadAblation(ATTN, [1], {"method": "dyslexify"})
+    edit.apply(tiny_vit.model)
+    assert edit.is_applied(tiny_vit.model) and not edit.exportable
+    hooked_attn = attn_output(tiny_vit, images)
+    assert torch.equal(hooked_attn[:, 1:], plain_attn[:, 1:])
+    assert not torch.allclose(tiny_vit.encode_images(images), before)
+    assert all(torch.equal(v, weights[k]) for k, v in tiny_vit.model.state_dict().items())  # no weight changed
+    with pytest.raises(EditError, match="already applied"):
+        edit.apply(tiny_vit.model)
+    edit.revert(tiny_vit.model)
+    assert torch.equal(tiny_vit.encode_images(images), before)
+    with pytest.raises(EditError, match="not applied"):
+        edit.revert(tiny_vit.model)
+    again = ClsHeadAblation.from_tensors(edit.layer, edit.to_tensors(), edit.meta)
+    assert again.heads == [1] and again.digest() == edit.digest()
+    assert ClsHeadAblation(ATTN, [0]).digest() != edit.digest()
+    assert "needs clipedit's hooks" in edit.export_error()
+    with pytest.raises(EditError, match="has 2 heads"):
+        ClsHeadAblation(ATTN, [5]).apply(tiny_vit.model)
+    with pytest.raises(EditError, match="not a multi-head attention"):
+        ClsHeadAblation("visual.conv1", [0]).apply(tiny_vit.model)
+
+
+def test_dyslexify_refuses_a_resnet_in_one_line(tiny_rn):
+    with pytest.raises(ClipeditError, match="class token"):
+        class_token_sites(tiny_rn)
+    assert [s for s, _ in class_token_sites_of_tiny_vit()] == [f"visual.transformer.resblocks.{i}.attn"
+                                                               for i in range(2)]
+
+
+def class_token_sites_of_tiny_vit():
+    from clipedit.models import load_model
+
+    return class_token_sites(load_model("tiny-vit", device="cpu"))
+
+
+# -- the published greedy rule on a synthetic sequence ------------------------------------------------------
+def run(table, n=1000, **kw):
+    """``table``: candidate -> (clean, typo) counts once it is added (independent of the others here)."""
+    def evaluate(heads):
+        if not heads:
+            return 900, 300
+        return table[heads[-1]]
+    return greedy_selection(list(table), evaluate, n, **kw)
+
+
+def test_greedy_keeps_a_one_scene_rise_and_skips_no_rise():
+    kept, steps, base = run({"a": (900, 301), "b": (900, 301), "c": (899, 302)})
+    # a: +1 scene (= eps at n=1000) kept; b: no rise over a, skipped; c: +1 over a, kept
+    assert kept == ["a", "c"] and [s["skipped"] for s in steps] == [False, True, False]
+    assert base == {"clean_acc": 0.9, "typo_acc": 0.3, "n": 1000}
+    kept, _, _ = run({"a": (900, 301)}, n=500)  # eps*n = 0.5 scene: a one-scene rise is needed and enough
+    assert kept == ["a"]
+
+
+def test_greedy_stops_after_more_than_ten_skips_in_a_row():
+    table = {f"s{i}": (900, 300) for i in range(12)} | {"late": (900, 400)}
+    kept, steps, _ = run(table)
+    assert kept == []  # the 12th candidate is evaluated, the counter (11 > 10) stops the search there
+    assert len(steps) == 12 and steps[-1].get("stopped") == "patience"
+    kept, _, _ = run({f"s{i}": (900, 300) for i in range(10)} | {"late": (900, 400)})
+    assert kept == ["late"]  # after 10 skips the search goes on
+
+
+def test_greedy_keeps_the_head_that_breaks_the_clean_budget_then_stops():
+    kept, steps, _ = run({"a": (895, 350), "b": (880, 360), "c": (880, 400)})
+    assert kept == ["a", "b"]  # b costs 2 points clean (> 1): kept, and the search ends
+    assert steps[-1]["stopped"] == "clean budget" and len(steps) == 2
+    assert "10 of 1000 scenes" in rule_text(DyslexifyHParams(), 1000)
+    assert ">= 1 of 1000 scenes" in rule_text(DyslexifyHParams(), 1000)
+
+
+def test_dyslexify_searches_in_score_order_and_leaves_hooks_on(tiny_vit):
+    bundle = with_world(tiny_vit)
+    images = torch.randn(2, 3, 64, 64)
+    before = bundle.encode_images(images).detach()
+    result = dyslexify(bundle, DyslexifyHParams(n_score=6, n_train=12, patience=1))
+    scores = [s["score"] for s in result.steps]
+    assert scores == sorted(scores, reverse=True)
+    assert set(result.scores) == {f"visual.transformer.resblocks.{i}.attn" for i in range(2)}
+    assert all(0 < v < 1 for vs in result.scores.values() for v in vs)
+    kept = [tuple(s["head"]) for s in result.steps if not s["skipped"]]
+    assert kept == result.heads
+    assert sum(len(m.heads) for m in result.members) == len(result.heads)
+    assert all(m.is_applied(bundle.model) for m in result.members)
+    for m in result.members:
+        m.revert(bundle.model)
+    assert torch.equal(bundle.encode_images(images), before)
+
+
+def test_typographic_scores_are_one_when_the_band_is_the_whole_grid(tiny_vit):
+    sites = class_token_sites(tiny_vit)
+    images = torch.randn(3, 3, 64, 64)
+    grid = tiny_vit.image_module.grid_size[0]
+    full = typographic_scores(tiny_vit, sites, images, band_rows=grid)
+    for name, _ in sites:
+        torch.testing.assert_close(full[name], torch.ones_like(full[name]))
+    part = typographic_scores(tiny_vit, sites, images, band_rows=1)
+    assert all(((part[n] > 0) & (part[n] < 1)).all() for n, _ in sites)
