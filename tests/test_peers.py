@@ -20,7 +20,7 @@ from clipedit.defenses.head_ablation import (
     head_scores,
 )
 from clipedit.defenses.methods import METHODS
-from clipedit.defenses.paint import PaintHParams, interpolate_, paint
+from clipedit.defenses.paint import ALPHAS, PaintHParams, choose_alpha, cosine_lr, interpolate_, paint
 from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
@@ -121,18 +121,35 @@ def test_interpolation_endpoints_and_midpoint(tiny_rn):
 
 def test_paint_picks_an_alpha_on_validation_and_leaves_the_model_there(tiny_rn):
     bundle = with_world(tiny_rn)
-    hp = PaintHParams(alphas=(0.0, 1.0), finetune=FinetuneHParams(steps=1, lr=1e-3), n_val=6)
-    result = paint(bundle, exemplar_request(bundle), ["ipod"], hp)
+    hp = PaintHParams(alphas=(0.0, 1.0), n_train=8, epochs=1, batch_size=4, n_val=6, n_signs=6)
+    result = paint(bundle, hp)
     assert [r["alpha"] for r in result.rows] == [0.0, 1.0]
     assert result.rows[0]["gain"] == 0.0 and result.rows[0]["admissible"]
     assert result.alpha in (0.0, 1.0)
+    assert all({"patch_acc", "supported_acc", "clean_acc", "reading_acc"} <= set(r) for r in result.rows)
+    assert result.rows[0]["n"] == 6 and result.rows[0]["n_signs"] == 6
     with pytest.raises(EditError, match="alphas must lie in"):
-        paint(bundle, exemplar_request(bundle), ["ipod"], PaintHParams(alphas=(1.5,)))
+        paint(bundle, PaintHParams(alphas=(1.5,)))
+
+
+def test_paint_alpha_rule_on_a_synthetic_curve():
+    def rows(patch, supported):
+        return [{"alpha": a / 10, "patch_acc": p, "supported_acc": s} for a, (p, s) in enumerate(zip(patch, supported))]
+
+    # mean of patching and supported accuracy: 0.50, 0.60, 0.65, 0.60 -> α = 0.2
+    assert choose_alpha(rows([0.3, 0.5, 0.6, 0.7], [0.7, 0.7, 0.7, 0.5])) == 2
+    # a tie goes to the smaller α (the model nearer θ₀)
+    assert choose_alpha(rows([0.4, 0.5, 0.6], [0.8, 0.7, 0.6])) == 0
+    assert len(ALPHAS) == 11 and ALPHAS[1] == 0.1 and ALPHAS[-1] == 1.0
+    lrs = [cosine_lr(s, 1.0, 10, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up
+    assert lrs[10] == pytest.approx(1.0) and lrs[-1] < 0.001 and lrs == lrs[:10] + sorted(lrs[10:], reverse=True)
 
 
 def test_peers_run_through_the_dispatcher(tiny_rn, monkeypatch):
-    assert {"head-ablation", "paint"} <= set(METHODS)
-    small = functools.partial(PaintHParams, alphas=(0.0, 1.0), n_val=6)
+    assert {"head-ablation-weights", "paint", "dyslexify"} <= set(METHODS)
+    small = functools.partial(PaintHParams, alphas=(0.0, 1.0), n_val=6, n_signs=6, n_train=8, epochs=1,
+                              batch_size=4)
     monkeypatch.setattr("clipedit.defenses.methods.PaintHParams", small)  # a small validation grid
     bundle = with_world(tiny_rn)
     original = state(bundle)
@@ -143,13 +160,15 @@ def test_peers_run_through_the_dispatcher(tiny_rn, monkeypatch):
     assert changed == (defense.details["alpha"] > 0)
     few = functools.partial(HeadAblationHParams, n_val=6, patience=1)
     monkeypatch.setattr("clipedit.defenses.methods.HeadAblationHParams", few)
-    ablated = defend(with_world(tiny_rn), "ipod", DefenseConfig(method="head-ablation", renders=4))
-    assert ablated.method == "head-ablation"
+    ablated = defend(with_world(tiny_rn), "ipod", DefenseConfig(method="head-ablation-weights", renders=4))
+    assert ablated.method == "head-ablation-weights"
     assert (ablated.edit_set is None) == (not ablated.details["heads"])
     if ablated.edit_set is not None:
         assert ablated.layer == "visual.attnpool.c_proj" == ablated.edit_set.layers[0]
     with pytest.raises(ClipeditError, match="no labelled world"):
-        defend(tiny_rn, "ipod", DefenseConfig(method="head-ablation", renders=2))
+        defend(tiny_rn, "ipod", DefenseConfig(method="head-ablation-weights", renders=2))
+    with pytest.raises(ClipeditError, match="class token"):
+        defend(with_world(tiny_rn), "ipod", DefenseConfig(method="dyslexify", renders=2))
 
 
 # -- reading kept ----------------------------------------------------------------------------------------

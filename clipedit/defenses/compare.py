@@ -163,7 +163,7 @@ def run_method(base: ModelBundle, method: str, word: Optional[str], seed: int, s
         defense = defend(bundle, word, DefenseConfig(method=method, seed=seed))
         details = {"layer": defense.layer}
         if method == "head-ablation-weights":
-            details["heads"] = [list(h) for h in defense.details.heads]
+            details["heads"] = [list(h) for h in defense.details["heads"]]
     return bundle, details, time.perf_counter() - start + extra
 
 

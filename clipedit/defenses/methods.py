@@ -195,9 +195,9 @@ METHODS: dict[str, MethodSpec] = {
     "edit": MethodSpec(RewriteHParams, run_edit, config_field="hparams"),
     "finetune-local": MethodSpec(FinetuneHParams, _run_finetune(local=True), config_field="finetune"),
     "finetune-global": MethodSpec(FinetuneHParams, _run_finetune(local=False), config_field="finetune"),
-    "dyslexify": MethodSpec(DyslexifyHParams, run_dyslexify),
+    "dyslexify": MethodSpec(DyslexifyHParams, run_dyslexify, defaults=lambda config: DyslexifyHParams()),
     "head-ablation-weights": MethodSpec(HeadAblationHParams, run_head_ablation),
-    "paint": MethodSpec(PaintHParams, run_paint),
+    "paint": MethodSpec(PaintHParams, run_paint, defaults=lambda config: PaintHParams()),
 }
 
 

@@ -215,6 +215,10 @@ def paint(bundle: ModelBundle, hparams: Optional[PaintHParams] = None, train: Op
         row["supported_acc"] = sum(supported) / len(supported)
         rows.append(row)
         log.info("PAINT α=%.1f: patch %.3f supported %.3f", alpha, patch, row["supported_acc"])
+    for row in rows:  # against θ₀ (α = 0): PAINT's aim is supported accuracy within 1 point of it
+        row["gain"] = row["patch_acc"] - rows[0]["patch_acc"] if rows[0]["alpha"] == 0.0 else None
+        row["supported_loss"] = rows[0]["supported_acc"] - row["supported_acc"]
+        row["admissible"] = row["supported_loss"] <= 0.01 + 1e-9
     best = choose_alpha(rows)
     alpha = rows[best]["alpha"]
     interpolate_(tower, theta0, theta1, alpha)

@@ -1,0 +1,78 @@
+"""``clipedit compare``: intervals, the tie rule, end to end at tiny n, and bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clipedit import cli
+from clipedit.eval.intervals import cell, format_cell, mean_interval, verdict, wilson
+
+
+def test_wilson_matches_the_textbook_values():
+    lo, hi = wilson(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    lo, hi = wilson(0, 20)
+    assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-4)
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_cells_over_one_and_several_seeds_and_the_tie_rule():
+    one = cell([(80, 100)])
+    assert one["value"] == 0.8 and one["n"] == 100 and one["interval"] == "wilson"
+    three = cell([(80, 100), (70, 100), (90, 100)])
+    mean, lo, hi = mean_interval([0.8, 0.7, 0.9])
+    assert three["value"] == pytest.approx(mean) and three["lo"] == pytest.approx(lo)
+    assert hi - mean == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3)  # t(2) = 4.303, sd = 0.1
+    assert three["seeds"] == 3 and three["n"] == 300
+    high, low = cell([(95, 100)]), cell([(50, 100)])
+    assert verdict(high, low) == "A" and verdict(low, high) == "B"
+    assert verdict(cell([(52, 100)]), cell([(50, 100)])) == "tie"
+    assert format_cell(one).startswith("80.0% [") and "n=100" in format_cell(one)
+
+
+def run_cli(args):
+    try:
+        cli.main(args)
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "edit,bogus"], "unknown method 'bogus'"),
+    (["--model", "mini", "--methods", "dyslexify"], "dyslexify does not apply to mini"),
+    (["--seeds", ","], "--seeds is empty"),
+    (["--n", "0"], "n_test must be >= 1"),
+])
+def test_bad_input_is_one_error_line_and_writes_nothing(args, message, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--model", "mini-vit", *args, "--out", str(out)]
+    assert run_cli(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("Error: ") and message in err[-1]
+    assert not out.exists()
+
+
+def test_compare_end_to_end_at_tiny_n(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--model", "mini-vit", "--methods", "dyslexify,head-ablation-weights", "--words", "ipod",
+            "--seeds", "0", "--n", "8", "--n-signs", "6", "--n-train", "12", "--n-val", "6", "--out", str(out),
+            "--report", str(tmp_path / "r.html")]
+    assert run_cli(argv) == 0
+    record = json.loads((out / "compare.json").read_text())
+    assert record["task"] == "typographic_defense_compare" and record["model"] == "mini-vit"
+    assert all(not isinstance(v, (dict, list)) for v in record["metrics"].values())  # flat, clip_benchmark-style
+    cells = record["compare"]["cells"]
+    assert set(cells) == {"unedited", "dyslexify", "head-ablation-weights"}
+    for method, row in cells.items():
+        for key in ("text_acc", "other_text_acc", "clean_acc", "blank_acc", "reading_acc"):
+            c = row[key]
+            assert c["n"] > 0 and c["lo"] <= c["value"] <= c["hi"], (method, key)
+    assert cells["unedited"]["clean_acc"]["n"] == 8 and cells["unedited"]["reading_acc"]["n"] == 6
+    assert record["metrics"]["dyslexify/clean_acc_n"] == 8
+    details = record["compare"]["details"]["dyslexify"]["0"]
+    assert "rule" in details and "steps" in details
+    assert (out / "compare.png").stat().st_size > 0 and "<table>" in (tmp_path / "r.html").read_text()
+    table = capsys.readouterr().out
+    assert "defended word" in table and "n=8" in table
