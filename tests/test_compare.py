@@ -73,6 +73,7 @@ def test_compare_end_to_end_at_tiny_n(tmp_path, capsys):
     assert record["metrics"]["dyslexify/clean_acc_n"] == 8
     details = record["compare"]["details"]["dyslexify"]["0"]
     assert "rule" in details and "steps" in details
+    assert not (out / "compare.partial.json").exists()  # kept while running, removed once the record is whole
     assert (out / "compare.png").stat().st_size > 0 and "<table>" in (tmp_path / "r.html").read_text()
     table = capsys.readouterr().out
     assert "defended word" in table and "n=8" in table

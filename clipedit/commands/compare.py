@@ -54,7 +54,13 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, r
     bundle = model.load()
     check_settings(bundle, settings)  # before any work: one Error line, nothing written
     start = time.perf_counter()
-    record = compare(bundle, settings, progress=lambda m: click.echo(m, err=True))
+    partial = out / "compare.partial.json"  # the methods done so far, while the rest run; removed at the end
+
+    def keep(so_far: dict) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_results(partial, {"partial": True, "compare": so_far})
+
+    record = compare(bundle, settings, progress=lambda m: click.echo(m, err=True), on_method=keep)
     seconds = time.perf_counter() - start
     header, rows = table_rows(record, format_cell)
     result = make_record(dataset=bundle.world.name, bundle=bundle, task="typographic_defense_compare",
@@ -74,6 +80,7 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, r
                      header=header, rows=rows, chart=(out / "compare.png").read_bytes(), grid=[],
                      notes=["Cells: value [95% interval] n; one seed: Wilson; several: mean and t interval over seeds.",
                             "A beats B only where the intervals do not overlap; otherwise it is a tie."])
+    partial.unlink(missing_ok=True)
     click.echo(format_table(rows, header=header))
     click.echo(f"{len(record['methods'])} methods x {len(settings.seeds)} seeds x {len(settings.words)} words in "
                f"{seconds:.0f} s; wrote {out}/compare.json, compare.png" + (f", {report}" if report else ""))

@@ -167,9 +167,13 @@ def run_method(base: ModelBundle, method: str, word: Optional[str], seed: int, s
     return bundle, details, time.perf_counter() - start + extra
 
 
-def compare(base: ModelBundle, settings: CompareSettings,
-            progress: Callable[[str], None] = log.info) -> dict[str, Any]:
-    """Run every method of ``settings`` and score it; returns the record (cells, raw counts, details)."""
+def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[str], None] = log.info,
+            on_method: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """Run every method of ``settings`` and score it; returns the record (cells, raw counts, details).
+
+    Args:
+        on_method: called with the record so far after each method (e.g. to keep a partial file).
+    """
     methods = check_settings(base, settings)
     t_all = time.perf_counter()
     tests = {w: heldout_data(base, [w], settings.n_test, settings.n_signs, split="test") for w in settings.words}
@@ -195,6 +199,12 @@ def compare(base: ModelBundle, settings: CompareSettings,
                     details[method][f"{seed}:{w}"] = det
                     raw[method][str(seed)][w] = counts(tests[w], bundle)
             progress(f"{method} seed {seed}: {sum(seconds[method]):.0f} s so far")
+        if on_method is not None:
+            on_method(_record(methods, settings, raw, seconds, details, t_all))
+    return _record(methods, settings, raw, seconds, details, t_all)
+
+
+def _record(methods, settings, raw, seconds, details, t_all) -> dict[str, Any]:
     cells = {m: table_cells(raw[m]) for m in raw}
     return {"methods": list(methods), "words": list(settings.words), "seeds": list(settings.seeds),
             "settings": dataclasses.asdict(settings), "cells": cells, "raw": raw,
