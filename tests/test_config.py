@@ -65,7 +65,7 @@ def test_defaults_are_read_once(mini_vit):
 
 def test_every_method_takes_its_settings_from_python(tiny_rn):
     assert all(isinstance(spec, MethodSpec) for spec in METHODS.values())
-    assert {"edit", "finetune-local", "finetune-global", "head-ablation", "paint"} <= set(METHODS)
+    assert {"edit", "finetune-local", "finetune-global", "head-ablation-weights", "paint"} <= set(METHODS)
     for name, spec in METHODS.items():
         hp = spec.hparams_cls()
         assert spec.hparams_cls.from_dict(hp.to_dict()) == hp, name
@@ -73,7 +73,7 @@ def test_every_method_takes_its_settings_from_python(tiny_rn):
                                      "finetune": FinetuneHParams(steps=1)})
     assert paint.method_hparams == PaintHParams(alphas=(0.0, 0.5), n_val=4, finetune=FinetuneHParams(steps=1))
     given = HeadAblationHParams(patience=1)
-    heads = resolve_config(tiny_rn, DefenseConfig(method="head-ablation", method_hparams=given))
+    heads = resolve_config(tiny_rn, DefenseConfig(method="head-ablation-weights", method_hparams=given))
     assert heads.method_hparams.patience == 1
     edit = resolve_config(tiny_rn, {"hparams": {"rank": 3, "keep_targets": 0.5}, "rank": 2})  # options over the file
     assert edit.hparams.rank == 2 and edit.hparams.keep_targets == 0.5
@@ -87,11 +87,11 @@ def test_cli_hparams_file_reaches_the_method_and_is_recorded(tmp_path, capsys):
     path = tmp_path / "heads.json"
     path.write_text(json.dumps({"max_heads": 1, "patience": 0, "n_val": 4}))
     out = tmp_path / "run"
-    run_ok(capsys, "defend", "--model", "mini", "--method", "head-ablation", "--hparams", path, "--renders", "2",
+    run_ok(capsys, "defend", "--model", "mini", "--method", "head-ablation-weights", "--hparams", path, "--renders", "2",
            "--no-eval", "--out", out)
     record = json.loads((out / "results.json").read_text())
     assert record["hparams"]["max_heads"] == 1 and record["hparams"]["n_val"] == 4
-    assert record["config"]["method"] == "head-ablation"
+    assert record["config"]["method"] == "head-ablation-weights"
     path.write_text("{not json")
     assert "cannot read --hparams file" in run_error(capsys, "defend", "--model", "mini", "--method", "paint",
                                                     "--hparams", path, "--no-eval", "--out", tmp_path / "x")
