@@ -87,7 +87,8 @@ def test_cli_hparams_file_reaches_the_method_and_is_recorded(tmp_path, capsys):
     path = tmp_path / "heads.json"
     path.write_text(json.dumps({"max_heads": 1, "patience": 0, "n_val": 4}))
     out = tmp_path / "run"
-    run_ok(capsys, "defend", "--model", "mini", "--method", "head-ablation-weights", "--hparams", path, "--renders", "2",
+    run_ok(capsys, "defend", "--model", "mini", "--method", "head-ablation-weights", "--hparams", path,
+           "--renders", "2",
            "--no-eval", "--out", out)
     record = json.loads((out / "results.json").read_text())
     assert record["hparams"]["max_heads"] == 1 and record["hparams"]["n_val"] == 4
