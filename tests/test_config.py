@@ -71,7 +71,8 @@ def test_every_method_takes_its_settings_from_python(tiny_rn):
         assert spec.hparams_cls.from_dict(hp.to_dict()) == hp, name
     paint = resolve_config(tiny_rn, {"method": "paint", "hparams": {"alphas": [0.0, 0.5], "n_val": 4},
                                      "finetune": FinetuneHParams(steps=1)})
-    assert paint.method_hparams == PaintHParams(alphas=(0.0, 0.5), n_val=4, finetune=FinetuneHParams(steps=1))
+    # PAINT as published trains θ₁ with its own settings (AdamW, cosine, clip), not the baselines' finetune
+    assert paint.method_hparams == PaintHParams(alphas=(0.0, 0.5), n_val=4)
     given = HeadAblationHParams(patience=1)
     heads = resolve_config(tiny_rn, DefenseConfig(method="head-ablation-weights", method_hparams=given))
     assert heads.method_hparams.patience == 1
