@@ -43,8 +43,9 @@ def model_options(default: Optional[str] = None, edits: bool = False) -> Callabl
     def decorate(f: Callable) -> Callable:
         @click.option("--model", "model_spec", required=default is None, default=default, show_default=True,
                       metavar="SPEC", help="Model NAME[:PRETRAINED] (e.g. ViT-B-32:openai, mini, tiny-vit).")
-        @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                      help="Local weights (.pt/.bin/.safetensors) instead of downloading.")
+        @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+                      help="Local weights (.pt/.bin/.safetensors; a save_pretrained folder with --model hf) "
+                           "instead of downloading.")
         @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
         @functools.wraps(f)
         def wrapper(*args, model_spec: str, checkpoint: Optional[Path], device: str, edit_files=(), **kwargs):

@@ -53,7 +53,7 @@ def defaults_for(bundle: ModelBundle, any_word: bool = False) -> DefenseDefaults
     (``any_word``) the ``any_word`` entries (default, then architecture) on top, whose ``sites`` (or none)
     replace the model's."""
     table = defaults_table()
-    arch = type(bundle.image_module).__name__
+    arch = bundle.architecture
     entry = {**table["default"], **table["architectures"].get(arch, {}), **table["models"].get(bundle.name, {})}
     if any_word:
         words = table.get("any_word", {})
@@ -72,7 +72,7 @@ def default_layer(bundle: ModelBundle) -> str:
     """The default rewrite site of ``bundle``; raises SiteError when its architecture has none."""
     layer = defaults_for(bundle).layer
     if layer is None:
-        raise SiteError(f"no default layer for {type(bundle.image_module).__name__}; pass one with --layer")
+        raise SiteError(f"no default layer for {bundle.architecture}; pass one with --layer")
     return layer
 
 

@@ -12,6 +12,8 @@ from clipedit.errors import ModelLoadError
 from clipedit.io import read_safetensors_metadata, save_state_dict
 
 SOURCE_DTYPES = "source_dtypes"  # ModelBundle.extra key: the checkpoint's dtype of every tensor
+PRETRAINED_EXPORT = "hf_export"  # ModelBundle.extra key (Hugging Face models): fn(folder) -> save_pretrained
+PRETRAINED_WEIGHTS = "model.safetensors"  # the name save_pretrained gives the weights
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
