@@ -72,7 +72,9 @@ def default_layer(bundle: ModelBundle) -> str:
     """The default rewrite site of ``bundle``; raises SiteError when its architecture has none."""
     layer = defaults_for(bundle).layer
     if layer is None:
-        raise SiteError(f"no default layer for {bundle.architecture}; pass one with --layer")
+        known = ", ".join(k for k, v in defaults_table()["architectures"].items() if "layer" in v)
+        raise SiteError(f"no default layer for {bundle.architecture} (families with one: {known}); pass one with "
+                        "--layer")
     return layer
 
 

@@ -104,7 +104,16 @@ def save_model_weights(path: str | os.PathLike, bundle, metadata: Optional[dict]
     Unchanged weights of an fp16 checkpoint are written in fp16 again (bit-exact with the source). A
     tensor the source dtype cannot hold exactly (an edited layer) keeps its own dtype, and its source
     dtype goes into the metadata, so that reverting the edit writes the source file's dtypes again.
+
+    A Hugging Face model's ``model.safetensors`` is written by ``save_pretrained``, with its config,
+    image processor and tokenizer beside it: the folder loads with ``transformers`` alone. Under any other
+    name its state dict is written (transformers' own names), for ``--model hf:ID --checkpoint FILE``.
     """
+    export = bundle.extra.get(PRETRAINED_EXPORT)
+    if export is not None and Path(path).name == PRETRAINED_WEIGHTS:
+        return export(Path(path).parent)
+    if export is not None:
+        metadata = {**(metadata or {}), "format": "pt"}
     dtypes = bundle.extra.get(SOURCE_DTYPES) or {}
     state, kept = {}, {}
     for name, t in bundle.model.state_dict().items():

@@ -223,11 +223,13 @@ def is_hf_bundle(bundle: ModelBundle) -> bool:
     return HF_EXPORT in bundle.extra
 
 
-# -- tiny folders (tests, examples: real transformers architectures at toy width, no download) -------
-def write_tiny_folder(folder: str | os.PathLike, family: str = "clip", image_size: int = 64) -> Path:
-    """Write a save_pretrained-style folder of a toy-width ``CLIPModel`` or ``SiglipModel``: its config, its
-    image processor and a CLIP BPE tokenizer made from open_clip's bundled vocabulary (SigLIP's own
-    SentencePiece vocabulary would need a download). No weights: load it with ``hf:FOLDER:none``."""
+# -- config folders (tests, examples: real transformers architectures, random init, no download) -------
+def write_config_folder(folder: str | os.PathLike, family: str = "clip", tiny: bool = True,
+                        image_size: int = 64) -> Path:
+    """Write a save_pretrained-style folder of a ``CLIPModel`` or ``SiglipModel`` without weights: its config
+    (``tiny``: width 64, 2 vision layers, ``image_size`` px; else transformers' default config, ViT-B/32 CLIP
+    or SigLIP B/16 at 224 px), its image processor and a CLIP BPE tokenizer made from open_clip's bundled
+    vocabulary (SigLIP's own SentencePiece vocabulary would need a download). Load it with ``hf:FOLDER:none``."""
     import transformers
     from open_clip.tokenizer import SimpleTokenizer
 
@@ -235,17 +237,29 @@ def write_tiny_folder(folder: str | os.PathLike, family: str = "clip", image_siz
         raise ModelLoadError(f"unknown family {family!r} (known: {', '.join(SUPPORTED_MODELS)})")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    text = dict(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                max_position_embeddings=16, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=image_size, patch_size=8)
+    text: dict[str, Any] = dict(vocab_size=49408, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    vision: dict[str, Any] = {}
+    if tiny:
+        text.update(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                    max_position_embeddings=16)
+        vision.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                      image_size=image_size, patch_size=8)
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()  # token ids are checked against the default vocabulary first
+    try:
+        if family == "clip":
+            config = transformers.CLIPConfig(text_config=text, vision_config=vision,
+                                             **(dict(projection_dim=64) if tiny else {}))
+        else:
+            config = transformers.SiglipConfig(text_config=text, vision_config=vision)
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
+    size = config.vision_config.image_size
     if family == "clip":
-        config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
-        processor = transformers.CLIPImageProcessor(size={"shortest_edge": image_size},
-                                                    crop_size={"height": image_size, "width": image_size})
+        processor = transformers.CLIPImageProcessor(size={"shortest_edge": size},
+                                                    crop_size={"height": size, "width": size})
     else:
-        config = transformers.SiglipConfig(text_config=text, vision_config=vision)
-        processor = transformers.SiglipImageProcessor(size={"height": image_size, "width": image_size})
+        processor = transformers.SiglipImageProcessor(size={"height": size, "width": size})
     config.save_pretrained(folder)
     processor.save_pretrained(folder)
     bpe = SimpleTokenizer()
