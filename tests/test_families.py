@@ -238,8 +238,19 @@ def test_hf_export_loads_with_transformers_alone(hf_folders, tmp_path):
         with torch.no_grad():
             assert torch.equal(back.encode_images(x), want)
         assert torch.equal(back.tokenizer(["a cat"]), bundle.tokenizer(["a cat"]))
-        other = export_pretrained(bundle, tmp_path / f"{fam}-2")
-        assert other.is_file()
+        # a copy of the bundle with another model (an edited twin) encodes and exports that model
+        import copy
+        import dataclasses
+
+        twin = dataclasses.replace(bundle, model=copy.deepcopy(bundle.model))
+        site = resolve_site(twin.model, layer)
+        with torch.no_grad():
+            site.weight.mul_(0)
+            assert not torch.equal(twin.encode_images(x), want) and torch.equal(bundle.encode_images(x), want)
+        save_model_weights(tmp_path / f"{fam}-twin" / "model.safetensors", twin)
+        with torch.no_grad():
+            got = cls.from_pretrained(tmp_path / f"{fam}-twin").eval().get_image_features(pixel_values=x)
+        assert torch.equal(got if isinstance(got, torch.Tensor) else got.pooler_output, twin.encode_images(x))
 
 
 def test_hf_errors_are_one_line(hf_folders, tmp_path, capsys, monkeypatch, image_folder):

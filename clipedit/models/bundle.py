@@ -29,8 +29,9 @@ class ModelBundle:
         world: where exemplars, reference images and held-out scenes come from (None: photographs).
         image_tower: dotted name of a CLIP's image tower in ``model`` (open_clip ``visual``; Hugging Face
             ``vision_model``).
-        image_encoder, text_encoder: preprocessed images / token ids -> embeddings, for models without
-            open_clip's ``encode_image`` / ``encode_text`` (Hugging Face); None: those methods.
+        image_encoder, text_encoder: ``fn(model, images)`` / ``fn(model, token_ids)`` -> embeddings, for
+            models without open_clip's ``encode_image`` / ``encode_text`` (Hugging Face); None: those methods.
+            They take the model as an argument, so a copy of the bundle with another model encodes with it.
     """
 
     model: nn.Module
@@ -45,8 +46,8 @@ class ModelBundle:
     world: Optional[World] = None
     extra: dict = field(default_factory=dict)
     image_tower: str = "visual"
-    image_encoder: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-    text_encoder: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    image_encoder: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = None
+    text_encoder: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = None
 
     @property
     def device(self) -> torch.device:
@@ -75,9 +76,10 @@ class ModelBundle:
         """Features for a batch of preprocessed images: CLIP embeddings (unnormalised) or logits."""
         images = images.to(self.device)
         if self.kind == "clip":
-            return (self.image_encoder or self.model.encode_image)(images)
+            return self.image_encoder(self.model, images) if self.image_encoder else self.model.encode_image(images)
         return self.model(images)
 
     def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
         """CLIP text embeddings (unnormalised) of token ids."""
-        return (self.text_encoder or self.model.encode_text)(tokens.to(self.device))
+        tokens = tokens.to(self.device)
+        return self.text_encoder(self.model, tokens) if self.text_encoder else self.model.encode_text(tokens)

@@ -12,7 +12,7 @@ from clipedit.errors import ModelLoadError
 from clipedit.io import read_safetensors_metadata, save_state_dict
 
 SOURCE_DTYPES = "source_dtypes"  # ModelBundle.extra key: the checkpoint's dtype of every tensor
-PRETRAINED_EXPORT = "hf_export"  # ModelBundle.extra key (Hugging Face models): fn(folder) -> save_pretrained
+PRETRAINED_EXPORT = "hf_export"  # ModelBundle.extra key (Hugging Face): fn(bundle, folder) -> save_pretrained
 PRETRAINED_WEIGHTS = "model.safetensors"  # the name save_pretrained gives the weights
 
 
@@ -111,7 +111,7 @@ def save_model_weights(path: str | os.PathLike, bundle, metadata: Optional[dict]
     """
     export = bundle.extra.get(PRETRAINED_EXPORT)
     if export is not None and Path(path).name == PRETRAINED_WEIGHTS:
-        return export(Path(path).parent)
+        return export(bundle, Path(path).parent)
     if export is not None:
         metadata = {**(metadata or {}), "format": "pt"}
     dtypes = bundle.extra.get(SOURCE_DTYPES) or {}

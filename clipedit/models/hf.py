@@ -15,6 +15,7 @@ as ``model.safetensors`` (``save_model_weights``) writes a folder that ``from_pr
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 #: config ``model_type`` -> the transformers class clipedit loads it with.
 SUPPORTED_MODELS = {"clip": "CLIPModel", "siglip": "SiglipModel"}
-HF_EXPORT = PRETRAINED_EXPORT  # ModelBundle.extra key: fn(folder) -> the save_pretrained folder's weights
+HF_EXPORT = PRETRAINED_EXPORT  # ModelBundle.extra key: fn(bundle, folder) -> the save_pretrained weights
 INSTALL_HINT = "pip install 'clipedit[hf]'"
 
 
@@ -74,11 +75,10 @@ def load_hf(tag: str, checkpoint: Optional[str | os.PathLike], device: torch.dev
     tokenizer = _tokenizer(transformers, source, config, label)
     bundle = ModelBundle(model=model, preprocess=preprocess_from_processor(processor),
                          tokenizer=tokenizer, name=f"hf:{ident or Path(source).name}", pretrained=pretrained,
-                         kind="clip", image_tower="vision_model", image_encoder=_pooled(model.get_image_features,
-                                                                                         "pixel_values"),
-                         text_encoder=_pooled(model.get_text_features, "input_ids"))
-    bundle.extra[HF_EXPORT] = lambda folder: export_pretrained(bundle, folder, processor,
-                                                               getattr(tokenizer, "tokenizer", None))
+                         kind="clip", image_tower="vision_model", image_encoder=image_features,
+                         text_encoder=text_features)
+    bundle.extra[HF_EXPORT] = functools.partial(export_pretrained, processor=processor,
+                                                tokenizer=getattr(tokenizer, "tokenizer", None))
     return bundle
 
 
@@ -106,15 +106,18 @@ def _model_class_name(config, label: str) -> str:
     return name
 
 
-def _pooled(fn: Callable, arg: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An image/text feature function returning a tensor (transformers 5 returns an output whose
-    ``pooler_output`` holds the projected features; 4.x the tensor itself)."""
+def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """A CLIPModel/SiglipModel's projected image embeddings (transformers 5 returns them as ``pooler_output``)."""
+    return _tensor(model.get_image_features(pixel_values=pixel_values))
 
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        out = fn(**{arg: x})
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
 
-    return encode
+def text_features(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """A CLIPModel/SiglipModel's projected text embeddings."""
+    return _tensor(model.get_text_features(input_ids=input_ids))
+
+
+def _tensor(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 # -- preprocessing ------------------------------------------------------------------------------------
