@@ -381,3 +381,25 @@ def test_fine_tuning_methods_change_only_the_image_tower(fam, method, hf_folders
     assert changed and all(k.startswith(bundle.image_prefix) for k in changed)
     if method == "finetune-local":
         assert changed == {FAMILIES[fam][2] + ".weight"}
+
+
+def test_open_clip_vit_with_layer_scale_is_a_site_now():
+    """open_clip ViTs with LayerScale (ls_init_value) were refused; the scale is solved through like a norm."""
+    import open_clip
+
+    from clipedit.models.bundle import ModelBundle
+    from clipedit.models.registry import config_files
+
+    cfg = json.loads(config_files()["tiny-vit"].read_text())
+    cfg["vision_cfg"]["ls_init_value"] = 0.1
+    torch.manual_seed(0)
+    bundle = ModelBundle(model=open_clip.model.CLIP(**cfg).eval(), preprocess=None)
+    site = resolve_site(bundle.model, "visual.transformer.resblocks.0.mlp.c_proj")
+    assert site.scale_name == "visual.transformer.resblocks.0.ls_2"
+    req = _requests(3, seed=2)
+    ex = collect_exemplars(bundle.model, site, req.attacked, req.target, req.mask, bundle.encode_images)
+    patched = _patched_block_output(bundle, site, req.attacked, ex.values, ex.location_mask)
+    with Trace(bundle.model, site.block_name) as blank:
+        bundle.encode_images(req.target)
+    sel = ex.location_mask > 0
+    assert torch.allclose(patched[sel], site.locations(blank.output)[sel], atol=1e-4, rtol=1e-3)
