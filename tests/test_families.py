@@ -264,6 +264,8 @@ def test_hf_errors_are_one_line(hf_folders, tmp_path, capsys, monkeypatch, image
     assert "could not fetch hf:nobody/no-such-clip" in line and "--checkpoint" in line
     line = run_error(capsys, "audit", "--model", "hf", "--data", image_folder)
     assert "hf:ORG/NAME" in line
+    line = run_error(capsys, "audit", "--model", f"hf:{hf_folders['clip']}", "--data", image_folder)
+    assert f"hf:{hf_folders['clip']}:none" in line  # a config-only folder: says how to load it at random init
     line = run_error(capsys, "audit", "--model", "tiny-vit", "--checkpoint", tmp_path, "--data", image_folder)
     assert "is a folder" in line
     import importlib.util

@@ -91,7 +91,8 @@ def _fetch(fn: Callable[[], Any], source: str, label: str, what: str) -> Any:
     except (OSError, ValueError) as e:
         if local:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ModelLoadError(f"cannot load the {what} of {label} from {source}: {first}") from None
+            hint = f" (a folder without weights loads at random init as hf:{source}:none)" if what == "weights" else ""
+            raise ModelLoadError(f"cannot load the {what} of {label} from {source}: {first}{hint}") from None
         reason = "no network and not in the local cache" if offline else f"{type(e).__name__}; offline?"
         raise ModelLoadError(f"could not fetch {label} ({reason}) - save_pretrained it elsewhere and pass "
                              "--model hf --checkpoint FOLDER") from None
