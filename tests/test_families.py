@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import transformers  # the hf extra, part of dev
 from conftest import run_cli, run_error, run_ok
 from PIL import Image
 from test_exemplar_sums import _requests
@@ -21,10 +22,7 @@ from clipedit.core.sites import QKVValueSite, candidate_sites, resolve_site
 from clipedit.defenses.defaults import defaults_for
 from clipedit.errors import ModelLoadError
 from clipedit.models import load_model, save_state_dict
-
-transformers = pytest.importorskip("transformers")  # the hf extra is part of dev: CI has it
-
-from clipedit.models.hf import export_pretrained, write_config_folder  # noqa: E402
+from clipedit.models.hf import export_pretrained, write_config_folder
 
 
 def _load(spec: str):
