@@ -72,10 +72,15 @@ def default_layer(bundle: ModelBundle) -> str:
     """The default rewrite site of ``bundle``; raises SiteError when its architecture has none."""
     layer = defaults_for(bundle).layer
     if layer is None:
-        known = ", ".join(k for k, v in defaults_table()["architectures"].items() if "layer" in v)
-        raise SiteError(f"no default layer for {bundle.architecture} (families with one: {known}); pass one with "
-                        "--layer")
+        raise no_default_layer(bundle)
     return layer
+
+
+def no_default_layer(bundle: ModelBundle) -> SiteError:
+    """The error for a model whose family has no default site: it names the family and those that have one."""
+    known = ", ".join(k for k, v in defaults_table()["architectures"].items() if "layer" in v)
+    return SiteError(f"no default layer for {bundle.architecture} (families with one: {known}); pass one with "
+                     "--layer")
 
 
 def expand_layer(image_module: nn.Module, template: str) -> str:
