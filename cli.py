@@ -45,8 +45,7 @@ def cli(verbose: int) -> None:
 
 def main(argv=None) -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 1."""
-    from attacks import AttackError
-    from clipedit.errors import ClipeditError
+    from clipedit.errors import ClipeditError  # attacks.AttackError is one
 
     try:
         rv = cli.main(args=argv, standalone_mode=False)
@@ -58,7 +57,7 @@ def main(argv=None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except (ClipeditError, AttackError) as e:
+    except ClipeditError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
     except (KeyboardInterrupt, BrokenPipeError):

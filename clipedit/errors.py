@@ -1,8 +1,13 @@
-"""Exceptions that the CLI turns into one-line errors (with ``attacks.AttackError``)."""
+"""Exceptions that the CLI turns into one-line errors.
 
+:class:`ClipeditError` is the base of every one of them, ``attacks.AttackError`` included: it is
+defined in ``attacks.errors`` (the package below clipedit, which imports nothing of clipedit's) and
+re-exported here.
+"""
+from attacks.errors import AttackError, ClipeditError
 
-class ClipeditError(Exception):
-    """An error caused by the user's input or environment; shown without a traceback."""
+__all__ = ["ArgumentError", "AttackError", "ClipeditError", "EditError", "ModelLoadError", "SiteError",
+           "check_argument"]
 
 
 class ModelLoadError(ClipeditError):
@@ -15,3 +20,14 @@ class SiteError(ClipeditError):
 
 class EditError(ClipeditError):
     """An edit that cannot be computed, saved or applied."""
+
+
+class ArgumentError(ClipeditError, TypeError):
+    """A public function called with an argument of the wrong type or an empty value."""
+
+
+def check_argument(value, types, name: str, function: str) -> None:
+    """Raise :class:`ArgumentError` unless ``value`` is an instance of ``types`` (a type or a tuple)."""
+    if not isinstance(value, types):
+        wanted = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise ArgumentError(f"{function}: {name} must be a {wanted}, got {type(value).__name__}")

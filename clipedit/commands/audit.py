@@ -25,8 +25,9 @@ from clipedit.commands.options import (
     split_list,
     template_list,
 )
+from clipedit.commands.params import TEXT, count
 from clipedit.core.distributed import init_from_environment, is_main_process
-from clipedit.data.benchmarks import LAYOUTS, LoadedBenchmark, load_benchmark_images, read_benchmark
+from clipedit.data.benchmarks import LAYOUTS, LoadedBenchmark, data_path, load_benchmark_images, read_benchmark
 from clipedit.data.classnames import check_classnames, labels_from_names, remap_labels
 from clipedit.data.folders import load_image_folder
 from clipedit.data.images import load_photos
@@ -38,6 +39,7 @@ from clipedit.eval.heldout import world_attack_set
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.report import GridItem, attacks_grid, bar_chart, benchmark_grid, write_chart, write_report
 from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.outputs import check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,11 @@ def world_set(world, classnames: Optional[list[str]], words: Optional[list[str]]
     return AuditSet(attacks, labels, names, world.name, len(attacks))
 
 
+def chart_path(out: Optional[Path]) -> Optional[Path]:
+    """The bar chart written beside ``--out`` (its name with ``.png``)."""
+    return out.with_suffix(".png") if out is not None else None
+
+
 def result_rows(metrics: dict[str, Any]) -> list[tuple[str, Optional[float], int]]:
     """The printed table's rows: (set, rate, n)."""
     return [("clean", metrics["clean_acc"], metrics["n"]),
@@ -166,8 +173,9 @@ def audit_benchmark(bundle, data: LoadedBenchmark, templates: Optional[list[str]
               help="Class list, one name per line.")
 @click.option("--templates-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Prompt templates with '{}', one per line (default: the model's).")
-@click.option("--words", default=None, metavar="w1,w2", help="Words to write (default: the other class names).")
-@click.option("--n", "--scenes", "n", type=click.IntRange(min=1), default=None,
+@click.option("--words", type=TEXT, default=None, metavar="w1,w2",
+              help="Words to write (default: the other class names).")
+@click.option("--n", "--scenes", "n", type=count(), default=None,
               help=f"World scenes (default {WORLD_SCENES}). Photos: random words each (default: every word).")
 @seed_option()
 @batch_size_option()
@@ -203,11 +211,14 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
     for path in (out, report):
         if path is not None:
             check_out_file(path)
+    check_outputs({"--out": out, "the chart beside --out": chart_path(out), "--report": report},
+                  inputs={"--checkpoint": model.checkpoint, "--data": data, "--dataset": data_path(dataset_spec),
+                          "--photos": photos, "--classes-file": classes_file, "--templates-file": templates_file})
     if classnames is not None:
         check_classnames(classnames)
 
     # Under torchrun, each rank runs the model on its share of the rendered attacks; rank 0 reports.
-    init_from_environment()
+    init_from_environment(agree_on=click.get_current_context().params)
     # Read the photos first (a bad file fails before any download), render after loading the model.
     bench = load_benchmark_images(read_benchmark(dataset_spec), classnames) if dataset_spec else None
     source = folder_source(data, classnames) if data is not None else \
@@ -232,14 +243,15 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
                f"{len(outcome.classnames)} classes")
     click.echo(format_table(outcome.rows, header=("", "rate", "n")))
     if metrics.get("n_skipped"):
-        click.echo(f"skipped {metrics['n_skipped']} images that do not decode (listed in the results)")
+        click.echo(f"skipped {metrics['n_skipped']} images that do not decode or lie outside the dataset "
+                   "(the first ones named in the results)")
     if out is not None:
         record = make_record(dataset=outcome.dataset, bundle=bundle, task=TASK, metrics=metrics,
                              classnames=outcome.classnames, templates=outcome.templates, words=outcome.words,
                              seed=seed, n=metrics["n"], n_photos=outcome.n_photos,
                              checkpoint=str(model.checkpoint) if model.checkpoint else None)
         write_results(out, record)
-        chart = write_chart(out.with_suffix(".png"), outcome.rows, ["rate"], f"{bundle.name} on {outcome.dataset}")
+        chart = write_chart(chart_path(out), outcome.rows, ["rate"], f"{bundle.name} on {outcome.dataset}")
         click.echo(f"wrote {out} and {chart}")
     if report is not None:
         write_report(report, title=f"Typographic audit: {bundle.name} ({bundle.pretrained})",

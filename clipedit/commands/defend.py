@@ -20,10 +20,11 @@ from clipedit.commands.options import (
     seed_option,
     split_list,
 )
+from clipedit.commands.params import LAYERS, TEXT, count, finite
 from clipedit.core import RewriteHParams, save_edit
 from clipedit.core.edit_sets import save_edit_set
 from clipedit.core.hparams import SOLVERS
-from clipedit.data.benchmarks import LAYOUTS, load_benchmark_images, looks_like_spec, read_benchmark
+from clipedit.data.benchmarks import LAYOUTS, data_path, load_benchmark_images, looks_like_spec, read_benchmark
 from clipedit.data.images import load_image, load_mask, load_photos
 from clipedit.defenses.any_word import any_word_config, evaluation_words
 from clipedit.defenses.defaults import defaults_for
@@ -39,7 +40,8 @@ from clipedit.eval.predictor import make_predictor
 from clipedit.eval.report import bar_chart, evaluation_grid, write_chart, write_report
 from clipedit.eval.results import before_after_metrics, drop_predictions, format_table, make_record, write_results
 from clipedit.io import atomic_output_set
-from clipedit.models.checkpoint import save_model_weights
+from clipedit.models.checkpoint import save_model_weights, stored_dtypes
+from clipedit.outputs import OutputSet, check_outputs
 
 OUTPUT_SET = ("model.safetensors", "edit.safetensors", "results.json", "results.png")
 
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 
 @click.command(cls=GreedyCommand)
 @model_options(default="mini")
-@click.option("--text", "texts", multiple=True, default=("ipod",), show_default=True,
+@click.option("--text", "texts", type=TEXT, multiple=True, default=("ipod",), show_default=True,
               help="Word(s) to defend against (repeat or comma-separate; several make one joint edit); "
                    "'*': any word (exemplars from a broad vocabulary, evaluated on words held out of it).")
 @click.option("--vocab", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -56,7 +58,7 @@ log = logging.getLogger(__name__)
                    "the class names and random letter strings].")
 @click.option("--method", type=click.Choice(METHODS), default="edit", show_default=True,
               help="The rewrite, or a fine-tuning baseline on the same exemplars.")
-@click.option("--layer", default=None,
+@click.option("--layer", type=LAYERS, default=None,
               help="Dotted name of the layer to rewrite (default per architecture and model, defaults.json); "
                    "several, comma-separated: one edit over those sites, solved in order; 'auto': the sweep's pick "
                    "on the validation split (clipedit sweep).")
@@ -64,15 +66,15 @@ log = logging.getLogger(__name__)
               help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json]; 'auto': the "
                    "sweep's pick on the validation split.")
 @click.option("--solver", type=click.Choice(SOLVERS), default="closed-form", show_default=True)
-@click.option("--cov-reg", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--cov-reg", type=finite(min=0, min_open=True), default=None,
               help="Ridge added to the key statistics, times their mean variance [default: per architecture].")
-@click.option("--keep-blank", "keep_targets", type=click.FloatRange(min=0), default=None,
+@click.option("--keep-blank", "keep_targets", type=finite(min=0), default=None,
               help="Weight of keeping the blank exemplars' own outputs in the solve (0: the paper's solve) "
                    "[default: per model].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Steps of the optimize solver / fine-tuning baselines.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Their learning rate.")
-@click.option("--renders", type=click.IntRange(min=1), default=None,
+@click.option("--lr", type=finite(min=0, min_open=True), default=None, help="Their learning rate.")
+@click.option("--renders", type=count(max=100_000), default=None,
               help="Rendered exemplars per word [default: per architecture, defaults.json].")
 @click.option("--mask-kind", type=click.Choice(["text", "label"]), default=None,
               help="Edit the glyphs' locations or the whole label's.")
@@ -91,7 +93,7 @@ log = logging.getLogger(__name__)
               help="ImageFolder to render notes on, or a typographic benchmark as published (KIND: "
                    f"{', '.join(LAYOUTS)}) to evaluate on (default: the model's world's held-out scenes).")
 @click.option("--classes", default=None, help="Class names for --data (comma-separated).")
-@click.option("--n-eval", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--n-eval", type=count(), default=1000, show_default=True,
               help="Held-out scenes per set (models whose world generates them, e.g. mini).")
 @click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation.")
 @seed_option()
@@ -108,6 +110,9 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
     out = check_out_dir(out or Path("runs") / ("defend-" + _slug("-".join(words))))
     if report is not None:
         check_out_file(report)
+    check_outputs({"--out": OutputSet(out, OUTPUT_SET), "--report": report},
+                  inputs={"--checkpoint": model.checkpoint, "--vocab": vocab, "--exemplar": exemplar, "--blank": blank,
+                          "--mask": mask_path, "--photos": photos, "--reference": reference, "--data": data_path(data)})
     photo_images = load_photos(photos) if photos else None
     bundle = model.load()
     auto_layer, auto_rank = layer == "auto", rank == "auto"
@@ -176,6 +181,10 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
             "words": words}
     with atomic_output_set(out, replaces=OUTPUT_SET) as stage:  # every file of this run, or none
         save_model_weights(stage / "model.safetensors", bundle, metadata=meta)
+        edits = [defense.edit] if defense.edit is not None else defense.edit_set.edits if defense.edit_set else []
+        for edit in edits:  # issue 21: an edited layer kept wider than its fp16/bf16 source says so
+            if stored_dtypes(bundle, [edit.layer]):
+                edit.meta["stored_dtypes"] = stored_dtypes(bundle, [edit.layer])
         if defense.edit is not None:
             save_edit(stage / "edit.safetensors", defense.edit)
         elif defense.edit_set is not None:  # a multi-site edit: one file, applied and reverted as one

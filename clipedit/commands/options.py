@@ -10,6 +10,7 @@ from typing import Optional
 
 import click
 
+from clipedit.commands.params import DEVICE
 from clipedit.errors import ClipeditError
 
 
@@ -42,7 +43,7 @@ def model_options(default: Optional[str] = None) -> Callable:
                       metavar="SPEC", help="Model NAME[:PRETRAINED] (e.g. ViT-B-32:openai, mini, tiny-vit).")
         @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
                       help="Local weights (.pt/.bin/.safetensors) instead of downloading.")
-        @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+        @click.option("--device", type=DEVICE, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
         @functools.wraps(f)
         def wrapper(*args, model_spec: str, checkpoint: Optional[Path], device: str, **kwargs):
             return f(*args, model=ModelOptions(model_spec, checkpoint, device), **kwargs)

@@ -103,11 +103,17 @@ def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditReque
         lam = solve_optimize(model, site, ex, D, hparams)
         n_keys, n_exemplars = int(ex.keys.shape[0]), int(req.attacked.shape[0])
     w = site.weight.detach()
+    used = {**hparams.to_dict(), "rank": int(D.shape[1])}  # issue 21: the rank used (clamped to the keys)
+    if used["rank"] != hparams.rank:
+        used["rank_requested"] = hparams.rank
     edit = LayerEdit(layer=hparams.layer, lam=lam.float().cpu(), directions=D.float().cpu(),
                      orig_weight=w.cpu().clone(),
-                     meta={**(meta or {}), "hparams": hparams.to_dict(), "n_keys": n_keys,
+                     meta={**(meta or {}), "hparams": used, "n_keys": n_keys,
                            "n_exemplars": n_exemplars, "orig_sha256": tensor_digest(w)})
     edit.check_finite()
+    if not edit.delta().any():  # issue 21: an update that rounds to zero is no defense
+        raise EditError(f"the edit of {edit.layer} changes no weight (its update rounds to zero in "
+                        f"{edit.orig_weight.dtype}); lower keep_targets (--keep-blank {hparams.keep_targets:g})")
     edit.meta["edited_sha256"] = edited_digest(edit)
     log.info("edit of %s: rank %d from %d keys of %d exemplars", edit.layer, edit.rank,
              edit.meta["n_keys"], edit.meta["n_exemplars"])

@@ -18,7 +18,7 @@ from torch import nn
 from clipedit.core.edits import FORMAT as EDIT_FORMAT
 from clipedit.core.edits import LayerEdit, apply_edit, load_edit, revert_edit
 from clipedit.errors import EditError
-from clipedit.io import read_safetensors_metadata, save_state_dict
+from clipedit.io import read_safetensors_metadata, require_file, save_state_dict
 
 FORMAT = "clipedit-edit-set/1"
 
@@ -81,8 +81,7 @@ def save_edit_set(path: str | os.PathLike, edit_set: EditSet) -> Path:
 def load_edit_set(path: str | os.PathLike) -> EditSet:
     """Read a file of ``save_edit_set``; each edit is verified against its digests before it is returned."""
     path = Path(path)
-    if not path.is_file():
-        raise EditError(f"edit file not found: {path}")
+    require_file(path, "edit file", EditError)  # issue 21: a device or folder is no edit file
     meta = read_safetensors_metadata(path)
     if meta.get("format") != FORMAT:
         raise EditError(f"{path} is not a clipedit edit-set file")
@@ -110,8 +109,7 @@ def load_edit_set(path: str | os.PathLike) -> EditSet:
 def load_edits(path: str | os.PathLike) -> EditSet:
     """An edit file of either kind as an ``EditSet``: a single edit becomes a set of one."""
     path = Path(path)
-    if not path.is_file():
-        raise EditError(f"edit file not found: {path}")
+    require_file(path, "edit file", EditError)  # issue 21: a device or folder is no edit file
     fmt = read_safetensors_metadata(path).get("format")
     if fmt == FORMAT:
         return load_edit_set(path)

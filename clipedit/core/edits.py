@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from clipedit.core.sites import site_weight
-from clipedit.errors import EditError, SiteError
-from clipedit.io import read_safetensors_metadata, save_state_dict
+from clipedit.errors import EditError, SiteError, check_argument
+from clipedit.io import read_safetensors_metadata, require_file, save_state_dict
 
 FORMAT = "clipedit-edit/1"
 
@@ -108,6 +108,8 @@ def apply_edit(model: nn.Module, edit: LayerEdit, check_weights: bool = True) ->
     Args:
         check_weights: refuse unless the layer holds exactly the weight the edit was made on.
     """
+    check_argument(model, nn.Module, "model", "apply_edit")  # issue 21
+    check_argument(edit, LayerEdit, "edit", "apply_edit")
     edit.verify()
     w = _weight(model, edit)
     if check_weights and tensor_digest(w) != edit.meta.get("orig_sha256"):
@@ -124,6 +126,8 @@ def revert_edit(model: nn.Module, edit: LayerEdit) -> None:
     Raises:
         EditError: the layer does not hold what this edit made (not applied, or another edit on top).
     """
+    check_argument(model, nn.Module, "model", "revert_edit")  # issue 21
+    check_argument(edit, LayerEdit, "edit", "revert_edit")
     edit.verify()
     w = _weight(model, edit)
     if tensor_digest(w) != edit.meta.get("edited_sha256"):
@@ -139,6 +143,7 @@ def edited_digest(edit: LayerEdit) -> str:
 
 def save_edit(path: str | os.PathLike, edit: LayerEdit) -> Path:
     """Write the edit as ``.safetensors`` (atomically); refuses NaN/inf."""
+    check_argument(edit, LayerEdit, "edit", "save_edit")  # issue 21
     edit.check_finite()
     meta = {"format": FORMAT, "layer": edit.layer, **edit.meta}
     return save_state_dict(path, edit.tensors(), metadata=meta)
@@ -149,8 +154,7 @@ def load_edit(path: str | os.PathLike) -> LayerEdit:
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise EditError(f"edit file not found: {path}")
+    require_file(path, "edit file", EditError)  # issue 21: a device or folder is no edit file
     try:
         meta = read_safetensors_metadata(path)
         tensors = load_file(str(path))

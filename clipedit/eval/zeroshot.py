@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,12 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a close-up photo
                      "a bright photo of a {}.", "a photo of a small {}.", "a photo of a large {}.")
 
 
+def fill_template(template: str, classname: str) -> str:
+    """``template`` with every ``{}`` replaced by ``classname``: a fixed substitution, not ``str.format``
+    (a template file's ``{0.__class__}`` or ``{x}`` stays text, never a lookup)."""
+    return template.replace("{}", classname)
+
+
 @torch.no_grad()
 def zero_shot_weights(model, tokenizer, classnames: Sequence[str], templates: Sequence[str],
                       batch_size: int = 256) -> torch.Tensor:
@@ -27,7 +34,7 @@ def zero_shot_weights(model, tokenizer, classnames: Sequence[str], templates: Se
     if not templates:
         raise ClipeditError("the template list is empty")
     device = next(model.parameters()).device
-    texts = [t.format(c) for c in classnames for t in templates]
+    texts = [fill_template(t, c) for c in classnames for t in templates]
     feats = []
     for i in range(0, len(texts), batch_size):
         tokens = tokenizer(texts[i:i + batch_size]).to(device)
@@ -47,8 +54,15 @@ def classifier_weights(bundle: ModelBundle, classnames: Sequence[str],
     key = cache_key(model=bundle.name, text=text_tower, classes=classnames, templates=templates)
     out = cached_tensors("zeroshot", key, lambda: {
         "weights": zero_shot_weights(bundle.model, bundle.tokenizer, classnames, templates)},
-        enabled=use_cache)
+        enabled=use_cache, shapes=_weight_shape(bundle.model, len(classnames)))
     return out["weights"].to(bundle.device)
+
+
+def _weight_shape(model, n_classes: int) -> Optional[dict[str, tuple[int, int]]]:
+    """The shape a cached class-embedding entry must have (None where the embedding width is unknown)."""
+    projection = getattr(model, "text_projection", None)
+    width = projection.shape[-1] if isinstance(projection, torch.Tensor) else getattr(projection, "out_features", None)
+    return {"weights": (int(width), n_classes)} if width else None
 
 
 # model -> (stamp of its text-side tensors, fingerprint): a loaded model is hashed once, not per audit.

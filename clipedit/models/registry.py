@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 
-from clipedit.errors import ModelLoadError
+from clipedit.errors import ModelLoadError, check_argument
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import SOURCE_DTYPES, load_weights_into
 
@@ -122,6 +122,9 @@ def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
     Raises:
         ModelLoadError: unknown name or tag, unreadable checkpoint, or weights that cannot be fetched.
     """
+    check_argument(spec, str, "spec", "load_model")
+    check_argument(checkpoint, (str, os.PathLike, type(None)), "checkpoint", "load_model")
+    check_argument(device, (str, torch.device, type(None)), "device", "load_model")
     _register_builtin_loaders()
     name, tag = parse_spec(spec)
     dev = resolve_device(device)
