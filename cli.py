@@ -45,7 +45,8 @@ def cli(verbose: int) -> None:
 
 def main(argv=None) -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 1."""
-    from clipedit.errors import ClipeditError  # attacks.AttackError is one
+    from attacks import AttackError
+    from clipedit.errors import ClipeditError
 
     try:
         rv = cli.main(args=argv, standalone_mode=False)
@@ -57,7 +58,7 @@ def main(argv=None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except ClipeditError as e:
+    except (ClipeditError, AttackError) as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
     except (KeyboardInterrupt, BrokenPipeError):

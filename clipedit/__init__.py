@@ -11,6 +11,7 @@ rewrite, independent of CLIP), ``data``, ``mini`` (the generated world), ``model
 """
 import logging
 
+from attacks import AttackError
 from clipedit.core import (
                            EditRequest,
                            LayerEdit,
@@ -25,13 +26,16 @@ from clipedit.core import (
 )
 from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.typographic import Defense, DefenseConfig, defend, text_exemplars
-from clipedit.errors import ClipeditError, EditError, ModelLoadError, SiteError
+from clipedit.errors import ArgumentError, ClipeditError, EditError, ModelLoadError, RenderError, SiteError
 from clipedit.eval.predictor import make_predictor
 from clipedit.models import ModelBundle, list_models, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["ClipeditError", "Defense", "DefenseConfig", "EditError", "EditRequest", "LayerEdit", "ModelBundle",
-           "ModelLoadError", "RewriteHParams", "SiteError", "apply_edit", "apply_rewrite", "compute_rewrite",
+#: Every one-line error of clipedit and of the attack generator beneath it: ``except clipedit.USER_ERRORS``.
+USER_ERRORS = (ClipeditError, AttackError)
+
+__all__ = ["USER_ERRORS", "ArgumentError", "AttackError", "ClipeditError", "Defense", "DefenseConfig", "EditError",
+           "EditRequest", "LayerEdit", "ModelBundle", "ModelLoadError", "RenderError", "RewriteHParams", "SiteError", "apply_edit", "apply_rewrite", "compute_rewrite",
            "defaults_for", "defend", "key_statistics", "list_models", "load_edit", "load_model", "make_predictor",
            "revert_edit", "save_edit", "text_exemplars"]

@@ -209,6 +209,8 @@ def _config(bundle, method, layer, rank, solver, cov_reg, keep_targets, steps, l
     ``layer`` may list several sites (comma-separated); none given: the model's default site(s)."""
     defaults = defaults_for(bundle)
     layers = tuple(split_list(layer) or ()) if layer else ()
+    if len(layers) > 1 and method != "edit":
+        raise ClipeditError(f"--method {method} trains one layer; --layer names {len(layers)} ({', '.join(layers)})")
     default_sites = method == "edit" and solver == "closed-form" and not layers
     sites = layers if len(layers) > 1 else (defaults.sites if default_sites else None)
     hp = dict(layer=layers[0] if layers else defaults.layer, rank=rank or defaults.rank, solver=solver,

@@ -24,12 +24,13 @@ from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, text_exemplars, world_of
 from clipedit.defenses.methods import run_method, run_multisite_edit
 from clipedit.defenses.vocabulary import ANY_WORD
-from clipedit.errors import ArgumentError, ClipeditError, check_argument
+from clipedit.errors import ArgumentError, ClipeditError, check_argument, render_errors
 from clipedit.models.bundle import ModelBundle
 
 __all__ = ["Defense", "DefenseConfig", "defend", "reference_statistics", "text_exemplars", "world_of"]
 
 
+@render_errors()  # an attack that cannot be rendered is a ClipeditError here (issue 21)
 def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod", config: Optional[DefenseConfig] = None,
            exemplars: Optional[Sequence[Attack]] = None, request: Optional[EditRequest] = None) -> Defense:
     """Make ``bundle.model`` ignore the written ``words``, in place.
