@@ -64,6 +64,7 @@ MANIFEST_REQUIRED = ("image", "class", "word")
 SCAM_TYPES = {"scam": "attacked", "synthscam": "synthetic", "noscam": "clean"}
 SCAM_COLUMNS = ("file_name", "type", "object_label", "attack_word")
 BLANK_SUFFIXES = frozenset({"white", "blank"})
+UNCONFINED = frozenset({"manifest"})  # clipedit's own index: it may point at a dataset stored elsewhere
 MAX_LISTED = 20  # skipped or refused files named in the results (the rest are counted)
 MAX_JSON_DEPTH = 64  # annotations.json nesting deeper than this is no annotation file
 
@@ -315,7 +316,9 @@ def read_benchmark(spec: str) -> Benchmark:
     kind, root = split_spec(spec)
     if not root.exists():
         raise ClipeditError(f"dataset path not found: {root}")
-    records, outside = confine(LAYOUTS[kind](root), root)
+    records, outside = LAYOUTS[kind](root), []
+    if kind not in UNCONFINED:  # a published set's own listing names files inside it, nothing else
+        records, outside = confine(records, root)
     if outside:
         log.warning("%s: refused %d listed file(s) outside the dataset folder (first: %s)", spec, len(outside),
                     outside[0])
