@@ -36,6 +36,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 USER_ERRORS = (ClipeditError, AttackError)
 
 __all__ = ["USER_ERRORS", "ArgumentError", "AttackError", "ClipeditError", "Defense", "DefenseConfig", "EditError",
-           "EditRequest", "LayerEdit", "ModelBundle", "ModelLoadError", "RenderError", "RewriteHParams", "SiteError", "apply_edit", "apply_rewrite", "compute_rewrite",
-           "defaults_for", "defend", "key_statistics", "list_models", "load_edit", "load_model", "make_predictor",
-           "revert_edit", "save_edit", "text_exemplars"]
+           "EditRequest", "LayerEdit", "ModelBundle", "ModelLoadError", "RenderError", "RewriteHParams",
+           "SiteError", "apply_edit", "apply_rewrite", "compute_rewrite", "defaults_for", "defend",
+           "key_statistics", "list_models", "load_edit", "load_model", "make_predictor", "revert_edit",
+           "save_edit", "text_exemplars"]

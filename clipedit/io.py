@@ -71,8 +71,9 @@ def _owner_alive(pid: Optional[str], start: Optional[str]) -> bool:
     return True
 
 
-def _temp_name(name: str, suffix: str = "") -> str:
-    return f".{name}.{owner_tag()}.{secrets.token_hex(4)}.tmp{suffix}"
+def _temp_name(name: str, suffix: str = "", kind: str = "tmp") -> str:
+    """``.<name>.<owner>.<random>.<kind><suffix>``: a temporary (``tmp``) or an old set put aside (``old``)."""
+    return f".{name}.{owner_tag()}.{secrets.token_hex(4)}.{kind}{suffix}"
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -211,7 +212,7 @@ def atomic_output_set(out: str | os.PathLike, replaces: Iterable[str] = ()) -> I
     named in ``replaces``) are moved into the new one, and the old one is deleted. A journal beside
     ``out`` lets the next run finish a swap a kill interrupted, or roll it back to the old folder.
     """
-    out = Path(out)
+    out = Path(os.path.realpath(out))  # a symlinked folder: the folder it names is replaced, the link kept
     check_replaceable(out, directory=True)
     ensure_writable_dir(out.parent)
     with _lock(out):
@@ -308,16 +309,12 @@ def recover_interrupted_swap(out: str | os.PathLike) -> Optional[str]:
 def _move_set_into_place(stage: Path, out: Path, replaces: set[str]) -> None:
     os.chmod(stage, 0o777 & ~_umask())
     try:
-        if not out.exists() or (not out.is_symlink() and not any(out.iterdir())):
-            if out.is_dir():
-                out.rmdir()
-            os.replace(stage, out)
+        if not out.exists() or not any(out.iterdir()):
+            os.replace(stage, out)  # onto nothing or an empty folder: one rename
             return
-        if out.is_symlink():
-            raise ClipeditError(f"output directory {out} is a symbolic link; give the folder it names")
         names = {p.name for p in stage.iterdir()}
         carry = sorted(p.name for p in out.iterdir() if p.name not in names and p.name not in replaces)
-        aside = out.parent / _temp_name(out.name).replace(".tmp", ".old")
+        aside = out.parent / _temp_name(out.name, kind="old")
         journal = _journal_path(out)
         journal_tmp = out.parent / _temp_name(out.name + _SWAP_JOURNAL)
         journal_tmp.write_text(json.dumps({"aside": aside.name, "carry": carry}))

@@ -23,11 +23,17 @@ from safetensors.torch import load_file
 from test_integrity import VIT_SITE, _defend_args, edit_files  # noqa: F401 - edit_files is a fixture
 
 import clipedit
-from clipedit.io import atomic_output_set, recover_interrupted_swap, remove_stale_temporaries, write_json
+from clipedit.io import atomic_output_set, remove_stale_temporaries, write_json
 from clipedit.models import save_state_dict
-from clipedit.outputs import bundled_assets
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def bundled_assets() -> Path:
+    """The installed bundled assets (where ``clipedit.assets`` lives)."""
+    from importlib import resources
+
+    return Path(str(resources.files("clipedit.assets"))).resolve()
 
 
 def usage_error(capsys, *args) -> str:
@@ -229,7 +235,8 @@ def _old_run(out: Path) -> None:
 
 # renames of a swap: 1 the journal, 2 the old set aside, 3 the new set in, 4 the user's file back in
 @pytest.mark.parametrize("kill_at, outcome, expected", [
-    (2, None, {"model.safetensors": "old", "edit.safetensors": "old", "results.json": "old", "notes.txt": "the user's"}),
+    (2, None, {"model.safetensors": "old", "edit.safetensors": "old", "results.json": "old",
+               "notes.txt": "the user's"}),
     (3, "rolled back", {"model.safetensors": "old", "edit.safetensors": "old", "results.json": "old",
                         "notes.txt": "the user's"}),
     (4, "finished", {"model.safetensors": "new", "results.json": "new", "notes.txt": "the user's"}),
@@ -240,6 +247,8 @@ def test_a_swap_killed_between_renames_is_rolled_back_or_finished(tmp_path, kill
     done = subprocess.run([sys.executable, "-c", KILLED, str(out), str(kill_at)], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert done.returncode == 9, done.stderr
+    from clipedit.io import recover_interrupted_swap
+
     assert recover_interrupted_swap(out) == outcome
     assert {p.name: p.read_text() for p in out.iterdir()} == expected
     with atomic_output_set(out, replaces=("model.safetensors", "edit.safetensors", "results.json")) as stage:
@@ -547,7 +556,8 @@ def test_the_public_api_checks_its_arguments(tiny_vit, edit_files):  # noqa: F81
 
     for call in (lambda: clipedit.defend(tiny_vit, ""), lambda: clipedit.defend(None, "ipod"),
                  lambda: clipedit.defend(tiny_vit, 5), lambda: clipedit.defend(tiny_vit, ["ipod", None]),
-                 lambda: clipedit.load_model(None), lambda: clipedit.apply_edit(None, clipedit.load_edit(edit_files[2])),
+                 lambda: clipedit.load_model(None),
+                 lambda: clipedit.apply_edit(None, clipedit.load_edit(edit_files[2])),
                  lambda: clipedit.save_edit(tiny_vit.model, "not an edit")):
         with pytest.raises(ArgumentError):
             call()
