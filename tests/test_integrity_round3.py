@@ -11,7 +11,6 @@ import socket
 import stat
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -171,60 +170,83 @@ def test_only_temporaries_of_gone_runs_are_removed(tmp_path):
     assert remove_stale_temporaries(tmp_path, "out") == [mine]
 
 
-WRITER = textwrap.dedent("""
-    import logging, sys, time
-    from pathlib import Path
-    logging.basicConfig(level=logging.WARNING)
-    from clipedit.io import atomic_output_set
-    out, tag, go = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-    with atomic_output_set(out, replaces=("model.safetensors", "edit.safetensors", "results.json")) as stage:
-        (stage / "model.safetensors").write_text(tag)
-        print("staged", flush=True)
-        deadline = time.time() + 60
-        while go != "-" and not Path(go).exists() and time.time() < deadline:
-            time.sleep(0.05)  # a slow writer: the other run starts meanwhile
-        (stage / "edit.safetensors").write_text(tag)
-        (stage / "results.json").write_text(tag)
-""")
+SET = ("model.safetensors", "edit.safetensors", "results.json")
+
+
+def _in_child(work) -> int:
+    """Run ``work()`` in a forked copy of this process (a run of its own: its own pid, nothing shared but
+    the disk); returns its pid. The child ends with ``os._exit``: 0 when ``work`` returned, 1 if it raised."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _exit_code(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def test_two_runs_on_one_out_take_turns_and_leave_one_whole_set(tmp_path):
-    out, go = tmp_path / "tr5", tmp_path.parent / f"{tmp_path.name}-go"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, "-c", WRITER, str(out), "first", str(go)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    assert first.stdout.readline().strip() == "staged"
-    second = subprocess.Popen([sys.executable, "-c", WRITER, str(out), "second", "-"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    waiting = second.stderr.readline()  # blocks until the second run waits (or ends)
-    go.touch()
-    first_err = first.communicate(timeout=120)[1]
-    second_err = second.communicate(timeout=120)[1]
-    assert "another run is writing" in waiting and "waiting for it to finish" in waiting
-    assert first.returncode == 0, first_err
-    assert second.returncode == 0, second_err
-    files = {p.name: p.read_text() for p in out.iterdir()}
-    assert files == {"model.safetensors": "second", "edit.safetensors": "second", "results.json": "second"}
+    import logging
+
+    out = tmp_path / "tr5"
+    staged_r, staged_w = os.pipe()
+    go_r, go_w = os.pipe()
+    told_r, told_w = os.pipe()
+
+    def slow_writer():  # stages one file, then waits (a slow writer) until the parent says go
+        with atomic_output_set(out, replaces=SET) as stage:
+            (stage / "model.safetensors").write_text("first")
+            os.write(staged_w, b"1")
+            os.read(go_r, 1)
+            for name in SET[1:]:
+                (stage / name).write_text("first")
+
+    def second_writer():  # tells the parent (through the pipe) when it is made to wait
+        handler = logging.StreamHandler(os.fdopen(told_w, "w", buffering=1))
+        logging.getLogger("clipedit.io").addHandler(handler)
+        with atomic_output_set(out, replaces=SET) as stage:
+            for name in SET:
+                (stage / name).write_text("second")
+
+    first = _in_child(slow_writer)
+    assert os.read(staged_r, 1) == b"1"
+    second = _in_child(second_writer)
+    os.close(told_w)
+    told = os.fdopen(told_r).readline()  # the second run's warning, or "" when it ended without waiting
+    os.write(go_w, b"1")
+    assert _exit_code(first) == 0 and _exit_code(second) == 0
+    assert "another run is writing" in told and "waiting for it to finish" in told
+    assert {p.name: p.read_text() for p in out.iterdir()} == dict.fromkeys(SET, "second")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tr5"]  # no staging folder, no lock file
 
 
-# -- 5. a set replacing another swaps whole folders; an interrupted swap is recovered ----------------------
-KILLED = textwrap.dedent("""
-    import os, sys
-    from pathlib import Path
+def _killed_writer(out: Path, kill_at: int, monkeypatch):
+    """A run writing a new set into ``out`` that is killed (SIGKILL) at its ``kill_at``-th rename."""
     import clipedit.io as io
-    out, kill_at = Path(sys.argv[1]), int(sys.argv[2])
+
     real, calls = os.replace, []
+
     def replace(src, dst):
         calls.append(1)
         if len(calls) == kill_at:
-            os._exit(9)  # SIGKILL here: nothing after this rename runs
+            os.kill(os.getpid(), 9)  # nothing after this rename runs
         real(src, dst)
-    io.os.replace = replace
-    with io.atomic_output_set(out, replaces=("model.safetensors", "edit.safetensors", "results.json")) as stage:
-        (stage / "model.safetensors").write_text("new")
-        (stage / "results.json").write_text("new")
-""")
+
+    def work():
+        monkeypatch.setattr(io.os, "replace", replace)
+        with io.atomic_output_set(out, replaces=SET) as stage:
+            (stage / "model.safetensors").write_text("new")
+            (stage / "results.json").write_text("new")
+
+    pid = _in_child(work)
+    status = os.waitpid(pid, 0)[1]
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
 
 
 def _old_run(out: Path) -> None:
@@ -233,25 +255,25 @@ def _old_run(out: Path) -> None:
         (out / name).write_text("old" if name != "notes.txt" else "the user's")
 
 
+OLD = {"model.safetensors": "old", "edit.safetensors": "old", "results.json": "old", "notes.txt": "the user's"}
+
+
 # renames of a swap: 1 the journal, 2 the old set aside, 3 the new set in, 4 the user's file back in
 @pytest.mark.parametrize("kill_at, outcome, expected", [
-    (2, None, {"model.safetensors": "old", "edit.safetensors": "old", "results.json": "old",
-               "notes.txt": "the user's"}),
-    (3, "rolled back", {"model.safetensors": "old", "edit.safetensors": "old", "results.json": "old",
-                        "notes.txt": "the user's"}),
+    (2, None, OLD),
+    (3, "rolled back", OLD),
     (4, "finished", {"model.safetensors": "new", "results.json": "new", "notes.txt": "the user's"}),
 ])
-def test_a_swap_killed_between_renames_is_rolled_back_or_finished(tmp_path, kill_at, outcome, expected):
-    out = tmp_path / "run"
-    _old_run(out)
-    done = subprocess.run([sys.executable, "-c", KILLED, str(out), str(kill_at)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
-    assert done.returncode == 9, done.stderr
+def test_a_swap_killed_between_renames_is_rolled_back_or_finished(tmp_path, monkeypatch, kill_at, outcome,
+                                                                  expected):
     from clipedit.io import recover_interrupted_swap
 
+    out = tmp_path / "run"
+    _old_run(out)
+    _killed_writer(out, kill_at, monkeypatch)
     assert recover_interrupted_swap(out) == outcome
     assert {p.name: p.read_text() for p in out.iterdir()} == expected
-    with atomic_output_set(out, replaces=("model.safetensors", "edit.safetensors", "results.json")) as stage:
+    with atomic_output_set(out, replaces=SET) as stage:
         (stage / "model.safetensors").write_text("next")
         (stage / "edit.safetensors").write_text("next")
     assert {p.name: p.read_text() for p in out.iterdir()} == {"model.safetensors": "next", "edit.safetensors": "next",
@@ -259,12 +281,12 @@ def test_a_swap_killed_between_renames_is_rolled_back_or_finished(tmp_path, kill
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # staging, aside and journal all gone
 
 
-def test_the_next_run_recovers_a_swap_by_itself(tmp_path):
+def test_the_next_run_recovers_a_swap_by_itself(tmp_path, monkeypatch):
     out = tmp_path / "run"
     _old_run(out)
-    subprocess.run([sys.executable, "-c", KILLED, str(out), "3"], capture_output=True, cwd=ROOT, timeout=120)
+    _killed_writer(out, 3, monkeypatch)
     assert not out.exists()  # killed with the old set aside and the new one not yet in
-    with atomic_output_set(out, replaces=("model.safetensors", "edit.safetensors", "results.json")) as stage:
+    with atomic_output_set(out, replaces=SET) as stage:
         (stage / "model.safetensors").write_text("next")
     assert {p.name: p.read_text() for p in out.iterdir()} == {"model.safetensors": "next", "notes.txt": "the user's"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
@@ -277,8 +299,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_ranks(args_of_rank, tmp_path) -> list[subprocess.CompletedProcess]:
-    """Launch two ranks by hand (as torchrun would) with their own arguments; wait for both."""
+def _two_ranks(args_of_rank, tmp_path) -> list[subprocess.Popen]:
+    """Launch two ranks by hand (as torchrun would), each with its own arguments."""
     port = _free_port()
     procs = []
     for rank in range(2):
@@ -287,31 +309,54 @@ def _two_ranks(args_of_rank, tmp_path) -> list[subprocess.CompletedProcess]:
                "CLIPEDIT_CACHE": str(tmp_path / "cache")}
         procs.append(subprocess.Popen([sys.executable, "-m", "clipedit", *map(str, args_of_rank(rank))], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
-    out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=300)
-        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
-    return out
+    return procs
 
 
-@pytest.mark.parametrize("differ", ["reference", "scenes"])
-def test_ranks_started_with_different_arguments_stop_in_one_line(tmp_path, image_folder, differ):
+def test_ranks_started_with_different_references_stop_in_one_line(tmp_path, image_folder):
+    """Before: both ranks exited 0 and rank 0 cached C from a mix of the two folders under its own key."""
     other = tmp_path / "other"
     other.mkdir()
     Image.new("RGB", (64, 64), "white").save(other / "white.png")
-    if differ == "reference":
-        args = lambda r: ["stats", "--model", "tiny-vit", "--device", "cpu",  # noqa: E731
-                          "--reference", image_folder if r == 0 else other]
-    else:
-        args = lambda r: ["audit", "--model", "tiny-vit", "--device", "cpu", "--data", image_folder,  # noqa: E731
-                          "--n", 2 + r]
-    for done in _two_ranks(args, tmp_path):
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode == 1, done.stderr[-2000:]
-        assert [line for line in lines if line.startswith("Error: ")] == lines[-1:], done.stderr[-2000:]
-        assert "Traceback" not in done.stderr
+    procs = _two_ranks(lambda r: ["stats", "--model", "tiny-vit", "--device", "cpu",
+                                  "--reference", image_folder if r == 0 else other], tmp_path)
+    for p in procs:
+        _, stderr = p.communicate(timeout=300)
+        lines = stderr.strip().splitlines()
+        assert p.returncode == 1, stderr[-2000:]
+        assert "Traceback" not in stderr and [x for x in lines if x.startswith("Error: ")] == lines[-1:], stderr
         assert "torchrun ranks were started with different arguments" in lines[-1]
-    assert not (tmp_path / "cache" / "stats").exists() or not any((tmp_path / "cache" / "stats").iterdir())
+    stats = tmp_path / "cache" / "stats"
+    assert not stats.exists() or not any(stats.iterdir())  # nothing cached from a mix of folders
+
+
+@pytest.mark.parametrize("values", [({"n": 2}, {"n": 3}), ({"layer": "a"}, {"layer": "b"}), ({"n": 2}, {"n": 2})])
+def test_agree_compares_every_ranks_arguments_first(tmp_path, values):
+    """``audit --scenes`` or ``--layer`` differing per rank crashed in gloo before; now every rank stops
+    with the same one line (two gloo ranks forked from this process), and equal arguments pass."""
+    from clipedit.core.distributed import agree
+
+    store = tmp_path / "store"
+
+    def rank(r):
+        def work():
+            import torch.distributed as dist
+
+            dist.init_process_group("gloo", init_method=f"file://{store}", rank=r, world_size=2)
+            try:
+                agree(values[r])
+            except clipedit.ClipeditError as e:
+                (tmp_path / f"rank{r}.txt").write_text(str(e))
+            dist.destroy_process_group()
+        return work
+
+    pids = [_in_child(rank(r)) for r in range(2)]
+    assert [_exit_code(pid) for pid in pids] == [0, 0]
+    said = [(tmp_path / f"rank{r}.txt").read_text() if (tmp_path / f"rank{r}.txt").exists() else None
+            for r in range(2)]
+    if values[0] == values[1]:
+        assert said == [None, None]
+    else:
+        assert all("2 torchrun ranks were started with different arguments" in x for x in said)
 
 
 # -- 7. dtypes kept for every model, and restored bit-exactly ---------------------------------------------
