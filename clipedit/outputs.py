@@ -46,15 +46,30 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _claims(label: str, value: Union[PathLike, OutputSet]) -> list[tuple[str, Path, Optional[Path]]]:
-    """(label, path, folder of the set or None) for each path an output writes."""
+@dataclass(frozen=True)
+class _Claim:
+    """A path an output writes: ``owner`` is its option, ``shown`` how a message names it, ``whole`` the
+    folder it is when every name in it belongs to the run (an output set without a list of names)."""
+
+    owner: str
+    shown: str
+    path: Path
+    whole: Optional[Path] = None
+    is_set: bool = False
+
+
+def _claims(label: str, value: Union[PathLike, OutputSet]) -> list[_Claim]:
     if isinstance(value, OutputSet):
         folder = _resolved(value.folder)
         if value.names is None:
-            return [(label, folder, folder)]
-        return [(f"{label} {Path(value.folder) / n}", folder / n, folder) for n in value.names] + \
-               [(label, folder, None)]
-    return [(label, _resolved(value), None)]
+            return [_Claim(label, f"{label} {value.folder}", folder, whole=folder, is_set=True)]
+        return [_Claim(label, f"{label} {value.folder}", folder, is_set=True)] + \
+               [_Claim(label, f"{label} {Path(value.folder) / n}", folder / n) for n in value.names]
+    return [_Claim(label, label, _resolved(value))]
+
+
+def _hits(claim: _Claim, path: Path) -> bool:
+    return path == claim.path or (claim.whole is not None and _inside(path, claim.whole))
 
 
 def check_outputs(outputs: Mapping[str, Union[PathLike, OutputSet, None]],
@@ -66,37 +81,35 @@ def check_outputs(outputs: Mapping[str, Union[PathLike, OutputSet, None]],
         outputs: label (``--out``, ``--report`` …) -> file, :class:`OutputSet`, or None (not written).
         inputs: label -> a file or folder read by the run (or several), or None.
     """
-    claims = [c for label, value in outputs.items() if value is not None for c in _claims(label, value)]
     assets = bundled_assets()
+    claims: list[_Claim] = []
     for label, value in outputs.items():
         if value is None:
             continue
         folder = isinstance(value, OutputSet)
-        path = Path(value.folder if folder else value)
-        check_replaceable(_resolved(path), directory=folder)
-        if _inside(_resolved(path), assets) or (folder and _inside(assets, _resolved(path))):
-            raise ClipeditError(f"{label} {path} would write into the bundled assets ({assets}); "
-                                "write elsewhere (e.g. runs/)")
-    for i, (label, path, set_folder) in enumerate(claims):
-        for other_label, other, other_set in claims[i + 1:]:
-            if other_label.split()[0] == label.split()[0]:
-                continue  # the files of one set
-            hit = path == other or (other_set is not None and _inside(path, other_set)) or \
-                (set_folder is not None and _inside(other, set_folder))
-            if hit:
-                raise ClipeditError(f"{label} and {other_label} are the same file ({path}); give them different "
-                                    "paths")
+        path = _resolved(value.folder if folder else value)
+        check_replaceable(path, directory=folder)
+        if _inside(path, assets) or (folder and _inside(assets, path)):
+            raise ClipeditError(f"{label} {value.folder if folder else value} would write into the bundled assets "
+                                f"({assets}); write elsewhere (e.g. runs/)")
+        claims += _claims(label, value)
+    for i, claim in enumerate(claims):
+        for other in claims[i + 1:]:
+            if other.owner != claim.owner and (_hits(claim, other.path) or _hits(other, claim.path)):
+                raise ClipeditError(f"{claim.shown} and {other.shown} are the same file ({other.path}); give them "
+                                    "different paths" if claim.path == other.path else
+                                    f"{other.shown} lies inside {claim.shown}, a folder this run replaces; write "
+                                    "it elsewhere")
     for in_label, value in (inputs or {}).items():
         for source in _paths(value):
             src = _resolved(source)
-            for label, path, set_folder in claims:
-                if src == path and set_folder is None and label in outputs and isinstance(outputs[label], OutputSet):
-                    raise ClipeditError(f"{label} {outputs[label].folder} is the input {in_label} {source}: the "
-                                        "run would replace the folder it reads; write elsewhere")
-                if src == path or (set_folder is not None and _inside(src, set_folder)):
-                    raise ClipeditError(f"{label} would overwrite the input {in_label} {source}"
-                                        + (f" (both are {path})" if Path(source) != path else "")
-                                        + "; write elsewhere")
+            for claim in claims:
+                if claim.is_set and src == claim.path:
+                    raise ClipeditError(f"{claim.shown} is the input {in_label} {source}: the run would replace the "
+                                        "folder it reads; write elsewhere")
+                if _hits(claim, src):
+                    raise ClipeditError(f"{claim.shown} would overwrite the input {in_label} {source}"
+                                        + (f" (both are {src})" if Path(source) != src else "") + "; write elsewhere")
 
 
 def _paths(value) -> list[PathLike]:

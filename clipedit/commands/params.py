@@ -91,7 +91,7 @@ class Text(click.ParamType):
             text.encode("utf-8")
         except UnicodeEncodeError:
             shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            self.fail(f"{shown!r} is not valid UTF-8 text", param, ctx)
+            self.fail(f"'{shown}' is not valid UTF-8 text", param, ctx)
         return text
 
 
