@@ -69,6 +69,7 @@ def agree(value: Any, what: str = "arguments") -> None:
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     if not torch.equal(low, high):
         rank, world = rank_and_world()
+        dist.destroy_process_group()  # every rank knows by now; leave the group so that exiting does not abort
         raise ClipeditError(f"the {world} torchrun ranks were started with different {what} (this is rank {rank}); "
                             "start every rank with the same command")
 

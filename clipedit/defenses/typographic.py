@@ -19,12 +19,13 @@ from typing import Optional
 from attacks import Attack
 from clipedit.core import EditRequest
 from clipedit.defenses.any_word import defend_any_word
+from clipedit.defenses.arguments import check_defend_arguments
 from clipedit.defenses.config import Defense, DefenseConfig
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, text_exemplars, world_of
 from clipedit.defenses.methods import run_method, run_multisite_edit
 from clipedit.defenses.vocabulary import ANY_WORD
-from clipedit.errors import ArgumentError, ClipeditError, check_argument, render_errors
+from clipedit.errors import ClipeditError, render_errors
 from clipedit.models.bundle import ModelBundle
 
 __all__ = ["Defense", "DefenseConfig", "defend", "reference_statistics", "text_exemplars", "world_of"]
@@ -64,21 +65,3 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod", config: Opt
     return Defense(layer=result.layer, method=result.method, words=words, edit=result.edit,
                    exemplars=list(exemplars or []), edit_set=result.edit_set, details=result.details)
 
-
-def check_defend_arguments(bundle, words, config, exemplars, request) -> list[str]:
-    """``words`` as a list, after checking every argument of :func:`defend` (issue 21: wrong types and
-    empty words are one ``ClipeditError``, not an AttributeError deep inside)."""
-    check_argument(bundle, ModelBundle, "bundle", "defend")
-    check_argument(config, (DefenseConfig, type(None)), "config", "defend")
-    check_argument(request, (EditRequest, type(None)), "request", "defend")
-    if isinstance(words, str) or not isinstance(words, Sequence):
-        check_argument(words, str, "words", "defend")
-        words = [words]
-    words = list(words)
-    for w in words:
-        check_argument(w, str, "each word", "defend")
-    if request is None and exemplars is None and (not words or not all(w.strip() for w in words)):
-        raise ArgumentError(f"defend: no word to defend against (got {words!r})")
-    if exemplars is not None and not all(isinstance(a, Attack) for a in exemplars):
-        raise ArgumentError("defend: exemplars must be attacks.Attack renders")
-    return words
