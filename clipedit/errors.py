@@ -1,6 +1,6 @@
 """Exceptions that the CLI turns into one-line errors.
 
-:class:`ClipeditError` is the base of clipedit's. The attack generator (``attacks``, which imports
+:class:`ClipeditError` is the base of clipedit's. The attack generator (``clipedit.attacks``, which imports
 nothing of clipedit's and which ``clipedit.core`` does not load) raises its own ``AttackError``;
 clipedit's public functions that render attacks raise it again as :class:`RenderError` (a
 ``ClipeditError``), and ``clipedit.USER_ERRORS`` catches both where ``attacks`` is called directly.
@@ -45,7 +45,7 @@ def check_argument(value, types, name: str, function: str) -> None:
 @contextlib.contextmanager
 def render_errors() -> Iterator[None]:
     """Raise an ``attacks.AttackError`` from the block again as :class:`RenderError` (same message)."""
-    from attacks.errors import AttackError
+    from clipedit.attacks.errors import AttackError
 
     try:
         yield

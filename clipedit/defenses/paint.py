@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 
 from clipedit.core import EditRequest
+from clipedit.core.hparams import HParams
 from clipedit.defenses.finetune import FinetuneHParams, finetune
 from clipedit.defenses.selection import PICK_TOLERANCE, HeldoutData, admissible, gains, heldout_data, pick, score
 from clipedit.errors import EditError
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PaintHParams:
+class PaintHParams(HParams):
     """Settings of PAINT.
 
     Attributes:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from attacks import Attack, StyleSampler, render_attack
+from clipedit.attacks import Attack, StyleSampler, render_attack
 from clipedit.errors import ClipeditError
 from clipedit.mini.shapes import OBJECTS, background, random_colour
 
