@@ -26,8 +26,9 @@ from clipedit.commands.options import (
     split_list,
     template_list,
 )
+from clipedit.commands.params import TEXT, count
 from clipedit.core.distributed import init_from_environment, is_main_process
-from clipedit.data.benchmarks import LAYOUTS, LoadedBenchmark, load_benchmark_images, read_benchmark
+from clipedit.data.benchmarks import LAYOUTS, LoadedBenchmark, data_path, load_benchmark_images, read_benchmark
 from clipedit.data.classnames import check_classnames, labels_from_names, remap_labels
 from clipedit.data.folders import load_image_folder
 from clipedit.data.images import load_photos
@@ -39,6 +40,7 @@ from clipedit.eval.heldout import world_attack_set
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.report import GridItem, attacks_grid, bar_chart, benchmark_grid, write_chart, write_report
 from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.outputs import check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,11 @@ def world_set(world, classnames: Optional[list[str]], words: Optional[list[str]]
     names = classnames or list(world.classnames)
     labels = remap_labels(labels, list(world.classnames), names)
     return AuditSet(attacks, labels, names, world.name, len(attacks))
+
+
+def chart_path(out: Optional[Path]) -> Optional[Path]:
+    """The bar chart written beside ``--out`` (its name with ``.png``)."""
+    return out.with_suffix(".png") if out is not None else None
 
 
 def result_rows(metrics: dict[str, Any]) -> list[tuple[str, Optional[float], int]]:
@@ -223,8 +230,9 @@ audit_input_options = option_group(
                  help="Class list, one name per line."),
     click.option("--templates-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
                  help="Prompt templates with '{}', one per line (default: the model's)."),
-    click.option("--words", default=None, metavar="w1,w2", help="Words to write (default: the other class names)."),
-    click.option("--n", "--scenes", "n", type=click.IntRange(min=1), default=None,
+    click.option("--words", type=TEXT, default=None, metavar="w1,w2",
+                 help="Words to write (default: the other class names)."),
+    click.option("--n", "--scenes", "n", type=count(), default=None,
                  help=f"World scenes (default {WORLD_SCENES}). Photos: random words each (default: every word)."),
 )
 
@@ -250,7 +258,12 @@ def audit(model: ModelOptions, inputs: AuditInputs, seed: int, batch_size: int, 
     for path in (out, report):
         if path is not None:
             check_out_file(path)
-    init_from_environment()  # under torchrun each rank runs the model on its share; rank 0 reports
+    check_outputs({"--out": out, "the chart beside --out": chart_path(out), "--report": report},
+                  inputs={"--checkpoint": model.checkpoint, "--edit": model.edits, "--data": inputs.data,
+                          "--dataset": data_path(inputs.dataset_spec), "--photos": inputs.photos,
+                          "--classes-file": inputs.classes_file, "--templates-file": inputs.templates_file})
+    # under torchrun each rank runs the model on its share (all ranks with the same arguments); rank 0 reports
+    init_from_environment(agree_on=click.get_current_context().params)
     bundle, outcome = audit_inputs(model.load, inputs, seed, batch_size)
     if not is_main_process():
         return
@@ -260,7 +273,8 @@ def audit(model: ModelOptions, inputs: AuditInputs, seed: int, batch_size: int, 
                f"{len(outcome.classnames)} classes")
     click.echo(format_table(outcome.rows, header=("", "rate", "n")))
     if metrics.get("n_skipped"):
-        click.echo(f"skipped {metrics['n_skipped']} images that do not decode (listed in the results)")
+        click.echo(f"skipped {metrics['n_skipped']} images that do not decode or lie outside the dataset "
+                   "(the first ones named in the results)")
     if out is not None:
         chart = _write_results(out, bundle, outcome, model, seed)
         click.echo(f"wrote {out} and {chart}")
@@ -277,7 +291,7 @@ def _write_results(out: Path, bundle, outcome: AuditOutcome, model: ModelOptions
                          checkpoint=str(model.checkpoint) if model.checkpoint else None,
                          edits=[str(p) for p in model.edits])
     write_results(out, record)
-    return write_chart(out.with_suffix(".png"), outcome.rows, ["rate"], f"{bundle.name} on {outcome.dataset}")
+    return write_chart(chart_path(out), outcome.rows, ["rate"], f"{bundle.name} on {outcome.dataset}")
 
 
 def _write_report(report: Path, bundle, outcome: AuditOutcome) -> None:

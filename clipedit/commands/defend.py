@@ -13,7 +13,9 @@ import click
 
 from clipedit.commands.defense_options import eval_options, photo_options, settings_options
 from clipedit.commands.options import GreedyCommand, check_out_dir, check_out_file, model_options, split_list
-from clipedit.core import save_edits
+from clipedit.commands.params import TEXT
+from clipedit.core import LayerEdit, save_edits
+from clipedit.data.benchmarks import data_path
 from clipedit.defenses.any_word import evaluation_words
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.sweep import choose_by_sweep
@@ -23,7 +25,8 @@ from clipedit.errors import ClipeditError
 from clipedit.eval.report import bar_chart, evaluation_grid, write_chart, write_report
 from clipedit.eval.results import format_table, write_results
 from clipedit.io import atomic_output_set
-from clipedit.models.checkpoint import save_model_weights
+from clipedit.models.checkpoint import save_model_weights, stored_dtypes
+from clipedit.outputs import OutputSet, check_outputs
 
 OUTPUT_SET = ("model.safetensors", "edit.safetensors", "results.json", "results.png")
 
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @click.command(cls=GreedyCommand)
 @model_options(default="mini")
-@click.option("--text", "texts", multiple=True, default=("ipod",), show_default=True,
+@click.option("--text", "texts", type=TEXT, multiple=True, default=("ipod",), show_default=True,
               help="Word(s) to defend against (repeat or comma-separate; several make one joint edit); "
                    "'*': any word (exemplars from a broad vocabulary, evaluated on words held out of it).")
 @settings_options
@@ -50,6 +53,12 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
     out = check_out_dir(out or Path("runs") / ("defend-" + _slug("-".join(words))))
     if report is not None:
         check_out_file(report)
+    check_outputs({"--out": OutputSet(out, OUTPUT_SET), "--report": report},
+                  inputs={"--checkpoint": model.checkpoint, "--vocab": settings.vocab,
+                          "--hparams": settings.hparams_file,
+                          "--exemplar": photo.exemplar, "--blank": photo.blank, "--mask": photo.mask_path,
+                          "--photos": settings.photos, "--reference": settings.reference,
+                          "--data": data_path(evaluation.data)})
     any_word = words == [ANY_WORD]
     overrides = settings.overrides(any_word)
     bundle = model.load()
@@ -88,6 +97,10 @@ def _write_outputs(out: Path, bundle, defense, selection) -> None:
     record = defense.to_record(bundle, **({"selection": selection} if selection is not None else {}))
     meta = {"model": bundle.name, "source": bundle.source, "method": defense.method, "layer": defense.layer,
             "words": defense.words}
+    for member in defense.edit_set.edits if defense.edit_set is not None else []:
+        dtypes = stored_dtypes(bundle, [member.layer]) if isinstance(member, LayerEdit) else None
+        if dtypes:  # issue 21: an edited layer kept wider than its fp16/bf16 source says so
+            member.meta["stored_dtypes"] = dtypes
     with atomic_output_set(out, replaces=OUTPUT_SET) as stage:
         if defense.edit_set is None or defense.edit_set.exportable:  # hook members live only in the edit file
             save_model_weights(stage / "model.safetensors", bundle, metadata=meta)

@@ -10,6 +10,7 @@ from typing import Optional
 
 import click
 
+from clipedit.commands.params import DEVICE
 from clipedit.errors import ClipeditError
 
 
@@ -46,7 +47,7 @@ def model_options(default: Optional[str] = None, edits: bool = False) -> Callabl
         @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
                       help="Local weights (.pt/.bin/.safetensors; a save_pretrained folder with --model hf) "
                            "instead of downloading.")
-        @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+        @click.option("--device", type=DEVICE, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
         @functools.wraps(f)
         def wrapper(*args, model_spec: str, checkpoint: Optional[Path], device: str, edit_files=(), **kwargs):
             return f(*args, model=ModelOptions(model_spec, checkpoint, device, tuple(edit_files)), **kwargs)

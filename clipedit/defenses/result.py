@@ -49,7 +49,7 @@ class DefenseResult:
         figures when evaluated, the method, layers, resolved config and hparams."""
         fig = self.figures
         fields = {"method": self.method, "layer": self.layer, "defended_words": self.words,
-                  "hparams": self.config.get("method_hparams"), "config": self.config, **extra}
+                  "hparams": self.hparams_used(), "config": self.config, **extra}
         if fig:
             before, after = fig["before"], fig["after"]
             return make_record(dataset=fig["dataset"], bundle=bundle, task="typographic_defense",
@@ -59,6 +59,17 @@ class DefenseResult:
                                n=before["n"], **fields)
         return make_record(dataset="none", bundle=bundle, task="typographic_defense", metrics={}, classnames=[],
                            templates=None, words=self.words, seed=self.config.get("seed"), n=0, **fields)
+
+    def hparams_used(self) -> Any:
+        """The method's settings as used: an edit's rank clamped to its exemplar keys is recorded as the
+        rank used, with ``rank_requested`` beside it (issue 21; each member's metadata says the same)."""
+        hp = self.config.get("method_hparams")
+        if self.method != "edit" or self.edit_set is None or not isinstance(hp, dict):
+            return hp
+        ranks = {m.rank for m in self.edit_set.edits if isinstance(m, LayerEdit)}
+        if len(ranks) == 1 and hp.get("rank") not in ranks:
+            return {**hp, "rank": ranks.pop(), "rank_requested": hp.get("rank")}
+        return hp
 
     def rows(self) -> list[list]:
         """The before/after table (empty when not evaluated)."""

@@ -20,6 +20,7 @@ from typing import Optional
 from clipedit.attacks import Attack
 from clipedit.core import EditRequest
 from clipedit.defenses.any_word import any_word_data, evaluation_words
+from clipedit.defenses.arguments import check_defend_arguments
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, text_exemplars, world_of
@@ -27,7 +28,7 @@ from clipedit.defenses.methods import DefenseData, run_defense
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.result import Defense, DefenseResult
 from clipedit.defenses.vocabulary import ANY_WORD
-from clipedit.errors import ClipeditError
+from clipedit.errors import render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
 from clipedit.models.bundle import ModelBundle
 
@@ -37,6 +38,7 @@ __all__ = ["Defense", "DefenseConfig", "DefenseResult", "defend", "defense_data"
            "text_exemplars", "world_of"]
 
 
+@render_errors()  # an attack that cannot be rendered is a ClipeditError here (issue 21)
 def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
            config: Optional[DefenseConfig | dict] = None, exemplars: Optional[Sequence[Attack]] = None,
            request: Optional[EditRequest] = None, evaluate: bool | EvalOptions = False) -> DefenseResult:
@@ -54,9 +56,7 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
             figures on the same held-out sets, in ``result.figures`` (``"*"``: words held out of its
             vocabulary).
     """
-    words = [words] if isinstance(words, str) else list(words)
-    if not words:
-        raise ClipeditError("no words to defend against")
+    words = check_defend_arguments(bundle, words, config, exemplars, request, evaluate)
     config = resolve_config(bundle, config, any_word=words == [ANY_WORD] and request is None and exemplars is None)
     evaluation = None
     if evaluate is not False:

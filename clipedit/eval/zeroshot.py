@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.",
                      "a bright photo of a {}.", "a photo of a small {}.", "a photo of a large {}.")
+
+
+def fill_template(template: str, classname: str) -> str:
+    """``template`` with every ``{}`` replaced by ``classname``: a fixed substitution, not ``str.format``
+    (a template file's ``{0.__class__}`` or ``{x}`` stays text, never a lookup)."""
+    return template.replace("{}", classname)
 
 
 @torch.no_grad()
@@ -31,7 +38,7 @@ def zero_shot_weights(model, tokenizer, classnames: Sequence[str], templates: Se
         raise ClipeditError("the template list is empty")
     device = next(model.parameters()).device
     encode_text = encode_text or model.encode_text
-    texts = [t.format(c) for c in classnames for t in templates]
+    texts = [fill_template(t, c) for c in classnames for t in templates]
     feats = []
     for i in range(0, len(texts), batch_size):
         tokens = tokenizer(texts[i:i + batch_size]).to(device)
@@ -52,8 +59,15 @@ def classifier_weights(bundle: ModelBundle, classnames: Sequence[str],
     out = cached_tensors("zeroshot", key, lambda: {
         "weights": zero_shot_weights(bundle.model, bundle.tokenizer, classnames, templates,
                                      encode_text=bundle.encode_texts)},
-        enabled=use_cache)
+        enabled=use_cache, shapes=_weight_shape(bundle.model, len(classnames)))
     return out["weights"].to(bundle.device)
+
+
+def _weight_shape(model, n_classes: int) -> Optional[dict[str, tuple[int, int]]]:
+    """The shape a cached class-embedding entry must have (None where the embedding width is unknown)."""
+    projection = getattr(model, "text_projection", None)
+    width = projection.shape[-1] if isinstance(projection, torch.Tensor) else getattr(projection, "out_features", None)
+    return {"weights": (int(width), n_classes)} if width else None
 
 
 # model -> (stamp of its text-side tensors, fingerprint): a loaded model is hashed once, not per audit.

@@ -98,6 +98,20 @@ def checkpoint_dtypes(path: str | os.PathLike, state: dict[str, torch.Tensor]) -
     return dtypes
 
 
+def stored_dtypes(bundle, layers) -> dict[str, dict[str, str]]:
+    """For each edited layer's weight whose source dtype cannot hold the edit (fp16/bf16 sources): its
+    source dtype and the dtype :func:`save_model_weights` stores it in, for the edit's metadata."""
+    source = bundle.extra.get(SOURCE_DTYPES) or {}
+    state = bundle.model.state_dict()
+    out = {}
+    for layer in layers:
+        name = f"{layer}.weight"
+        if name in state and name in source and source[name] != state[name].dtype:
+            out[name] = {"source": str(source[name]).removeprefix("torch."),
+                         "stored": str(state[name].dtype).removeprefix("torch.")}
+    return out
+
+
 def save_model_weights(path: str | os.PathLike, bundle, metadata: Optional[dict] = None) -> Path:
     """Write a ``ModelBundle``'s weights in its source checkpoint's dtypes, atomically.
 

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 
 from clipedit.core.edit_sets import apply_edit_set, load_edits
-from clipedit.errors import ClipeditError, ModelLoadError
+from clipedit.errors import ClipeditError, ModelLoadError, check_argument
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import SOURCE_DTYPES, load_weights_into
 
@@ -121,6 +121,10 @@ def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
     Raises:
         ModelLoadError: unknown name or tag, unreadable checkpoint, or weights that cannot be fetched.
     """
+    check_argument(spec, str, "spec", "load_model")
+    check_argument(checkpoint, (str, os.PathLike, type(None)), "checkpoint", "load_model")
+    check_argument(device, (str, torch.device, type(None)), "device", "load_model")
+    check_argument(edits, (list, tuple), "edits", "load_model")  # a list of files (one path is a list of one)
     _register_builtin_loaders()
     name, tag = parse_spec(spec)
     dev = resolve_device(device)
