@@ -34,9 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-from clipedit.attacks.factors import split_sampler
 from bench.fonts import ensure_fonts
 from clipedit import load_model
+from clipedit.attacks.factors import split_sampler
 from clipedit.core import RewriteHParams
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.resolve import resolve_config

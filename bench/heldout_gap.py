@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, Optional
 from unittest import mock
 
-from clipedit.attacks import StyleSampler
-from clipedit.attacks.catalogue import split_font_paths
 from bench.fonts import ensure_fonts
 from clipedit import load_model
+from clipedit.attacks import StyleSampler
+from clipedit.attacks.catalogue import split_font_paths
 from clipedit.core import RewriteHParams
 from clipedit.defenses.typographic import DefenseConfig, defend
 from clipedit.eval.defense_metrics import evaluate_defense

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from clipedit.attacks.scripts import SCRIPTS, script_font, transliterate
 from bench.fonts import ensure_fonts
 from clipedit import load_model
+from clipedit.attacks.scripts import SCRIPTS, script_font, transliterate
 from clipedit.eval.heldout import split_seed
 from clipedit.eval.metrics import evaluate_attacks
 from clipedit.eval.predictor import make_predictor
