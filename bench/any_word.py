@@ -1,9 +1,9 @@
 """One edit against any written word (``defend --text '*'``) on the bundled mini CLIP, measured on
 words and fonts its exemplars never used.
 
-    python bench/any_word.py                      # the table on the test split -> bench/results/any_word.json
-    python bench/any_word.py --tune               # the '*' settings grid on the validation split
-    python bench/any_word.py --model mini-vit     # the same columns for the mini ViT
+    python -m bench.any_word                      # the table on the test split -> bench/results/any_word.json
+    python -m bench.any_word --tune               # the '*' settings grid on the validation split
+    python -m bench.any_word --model mini-vit     # the same columns for the mini ViT
 
 Every set uses its split's leave-out factors (:mod:`attacks.factors`: font families, size band, inks,
 papers and weight that no exemplar uses); ``<set>_strata`` holds each set's figures by kind (notes,

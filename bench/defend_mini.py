@@ -1,7 +1,7 @@
 """Defense of a bundled mini CLIP against "ipod" notes: the default edit, the paper's single-exemplar
 rank-1 setting, and both fine-tuning baselines, evaluated side by side on the test split.
 
-    python bench/defend_mini.py [--model mini|mini-vit] [--n 1000] [--word ipod] [--out FILE]
+    python -m bench.defend_mini [--model mini|mini-vit] [--n 1000] [--word ipod] [--out FILE]
 
 Exemplars use `StyleSampler.exemplar()` styles on fresh scenes; the held-out sets use the test split's
 leave-out factors (:mod:`attacks.factors`: font families, size band, inks, papers and weight no exemplar

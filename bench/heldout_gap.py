@@ -1,8 +1,8 @@
 """The gap on the leave-out factors (issue 26): a mini's defenses on notes + stickers in font families,
 a size band, inks, papers and weight the exemplars never use, and what closes it.
 
-    python bench/heldout_gap.py --model mini --split validation --n 300 [--only NAME|NAME]
-    python bench/heldout_gap.py --model mini-vit --split test --n 1000 --final
+    python -m bench.heldout_gap --model mini --split validation --n 300 [--only NAME|NAME]
+    python -m bench.heldout_gap --model mini-vit --split test --n 1000 --final
 
 Validation (``--split validation``) compares the levers: the exemplars' distribution (large notes in a
 band the held-out sets never use, 0.25-0.30; fonts of the catalogue's exemplar split), rank, several

@@ -2,7 +2,7 @@
 transliteration, :func:`attacks.scripts.transliterate`, in a font that writes it, shaped with raqm) on the
 test split's notes, against the same names in Latin.
 
-    python bench/scripts_reading.py [--n 300] [--models mini,mini-vit]
+    python -m bench.scripts_reading [--n 300] [--models mini,mini-vit]
 
 Attack success = prediction equals the class whose name is written (scenes whose written class is their
 own are left out), with n and a 95% Wilson interval. Writes bench/results/scripts_reading.json.

@@ -2,7 +2,7 @@
 from the blank image's at the label, before and after the edit, and an oracle that patches the blank's
 features in at that stage (of the edited model) — what a perfect edit there could still restore.
 
-    python bench/text_survival.py --model mini --split validation --n 300 [--words ipod|*]
+    python -m bench.text_survival --model mini --split validation --n 300 [--words ipod|*]
 
 Scenes: the split's leave-out factors, notes + stickers only (the kinds the headline reports).
 Stages: a ResNet's ``layer1..4`` outputs; a ViT's block outputs. Residue = mean over scenes of
