@@ -21,9 +21,11 @@ def wilson(hits: int, n: int, z: float = 1.96) -> Optional[tuple[float, float]]:
 
 
 def proportion(flags: Sequence[bool]) -> dict[str, Any]:
-    """``{"acc", "n", "ci95"}`` of a list of hits (acc and ci95 None when it is empty)."""
+    """``{"acc", "n", "ci95"}`` of a list of hits (acc and ci95 None when it is empty; ci95 a list, as
+    it reads back from JSON)."""
     n, k = len(flags), int(sum(bool(f) for f in flags))
-    return {"acc": k / n if n else None, "n": n, "ci95": wilson(k, n)}
+    interval = wilson(k, n)
+    return {"acc": k / n if n else None, "n": n, "ci95": list(interval) if interval else None}  # JSON-stable
 
 
 def strata(attacks: Sequence[Attack], labels: Sequence[int], predictions: dict[str, Sequence[int]],
