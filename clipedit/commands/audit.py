@@ -12,6 +12,8 @@ import click
 from PIL import Image
 
 from clipedit.attacks import Attack
+from clipedit.attacks.factors import split_sampler
+from clipedit.attacks.scripts import writing
 from clipedit.commands.options import (
     GreedyCommand,
     GreedyOption,
@@ -22,6 +24,7 @@ from clipedit.commands.options import (
     model_options,
     option_group,
     out_file_option,
+    script_option,
     seed_option,
     split_list,
     template_list,
@@ -76,10 +79,13 @@ class PhotoSource:
     classnames: list[str]
     dataset: str
 
-    def render(self, words: Optional[list[str]], n: Optional[int], seed: int) -> AuditSet:
-        """Write ``words`` (default: the class names) on every photo, skipping its own class."""
+    def render(self, words: Optional[list[str]], n: Optional[int], seed: int,
+               font: Optional[str] = None) -> AuditSet:
+        """Write ``words`` (default: the class names) on every photo, skipping its own class; ``font``
+        in place of the held-out styles' fonts."""
+        sampler = split_sampler("test", fonts=(font,) if font else None)
         attacks, labels = attacks_from_photos(self.images, self.labels, self.classnames,
-                                              words or self.classnames, n, seed)
+                                              words or self.classnames, n, seed, sampler)
         return AuditSet(attacks, labels, self.classnames, self.dataset, len(self.images))
 
 
@@ -101,9 +107,12 @@ def photos_source(photos: Sequence[Path], label_names: list[str],
     return PhotoSource(images, labels_from_names(label_names, classnames), classnames, "photos")
 
 
-def world_set(world, classnames: Optional[list[str]], words: Optional[list[str]], n: Optional[int]) -> AuditSet:
-    """A world's held-out attack set (test split; held-out styles; words of other classes by default)."""
-    attacks, labels = world_attack_set(world, n or WORLD_SCENES, "test", words or "other")
+def world_set(world, classnames: Optional[list[str]], words: Optional[list[str]], n: Optional[int],
+              font: Optional[str] = None) -> AuditSet:
+    """A world's held-out attack set (test split; held-out styles, ``font`` in place of their fonts;
+    words of other classes by default)."""
+    attacks, labels = world_attack_set(world, n or WORLD_SCENES, "test", words or "other",
+                                       (font,) if font else None)
     names = classnames or list(world.classnames)
     labels = remap_labels(labels, list(world.classnames), names)
     return AuditSet(attacks, labels, names, world.name, len(attacks))
@@ -170,6 +179,8 @@ class AuditInputs:
     classes_file: Optional[Path] = None
     templates_file: Optional[Path] = None
     words: Optional[str] = None
+    script: Optional[str] = None
+    font: Optional[Path] = None
     n: Optional[int] = None
 
     def checked(self) -> tuple[Optional[list[str]], Optional[list[str]], Optional[list[str]], list[str]]:
@@ -182,8 +193,10 @@ class AuditInputs:
         label_names = [name for arg in self.label_args for name in split_list(arg) or []]
         if sum(x is not None and x != () for x in (self.data, self.photos, self.dataset_spec)) > 1:
             raise ClipeditError("give one of --data, --photos or --dataset")
-        if self.dataset_spec is not None and (word_list is not None or self.n is not None):
-            raise ClipeditError("--words and --n do not go with --dataset (its photos are evaluated as they are)")
+        if self.dataset_spec is not None and (word_list is not None or self.n is not None or self.script
+                                              or self.font):
+            raise ClipeditError("--words, --n, --script and --font do not go with --dataset "
+                                "(its photos are evaluated as they are)")
         if label_names and not self.photos:
             raise ClipeditError("--labels goes with --photos")
         if self.photos and not label_names:
@@ -201,13 +214,19 @@ def audit_inputs(bundle_loader, inputs: AuditInputs, seed: int, batch_size: int)
     source = folder_source(inputs.data, classnames) if inputs.data is not None else \
         photos_source(inputs.photos, label_names, classnames) if inputs.photos else None
     bundle = bundle_loader()
+    if inputs.script is not None and word_list is None:  # the class names, written in the script
+        word_list = list(source.classnames if source is not None else classnames or bundle.world.classnames
+                         if bundle.world is not None else [])
+    font = str(inputs.font) if inputs.font else None
+    if word_list is not None:
+        word_list, font = writing(word_list, inputs.script, font)
     if bench is not None:
         return bundle, audit_benchmark(bundle, bench, templates, batch_size)
     if source is not None:
-        return bundle, audit_rendered(bundle, source.render(word_list, inputs.n, seed), templates, batch_size)
+        return bundle, audit_rendered(bundle, source.render(word_list, inputs.n, seed, font), templates, batch_size)
     if bundle.world is not None and bundle.world.classnames:
-        return bundle, audit_rendered(bundle, world_set(bundle.world, classnames, word_list, inputs.n), templates,
-                                      batch_size)
+        return bundle, audit_rendered(bundle, world_set(bundle.world, classnames, word_list, inputs.n, font),
+                                      templates, batch_size)
     raise ClipeditError(f"give --data DIR or --photos PHOTO... --labels L... (or --dataset KIND:PATH): "
                         f"{bundle.name} brings no held-out scenes of its own (only models with a world, "
                         "e.g. mini, do)")
@@ -232,6 +251,9 @@ audit_input_options = option_group(
                  help="Prompt templates with '{}', one per line (default: the model's)."),
     click.option("--words", type=TEXT, default=None, metavar="w1,w2",
                  help="Words to write (default: the other class names)."),
+    script_option(),
+    click.option("--font", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="TTF/OTF font file to write every word in (default: the held-out styles' fonts)."),
     click.option("--n", "--scenes", "n", type=count(), default=None,
                  help=f"World scenes (default {WORLD_SCENES}). Photos: random words each (default: every word)."),
 )

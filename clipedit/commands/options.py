@@ -80,6 +80,15 @@ def seed_option(default: int = 0) -> Callable:
                         help="Random seed.")
 
 
+def script_option() -> Callable:
+    """Decorator: ``--script S``: write the words in a script other than Latin (a font that covers it;
+    Latin words transliterated letter by letter; see :mod:`attacks.scripts`)."""
+    from clipedit.attacks.scripts import SCRIPTS
+
+    return click.option("--script", type=click.Choice(list(SCRIPTS)), default=None,
+                        help="Write in this script (a font that covers it; Latin words transliterated).")
+
+
 def batch_size_option(default: int = 64) -> Callable:
     """Decorator: ``--batch-size B`` (positive int)."""
     return click.option("--batch-size", type=click.IntRange(min=1), default=default, show_default=True,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from clipedit.attacks import Attack, StyleSampler, render_attack
+from clipedit.attacks.factors import split_sampler
 from clipedit.errors import ClipeditError
 from clipedit.mini.shapes import OBJECTS, background, random_colour
 
@@ -191,9 +193,12 @@ class MiniWorld:
     def reference_key(self, n: int) -> str:
         return f"mini-world-reference:n={n}"
 
-    def attack_set(self, n: int, seed: int, words: str | Sequence[str] = "other"
-                   ) -> tuple[list[Attack], list[int]]:
-        return attack_set(n, seed, words=words)
+    def attack_set(self, n: int, seed: int, words: str | Sequence[str] = "other", split: Optional[str] = None,
+                   fonts: Optional[tuple[str, ...]] = None) -> tuple[list[Attack], list[int]]:
+        """Held-out scenes; ``split``: the leave-out factors of that split (:mod:`attacks.factors`)
+        on the world's note geometry (``fonts`` in place of the split's), None: :func:`note_sampler`."""
+        sampler = split_sampler(split, note_sampler(), fonts=fonts) if split else None
+        return attack_set(n, seed, words=words, sampler=sampler)
 
     def signs(self, n: int, seed: int) -> tuple[list[Image.Image], list[int]]:
         """``n`` signs: a class name written on a bare background (no object), in held-out note
