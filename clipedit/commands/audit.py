@@ -239,7 +239,8 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
                              seed=seed, n=metrics["n"], n_photos=outcome.n_photos,
                              checkpoint=str(model.checkpoint) if model.checkpoint else None)
         write_results(out, record)
-        chart = write_chart(out.with_suffix(".png"), outcome.rows, ["rate"], f"{bundle.name} on {outcome.dataset}")
+        chart = write_chart(out.with_suffix(".png"), outcome.rows, ["rate"],
+                            f"{bundle.name} on {outcome.dataset} (n = {metrics['n']} images)")
         click.echo(f"wrote {out} and {chart}")
     if report is not None:
         write_report(report, title=f"Typographic audit: {bundle.name} ({bundle.pretrained})",

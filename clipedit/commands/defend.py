@@ -228,7 +228,7 @@ def _choose_by_sweep(bundle, words, config: DefenseConfig, auto_layer: bool, aut
                      exemplar: Optional[Path], n_eval: int) -> tuple[DefenseConfig, dict]:
     """``--layer auto`` / ``--rank auto``: sweep on the validation split (at most ``n_eval`` scenes per
     set), take the pick rule's setting."""
-    from clipedit.defenses.sweep import SweepSettings, pick_rule_text, sweep
+    from clipedit.defenses.sweep import SweepSettings, sweep
 
     if config.method != "edit" or words == [ANY_WORD] or exemplar is not None:
         raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
@@ -239,7 +239,7 @@ def _choose_by_sweep(bundle, words, config: DefenseConfig, auto_layer: bool, aut
                + " on the validation split …", err=True)
     result = sweep(bundle, words, settings, config)
     picked = result.picked
-    selection = {"split": "validation", "rule": pick_rule_text(settings.tolerance), "candidates": len(result.rows),
+    selection = {"split": "validation", "rule": result.rule(), "candidates": len(result.rows),
                  "auto": [n for n, a in (("layer", auto_layer), ("rank", auto_rank)) if a],
                  "picked": picked, "baseline": result.baseline}
     if picked is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from clipedit.commands.options import check_out_dir, model_options, out_dir_option, seed_option, split_list
-from clipedit.defenses.selection import PICK_TOLERANCE
+from clipedit.defenses.selection import PICK_TOLERANCE, tolerance_text
 from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
 from clipedit.defenses.typographic import DefenseConfig
 from clipedit.errors import ClipeditError
@@ -53,12 +53,14 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, se
               "n_val": n_val, "n_signs": n_signs, "total_seconds": round(seconds, 1), **result.to_dict()}
     write_json(out / "sweep.json", record)
     plot_tradeoff(result.rows, out / "sweep.png", f"{bundle.name}: rewrite against {', '.join(words)} (validation)",
-                  settings.tolerance, result.picked)
+                  result.tolerance, result.picked)
     click.echo(format_table(_table(result), header=["site", "rank", "defended", "other words", "clean", "blank",
                                                      "reading", "ok", "s"]))
     pick = result.picked
+    allowed = tolerance_text(result.tolerance, result.n_scenes, result.asked_tolerance)
+    click.echo(f"pick rule: clean and blank-note loss each <= {allowed}")
     click.echo(f"pick: {pick['site']} rank {pick['rank']}" if pick else
-               f"pick: none (every setting costs more than {tolerance:g} point clean or blank-note)")
+               f"pick: none (every setting costs more than {allowed} clean or blank-note)")
     click.echo(f"{len(result.rows)} settings in {seconds:.0f} s; wrote {out}/sweep.json, sweep.png")
 
 

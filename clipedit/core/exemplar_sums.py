@@ -18,7 +18,7 @@ from torch import nn
 
 from clipedit.core.keys_values import EmptyMaskError, Exemplars, collect_exemplars
 from clipedit.core.sites import Site
-from clipedit.core.subspace import edit_directions
+from clipedit.core.subspace import clamp_rank, edit_directions
 from clipedit.errors import EditError
 
 log = logging.getLogger(__name__)
@@ -144,9 +144,7 @@ def directions_from_sums(sums: ExemplarSums, C: torch.Tensor, rank: int) -> torc
     X = torch.linalg.solve_triangular(L, sums.keys_gram, upper=False)          # L⁻¹ A
     G = torch.linalg.solve_triangular(L, X.T, upper=False)                     # L⁻¹ A L⁻ᵀ
     G = (G + G.T) / 2
-    r = min(rank, sums.n_keys, G.shape[0])
-    if r < rank:
-        log.warning("rank %d clamped to %d (only %d exemplar keys)", rank, r, sums.n_keys)
+    r = clamp_rank(rank, sums.n_keys, G.shape[0])
     _, vectors = torch.linalg.eigh(G)                                          # ascending eigenvalues
     top = vectors[:, -r:].flip(1)
     return torch.linalg.solve_triangular(L.T, top, upper=True)

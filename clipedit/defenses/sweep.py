@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from clipedit.core import LayerEdit, apply_edit, resolve_site
 from clipedit.core.edits import edited_digest, revert_edit, tensor_digest
@@ -31,7 +32,18 @@ from clipedit.core.sites import candidate_sites
 from clipedit.core.solvers import solve_closed_form
 from clipedit.core.subspace import edit_directions, regularise
 from clipedit.defenses.edit_requests import request_from_attacks
-from clipedit.defenses.selection import PICK_TOLERANCE, HeldoutData, admissible, gains, heldout_data, pick, score
+from clipedit.defenses.selection import (
+    PICK_TOLERANCE,
+    HeldoutData,
+    admissible,
+    effective_tolerance,
+    gains,
+    heldout_data,
+    pick,
+    score,
+    tolerance_in_scenes,
+    tolerance_text,
+)
 from clipedit.defenses.typographic import DefenseConfig, reference_statistics, text_exemplars
 from clipedit.errors import ClipeditError, SiteError
 from clipedit.models.bundle import ModelBundle
@@ -71,19 +83,29 @@ class SweepResult:
     picked: Optional[dict[str, Any]]
     tolerance: float
     seconds: dict[str, float] = field(default_factory=dict)
+    n_scenes: int = 0
+    asked_tolerance: Optional[float] = None
 
     def ranking(self) -> list[dict[str, Any]]:
         """Rows best first: admissible ones by defended-word gain, then the rest by gain."""
         return sorted(self.rows, key=lambda r: (not r["admissible"], -r["gain"], -r["other_gain"]))
 
+    def rule(self) -> str:
+        """The pick rule as applied: the tolerance and the scenes it allows."""
+        return pick_rule_text(self.tolerance, self.n_scenes, self.asked_tolerance)
+
     def to_dict(self) -> dict[str, Any]:
         return {"words": self.words, "baseline": self.baseline, "rows": self.rows, "picked": self.picked,
-                "tolerance": self.tolerance, "rule": pick_rule_text(self.tolerance), "seconds": self.seconds}
+                "tolerance": self.tolerance, "n_scenes": self.n_scenes,
+                "tolerance_scenes": tolerance_in_scenes(self.tolerance, self.n_scenes),
+                "rule": self.rule(), "seconds": self.seconds}
 
 
-def pick_rule_text(tolerance: float = PICK_TOLERANCE) -> str:
-    """The pick rule in one sentence (stored with results and edits)."""
-    return (f"largest defended-word text-note gain with clean and blank-note loss <= {100 * tolerance:g} point "
+def pick_rule_text(tolerance: float = PICK_TOLERANCE, n: int = 0, asked: Optional[float] = None) -> str:
+    """The pick rule in one sentence (stored with results and edits); with ``n``, the scenes it allows
+    (``asked``: the tolerance given, when it was widened to one scene)."""
+    allowed = tolerance_text(tolerance, n, asked) if n else f"{100 * tolerance:g} point"
+    return (f"largest defended-word text-note gain with clean and blank-note loss <= {allowed} "
             "on the validation split; ties: larger unseen-word gain, then fewer layers/ranks first")
 
 
@@ -152,6 +174,8 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
     data = data or heldout_data(bundle, words, settings.n_val, settings.n_signs)
     baseline = score(data)
     seconds["baseline"] = time.perf_counter() - clock
+    n_scenes = int(baseline["n"])  # clean and blank-note accuracy are over the defended words' scenes
+    tolerance = effective_tolerance(settings.tolerance, n_scenes)
 
     clock = time.perf_counter()
     exemplars = [a for w in words for a in text_exemplars(bundle, w, config.renders, config.seed, config.photos)]
@@ -165,6 +189,8 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
 
     rows: list[dict[str, Any]] = []
     seconds["statistics"] = seconds["solve"] = seconds["evaluate"] = 0.0
+    bar = tqdm(total=sum(len(r) for _, r in pairs), desc="sweep candidates", unit="setting", leave=False,
+               disable=None)  # None: shown on terminals only
     for site, (name, site_ranks) in zip(sites, pairs):
         clock = time.perf_counter()
         stats = reference_statistics(bundle, name, config)
@@ -189,15 +215,17 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
             row = {"method": "edit", "site": name, "rank": int(edit.rank), "seconds": shared + solve,
                    **{k: figures.get(k) for k in SCORED}}
             row.update(gains(row, baseline))
-            row["admissible"] = admissible(row, baseline, settings.tolerance)
+            row["admissible"] = admissible(row, baseline, tolerance)
             rows.append(row)
+            bar.update(1)
             log.info("%s rank %d: defended %.3f other %s clean %.3f blank %.3f", name, rank, row["text_acc"],
                      row["other_text_acc"], row["clean_acc"], row["blank_acc"])
         seconds["solve"] += shared
-    best = pick(rows, baseline, settings.tolerance)
+    bar.close()
+    best = pick(rows, baseline, tolerance)
     base = {k: baseline.get(k) for k in SCORED}
-    return SweepResult(words, base, rows, rows[best] if best is not None else None, settings.tolerance,
-                       {k: round(v, 3) for k, v in seconds.items()})
+    return SweepResult(words, base, rows, rows[best] if best is not None else None, tolerance,
+                       {k: round(v, 3) for k, v in seconds.items()}, n_scenes, settings.tolerance)
 
 
 def _edit(site, ex, directions: torch.Tensor) -> LayerEdit:
@@ -251,7 +279,10 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
         if r.get("rank") is not None:
             ax.annotate(str(r["rank"]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     front = pareto_front(points)
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k-", lw=1.2, label="Pareto front", zorder=4)
+    # the front as a staircase through its points, each ringed: visible even when it is a single point
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k-", lw=1.2, drawstyle="steps-post",
+            marker="o", ms=11, mfc="none", mec="black", mew=1.0, label=f"Pareto front ({len(front)} settings)",
+            zorder=4)
     ax.axvline(100 * tolerance, color="grey", lw=0.8, ls=":", label=f"tolerance {100 * tolerance:g} pt")
     if picked is not None:
         ax.scatter(100 * cost(picked), 100 * picked["gain"], s=160, facecolors="none", edgecolors="red",
