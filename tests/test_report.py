@@ -108,3 +108,24 @@ def test_report_escapes_names_and_marks_the_final_prediction():
     assert "<cat>" not in html and "&lt;cat&gt;" in html and "t&lt;1&gt;" in html
     assert page.figures == ["right"]  # wrong before, right after: the frame follows the final prediction
     assert page.cells == ["clean", "50.0%"]
+
+
+def test_any_word_report_names_its_rendered_vocabulary_exemplars(capsys, tmp_path, triples_dir, monkeypatch):  # noqa: F811
+    from clipedit.defenses import any_word
+    from clipedit.defenses.vocabulary import build_vocabulary
+
+    monkeypatch.setattr(any_word, "any_word_defaults", lambda bundle: any_word.AnyWordDefaults(
+        words=6, renders=2, rank=2, mask="text", sites=None, cov_reg=1e-3))
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join("apple ball car mug clock key star house tree fish umbrella ipod zebra".split()))
+    report = tmp_path / "any.html"
+    run_ok(capsys, "defend", "--model", "tiny-vit", "--text", "*", "--vocab", words, "--layer", LAYER,
+           "--data", f"triples:{triples_dir}", "--out", tmp_path / "run", "--report", report)
+    vocabulary = build_vocabulary((), n_words=6, words_file=words)
+    text = report.read_text()
+    n = len(vocabulary.exemplar_words)
+    assert f"{2 * n} rendered: {n} vocabulary words ({words}) x 2 renders" in text
+    assert "one real photo pair" not in text and "<b>n</b>: n = " in text
+    page = parse(report)
+    assert [s for s, _ in page.images].count("Exemplar") == 3
+    assert any(c.startswith(f"exemplar ({vocabulary.exemplar_words[0]}, 1 of {2 * n})") for c in page.captions)

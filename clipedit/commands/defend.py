@@ -24,20 +24,22 @@ from clipedit.core import RewriteHParams, save_edit
 from clipedit.core.edit_sets import save_edit_set
 from clipedit.core.hparams import SOLVERS
 from clipedit.data.benchmarks import LAYOUTS, load_benchmark_images, looks_like_spec, read_benchmark
+from clipedit.data.classnames import case_note
 from clipedit.data.images import load_image, load_mask, load_photos
 from clipedit.defenses.any_word import any_word_config, evaluation_words
 from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.edit_requests import request_from_images
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
-from clipedit.defenses.typographic import DefenseConfig, defend
+from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import ClipeditError
 from clipedit.eval.defense_metrics import comparison_rows, evaluate_defense
 from clipedit.eval.heldout import folder_eval_sets, world_eval_sets
 from clipedit.eval.predictor import make_predictor
-from clipedit.eval.report import bar_chart, evaluation_grid, write_chart, write_report
+from clipedit.eval.report import bar_chart, evaluation_grid, exemplars_fact, write_chart, write_report
 from clipedit.eval.results import before_after_metrics, drop_predictions, format_table, make_record, write_results
+from clipedit.eval.timing import StageTimer
 from clipedit.io import atomic_output_set
 from clipedit.models.checkpoint import save_model_weights
 
@@ -102,6 +104,7 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
                mask_kind, exemplar, blank, mask_path, photos, reference, data, classes, n_eval, no_eval, seed, out,
                report) -> None:
     """Rewrite one layer so that written WORDS no longer steer the model, and report before/after."""
+    timer = StageTimer()
     words = [w for t in texts for w in (split_list(t) or [])]
     if not words:
         raise ClipeditError("no word to defend against (--text)")
@@ -110,12 +113,14 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
         check_out_file(report)
     photo_images = load_photos(photos) if photos else None
     bundle = model.load()
+    timer.lap("load")
     auto_layer, auto_rank = layer == "auto", rank == "auto"
     config = _config(bundle, method, None if auto_layer else layer, None if auto_rank else _rank(rank), solver,
                      cov_reg, keep_targets, steps, lr, renders, mask_kind, seed, reference, photo_images)
     selection = None
     if (auto_layer or auto_rank) and words != [ANY_WORD]:
         config, selection = _choose_by_sweep(bundle, words, config, auto_layer, auto_rank, exemplar, n_eval)
+        timer.lap("choose")
     eval_words = words
     if words == [ANY_WORD]:
         if auto_layer or auto_rank:
@@ -128,6 +133,8 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
                        "exemplars; 'other words' are the class names among the exemplars", err=True)
     elif vocab is not None:
         raise ClipeditError("--vocab goes with --text '*'")
+    elif (note := case_note(words, bundle.classnames or [])) is not None:
+        click.echo(note, err=True)
     request = _photo_request(bundle, exemplar, blank, mask_path)
 
     sets = predictor = before = after = None
@@ -145,10 +152,14 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
         else:
             raise ClipeditError(f"no evaluation data for {bundle.name}: pass --data DIR (or --no-eval)")
         predictor = make_predictor(bundle, sets.classnames)
+        timer.lap("evaluation_sets")
         click.echo(f"evaluating {bundle.name} before the {method} …", err=True)
         before = evaluate_defense(bundle, predictor, sets, keep_predictions=report is not None)
+        timer.lap("evaluate_before")
 
+    click.echo(f"{method} of {bundle.name} against {', '.join(words)} …", err=True)
     defense = defend(bundle, words, config, request=request)
+    timer.lap("defend")
 
     record_extra = {"method": method, "layer": defense.layer, "defended_words": words}
     if defense.edit_set is not None and "hparams" in defense.edit_set.meta:
@@ -161,7 +172,10 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
         record_extra["hparams"] = defense.edit.meta["hparams"]
     rows = None
     if sets is not None:
+        click.echo(f"evaluating {bundle.name} after the {method} …", err=True)
         after = evaluate_defense(bundle, predictor, sets, keep_predictions=report is not None)
+        timer.lap("evaluate_after")
+        record_extra["seconds"] = timer.seconds()
         rows = comparison_rows(before, after)
         record = make_record(dataset=sets.dataset, bundle=bundle, task="typographic_defense",
                              metrics=before_after_metrics(before, after), before=drop_predictions(before),
@@ -169,6 +183,7 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
                              templates=predictor.templates, words=words, seed=seed, n=before["n"],
                              **record_extra)
     else:
+        record_extra["seconds"] = timer.seconds()
         record = make_record(dataset="none", bundle=bundle, task="typographic_defense", metrics={},
                              classnames=[], templates=None, words=words, seed=seed, n=0, **record_extra)
 
@@ -183,13 +198,16 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
         write_results(stage / "results.json", record)
         if rows:
             write_chart(stage / "results.png", rows, ["before", "after"],
-                        f"{bundle.name}: {method} against {', '.join(words)}")
+                        f"{bundle.name}: {method} against {', '.join(words)} ({_n_text(before)})")
 
     if rows:
         click.echo(format_table(rows, header=["", "before", "after"]))
     if report is not None:
-        _write_report(report, bundle, method, defense, words, sets, before, after, rows, (exemplar, blank, mask_path))
+        _write_report(report, bundle, method, defense, words, sets, before, after, rows, (exemplar, blank, mask_path),
+                      config)
         click.echo(f"wrote {report}")
+    timer.lap("write")
+    click.echo(timer.summary(), err=True)
     written = ", ".join(name for name in OUTPUT_SET if (out / name).is_file())
     click.echo(f"{method} of {defense.layer} against {', '.join(words)}; wrote {out}/ {written}")
 
@@ -260,24 +278,42 @@ def _photo_request(bundle, exemplar: Optional[Path], blank: Optional[Path], mask
     return request_from_images(bundle.preprocess, [load_image(exemplar)], [load_image(blank)], [load_mask(mask)])
 
 
-def _write_report(path, bundle, method, defense, words, sets, before, after, rows, photo_exemplar) -> None:
-    """The HTML report: before/after table and chart, the defended words' images, the exemplar used."""
+def _write_report(path, bundle, method, defense, words, sets, before, after, rows, photo_exemplar,
+                  config: DefenseConfig) -> None:
+    """The HTML report: before/after table and chart, the defended words' images, the exemplars used."""
     exemplar, blank, mask = photo_exemplar
+    vocabulary = defense.vocabulary
     if exemplar is not None:
         shown = {"exemplar": load_image(exemplar), "blank": load_image(blank), "mask": load_mask(mask)}
+        fact = exemplars_fact(photo_pair=True)
+    elif vocabulary is not None:  # '*': rendered batch by batch and not kept; the first one again, as it was
+        renders = defense.renders or 0
+        first = text_exemplars(bundle, vocabulary.exemplar_words[0], 1, config.seed, config.photos)[0]
+        shown = {f"exemplar ({first.text}, 1 of {len(vocabulary.exemplar_words) * renders})": first.attacked,
+                 "blank": first.blank, "mask": first.text_mask}
+        fact = exemplars_fact(words=vocabulary.exemplar_words, renders=renders, vocabulary=vocabulary.source,
+                              heldout_words=len(vocabulary.heldout_words))
     elif defense.exemplars:
         first = defense.exemplars[0]
         shown = {f"exemplar ({first.text})": first.attacked, "blank": first.blank, "mask": first.text_mask}
+        fact = exemplars_fact(words=words, renders=len(defense.exemplars) // max(len(words), 1))
     else:
-        shown = None
+        shown, fact = None, "not kept"
     write_report(path, title=f"Typographic defense: {bundle.name} ({bundle.pretrained})",
                  facts=[("defense", f"{method} of {defense.layer} against {', '.join(words)}"),
                         ("evaluated on", sets.dataset if sets is not None else "nothing (--no-eval)"),
-                        ("exemplars", str(len(defense.exemplars)) if defense.exemplars else "one real photo pair")],
+                        ("n", _n_text(before) if before is not None else "-"), ("exemplars", fact)],
                  header=["", "before", "after"], rows=rows or [],
                  chart=bar_chart(rows, ["before", "after"]) if rows else None,
                  grid=evaluation_grid(sets, before["predictions"], after["predictions"]) if sets is not None else [],
                  exemplar=shown)
+
+
+def _n_text(before: dict) -> str:
+    """How many images the figures are over: scenes per set (held-out sets) or the benchmark's images."""
+    if before.get("n_other"):
+        return f"n = {before['n']} scenes with the defended words, {before['n_other']} with other words"
+    return f"n = {before['n']} images"
 
 
 def _slug(text: str) -> str:

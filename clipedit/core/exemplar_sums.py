@@ -15,6 +15,7 @@ from typing import Optional, Protocol
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from clipedit.core.keys_values import EmptyMaskError, Exemplars, collect_exemplars
 from clipedit.core.sites import Site
@@ -115,7 +116,9 @@ def accumulate_exemplar_sums(model: nn.Module, site: Site, requests: Iterable[Ex
     if max_kept_keys is not None:
         sums.max_kept_keys = max_kept_keys
     empty: Optional[EmptyMaskError] = None
-    for attacked, target, mask in split_batches(requests, batch_size):
+    batches = tqdm(split_batches(requests, batch_size), desc=f"exemplar passes ({site.layer})", unit="batch",
+                   leave=False, disable=None)  # None: shown on terminals only
+    for attacked, target, mask in batches:
         try:
             ex = collect_exemplars(model, site, attacked, target, mask, forward, threshold)
         except EmptyMaskError as e:

@@ -82,11 +82,11 @@ def defend_any_word(bundle: ModelBundle, config: DefenseConfig) -> Defense:
     if config.method == "edit" and config.sites:
         result = run_multisite_edit(bundle, requests, config.hparams, config.sites, statistics, meta)
         return Defense(layer=result.layer, method="edit", words=[ANY_WORD], edit=None, exemplars=[],
-                       edit_set=result.edit_set, vocabulary=vocabulary)
+                       edit_set=result.edit_set, vocabulary=vocabulary, renders=config.renders)
     request = requests() if config.method == "edit" else merged(requests())
     result = run_method(bundle, request, config.method, config.hparams, config.finetune, statistics, meta)
     return Defense(layer=result.layer, method=result.method, words=[ANY_WORD], edit=result.edit, exemplars=[],
-                   vocabulary=vocabulary)
+                   vocabulary=vocabulary, renders=config.renders)
 
 
 def exemplar_requests(bundle: ModelBundle, words: Sequence[str], config: DefenseConfig

@@ -75,6 +75,7 @@ class Defense:
     edit_set: Optional[EditSet] = None
     vocabulary: Optional[Vocabulary] = None
     details: Optional[object] = None  # head-ablation: the HeadAblation; paint: the PaintResult
+    renders: Optional[int] = None  # renders per exemplar word ('*': rendered batch by batch, not kept)
 
     def save(self, path: str | Path) -> Path:
         """Write the edit (one site) or the edit set (several sites; head ablation) as ``.safetensors``."""

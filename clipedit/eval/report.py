@@ -55,6 +55,20 @@ class GridItem:
     after: Optional[str] = None
 
 
+def exemplars_fact(*, photo_pair: bool = False, words: Sequence[str] = (), renders: int = 0,
+                   vocabulary: Optional[str] = None, heldout_words: int = 0) -> str:
+    """What a defense's exemplars were, for a report's header: one real photo pair, or ``len(words) x renders``
+    renders of named words, or of a vocabulary's exemplar words (``vocabulary``: where they came from)."""
+    if photo_pair:
+        return "one real photo pair (--exemplar, --blank, --mask)"
+    n = len(words) * renders
+    if vocabulary is not None:
+        return (f"{n} rendered: {len(words)} vocabulary words ({vocabulary}) x {renders} renders; the evaluation "
+                f"writes {heldout_words} held-out words, never rendered as exemplars")
+    shown = ", ".join(words[:5]) + (" …" if len(words) > 5 else "")
+    return f"{n} rendered: {len(words)} word{'s' if len(words) != 1 else ''} ({shown}) x {renders} renders"
+
+
 def png_bytes(image: Image.Image | np.ndarray, max_side: int = THUMB_PX) -> bytes:
     """``image`` (PIL, or a boolean / uint8 array such as a mask) as PNG bytes, at most ``max_side`` px."""
     if isinstance(image, np.ndarray):
