@@ -193,3 +193,20 @@ def test_offline_download_error_points_to_checkpoint(capsys, monkeypatch, image_
                      "--out", tmp_path / "r.json")
     assert "could not fetch" in line and "--checkpoint" in line
     assert not (tmp_path / "r.json").exists()
+
+
+# --- the group: version, model list ---
+
+
+def test_version_and_models_list(capsys):
+    from clipedit.eval.results import clipedit_version
+
+    assert run_ok(capsys, "--version").strip() == f"clipedit {clipedit_version()}"
+    listed = run_ok(capsys, "models").split()
+    assert {"mini", "mini-vit", "efficientnet-lite0", "timm/NAME", "ViT-B-32", "RN50"} <= set(listed)
+    assert "openai," in listed or "[openai," in listed or any("openai" in w for w in listed)
+
+
+def test_unknown_model_error_points_to_the_list(capsys, tmp_path):
+    line = run_error(capsys, "audit", "--model", "nosuchmodel", "--out", tmp_path / "a.json")
+    assert "known: efficientnet-lite0, mini, mini-vit" in line and "`clipedit models`" in line

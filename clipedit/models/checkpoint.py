@@ -45,14 +45,14 @@ def _read_tensors(path: Path) -> object:
             return load_file(str(path))
         except Exception as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ModelLoadError(f"{path} is not a safetensors checkpoint ({first})") from None
+            raise ModelLoadError(f"cannot read checkpoint {path}: not a safetensors file ({first})") from None
     if not _looks_like_torch_file(path):
-        raise ModelLoadError(f"{path} is not a checkpoint: clipedit reads .safetensors files and torch.save "
-                             "files of tensors (.pt, .pth, .bin)")
+        raise ModelLoadError(f"cannot read checkpoint {path}: the file is not a checkpoint (clipedit reads "
+                             ".safetensors files and torch.save files of tensors: .pt, .pth, .bin)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ModelLoadError(f"{path} is not a checkpoint of tensors: it holds other Python objects, which "
+        raise ModelLoadError(f"cannot read checkpoint {path}: it holds Python objects other than tensors, which "
                              "clipedit does not load (save the state dict alone, or as .safetensors)") from None
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else ""
