@@ -109,6 +109,8 @@ def edit_classifier(model, exemplar, mask_path, mask_band, mask_polygon, texture
         raise ClipeditError(f"{bundle.name} is not an ImageNet classifier (try efficientnet-lite0, timm/resnet50 …)")
     request = concept_request(bundle.preprocess, [pair], direction)
     defaults = defaults_for(bundle)
+    if defaults.caution and method == "edit" and layer in (None, defaults.layer) and rank in (None, defaults.rank):
+        click.echo(f"Warning: {defaults.caution}", err=True)
     hp = dict(layer=layer, rank=rank or defaults.rank, solver=solver, mask_threshold=mask_threshold,
               cov_reg=defaults.cov_reg if cov_reg is None else cov_reg)
     if solver == "optimize":

@@ -28,6 +28,7 @@ class DefenseDefaults:
         keep_targets: weight of keeping the blank exemplars as they are in the solve (``RewriteHParams``).
         sites: a multi-site edit's layers, solved in order (full names; None: ``layer`` alone). ``layer``
             stays the single site other methods (``finetune-local``) and a given ``--rank`` refer to.
+        caution: a measured weakness of the default site and rank, printed when both are used.
     """
 
     layer: str | None
@@ -38,6 +39,7 @@ class DefenseDefaults:
     mask: str
     keep_targets: float = 0.0
     sites: tuple[str, ...] | None = None
+    caution: str | None = None
 
 
 @lru_cache(maxsize=1)
