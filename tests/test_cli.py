@@ -153,6 +153,7 @@ def test_audit_mini_uses_its_held_out_world(capsys, tmp_path, mini_dir):
     assert record["classnames"] == list(CLASSNAMES) and record["templates"] == len(TEMPLATES)
     assert record["n"] == 12 and record["metrics"]["n_text"] == 12 == record["metrics"]["n_word_in_classes"]
     assert "mini (bundled)" in stdout
+    assert set(record["seconds"]) == {"load", "evaluate", "total"} and record["seconds"]["evaluate"] > 0
 
 
 def test_audit_bad_inputs(capsys, tmp_path, image_folder, photo_files, corrupt_jpg):

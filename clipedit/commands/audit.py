@@ -38,6 +38,7 @@ from clipedit.eval.heldout import world_attack_set
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.report import GridItem, attacks_grid, bar_chart, benchmark_grid, write_chart, write_report
 from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.eval.timing import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,7 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
     audited on its held-out scenes (test split). Under torchrun, rendered attacks are split across
     the ranks and the figures gathered (rank 0 prints and writes).
     """
+    timer = StageTimer()
     classnames = class_list(classes, classes_file)
     templates = template_list(templates_file)
     word_list = split_list(words)
@@ -213,6 +215,7 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
     source = folder_source(data, classnames) if data is not None else \
         photos_source(photos, label_names, classnames) if photos else None
     bundle = model.load()
+    timer.lap("load")
     if bench is not None:
         outcome = audit_benchmark(bundle, bench, templates, batch_size)
     elif source is not None:
@@ -224,6 +227,7 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
                             f"{bundle.name} brings no held-out scenes of its own (only models with a world, "
                             "e.g. mini, do)")
 
+    timer.lap("evaluate")  # rendering the attacks and running the model
     if not is_main_process():
         return
     metrics = outcome.metrics
@@ -237,7 +241,8 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
         record = make_record(dataset=outcome.dataset, bundle=bundle, task=TASK, metrics=metrics,
                              classnames=outcome.classnames, templates=outcome.templates, words=outcome.words,
                              seed=seed, n=metrics["n"], n_photos=outcome.n_photos,
-                             checkpoint=str(model.checkpoint) if model.checkpoint else None)
+                             checkpoint=str(model.checkpoint) if model.checkpoint else None,
+                             seconds=timer.seconds())
         write_results(out, record)
         chart = write_chart(out.with_suffix(".png"), outcome.rows, ["rate"],
                             f"{bundle.name} on {outcome.dataset} (n = {metrics['n']} images)")
