@@ -281,13 +281,19 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
     front = pareto_front(points)
     # the front as a staircase through its points, each ringed: visible even when it is a single point
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k-", lw=1.2, drawstyle="steps-post",
-            marker="o", ms=11, mfc="none", mec="black", mew=1.0, label=f"Pareto front ({len(front)} settings)",
+            marker="o", ms=11, mfc="none", mec="black", mew=1.0,
+            label=f"Pareto front ({len(front)} setting{'s' if len(front) != 1 else ''})",
             zorder=4)
-    ax.axvline(100 * tolerance, color="grey", lw=0.8, ls=":", label=f"tolerance {100 * tolerance:g} pt")
+    ax.axvline(100 * tolerance, color="grey", lw=0.8, ls=":", label=f"tolerance {100 * tolerance:.3g} pt")
     if picked is not None:
         ax.scatter(100 * cost(picked), 100 * picked["gain"], s=160, facecolors="none", edgecolors="red",
                    label="pick", zorder=4)
     ax.set_xscale("symlog", linthresh=1.0)  # costs under a point stay readable beside large ones
+    from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
+
+    # ticks at 1, 2, 5 x 10^k (and the linear part): a narrow range of costs still gets labelled ticks
+    ax.xaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1.0, subs=[1.0, 2.0, 5.0]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("cost: max(clean loss, blank-note loss), points (symlog scale)")
     ax.set_ylabel("gain: defended-word text-note accuracy, points")
     ax.set_title(title, fontsize=10)
