@@ -8,16 +8,7 @@ import torch
 from clipedit.errors import ClipeditError
 from clipedit.mini.training.captions import CaptionMix, caption
 from clipedit.mini.training.pool import BLANK, CLEAN, SIGN, TEXT, PoolMix, build_pool
-from clipedit.mini.world import (
-    CLASSNAMES,
-    IMAGE_SIZE,
-    TEMPLATES,
-    MiniWorld,
-    Scene,
-    attack_set,
-    draw_scene,
-    reference_images,
-)
+from clipedit.mini.world import CLASSNAMES, IMAGE_SIZE, TEMPLATES, Scene, attack_set, draw_scene, reference_images
 
 
 def test_classes_and_templates():
@@ -197,6 +188,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 def test_case_of_a_word_class_matching_ignores_it_rendering_keeps_it():
     from clipedit.data.classnames import case_note
     from clipedit.eval.heldout import world_eval_sets
+    from clipedit.mini.world import MiniWorld
 
     lower, mixed = (world_eval_sets(MiniWorld(), [w], 48) for w in ("ipod", "iPod"))
     ipod = CLASSNAMES.index("ipod")
