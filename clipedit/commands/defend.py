@@ -157,7 +157,8 @@ def defend_cmd(model, texts, vocab, method, layer, rank, solver, cov_reg, keep_t
         before = evaluate_defense(bundle, predictor, sets, keep_predictions=report is not None)
         timer.lap("evaluate_before")
 
-    click.echo(f"{method} of {bundle.name} against {', '.join(words)} …", err=True)
+    if sets is not None:  # the stage after "evaluating … before"; with --no-eval a bad input stays one line
+        click.echo(f"{method} of {bundle.name} against {', '.join(words)} …", err=True)
     defense = defend(bundle, words, config, request=request)
     timer.lap("defend")
 
