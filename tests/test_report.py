@@ -129,3 +129,21 @@ def test_any_word_report_names_its_rendered_vocabulary_exemplars(capsys, tmp_pat
     page = parse(report)
     assert [s for s, _ in page.images].count("Exemplar") == 3
     assert any(c.startswith(f"exemplar ({vocabulary.exemplar_words[0]}, 1 of {2 * n})") for c in page.captions)
+
+
+def test_chart_draws_attack_success_in_its_own_colour_and_says_lower_is_better():
+    from clipedit.eval.report import LOWER_IS_BETTER_COLOURS, SERIES_COLOURS, bar_chart, lower_is_better
+
+    def colours(png: bytes) -> set[tuple[int, int, int]]:
+        return {c[:3] for _, c in Image.open(io.BytesIO(png)).convert("RGB").getcolors(1 << 20)}
+
+    def rgb(hex_colour: str) -> tuple[int, int, int]:
+        return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+
+    rows = [["clean", 0.9, 3], ["text note", 0.3, 3], ["attack success", 0.6, 3]]
+    drawn = colours(bar_chart(rows, ["rate"]))
+    assert rgb(LOWER_IS_BETTER_COLOURS[1]) in drawn and rgb(SERIES_COLOURS[1]) in drawn
+    assert rgb(LOWER_IS_BETTER_COLOURS[1]) not in colours(bar_chart(rows[:2], ["rate"]))
+    both = colours(bar_chart([["clean", 0.9, 0.9], ["attack success (defended words)", 0.6, 0.1]], ["before", "after"]))
+    assert {rgb(c) for c in LOWER_IS_BETTER_COLOURS + SERIES_COLOURS} <= both
+    assert lower_is_better("attack success (other words)") and not lower_is_better("text note (other words)")
