@@ -261,6 +261,7 @@ def _choose_by_sweep(bundle, words, config: DefenseConfig, auto_layer: bool, aut
     selection = {"split": "validation", "rule": result.rule(), "candidates": len(result.rows),
                  "auto": [n for n, a in (("layer", auto_layer), ("rank", auto_rank)) if a],
                  "picked": picked, "baseline": result.baseline}
+    click.echo(f"pick rule: {result.rule()}", err=True)
     if picked is None:
         log.warning("no setting met the pick rule on validation; keeping %s rank %d", hp.layer, hp.rank)
         return config, selection
