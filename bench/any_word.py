@@ -30,8 +30,9 @@ from typing import Any, Optional
 
 from clipedit import load_model
 from clipedit.core import RewriteHParams
-from clipedit.defenses.any_word import any_word_defaults
-from clipedit.defenses.typographic import DefenseConfig, defend
+from clipedit.defenses.config import DefenseConfig
+from clipedit.defenses.resolve import resolve_config
+from clipedit.defenses.typographic import defend
 from clipedit.defenses.vocabulary import build_vocabulary
 from clipedit.eval.heldout import split_seed
 from clipedit.eval.metrics import evaluate_attacks
@@ -136,9 +137,14 @@ def copy_of(bundle: ModelBundle) -> ModelBundle:
 def star_config(base: ModelBundle, rank: int, words: int, renders: int, mask: str,
                 sites: Optional[tuple[str, ...]]) -> DefenseConfig:
     """A '*' setting; sites None: the model's default single site."""
-    layer = None if sites else any_word_defaults(base).fill(DefenseConfig()).resolved(base).hparams.layer
+    layer = None if sites else star_defaults(base).sites[0]
     return DefenseConfig(hparams=RewriteHParams(layer=layer, rank=rank), vocab_words=words, renders=renders,
                          mask=mask, sites=sites)
+
+
+def star_defaults(base: ModelBundle) -> DefenseConfig:
+    """What '*' uses on ``base`` by default (``defaults.json``, ``any_word``)."""
+    return resolve_config(base, any_word=True)
 
 
 def methods(base: ModelBundle, vocab) -> dict[str, Callable[[ModelBundle], Any]]:
@@ -183,7 +189,7 @@ def peak_memory(n_words: int) -> dict[str, float]:
 
 def tune_grid(base: ModelBundle) -> dict[str, DefenseConfig]:
     """'*' settings compared on the validation split."""
-    d = any_word_defaults(base)
+    d = star_defaults(base)
     stage = lambda *ls: tuple(base.image_prefix + f"layer{i}.0.conv3" for i in ls)  # noqa: E731
     return {
         "layer3, rank 32, 128x4": star_config(base, 32, 128, 4, d.mask, None),
@@ -220,7 +226,7 @@ def main() -> None:
         return
 
     base = load_model("mini", device="cpu")
-    vocab = build_vocabulary(base.classnames, n_words=any_word_defaults(base).words)
+    vocab = build_vocabulary(base.classnames, n_words=star_defaults(base).vocab_words)
     split = "validation" if args.tune else "test"
     suite = build_suite(base, vocab, split, args.n)
     results = {"unedited": evaluate(base, suite)}
@@ -250,7 +256,7 @@ def main() -> None:
                        "heldout_class_names": vocab.heldout_classnames,
                        "n_exemplar_words": len(vocab.exemplar_words),
                        "heldout_words": [w for w in vocab.heldout_words if w not in vocab.classnames]},
-        "any_word_defaults": dataclasses.asdict(any_word_defaults(base)),
+        "any_word_defaults": star_defaults(base).to_dict(),
         "results": results, "seconds": seconds,
     }
     if not args.tune:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import time
 
 from clipedit import load_model
-from clipedit.defenses.typographic import DefenseConfig, defend
+from clipedit.defenses.config import DefenseConfig
+from clipedit.defenses.defaults import defaults_for
+from clipedit.defenses.resolve import resolve_config
+from clipedit.defenses.typographic import defend
 from clipedit.eval.defense_metrics import ROWS, evaluate_defense
 from clipedit.eval.heldout import world_eval_sets
 from clipedit.eval.predictor import make_predictor
@@ -23,19 +25,19 @@ from clipedit.eval.results import format_table
 from clipedit.io import write_json
 
 
-def settings(default: DefenseConfig) -> dict[str, DefenseConfig]:
+def settings(base) -> dict[str, DefenseConfig]:
     """The default (one site or several, ``defaults.json``), the paper's single-exemplar rank-1 edit of the
     default layer, and the fine-tuning baselines (on the default layer / the whole image tower)."""
-    single = dataclasses.replace(default, sites=None)
-    paper = dataclasses.replace(single, renders=1, hparams=dataclasses.replace(default.hparams, rank=1, keep_targets=0))
+    default, layer = resolve_config(base), defaults_for(base).layer
     out = {"edit (default)": default}
-    if default.sites:  # the default layer alone, as the rewrite had it before the multi-site default
-        out[f"edit, {default.hparams.layer.rpartition('resblocks.')[2]} only, rank 32"] = dataclasses.replace(
-            single, hparams=dataclasses.replace(default.hparams, rank=32, keep_targets=0))
+    if len(default.sites) > 1:  # the default layer alone, as the rewrite had it before the multi-site default
+        out[f"edit, {layer.rpartition('resblocks.')[2]} only, rank 32"] = resolve_config(
+            base, {"layer": layer, "rank": 32, "keep_targets": 0.0})
     return {**out,
-            "edit, 1 exemplar, rank 1 (paper)": paper,
-            "finetune-local": dataclasses.replace(single, method="finetune-local"),
-            "finetune-global": dataclasses.replace(single, method="finetune-global")}
+            "edit, 1 exemplar, rank 1 (paper)": resolve_config(base, {"layer": layer, "rank": 1, "keep_targets": 0.0,
+                                                                      "renders": 1}),
+            "finetune-local": resolve_config(base, {"method": "finetune-local"}),
+            "finetune-global": resolve_config(base, {"method": "finetune-global"})}
 
 
 def main() -> None:
@@ -52,7 +54,7 @@ def main() -> None:
     predictor = make_predictor(base, sets.classnames)
     results = {"unedited": evaluate_defense(base, predictor, sets)}
     timings = {}
-    for name, config in settings(DefenseConfig().resolved(base)).items():
+    for name, config in settings(base).items():
         bundle = dataclasses.replace(base, model=copy.deepcopy(base.model))
         start = time.perf_counter()
         defense = defend(bundle, args.word, config)
@@ -65,14 +67,8 @@ def main() -> None:
     print(format_table(rows, header=header))
     print("seconds to defend: " + ", ".join(f"{k}: {v:.1f}" for k, v in timings.items()))
     write_json(args.out, {"model": args.model, "word": args.word, "n": args.n, "split": sets.split,
-                          "default_config": _config_dict(DefenseConfig().resolved(base)),
+                          "default_config": resolve_config(base).to_dict(),
                           "results": results, "seconds": timings})
-
-
-def _config_dict(config: DefenseConfig) -> dict:
-    d = dataclasses.asdict(config)
-    d.pop("photos", None)
-    return json.loads(json.dumps(d, default=str))
 
 
 if __name__ == "__main__":

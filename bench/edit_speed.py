@@ -22,8 +22,9 @@ from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_stati
 from clipedit.data.images import to_batches
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.finetune import FinetuneHParams
-from clipedit.defenses.methods import run_method
-from clipedit.defenses.typographic import DefenseConfig, text_exemplars
+from clipedit.defenses.methods import DefenseData, run_defense
+from clipedit.defenses.resolve import resolve_config
+from clipedit.defenses.typographic import text_exemplars
 from clipedit.eval.defense_metrics import evaluate_defense
 from clipedit.eval.heldout import world_eval_sets
 from clipedit.eval.predictor import make_predictor
@@ -50,7 +51,7 @@ def run(quick: bool = False, steps: int | None = None) -> dict[str, Any]:
     steps = steps or (20 if quick else 300)
     n_eval = 100 if quick else 300
     base = load_model("mini", device=device())
-    config = DefenseConfig().resolved(base)
+    config = resolve_config(base)
     hp = config.hparams
     sets = world_eval_sets(base.world, [WORD], n_eval, split="test")
     predictor = make_predictor(base, sets.classnames)
@@ -81,7 +82,9 @@ def run(quick: bool = False, steps: int | None = None) -> dict[str, Any]:
     for method in ("finetune-local", "finetune-global"):
         log.info("%s", method)
         bundle = _copy(base)
-        t, _ = seconds(lambda b=bundle, m=method: run_method(b, request, m, hp, ft, lambda layer: stats))
+        tuned = resolve_config(base, {"method": method, "finetune": ft})
+        data = DefenseData.of([WORD], request)
+        t, _ = seconds(lambda b=bundle, c=tuned, d=data: run_defense(b, d, c, lambda layer: stats))
         # fewer steps than the default are run, and the time scaled to the default's (accuracy as run)
         rows[method] = {"seconds": t * default_ft.steps / ft.steps, "steps_run": ft.steps,
                         **_scores(bundle, predictor, sets)}

@@ -23,9 +23,11 @@ from pathlib import Path
 import torch
 
 from clipedit import load_model
+from clipedit.defenses.config import DefenseConfig
+from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import gains, heldout_data, score
 from clipedit.defenses.sweep import SweepSettings, plot_tradeoff, sweep
-from clipedit.defenses.typographic import DefenseConfig, defend
+from clipedit.defenses.typographic import defend
 from clipedit.eval.results import format_table
 from clipedit.io import write_json
 
@@ -33,15 +35,15 @@ COLUMNS = (("defended word", "text_acc"), ("unseen words", "other_text_acc"), ("
            ("blank note", "blank_acc"), ("reading kept", "reading_acc"))
 
 
-def methods(default: DefenseConfig) -> dict[str, DefenseConfig]:
-    """The compared settings (edit (auto) is the default config with the sweep's layer and rank)."""
+def methods(base) -> dict[str, DefenseConfig]:
+    """The compared settings, each resolved from the model's defaults (edit (auto) is the default config
+    with the sweep's sites and rank)."""
+    default = resolve_config(base)
     return {
         "edit (default)": default,
         "edit (auto)": default,
-        "head-ablation": dataclasses.replace(default, method="head-ablation"),
-        "paint": dataclasses.replace(default, method="paint"),
-        "finetune-local": dataclasses.replace(default, method="finetune-local"),
-        "finetune-global": dataclasses.replace(default, method="finetune-global"),
+        **{m: resolve_config(base, {"method": m}) for m in ("head-ablation", "paint", "finetune-local",
+                                                             "finetune-global")},
     }
 
 
@@ -55,20 +57,20 @@ def run(name: str, base, config: DefenseConfig, word: str) -> tuple[object, dict
         details["sweep_top"] = result.ranking()[:5]
         details["picked"] = result.picked
         if result.picked is not None:
-            hp = dataclasses.replace(config.hparams, layer=result.picked["site"], rank=result.picked["rank"],
-                                     keep_targets=0.0)
-            config = dataclasses.replace(config, hparams=hp, sites=None)  # the sweep picks one site
+            hp = dataclasses.replace(config.hparams, layer=None, rank=result.picked["rank"])
+            config = resolve_config(bundle, dataclasses.replace(config, hparams=hp, method_hparams=None,
+                                                                sites=tuple(result.picked["sites"])))
     defense = defend(bundle, word, config)
     seconds = time.perf_counter() - start
     details["layer"] = defense.layer
     if config.method == "edit":
         details["rank"] = config.hparams.rank
     if config.method == "head-ablation":
-        details["heads"] = defense.details.heads
-        details["steps"] = defense.details.steps
+        details["heads"] = defense.details["heads"]
+        details["steps"] = defense.details["steps"]
     if config.method == "paint":
-        details["alpha"] = defense.details.alpha
-        details["alphas"] = defense.details.rows
+        details["alpha"] = defense.details["alpha"]
+        details["alphas"] = defense.details["rows"]
     return bundle, details, seconds
 
 
@@ -86,11 +88,10 @@ def main() -> None:
     args.out = args.out or ("bench/results/peers.json" if args.model == "mini"
                             else f"bench/results/peers_{args.model.replace('-', '_')}.json")
     base = load_model(args.model, device="cpu")
-    default = DefenseConfig().resolved(base)
     test = heldout_data(base, [args.word], args.n, args.n_signs, split="test")
     results = {"unedited": score(test)}
     seconds, details = {"unedited": 0.0}, {}
-    chosen = methods(default)
+    chosen = methods(base)
     if args.only:
         chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
     for name, config in chosen.items():

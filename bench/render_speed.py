@@ -9,7 +9,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from attacks import LabelStyle, render_attack
+from clipedit.attacks import LabelStyle, render_attack
 
 
 def per_render(image: Image.Image, style: LabelStyle, n: int) -> float:

@@ -2,36 +2,52 @@
 
     import clipedit
     bundle = clipedit.load_model("mini")
-    defense = clipedit.defend(bundle, "ipod")
-    clipedit.save_edit("ipod-edit.safetensors", defense.edit)
+    defense = clipedit.defend(bundle, "ipod", evaluate=clipedit.EvalOptions(n=200))
+    print(defense.figures["before"]["text_acc"], defense.figures["after"]["text_acc"])
+    clipedit.save_edits("ipod-edit.safetensors", defense.edit_set)
 
 Layers, lowest first (each imports only from those before it): ``errors``/``io``, ``core`` (the
 rewrite, independent of CLIP), ``data``, ``mini`` (the generated world), ``models``, ``eval``,
-``defenses``, ``commands``. The attack generator is the separate package ``attacks``.
+``defenses``, ``commands``. The attack generator is the separate package ``attacks/`` of the repository,
+installed as ``clipedit.attacks`` (it imports nothing from clipedit).
 """
 import logging
 
+from clipedit import _attacks  # noqa: F401  (first: makes clipedit.attacks importable in a checkout)
 from clipedit.core import (
-                           EditRequest,
-                           LayerEdit,
-                           RewriteHParams,
-                           apply_edit,
-                           apply_rewrite,
-                           compute_rewrite,
-                           key_statistics,
-                           load_edit,
-                           revert_edit,
-                           save_edit,
+    EditRequest,
+    EditSet,
+    LayerEdit,
+    RewriteHParams,
+    apply_edit,
+    apply_edit_set,
+    apply_rewrite,
+    compute_rewrite,
+    key_statistics,
+    load_edit,
+    load_edits,
+    register_edit_kind,
+    revert_edit,
+    revert_edit_set,
+    save_edit,
+    save_edits,
 )
+from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
-from clipedit.defenses.typographic import Defense, DefenseConfig, defend, text_exemplars
+from clipedit.defenses.methods import METHODS, MethodSpec
+from clipedit.defenses.resolve import resolve_config
+from clipedit.defenses.result import Defense, DefenseResult
+from clipedit.defenses.typographic import defend, text_exemplars
 from clipedit.errors import ClipeditError, EditError, ModelLoadError, SiteError
+from clipedit.eval.evaluation import EvalOptions, evaluate
 from clipedit.eval.predictor import make_predictor
 from clipedit.models import ModelBundle, list_models, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["ClipeditError", "Defense", "DefenseConfig", "EditError", "EditRequest", "LayerEdit", "ModelBundle",
-           "ModelLoadError", "RewriteHParams", "SiteError", "apply_edit", "apply_rewrite", "compute_rewrite",
-           "defaults_for", "defend", "key_statistics", "list_models", "load_edit", "load_model", "make_predictor",
-           "revert_edit", "save_edit", "text_exemplars"]
+__all__ = ["ClipeditError", "Defense", "DefenseConfig", "DefenseResult", "EditError", "EditRequest", "EditSet",
+           "EvalOptions", "LayerEdit", "METHODS", "MethodSpec", "ModelBundle", "ModelLoadError", "RewriteHParams",
+           "SiteError", "apply_edit", "apply_edit_set", "apply_rewrite", "compute_rewrite", "defaults_for", "defend",
+           "evaluate", "key_statistics", "list_models", "load_edit", "load_edits", "load_model", "make_predictor",
+           "register_edit_kind", "resolve_config", "revert_edit", "revert_edit_set", "save_edit", "save_edits",
+           "text_exemplars"]

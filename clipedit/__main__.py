@@ -1,5 +1,5 @@
 """``python -m clipedit``: the same command line as ``clipedit``."""
-from cli import main
+from clipedit.cli import main
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ import skimage.data  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import cli  # noqa: E402
+from clipedit import cli  # noqa: E402
 
 # skimage's bundled photos (no download), by the class name they show.
 PHOTO_SOURCES = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut"}
@@ -139,3 +139,21 @@ def defend_on_heldout(model: str, word: str = "ipod", n: int = 240, config=None)
     defense = defend(edited, word, config)
     after = evaluate_defense(edited, predictor.with_bundle(edited), sets)
     return base, defense, before, after
+
+
+def solve_closed_form(site, ex, D, keep_targets: float = 0.0):
+    """The least squares of the closed-form solve over all keys at once (the reference the library's
+    one solver, ``exemplar_sums.solve_closed_form_from_sums``, is checked against)."""
+    K = ex.keys.to(torch.float64)
+    W = site.weight_matrix().detach().to(torch.float64)
+    bias = site.bias
+    b = bias.detach().to(torch.float64) if bias is not None else 0.0
+    R = ex.values.to(torch.float64) - (K @ W.T + b)
+    P = K @ D.to(K.device)
+    sw = ex.weights.to(torch.float64).sqrt()[:, None]
+    P, R = P * sw, R * sw
+    if keep_targets > 0 and ex.target_keys is not None:
+        T = ex.target_keys.to(torch.float64) @ D.to(K.device) * (sw * keep_targets ** 0.5)
+        P, R = torch.cat([P, T]), torch.cat([R, torch.zeros(T.shape[0], R.shape[1], dtype=R.dtype, device=R.device)])
+    lam_t = torch.linalg.lstsq(P.cpu(), R.cpu(), driver="gelsd").solution
+    return lam_t.T.contiguous()

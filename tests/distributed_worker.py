@@ -49,7 +49,7 @@ def workload() -> dict:
 
 
 if __name__ == "__main__":
-    import cli
+    from clipedit import cli
 
     init_from_environment()
     out, reference = Path(sys.argv[1]), sys.argv[2]

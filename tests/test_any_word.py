@@ -12,7 +12,7 @@ from conftest import run_cli
 from safetensors.torch import load_file, save_file
 
 from clipedit.core import RewriteHParams
-from clipedit.core.edit_sets import EditSet, apply_edit_set, load_edit_set, load_edits, revert_edit_set, save_edit_set
+from clipedit.core.edit_sets import EditSet, apply_edit_set, load_edits, revert_edit_set, save_edits
 from clipedit.defenses.typographic import DefenseConfig, defend
 from clipedit.defenses.vocabulary import build_vocabulary, is_heldout, random_strings, read_word_list
 from clipedit.errors import ClipeditError, EditError
@@ -70,7 +70,7 @@ def test_multisite_edit_file_applies_and_reverts_bit_exactly(tiny_rn, word_file,
     # the second site was solved with the first applied: its original weight is the unedited one
     assert torch.equal(defense.edit_set.edits[1].orig_weight, original[f"{RN_SITES[1]}.weight"])
 
-    path = save_edit_set(tmp_path / "star.safetensors", defense.edit_set)
+    path = save_edits(tmp_path / "star.safetensors", defense.edit_set)
     loaded = load_edits(path)
     assert loaded.layers == list(RN_SITES) and loaded.meta["words"] == ["*"]
     revert_edit_set(tiny_rn.model, loaded)
@@ -86,22 +86,25 @@ def test_multisite_edit_file_applies_and_reverts_bit_exactly(tiny_rn, word_file,
         revert_edit_set(tiny_rn.model, loaded)
     assert torch.equal(tiny_rn.model.state_dict()[f"{RN_SITES[1]}.weight"], edited[f"{RN_SITES[1]}.weight"])
     with pytest.raises(EditError, match="at least one"):
-        save_edit_set(tmp_path / "empty.safetensors", EditSet([]))
+        save_edits(tmp_path / "empty.safetensors", EditSet([]))
 
     # a tampered site is refused when the file is read
     tensors = load_file(str(path))
     tensors["1.lambda"] = tensors["1.lambda"] * 1.01
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=read_safetensors_metadata(path))
     with pytest.raises(EditError, match="corrupt or was altered"):
-        load_edit_set(tmp_path / "bad.safetensors")
+        load_edits(tmp_path / "bad.safetensors")
 
 
 def test_cli_any_word_multisite_revert_is_bit_exact(tiny_rn, word_file, image_folder, tmp_path, capsys, monkeypatch):
     base = save_state_dict(tmp_path / "base.safetensors", tiny_rn.model.state_dict())
-    from clipedit.defenses import any_word
+    from clipedit.defenses import defaults
 
-    monkeypatch.setattr(any_word, "any_word_defaults", lambda bundle: any_word.AnyWordDefaults(
-        words=6, renders=2, rank=4, mask="text", sites=RN_SITES, cov_reg=1e-3))
+    table = copy.deepcopy(defaults.defaults_table())
+    table["any_word"]["architectures"]["ModifiedResNet"] = {
+        "words": 6, "renders": 2, "rank": 4, "mask": "text", "cov_reg": 1e-3,
+        "sites": [s.removeprefix("visual.") for s in RN_SITES]}
+    monkeypatch.setattr(defaults, "defaults_table", lambda: table)
     out = tmp_path / "run"
     code, stdout, err = run_cli(["defend", "--model", "tiny-rn", "--checkpoint", base, "--text", "*", "--vocab",
                                  word_file, "--rank", "3", "--reference", image_folder / "cat", "--no-eval",

@@ -8,7 +8,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from attacks import (
+from clipedit.attacks import (
     Attack,
     AttackError,
     LabelStyle,

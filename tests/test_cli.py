@@ -10,7 +10,7 @@ import torch
 from conftest import run_error, run_ok
 from PIL import Image
 
-import cli
+from clipedit import cli
 from clipedit.models import save_state_dict
 
 

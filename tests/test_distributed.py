@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import cli
+from clipedit import cli
 from clipedit.core.distributed import all_reduce_sum, rank_and_world, shard, shard_bounds, shard_iterable
 
 WORKER = Path(__file__).with_name("distributed_worker.py")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from attacks import Attack, LabelStyle
+from clipedit.attacks import Attack, LabelStyle
 from clipedit.data.classnames import labels_from_names, remap_labels
 from clipedit.data.folders import load_image_folder
 from clipedit.data.images import load_image, to_batches

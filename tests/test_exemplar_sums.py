@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import solve_closed_form
 from test_rewrite import RN_SITE, VIT_SITE, _randomise_batchnorm
 
 from clipedit.core import EditRequest, RewriteHParams, compute_rewrite, key_statistics, resolve_site
 from clipedit.core.exemplar_sums import accumulate_exemplar_sums, directions_from_sums, solve_closed_form_from_sums
 from clipedit.core.keys_values import collect_exemplars
-from clipedit.core.solvers import solve_closed_form
 from clipedit.core.subspace import edit_directions, regularise
 from clipedit.errors import EditError
 

@@ -26,7 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from test_rewrite import _pair
 
-import cli
+from clipedit import cli
 from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_statistics, save_edit
 from clipedit.core import statistics as stats_module
 from clipedit.core.cache import cache_dir
@@ -101,7 +101,7 @@ def _copy_run(run: Path, to: Path) -> Path:
 def _tamper(path: Path, out: Path, name: str, change) -> Path:
     """A copy of edit file ``path`` with tensor ``name`` changed in place by ``change``; metadata kept."""
     tensors = load_file(str(path))
-    change(tensors[name])
+    change(tensors[f"0.{name}"])  # the only member of the set the file holds
     save_file(tensors, str(out), metadata=read_safetensors_metadata(path))
     return out
 
@@ -344,7 +344,7 @@ def test_words_with_the_same_file_name_do_not_overwrite_each_other(tmp_path, cap
 
 
 def test_characters_the_font_lacks_are_refused(tmp_path, capsys, photo_files):
-    from attacks import AttackError, render_attack
+    from clipedit.attacks import AttackError, render_attack
 
     with pytest.raises(AttackError, match="U[+]1F4F1"):
         render_attack(Image.new("RGB", (96, 96), "white"), "ipod\N{MOBILE PHONE}", seed=0)

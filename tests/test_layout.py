@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Layers, lowest first: a module may import from its own layer and the ones before it, never after.
 LAYERS = [
+    ("clipedit.attacks",),  # the attack generator (attacks/ in the repository), below everything
     ("clipedit.errors", "clipedit.io"),
     ("clipedit.core",),
     ("clipedit.data",),
@@ -22,7 +23,7 @@ LAYERS = [
     ("clipedit.eval",),
     ("clipedit.defenses",),
     ("clipedit.mini.training",),
-    ("clipedit.commands",),
+    ("clipedit.commands", "clipedit.cli"),
 ]
 
 
@@ -65,7 +66,7 @@ def test_dependencies_point_one_way():
         if me in ("clipedit", "clipedit.__main__"):
             continue  # the package's front door re-exports from every layer
         for target in imported_modules(path):
-            if target.startswith("attacks"):
+            if target.startswith(("attacks", "clipedit.attacks")):
                 continue  # the attack generator sits below clipedit
             if target == "clipedit" or layer_of(target) > layer_of(me):
                 wrong.append(f"{me} -> {target}")
@@ -160,9 +161,13 @@ def test_every_package_is_in_the_wheel():
     listed = set(setuptools["packages"])
     found = {module_name(p.parent / "__init__.py") for pkg in ("clipedit", "attacks")
              for p in (ROOT / pkg).rglob("__init__.py")}
+    found = {"clipedit." + name if name.split(".")[0] == "attacks" else name for name in found}
     assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
     mapped = setuptools["package-dir"]
-    assert mapped == {"clipedit.assets": "assets"} and (ROOT / "assets" / "__init__.py").is_file()
+    assert mapped == {"clipedit.assets": "assets", "clipedit.attacks": "attacks"}
+    assert (ROOT / "assets" / "__init__.py").is_file()
+    assert "py-modules" not in setuptools and not any(p.split(".")[0] != "clipedit" for p in listed)
+    assert _pyproject()["project"]["scripts"] == {"clipedit": "clipedit.cli:main"}
 
 
 @pytest.mark.parametrize("package, folder, required", [
@@ -196,3 +201,20 @@ def test_python_dash_m_clipedit_lists_the_commands():
     assert r.returncode == 0, r.stderr
     for command in ("attack", "audit", "defend", "apply", "revert", "edit-classifier", "train-mini"):
         assert command in r.stdout
+
+
+def test_a_users_own_attacks_and_cli_do_not_stand_in_for_clipedits(tmp_path):
+    """The wheel installs attacks/ as clipedit.attacks and the command line as clipedit.cli: from a folder
+    holding its own ``attacks/`` and ``cli.py``, ``import clipedit`` and ``python -m clipedit --help`` work."""
+    (tmp_path / "attacks").mkdir()
+    (tmp_path / "attacks" / "__init__.py").write_text("raise ImportError('a user attacks package')\n")
+    (tmp_path / "cli.py").write_text("main = None\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", "import clipedit, clipedit.attacks; print(clipedit.attacks.__file__)"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()).resolve() == (ROOT / "attacks" / "__init__.py").resolve()
+    r = subprocess.run([sys.executable, "-m", "clipedit", "--help"], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "defend" in r.stdout

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipedit.core.edit_sets import EditSet, apply_edit_set, load_edits, revert_edit_set, save_edit_set
+from clipedit.core.edit_sets import EditSet, apply_edit_set, load_edits, revert_edit_set, save_edits
 from clipedit.core.nethook import get_module
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.finetune import FinetuneHParams
@@ -71,7 +71,7 @@ def test_ablation_file_zeroes_heads_and_reverts_bit_exactly(tiny_vit, tmp_path):
     original = state(tiny_vit)
     sites = attention_sites(tiny_vit)
     chosen = [(sites[0], 1), (sites[1], 0)]
-    path = save_edit_set(tmp_path / "heads.safetensors", EditSet(ablation_edits(tiny_vit, sites, chosen)))
+    path = save_edits(tmp_path / "heads.safetensors", EditSet(ablation_edits(tiny_vit, sites, chosen)))
     loaded = load_edits(path)  # the file `clipedit apply` / `revert` read
     assert [e.meta["heads"] for e in loaded.edits] == [[1], [0]]
     apply_edit_set(tiny_vit.model, loaded)
@@ -138,14 +138,14 @@ def test_peers_run_through_the_dispatcher(tiny_rn, monkeypatch):
     original = state(bundle)
     config = DefenseConfig(method="paint", renders=4, finetune=FinetuneHParams(steps=1))
     defense = defend(bundle, "ipod", config)
-    assert defense.method == "paint" and defense.details.alpha in (0.0, 1.0)
+    assert defense.method == "paint" and defense.details["alpha"] in (0.0, 1.0)
     changed = not same(state(bundle), original)
-    assert changed == (defense.details.alpha > 0)
+    assert changed == (defense.details["alpha"] > 0)
     few = functools.partial(HeadAblationHParams, n_val=6, patience=1)
     monkeypatch.setattr("clipedit.defenses.methods.HeadAblationHParams", few)
     ablated = defend(with_world(tiny_rn), "ipod", DefenseConfig(method="head-ablation", renders=4))
     assert ablated.method == "head-ablation"
-    assert (ablated.edit_set is None) == (not ablated.details.heads)
+    assert (ablated.edit_set is None) == (not ablated.details["heads"])
     if ablated.edit_set is not None:
         assert ablated.layer == "visual.attnpool.c_proj" == ablated.edit_set.layers[0]
     with pytest.raises(ClipeditError, match="no labelled world"):

@@ -111,11 +111,15 @@ def test_report_escapes_names_and_marks_the_final_prediction():
 
 
 def test_any_word_report_names_its_rendered_vocabulary_exemplars(capsys, tmp_path, triples_dir, monkeypatch):  # noqa: F811
-    from clipedit.defenses import any_word
+    import copy
+
+    from clipedit.defenses import defaults
     from clipedit.defenses.vocabulary import build_vocabulary
 
-    monkeypatch.setattr(any_word, "any_word_defaults", lambda bundle: any_word.AnyWordDefaults(
-        words=6, renders=2, rank=2, mask="text", sites=None, cov_reg=1e-3))
+    table = copy.deepcopy(defaults.defaults_table())  # '*' small: 6 exemplar words x 2 renders, rank 2
+    table["any_word"] = {"default": {"words": 6, "renders": 2, "rank": 2, "mask": "text", "cov_reg": 1e-3},
+                         "architectures": {}}
+    monkeypatch.setattr(defaults, "defaults_table", lambda: table)
     words = tmp_path / "words.txt"
     words.write_text("\n".join("apple ball car mug clock key star house tree fish umbrella ipod zebra".split()))
     report = tmp_path / "any.html"

@@ -199,3 +199,36 @@ def test_sweep_cli_states_the_scenes_its_tolerance_allows(tmp_path, capsys):
     assert record["n_scenes"] == 12 and record["tolerance_scenes"] == 1
     assert record["tolerance"] == pytest.approx(1 / 12)
     assert "pick rule: clean and blank-note loss each <= 8.33 point (1 of 12 scenes; widened from 0.5 point" in out
+
+
+# -- what is scored is what is applied ----------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:only .* reference keys")
+def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_vit):
+    """keep_targets honoured by both (the sweep once dropped it), single sites at several ranks (directions cut
+    from the largest rank's) and a multi-site set solved in order, as defend solves it."""
+    import copy
+
+    from clipedit.core import RewriteHParams
+    from clipedit.defenses.resolve import resolve_config
+    from clipedit.defenses.sweep import candidate_edits
+    from clipedit.defenses.typographic import defend
+
+    bundle = with_world(tiny_vit)
+    c_proj, v_proj = "visual.transformer.resblocks.0.mlp.c_proj", "visual.transformer.resblocks.1.attn.v_proj"
+    given = DefenseConfig(hparams=RewriteHParams(rank=4, keep_targets=3.0, cov_reg=0.01), renders=6,
+                          n_reference=24, mask="label")
+    settings = SweepSettings(sites=[c_proj], ranks=[1, 3], site_sets=[(v_proj, c_proj)])
+    before = copy.deepcopy(bundle.model.state_dict())
+    seen = [(c.sites, c.rank, [(m.layer, m.delta().double()) for m in c.edit_set.edits])
+            for c in candidate_edits(bundle, ["ipod"], settings, resolve_config(bundle, given))]
+    assert all(torch.equal(before[k], v) for k, v in bundle.model.state_dict().items())
+    pair = (v_proj, c_proj)
+    assert [(s, r) for s, r, _ in seen] == [((c_proj,), 1), ((c_proj,), 3), (pair, 1), (pair, 3)]
+    for sites, rank, deltas in seen:
+        edited = dataclasses.replace(bundle, model=copy.deepcopy(bundle.model))
+        config = dataclasses.replace(given, hparams=dataclasses.replace(given.hparams, rank=rank), sites=sites)
+        defense = defend(edited, "ipod", config)
+        assert defense.edit_set.layers == [layer for layer, _ in deltas]
+        for member, (_, delta) in zip(defense.edit_set.edits, deltas):
+            torch.testing.assert_close(member.delta().double(), delta, rtol=1e-5, atol=1e-7)
+        assert defense.edit_set.edits[0].meta["hparams"]["keep_targets"] == 3.0

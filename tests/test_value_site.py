@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_error, run_ok
+from conftest import run_error, run_ok, solve_closed_form
 from safetensors.torch import load_file
 from test_exemplar_sums import _requests, _stats_C
 
@@ -27,7 +27,6 @@ from clipedit.core.exemplar_sums import accumulate_exemplar_sums, directions_fro
 from clipedit.core.keys_values import collect_exemplars
 from clipedit.core.nethook import Trace
 from clipedit.core.sites import AttentionValueSite, candidate_sites
-from clipedit.core.solvers import solve_closed_form
 from clipedit.core.subspace import edit_directions
 from clipedit.errors import EditError
 from clipedit.models import save_state_dict

@@ -11,7 +11,7 @@ import click
 import numpy as np
 from PIL import Image
 
-from attacks import Attack, LabelStyle, render_attack
+from clipedit.attacks import Attack, LabelStyle, render_attack
 from clipedit.commands.options import check_out_dir, out_dir_option, seed_option
 from clipedit.data.images import load_image
 from clipedit.errors import ClipeditError

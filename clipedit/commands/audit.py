@@ -11,7 +11,7 @@ from typing import Any, Optional
 import click
 from PIL import Image
 
-from attacks import Attack
+from clipedit.attacks import Attack
 from clipedit.commands.options import (
     GreedyCommand,
     GreedyOption,
@@ -20,6 +20,7 @@ from clipedit.commands.options import (
     check_out_file,
     class_list,
     model_options,
+    option_group,
     out_file_option,
     seed_option,
     split_list,
@@ -150,35 +151,98 @@ def audit_benchmark(bundle, data: LoadedBenchmark, templates: Optional[list[str]
                         sorted({r.word for r in data.records if r.word}), len(scenes), grid, predictor.templates)
 
 
+@dataclass
+class AuditInputs:
+    """What to audit (one of an ImageFolder, loose photos with labels, a published benchmark, or the model's
+    world) and how: classes, templates, written words, scenes."""
+
+    data: Optional[Path] = None
+    dataset_spec: Optional[str] = None
+    photos: tuple[Path, ...] = ()
+    label_args: tuple[str, ...] = ()
+    classes: Optional[str] = None
+    classes_file: Optional[Path] = None
+    templates_file: Optional[Path] = None
+    words: Optional[str] = None
+    n: Optional[int] = None
+
+    def checked(self) -> tuple[Optional[list[str]], Optional[list[str]], Optional[list[str]], list[str]]:
+        """(class names, templates, words, photo labels), refusing combinations that do not go together."""
+        classnames = class_list(self.classes, self.classes_file)
+        templates = template_list(self.templates_file)
+        word_list = split_list(self.words)
+        if word_list is not None and not word_list:
+            raise ClipeditError("the word list is empty")
+        label_names = [name for arg in self.label_args for name in split_list(arg) or []]
+        if sum(x is not None and x != () for x in (self.data, self.photos, self.dataset_spec)) > 1:
+            raise ClipeditError("give one of --data, --photos or --dataset")
+        if self.dataset_spec is not None and (word_list is not None or self.n is not None):
+            raise ClipeditError("--words and --n do not go with --dataset (its photos are evaluated as they are)")
+        if label_names and not self.photos:
+            raise ClipeditError("--labels goes with --photos")
+        if self.photos and not label_names:
+            raise ClipeditError("--photos needs --labels (the class name of each photo)")
+        if classnames is not None:
+            check_classnames(classnames)
+        return classnames, templates, word_list, label_names
+
+
+def audit_inputs(bundle_loader, inputs: AuditInputs, seed: int, batch_size: int,
+                 timer: Optional[StageTimer] = None):
+    """(the model, what it measured): photos are read first (a bad file fails before any download), the
+    attacks rendered after the model is loaded (``timer`` laps "load" there)."""
+    classnames, templates, word_list, label_names = inputs.checked()
+    bench = load_benchmark_images(read_benchmark(inputs.dataset_spec), classnames) if inputs.dataset_spec else None
+    source = folder_source(inputs.data, classnames) if inputs.data is not None else \
+        photos_source(inputs.photos, label_names, classnames) if inputs.photos else None
+    bundle = bundle_loader()
+    if timer is not None:
+        timer.lap("load")
+    if bench is not None:
+        return bundle, audit_benchmark(bundle, bench, templates, batch_size)
+    if source is not None:
+        return bundle, audit_rendered(bundle, source.render(word_list, inputs.n, seed), templates, batch_size)
+    if bundle.world is not None and bundle.world.classnames:
+        return bundle, audit_rendered(bundle, world_set(bundle.world, classnames, word_list, inputs.n), templates,
+                                      batch_size)
+    raise ClipeditError(f"give --data DIR or --photos PHOTO... --labels L... (or --dataset KIND:PATH): "
+                        f"{bundle.name} brings no held-out scenes of its own (only models with a world, "
+                        "e.g. mini, do)")
+
+
+audit_input_options = option_group(
+    "inputs", AuditInputs,
+    click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 help="ImageFolder directory: DIR/<class>/<image>."),
+    click.option("--dataset", "dataset_spec", default=None, metavar="KIND:PATH",
+                 help=f"A typographic benchmark as published, evaluated as is: KIND is one of {', '.join(LAYOUTS)} "
+                      "(see clipedit/data/benchmarks.py)."),
+    click.option("--photos", cls=GreedyOption, type=click.Path(path_type=Path), metavar="PHOTO...",
+                 help="Photos to attack (with --labels)."),
+    click.option("--labels", "label_args", cls=GreedyOption, metavar="L...",
+                 help="Class name of each photo (space- or comma-separated)."),
+    click.option("--classes", default=None, metavar="a,b,c",
+                 help="Class list (default: folder names, labels, or a dataset's classes and written words)."),
+    click.option("--classes-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="Class list, one name per line."),
+    click.option("--templates-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="Prompt templates with '{}', one per line (default: the model's)."),
+    click.option("--words", default=None, metavar="w1,w2", help="Words to write (default: the other class names)."),
+    click.option("--n", "--scenes", "n", type=click.IntRange(min=1), default=None,
+                 help=f"World scenes (default {WORLD_SCENES}). Photos: random words each (default: every word)."),
+)
+
+
 @click.command(cls=GreedyCommand)
-@model_options()
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="ImageFolder directory: DIR/<class>/<image>.")
-@click.option("--dataset", "dataset_spec", default=None, metavar="KIND:PATH",
-              help=f"A typographic benchmark as published, evaluated as is: KIND is one of {', '.join(LAYOUTS)} "
-                   "(see clipedit/data/benchmarks.py).")
-@click.option("--photos", cls=GreedyOption, type=click.Path(path_type=Path), metavar="PHOTO...",
-              help="Photos to attack (with --labels).")
-@click.option("--labels", "label_args", cls=GreedyOption, metavar="L...",
-              help="Class name of each photo (space- or comma-separated).")
-@click.option("--classes", default=None, metavar="a,b,c",
-              help="Class list (default: folder names, labels, or a dataset's classes and written words).")
-@click.option("--classes-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Class list, one name per line.")
-@click.option("--templates-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Prompt templates with '{}', one per line (default: the model's).")
-@click.option("--words", default=None, metavar="w1,w2", help="Words to write (default: the other class names).")
-@click.option("--n", "--scenes", "n", type=click.IntRange(min=1), default=None,
-              help=f"World scenes (default {WORLD_SCENES}). Photos: random words each (default: every word).")
+@model_options(edits=True)
+@audit_input_options
 @seed_option()
 @batch_size_option()
 @out_file_option(help="Write the results as JSON (clip_benchmark layout) here, and a bar chart as .png beside it.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.html",
               help="Write a self-contained HTML report (table, chart, attacked images with predictions).")
-def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str], photos: tuple[Path, ...],
-          label_args: tuple[str, ...], classes: Optional[str], classes_file: Optional[Path],
-          templates_file: Optional[Path], words: Optional[str], n: Optional[int], seed: int, batch_size: int,
-          out: Optional[Path], report: Optional[Path]) -> None:
+def audit(model: ModelOptions, inputs: AuditInputs, seed: int, batch_size: int, out: Optional[Path],
+          report: Optional[Path]) -> None:
     """Measure a model's accuracy on clean photos, with a blank note, and with a written note.
 
     Attack success is how often the prediction becomes the written word. With --dataset, a published
@@ -188,45 +252,11 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
     the ranks and the figures gathered (rank 0 prints and writes).
     """
     timer = StageTimer()
-    classnames = class_list(classes, classes_file)
-    templates = template_list(templates_file)
-    word_list = split_list(words)
-    if word_list is not None and not word_list:
-        raise ClipeditError("the word list is empty")
-    label_names = [name for arg in label_args for name in split_list(arg) or []]
-    if sum(x is not None and x != () for x in (data, photos, dataset_spec)) > 1:
-        raise ClipeditError("give one of --data, --photos or --dataset")
-    if dataset_spec is not None and (word_list is not None or n is not None):
-        raise ClipeditError("--words and --n do not go with --dataset (its photos are evaluated as they are)")
-    if label_names and not photos:
-        raise ClipeditError("--labels goes with --photos")
-    if photos and not label_names:
-        raise ClipeditError("--photos needs --labels (the class name of each photo)")
     for path in (out, report):
         if path is not None:
             check_out_file(path)
-    if classnames is not None:
-        check_classnames(classnames)
-
-    # Under torchrun, each rank runs the model on its share of the rendered attacks; rank 0 reports.
-    init_from_environment()
-    # Read the photos first (a bad file fails before any download), render after loading the model.
-    bench = load_benchmark_images(read_benchmark(dataset_spec), classnames) if dataset_spec else None
-    source = folder_source(data, classnames) if data is not None else \
-        photos_source(photos, label_names, classnames) if photos else None
-    bundle = model.load()
-    timer.lap("load")
-    if bench is not None:
-        outcome = audit_benchmark(bundle, bench, templates, batch_size)
-    elif source is not None:
-        outcome = audit_rendered(bundle, source.render(word_list, n, seed), templates, batch_size)
-    elif bundle.world is not None and bundle.world.classnames:
-        outcome = audit_rendered(bundle, world_set(bundle.world, classnames, word_list, n), templates, batch_size)
-    else:
-        raise ClipeditError(f"give --data DIR or --photos PHOTO... --labels L... (or --dataset KIND:PATH): "
-                            f"{bundle.name} brings no held-out scenes of its own (only models with a world, "
-                            "e.g. mini, do)")
-
+    init_from_environment()  # under torchrun each rank runs the model on its share; rank 0 reports
+    bundle, outcome = audit_inputs(model.load, inputs, seed, batch_size, timer)
     timer.lap("evaluate")  # rendering the attacks and running the model
     if not is_main_process():
         return
@@ -238,22 +268,33 @@ def audit(model: ModelOptions, data: Optional[Path], dataset_spec: Optional[str]
     if metrics.get("n_skipped"):
         click.echo(f"skipped {metrics['n_skipped']} images that do not decode (listed in the results)")
     if out is not None:
-        record = make_record(dataset=outcome.dataset, bundle=bundle, task=TASK, metrics=metrics,
-                             classnames=outcome.classnames, templates=outcome.templates, words=outcome.words,
-                             seed=seed, n=metrics["n"], n_photos=outcome.n_photos,
-                             checkpoint=str(model.checkpoint) if model.checkpoint else None,
-                             seconds=timer.seconds())
-        write_results(out, record)
-        chart = write_chart(out.with_suffix(".png"), outcome.rows, ["rate"],
-                            f"{bundle.name} on {outcome.dataset} (n = {metrics['n']} images)")
+        chart = _write_results(out, bundle, outcome, model, seed, timer.seconds())
         click.echo(f"wrote {out} and {chart}")
     if report is not None:
-        write_report(report, title=f"Typographic audit: {bundle.name} ({bundle.pretrained})",
-                     facts=[("dataset", outcome.dataset), ("model", f"{bundle.name} ({bundle.pretrained})"),
-                            ("images", f"{metrics['n']} evaluated, {outcome.n_photos} photos or scenes"),
-                            ("classes", f"{len(outcome.classnames)}: {', '.join(outcome.classnames[:30])}"
-                                        + (" …" if len(outcome.classnames) > 30 else ""))],
-                     header=("", "rate", "n"), rows=outcome.rows,
-                     chart=bar_chart(outcome.rows, ["rate"]), grid=outcome.grid,
-                     notes=[f"skipped (did not decode): {p}" for p, _ in metrics.get("skipped", [])])
+        _write_report(report, bundle, outcome)
         click.echo(f"wrote {report}")
+
+
+def _write_results(out: Path, bundle, outcome: AuditOutcome, model: ModelOptions, seed: int,
+                   seconds: dict[str, float]) -> Path:
+    """The record (one writer) and its bar chart beside it; returns the chart's path."""
+    record = make_record(dataset=outcome.dataset, bundle=bundle, task=TASK, metrics=outcome.metrics,
+                         classnames=outcome.classnames, templates=outcome.templates, words=outcome.words,
+                         seed=seed, n=outcome.metrics["n"], n_photos=outcome.n_photos,
+                         checkpoint=str(model.checkpoint) if model.checkpoint else None,
+                         edits=[str(p) for p in model.edits], seconds=seconds)
+    write_results(out, record)
+    return write_chart(out.with_suffix(".png"), outcome.rows, ["rate"],
+                       f"{bundle.name} on {outcome.dataset} (n = {outcome.metrics['n']} images)")
+
+
+def _write_report(report: Path, bundle, outcome: AuditOutcome) -> None:
+    metrics = outcome.metrics
+    write_report(report, title=f"Typographic audit: {bundle.name} ({bundle.pretrained})",
+                 facts=[("dataset", outcome.dataset), ("model", f"{bundle.name} ({bundle.pretrained})"),
+                        ("images", f"{metrics['n']} evaluated, {outcome.n_photos} photos or scenes"),
+                        ("classes", f"{len(outcome.classnames)}: {', '.join(outcome.classnames[:30])}"
+                                    + (" …" if len(outcome.classnames) > 30 else ""))],
+                 header=("", "rate", "n"), rows=outcome.rows,
+                 chart=bar_chart(outcome.rows, ["rate"]), grid=outcome.grid,
+                 notes=[f"skipped (did not decode): {p}" for p, _ in metrics.get("skipped", [])])

@@ -9,7 +9,7 @@ from typing import Optional
 import click
 
 from clipedit.commands.options import batch_size_option, check_out_dir, model_options, out_dir_option, seed_option
-from clipedit.core import RewriteHParams, save_edit
+from clipedit.core import save_edits
 from clipedit.core.hparams import SOLVERS
 from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
 from clipedit.data.images import LazyImages, load_image, load_mask
@@ -27,6 +27,7 @@ from clipedit.defenses.concept import (
 from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
+from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.eval.metrics import evaluate_images
 from clipedit.eval.predictor import make_predictor
@@ -60,7 +61,7 @@ TASK = "concept_edit"
               help="Or a real edited version of the exemplar (same size) instead of --texture.")
 @click.option("--direction", type=click.Choice(DIRECTIONS), default="to-original", show_default=True,
               help="to-original: the transformed region is treated like the original (snowy road = road).")
-@click.option("--method", type=click.Choice(METHODS), default="edit", show_default=True,
+@click.option("--method", type=click.Choice(list(METHODS)), default="edit", show_default=True,
               help="The rewrite, or a fine-tuning baseline on the same pair.")
 @click.option("--layer", default=None, help="Dotted name of the layer to rewrite (default per architecture).")
 @click.option("--rank", type=click.IntRange(min=1), default=None,
@@ -99,64 +100,74 @@ def edit_classifier(model, exemplar, mask_path, mask_band, mask_polygon, texture
     mask = _exemplar_mask(photo.size, mask_path, mask_band, mask_polygon)
     pair = texture_pair(photo, mask, load_image(texture), texture_scale) if texture is not None \
         else photo_pair(photo, load_image(edited), mask)
-    eval_set = labels = folder_ids = None
-    if not no_eval:
-        eval_set, labels, folder_ids = _imagenet_folder(data, _parse_class_map(class_maps), exemplar)
+    evaluation = None if no_eval else _imagenet_folder(data, _parse_class_map(class_maps), exemplar)
     ref_images = _reference_images(reference) if reference is not None else None
-
     bundle = model.load()
     if bundle.kind != "classifier" or not bundle.classnames:
         raise ClipeditError(f"{bundle.name} is not an ImageNet classifier (try efficientnet-lite0, timm/resnet50 …)")
-    request = concept_request(bundle.preprocess, [pair], direction)
     defaults = defaults_for(bundle)
     if defaults.caution and method == "edit" and layer in (None, defaults.layer) and rank in (None, defaults.rank):
         click.echo(f"Warning: {defaults.caution}", err=True)
-    hp = dict(layer=layer, rank=rank or defaults.rank, solver=solver, mask_threshold=mask_threshold,
-              cov_reg=defaults.cov_reg if cov_reg is None else cov_reg)
-    if solver == "optimize":
-        hp.update({k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
-    ft = FinetuneHParams(loss="kl", **{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
-    config = ConceptConfig(method=method, hparams=RewriteHParams(**hp), finetune=ft)
-
-    predictor = make_predictor(bundle, bundle.classnames) if eval_set is not None else None
-    before = after = None
-    if predictor is not None:
-        click.echo(f"evaluating {bundle.name} before the {method} …", err=True)
-        before = evaluate_images(bundle, predictor, eval_set.images, labels, batch_size)
-    result = concept_edit(bundle, request, config, reference=ref_images)
-    if predictor is not None:
-        after = evaluate_images(bundle, predictor, eval_set.images, labels, batch_size)
-
-    extra = {"method": method, "layer": result.layer, "direction": direction, "exemplar": str(exemplar),
-             "transformation": f"texture {texture} x{texture_scale}" if texture is not None else f"edited {edited}",
-             "checkpoint": str(model.checkpoint) if model.checkpoint else None,
-             "hparams": result.edit.meta["hparams"] if result.edit is not None else
-             {"finetune": vars(ft), "layer": result.layer}}
-    if eval_set is not None:
-        folder_classes = {name: bundle.classnames[i] for name, i in folder_ids.items()}
-        record = make_record(dataset=str(data), bundle=bundle, task=TASK,
-                             metrics=before_after_metrics(before, after), before=_strip(before),
-                             after=_strip(after), classnames=bundle.classnames, templates=None, words=None,
-                             seed=seed, n=len(labels), folder_classes=folder_classes, **extra)
-    else:
-        record = make_record(dataset="none", bundle=bundle, task=TASK, metrics={}, classnames=[],
-                             templates=None, words=None, seed=seed, n=0, **extra)
-
-    meta = {"model": bundle.name, "source": bundle.source, "method": method, "layer": result.layer,
-            "task": TASK, "exemplar": str(exemplar)}
-    with atomic_output_set(out, replaces=OUTPUT_SET) as stage:  # the whole set of this run, or none
-        save_model_weights(stage / "model.safetensors", bundle, metadata=meta)
-        if result.edit is not None:
-            save_edit(stage / "edit.safetensors", result.edit)
-        save_image(stage / "exemplar_transformed.png", pair.transformed)
-        save_image(stage / "exemplar_mask.png", _mask_image(pair.mask))
-        write_results(stage / "results.json", record)
-
+    config = _concept_config(bundle, method, layer, rank, solver, mask_threshold, cov_reg, steps, lr)
+    scores = _scorer(bundle, evaluation, batch_size)
+    before = scores()
+    result = concept_edit(bundle, concept_request(bundle.preprocess, [pair], direction), config, reference=ref_images)
+    after = scores()
+    transformation = f"texture {texture} x{texture_scale}" if texture is not None else f"edited {edited}"
+    record = _record(bundle, result, evaluation, before, after, seed, data, direction=direction,
+                     exemplar=str(exemplar), transformation=transformation,
+                     checkpoint=str(model.checkpoint) if model.checkpoint else None)
+    _write_outputs(out, bundle, result, pair, record, exemplar)
     if before is not None:
         rows = [(k, before[k], after[k]) for k in ("top1", "top5", "mean_per_class_recall") if k in before]
         click.echo(format_table(rows, header=["", "before", "after"]))
-    click.echo(f"{method} of {result.layer}; wrote {out}/" + (" edit.safetensors," if result.edit is not None else "")
-               + " model.safetensors, results.json")
+    click.echo(f"{result.method} of {result.layer}; wrote {out}/"
+               + (" edit.safetensors," if result.edit_set is not None else "") + " model.safetensors, results.json")
+
+
+def _concept_config(bundle, method, layer, rank, solver, mask_threshold, cov_reg, steps, lr) -> ConceptConfig:
+    """The user's settings over the model's defaults (``resolve_config``, as every command)."""
+    optimize = {"steps": steps, "lr": lr} if solver == "optimize" else {}
+    resolved = resolve_config(bundle, {"method": method, "layer": layer, "rank": rank, "solver": solver,
+                                       "mask_threshold": mask_threshold, "cov_reg": cov_reg, **optimize,
+                                       "finetune": FinetuneHParams(loss="kl", **{k: v for k, v in (("steps", steps),
+                                                                   ("lr", lr)) if v is not None})})
+    return ConceptConfig(method=method, hparams=resolved.hparams, finetune=resolved.finetune)
+
+
+def _scorer(bundle, evaluation, batch_size: int):
+    """Scores the model on the evaluation folder as it is when called (None without one)."""
+    if evaluation is None:
+        return lambda: None
+    eval_set, labels, _ = evaluation
+    predictor = make_predictor(bundle, bundle.classnames)
+    return lambda: evaluate_images(bundle, predictor, eval_set.images, labels, batch_size)
+
+
+def _record(bundle, result, evaluation, before, after, seed, data, **extra) -> dict:
+    """The results record (one writer): before/after top-1/top-5 when evaluated."""
+    fields = {"method": result.method, "layer": result.layer, "hparams": result.config["method_hparams"],
+              "config": result.config, **extra}
+    if evaluation is None:
+        return make_record(dataset="none", bundle=bundle, task=TASK, metrics={}, classnames=[], templates=None,
+                           words=None, seed=seed, n=0, **fields)
+    _, labels, folder_ids = evaluation
+    folder_classes = {name: bundle.classnames[i] for name, i in folder_ids.items()}
+    return make_record(dataset=str(data), bundle=bundle, task=TASK, metrics=before_after_metrics(before, after),
+                       before=_strip(before), after=_strip(after), classnames=bundle.classnames, templates=None,
+                       words=None, seed=seed, n=len(labels), folder_classes=folder_classes, **fields)
+
+
+def _write_outputs(out: Path, bundle, result, pair, record: dict, exemplar: Path) -> None:
+    meta = {"model": bundle.name, "source": bundle.source, "method": result.method, "layer": result.layer,
+            "task": TASK, "exemplar": str(exemplar)}
+    with atomic_output_set(out, replaces=OUTPUT_SET) as stage:  # the whole set of this run, or none
+        save_model_weights(stage / "model.safetensors", bundle, metadata=meta)
+        if result.edit_set is not None:
+            save_edits(stage / "edit.safetensors", result.edit_set)
+        save_image(stage / "exemplar_transformed.png", pair.transformed)
+        save_image(stage / "exemplar_mask.png", _mask_image(pair.mask))
+        write_results(stage / "results.json", record)
 
 
 def _exemplar_mask(size, mask_path: Optional[Path], band: Optional[str], polygon: Optional[str]):

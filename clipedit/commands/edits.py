@@ -27,7 +27,12 @@ def _target(out: Path, checkpoint) -> Path:
 def apply_cmd(model, edits, out, force) -> None:
     """Apply EDITS (in order) to a model and save the edited weights."""
     out = _target(out, model.checkpoint)
-    loaded = [load_edits(p) for p in edits]  # single or multi-site edit files
+    loaded = [load_edits(p) for p in edits]  # every file is checked whole before anything is applied
+    for path, edit_set in zip(edits, loaded):
+        if not edit_set.exportable:
+            kinds = sorted({m.kind for m in edit_set.edits if not m.exportable})
+            raise ClipeditError(f"{path}: its {', '.join(kinds)} member(s) need clipedit's hooks to run; load it "
+                                f"with load_model(..., edits=[FILE]) or audit --edit FILE")
     bundle = model.load()
     for path, edit in zip(edits, loaded):
         try:

@@ -21,21 +21,24 @@ class ModelOptions:
         spec: ``NAME[:PRETRAINED]``, ``mini`` …
         checkpoint: local weights to load instead of the tag's.
         device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
+        edits: edit files applied on load, in order (``--edit FILE``; weight and hook edits alike).
     """
 
     spec: str
     checkpoint: Optional[Path] = None
     device: Optional[str] = None
+    edits: tuple[Path, ...] = ()
 
     def load(self):
         """The :class:`~clipedit.models.ModelBundle` these options name."""
         from clipedit.models import load_model
 
-        return load_model(self.spec, checkpoint=self.checkpoint, device=self.device)
+        return load_model(self.spec, checkpoint=self.checkpoint, device=self.device, edits=self.edits)
 
 
-def model_options(default: Optional[str] = None) -> Callable:
-    """Decorator: add --model/--checkpoint/--device and pass them as ``model: ModelOptions``."""
+def model_options(default: Optional[str] = None, edits: bool = False) -> Callable:
+    """Decorator: add --model/--checkpoint/--device (and ``edits``: a repeatable --edit FILE) and pass them
+    as ``model: ModelOptions``."""
 
     def decorate(f: Callable) -> Callable:
         @click.option("--model", "model_spec", required=default is None, default=default, show_default=True,
@@ -44,9 +47,14 @@ def model_options(default: Optional[str] = None) -> Callable:
                       help="Local weights (.pt/.bin/.safetensors) instead of downloading.")
         @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
         @functools.wraps(f)
-        def wrapper(*args, model_spec: str, checkpoint: Optional[Path], device: str, **kwargs):
-            return f(*args, model=ModelOptions(model_spec, checkpoint, device), **kwargs)
+        def wrapper(*args, model_spec: str, checkpoint: Optional[Path], device: str, edit_files=(), **kwargs):
+            return f(*args, model=ModelOptions(model_spec, checkpoint, device, tuple(edit_files)), **kwargs)
 
+        if edits:
+            wrapper = click.option("--edit", "edit_files", multiple=True, metavar="FILE",
+                                   type=click.Path(dir_okay=False, path_type=Path),
+                                   help="An edit file to apply on load (repeatable, in order; weight and hook "
+                                        "edits alike).")(wrapper)
         return wrapper
 
     return decorate
@@ -189,3 +197,37 @@ def expand_greedy(args: list[str], names: set[str]) -> list[str]:
             out.append(arg)
             has_value = True
     return out
+
+
+def option_group(name: str, cls: type, *options: Callable) -> Callable:
+    """Decorator: add ``options`` (click.option decorators whose parameter names are fields of the
+    dataclass ``cls``) and pass their values as one argument ``name: cls``."""
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(cls)]
+
+    def decorate(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            group = cls(**{k: kwargs.pop(k) for k in fields if k in kwargs})
+            return f(*args, **{name: group}, **kwargs)
+
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
+
+
+def read_json_file(path: Optional[Path], what: str):
+    """The parsed JSON of ``path`` (None stays None); a missing or malformed file is one line."""
+    import json
+
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ClipeditError(f"{what} file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ClipeditError(f"cannot read {what} file {path}: {str(e).splitlines()[0]}") from None

@@ -7,20 +7,20 @@ from pathlib import Path
 import click
 
 from clipedit.commands.options import check_out_dir, model_options, out_dir_option, seed_option, split_list
+from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import PICK_TOLERANCE, tolerance_text
 from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
-from clipedit.defenses.typographic import DefenseConfig
 from clipedit.errors import ClipeditError
-from clipedit.eval.results import format_table
-from clipedit.io import write_json
+from clipedit.eval.results import format_table, make_record, write_results
 
 
 @click.command()
 @model_options(default="mini")
 @click.option("--text", "texts", multiple=True, default=("ipod",), show_default=True,
               help="Word(s) to defend against (repeat or comma-separate).")
-@click.option("--sites", default=None, metavar="A,B,…",
-              help="Sites to try (dotted names) [default: every residual block's output projection].")
+@click.option("--sites", default=None, metavar="A,B+C,…",
+              help="Candidates (dotted names, comma-separated; 'B+C': one edit over B then C) [default: every "
+                   "candidate site, and the model's default sites when it has several].")
 @click.option("--ranks", default=None, metavar="1,4,…",
               help=f"Ranks to try [default: {','.join(map(str, DEFAULT_RANKS))}, each capped by the site's key "
                    "dimension].")
@@ -43,15 +43,20 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, se
     if "*" in words:
         raise ClipeditError("sweep scores named words; '*' (any word) is for defend")
     out = check_out_dir(out or Path("runs") / ("sweep-" + "-".join(words))[:60])
-    settings = SweepSettings(sites=split_list(sites), ranks=_ranks(ranks), n_val=n_val, n_signs=n_signs,
+    singles, sets = _candidates(sites)
+    settings = SweepSettings(sites=singles, ranks=_ranks(ranks), site_sets=sets, n_val=n_val, n_signs=n_signs,
                              tolerance=tolerance / 100)
     bundle = model.load()
     start = time.perf_counter()
-    result = sweep(bundle, words, settings, DefenseConfig(renders=renders, seed=seed))
+    config = resolve_config(bundle, {"renders": renders, "seed": seed})
+    result = sweep(bundle, words, settings, config)
     seconds = time.perf_counter() - start
-    record = {"model": bundle.name, "pretrained": bundle.pretrained, "split": "validation",
-              "n_val": n_val, "n_signs": n_signs, "total_seconds": round(seconds, 1), **result.to_dict()}
-    write_json(out / "sweep.json", record)
+    record = make_record(dataset=f"{bundle.world.name if bundle.world else bundle.name}:validation", bundle=bundle,
+                         task="typographic_sweep", metrics={}, classnames=[], templates=None, words=words,
+                         seed=seed, n=n_val, split="validation", n_val=n_val, n_signs=n_signs,
+                         total_seconds=round(seconds, 1), config=config.to_dict(),
+                         **{k: v for k, v in result.to_dict().items() if k != "words"})
+    write_results(out / "sweep.json", record)
     plot_tradeoff(result.rows, out / "sweep.png", f"{bundle.name}: rewrite against {', '.join(words)} (validation)",
                   result.tolerance, result.picked)
     click.echo(format_table(_table(result), header=["site", "rank", "defended", "other words", "clean", "blank",
@@ -62,6 +67,16 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, se
     click.echo(f"pick: {pick['site']} rank {pick['rank']}" if pick else
                f"pick: none (every setting costs more than {allowed} clean or blank-note)")
     click.echo(f"{len(result.rows)} settings in {seconds:.0f} s; wrote {out}/sweep.json, sweep.png")
+
+
+def _candidates(text):
+    """``--sites``: (single sites or None, multi-site sets or None)."""
+    items = split_list(text)
+    if items is None:
+        return None, None
+    sets = [tuple(s.strip() for s in item.split("+")) for item in items if "+" in item]
+    singles = [item for item in items if "+" not in item]
+    return singles, sets
 
 
 def _ranks(text):
@@ -80,6 +95,6 @@ def _table(result) -> list[list]:
     rows = [["(unedited)", "", result.baseline["text_acc"], result.baseline["other_text_acc"],
              result.baseline["clean_acc"], result.baseline["blank_acc"], result.baseline.get("reading_acc"), "", ""]]
     for r in result.ranking():
-        rows.append([r["site"].removeprefix("visual."), r["rank"], r["text_acc"], r["other_text_acc"], r["clean_acc"],
+        rows.append([r["site"].replace("visual.", ""), r["rank"], r["text_acc"], r["other_text_acc"], r["clean_acc"],
                      r["blank_acc"], r.get("reading_acc"), "yes" if r["admissible"] else "no", f"{r['seconds']:.2f}"])
     return rows

@@ -2,14 +2,27 @@
 
 It imports nothing from the rest of clipedit but ``errors`` and ``io``: sites and hooks
 (``sites``, ``nethook``), keys and values (``keys_values``), the subspace (``subspace``),
-solvers (``solvers``), key statistics and their cache (``statistics``, ``cache``) and edit
-files (``edits``), behind ROME-style calls (``api``).
+the closed-form solve from exemplar sums (``exemplar_sums``, the one closed-form solver) and the
+paper's optimiser (``solvers``), key statistics and their cache (``statistics``, ``cache``), weight
+edits (``edits``) and the one edit type with its file format (``edit_sets``), behind ROME-style calls
+(``api``).
 """
 from clipedit.core.api import EditRequest, KeyStatistics, apply_rewrite, compute_rewrite, key_statistics
-from clipedit.core.edits import LayerEdit, apply_edit, load_edit, revert_edit, save_edit
+from clipedit.core.edit_sets import (
+           EditSet,
+           apply_edit_set,
+           load_edit,
+           load_edits,
+           register_edit_kind,
+           revert_edit_set,
+           save_edit,
+           save_edits,
+)
+from clipedit.core.edits import LayerEdit, apply_edit, revert_edit
 from clipedit.core.hparams import RewriteHParams
 from clipedit.core.sites import BLOCK_SPECS, Site, resolve_site
 
 __all__ = ["EditRequest", "KeyStatistics", "apply_rewrite", "compute_rewrite", "key_statistics",
-           "LayerEdit", "apply_edit", "load_edit", "revert_edit", "save_edit", "RewriteHParams",
+           "EditSet", "apply_edit_set", "load_edit", "load_edits", "register_edit_kind", "revert_edit_set",
+           "save_edit", "save_edits", "LayerEdit", "apply_edit", "revert_edit", "RewriteHParams",
            "BLOCK_SPECS", "Site", "resolve_site"]

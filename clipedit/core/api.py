@@ -14,12 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from clipedit.core.edits import LayerEdit, apply_edit, edited_digest, tensor_digest
-from clipedit.core.exemplar_sums import (
-    accumulate_exemplar_sums,
-    directions_from_sums,
-    solve_closed_form_from_sums,
-)
+from clipedit.core.edits import LayerEdit, apply_edit
+from clipedit.core.exemplar_sums import accumulate_exemplar_sums, closed_form_edit
 from clipedit.core.hparams import RewriteHParams
 from clipedit.core.keys_values import collect_exemplars
 from clipedit.core.sites import resolve_site
@@ -90,25 +86,18 @@ def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditReque
         raise EditError(f"key statistics are for {stats.layer}, not {hparams.layer}")
     site = resolve_site(model, hparams.layer)
     C = regularise(stats.C, stats.n_keys, hparams.cov_reg)
+    meta = {**(meta or {}), "hparams": hparams.to_dict()}
     if hparams.solver == "closed-form":
         sums = accumulate_exemplar_sums(model, site, [requests] if isinstance(requests, EditRequest) else requests,
                                         forward, hparams.mask_threshold, with_targets=hparams.keep_targets > 0)
-        D = directions_from_sums(sums, C, hparams.rank)
-        lam = solve_closed_form_from_sums(sums, D, hparams.keep_targets)
-        n_keys, n_exemplars = sums.n_keys, sums.n_exemplars
+        edit = closed_form_edit(site, sums, C, hparams.rank, hparams.keep_targets, meta)
     else:
         req = _merge(requests)
         ex = collect_exemplars(model, site, req.attacked, req.target, req.mask, forward, hparams.mask_threshold)
         D = edit_directions(ex.keys.cpu(), C, hparams.rank, ex.weights.cpu())
         lam = solve_optimize(model, site, ex, D, hparams)
-        n_keys, n_exemplars = int(ex.keys.shape[0]), int(req.attacked.shape[0])
-    w = site.weight.detach()
-    edit = LayerEdit(layer=hparams.layer, lam=lam.float().cpu(), directions=D.float().cpu(),
-                     orig_weight=w.cpu().clone(),
-                     meta={**(meta or {}), "hparams": hparams.to_dict(), "n_keys": n_keys,
-                           "n_exemplars": n_exemplars, "orig_sha256": tensor_digest(w)})
-    edit.check_finite()
-    edit.meta["edited_sha256"] = edited_digest(edit)
+        edit = LayerEdit.create(hparams.layer, lam, D, site.weight,
+                                {**meta, "n_keys": int(ex.keys.shape[0]), "n_exemplars": int(req.attacked.shape[0])})
     log.info("edit of %s: rank %d from %d keys of %d exemplars", edit.layer, edit.rank,
              edit.meta["n_keys"], edit.meta["n_exemplars"])
     return edit

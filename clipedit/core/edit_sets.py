@@ -1,123 +1,313 @@
-"""Several layer edits made as one (a multi-site edit), applied and reverted like a single edit.
+"""The one edit type: an ordered set of members, applied and reverted as one, in one sealed file format.
 
-An ``EditSet`` is an ordered list of :class:`~clipedit.core.edits.LayerEdit`: ``apply_edit_set``
-applies them in order and ``revert_edit_set`` takes them off in reverse, each through
-``apply_edit`` / ``revert_edit`` (so every digest check of a single edit holds for each site). Either
-call leaves the model as it found it when one edit is refused. One ``.safetensors`` file holds the
-set: each edit's tensors under ``{i}.lambda`` … and its metadata in the header.
+A single-site edit is a set of one. A member is an object of a registered *kind*:
+
+- ``weight``: a :class:`~clipedit.core.edits.LayerEdit` (ΔW = Λ Dᵀ on one site, with digests);
+- hook kinds, registered with :func:`register_edit_kind` by the modules that define them (e.g. a
+  class-token head ablation through a forward hook).
+
+Every member class provides ``kind`` and ``exportable`` (class attributes), ``layer``, ``meta``,
+``apply(model)``, ``revert(model)``, ``to_tensors()``, ``from_tensors(layer, tensors, meta)`` (a
+classmethod that checks what it reads) and ``digest()`` (SHA-256 of its content). ``apply_edit_set``
+applies the members in order and ``revert_edit_set`` takes them off in reverse; either leaves the model
+as it found it when a member is refused.
+
+File (``.safetensors``, format ``clipedit-edits/2``): member ``i``'s tensors under ``{i}.{name}``; the
+header holds ``members`` (the ordered list of ``{kind, layer, meta, digest}``), ``seal`` (SHA-256 over
+the ordered ``(kind, layer, digest)`` list) and the set's own metadata. :func:`load_edits` checks the
+seal, every member's digest, and that every tensor belongs to a member, before anything is returned (so
+before anything is applied). Files of the two earlier formats (a single edit, ``clipedit-edit/1``; an
+unsealed set, ``clipedit-edit-set/1``) still load, with the same checks that can apply to them.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import nn
 
-from clipedit.core.edits import FORMAT as EDIT_FORMAT
-from clipedit.core.edits import LayerEdit, apply_edit, load_edit, revert_edit
+from clipedit.core.edits import FORMAT as SINGLE_FORMAT
+from clipedit.core.edits import LayerEdit, apply_edit
 from clipedit.errors import EditError
 from clipedit.io import read_safetensors_metadata, save_state_dict
 
-FORMAT = "clipedit-edit-set/1"
+FORMAT = "clipedit-edits/2"
+SET_FORMAT_1 = "clipedit-edit-set/1"  # unsealed edit sets written before FORMAT (read only)
+
+
+@runtime_checkable
+class EditMember(Protocol):
+    """What every member of an :class:`EditSet` provides (see the module docstring)."""
+
+    kind: str
+    exportable: bool
+    layer: str
+    meta: dict
+
+    def apply(self, model: nn.Module) -> None: ...
+    def revert(self, model: nn.Module) -> None: ...
+    def to_tensors(self) -> dict[str, torch.Tensor]: ...
+    def digest(self) -> str: ...
+
+
+#: kind -> member class; hook kinds add themselves with :func:`register_edit_kind`.
+EDIT_KINDS: dict[str, type] = {LayerEdit.kind: LayerEdit}
+
+
+def register_edit_kind(kind: str, cls: type) -> type:
+    """Make ``kind`` loadable from edit files (``cls.from_tensors``); returns ``cls`` (usable as a decorator
+    helper). Registering another class under a taken kind is an error."""
+    if EDIT_KINDS.get(kind, cls) is not cls:
+        raise EditError(f"edit kind {kind!r} is already registered to {EDIT_KINDS[kind].__name__}")
+    EDIT_KINDS[kind] = cls
+    return cls
 
 
 @dataclass
 class EditSet:
-    """Layer edits applied in order, as one edit.
+    """Members applied in order, as one edit.
 
     Attributes:
-        edits: the sites' edits, in the order they were made (each on the weights the previous left).
-        meta: model name, words, hyperparameters shared by the set.
+        edits: the members, in the order they were made (each on the model the previous ones left).
+        meta: model name, words, the resolved configuration … shared by the set.
     """
 
-    edits: list[LayerEdit]
+    edits: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, edits: EditSet | EditMember | Sequence[EditMember], meta: dict | None = None) -> EditSet:
+        """``edits`` as a set: a set as it is, one member as a set of one, a list as a set."""
+        if isinstance(edits, EditSet):
+            return edits
+        members = [edits] if isinstance(edits, EditMember) else list(edits)
+        return cls(members, dict(meta or {}))
 
     @property
     def layers(self) -> list[str]:
         return [e.layer for e in self.edits]
 
+    @property
+    def exportable(self) -> bool:
+        """Whether every member can be folded into plain weights (hook members cannot)."""
+        return all(e.exportable for e in self.edits)
+
+    def seal(self) -> str:
+        """SHA-256 over the ordered (kind, layer, digest) of the members."""
+        return seal_of([(e.kind, e.layer, e.digest()) for e in self.edits])
+
+    def apply(self, model: nn.Module, check_weights: bool = True) -> None:
+        apply_edit_set(model, self, check_weights)
+
+    def revert(self, model: nn.Module) -> None:
+        revert_edit_set(model, self)
+
+
+def seal_of(entries: Sequence[tuple[str, str, str]]) -> str:
+    """The seal of an ordered list of (kind, layer, digest)."""
+    return hashlib.sha256(json.dumps([list(e) for e in entries]).encode()).hexdigest()
+
+
+def _apply_member(model: nn.Module, member: EditMember, check_weights: bool) -> None:
+    if isinstance(member, LayerEdit):
+        apply_edit(model, member, check_weights=check_weights)
+    else:
+        member.apply(model)
+
 
 def apply_edit_set(model: nn.Module, edit_set: EditSet, check_weights: bool = True) -> None:
-    """Apply every edit in order; if one is refused, take the ones already applied off again."""
-    applied: list[LayerEdit] = []
+    """Apply every member in order; if one is refused, take the ones already applied off again.
+
+    Args:
+        check_weights: weight members refuse unless their layer holds the weight they were made on.
+    """
+    applied: list = []
     try:
-        for edit in edit_set.edits:
-            apply_edit(model, edit, check_weights=check_weights)
-            applied.append(edit)
+        for member in edit_set.edits:
+            _apply_member(model, member, check_weights)
+            applied.append(member)
     except EditError:
-        for edit in reversed(applied):
-            revert_edit(model, edit)
+        for member in reversed(applied):
+            member.revert(model)
         raise
 
 
 def revert_edit_set(model: nn.Module, edit_set: EditSet) -> None:
-    """Revert every edit, last first, bit-exactly; if one is refused, re-apply the ones already reverted."""
-    reverted: list[LayerEdit] = []
+    """Revert every member, last first (weights bit-exactly); if one is refused, re-apply those reverted."""
+    reverted: list = []
     try:
-        for edit in reversed(edit_set.edits):
-            revert_edit(model, edit)
-            reverted.append(edit)
+        for member in reversed(edit_set.edits):
+            member.revert(model)
+            reverted.append(member)
     except EditError:
-        for edit in reversed(reverted):
-            apply_edit(model, edit)
+        for member in reversed(reverted):
+            _apply_member(model, member, True)
         raise
 
 
-def save_edit_set(path: str | os.PathLike, edit_set: EditSet) -> Path:
-    """Write the set as one ``.safetensors`` file (atomically); refuses NaN/inf in any edit."""
+def save_edits(path: str | os.PathLike, edits: EditSet | EditMember) -> Path:
+    """Write an edit set (or one member, as a set of one) as one sealed ``.safetensors`` file, atomically;
+    refuses an empty set and NaN/inf in any weight member."""
+    edit_set = EditSet.of(edits)
     if not edit_set.edits:
         raise EditError("an edit set needs at least one edit")
-    tensors = {}
-    for i, edit in enumerate(edit_set.edits):
-        edit.check_finite()
-        tensors.update({f"{i}.{name}": t for name, t in edit.tensors().items()})
-    sites = [{"layer": e.layer, **e.meta} for e in edit_set.edits]
-    return save_state_dict(path, tensors, metadata={"format": FORMAT, "sites": sites, **edit_set.meta})
+    tensors: dict[str, torch.Tensor] = {}
+    members = []
+    for i, member in enumerate(edit_set.edits):
+        if isinstance(member, LayerEdit):
+            member.check_finite()
+        tensors.update({f"{i}.{name}": t for name, t in member.to_tensors().items()})
+        members.append({"kind": member.kind, "layer": member.layer, "meta": member.meta, "digest": member.digest()})
+    seal = seal_of([(m["kind"], m["layer"], m["digest"]) for m in members])
+    meta = {k: v for k, v in edit_set.meta.items() if k not in ("format", "members", "seal")}
+    return save_state_dict(path, tensors, metadata={"format": FORMAT, "members": members, "seal": seal, **meta})
 
 
-def load_edit_set(path: str | os.PathLike) -> EditSet:
-    """Read a file of ``save_edit_set``; each edit is verified against its digests before it is returned."""
-    path = Path(path)
-    if not path.is_file():
-        raise EditError(f"edit file not found: {path}")
-    meta = read_safetensors_metadata(path)
-    if meta.get("format") != FORMAT:
-        raise EditError(f"{path} is not a clipedit edit-set file")
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path))
-        sites = json.loads(meta.pop("sites"))
-    except Exception as e:
-        raise EditError(f"cannot read edit file {path}: {str(e).splitlines()[0]}") from None
-    meta.pop("format")
-    edits = []
-    for i, site in enumerate(sites):
-        names = {"lambda": f"{i}.lambda", "directions": f"{i}.directions", "orig_weight": f"{i}.orig_weight"}
-        if not set(names.values()) <= set(tensors):
-            raise EditError(f"{path}: site {i} ({site.get('layer', '?')}) has no tensors")
-        layer = site.pop("layer")
-        edit = LayerEdit(layer=layer, lam=tensors[names["lambda"]], directions=tensors[names["directions"]],
-                         orig_weight=tensors[names["orig_weight"]], meta=site)
-        edit.verify()
-        edits.append(edit)
-    return EditSet(edits, {k: _json_or_text(v) for k, v in meta.items()})
+def save_edit(path: str | os.PathLike, edit: EditSet | EditMember) -> Path:
+    """:func:`save_edits` (the name of the single-edit API)."""
+    return save_edits(path, edit)
 
 
 def load_edits(path: str | os.PathLike) -> EditSet:
-    """An edit file of either kind as an ``EditSet``: a single edit becomes a set of one."""
+    """The edit set in ``path`` (any format clipedit wrote), checked whole before it is returned.
+
+    Raises:
+        EditError: not found, not an edit file, malformed metadata, a broken seal or member digest,
+            tensors no member claims, no members, or an unknown member kind (one line each).
+    """
     path = Path(path)
     if not path.is_file():
         raise EditError(f"edit file not found: {path}")
-    fmt = read_safetensors_metadata(path).get("format")
-    if fmt == FORMAT:
-        return load_edit_set(path)
-    if fmt == EDIT_FORMAT:
-        return EditSet([load_edit(path)])
-    raise EditError(f"{path} is not a clipedit edit file")
+    try:
+        header = read_safetensors_metadata(path)
+    except Exception as e:
+        raise EditError(f"cannot read edit file {path}: {str(e).splitlines()[0]}") from None
+    fmt = header.get("format")
+    if fmt not in (FORMAT, SET_FORMAT_1, SINGLE_FORMAT):
+        raise EditError(f"{path} is not a clipedit edit file")
+    tensors = _read_tensors(path)
+    try:
+        if fmt == FORMAT:
+            return _load_sealed(header, tensors)
+        if fmt == SET_FORMAT_1:
+            return _load_set_1(header, tensors)
+        return _load_single(header, tensors)
+    except EditError as e:
+        raise EditError(f"{path}: {e}") from None
+
+
+def load_edit(path: str | os.PathLike) -> LayerEdit:
+    """The single weight edit in ``path``; refuses a file holding a set of several members."""
+    edit_set = load_edits(path)
+    if len(edit_set.edits) != 1 or not isinstance(edit_set.edits[0], LayerEdit):
+        raise EditError(f"{path} holds an edit set of {len(edit_set.edits)} members; read it with load_edits")
+    return edit_set.edits[0]
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise EditError(f"cannot read edit file {path}: {str(e).splitlines()[0]}") from None
+
+
+def _json_field(header: dict[str, str], key: str, kind: type) -> Any:
+    if key not in header:
+        raise EditError(f"its header has no {key!r}")
+    try:
+        value = json.loads(header[key])
+    except ValueError:
+        raise EditError(f"its header's {key!r} is not JSON") from None
+    if not isinstance(value, kind):
+        raise EditError(f"its header's {key!r} is not a {'list' if kind is list else kind.__name__}")
+    return value
+
+
+def _entry(i: int, entry: Any, key: str = "layer") -> str:
+    """Member ``i``'s layer name, refusing a malformed entry."""
+    if not isinstance(entry, dict):
+        raise EditError(f"member {i} of its header is not an object (got {type(entry).__name__})")
+    layer = entry.get(key)
+    if not isinstance(layer, str) or not layer:
+        raise EditError(f"member {i} of its header names no layer")
+    return layer
+
+
+def _member_tensors(tensors: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    prefix = f"{i}."
+    return {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
+
+
+def _check_all_claimed(tensors: dict[str, torch.Tensor], n_members: int) -> None:
+    claimed = {str(i) for i in range(n_members)}
+    stray = sorted(k for k in tensors if k.partition(".")[0] not in claimed)
+    if stray:
+        raise EditError(f"{len(stray)} tensor(s) belong to no member listed in its header (first: {stray[0]}); "
+                        "the set was altered")
+
+
+def _set_meta(header: dict[str, str], skip: tuple[str, ...]) -> dict:
+    return {k: _json_or_text(v) for k, v in header.items() if k not in skip}
+
+
+def _load_sealed(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> EditSet:
+    entries = _json_field(header, "members", list)
+    if not entries:
+        raise EditError("its header lists no members")
+    listed = []
+    for i, entry in enumerate(entries):
+        layer = _entry(i, entry)
+        kind, digest = entry.get("kind"), entry.get("digest")
+        if not isinstance(kind, str) or not isinstance(digest, str) or not isinstance(entry.get("meta", {}), dict):
+            raise EditError(f"member {i} ({layer}) of its header lacks a kind, digest or meta object")
+        listed.append((kind, layer, digest))
+    if header.get("seal") != seal_of(listed):
+        raise EditError("its seal does not match the members its header lists (members removed, reordered "
+                        "or altered)")
+    _check_all_claimed(tensors, len(entries))
+    members = []
+    for i, (entry, (kind, layer, digest)) in enumerate(zip(entries, listed)):
+        cls = EDIT_KINDS.get(kind)
+        if cls is None:
+            raise EditError(f"member {i} ({layer}) is of kind {kind!r}, which this clipedit does not know "
+                            f"(known: {', '.join(sorted(EDIT_KINDS))})")
+        member = cls.from_tensors(layer, _member_tensors(tensors, i), entry.get("meta", {}))
+        if member.digest() != digest:
+            raise EditError(f"member {i} ({layer}) does not match its digest: it is corrupt or was altered")
+        members.append(member)
+    return EditSet(members, _set_meta(header, ("format", "members", "seal")))
+
+
+def _load_set_1(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> EditSet:
+    sites = _json_field(header, "sites", list)
+    if not sites:
+        raise EditError("its header lists no sites")
+    layers = [_entry(i, site) for i, site in enumerate(sites)]
+    _check_all_claimed(tensors, len(sites))
+    edits = []
+    for i, (site, layer) in enumerate(zip(sites, layers)):
+        meta = {k: v for k, v in site.items() if k != "layer"}
+        edits.append(LayerEdit.from_tensors(layer, _member_tensors(tensors, i), meta))
+    return EditSet(edits, _set_meta(header, ("format", "sites")))
+
+
+def _load_single(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> EditSet:
+    layer = header.get("layer")
+    if not layer:
+        raise EditError("its header names no layer")
+    stray = sorted(set(tensors) - {"lambda", "directions", "orig_weight"})
+    if stray:
+        raise EditError(f"it holds tensors an edit does not have (first: {stray[0]})")
+    meta = {k: _json_or_text(v) for k, v in header.items() if k not in ("format", "layer")}
+    return EditSet([LayerEdit.from_tensors(layer, tensors, meta)])
 
 
 def _json_or_text(value: str):

@@ -1,24 +1,27 @@
 """A layer edit as data: the rank-r factors, the original weight, and checks that keep it honest.
 
+``LayerEdit.create`` is the one constructor of a new edit (finiteness checked, digests set);
 ``apply_edit`` adds ΔW = Λ Dᵀ to the layer; ``revert_edit`` restores the original weight bit-exactly
-(only while the layer still holds exactly what the edit made). Files are ``.safetensors``.
+(only while the layer still holds exactly what the edit made). A ``LayerEdit`` is the ``weight`` kind of
+member of an :class:`~clipedit.core.edit_sets.EditSet`, which also writes and reads the files.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import ClassVar, Optional
 
 import torch
 from torch import nn
 
 from clipedit.core.sites import site_weight
 from clipedit.errors import EditError, SiteError
-from clipedit.io import read_safetensors_metadata, save_state_dict
 
+#: The format tag of files written by clipedit before edit sets were sealed (a single LayerEdit);
+#: :func:`clipedit.core.edit_sets.load_edits` still reads them.
 FORMAT = "clipedit-edit/1"
+TENSOR_NAMES = ("lambda", "directions", "orig_weight")
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -41,11 +44,27 @@ class LayerEdit:
         meta: model name, hyperparameters, words, digests.
     """
 
+    kind: ClassVar[str] = "weight"
+    exportable: ClassVar[bool] = True  # folded into plain weights by `clipedit apply --out`
+
     layer: str
     lam: torch.Tensor
     directions: torch.Tensor
     orig_weight: torch.Tensor
     meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, layer: str, lam: torch.Tensor, directions: torch.Tensor, weight: torch.Tensor,
+               meta: Optional[dict] = None) -> LayerEdit:
+        """The edit ΔW = Λ Dᵀ of ``weight`` (the layer's current weight, copied as the original): Λ and D
+        stored as float32 on the CPU, refused when not finite, digests of the original and of the edited
+        weight set (so it can be checked on apply and reverted bit-exactly)."""
+        w = weight.detach()
+        edit = cls(layer=layer, lam=lam.detach().float().cpu(), directions=directions.detach().float().cpu(),
+                   orig_weight=w.cpu().clone(), meta={**(meta or {}), "orig_sha256": tensor_digest(w)})
+        edit.check_finite()
+        edit.meta["edited_sha256"] = edited_digest(edit)
+        return edit
 
     @property
     def rank(self) -> int:
@@ -58,7 +77,7 @@ class LayerEdit:
 
     def check_finite(self) -> None:
         """Refuse an edit with NaN or inf in any of its tensors."""
-        for name, t in self.tensors().items():
+        for name, t in self.to_tensors().items():
             if not torch.isfinite(t).all():
                 raise EditError(f"the edit of {self.layer} has NaN or inf in its {name}; refusing to use it")
 
@@ -83,9 +102,35 @@ class LayerEdit:
                 raise EditError(f"the edit of {self.layer} is corrupt or was altered: its {what} does not match "
                                 f"its {key}")
 
-    def tensors(self) -> dict[str, torch.Tensor]:
+    def to_tensors(self) -> dict[str, torch.Tensor]:
         """The edit's tensors by their names in the edit file."""
         return {"lambda": self.lam, "directions": self.directions, "orig_weight": self.orig_weight}
+
+    @classmethod
+    def from_tensors(cls, layer: str, tensors: dict[str, torch.Tensor], meta: dict) -> LayerEdit:
+        """The edit stored as ``tensors`` (names of :meth:`to_tensors`); verified against its digests."""
+        missing = [n for n in TENSOR_NAMES if n not in tensors]
+        if missing:
+            raise EditError(f"the edit of {layer} has no {missing[0]} tensor")
+        edit = cls(layer=layer, lam=tensors["lambda"], directions=tensors["directions"],
+                   orig_weight=tensors["orig_weight"], meta=dict(meta))
+        edit.verify()
+        return edit
+
+    def digest(self) -> str:
+        """SHA-256 over the layer, the tensors and the digests the edit carries (its identity in a set)."""
+        content = {"kind": self.kind, "layer": self.layer,
+                   "tensors": {n: tensor_digest(t) for n, t in self.to_tensors().items()},
+                   "orig_sha256": self.meta.get("orig_sha256"), "edited_sha256": self.meta.get("edited_sha256")}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+    def apply(self, model: nn.Module, check_weights: bool = True) -> None:
+        """:func:`apply_edit` (the member protocol of an edit set)."""
+        apply_edit(model, self, check_weights=check_weights)
+
+    def revert(self, model: nn.Module) -> None:
+        """:func:`revert_edit` (the member protocol of an edit set)."""
+        revert_edit(model, self)
 
 
 def _weight(model: nn.Module, edit: LayerEdit) -> torch.Tensor:
@@ -135,38 +180,3 @@ def revert_edit(model: nn.Module, edit: LayerEdit) -> None:
 def edited_digest(edit: LayerEdit) -> str:
     """Digest of orig_weight + ΔW, as ``apply_edit`` computes it."""
     return tensor_digest(edit.orig_weight.detach().cpu().add(edit.delta()))
-
-
-def save_edit(path: str | os.PathLike, edit: LayerEdit) -> Path:
-    """Write the edit as ``.safetensors`` (atomically); refuses NaN/inf."""
-    edit.check_finite()
-    meta = {"format": FORMAT, "layer": edit.layer, **edit.meta}
-    return save_state_dict(path, edit.tensors(), metadata=meta)
-
-
-def load_edit(path: str | os.PathLike) -> LayerEdit:
-    """Read an edit file written by ``save_edit``."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise EditError(f"edit file not found: {path}")
-    try:
-        meta = read_safetensors_metadata(path)
-        tensors = load_file(str(path))
-    except Exception as e:
-        raise EditError(f"cannot read edit file {path}: {str(e).splitlines()[0]}") from None
-    if meta.get("format") != FORMAT or not {"lambda", "directions", "orig_weight"} <= set(tensors):
-        raise EditError(f"{path} is not a clipedit edit file")
-    layer = meta.pop("layer")
-    meta.pop("format")
-    meta = {k: _maybe_json(v) for k, v in meta.items()}
-    return LayerEdit(layer=layer, lam=tensors["lambda"], directions=tensors["directions"],
-                     orig_weight=tensors["orig_weight"], meta=meta)
-
-
-def _maybe_json(v: str):
-    try:
-        return json.loads(v)
-    except ValueError:
-        return v

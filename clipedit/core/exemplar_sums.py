@@ -9,7 +9,7 @@ than the d x d sums) and the directions come from their SVD, cheaper than a d x 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from clipedit.core.keys_values import EmptyMaskError, Exemplars, collect_exemplars
+from clipedit.core.edits import LayerEdit
+from clipedit.core.keys_values import EmptyMaskError, Exemplars, collect_exemplars, collect_exemplars_at
 from clipedit.core.sites import Site
 from clipedit.core.subspace import clamp_rank, edit_directions
 from clipedit.errors import EditError
@@ -112,24 +113,52 @@ def accumulate_exemplar_sums(model: nn.Module, site: Site, requests: Iterable[Ex
         max_kept_keys: keep the weighted keys while there are at most this many (default: key dimension).
         with_targets: also sum TᵀMT over the target exemplars' keys (what ``keep_targets`` needs).
     """
-    sums = ExemplarSums.zeros(site, with_targets)
+    def collect(attacked, target, mask):
+        return {site.layer: collect_exemplars(model, site, attacked, target, mask, forward, threshold)}
+
+    return _accumulate([site], collect, requests, batch_size, max_kept_keys, with_targets)[site.layer]
+
+
+@torch.no_grad()
+def accumulate_exemplar_sums_at(model: nn.Module, sites: Sequence[Site], requests: Iterable[ExemplarBatch],
+                                forward: Optional[Callable] = None, threshold: float = 0.0,
+                                batch_size: int = EXEMPLAR_BATCH, with_targets: bool = False
+                                ) -> dict[str, ExemplarSums]:
+    """:func:`accumulate_exemplar_sums` for several sites at once (one traced pass of each batch for all of
+    them, :func:`~clipedit.core.keys_values.collect_exemplars_at`), keyed by site name."""
+    def collect(attacked, target, mask):
+        return collect_exemplars_at(model, sites, attacked, target, mask, forward, threshold)
+
+    return _accumulate(sites, collect, requests, batch_size, None, with_targets)
+
+
+def _accumulate(sites: Sequence[Site], collect: Callable, requests: Iterable[ExemplarBatch], batch_size: int,
+                max_kept_keys: Optional[int], with_targets: bool) -> dict[str, ExemplarSums]:
+    all_sums = {site.layer: ExemplarSums.zeros(site, with_targets) for site in sites}
     if max_kept_keys is not None:
-        sums.max_kept_keys = max_kept_keys
+        for sums in all_sums.values():
+            sums.max_kept_keys = max_kept_keys
     empty: Optional[EmptyMaskError] = None
-    batches = tqdm(split_batches(requests, batch_size), desc=f"exemplar passes ({site.layer})", unit="batch",
+    n_exemplars = 0
+    where = sites[0].layer if len(sites) == 1 else f"{len(sites)} sites"
+    batches = tqdm(split_batches(requests, batch_size), desc=f"exemplar passes ({where})", unit="batch",
                    leave=False, disable=None)  # None: shown on terminals only
     for attacked, target, mask in batches:
+        n_exemplars += attacked.shape[0]
         try:
-            ex = collect_exemplars(model, site, attacked, target, mask, forward, threshold)
+            collected = collect(attacked, target, mask)
         except EmptyMaskError as e:
-            empty, sums.n_exemplars = e, sums.n_exemplars + attacked.shape[0]
+            empty = e
             continue
-        sums.add(site, ex, attacked.shape[0])
-    if sums.n_exemplars == 0:
+        for site in sites:
+            all_sums[site.layer].add(site, collected[site.layer], attacked.shape[0])
+    if n_exemplars == 0:
         raise EditError("no exemplars given")
-    if sums.n_keys == 0:
-        raise empty or EditError("the mask covers no location of the site")
-    return sums
+    for sums in all_sums.values():
+        sums.n_exemplars = n_exemplars
+        if sums.n_keys == 0:
+            raise empty or EditError("the mask covers no location of the site")
+    return all_sums
 
 
 def directions_from_sums(sums: ExemplarSums, C: torch.Tensor, rank: int) -> torch.Tensor:
@@ -154,8 +183,9 @@ def directions_from_sums(sums: ExemplarSums, C: torch.Tensor, rank: int) -> torc
 
 
 def solve_closed_form_from_sums(sums: ExemplarSums, D: torch.Tensor, keep_targets: float = 0.0) -> torch.Tensor:
-    """Λ from the normal equations (Dᵀ (KᵀMK + β TᵀMT) D) Λᵀ = Dᵀ KᵀMR: ``solvers.solve_closed_form`` from sums
-    (β = ``keep_targets``: the target keys T fitted to their current outputs).
+    """Λ from the normal equations (Dᵀ (KᵀMK + β TᵀMT) D) Λᵀ = Dᵀ KᵀMR, i.e. the least squares
+    min Σ_i m_i ‖(W + Λ Dᵀ) k_i + b − v_i‖² + β Σ_i m_i ‖Λ Dᵀ t_i‖² (β = ``keep_targets``: the target keys
+    T fitted to their current outputs).
 
     Returns:
         Λ, (out, r) float64.
@@ -170,3 +200,22 @@ def solve_closed_form_from_sums(sums: ExemplarSums, D: torch.Tensor, keep_target
     rhs = D.T @ sums.keys_residuals
     lam_t = torch.linalg.lstsq(gram, rhs, driver="gelsd").solution
     return lam_t.T.contiguous()
+
+
+def closed_form_edit(site: Site, sums: ExemplarSums, C: torch.Tensor, rank: int, keep_targets: float = 0.0,
+                     meta: Optional[dict] = None, directions: Optional[torch.Tensor] = None) -> LayerEdit:
+    """The closed-form edit of ``site`` from exemplar sums: the one solver of every closed-form path (a
+    defense, each site of a multi-site edit, ``'*'``, every candidate of the sweep, the bench).
+
+    Args:
+        C: the regularised key statistics of the site.
+        rank: r of the update (clamped to the exemplar keys).
+        keep_targets: β of :func:`solve_closed_form_from_sums`.
+        meta: stored with the edit (``n_keys`` and ``n_exemplars`` are added).
+        directions: D computed already (e.g. the first r of a larger rank's, which are the top-r
+            directions); default: :func:`directions_from_sums`.
+    """
+    D = directions if directions is not None else directions_from_sums(sums, C, rank)
+    lam = solve_closed_form_from_sums(sums, D, keep_targets)
+    return LayerEdit.create(site.layer, lam, D, site.weight,
+                            {**(meta or {}), "n_keys": sums.n_keys, "n_exemplars": sums.n_exemplars})

@@ -8,8 +8,42 @@ from typing import Literal, Optional
 SOLVERS = ("closed-form", "optimize")
 
 
+class HParams:
+    """Dict round trip of a settings dataclass (every method's hyperparameters; ``--hparams FILE.json``)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """An instance from ``values`` (e.g. parsed JSON): unknown keys refused in one line, nested
+        settings given as dicts, tuples as lists."""
+        from clipedit.errors import ClipeditError
+
+        if not isinstance(values, dict):
+            raise ClipeditError(f"{cls.__name__} takes an object of settings, got {type(values).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ClipeditError(f"unknown setting(s) of {cls.__name__}: {', '.join(unknown)} "
+                                f"(known: {', '.join(fields)})")
+        kwargs = {}
+        for name, value in values.items():
+            f = fields[name]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if isinstance(value, dict) and dataclasses.is_dataclass(default):
+                value = type(default).from_dict(value) if isinstance(default, HParams) else type(default)(**value)
+            elif isinstance(value, list) and isinstance(default, tuple):
+                value = tuple(value)
+            kwargs[name] = value
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise ClipeditError(f"bad settings for {cls.__name__}: {e}") from None
+
+
 @dataclass
-class RewriteHParams:
+class RewriteHParams(HParams):
     """How to rewrite one layer.
 
     Attributes:
@@ -50,6 +84,3 @@ class RewriteHParams:
                             "the optimize solver does not take it")
         if not 0 <= self.mask_threshold < 1:
             raise EditError(f"mask_threshold must be in [0, 1), got {self.mask_threshold}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)

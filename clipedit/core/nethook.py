@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Optional
 
 import torch
@@ -24,22 +24,21 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     raise SiteError(f"no module named {name!r} in {type(model).__name__}")
 
 
-def get_parameter(model: nn.Module, name: str) -> nn.Parameter:
-    """Return the parameter called ``name`` (dotted path), or raise ``SiteError``."""
-    for n, p in model.named_parameters():
-        if n == name:
-            return p
-    raise SiteError(f"no parameter named {name!r} in {type(model).__name__}")
-
-
-def set_requires_grad(requires_grad: bool, *models: nn.Module | torch.Tensor) -> None:
-    """Set ``requires_grad`` on every parameter of the given modules (or on given tensors)."""
-    for m in models:
-        if isinstance(m, nn.Module):
-            for p in m.parameters():
-                p.requires_grad_(requires_grad)
-        else:
-            m.requires_grad_(requires_grad)
+@contextlib.contextmanager
+def training_only(model: nn.Module, params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Within the block only ``params`` of ``model`` require gradients (and grad mode is on); every
+    parameter's flag is restored after, whatever happens (the fine-tuning baselines, the optimize solver)."""
+    saved = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
 
 
 class StopForward(Exception):

@@ -13,7 +13,7 @@ from typing import Optional, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from attacks import Attack, StyleSampler, render_attack
+from clipedit.attacks import Attack, StyleSampler, render_attack
 from clipedit.data.reference import default_reference, images_key, photo_views, sample_photos
 from clipedit.errors import ClipeditError
 

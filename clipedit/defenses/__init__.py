@@ -1,1 +1,3 @@
-"""Defenses: the typographic defense, concept edits, fine-tuning baselines, the method dispatcher, defaults as data."""
+"""Defenses: the settings (``config``, ``resolve``: defaults as data in ``defaults.json``), the method table
+(``methods``: the rewrite, fine-tuning baselines, peer defenses) and its one result type (``result``), the
+typographic defense (``typographic``, ``any_word``), the sweep and selection, concept edits."""

@@ -18,12 +18,15 @@ from typing import Literal, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clipedit.core import EditRequest, LayerEdit, RewriteHParams, key_statistics
+from clipedit.core import EditRequest, RewriteHParams, key_statistics
 from clipedit.data.images import to_batches
 from clipedit.data.reference import default_reference, images_key
+from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.edit_requests import request_from_images
 from clipedit.defenses.finetune import FinetuneHParams
-from clipedit.defenses.methods import run_method
+from clipedit.defenses.methods import DefenseData, run_defense
+from clipedit.defenses.resolve import resolve_config
+from clipedit.defenses.result import DefenseResult
 from clipedit.errors import ClipeditError
 from clipedit.models.bundle import ModelBundle
 
@@ -158,17 +161,8 @@ class ConceptConfig:
     finetune: FinetuneHParams = field(default_factory=lambda: FinetuneHParams(steps=200, lr=1e-4, loss="kl"))
 
 
-@dataclass
-class ConceptEdit:
-    """The outcome: which layer, which method, and the edit (``method="edit"`` only)."""
-
-    layer: str
-    method: str
-    edit: Optional[LayerEdit]
-
-
 def concept_edit(bundle: ModelBundle, request: EditRequest, config: Optional[ConceptConfig] = None,
-                 reference: Optional[Sequence[Image.Image]] = None, layer: Optional[str] = None) -> ConceptEdit:
+                 reference: Optional[Sequence[Image.Image]] = None, layer: Optional[str] = None) -> DefenseResult:
     """Edit ``bundle.model`` in place so the request's keys are treated like its targets.
 
     Args:
@@ -185,5 +179,5 @@ def concept_edit(bundle: ModelBundle, request: EditRequest, config: Optional[Con
         return key_statistics(bundle.model, site, lambda: to_batches(images, bundle.preprocess, 32),
                               data_key=images_key(images) + repr(bundle.preprocess), forward=bundle.encode_images)
 
-    result = run_method(bundle, request, config.method, hp, config.finetune, statistics, {"task": "concept_edit"})
-    return ConceptEdit(result.layer, result.method, result.edit)
+    resolved = resolve_config(bundle, DefenseConfig(method=config.method, hparams=hp, finetune=config.finetune))
+    return run_defense(bundle, DefenseData.of([], request), resolved, statistics, {"task": "concept_edit"})

@@ -1,47 +1,47 @@
-"""What a typographic defense is asked to do (:class:`DefenseConfig`) and what it returns (:class:`Defense`)."""
+"""What a defense is asked to do: :class:`DefenseConfig` (filled in one place,
+:func:`clipedit.defenses.resolve.resolve_config`)."""
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Optional
 
 from PIL import Image
 
-from attacks import Attack
-from clipedit.core import LayerEdit, RewriteHParams, save_edit
-from clipedit.core.edit_sets import EditSet, save_edit_set
-from clipedit.defenses.defaults import default_layer, defaults_for
+from clipedit.core import RewriteHParams
 from clipedit.defenses.finetune import FinetuneHParams
-from clipedit.defenses.vocabulary import Vocabulary
-from clipedit.errors import ClipeditError
-from clipedit.models.bundle import ModelBundle
 
 
 @dataclass
 class DefenseConfig:
-    """How to defend; every ``None`` is filled from ``defaults.json`` for the model (:func:`defaults_for`).
+    """How to defend. Build one and pass it to ``resolve_config`` (``defend`` and the CLI do): every
+    ``None`` is filled from ``defaults.json`` for the model, once, there.
 
     Attributes:
-        method: ``edit`` (the rewrite) or a fine-tuning baseline on the same exemplars.
-        hparams: the rewrite's settings (layer None: the model's default site).
+        method: a name in :data:`clipedit.defenses.methods.METHODS` (``edit``: the rewrite).
+        hparams: the rewrite's settings, as given in full (None: the model's defaults; its ``layer`` None:
+            the model's default site(s)).
         renders: exemplars rendered per word (varied font, size, colour, position, object).
         mask: edit the locations of the glyphs (``text``) or of the whole label (``label``).
         reference: folder of reference images for the key statistics (default: the model's world's).
         n_reference: reference images drawn from the model's world.
         photos: photos to render exemplars on, in place of the model's world.
+        finetune: the fine-tuning baselines' (and PAINT's) training settings.
         vocab: a word list for ``"*"`` (default: open_clip's tokenizer words, class names, random strings).
         vocab_words: exemplar words ``"*"`` renders (``renders`` each).
-        sites: layers of a multi-site edit, solved in this order (None: ``hparams.layer`` alone; with
-            ``hparams`` None the model's default sites, when it has several).
+        sites: the layers the method acts on, in order (an edit over several sites is solved in this
+            order); None: ``hparams.layer``, else the model's default sites.
+        method_hparams: settings of the method (an instance of its ``hparams_cls`` or a dict of its
+            fields, e.g. from ``--hparams FILE.json``); resolved: what the method's ``run`` receives.
+        any_word: set by ``resolve_config`` for ``"*"`` (its defaults were used).
     """
 
-    method: Literal["edit", "finetune-local", "finetune-global", "head-ablation", "paint"] = "edit"
+    method: str = "edit"
     hparams: Optional[RewriteHParams] = None
     renders: Optional[int] = None
     seed: int = 0
-    mask: Optional[Literal["text", "label"]] = None
+    mask: Optional[str] = None
     reference: Optional[Path] = None
     n_reference: Optional[int] = None
     photos: Optional[Sequence[Image.Image]] = None
@@ -49,38 +49,17 @@ class DefenseConfig:
     vocab: Optional[Path] = None
     vocab_words: Optional[int] = None
     sites: Optional[tuple[str, ...]] = None
+    method_hparams: Any = None
+    any_word: bool = False
 
-    def resolved(self, bundle: ModelBundle) -> DefenseConfig:
-        """A copy with every unset field taken from the model's defaults."""
-        d = defaults_for(bundle)
-        hp = self.hparams or RewriteHParams(layer=d.layer, rank=d.rank, cov_reg=d.cov_reg, keep_targets=d.keep_targets)
-        sites = self.sites
-        if sites is None and self.hparams is None and self.method == "edit":
-            sites = d.sites
-        if hp.layer is None:
-            hp = dataclasses.replace(hp, layer=default_layer(bundle))
-        return dataclasses.replace(self, hparams=hp, renders=self.renders or d.renders, mask=self.mask or d.mask,
-                                   n_reference=self.n_reference or d.n_reference, sites=sites)
-
-
-@dataclass
-class Defense:
-    """The outcome: the edit (``method="edit"``) and what was used to make it."""
-
-    layer: str
-    method: str
-    words: list[str]
-    edit: Optional[LayerEdit]
-    exemplars: list[Attack]
-    edit_set: Optional[EditSet] = None
-    vocabulary: Optional[Vocabulary] = None
-    details: Optional[object] = None  # head-ablation: the HeadAblation; paint: the PaintResult
-    renders: Optional[int] = None  # renders per exemplar word ('*': rendered batch by batch, not kept)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the edit (one site) or the edit set (several sites; head ablation) as ``.safetensors``."""
-        if self.edit is not None:
-            return save_edit(path, self.edit)
-        if self.edit_set is not None:
-            return save_edit_set(path, self.edit_set)
-        raise ClipeditError(f"{self.method} leaves no edit to save (it changes the weights directly)")
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-able data (recorded in results and edit metadata; photos as a count)."""
+        mh = self.method_hparams
+        return {"method": self.method, "sites": list(self.sites) if self.sites else None,
+                "hparams": self.hparams.to_dict() if self.hparams is not None else None,
+                "method_hparams": mh.to_dict() if hasattr(mh, "to_dict") else mh,
+                "renders": self.renders, "seed": self.seed, "mask": self.mask,
+                "reference": str(self.reference) if self.reference is not None else None,
+                "n_reference": self.n_reference, "photos": len(self.photos) if self.photos else None,
+                "finetune": self.finetune.to_dict(), "vocab": str(self.vocab) if self.vocab is not None else None,
+                "vocab_words": self.vocab_words, "any_word": self.any_word}

@@ -27,7 +27,8 @@ class DefenseDefaults:
         mask: ``text`` (glyphs) or ``label`` (the whole note).
         keep_targets: weight of keeping the blank exemplars as they are in the solve (``RewriteHParams``).
         sites: a multi-site edit's layers, solved in order (full names; None: ``layer`` alone). ``layer``
-            stays the single site other methods (``finetune-local``) and a given ``--rank`` refer to.
+            stays the single site of the other methods (``finetune-local``).
+        vocab_words: exemplar words of ``"*"`` (its defaults only; else None).
         caution: a measured weakness of the default site and rank, printed when both are used.
     """
 
@@ -39,6 +40,7 @@ class DefenseDefaults:
     mask: str
     keep_targets: float = 0.0
     sites: tuple[str, ...] | None = None
+    vocab_words: int | None = None
     caution: str | None = None
 
 
@@ -48,11 +50,18 @@ def defaults_table() -> dict:
     return json.loads(resources.files(__package__).joinpath("defaults.json").read_text())
 
 
-def defaults_for(bundle: ModelBundle) -> DefenseDefaults:
-    """The defaults for ``bundle``: table default, then its architecture's, then its own entry."""
+def defaults_for(bundle: ModelBundle, any_word: bool = False) -> DefenseDefaults:
+    """The defaults for ``bundle``: table default, then its architecture's, then its own entry; for ``"*"``
+    (``any_word``) the ``any_word`` entries (default, then architecture) on top, whose ``sites`` (or none)
+    replace the model's."""
     table = defaults_table()
     arch = type(bundle.image_module).__name__
     entry = {**table["default"], **table["architectures"].get(arch, {}), **table["models"].get(bundle.name, {})}
+    if any_word:
+        words = table.get("any_word", {})
+        entry = {**entry, "sites": None, **words.get("default", {}), **words.get("architectures", {}).get(arch, {})}
+        entry["vocab_words"] = entry.pop("words", None)
+    entry = {k: v for k, v in entry.items() if not k.startswith("_")}
     template = entry.pop("layer", None)
     layer = bundle.image_prefix + expand_layer(bundle.image_module, template) if template else None
     sites = entry.pop("sites", None)

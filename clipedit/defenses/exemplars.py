@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from attacks import Attack
+from clipedit.attacks import Attack
 from clipedit.core import KeyStatistics, key_statistics
 from clipedit.data.folders import files_key, image_paths
 from clipedit.data.images import LazyImages, to_batches

@@ -16,13 +16,15 @@ from torch import nn
 from tqdm.auto import trange
 
 from clipedit.core.api import EditRequest
+from clipedit.core.hparams import HParams
+from clipedit.core.nethook import training_only
 from clipedit.errors import EditError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class FinetuneHParams:
+class FinetuneHParams(HParams):
     """Fine-tuning baseline settings.
 
     Attributes:
@@ -59,23 +61,14 @@ def finetune(model: nn.Module, params: Iterable[nn.Parameter], request: EditRequ
     attacked, target = request.attacked.to(dev), request.target.to(dev)
     with torch.no_grad():
         goal = forward(target)
-    saved = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=hparams.lr)
     model.eval()
     loss = torch.tensor(float("nan"))
-    try:
-        with torch.enable_grad():
-            for _ in trange(hparams.steps, desc="fine-tuning", leave=False, disable=None):
-                loss = _distance(forward(attacked), goal, hparams.loss)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-    finally:
-        for p, flag in saved.items():
-            p.requires_grad_(flag)
+    with training_only(model, params):
+        for _ in trange(hparams.steps, desc="fine-tuning", leave=False, disable=None):
+            loss = _distance(forward(attacked), goal, hparams.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     log.info("fine-tuning: final loss %.4g", loss.item())
     return float(loss.item())

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from clipedit.core import EditRequest, LayerEdit
 from clipedit.core.edit_sets import EditSet, apply_edit_set
-from clipedit.core.edits import edited_digest, tensor_digest
+from clipedit.core.hparams import HParams
 from clipedit.core.nethook import get_module
 from clipedit.defenses.selection import PICK_TOLERANCE, HeldoutData, admissible, heldout_data, score
 from clipedit.errors import ClipeditError
@@ -45,7 +45,7 @@ from clipedit.models.bundle import ModelBundle
 log = logging.getLogger(__name__)
 
 @dataclass
-class HeadAblationHParams:
+class HeadAblationHParams(HParams):
     """Greedy search settings (Dyslexify: eps 0.001, stop after 10 skips, 1-point clean budget).
 
     Attributes:
@@ -232,10 +232,7 @@ def ablation_edits(bundle: ModelBundle, sites: Sequence[AttentionSite], heads: S
         cols = site.columns(bundle.model, chosen)
         directions = torch.zeros(w.shape[1], len(cols), dtype=torch.float32)
         directions[cols, torch.arange(len(cols))] = 1.0
-        edit = LayerEdit(layer=site.proj, lam=-w[:, cols].float().cpu(), directions=directions,
-                         orig_weight=w.cpu().clone(),
-                         meta={"model": bundle.name, **(meta or {}), "method": "head-ablation",
-                               "heads": chosen, "orig_sha256": tensor_digest(w)})
-        edit.meta["edited_sha256"] = edited_digest(edit)
-        edits.append(edit)
+        edits.append(LayerEdit.create(site.proj, -w[:, cols], directions, w,
+                                      {"model": bundle.name, **(meta or {}), "method": "head-ablation",
+                                       "heads": chosen}))
     return edits

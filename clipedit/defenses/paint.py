@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clipedit.core import EditRequest
+from clipedit.core.hparams import HParams
 from clipedit.defenses.finetune import FinetuneHParams, finetune
 from clipedit.defenses.selection import PICK_TOLERANCE, HeldoutData, admissible, gains, heldout_data, pick, score
 from clipedit.errors import EditError
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PaintHParams:
+class PaintHParams(HParams):
     """Settings of PAINT.
 
     Attributes:

@@ -8,30 +8,39 @@ each lose at most 0.5 point against the unedited model on the validation split, 
 text-note accuracy on the defended word(s); ties go to the larger gain on unseen words, then to the
 earlier row (sites in forward order, ranks ascending). ``defend --layer auto`` / ``--rank auto`` use it.
 
-Cost: the exemplars' keys and values for every site come from one traced pass of the attacked and one
-of the blank exemplars; each site's key statistics are computed once (and cached on disk); each site's
+What is scored is what ``defend`` applies: every candidate is built by the one closed-form solver
+(:func:`clipedit.core.exemplar_sums.closed_form_edit`) with the resolved settings (``keep_targets``,
+``cov_reg``, mask …), as an :class:`~clipedit.core.edit_sets.EditSet` (:func:`candidate_edits`).
+Candidates are single sites x ranks, and multi-site sets (``SweepSettings.site_sets``; by default the
+model's own default sites when it has several, e.g. mini-vit's), solved in order exactly as ``defend``
+solves them.
+
+Cost: the exemplar sums of every single site come from one traced pass of each batch of attacked and
+of blank exemplars; each site's key statistics are computed once (and cached on disk); each site's
 edit directions are computed once at the largest rank and cut to each smaller rank (the top-r
-directions are the first r of them), leaving one least-squares solve per candidate. Candidates are
-applied, scored and reverted on the caller's model, which ends unchanged. Closed-form solver only.
+directions are the first r of them), leaving one least-squares solve per candidate. A multi-site
+candidate costs what its ``defend`` costs. Candidates are applied, scored and reverted on the
+caller's model, which ends unchanged. Closed-form solver only.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import torch
 from tqdm.auto import tqdm
 
-from clipedit.core import LayerEdit, apply_edit, resolve_site
-from clipedit.core.edits import edited_digest, revert_edit, tensor_digest
-from clipedit.core.keys_values import collect_exemplars_at
+from clipedit.core import EditSet, apply_edit_set, resolve_site, revert_edit_set
+from clipedit.core.exemplar_sums import accumulate_exemplar_sums_at, closed_form_edit, directions_from_sums
 from clipedit.core.sites import candidate_sites
-from clipedit.core.solvers import solve_closed_form
-from clipedit.core.subspace import edit_directions, regularise
-from clipedit.defenses.edit_requests import request_from_attacks
+from clipedit.core.subspace import regularise
+from clipedit.defenses.config import DefenseConfig
+from clipedit.defenses.defaults import defaults_for
+from clipedit.defenses.methods import run_defense
+from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import (
     PICK_TOLERANCE,
     HeldoutData,
@@ -44,7 +53,7 @@ from clipedit.defenses.selection import (
     tolerance_in_scenes,
     tolerance_text,
 )
-from clipedit.defenses.typographic import DefenseConfig, reference_statistics, text_exemplars
+from clipedit.defenses.typographic import defense_data, reference_statistics
 from clipedit.errors import ClipeditError, SiteError
 from clipedit.models.bundle import ModelBundle
 
@@ -61,6 +70,9 @@ class SweepSettings:
     Attributes:
         sites: dotted names (None: every candidate site of the image tower).
         ranks: ranks to try (None: ``DEFAULT_RANKS``, each capped by the site's key dimension).
+        site_sets: multi-site candidates (each a list of sites solved in order) tried at each of
+            ``ranks`` (None: the model's default sites at its default rank when it has several and
+            ``sites`` is not given; ``()``: none).
         n_val: validation scenes per set (defended words; other words).
         n_signs: validation signs for the reading-kept figure (0: none).
         tolerance: the pick rule's largest clean / blank-note loss (a fraction).
@@ -68,6 +80,7 @@ class SweepSettings:
 
     sites: Optional[Sequence[str]] = None
     ranks: Optional[Sequence[int]] = None
+    site_sets: Optional[Sequence[Sequence[str]]] = None
     n_val: int = 240
     n_signs: int = 120
     tolerance: float = PICK_TOLERANCE
@@ -152,23 +165,33 @@ def _resolve(bundle: ModelBundle, name: str):
         raise SiteError(f"no module named {name!r}; did you mean {bundle.image_prefix + name!r}?") from None
 
 
+@dataclass
+class Candidate:
+    """One setting the sweep scores: its sites (several: solved in order), rank, and the edit made."""
+
+    sites: tuple[str, ...]
+    rank: int
+    edit_set: EditSet
+    seconds: float
+
+
 def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[SweepSettings] = None,
-          config: Optional[DefenseConfig] = None, data: Optional[HeldoutData] = None) -> SweepResult:
-    """Score the rewrite at every (site, rank) on the validation split and pick one.
+          config: Optional[DefenseConfig | dict] = None, data: Optional[HeldoutData] = None) -> SweepResult:
+    """Score the rewrite at every candidate on the validation split and pick one.
 
     Args:
         bundle: the model (left unchanged).
         words: the word(s) defended.
-        settings: sites, ranks, validation size, tolerance.
-        config: exemplars and statistics settings (renders, mask, seed, reference); default: the model's.
+        settings: sites, ranks, multi-site sets, validation size, tolerance.
+        config: exemplars, statistics and solver settings (renders, mask, seed, reference, keep_targets …);
+            resolved by :func:`resolve_config` as ``defend`` resolves it.
         data: ready validation data (default: built from the model's world).
     """
     settings = settings or SweepSettings()
     words = [words] if isinstance(words, str) else list(words)
     if not words:
         raise ClipeditError("no words to defend against")
-    config = (config or DefenseConfig()).resolved(bundle)
-    pairs = plan(bundle, settings.sites, settings.ranks)
+    config = resolve_config(bundle, config)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     data = data or heldout_data(bundle, words, settings.n_val, settings.n_signs)
@@ -176,67 +199,130 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
     seconds["baseline"] = time.perf_counter() - clock
     n_scenes = int(baseline["n"])  # clean and blank-note accuracy are over the defended words' scenes
     tolerance = effective_tolerance(settings.tolerance, n_scenes)
-
-    clock = time.perf_counter()
-    exemplars = [a for w in words for a in text_exemplars(bundle, w, config.renders, config.seed, config.photos)]
-    request = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=config.mask == "text")
-    seconds["exemplars"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    sites = [resolve_site(bundle.model, name) for name, _ in pairs]
-    collected = collect_exemplars_at(bundle.model, sites, request.attacked, request.target, request.mask,
-                                     bundle.encode_images, config.hparams.mask_threshold)
-    seconds["keys_values"] = time.perf_counter() - clock
-
     rows: list[dict[str, Any]] = []
-    seconds["statistics"] = seconds["solve"] = seconds["evaluate"] = 0.0
-    bar = tqdm(total=sum(len(r) for _, r in pairs), desc="sweep candidates", unit="setting", leave=False,
-               disable=None)  # None: shown on terminals only
-    for site, (name, site_ranks) in zip(sites, pairs):
+    seconds["solve"] = seconds["evaluate"] = 0.0
+    pairs, site_sets = _candidates(bundle, settings)
+    total = sum(len(r) for _, r in pairs) + len(site_sets) * len(settings.ranks or [config.hparams.rank])
+    bar = tqdm(candidate_edits(bundle, words, settings, config), total=total, desc="sweep candidates",
+               unit="setting", leave=False, disable=None)  # None: shown on terminals only
+    for candidate in bar:
+        seconds["solve"] += candidate.seconds
         clock = time.perf_counter()
-        stats = reference_statistics(bundle, name, config)
-        seconds["statistics"] += time.perf_counter() - clock
-        clock = time.perf_counter()
-        ex = collected[name]
-        C = regularise(stats.C, stats.n_keys, config.hparams.cov_reg)
-        directions = edit_directions(ex.keys.cpu(), C, max(site_ranks), ex.weights.cpu())
-        shared = time.perf_counter() - clock
-        for rank in site_ranks:
-            clock = time.perf_counter()
-            edit = _edit(site, ex, directions[:, :rank])
-            solve = time.perf_counter() - clock
-            seconds["solve"] += solve
-            clock = time.perf_counter()
-            apply_edit(bundle.model, edit, check_weights=False)
-            try:
-                figures = score(data)
-            finally:
-                revert_edit(bundle.model, edit)
-            seconds["evaluate"] += time.perf_counter() - clock
-            row = {"method": "edit", "site": name, "rank": int(edit.rank), "seconds": shared + solve,
-                   **{k: figures.get(k) for k in SCORED}}
-            row.update(gains(row, baseline))
-            row["admissible"] = admissible(row, baseline, tolerance)
-            rows.append(row)
-            bar.update(1)
-            log.info("%s rank %d: defended %.3f other %s clean %.3f blank %.3f", name, rank, row["text_acc"],
-                     row["other_text_acc"], row["clean_acc"], row["blank_acc"])
-        seconds["solve"] += shared
-    bar.close()
+        figures = score(data)
+        seconds["evaluate"] += time.perf_counter() - clock
+        name = "+".join(candidate.sites)
+        row = {"method": "edit", "site": name, "sites": list(candidate.sites), "rank": candidate.rank,
+               "seconds": round(candidate.seconds, 3), **{k: figures.get(k) for k in SCORED}}
+        row.update(gains(row, baseline))
+        row["admissible"] = admissible(row, baseline, tolerance)
+        rows.append(row)
+        log.info("%s rank %d: defended %.3f other %s clean %.3f blank %.3f", name, candidate.rank, row["text_acc"],
+                 row["other_text_acc"], row["clean_acc"], row["blank_acc"])
     best = pick(rows, baseline, tolerance)
     base = {k: baseline.get(k) for k in SCORED}
     return SweepResult(words, base, rows, rows[best] if best is not None else None, tolerance,
                        {k: round(v, 3) for k, v in seconds.items()}, n_scenes, settings.tolerance)
 
 
-def _edit(site, ex, directions: torch.Tensor) -> LayerEdit:
-    """The closed-form edit of ``site`` along ``directions`` (digests set, so it can be reverted)."""
-    lam = solve_closed_form(site, ex, directions)
-    w = site.weight.detach()
-    edit = LayerEdit(layer=site.layer, lam=lam.float().cpu(), directions=directions.float().cpu(),
-                     orig_weight=w.cpu().clone(), meta={"orig_sha256": tensor_digest(w)})
-    edit.check_finite()
-    edit.meta["edited_sha256"] = edited_digest(edit)
-    return edit
+def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettings, config: DefenseConfig
+                    ) -> Iterator[Candidate]:
+    """Every candidate's edit, applied to ``bundle.model`` while the caller holds it (reverted when the
+    next is asked for, and when the loop ends): single sites x ranks first, then multi-site sets.
+
+    ``config`` is resolved; each candidate is what ``defend`` with ``config`` at that site (or sites) and
+    rank applies (same solver, same settings, same exemplars).
+    """
+    if config.hparams.solver != "closed-form":
+        raise ClipeditError("the sweep scores closed-form edits; --solver optimize is not swept")
+    pairs, site_sets = _candidates(bundle, settings)
+    exemplars = defense_data(bundle, words, config)
+    hp = config.hparams
+    clock = time.perf_counter()
+    sites = [resolve_site(bundle.model, name) for name, _ in pairs]
+    all_sums = accumulate_exemplar_sums_at(bundle.model, sites, exemplars.requests(), bundle.encode_images,
+                                           hp.mask_threshold, with_targets=hp.keep_targets > 0) if sites else {}
+    shared = (time.perf_counter() - clock) / max(len(sites), 1)
+    for site, (name, site_ranks) in zip(sites, pairs):
+        clock = time.perf_counter()
+        stats = reference_statistics(bundle, name, config)
+        C = regularise(stats.C, stats.n_keys, hp.cov_reg)
+        directions = directions_from_sums(all_sums[name], C, max(site_ranks))
+        setup = shared + time.perf_counter() - clock
+        for rank in site_ranks:
+            clock = time.perf_counter()
+            edit = closed_form_edit(site, all_sums[name], C, rank, hp.keep_targets,
+                                    {"hparams": dataclasses.replace(hp, layer=name, rank=rank).to_dict()},
+                                    directions=directions[:, :rank])
+            edit_set = EditSet([edit])
+            apply_edit_set(bundle.model, edit_set)
+            try:
+                yield Candidate((name,), edit.rank, edit_set, setup + time.perf_counter() - clock)
+            finally:
+                revert_edit_set(bundle.model, edit_set)
+            setup = 0.0
+    for site_set in site_sets:
+        for rank in settings.ranks or [config.hparams.rank]:
+            clock = time.perf_counter()
+            candidate = dataclasses.replace(config, sites=tuple(site_set),
+                                            hparams=dataclasses.replace(hp, layer=None, rank=rank),
+                                            method_hparams=None)
+            result = run_defense(bundle, exemplars, resolve_config(bundle, candidate),
+                                 lambda layer: reference_statistics(bundle, layer, config))
+            try:
+                yield Candidate(tuple(site_set), rank, result.edit_set, time.perf_counter() - clock)
+            finally:
+                revert_edit_set(bundle.model, result.edit_set)
+
+
+def _candidates(bundle: ModelBundle, settings: SweepSettings
+                ) -> tuple[list[tuple[str, list[int]]], list[tuple[str, ...]]]:
+    """(single sites with their ranks, multi-site sets) to try, names and ranks checked."""
+    site_sets = _site_sets(bundle, settings)
+    pairs = [] if settings.sites is not None and not settings.sites else plan(bundle, settings.sites, settings.ranks)
+    if not pairs and not site_sets:
+        raise ClipeditError("no candidate to sweep")
+    return pairs, site_sets
+
+
+def _site_sets(bundle: ModelBundle, settings: SweepSettings) -> list[tuple[str, ...]]:
+    """The multi-site candidates: the given sets (names checked), else the model's default sites when it
+    has several and no single sites were named."""
+    if settings.site_sets is not None:
+        sets = [tuple(s) for s in settings.site_sets]
+    else:
+        default = defaults_for(bundle).sites
+        sets = [default] if default and not settings.sites else []
+    for site_set in sets:
+        if len(site_set) < 2 or len(set(site_set)) != len(site_set):
+            raise ClipeditError(f"a multi-site candidate needs two or more distinct sites: {'+'.join(site_set)}")
+        for name in site_set:
+            _resolve(bundle, name)
+    return sets
+
+
+def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig, auto: Sequence[str],
+                    n_val: int = SweepSettings.n_val) -> tuple[DefenseConfig, dict[str, Any]]:
+    """``--layer auto`` / ``--rank auto`` (``auto`` names which): sweep on the validation split (at most
+    ``n_val`` scenes per set) and take the pick rule's setting; returns (the config to defend with, what was
+    chosen and by which rule). No admissible setting: ``config`` unchanged."""
+    if config.method != "edit" or config.any_word:
+        raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
+    auto_layer, auto_rank = "layer" in auto, "rank" in auto
+    hp, single = config.hparams, len(config.sites) == 1
+    settings = SweepSettings(sites=None if auto_layer else list(config.sites) if single else [],
+                             ranks=None if auto_rank else [hp.rank],
+                             site_sets=None if auto_layer or single else [config.sites],
+                             n_val=min(n_val, SweepSettings.n_val), n_signs=min(n_val, SweepSettings.n_signs))
+    result = sweep(bundle, words, settings, config)
+    picked = result.picked
+    selection = {"split": "validation", "rule": result.rule(), "candidates": len(result.rows),
+                 "auto": list(auto), "picked": picked, "baseline": result.baseline}
+    if picked is None:
+        log.warning("no setting met the pick rule on validation; keeping %s rank %d", ",".join(config.sites), hp.rank)
+        return config, selection
+    chosen = dataclasses.replace(config, hparams=dataclasses.replace(hp, layer=None, rank=picked["rank"]),
+                                 sites=tuple(picked["sites"]), method_hparams=None)
+    return resolve_config(bundle, chosen), selection
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

@@ -1,64 +1,102 @@
-"""Defend a CLIP model against written words: build exemplars, rewrite one layer, report the effect.
-
-The settings and result types live in :mod:`clipedit.defenses.config`, exemplars and reference
-statistics in :mod:`clipedit.defenses.exemplars` (both re-exported here).
+"""Defend a CLIP model against written words: build exemplars, run the chosen method, report the effect.
 
     import clipedit
     bundle = clipedit.load_model("mini")
     defense = clipedit.defend(bundle, "ipod")          # edits bundle.model in place
-    defense.save("ipod.safetensors")                   # the edit (or the edit set of a multi-site default)
+    defense.save("ipod.safetensors")                   # the edit set (one site, or the model's default sites)
 
-``defend(bundle, "*")`` defends against any written word: exemplars rendered from a broad vocabulary
-(:mod:`clipedit.defenses.vocabulary`), optionally edited over several sites (``DefenseConfig.sites``).
+One path: :func:`~clipedit.defenses.config.resolve_config` fills the settings from ``defaults.json``,
+the exemplars become :class:`~clipedit.defenses.methods.DefenseData`, the method table runs the method
+(:func:`~clipedit.defenses.methods.run_defense`), and the edit is an
+:class:`~clipedit.core.edit_sets.EditSet`. ``defend(bundle, "*")`` defends against any written word:
+exemplars rendered from a broad vocabulary (:mod:`clipedit.defenses.any_word`).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Optional
 
-from attacks import Attack
+from clipedit.attacks import Attack
 from clipedit.core import EditRequest
-from clipedit.defenses.any_word import defend_any_word
-from clipedit.defenses.config import Defense, DefenseConfig
+from clipedit.defenses.any_word import any_word_data, evaluation_words
+from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, text_exemplars, world_of
-from clipedit.defenses.methods import run_method, run_multisite_edit
+from clipedit.defenses.methods import DefenseData, run_defense
+from clipedit.defenses.resolve import resolve_config
+from clipedit.defenses.result import Defense, DefenseResult
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import ClipeditError
+from clipedit.eval.evaluation import EvalOptions, Evaluation
+from clipedit.eval.timing import StageTimer
 from clipedit.models.bundle import ModelBundle
 
-__all__ = ["Defense", "DefenseConfig", "defend", "reference_statistics", "text_exemplars", "world_of"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Defense", "DefenseConfig", "DefenseResult", "defend", "defense_data", "reference_statistics",
+           "text_exemplars", "world_of"]
 
 
-def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod", config: Optional[DefenseConfig] = None,
-           exemplars: Optional[Sequence[Attack]] = None, request: Optional[EditRequest] = None) -> Defense:
+def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
+           config: Optional[DefenseConfig | dict] = None, exemplars: Optional[Sequence[Attack]] = None,
+           request: Optional[EditRequest] = None, evaluate: bool | EvalOptions = False,
+           timer: Optional[StageTimer] = None) -> DefenseResult:
     """Make ``bundle.model`` ignore the written ``words``, in place.
 
     Args:
         bundle: the model to defend (edited in place).
         words: the word(s) to defend against; several words make one joint edit; ``"*"``: any word
             (exemplars from a broad vocabulary, :mod:`clipedit.defenses.any_word`).
-        config: method, layer, rank, renders …
+        config: method, layer, rank, renders … (a DefenseConfig or a dict of overrides, see
+            :func:`~clipedit.defenses.config.resolve_config`); the rest from the model's defaults.
         exemplars: rendered attacks to use instead of generating ``config.renders`` per word.
         request: a ready ``EditRequest`` (e.g. a real photo pair) instead of rendered exemplars.
+        evaluate: ``True`` or :class:`~clipedit.eval.evaluation.EvalOptions`: the CLI's before/after
+            figures on the same held-out sets, in ``result.figures`` (``"*"``: words held out of its
+            vocabulary).
+        timer: laps this call's stages (``result.stages``: seconds per stage); a caller's timer keeps its
+            own laps before them and says each stage's opening line where it says (the CLI: stderr).
     """
     words = [words] if isinstance(words, str) else list(words)
-    if words == [ANY_WORD] and request is None and exemplars is None:
-        return defend_any_word(bundle, config or DefenseConfig())
-    config = (config or DefenseConfig()).resolved(bundle)
-    if request is None:
-        if exemplars is None:
-            if not words:
-                raise ClipeditError("no words to defend against")
-            exemplars = [a for w in words
-                         for a in text_exemplars(bundle, w, config.renders, config.seed, config.photos)]
-        request = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=config.mask == "text")
-    statistics = lambda layer: reference_statistics(bundle, layer, config)  # noqa: E731
-    if config.method == "edit" and config.sites:  # one edit over several sites, solved in order
-        result = run_multisite_edit(bundle, lambda: [request], config.hparams, config.sites, statistics,
-                                    {"words": words})
-    else:
-        result = run_method(bundle, request, config.method, config.hparams, config.finetune, statistics,
-                            {"words": words})
-    return Defense(layer=result.layer, method=result.method, words=words, edit=result.edit,
-                   exemplars=list(exemplars or []), edit_set=result.edit_set, details=result.details)
+    if not words:
+        raise ClipeditError("no words to defend against")
+    config = resolve_config(bundle, config, any_word=words == [ANY_WORD] and request is None and exemplars is None)
+    timer = timer if timer is not None else StageTimer()
+    evaluation = None
+    if evaluate is not False:
+        options = evaluate if isinstance(evaluate, EvalOptions) else EvalOptions()
+        evaluation = Evaluation.of(bundle, evaluation_words(bundle, config) if config.any_word else words, options)
+        timer.lap("evaluation_sets")
+        timer.announce(f"evaluating {bundle.name} before the {config.method} …")
+        before = evaluation(bundle)
+        timer.lap("evaluate_before")
+        # the stage after "evaluating … before" (without an evaluation, a bad input stays one line)
+        timer.announce(f"{config.method} of {bundle.name} against {', '.join(words)} …")
+    data = defense_data(bundle, words, config, exemplars, request)
+    result = run_defense(bundle, data, config, lambda layer: reference_statistics(bundle, layer, config))
+    timer.lap("defend")
+    if evaluation is not None:
+        timer.announce(f"evaluating {bundle.name} after the {config.method} …")
+        after = evaluation(bundle)
+        timer.lap("evaluate_after")
+        result.figures = {"before": before, "after": after, "dataset": evaluation.sets.dataset,
+                          "classnames": list(evaluation.sets.classnames),
+                          "templates": evaluation.predictor.templates, "sets": evaluation.sets}
+    result.stages = timer.seconds()
+    return result
+
+
+def defense_data(bundle: ModelBundle, words: list[str], config: DefenseConfig,
+                 exemplars: Optional[Sequence[Attack]] = None, request: Optional[EditRequest] = None) -> DefenseData:
+    """The exemplars of a defense (resolved ``config``): a given request, given attacks, ``"*"``'s
+    vocabulary renders, or ``config.renders`` renders of each word."""
+    if request is not None:
+        return DefenseData.of(words, request)
+    if config.any_word:
+        return any_word_data(bundle, config)
+    if exemplars is None:
+        exemplars = [a for w in words for a in text_exemplars(bundle, w, config.renders, config.seed, config.photos)]
+    exemplars = list(exemplars)
+    req = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=config.mask == "text")
+    return DefenseData.of(words, req, exemplars)

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from attacks import Attack, StyleSampler, render_attack
+from clipedit.attacks import Attack, StyleSampler, render_attack
 from clipedit.data.classnames import normalize_name
 from clipedit.errors import ClipeditError
 

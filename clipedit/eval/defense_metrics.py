@@ -8,7 +8,12 @@ from clipedit.eval.benchmark_metrics import evaluate_benchmark, kind_rows
 from clipedit.eval.heldout import EvalSets
 from clipedit.eval.metrics import evaluate_attacks
 from clipedit.eval.predictor import Predictor
+from clipedit.eval.results import drop_predictions
 from clipedit.models.bundle import ModelBundle
+
+#: The ``figures`` tag of evaluate_defense's result: held-out scenes (clean / blank / text note of the same
+#: scene, defended and other words) or a benchmark's photos (per image kind, ``evaluate_benchmark``).
+SCENES, BENCHMARK = "scenes", "benchmark"
 
 
 def evaluate_defense(bundle: ModelBundle, predictor: Predictor, sets: EvalSets | LoadedBenchmark,
@@ -18,10 +23,10 @@ def evaluate_defense(bundle: ModelBundle, predictor: Predictor, sets: EvalSets |
     ``keep_predictions``: add ``predictions``, the class predicted for each text-note image of the
     defended words' set (or each benchmark image), for a report."""
     if isinstance(sets, LoadedBenchmark):
-        out = evaluate_benchmark(bundle, predictor, sets, batch_size=batch_size)
-        return out if keep_predictions else {k: v for k, v in out.items() if k != "predictions"}
+        out = {"figures": BENCHMARK, **evaluate_benchmark(bundle, predictor, sets, batch_size=batch_size)}
+        return out if keep_predictions else drop_predictions(out)
     ed = evaluate_attacks(bundle, predictor, *sets.edited, batch_size=batch_size)
-    out = {"clean_acc": ed["clean_acc"], "blank_acc": ed["blank_acc"],
+    out = {"figures": SCENES, "clean_acc": ed["clean_acc"], "blank_acc": ed["blank_acc"],
            "text_acc": ed["text_acc"], "attack_success_rate": ed["attack_success_rate"], "n": ed["n"]}
     if keep_predictions:
         out["predictions"] = ed["predictions"]["text"]
@@ -39,6 +44,6 @@ ROWS = (("clean", "clean_acc"), ("blank note", "blank_acc"), ("text note (defend
 
 def comparison_rows(before: dict, after: dict) -> list[list]:
     """Table rows: metric, before, after (a benchmark's: per image kind, see ``kind_rows``)."""
-    if "n_attacked" in before:  # evaluate_benchmark's figures
+    if before.get("figures") == BENCHMARK:
         return [row[:3] for row in kind_rows(before, after)]
     return [[label, before.get(key), after.get(key)] for label, key in ROWS if key in before]

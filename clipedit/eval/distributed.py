@@ -6,7 +6,7 @@ exactly one rank, the others add zeros), and :func:`clipedit.eval.metrics.score_
 ``evaluate_attacks`` scores with) turns them into figures on every rank: those of one process over
 all images.
 
-    torchrun --nproc_per_node 4 my_audit.py   # calls evaluate_attacks_sharded; every rank gets the totals
+    torchrun --nproc_per_node 4 -m clipedit audit …   # calls evaluate_attacks_sharded; every rank gets the totals
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from PIL import Image
 
-from attacks import Attack
+from clipedit.attacks import Attack
 from clipedit.core.distributed import all_reduce_sum, is_distributed, shard_bounds
 from clipedit.eval.metrics import attack_image_sets, evaluate_attacks, predict_logits, score_attacks
 from clipedit.eval.predictor import Predictor

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from attacks import Attack
+from clipedit.attacks import Attack
 from clipedit.data.classnames import normalize_name
 from clipedit.data.folders import load_image_folder
 from clipedit.data.worlds import World

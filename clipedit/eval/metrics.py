@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from attacks import Attack
+from clipedit.attacks import Attack
 from clipedit.data.classnames import class_index
 from clipedit.data.images import to_batches
 from clipedit.errors import ClipeditError

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from attacks import StyleSampler, render_attack
+from clipedit.attacks import StyleSampler, render_attack
 from clipedit.errors import ClipeditError
 from clipedit.eval.heldout import split_seed
 from clipedit.eval.metrics import evaluate_images

@@ -64,9 +64,7 @@ def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     second; per-image ``predictions`` dropped (they belong in a report, not in a results row)."""
     flat: dict[str, Any] = {}
     breakdowns: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if key == "predictions":
-            continue
+    for key, value in drop_predictions(metrics).items():
         (breakdowns if isinstance(value, (dict, list, tuple)) else flat)[key] = value
     return flat, breakdowns
 
@@ -79,10 +77,10 @@ def drop_predictions(metrics: dict[str, Any]) -> dict[str, Any]:
 def before_after_metrics(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """One flat row for a defense: the unedited model's figures as they are, the defended one's
     with ``after_`` in front (``text_acc``, ``after_text_acc`` …); counts (``n``, ``n_*``), the same
-    images before and after, appear once."""
+    images before and after, and the ``figures`` tag appear once."""
     flat_before, _ = split_metrics(before)
     flat_after, _ = split_metrics(after)
-    return {**flat_before, **{f"after_{k}": v for k, v in flat_after.items() if not _is_count(k)}}
+    return {**flat_before, **{f"after_{k}": v for k, v in flat_after.items() if not _is_count(k) and k != "figures"}}
 
 
 def _is_count(key: str) -> bool:
@@ -90,7 +88,8 @@ def _is_count(key: str) -> bool:
 
 
 def write_results(path: str | os.PathLike, record: dict[str, Any]) -> Path:
-    """Write ``record`` as JSON, atomically (a failed run leaves no partial file)."""
+    """The one record writer (audit, defend, sweep, edit-classifier, the bench): ``record`` (from
+    :func:`make_record`) as JSON, atomically (a failed run leaves no partial file)."""
     return write_json(path, record)
 
 

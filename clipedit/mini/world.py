@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from attacks import Attack, StyleSampler, render_attack
+from clipedit.attacks import Attack, StyleSampler, render_attack
 from clipedit.data.classnames import normalize_name
 from clipedit.errors import ClipeditError
 from clipedit.mini.shapes import OBJECTS, background, random_colour

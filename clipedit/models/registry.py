@@ -14,14 +14,15 @@ import importlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from clipedit.errors import ModelLoadError
+from clipedit.core.edit_sets import apply_edit_set, load_edits
+from clipedit.errors import ClipeditError, ModelLoadError
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import SOURCE_DTYPES, load_weights_into
 
@@ -54,16 +55,6 @@ def register_loader(name: str):
 
     def wrap(fn):
         LOADERS[name] = fn
-        return fn
-
-    return wrap
-
-
-def register_prefix_loader(prefix: str):
-    """Decorator: make ``load_model(prefix + rest…)`` call the decorated loader with ``rest``."""
-
-    def wrap(fn):
-        PREFIX_LOADERS[prefix] = fn
         return fn
 
     return wrap
@@ -127,13 +118,15 @@ def known_models_summary() -> str:
 
 
 def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
-               device: Optional[str] = None) -> ModelBundle:
+               device: Optional[str] = None, edits: Sequence[str | os.PathLike] = ()) -> ModelBundle:
     """Load a model, its preprocessing and tokenizer.
 
     Args:
         spec: ``NAME[:PRETRAINED]``; ``PRETRAINED`` is an open_clip tag or ``none`` (random init).
         checkpoint: local weights (state dict, ``.pt``/``.bin``/``.safetensors``) to load instead.
         device: ``cpu``, ``cuda``, ``cuda:1`` …; default picks CUDA when present.
+        edits: edit files applied in order (weight and hook members alike, each file checked whole
+            first); the applied sets are kept in ``bundle.extra["edits"]``.
 
     Raises:
         ModelLoadError: unknown name or tag, unreadable checkpoint, or weights that cannot be fetched.
@@ -153,6 +146,15 @@ def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
     bundle.source = spec
     bundle.model.eval()
     log.info("loaded %s (%s) on %s", bundle.name, bundle.pretrained, dev)
+    if edits:
+        applied = bundle.extra.setdefault("edits", [])
+        for path in edits:
+            edit_set = load_edits(path)
+            try:
+                apply_edit_set(bundle.model, edit_set)
+            except ClipeditError as e:
+                raise type(e)(f"{path}: {e}") from None
+            applied.append(edit_set)
     return bundle
 
 
@@ -258,7 +260,9 @@ def _load_config_model(name: str, tag: str, checkpoint, device: torch.device) ->
                        kind="clip", extra={SOURCE_DTYPES: dtypes})
 
 
+@functools.cache
 def _register_builtin_loaders() -> None:
+    """Fill the loader tables with clipedit's own loaders, once per process."""
     for name in config_files():
         LOADERS.setdefault(name, functools.partial(_load_config_model, name))
     for name, target in BUILTIN_LOADERS.items():

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from attacks import LabelStyle, render_attack
-from attacks.fonts import mpl_font_dir
+from clipedit.attacks import LabelStyle, render_attack
+from clipedit.attacks.fonts import mpl_font_dir
 from clipedit.mini.shapes import background
 from clipedit.mini.training.captions import DISTRACTOR_WORDS, CaptionMix, caption, word_caption
 from clipedit.mini.world import CLASSNAMES, IMAGE_SIZE, draw_scene

@@ -1,0 +1,88 @@
+"""The one place a defense's settings are filled: :func:`resolve_config` reads ``defaults.json`` (once,
+:func:`~clipedit.defenses.defaults.defaults_table`) and lays the caller's overrides on top. The CLI, the
+Python API, the sweep and the bench all pass their overrides here."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from clipedit.core import RewriteHParams
+from clipedit.defenses.config import DefenseConfig
+from clipedit.defenses.defaults import defaults_for
+from clipedit.defenses.methods import method_spec
+from clipedit.errors import ClipeditError, SiteError
+from clipedit.models.bundle import ModelBundle
+
+#: Flat override keys that set a field of the rewrite's :class:`RewriteHParams`.
+REWRITE_KEYS = ("rank", "solver", "cov_reg", "keep_targets", "mask_threshold", "steps", "lr", "project_every")
+
+
+def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, Any] | None = None,
+                   any_word: bool = False) -> DefenseConfig:
+    """The one place defaults are filled: ``overrides`` on top of ``defaults.json`` for ``bundle``.
+
+    Args:
+        overrides: a :class:`DefenseConfig` (its ``None`` fields are filled) or a mapping of flat keys:
+            any field of DefenseConfig, ``layer`` (a name, ``"a,b"`` or a list: several are one edit
+            over those sites, in order) and the rewrite's ``rank``, ``solver``, ``cov_reg``,
+            ``keep_targets``, ``mask_threshold``, ``steps``, ``lr`` (given ones override the model's
+            defaults, the rest stay). ``hparams`` may be a dict (the method's settings).
+        any_word: ``"*"``: the ``any_word`` defaults on top of the model's.
+
+    Sites, one rule for every method and caller: the sites given (``sites``, or ``layer``) in order;
+    none given: the model's default sites for a closed-form edit (several for some models, e.g.
+    mini-vit), else its single default layer.
+    """
+    config, given = (overrides, {}) if isinstance(overrides, DefenseConfig) else _from_mapping(overrides or {})
+    spec = method_spec(config.method)
+    d = defaults_for(bundle, any_word=any_word)
+    if config.hparams is not None:
+        hp = dataclasses.replace(config.hparams, **given)
+    else:
+        closed_form = given.get("solver", "closed-form") == "closed-form"
+        hp = RewriteHParams(**{"rank": d.rank, "cov_reg": d.cov_reg,
+                               "keep_targets": d.keep_targets if closed_form else 0.0, **given})
+    sites = tuple(config.sites) if config.sites else (hp.layer,) if hp.layer else None
+    if sites is None:
+        default_sites = d.sites if config.method == "edit" and hp.solver == "closed-form" else None
+        if default_sites is None and d.layer is None:
+            raise SiteError(f"no default layer for {type(bundle.image_module).__name__}; pass one with --layer")
+        sites = default_sites or (d.layer,)
+    if len(sites) != len(set(sites)):
+        raise ClipeditError(f"a layer is listed twice among the sites: {', '.join(sites)}")
+    if len(sites) > 1 and hp.solver != "closed-form":
+        raise ClipeditError(f"a multi-site edit ({', '.join(sites)}) is solved in closed form; pass one --layer "
+                            "for --solver optimize")
+    hp = dataclasses.replace(hp, layer=sites[0] if len(sites) == 1 else None)
+    resolved = dataclasses.replace(config, hparams=hp, sites=sites, renders=config.renders or d.renders,
+                                   mask=config.mask or d.mask, n_reference=config.n_reference or d.n_reference,
+                                   vocab_words=config.vocab_words or d.vocab_words, any_word=any_word)
+    if spec.config_field and config.method_hparams is getattr(config, spec.config_field):
+        resolved = dataclasses.replace(resolved, method_hparams=None)  # resolved before: the field is the truth
+    method_hparams = spec.resolve_hparams(resolved)
+    synced = {spec.config_field: method_hparams} if spec.config_field else {}
+    return dataclasses.replace(resolved, method_hparams=method_hparams, **synced)
+
+
+def _from_mapping(values: Mapping[str, Any]) -> tuple[DefenseConfig, dict[str, Any]]:
+    """(the DefenseConfig of the flat keys, the rewrite settings given) — see :func:`resolve_config`."""
+    values = {k: v for k, v in values.items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(DefenseConfig)}
+    unknown = sorted(set(values) - fields - set(REWRITE_KEYS) - {"layer"})
+    if unknown:
+        raise ClipeditError(f"unknown defense setting(s): {', '.join(unknown)}")
+    layer = values.pop("layer", None)
+    if isinstance(layer, str):
+        layer = [s.strip() for s in layer.split(",")]
+    if layer is not None:
+        if not layer or any(not s for s in layer):
+            raise ClipeditError(f"--layer takes dotted layer names, comma-separated; got {','.join(layer)!r}")
+        values.setdefault("sites", tuple(layer))
+    given = {k: values.pop(k) for k in REWRITE_KEYS if k in values}
+    if isinstance(values.get("hparams"), Mapping):  # the method's settings as a dict (the rewrite's: under the flags)
+        if values.get("method", "edit") == "edit":
+            given = {**values.pop("hparams"), **given}
+        else:
+            values["method_hparams"] = values.pop("hparams")
+    return DefenseConfig(**values), given

@@ -1,0 +1,253 @@
+"""The one edit type: sealed edit sets of weight and hook members, one loader for every file clipedit wrote,
+and tampered or malformed sets refused whole, in one line, before anything is applied (issue 21, items 3, 8)."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pytest
+import torch
+from conftest import run_error, run_ok
+from safetensors.torch import load_file, save_file
+
+from clipedit.core import (
+    EditSet,
+    LayerEdit,
+    apply_edit_set,
+    load_edit,
+    load_edits,
+    register_edit_kind,
+    resolve_site,
+    revert_edit_set,
+    save_edits,
+)
+from clipedit.core.nethook import get_module
+from clipedit.errors import EditError
+from clipedit.io import read_safetensors_metadata
+from clipedit.models import load_model, save_state_dict
+
+SITES = ("visual.layer2.0.conv3", "visual.layer3.0.conv3")
+
+
+def weight_edits(bundle, sites=SITES, rank=2) -> list[LayerEdit]:
+    """Random rank-``rank`` edits of ``sites``, each made on the weights the previous left."""
+    gen = torch.Generator().manual_seed(0)
+    edits = []
+    model = copy.deepcopy(bundle.model)
+    for layer in sites:
+        site = resolve_site(model, layer)
+        out, key_dim = site.weight_matrix().shape
+        edit = LayerEdit.create(layer, 1e-2 * torch.randn(out, rank, generator=gen),
+                                torch.randn(key_dim, rank, generator=gen), site.weight, {"model": bundle.name})
+        edit.apply(model)
+        edits.append(edit)
+    return edits
+
+
+@dataclass
+class ScaleOutput:
+    """A hook edit for the tests: multiplies a module's output by ``factor`` through a forward hook."""
+
+    kind: ClassVar[str] = "test-scale-output"
+    exportable: ClassVar[bool] = False
+    layer: str
+    factor: torch.Tensor
+    meta: dict = field(default_factory=dict)
+    handles: list = field(default_factory=list)
+
+    def apply(self, model) -> None:
+        self.handles.append(get_module(model, self.layer).register_forward_hook(lambda m, i, o: o * self.factor))
+
+    def revert(self, model) -> None:
+        if not self.handles:
+            raise EditError(f"{self.layer}: this hook edit is not applied")
+        self.handles.pop().remove()
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {"factor": self.factor}
+
+    @classmethod
+    def from_tensors(cls, layer, tensors, meta):
+        return cls(layer, tensors["factor"], dict(meta))
+
+    def digest(self) -> str:
+        return hashlib.sha256(f"{self.kind}:{self.layer}:{self.factor.tolist()}".encode()).hexdigest()
+
+
+register_edit_kind(ScaleOutput.kind, ScaleOutput)
+
+
+def rewrite_header(path, out, change) -> None:
+    """A copy of edit file ``path`` whose header metadata ``change`` rewrote (tensors kept)."""
+    meta = read_safetensors_metadata(path)
+    change(meta)
+    save_file(load_file(str(path)), str(out), metadata=meta)
+
+
+def members_changed(change, reseal: bool):
+    """A header change of the ``members`` list; ``reseal``: the seal recomputed to match (a careful forger)."""
+    from clipedit.core.edit_sets import seal_of
+
+    def apply(meta):
+        members = json.loads(meta["members"])
+        members = change(members)
+        meta["members"] = json.dumps(members)
+        if reseal and isinstance(members, list):
+            meta["seal"] = seal_of([(m["kind"], m["layer"], m["digest"]) for m in members])
+    return apply
+
+
+def legacy_set_file(path, edits) -> None:
+    """A file as clipedit wrote edit sets before they were sealed (``clipedit-edit-set/1``)."""
+    tensors = {f"{i}.{n}": t for i, e in enumerate(edits) for n, t in e.to_tensors().items()}
+    sites = [{"layer": e.layer, **e.meta} for e in edits]
+    save_file(tensors, str(path), metadata={"format": "clipedit-edit-set/1", "sites": json.dumps(sites)})
+
+
+def legacy_single_file(path, edit) -> None:
+    """A file as clipedit wrote a single edit before edit sets (``clipedit-edit/1``)."""
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in edit.meta.items()}
+    save_file(edit.to_tensors(), str(path), metadata={"format": "clipedit-edit/1", "layer": edit.layer, **meta})
+
+
+# -- round trips -----------------------------------------------------------------------------------------
+def test_a_set_round_trips_sealed_and_applies_and_reverts_bit_exactly(tiny_rn, tmp_path):
+    edits = weight_edits(tiny_rn)
+    path = save_edits(tmp_path / "set.safetensors", EditSet(edits, {"words": ["ipod"]}))
+    header = read_safetensors_metadata(path)
+    assert header["format"] == "clipedit-edits/2" and len(json.loads(header["members"])) == 2
+    loaded = load_edits(path)
+    assert loaded.layers == list(SITES) and loaded.meta["words"] == ["ipod"] and loaded.seal() == header["seal"]
+    before = copy.deepcopy(tiny_rn.model.state_dict())
+    apply_edit_set(tiny_rn.model, loaded)
+    assert not torch.equal(before[f"{SITES[1]}.weight"], tiny_rn.model.state_dict()[f"{SITES[1]}.weight"])
+    revert_edit_set(tiny_rn.model, loaded)
+    assert all(torch.equal(before[k], v) for k, v in tiny_rn.model.state_dict().items())
+    # one member saved alone is a set of one; load_edit reads it back as the LayerEdit it is
+    single = save_edits(tmp_path / "one.safetensors", edits[0])
+    assert load_edit(single).layer == SITES[0] and len(load_edits(single).edits) == 1
+    with pytest.raises(EditError, match="holds an edit set of 2 members"):
+        load_edit(path)
+
+
+def test_files_of_the_earlier_formats_still_load(tiny_rn, tmp_path):
+    edits = weight_edits(tiny_rn)
+    legacy_set_file(tmp_path / "set1.safetensors", edits)
+    legacy_single_file(tmp_path / "edit1.safetensors", edits[0])
+    assert load_edits(tmp_path / "set1.safetensors").layers == list(SITES)
+    single = load_edits(tmp_path / "edit1.safetensors")
+    assert single.layers == [SITES[0]] and torch.equal(single.edits[0].lam, edits[0].lam)
+
+
+def test_weight_and_hook_members_in_one_set(tiny_rn, tmp_path):
+    edits = weight_edits(tiny_rn, SITES[:1])
+    hook = ScaleOutput("visual.layer4", torch.tensor(0.5))
+    path = save_edits(tmp_path / "mixed.safetensors", EditSet([edits[0], hook]))
+    loaded = load_edits(path)
+    assert [m.kind for m in loaded.edits] == ["weight", ScaleOutput.kind] and not loaded.exportable
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = tiny_rn.model.encode_image(x)
+        apply_edit_set(tiny_rn.model, loaded)
+        edited = tiny_rn.model.encode_image(x)
+        revert_edit_set(tiny_rn.model, loaded)
+        again = tiny_rn.model.encode_image(x)
+    assert not torch.allclose(plain, edited) and torch.equal(plain, again)
+    # load_model(..., edits=[FILE]) applies it (hooks included) and keeps the applied set
+    base = save_state_dict(tmp_path / "base.safetensors", tiny_rn.model.state_dict())
+    bundle = load_model("tiny-rn", checkpoint=base, device="cpu", edits=[path])
+    assert bundle.extra["edits"][0].layers == loaded.layers and len(bundle.extra["edits"][0].edits[1].handles) == 1
+
+
+def test_apply_refuses_a_set_that_needs_hooks_in_one_line(tiny_rn, tmp_path, capsys):
+    path = save_edits(tmp_path / "hook.safetensors", EditSet([ScaleOutput("visual.layer4", torch.tensor(0.5))]))
+    line = run_error(capsys, "apply", path, "--model", "tiny-rn", "--out", tmp_path / "w.safetensors")
+    assert "needs clipedit's hooks" in line or "need clipedit's hooks" in line
+    assert "audit --edit FILE" in line and not (tmp_path / "w.safetensors").exists()
+
+
+# -- a tampered set is refused whole, before anything is applied -------------------------------------------
+@pytest.mark.parametrize("change, reseal, message", [
+    (lambda m: m[:-1], False, "seal does not match"),                     # an entry removed from the list
+    (lambda m: m[::-1], False, "seal does not match"),                    # reordered
+    (lambda m: m[:-1], True, "belong to no member"),                      # removed and resealed: tensors left over
+    (lambda m: [], True, "lists no members"),                             # emptied
+    (lambda m: [{**m[0], "digest": m[1]["digest"]}, m[1]], True, "does not match its digest"),
+])
+def test_a_tampered_set_is_refused_by_apply_and_revert(tiny_rn, tmp_path, capsys, change, reseal, message):
+    base = save_state_dict(tmp_path / "base.safetensors", tiny_rn.model.state_dict())
+    good = save_edits(tmp_path / "set.safetensors", EditSet(weight_edits(tiny_rn)))
+    bad = tmp_path / "bad.safetensors"
+    rewrite_header(good, bad, members_changed(change, reseal))
+    for command in ("apply", "revert"):
+        out = tmp_path / f"{command}.safetensors"
+        line = run_error(capsys, command, bad, "--model", "tiny-rn", "--checkpoint", base, "--out", out)
+        assert message in line and str(bad) in line
+        assert not out.exists()
+
+
+def test_a_legacy_set_with_an_entry_removed_is_refused(tiny_rn, tmp_path, capsys):
+    legacy_set_file(tmp_path / "set1.safetensors", weight_edits(tiny_rn))
+    for change, message in ((lambda s: s[:-1], "belong to no member"), (lambda s: [], "lists no sites")):
+        rewrite_header(tmp_path / "set1.safetensors", tmp_path / "bad.safetensors",
+                       lambda meta, change=change: meta.update(sites=json.dumps(change(json.loads(meta["sites"])))))
+        line = run_error(capsys, "apply", tmp_path / "bad.safetensors", "--model", "tiny-rn",
+                         "--out", tmp_path / "w.safetensors")
+        assert message in line
+
+
+# -- malformed metadata: one Error line, never a traceback ------------------------------------------------
+@pytest.mark.parametrize("key, value, message", [
+    ("sites", "5", "is not a list"),
+    ("sites", "[1, 2]", "member 0 of its header is not an object"),
+    ("sites", "{}", "is not a list"),
+    ("sites", '[{"orig_sha256": "x"}]', "member 0 of its header names no layer"),
+    ("sites", "not json", "is not JSON"),
+    ("members", "5", "is not a list"),
+    ("members", "[1, 2]", "member 0 of its header is not an object"),
+    ("members", "{}", "is not a list"),
+    ("members", '[{"kind": "weight", "digest": "x"}]', "names no layer"),
+    ("members", '[{"kind": "nope", "layer": "a", "digest": "x", "meta": {}}]', "seal does not match"),
+])
+def test_malformed_metadata_is_one_line(tiny_rn, tmp_path, capsys, key, value, message):
+    edits = weight_edits(tiny_rn)
+    if key == "sites":
+        legacy_set_file(tmp_path / "e.safetensors", edits)
+    else:
+        save_edits(tmp_path / "e.safetensors", EditSet(edits))
+    rewrite_header(tmp_path / "e.safetensors", tmp_path / "bad.safetensors", lambda meta: meta.update({key: value}))
+    line = run_error(capsys, "apply", tmp_path / "bad.safetensors", "--model", "tiny-rn",
+                     "--out", tmp_path / "w.safetensors")
+    assert message in line
+
+
+def test_a_legacy_single_edit_without_a_layer_and_an_unknown_kind_are_one_line(tiny_rn, tmp_path, capsys):
+    from clipedit.core.edit_sets import seal_of
+
+    edit = weight_edits(tiny_rn, SITES[:1])[0]
+    legacy_single_file(tmp_path / "e.safetensors", edit)
+    rewrite_header(tmp_path / "e.safetensors", tmp_path / "bad.safetensors", lambda meta: meta.pop("layer"))
+    assert "names no layer" in run_error(capsys, "apply", tmp_path / "bad.safetensors", "--model", "tiny-rn",
+                                         "--out", tmp_path / "w.safetensors")
+    save_edits(tmp_path / "s.safetensors", EditSet([edit]))
+
+    def unknown(meta):
+        members = json.loads(meta["members"])
+        members[0]["kind"] = "from-the-future"
+        meta["members"] = json.dumps(members)
+        meta["seal"] = seal_of([(m["kind"], m["layer"], m["digest"]) for m in members])
+    rewrite_header(tmp_path / "s.safetensors", tmp_path / "bad2.safetensors", unknown)
+    assert "which this clipedit does not know" in run_error(capsys, "apply", tmp_path / "bad2.safetensors",
+                                                            "--model", "tiny-rn", "--out", tmp_path / "w.safetensors")
+
+
+def test_an_edit_set_applied_by_audit_edit(tiny_rn, tmp_path, capsys, image_folder):
+    base = save_state_dict(tmp_path / "base.safetensors", tiny_rn.model.state_dict())
+    path = save_edits(tmp_path / "set.safetensors", EditSet(weight_edits(tiny_rn)))
+    out = tmp_path / "a.json"
+    run_ok(capsys, "audit", "--model", "tiny-rn", "--checkpoint", base, "--edit", path, "--data", image_folder,
+           "--n", "2", "--out", out)
+    assert json.loads(out.read_text())["edits"] == [str(path)]
