@@ -43,6 +43,7 @@ from clipedit.eval.heldout import world_attack_set
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.report import GridItem, attacks_grid, bar_chart, benchmark_grid, write_chart, write_report
 from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.eval.timing import StageTimer
 from clipedit.outputs import check_outputs
 
 log = logging.getLogger(__name__)
@@ -206,14 +207,17 @@ class AuditInputs:
         return classnames, templates, word_list, label_names
 
 
-def audit_inputs(bundle_loader, inputs: AuditInputs, seed: int, batch_size: int):
+def audit_inputs(bundle_loader, inputs: AuditInputs, seed: int, batch_size: int,
+                 timer: Optional[StageTimer] = None):
     """(the model, what it measured): photos are read first (a bad file fails before any download), the
-    attacks rendered after the model is loaded."""
+    attacks rendered after the model is loaded (``timer`` laps "load" there)."""
     classnames, templates, word_list, label_names = inputs.checked()
     bench = load_benchmark_images(read_benchmark(inputs.dataset_spec), classnames) if inputs.dataset_spec else None
     source = folder_source(inputs.data, classnames) if inputs.data is not None else \
         photos_source(inputs.photos, label_names, classnames) if inputs.photos else None
     bundle = bundle_loader()
+    if timer is not None:
+        timer.lap("load")
     if inputs.script is not None and word_list is None:  # the class names, written in the script
         word_list = list(source.classnames if source is not None else classnames or bundle.world.classnames
                          if bundle.world is not None else [])
@@ -277,6 +281,7 @@ def audit(model: ModelOptions, inputs: AuditInputs, seed: int, batch_size: int, 
     audited on its held-out scenes (test split). Under torchrun, rendered attacks are split across
     the ranks and the figures gathered (rank 0 prints and writes).
     """
+    timer = StageTimer()
     for path in (out, report):
         if path is not None:
             check_out_file(path)
@@ -286,7 +291,8 @@ def audit(model: ModelOptions, inputs: AuditInputs, seed: int, batch_size: int, 
                           "--classes-file": inputs.classes_file, "--templates-file": inputs.templates_file})
     # under torchrun each rank runs the model on its share (all ranks with the same arguments); rank 0 reports
     init_from_environment(agree_on=click.get_current_context().params)
-    bundle, outcome = audit_inputs(model.load, inputs, seed, batch_size)
+    bundle, outcome = audit_inputs(model.load, inputs, seed, batch_size, timer)
+    timer.lap("evaluate")  # rendering the attacks and running the model
     if not is_main_process():
         return
     metrics = outcome.metrics
@@ -298,22 +304,24 @@ def audit(model: ModelOptions, inputs: AuditInputs, seed: int, batch_size: int, 
         click.echo(f"skipped {metrics['n_skipped']} images that do not decode or lie outside the dataset "
                    "(the first ones named in the results)")
     if out is not None:
-        chart = _write_results(out, bundle, outcome, model, seed)
+        chart = _write_results(out, bundle, outcome, model, seed, timer.seconds())
         click.echo(f"wrote {out} and {chart}")
     if report is not None:
         _write_report(report, bundle, outcome)
         click.echo(f"wrote {report}")
 
 
-def _write_results(out: Path, bundle, outcome: AuditOutcome, model: ModelOptions, seed: int) -> Path:
+def _write_results(out: Path, bundle, outcome: AuditOutcome, model: ModelOptions, seed: int,
+                   seconds: dict[str, float]) -> Path:
     """The record (one writer) and its bar chart beside it; returns the chart's path."""
     record = make_record(dataset=outcome.dataset, bundle=bundle, task=TASK, metrics=outcome.metrics,
                          classnames=outcome.classnames, templates=outcome.templates, words=outcome.words,
                          seed=seed, n=outcome.metrics["n"], n_photos=outcome.n_photos,
                          checkpoint=str(model.checkpoint) if model.checkpoint else None,
-                         edits=[str(p) for p in model.edits])
+                         edits=[str(p) for p in model.edits], seconds=seconds)
     write_results(out, record)
-    return write_chart(chart_path(out), outcome.rows, ["rate"], f"{bundle.name} on {outcome.dataset}")
+    return write_chart(chart_path(out), outcome.rows, ["rate"],
+                       f"{bundle.name} on {outcome.dataset} (n = {outcome.metrics['n']} images)")
 
 
 def _write_report(report: Path, bundle, outcome: AuditOutcome) -> None:

@@ -25,6 +25,7 @@ from clipedit.defenses.concept import (
     polygon_mask,
     texture_pair,
 )
+from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
 from clipedit.defenses.resolve import resolve_config
@@ -110,6 +111,9 @@ def edit_classifier(model, exemplar, mask_path, mask_band, mask_polygon, texture
     bundle = model.load()
     if bundle.kind != "classifier" or not bundle.classnames:
         raise ClipeditError(f"{bundle.name} is not an ImageNet classifier (try efficientnet-lite0, timm/resnet50 …)")
+    defaults = defaults_for(bundle)
+    if defaults.caution and method == "edit" and layer in (None, defaults.layer) and rank in (None, defaults.rank):
+        click.echo(f"Warning: {defaults.caution}", err=True)
     config = _concept_config(bundle, method, layer, rank, solver, mask_threshold, cov_reg, steps, lr)
     scores = _scorer(bundle, evaluation, batch_size)
     before = scores()

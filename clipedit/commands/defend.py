@@ -16,14 +16,17 @@ from clipedit.commands.options import GreedyCommand, check_out_dir, check_out_fi
 from clipedit.commands.params import TEXT
 from clipedit.core import LayerEdit, save_edits
 from clipedit.data.benchmarks import data_path
+from clipedit.data.classnames import case_note
 from clipedit.defenses.any_word import evaluation_words
+from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.sweep import choose_by_sweep
-from clipedit.defenses.typographic import defend
+from clipedit.defenses.typographic import defend, text_exemplars
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import ClipeditError
-from clipedit.eval.report import bar_chart, evaluation_grid, write_chart, write_report
+from clipedit.eval.report import bar_chart, evaluation_grid, exemplars_fact, write_chart, write_report
 from clipedit.eval.results import format_table, write_results
+from clipedit.eval.timing import StageTimer
 from clipedit.io import atomic_output_set
 from clipedit.models.checkpoint import save_model_weights, stored_dtypes
 from clipedit.outputs import OutputSet, check_outputs
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
               help="Write a self-contained HTML report: table, chart, images before/after, the exemplar.")
 def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
     """Rewrite one layer so that written WORDS no longer steer the model, and report before/after."""
+    timer = StageTimer(say=lambda line: click.echo(line, err=True))  # each stage's seconds, in results.json
     words = [w for t in texts for w in (split_list(t) or [])]
     if not words:
         raise ClipeditError("no word to defend against (--text)")
@@ -62,6 +66,7 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
     any_word = words == [ANY_WORD]
     overrides = settings.overrides(any_word)
     bundle = model.load()
+    timer.lap("load")
     config = resolve_config(bundle, overrides, any_word=any_word)
     selection = None
     if settings.auto:
@@ -72,12 +77,16 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
             raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
         click.echo(f"choosing the {' and the '.join(settings.auto)} on the validation split …", err=True)
         config, selection = choose_by_sweep(bundle, words, config, settings.auto, evaluation.n_eval)
+        timer.lap("choose")
+        _say_choice(selection)
+    if not any_word and (note := case_note(words, bundle.classnames or [])) is not None:
+        click.echo(note, err=True)
     request = photo.request(bundle)
     options = evaluation.options(keep_predictions=report is not None)
     if any_word and options is not None:
         click.echo(f"--text '*': the 'defended words' rows write {len(evaluation_words(bundle, config))} words never "
                    "rendered as exemplars; 'other words' are the class names among the exemplars", err=True)
-    defense = defend(bundle, words, config, request=request, evaluate=options or False)
+    defense = defend(bundle, words, config, request=request, evaluate=options or False, timer=timer)
     if selection is not None and defense.edit_set is not None:  # what the sweep chose, and by which rule
         for meta in [defense.edit_set.meta] + [m.meta for m in defense.edit_set.edits]:
             meta["selection"] = selection
@@ -85,8 +94,10 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
     if defense.figures:
         click.echo(format_table(defense.rows(), header=["", "before", "after"]))
     if report is not None:
-        _write_report(report, bundle, defense, photo)
+        _write_report(report, bundle, defense, photo, config)
         click.echo(f"wrote {report}")
+    timer.lap("write")
+    click.echo(timer.summary(), err=True)
     written = ", ".join(name for name in OUTPUT_SET if (out / name).is_file())
     click.echo(f"{defense.method} of {defense.layer} against {', '.join(words)}; wrote {out}/ {written}")
 
@@ -109,27 +120,53 @@ def _write_outputs(out: Path, bundle, defense, selection) -> None:
         write_results(stage / "results.json", record)
         if defense.figures:
             write_chart(stage / "results.png", defense.rows(), ["before", "after"],
-                        f"{bundle.name}: {defense.method} against {', '.join(defense.words)}")
+                        f"{bundle.name}: {defense.method} against {', '.join(defense.words)} "
+                        f"({_n_text(defense.figures['before'])})")
 
 
-def _write_report(path, bundle, defense, photo) -> None:
-    """The HTML report: before/after table and chart, the defended words' images, the exemplar used."""
+def _say_choice(selection: dict) -> None:
+    """``--layer/--rank auto``: the pick rule as applied (the scenes its tolerance allows) and the pick."""
+    click.echo(f"pick rule: {selection['rule']}", err=True)
+    picked, baseline = selection["picked"], selection["baseline"]
+    if picked is not None:
+        click.echo(f"picked {picked['site']} rank {picked['rank']} (validation: defended word "
+                   f"{100 * baseline['text_acc']:.1f}% -> {100 * picked['text_acc']:.1f}%)", err=True)
+
+
+def _write_report(path, bundle, defense, photo, config: DefenseConfig) -> None:
+    """The HTML report: before/after table and chart, the defended words' images, the exemplars used."""
+    vocabulary = defense.vocabulary
     if photo.given:
-        shown = photo.shown()
+        shown, fact = photo.shown(), exemplars_fact(photo_pair=True)
+    elif vocabulary is not None:  # '*': rendered batch by batch and not kept; the first one again, as it was
+        renders = config.renders or 0
+        first = text_exemplars(bundle, vocabulary.exemplar_words[0], 1, config.seed, config.photos)[0]
+        shown = {f"exemplar ({first.text}, 1 of {len(vocabulary.exemplar_words) * renders})": first.attacked,
+                 "blank": first.blank, "mask": first.text_mask}
+        fact = exemplars_fact(words=vocabulary.exemplar_words, renders=renders, vocabulary=vocabulary.source,
+                              heldout_words=len(vocabulary.heldout_words))
     elif defense.exemplars:
         first = defense.exemplars[0]
         shown = {f"exemplar ({first.text})": first.attacked, "blank": first.blank, "mask": first.text_mask}
+        fact = exemplars_fact(words=defense.words, renders=len(defense.exemplars) // max(len(defense.words), 1))
     else:
-        shown = None
+        shown, fact = None, "not kept"
     fig, rows = defense.figures, defense.rows()
     write_report(path, title=f"Typographic defense: {bundle.name} ({bundle.pretrained})",
                  facts=[("defense", f"{defense.method} of {defense.layer} against {', '.join(defense.words)}"),
                         ("evaluated on", fig["dataset"] if fig else "nothing (--no-eval)"),
-                        ("exemplars", str(len(defense.exemplars)) if defense.exemplars else "one real photo pair")],
+                        ("n", _n_text(fig["before"]) if fig else "-"), ("exemplars", fact)],
                  header=["", "before", "after"], rows=rows,
                  chart=bar_chart(rows, ["before", "after"]) if rows else None,
                  grid=evaluation_grid(fig["sets"], fig["before"]["predictions"], fig["after"]["predictions"])
                  if fig else [], exemplar=shown)
+
+
+def _n_text(before: dict) -> str:
+    """How many images the figures are over: scenes per set (held-out sets) or the benchmark's images."""
+    if before.get("n_other"):
+        return f"n = {before['n']} scenes with the defended words, {before['n_other']} with other words"
+    return f"n = {before['n']} images"
 
 
 def _slug(text: str) -> str:

@@ -9,7 +9,7 @@ import click
 from clipedit.commands.options import check_out_dir, model_options, out_dir_option, seed_option, split_list
 from clipedit.commands.params import TEXT, count, finite
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.selection import PICK_TOLERANCE
+from clipedit.defenses.selection import PICK_TOLERANCE, tolerance_text
 from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
 from clipedit.errors import ClipeditError
 from clipedit.eval.results import format_table, make_record, write_results
@@ -61,12 +61,14 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, se
                          **{k: v for k, v in result.to_dict().items() if k != "words"})
     write_results(out / "sweep.json", record)
     plot_tradeoff(result.rows, out / "sweep.png", f"{bundle.name}: rewrite against {', '.join(words)} (validation)",
-                  settings.tolerance, result.picked)
+                  result.tolerance, result.picked)
     click.echo(format_table(_table(result), header=["site", "rank", "defended", "other words", "clean", "blank",
                                                      "reading", "ok", "s"]))
     pick = result.picked
+    allowed = tolerance_text(result.tolerance, result.n_scenes, result.asked_tolerance)
+    click.echo(f"pick rule: clean and blank-note loss each <= {allowed}")
     click.echo(f"pick: {pick['site']} rank {pick['rank']}" if pick else
-               f"pick: none (every setting costs more than {tolerance:g} point clean or blank-note)")
+               f"pick: none (every setting costs more than {allowed} clean or blank-note)")
     click.echo(f"{len(result.rows)} settings in {seconds:.0f} s; wrote {out}/sweep.json, sweep.png")
 
 

@@ -29,6 +29,7 @@ class DefenseDefaults:
         sites: a multi-site edit's layers, solved in order (full names; None: ``layer`` alone). ``layer``
             stays the single site of the other methods (``finetune-local``).
         vocab_words: exemplar words of ``"*"`` (its defaults only; else None).
+        caution: a measured weakness of the default site and rank, printed when both are used.
     """
 
     layer: str | None
@@ -40,6 +41,7 @@ class DefenseDefaults:
     keep_targets: float = 0.0
     sites: tuple[str, ...] | None = None
     vocab_words: int | None = None
+    caution: str | None = None
 
 
 @lru_cache(maxsize=1)

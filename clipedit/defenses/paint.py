@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from clipedit.core import EditRequest
 from clipedit.core.hparams import HParams
@@ -74,7 +75,7 @@ def paint(bundle: ModelBundle, request: EditRequest, words: Sequence[str], hpara
     finetune(bundle.model, list(tower.parameters()), request, hp.finetune, forward=bundle.encode_images)
     theta1 = {k: v.detach().clone() for k, v in tower.state_dict().items()}
     rows = []
-    for alpha in sorted(hp.alphas):
+    for alpha in tqdm(sorted(hp.alphas), desc="PAINT α", unit="α", leave=False, disable=None):
         interpolate_(tower, theta0, theta1, alpha)
         figures = base if alpha == 0.0 else score(data)
         row = {"alpha": alpha, **{k: figures.get(k) for k in ("text_acc", "other_text_acc", "clean_acc", "blank_acc")}}

@@ -26,6 +26,9 @@ class DefenseResult:
             (fine-tuning, PAINT: the edited model itself is the output).
         details: what the method found (JSON-able: e.g. the heads ablated, PAINT's α per row).
         seconds: time the method took.
+        stages: seconds per stage of the ``defend`` call that made it (``evaluation_sets``,
+            ``evaluate_before``, ``defend``: exemplars and the method, ``evaluate_after``; a caller's
+            timer adds its own, e.g. the CLI's ``load``), and ``total``: the record's ``seconds``.
         exemplars: the rendered exemplars used (empty for ``"*"`` and real photo pairs).
         vocabulary: the vocabulary of ``"*"``.
         config: the resolved configuration (:meth:`DefenseConfig.to_dict`).
@@ -39,6 +42,7 @@ class DefenseResult:
     edit_set: Optional[EditSet] = None
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
     exemplars: list[Attack] = field(default_factory=list)
     vocabulary: Optional[Vocabulary] = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -49,7 +53,8 @@ class DefenseResult:
         figures when evaluated, the method, layers, resolved config and hparams."""
         fig = self.figures
         fields = {"method": self.method, "layer": self.layer, "defended_words": self.words,
-                  "hparams": self.hparams_used(), "config": self.config, **extra}
+                  "hparams": self.hparams_used(), "config": self.config,
+                  **({"seconds": self.stages} if self.stages else {}), **extra}
         if fig:
             before, after = fig["before"], fig["after"]
             return make_record(dataset=fig["dataset"], bundle=bundle, task="typographic_defense",

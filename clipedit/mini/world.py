@@ -13,9 +13,11 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from clipedit.attacks import Attack, StyleSampler, render_attack
 from clipedit.attacks.factors import split_sampler
+from clipedit.data.classnames import normalize_name
 from clipedit.errors import ClipeditError
 from clipedit.mini.shapes import OBJECTS, background, random_colour
 
@@ -136,12 +138,12 @@ def attack_set(
     labels = rng.permutation(np.arange(n) % len(CLASSNAMES))
     attacks: list[Attack] = []
     true_labels: list[int] = []
-    for label in labels.tolist():
+    for label in tqdm(labels.tolist(), desc="rendering held-out scenes", unit="scene", leave=False, disable=None):
         if vocab is None:
             word = CLASSNAMES[(label + int(rng.integers(1, len(CLASSNAMES)))) % len(CLASSNAMES)]
         else:
             word = vocab[int(rng.integers(len(vocab)))]
-            if word == CLASSNAMES[label]:
+            if normalize_name(word) == normalize_name(CLASSNAMES[label]):  # class matching ignores case
                 label = (label + int(rng.integers(1, len(CLASSNAMES)))) % len(CLASSNAMES)
         scene = draw_scene(rng, label, size)
         style = sampler.sample(rng)
@@ -179,9 +181,9 @@ class MiniWorld:
     def exemplars(self, word: str, n: int, rng: np.random.Generator) -> list[Attack]:
         """Notes with ``word`` on objects of other classes, in exemplar styles."""
         sampler = StyleSampler.exemplar(position="object")
-        others = [i for i, c in enumerate(CLASSNAMES) if c.lower() != word.lower()]
+        others = [i for i, c in enumerate(CLASSNAMES) if normalize_name(c) != normalize_name(word)]
         out = []
-        for _ in range(n):
+        for _ in tqdm(range(n), desc="rendering exemplars", unit="render", leave=False, disable=None):
             scene = draw_scene(rng, others[int(rng.integers(len(others)))])
             out.append(render_attack(scene.image, word, sampler.sample(rng), seed=int(rng.integers(2**31)),
                                      object_box=scene.object_box))

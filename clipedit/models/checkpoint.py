@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -25,16 +27,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise ModelLoadError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}") from None
+    state = _read_tensors(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -42,6 +35,38 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     state = {k.removeprefix("module."): v for k, v in state.items()}
     check_finite_state(state, path)
     return state
+
+
+def _read_tensors(path: Path) -> object:
+    """The file's contents: a ``.safetensors`` file, or a ``torch.save`` file read with tensors only (no code
+    runs while reading). Anything else is refused in one line saying it is not a checkpoint."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelLoadError(f"cannot read checkpoint {path}: not a safetensors file ({first})") from None
+    if not _looks_like_torch_file(path):
+        raise ModelLoadError(f"cannot read checkpoint {path}: the file is not a checkpoint (clipedit reads "
+                             ".safetensors files and torch.save files of tensors: .pt, .pth, .bin)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelLoadError(f"cannot read checkpoint {path}: it holds Python objects other than tensors, which "
+                             "clipedit does not load (save the state dict alone, or as .safetensors)") from None
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelLoadError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}") from None
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """Whether ``path`` starts like a ``torch.save`` file: a zip archive, or a legacy pickle (protocol >= 2)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def check_finite_state(state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:

@@ -107,6 +107,22 @@ def list_models() -> list[str]:
     return sorted(set(open_clip.list_models()) | set(LOADERS))
 
 
+def own_models() -> list[str]:
+    """clipedit's own model names (bundled minis, tiny configs, classifiers) and its name prefixes (``timm/``)."""
+    _register_builtin_loaders()
+    return sorted(LOADERS) + [f"{prefix}NAME" for prefix in sorted(PREFIX_LOADERS)]
+
+
+def known_models_summary() -> str:
+    """The known model names in one line: clipedit's own, the prefixes, a few of open_clip's, and where the rest are."""
+    import open_clip
+
+    clip_names = open_clip.list_models()
+    shown = [n for n in ("RN50", "ViT-B-32", "ViT-B-16", "ViT-L-14") if n in clip_names]
+    return (f"{', '.join(own_models())}, and open_clip's {len(clip_names)} architectures "
+            f"({', '.join(shown)}, …) with a :PRETRAINED tag; `clipedit models` lists them all")
+
+
 def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
                device: Optional[str] = None, edits: Sequence[str | os.PathLike] = ()) -> ModelBundle:
     """Load a model, its preprocessing and tokenizer.
@@ -205,7 +221,8 @@ def _create_open_clip(name: str, tag: str, checkpoint, device: torch.device) -> 
 
     if name not in open_clip.list_models():
         hint = difflib.get_close_matches(name, list_models(), n=3)
-        raise ModelLoadError(f"unknown model {name!r}" + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
+        raise ModelLoadError(f"unknown model {name!r}" + (f" (did you mean {', '.join(hint)}?)" if hint else "")
+                             + f"; known: {known_models_summary()}")
     if tag.lower() not in RANDOM_TAGS and checkpoint is None:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if tag not in tags:
