@@ -43,8 +43,10 @@ def bold_font_path() -> str:
 @functools.lru_cache(maxsize=256)
 def load_font(path: str, size_px: int) -> ImageFont.FreeTypeFont:
     """Load ``path`` at ``size_px`` pixels (cached); unreadable fonts raise AttackError."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise AttackError(f"cannot read font {path}: no such file")
+    if not os.path.isfile(path):
+        raise AttackError(f"cannot read font {path}: not a regular file (a font is a .ttf/.otf file)")
     try:
         return ImageFont.truetype(path, size_px)
     except OSError as e:

@@ -14,6 +14,7 @@ from .errors import AttackError
 from .fonts import bold_font_path, check_glyphs, default_font_path, load_font
 from .geometry import choose_translation, label_quad, source_corners, translation_range
 from .label import LabelLayer, draw_label, label_size, text_extent
+from .scripts import check_shaping
 from .style import LabelStyle
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def render_attack(
     clean = to_rgb_array(image)
     height, width = clean.shape[:2]
     check_glyphs(text, _font_file(style))
+    check_shaping(text)
     rng = np.random.default_rng(seed)
     jitter = rng.uniform(0.0, 1.0, size=(4, 2))
     layout = _fit_layout(text, style, width, height, jitter)

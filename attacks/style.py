@@ -53,7 +53,7 @@ class LabelStyle:
         if self.kind not in KINDS:
             raise AttackError(f"label kind {self.kind!r} is not one of {', '.join(KINDS)}")
         _check_range("opacity", self.opacity, 0.0, 1.0, low_open=True)
-        _check_range("font_size", self.font_size, 0.0, math.inf, low_open=True)
+        _check_range("font_size", self.font_size, 0.0, MAX_FONT_PIXELS, low_open=True)
         _check_range("perspective", self.perspective, 0.0, 0.9)
         _check_range("padding", self.padding, 0.0, 10.0)
         _check_range("rotation", self.rotation, -3600.0, 3600.0)
@@ -71,6 +71,9 @@ class LabelStyle:
         if self.shadow is not None:
             return float(self.shadow)
         return 0.45 if self.kind == "note" else 0.25
+
+
+MAX_FONT_PIXELS = 4096.0  # font_size at or above 1 is in pixels; more than this is no label Pillow can draw
 
 
 def _check_range(name: str, value: float, low: float, high: float, low_open: bool = False) -> None:

@@ -4,8 +4,9 @@
     python -m bench --quick    # smaller sizes, fewer optimizer/fine-tuning steps, no ViT-L/14
     python -m bench --only edit_speed eval_speed
 
-Each benchmark prints its figures and writes bench/results/<name>.json (``<name>_quick.json`` for
---quick); this runner adds bench/results/summary[_quick].json and the plots (full runs).
+Each benchmark prints its figures and writes runs/bench/<name>.json (``<name>_quick.json`` for
+--quick); this runner adds summary[_quick].json and the plots (full runs) there. ``--update-results``
+writes them over the tracked bench/results/ instead (what the README and RESULTS.md quote).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench import edit_scaling, edit_speed, eval_speed, exemplar_memory, stats_speed  # noqa: E402
-from bench.measure import RESULTS, save  # noqa: E402
+from bench.measure import add_update_option, results_dir, save, update_results  # noqa: E402
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "edit_speed": edit_speed.run,
@@ -84,7 +85,7 @@ def plot(results: dict[str, dict[str, Any]]) -> list[str]:
             ax_t.annotate(r["model"].split(":")[0], (r["key_dim"], r["closed_form_seconds"]), fontsize=8)
         ax_t.legend(fontsize=8)
         fig.tight_layout()
-        paths.append(str(RESULTS / "edit_scaling.png"))
+        paths.append(str(results_dir() / "edit_scaling.png"))
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
     if "edit_speed" in results:
@@ -94,7 +95,7 @@ def plot(results: dict[str, dict[str, Any]]) -> list[str]:
         ax.set_xscale("log")
         ax.set(xlabel="seconds (log)", title="mini CLIP, defending 'ipod': time per method")
         fig.tight_layout()
-        paths.append(str(RESULTS / "edit_speed.png"))
+        paths.append(str(results_dir() / "edit_speed.png"))
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
     return paths
@@ -104,7 +105,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (<= 5 minutes on 2 idle cores)")
     ap.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
+    add_update_option(ap)
     args = ap.parse_args()
+    update_results(args.update_results)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("bench").setLevel(logging.INFO)
     results, wall = {}, {}
@@ -121,6 +124,7 @@ def main() -> None:
     plots = [] if args.quick else plot(results)
     save("summary", {"targets": rows, "seconds_per_benchmark": wall, "plots": plots,
                      "load_average_at_end": os.getloadavg()}, args.quick)
+    print(f"results in {results_dir()}/" + ("" if args.update_results else " (--update-results: bench/results/)"))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
 """One edit against any written word (``defend --text '*'``) on the bundled mini CLIP, measured on
 words and fonts its exemplars never used.
 
-    python bench/any_word.py                      # the table on the test split -> bench/results/any_word.json
-    python bench/any_word.py --tune               # the '*' settings grid on the validation split
+    python -m bench.any_word                      # the table on the test split -> bench/results/any_word.json
+    python -m bench.any_word --tune               # the '*' settings grid on the validation split
+    python -m bench.any_word --model mini-vit     # the same columns for the mini ViT
+
+Every set uses its split's leave-out factors (:mod:`attacks.factors`: font families, size band, inks,
+papers and weight that no exemplar uses); ``<set>_strata`` holds each set's figures by kind (notes,
+stickers, bare text) and size band with n and 95% Wilson intervals, and the table prints the headline,
+notes + stickers.
 
 Columns: the unedited model; the single-word edit ("ipod"); the joint edit of every exemplar class
 name; '*' (the vocabulary edit, at the setting picked on validation); finetune-global on vocabulary
@@ -28,7 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
+from bench.fonts import ensure_fonts
 from clipedit import load_model
+from clipedit.attacks.factors import split_sampler
 from clipedit.core import RewriteHParams
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.resolve import resolve_config
@@ -39,6 +47,7 @@ from clipedit.eval.metrics import evaluate_attacks
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.reading import reading_accuracy, sign_set
 from clipedit.eval.results import format_table
+from clipedit.eval.strata import format_proportion, strata
 from clipedit.io import write_json
 from clipedit.mini.world import attack_set, note_sampler
 from clipedit.models.bundle import ModelBundle
@@ -101,10 +110,11 @@ def build_suite(bundle: ModelBundle, vocab, split: str, n: int) -> Suite:
     seed = split_seed(split)
     words = {"defended": list(vocab.exemplar_classnames), "heldout_classes": list(vocab.heldout_classnames),
              "heldout_words": [w for w in vocab.heldout_words if w not in vocab.classnames]}
-    sets = {name: attack_set(n, seed + SET_SEEDS[name], words=w) for name, w in words.items()}
+    factors = split_sampler(split, note_sampler())
+    sets = {name: attack_set(n, seed + SET_SEEDS[name], words=w, sampler=factors) for name, w in words.items()}
     fonts = unseen_fonts(split)
     if fonts:
-        sampler = dataclasses.replace(note_sampler(), fonts=fonts)
+        sampler = dataclasses.replace(factors, fonts=fonts)
         sets["unseen_fonts"] = attack_set(n, seed + SET_SEEDS["unseen_fonts"], words=words["heldout_classes"],
                                           sampler=sampler)
     return Suite(sets, sign_set(bundle.world, n, split), list(bundle.classnames), fonts)
@@ -120,6 +130,7 @@ def evaluate(bundle: ModelBundle, suite: Suite) -> dict[str, Any]:
         out[f"{name}_attack_success"] = m["attack_success_rate"]
         out[f"{name}_blank_acc"] = m["blank_acc"]
         out[f"{name}_clean_acc"] = m["clean_acc"]
+        out[f"{name}_strata"] = strata(attacks, labels, m["predictions"], suite.classnames)
     names = list(suite.sets)
     out["clean_acc"] = sum(out[f"{k}_clean_acc"] for k in names) / len(names)
     out["blank_acc"] = sum(out[f"{k}_blank_acc"] for k in names if k != "unseen_fonts") / 3
@@ -215,9 +226,11 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="tune: run only these settings ('|'-separated names)")
     ap.add_argument("--memory-words", type=int, default=256, help="N for the peak-memory rows (words x 4 renders)")
     ap.add_argument("--memory-only", action="store_true", help="only (re)measure peak memory into --out's JSON")
+    ap.add_argument("--model", default="mini", help="mini or mini-vit (--tune and the memory rows: mini only)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    fonts = ensure_fonts()
     if args.memory_only:
         out = Path(args.out or "bench/results/any_word.json")
         record = json.loads(out.read_text()) if out.is_file() else {}
@@ -225,7 +238,7 @@ def main() -> None:
         write_json(out, record)
         return
 
-    base = load_model("mini", device="cpu")
+    base = load_model(args.model, device="cpu")
     vocab = build_vocabulary(base.classnames, n_words=star_defaults(base).vocab_words)
     split = "validation" if args.tune else "test"
     suite = build_suite(base, vocab, split, args.n)
@@ -248,9 +261,13 @@ def main() -> None:
     rows = [[label, *(r.get(key) if not key.startswith("gap") else _points(r.get(key)) for r in results.values())]
             for label, key in ROWS]
     rows.append(["seconds to defend (2 shared CPU cores)", "", *(f"{seconds[k]:.1f}" for k in results if k in seconds)])
+    for set_name in suite.sets:
+        rows.append([f"text note, notes + stickers: {set_name}",
+                     *(format_proportion(r[f"{set_name}_strata"]["notes + stickers"]["text_acc"])
+                       for r in results.values())])
     print(format_table(rows, header=["", *results]))
     record: dict[str, Any] = {
-        "split": split, "n": args.n, "unseen_fonts": list(suite.fonts),
+        "split": split, "n": args.n, "unseen_fonts": list(suite.fonts), "font_packages": fonts,
         "unseen_fonts_absent": [f for f in UNSEEN_FONTS[split] if f not in suite.fonts],
         "vocabulary": {"exemplar_class_names": vocab.exemplar_classnames,
                        "heldout_class_names": vocab.heldout_classnames,
@@ -259,9 +276,10 @@ def main() -> None:
         "any_word_defaults": star_defaults(base).to_dict(),
         "results": results, "seconds": seconds,
     }
-    if not args.tune:
+    if not args.tune and args.model == "mini":
         record["peak_rss_mb"] = peak_memory(args.memory_words)
-    out = args.out or ("bench/results/any_word_tune.json" if args.tune else "bench/results/any_word.json")
+    suffix = "" if args.model == "mini" else "_" + args.model.replace("-", "_")
+    out = args.out or f"bench/results/any_word{'_tune' if args.tune else ''}{suffix}.json"
     write_json(out, json.loads(json.dumps(record, default=str)))
     print(f"wrote {out}; own peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 

@@ -1,10 +1,12 @@
 """Defense of a bundled mini CLIP against "ipod" notes: the default edit, the paper's single-exemplar
 rank-1 setting, and both fine-tuning baselines, evaluated side by side on the test split.
 
-    python bench/defend_mini.py [--model mini|mini-vit] [--n 1000] [--word ipod] [--out FILE]
+    python -m bench.defend_mini [--model mini|mini-vit] [--n 1000] [--word ipod] [--out FILE]
 
-Exemplars use `StyleSampler.exemplar()` styles on fresh scenes; the held-out set uses the mini world's
-held-out note styles (fonts, sizes, colours never used by exemplars) and other seeds.
+Exemplars use `StyleSampler.exemplar()` styles on fresh scenes; the held-out sets use the test split's
+leave-out factors (:mod:`attacks.factors`: font families, size band, inks, papers and weight no exemplar
+uses) on the mini world's note geometry, and other seeds. Figures by kind (notes, stickers, bare text;
+the headline is notes + stickers) and size band, with n and 95% Wilson intervals.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import copy
 import dataclasses
 import time
 
+from bench.fonts import ensure_fonts
 from clipedit import load_model
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
@@ -22,6 +25,7 @@ from clipedit.eval.defense_metrics import ROWS, evaluate_defense
 from clipedit.eval.heldout import world_eval_sets
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.results import format_table
+from clipedit.eval.strata import strata_rows
 from clipedit.io import write_json
 
 
@@ -47,6 +51,7 @@ def main() -> None:
     ap.add_argument("--model", default="mini", help="a bundled model with a world: mini or mini-vit")
     ap.add_argument("--out", default=None, help="default: bench/results/defend_<model>.json")
     args = ap.parse_args()
+    fonts = ensure_fonts()
 
     args.out = args.out or f"bench/results/defend_{args.model.replace('-', '_')}.json"
     base = load_model(args.model, device="cpu")
@@ -65,8 +70,11 @@ def main() -> None:
     header = ["", *results]
     rows = [[label, *(r.get(key) for r in results.values())] for label, key in ROWS]
     print(format_table(rows, header=header))
+    for metric in ("text_acc", "blank_acc", "clean_acc"):
+        print(format_table(strata_rows(results, metric), header=header))
     print("seconds to defend: " + ", ".join(f"{k}: {v:.1f}" for k, v in timings.items()))
     write_json(args.out, {"model": args.model, "word": args.word, "n": args.n, "split": sets.split,
+                          "font_packages": fonts,
                           "default_config": resolve_config(base).to_dict(),
                           "results": results, "seconds": timings})
 

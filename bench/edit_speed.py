@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from bench.measure import device, ratio_line, save, seconds
+from bench.measure import add_update_option, device, ratio_line, results_dir, save, seconds, update_results
 from clipedit import load_model
 from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_statistics
 from clipedit.data.images import to_batches
@@ -127,8 +127,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps to run (default 300, quick 20)")
+    add_update_option(ap)
     args = ap.parse_args()
+    update_results(args.update_results)
     run(args.quick, args.steps)
+    print(f"results in {results_dir()}/")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,28 @@ import torch
 
 from clipedit.io import write_json
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"  # tracked: the figures the README and RESULTS.md quote
+SCRATCH = Path(__file__).resolve().parents[1] / "runs" / "bench"  # untracked: every run without --update-results
+_WHERE = {"dir": SCRATCH}
+
+
+def results_dir() -> Path:
+    """Where this run's result files go (created): ``runs/bench/``, or ``bench/results/`` after
+    :func:`update_results`."""
+    _WHERE["dir"].mkdir(parents=True, exist_ok=True)
+    return _WHERE["dir"]
+
+
+def update_results(update: bool) -> Path:
+    """Write this run's results over the tracked ``bench/results/`` (``update``) or to ``runs/bench/``."""
+    _WHERE["dir"] = RESULTS if update else SCRATCH
+    return _WHERE["dir"]
+
+
+def add_update_option(ap: argparse.ArgumentParser) -> None:
+    """The ``--update-results`` flag every benchmark command line takes."""
+    ap.add_argument("--update-results", action="store_true",
+                    help="write over the tracked bench/results/ (default: runs/bench/, untracked)")
 
 
 def seconds(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
@@ -87,8 +108,8 @@ def device() -> str:
 
 
 def save(name: str, result: dict[str, Any], quick: bool = False) -> Path:
-    """Write ``bench/results/<name>.json`` (``<name>_quick.json`` for a quick run) with the machine it ran on."""
-    path = RESULTS / f"{name}{'_quick' if quick else ''}.json"
+    """Write ``<results_dir()>/<name>.json`` (``<name>_quick.json`` for a quick run) with the machine it ran on."""
+    path = results_dir() / f"{name}{'_quick' if quick else ''}.json"
     return write_json(path, {"machine": machine(), "quick": quick, **result})
 
 
@@ -105,4 +126,8 @@ def main_for(run: Callable[[bool], dict[str, Any]], doc: Optional[str]) -> None:
     """A benchmark module's command line: ``python -m bench.<name> [--quick]``."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
-    run(ap.parse_args().quick)
+    add_update_option(ap)
+    args = ap.parse_args()
+    update_results(args.update_results)
+    run(args.quick)
+    print(f"results in {results_dir()}/")

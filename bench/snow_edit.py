@@ -15,7 +15,9 @@ pasted on their lower part) is scored on the other photos.
     .venv/bin/python bench/snow_edit.py            # ~11 min on 2 CPU cores
     .venv/bin/python bench/snow_edit.py --quick    # one layer, one exemplar, short fine-tuning
 
-Writes bench/results/snow_edit.json and prints the tables.
+Writes runs/bench/snow_edit.json (bench/results/ with --update-results) and prints the tables. The data
+(``--data``, default ``shared/data/snow`` beside the checkout) is the paper's snow texture and dev photos
+(MadryLab/EditingClassifiers); ``snow_texture.jpg`` and ``dev/{armytank,firetruck}/*.jpg``.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
+from bench.measure import add_update_option, update_results  # noqa: E402
 from clipedit.core import RewriteHParams, revert_edit  # noqa: E402
 from clipedit.data.images import load_image  # noqa: E402
 from clipedit.data.reference import photo_views, sample_photos  # noqa: E402
@@ -52,8 +55,7 @@ from clipedit.io import save_image, write_json  # noqa: E402
 from clipedit.models import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "snow"
-OUT = ROOT / "bench" / "results"
+DATA = ROOT.parent / "shared" / "data" / "snow"  # the default --data: shared/data/snow beside the checkout
 CLASSES = {"armytank": 847, "firetruck": 555}  # ImageNet "tank" and "fire engine"
 ROAD = [(0.02, 1.0), (0.02, 0.80), (0.19, 0.56), (0.33, 0.56), (0.66, 1.0)]  # the cleared road deck
 # name -> (dev photo, mask): ("polygon", points) or ("band", top fraction).
@@ -86,12 +88,12 @@ FINETUNE = [("finetune-local", 1e-3), ("finetune-local", 1e-4), ("finetune-globa
 log = logging.getLogger("snow_edit")
 
 
-def snow_photos() -> tuple[list[Image.Image], list[int], list[str]]:
-    """The dev snow photos (byte-identical duplicates removed), their labels and names."""
+def snow_photos(data: Path) -> tuple[list[Image.Image], list[int], list[str]]:
+    """The dev snow photos under ``data`` (byte-identical duplicates removed), their labels and names."""
     seen: set[str] = set()
     images, labels, names = [], [], []
     for folder, label in CLASSES.items():
-        for path in sorted((DATA / "dev" / folder).glob("*.jpg")):
+        for path in sorted((data / "dev" / folder).glob("*.jpg")):
             digest = hashlib.md5(path.read_bytes()).hexdigest()
             if digest in seen:
                 log.info("leaving out %s (duplicate)", path.name)
@@ -113,9 +115,9 @@ def fixed_views(image: Image.Image) -> list[Image.Image]:
     return base + [ImageOps.mirror(v) for v in base]
 
 
-def exemplar_pair(name: str, texture: Image.Image):
+def exemplar_pair(name: str, texture: Image.Image, data: Path):
     path, (kind, spec) = EXEMPLARS[name]
-    photo = load_image(DATA / "dev" / path)
+    photo = load_image(data / "dev" / path)
     mask = polygon_mask(photo.size, spec) if kind == "polygon" else band_mask(photo.size, spec)
     return texture_pair(photo, mask, texture, TEXTURE_SCALE)
 
@@ -155,19 +157,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one layer and exemplar, short fine-tuning")
     parser.add_argument("--steps", type=int, default=100, help="fine-tuning steps")
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="the snow data: snow_texture.jpg and dev/{armytank,firetruck}/*.jpg "
+                             "(default: shared/data/snow beside the checkout)")
+    add_update_option(parser)
     args = parser.parse_args()
+    out = update_results(args.update_results)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
-    if not DATA.is_dir():
-        sys.exit(f"snow data not found at {DATA}")
+    data = args.data
+    if not (data / "snow_texture.jpg").is_file() or not (data / "dev").is_dir():
+        sys.exit(f"snow data not found at {data} (it needs snow_texture.jpg and dev/{{armytank,firetruck}}/): "
+                 "pass --data DIR")
 
     t0 = time.time()
     bundle = load_model("efficientnet-lite0", device="cpu")
     model, pre = bundle.model, bundle.preprocess
     original_state = copy.deepcopy(model.state_dict())
-    texture = load_image(DATA / "snow_texture.jpg")
+    texture = load_image(data / "snow_texture.jpg")
 
-    images, labels, names = snow_photos()
+    images, labels, names = snow_photos(data)
     labeled = dict(zip(LABELED, sample_photos(tuple(LABELED))))
     clean = [(n, v) for n, im in labeled.items() for v in fixed_views(im) + photo_views([im], 36, seed=1)]
     clean_ok = torch.zeros(len(clean), 1000, dtype=torch.bool)
@@ -177,8 +186,8 @@ def main() -> None:
                    torch.stack([pre(v) for _, v in clean]), clean_ok)
     reference = photo_views(sample_photos(REFERENCE_PHOTOS), REFERENCE_VIEWS, seed=0)
 
-    main_pair = exemplar_pair(MAIN, texture)
-    save_image(OUT / "snow_edit_exemplar.jpg", main_pair.transformed.resize((400, 266)))
+    main_pair = exemplar_pair(MAIN, texture, data)
+    save_image(out / "snow_edit_exemplar.jpg", main_pair.transformed.resize((400, 266)))
     main_request = concept_request(pre, [main_pair], direction="to-original")
     main_path = EXEMPLARS[MAIN][0]
 
@@ -213,7 +222,7 @@ def main() -> None:
         log.info("edit (optimize) %s rank %d: %s", layer, rank, after)
 
     for name in ([MAIN] if args.quick else EXEMPLARS):
-        pair = exemplar_pair(name, texture)
+        pair = exemplar_pair(name, texture, data)
         request = concept_request(pre, [pair], direction="to-original")
         with torch.no_grad():
             seen = predict(model, torch.cat([request.target, request.attacked]))
@@ -253,14 +262,14 @@ def main() -> None:
                                    if sweep else None),
         "runs": runs, "seconds": round(time.time() - t0, 1),
     }
-    write_json(OUT / "snow_edit.json", record)
+    write_json(out / "snow_edit.json", record)
     print(format_table(grid_rows, header=["method", "layer", "rank", "snow top-1", "tank", "fire engine",
                                           "clean top-1", "clean agree", "snowplow"]))
     print()
     print(format_table(sweep_rows, header=["exemplar", "layer (rank 1)", "snowy exemplar", "after edit",
                                            "snow before", "snow after", "fixed", "broken",
                                            "clean before", "clean after"]))
-    print(f"wrote {OUT / 'snow_edit.json'} ({record['seconds']} s)")
+    print(f"wrote {out / 'snow_edit.json'} ({record['seconds']} s)")
 
 
 def _row(method, layer, rank, m) -> list:

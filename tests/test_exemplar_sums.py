@@ -94,3 +94,29 @@ def test_batches_with_empty_masks_add_nothing_but_all_empty_is_an_error(tiny_vit
         accumulate_exemplar_sums(model, site, [empty], model.encode_image)
     with pytest.raises(EditError, match="no exemplars"):
         accumulate_exemplar_sums(model, site, [], model.encode_image)
+
+
+class _Stream(__import__("io").StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [True, False], ids=["terminal", "not-a-terminal"])
+def test_progress_bars_show_on_a_terminal_only(tiny_vit, monkeypatch, tty):
+    import sys
+
+    stream = _Stream(tty)
+    monkeypatch.setattr(sys, "stderr", stream)
+    model = tiny_vit.model
+    req = _requests(4, seed=1)
+    accumulate_exemplar_sums(model, resolve_site(model, VIT_SITE), [req], model.encode_image, batch_size=2)
+    key_statistics(model, VIT_SITE, lambda: [req.target], forward=model.encode_image)
+    text = stream.getvalue()
+    if tty:
+        assert f"exemplar passes ({VIT_SITE})" in text and "key statistics" in text
+    else:
+        assert text == ""

@@ -183,3 +183,19 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     lrs = [cosine_lr(s, steps=10, warmup=2, lr=1.0) for s in range(11)]
     assert lrs[0] == 0.5 and lrs[2] == 1.0 and lrs[10] == 0.0
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+def test_case_of_a_word_class_matching_ignores_it_rendering_keeps_it():
+    from clipedit.data.classnames import case_note
+    from clipedit.eval.heldout import world_eval_sets
+    from clipedit.mini.world import MiniWorld
+
+    lower, mixed = (world_eval_sets(MiniWorld(), [w], 48) for w in ("ipod", "iPod"))
+    ipod = CLASSNAMES.index("ipod")
+    assert ipod not in lower.edited[1] and ipod not in mixed.edited[1]  # the same denominator either way
+    assert {a.text for a in mixed.edited[0]} == {"iPod"}  # written as given
+    assert "ipod" not in {a.text.lower() for a in mixed.other[0]}  # other words: never the defended one
+    assert case_note(["iPod"], CLASSNAMES).startswith("'iPod' is the class 'ipod'")
+    assert case_note(["ipod", "hello"], CLASSNAMES) is None
+    exemplars = MiniWorld().exemplars("iPod", 12, np.random.default_rng(0))
+    assert {a.text for a in exemplars} == {"iPod"}

@@ -106,3 +106,24 @@ def test_open_clip_root_logs_are_kept_off_stderr(capfd):
     finally:
         logging.getLogger().removeHandler(handler)
     assert "No pretrained weights" not in capfd.readouterr().err
+
+
+def test_unknown_model_lists_the_known_names():
+    with pytest.raises(ModelLoadError, match=r"unknown model 'nosuchmodel'; known: .*mini-vit.*timm/NAME.*"
+                                             r"ViT-B-32.*`clipedit models` lists them all"):
+        load_model("nosuchmodel", device="cpu")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"not": "a checkpoint"}', "the file is not a checkpoint"),
+    (None, "holds Python objects other than tensors"),
+])
+def test_a_file_that_is_no_checkpoint_says_so_and_never_suggests_unsafe_loading(tmp_path, content, message):
+    path = tmp_path / ("x.json" if content else "objects.pt")
+    if content:
+        path.write_bytes(content)
+    else:
+        torch.save({"weight": torch.zeros(2), "loader": ModelLoadError}, path)
+    with pytest.raises(ModelLoadError, match=message) as info:
+        load_model("tiny-vit", checkpoint=path, device="cpu")
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)

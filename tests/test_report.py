@@ -108,3 +108,46 @@ def test_report_escapes_names_and_marks_the_final_prediction():
     assert "<cat>" not in html and "&lt;cat&gt;" in html and "t&lt;1&gt;" in html
     assert page.figures == ["right"]  # wrong before, right after: the frame follows the final prediction
     assert page.cells == ["clean", "50.0%"]
+
+
+def test_any_word_report_names_its_rendered_vocabulary_exemplars(capsys, tmp_path, triples_dir, monkeypatch):  # noqa: F811
+    import copy
+
+    from clipedit.defenses import defaults
+    from clipedit.defenses.vocabulary import build_vocabulary
+
+    table = copy.deepcopy(defaults.defaults_table())  # '*' small: 6 exemplar words x 2 renders, rank 2
+    table["any_word"] = {"default": {"words": 6, "renders": 2, "rank": 2, "mask": "text", "cov_reg": 1e-3},
+                         "architectures": {}}
+    monkeypatch.setattr(defaults, "defaults_table", lambda: table)
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join("apple ball car mug clock key star house tree fish umbrella ipod zebra".split()))
+    report = tmp_path / "any.html"
+    run_ok(capsys, "defend", "--model", "tiny-vit", "--text", "*", "--vocab", words, "--layer", LAYER,
+           "--data", f"triples:{triples_dir}", "--out", tmp_path / "run", "--report", report)
+    vocabulary = build_vocabulary((), n_words=6, words_file=words)
+    text = report.read_text()
+    n = len(vocabulary.exemplar_words)
+    assert f"{2 * n} rendered: {n} vocabulary words ({words}) x 2 renders" in text
+    assert "one real photo pair" not in text and "<b>n</b>: n = " in text
+    page = parse(report)
+    assert [s for s, _ in page.images].count("Exemplar") == 3
+    assert any(c.startswith(f"exemplar ({vocabulary.exemplar_words[0]}, 1 of {2 * n})") for c in page.captions)
+
+
+def test_chart_draws_attack_success_in_its_own_colour_and_says_lower_is_better():
+    from clipedit.eval.report import LOWER_IS_BETTER_COLOURS, SERIES_COLOURS, bar_chart, lower_is_better
+
+    def colours(png: bytes) -> set[tuple[int, int, int]]:
+        return {c[:3] for _, c in Image.open(io.BytesIO(png)).convert("RGB").getcolors(1 << 20)}
+
+    def rgb(hex_colour: str) -> tuple[int, int, int]:
+        return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+
+    rows = [["clean", 0.9, 3], ["text note", 0.3, 3], ["attack success", 0.6, 3]]
+    drawn = colours(bar_chart(rows, ["rate"]))
+    assert rgb(LOWER_IS_BETTER_COLOURS[1]) in drawn and rgb(SERIES_COLOURS[1]) in drawn
+    assert rgb(LOWER_IS_BETTER_COLOURS[1]) not in colours(bar_chart(rows[:2], ["rate"]))
+    both = colours(bar_chart([["clean", 0.9, 0.9], ["attack success (defended words)", 0.6, 0.1]], ["before", "after"]))
+    assert {rgb(c) for c in LOWER_IS_BETTER_COLOURS + SERIES_COLOURS} <= both
+    assert lower_is_better("attack success (other words)") and not lower_is_better("text note (other words)")

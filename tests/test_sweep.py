@@ -173,6 +173,34 @@ def test_defend_auto_bad_input(args, message, capsys, tmp_path):
                                 "--out", tmp_path / "d", *args)
 
 
+def test_a_tolerance_below_one_scene_is_widened_to_one_scene_with_a_warning(caplog):
+    from clipedit.defenses.selection import effective_tolerance, tolerance_in_scenes, tolerance_text
+
+    assert tolerance_in_scenes(0.005, 120) == 0 and tolerance_in_scenes(0.005, 240) == 1
+    assert tolerance_in_scenes(0.005, 1000) == 5 and tolerance_in_scenes(0.01, 100) == 1  # no float shortfall
+    with caplog.at_level("WARNING"):
+        assert effective_tolerance(0.005, 240) == 0.005 and not caplog.records
+        assert effective_tolerance(0.0, 120) == 0.0 and not caplog.records  # no loss asked for: kept
+        assert effective_tolerance(0.005, 120) == pytest.approx(1 / 120)
+    assert "below one scene of 120" in caplog.text and "widened to one scene" in caplog.text
+    # one scene lost on 120 is now admissible, as it was not at 0.5 point; two scenes are not
+    one, base = row(gain=0.2, clean=1 / 120)
+    two, _ = row(gain=0.3, clean=2 / 120)
+    assert pick([two, one], base, effective_tolerance(0.005, 120)) == 1 and pick([two, one], base, 0.005) is None
+    assert tolerance_text(1 / 120, 120, asked=0.005) == "0.833 point (1 of 120 scenes; widened from 0.5 point, below " \
+                                                        "one scene)"
+    assert tolerance_text(0.005, 1000) == "0.5 point (5 of 1000 scenes)"
+
+
+def test_sweep_cli_states_the_scenes_its_tolerance_allows(tmp_path, capsys):
+    out = run_ok(capsys, "sweep", "--model", "mini", "--text", "ipod", "--sites", "visual.layer3.0.conv3",
+                 "--ranks", "1", "--n-val", "12", "--n-signs", "0", "--renders", "4", "--out", tmp_path / "s")
+    record = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert record["n_scenes"] == 12 and record["tolerance_scenes"] == 1
+    assert record["tolerance"] == pytest.approx(1 / 12)
+    assert "pick rule: clean and blank-note loss each <= 8.33 point (1 of 12 scenes; widened from 0.5 point" in out
+
+
 # -- what is scored is what is applied ----------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:only .* reference keys")
 def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_vit):

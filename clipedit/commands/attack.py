@@ -12,10 +12,13 @@ import numpy as np
 from PIL import Image
 
 from clipedit.attacks import Attack, LabelStyle, render_attack
-from clipedit.commands.options import check_out_dir, out_dir_option, seed_option
+from clipedit.attacks.scripts import writing
+from clipedit.commands.options import check_out_dir, out_dir_option, script_option, seed_option
+from clipedit.commands.params import TEXT, count, finite
 from clipedit.data.images import load_image
 from clipedit.errors import ClipeditError
 from clipedit.io import atomic_output_set, save_image
+from clipedit.outputs import OutputSet, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -72,37 +75,40 @@ def save_attack(out: Path, stem: str, attack: Attack) -> list[Path]:
 
 @click.command()
 @click.argument("photos", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--text", "texts", multiple=True, required=True, metavar="WORD",
+@click.option("--text", "texts", type=TEXT, multiple=True, required=True, metavar="WORD",
               help="Word to write (repeat for several).")
-@click.option("--n", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--n", type=count(max=10_000), default=1, show_default=True,
               help="Renders per photo and word (random placement each).")
 @out_dir_option(help="Directory for <stem>_<word>[_<k>]_{attacked,blank,mask}.png.")
 @click.option("--kind", type=click.Choice(["note", "sticker", "text"]), default="note", show_default=True,
               help="A paper note, a sticker, or bare text.")
 @click.option("--font", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TTF/OTF font file (default DejaVu Sans).")
-@click.option("--font-size", type=float, default=0.12, show_default=True,
+@click.option("--font-size", type=finite(min=0, min_open=True), default=0.12, show_default=True,
               help="Below 1: fraction of the image's shorter side; else pixels.")
+@script_option()
 @click.option("--position", type=click.Choice(["random", "center"]), default="random", show_default=True)
-@click.option("--rotation", type=float, default=0.0, show_default=True, help="Degrees, counter-clockwise.")
-@click.option("--perspective", type=float, default=0.0, show_default=True, help="Perspective warp 0..0.9.")
+@click.option("--rotation", type=finite(), default=0.0, show_default=True, help="Degrees, counter-clockwise.")
+@click.option("--perspective", type=finite(), default=0.0, show_default=True, help="Perspective warp 0..0.9.")
 @seed_option()
 def attack(photos: tuple[Path, ...], texts: tuple[str, ...], n: int, out: Path, kind: str,
-           font: Optional[Path], font_size: float, position: str, rotation: float, perspective: float,
-           seed: int) -> None:
+           font: Optional[Path], font_size: float, script: Optional[str], position: str, rotation: float,
+           perspective: float, seed: int) -> None:
     """Write words onto PHOTOS as typographic attacks.
 
     Every render is saved as the attacked photo, the same photo with a blank label, and
     the label's mask. Nothing is written unless every render succeeds.
     """
-    style = LabelStyle(kind=kind, font=str(font) if font else None, font_size=font_size,
+    words, font_path = writing(list(dict.fromkeys(texts)), script, str(font) if font else None)
+    style = LabelStyle(kind=kind, font=font_path, font_size=font_size,
                        position=position, rotation=rotation, perspective=perspective)
     stems = [p.stem for p in photos]
     clash = sorted({s for s in stems if stems.count(s) > 1})
     if clash:
         raise ClipeditError(f"photos share the file name {clash[0]!r}; their outputs would overwrite each other")
     check_out_dir(out)
-    renders = render_all(list(photos), list(dict.fromkeys(texts)), n, style, seed)
+    check_outputs({"--out": OutputSet(out)}, inputs={"PHOTOS": photos, "--font": font})
+    renders = render_all(list(photos), list(dict.fromkeys(words)), n, style, seed)
     with atomic_output_set(out) as stage:  # every render's three images, or nothing
         written = [path.name for stem, result in renders for path in save_attack(stage, stem, result)]
     for name in written:

@@ -12,6 +12,8 @@ import click
 from PIL import Image
 
 from clipedit.attacks import Attack
+from clipedit.attacks.factors import split_sampler
+from clipedit.attacks.scripts import writing
 from clipedit.commands.options import (
     GreedyCommand,
     GreedyOption,
@@ -22,12 +24,14 @@ from clipedit.commands.options import (
     model_options,
     option_group,
     out_file_option,
+    script_option,
     seed_option,
     split_list,
     template_list,
 )
+from clipedit.commands.params import TEXT, count
 from clipedit.core.distributed import init_from_environment, is_main_process
-from clipedit.data.benchmarks import LAYOUTS, LoadedBenchmark, load_benchmark_images, read_benchmark
+from clipedit.data.benchmarks import LAYOUTS, LoadedBenchmark, data_path, load_benchmark_images, read_benchmark
 from clipedit.data.classnames import check_classnames, labels_from_names, remap_labels
 from clipedit.data.folders import load_image_folder
 from clipedit.data.images import load_photos
@@ -39,6 +43,8 @@ from clipedit.eval.heldout import world_attack_set
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.report import GridItem, attacks_grid, bar_chart, benchmark_grid, write_chart, write_report
 from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.eval.timing import StageTimer
+from clipedit.outputs import check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +80,13 @@ class PhotoSource:
     classnames: list[str]
     dataset: str
 
-    def render(self, words: Optional[list[str]], n: Optional[int], seed: int) -> AuditSet:
-        """Write ``words`` (default: the class names) on every photo, skipping its own class."""
+    def render(self, words: Optional[list[str]], n: Optional[int], seed: int,
+               font: Optional[str] = None) -> AuditSet:
+        """Write ``words`` (default: the class names) on every photo, skipping its own class; ``font``
+        in place of the held-out styles' fonts."""
+        sampler = split_sampler("test", fonts=(font,) if font else None)
         attacks, labels = attacks_from_photos(self.images, self.labels, self.classnames,
-                                              words or self.classnames, n, seed)
+                                              words or self.classnames, n, seed, sampler)
         return AuditSet(attacks, labels, self.classnames, self.dataset, len(self.images))
 
 
@@ -99,12 +108,20 @@ def photos_source(photos: Sequence[Path], label_names: list[str],
     return PhotoSource(images, labels_from_names(label_names, classnames), classnames, "photos")
 
 
-def world_set(world, classnames: Optional[list[str]], words: Optional[list[str]], n: Optional[int]) -> AuditSet:
-    """A world's held-out attack set (test split; held-out styles; words of other classes by default)."""
-    attacks, labels = world_attack_set(world, n or WORLD_SCENES, "test", words or "other")
+def world_set(world, classnames: Optional[list[str]], words: Optional[list[str]], n: Optional[int],
+              font: Optional[str] = None) -> AuditSet:
+    """A world's held-out attack set (test split; held-out styles, ``font`` in place of their fonts;
+    words of other classes by default)."""
+    attacks, labels = world_attack_set(world, n or WORLD_SCENES, "test", words or "other",
+                                       (font,) if font else None)
     names = classnames or list(world.classnames)
     labels = remap_labels(labels, list(world.classnames), names)
     return AuditSet(attacks, labels, names, world.name, len(attacks))
+
+
+def chart_path(out: Optional[Path]) -> Optional[Path]:
+    """The bar chart written beside ``--out`` (its name with ``.png``)."""
+    return out.with_suffix(".png") if out is not None else None
 
 
 def result_rows(metrics: dict[str, Any]) -> list[tuple[str, Optional[float], int]]:
@@ -163,6 +180,8 @@ class AuditInputs:
     classes_file: Optional[Path] = None
     templates_file: Optional[Path] = None
     words: Optional[str] = None
+    script: Optional[str] = None
+    font: Optional[Path] = None
     n: Optional[int] = None
 
     def checked(self) -> tuple[Optional[list[str]], Optional[list[str]], Optional[list[str]], list[str]]:
@@ -175,8 +194,10 @@ class AuditInputs:
         label_names = [name for arg in self.label_args for name in split_list(arg) or []]
         if sum(x is not None and x != () for x in (self.data, self.photos, self.dataset_spec)) > 1:
             raise ClipeditError("give one of --data, --photos or --dataset")
-        if self.dataset_spec is not None and (word_list is not None or self.n is not None):
-            raise ClipeditError("--words and --n do not go with --dataset (its photos are evaluated as they are)")
+        if self.dataset_spec is not None and (word_list is not None or self.n is not None or self.script
+                                              or self.font):
+            raise ClipeditError("--words, --n, --script and --font do not go with --dataset "
+                                "(its photos are evaluated as they are)")
         if label_names and not self.photos:
             raise ClipeditError("--labels goes with --photos")
         if self.photos and not label_names:
@@ -186,21 +207,30 @@ class AuditInputs:
         return classnames, templates, word_list, label_names
 
 
-def audit_inputs(bundle_loader, inputs: AuditInputs, seed: int, batch_size: int):
+def audit_inputs(bundle_loader, inputs: AuditInputs, seed: int, batch_size: int,
+                 timer: Optional[StageTimer] = None):
     """(the model, what it measured): photos are read first (a bad file fails before any download), the
-    attacks rendered after the model is loaded."""
+    attacks rendered after the model is loaded (``timer`` laps "load" there)."""
     classnames, templates, word_list, label_names = inputs.checked()
     bench = load_benchmark_images(read_benchmark(inputs.dataset_spec), classnames) if inputs.dataset_spec else None
     source = folder_source(inputs.data, classnames) if inputs.data is not None else \
         photos_source(inputs.photos, label_names, classnames) if inputs.photos else None
     bundle = bundle_loader()
+    if timer is not None:
+        timer.lap("load")
+    if inputs.script is not None and word_list is None:  # the class names, written in the script
+        word_list = list(source.classnames if source is not None else classnames or bundle.world.classnames
+                         if bundle.world is not None else [])
+    font = str(inputs.font) if inputs.font else None
+    if word_list is not None:
+        word_list, font = writing(word_list, inputs.script, font)
     if bench is not None:
         return bundle, audit_benchmark(bundle, bench, templates, batch_size)
     if source is not None:
-        return bundle, audit_rendered(bundle, source.render(word_list, inputs.n, seed), templates, batch_size)
+        return bundle, audit_rendered(bundle, source.render(word_list, inputs.n, seed, font), templates, batch_size)
     if bundle.world is not None and bundle.world.classnames:
-        return bundle, audit_rendered(bundle, world_set(bundle.world, classnames, word_list, inputs.n), templates,
-                                      batch_size)
+        return bundle, audit_rendered(bundle, world_set(bundle.world, classnames, word_list, inputs.n, font),
+                                      templates, batch_size)
     raise ClipeditError(f"give --data DIR or --photos PHOTO... --labels L... (or --dataset KIND:PATH): "
                         f"{bundle.name} brings no held-out scenes of its own (only models with a world, "
                         "e.g. mini, do)")
@@ -223,8 +253,12 @@ audit_input_options = option_group(
                  help="Class list, one name per line."),
     click.option("--templates-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
                  help="Prompt templates with '{}', one per line (default: the model's)."),
-    click.option("--words", default=None, metavar="w1,w2", help="Words to write (default: the other class names)."),
-    click.option("--n", "--scenes", "n", type=click.IntRange(min=1), default=None,
+    click.option("--words", type=TEXT, default=None, metavar="w1,w2",
+                 help="Words to write (default: the other class names)."),
+    script_option(),
+    click.option("--font", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="TTF/OTF font file to write every word in (default: the held-out styles' fonts)."),
+    click.option("--n", "--scenes", "n", type=count(), default=None,
                  help=f"World scenes (default {WORLD_SCENES}). Photos: random words each (default: every word)."),
 )
 
@@ -247,11 +281,18 @@ def audit(model: ModelOptions, inputs: AuditInputs, seed: int, batch_size: int, 
     audited on its held-out scenes (test split). Under torchrun, rendered attacks are split across
     the ranks and the figures gathered (rank 0 prints and writes).
     """
+    timer = StageTimer()
     for path in (out, report):
         if path is not None:
             check_out_file(path)
-    init_from_environment()  # under torchrun each rank runs the model on its share; rank 0 reports
-    bundle, outcome = audit_inputs(model.load, inputs, seed, batch_size)
+    check_outputs({"--out": out, "the chart beside --out": chart_path(out), "--report": report},
+                  inputs={"--checkpoint": model.checkpoint, "--edit": model.edits, "--data": inputs.data,
+                          "--dataset": data_path(inputs.dataset_spec), "--photos": inputs.photos,
+                          "--classes-file": inputs.classes_file, "--templates-file": inputs.templates_file})
+    # under torchrun each rank runs the model on its share (all ranks with the same arguments); rank 0 reports
+    init_from_environment(agree_on=click.get_current_context().params)
+    bundle, outcome = audit_inputs(model.load, inputs, seed, batch_size, timer)
+    timer.lap("evaluate")  # rendering the attacks and running the model
     if not is_main_process():
         return
     metrics = outcome.metrics
@@ -260,24 +301,27 @@ def audit(model: ModelOptions, inputs: AuditInputs, seed: int, batch_size: int, 
                f"{len(outcome.classnames)} classes")
     click.echo(format_table(outcome.rows, header=("", "rate", "n")))
     if metrics.get("n_skipped"):
-        click.echo(f"skipped {metrics['n_skipped']} images that do not decode (listed in the results)")
+        click.echo(f"skipped {metrics['n_skipped']} images that do not decode or lie outside the dataset "
+                   "(the first ones named in the results)")
     if out is not None:
-        chart = _write_results(out, bundle, outcome, model, seed)
+        chart = _write_results(out, bundle, outcome, model, seed, timer.seconds())
         click.echo(f"wrote {out} and {chart}")
     if report is not None:
         _write_report(report, bundle, outcome)
         click.echo(f"wrote {report}")
 
 
-def _write_results(out: Path, bundle, outcome: AuditOutcome, model: ModelOptions, seed: int) -> Path:
+def _write_results(out: Path, bundle, outcome: AuditOutcome, model: ModelOptions, seed: int,
+                   seconds: dict[str, float]) -> Path:
     """The record (one writer) and its bar chart beside it; returns the chart's path."""
     record = make_record(dataset=outcome.dataset, bundle=bundle, task=TASK, metrics=outcome.metrics,
                          classnames=outcome.classnames, templates=outcome.templates, words=outcome.words,
                          seed=seed, n=outcome.metrics["n"], n_photos=outcome.n_photos,
                          checkpoint=str(model.checkpoint) if model.checkpoint else None,
-                         edits=[str(p) for p in model.edits])
+                         edits=[str(p) for p in model.edits], seconds=seconds)
     write_results(out, record)
-    return write_chart(out.with_suffix(".png"), outcome.rows, ["rate"], f"{bundle.name} on {outcome.dataset}")
+    return write_chart(chart_path(out), outcome.rows, ["rate"],
+                       f"{bundle.name} on {outcome.dataset} (n = {outcome.metrics['n']} images)")
 
 
 def _write_report(report: Path, bundle, outcome: AuditOutcome) -> None:

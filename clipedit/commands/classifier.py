@@ -9,6 +9,7 @@ from typing import Optional
 import click
 
 from clipedit.commands.options import batch_size_option, check_out_dir, model_options, out_dir_option, seed_option
+from clipedit.commands.params import LAYERS, finite
 from clipedit.core import save_edits
 from clipedit.core.hparams import SOLVERS
 from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
@@ -24,6 +25,7 @@ from clipedit.defenses.concept import (
     polygon_mask,
     texture_pair,
 )
+from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
 from clipedit.defenses.resolve import resolve_config
@@ -33,6 +35,7 @@ from clipedit.eval.predictor import make_predictor
 from clipedit.eval.results import before_after_metrics, format_table, make_record, write_results
 from clipedit.io import atomic_output_set, save_image
 from clipedit.models.checkpoint import save_model_weights
+from clipedit.outputs import OutputSet, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ TASK = "concept_edit"
               help="Or a polygon with vertices as fractions of the width and height.")
 @click.option("--texture", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Image pasted (tiled) on the masked region, e.g. snow_texture.jpg.")
-@click.option("--texture-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+@click.option("--texture-scale", type=finite(min=0, min_open=True), default=1.0, show_default=True,
               help="Resize the texture by this factor before tiling.")
 @click.option("--edited", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Or a real edited version of the exemplar (same size) instead of --texture.")
@@ -62,17 +65,18 @@ TASK = "concept_edit"
               help="to-original: the transformed region is treated like the original (snowy road = road).")
 @click.option("--method", type=click.Choice(list(METHODS)), default="edit", show_default=True,
               help="The rewrite, or a fine-tuning baseline on the same pair.")
-@click.option("--layer", default=None, help="Dotted name of the layer to rewrite (default per architecture).")
+@click.option("--layer", type=LAYERS, default=None,
+              help="Dotted name of the layer to rewrite (default per architecture).")
 @click.option("--rank", type=click.IntRange(min=1), default=None,
               help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json].")
 @click.option("--solver", type=click.Choice(SOLVERS), default="closed-form", show_default=True)
-@click.option("--mask-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+@click.option("--mask-threshold", type=finite(0, 1, max_open=True), default=0.0, show_default=True,
               help="Edit feature-map locations covered more than this fraction by the mask.")
-@click.option("--cov-reg", type=click.FloatRange(min=0), default=None,
+@click.option("--cov-reg", type=finite(min=0), default=None,
               help="Regularisation of the key statistics [default: defaults.json].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Steps of the optimize solver / fine-tuning baselines.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Their learning rate.")
+@click.option("--lr", type=finite(min=0, min_open=True), default=None, help="Their learning rate.")
 @click.option("--reference", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of reference images for the key statistics (default: views of scikit-image photos).")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -91,6 +95,9 @@ def edit_classifier(model, exemplar, mask_path, mask_band, mask_polygon, texture
 
     torch.manual_seed(seed)
     out = check_out_dir(out)
+    check_outputs({"--out": OutputSet(out, OUTPUT_SET)},
+                  inputs={"--checkpoint": model.checkpoint, "--exemplar": exemplar, "--mask": mask_path,
+                          "--texture": texture, "--edited": edited, "--reference": reference, "--data": data})
     if (texture is None) == (edited is None):
         raise ClipeditError("give exactly one of --texture (paste it on the mask) or --edited (a real edited photo)")
     if data is None and not no_eval:
@@ -104,6 +111,9 @@ def edit_classifier(model, exemplar, mask_path, mask_band, mask_polygon, texture
     bundle = model.load()
     if bundle.kind != "classifier" or not bundle.classnames:
         raise ClipeditError(f"{bundle.name} is not an ImageNet classifier (try efficientnet-lite0, timm/resnet50 …)")
+    defaults = defaults_for(bundle)
+    if defaults.caution and method == "edit" and layer in (None, defaults.layer) and rank in (None, defaults.rank):
+        click.echo(f"Warning: {defaults.caution}", err=True)
     config = _concept_config(bundle, method, layer, rank, solver, mask_threshold, cov_reg, steps, lr)
     scores = _scorer(bundle, evaluation, batch_size)
     before = scores()

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import click
 
 from clipedit.commands.options import GreedyOption, class_list, option_group, read_json_file, split_list
+from clipedit.commands.params import LAYERS, count, finite
 from clipedit.core.hparams import SOLVERS
 from clipedit.data.benchmarks import LAYOUTS
 from clipedit.data.images import load_image, load_mask, load_photos
@@ -48,8 +49,9 @@ class SettingsOptions:
         if self.vocab is not None and not any_word:
             raise ClipeditError("--vocab goes with --text '*'")
         layer = None if self.layer == "auto" else split_list(self.layer) if self.layer is not None else None
-        if self.layer is not None and self.layer != "auto" and not layer:
-            raise ClipeditError(f"--layer takes dotted layer names, comma-separated; got {self.layer!r}")
+        if layer and len(layer) > 1 and self.method != "edit":  # issue 21: never tune only the first
+            raise ClipeditError(f"--method {self.method} trains one layer; --layer names {len(layer)} "
+                                f"({', '.join(layer)})")
         given = {"method": self.method, "layer": layer, "rank": _rank(self.rank), "solver": self.solver,
                  "cov_reg": self.cov_reg, "keep_targets": self.keep_targets, "renders": self.renders,
                  "mask": self.mask_kind, "seed": self.seed, "reference": self.reference, "vocab": self.vocab,
@@ -80,7 +82,7 @@ settings_options = option_group(
     click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
                  metavar="FILE.json", help="The method's settings (its hparams class's fields) as a JSON object; "
                                            "the options below override them."),
-    click.option("--layer", default=None,
+    click.option("--layer", type=LAYERS, default=None,
                  help="Dotted name of the layer to rewrite (default per architecture and model, defaults.json); "
                       "several, comma-separated: one edit over those sites, solved in order; 'auto': the sweep's "
                       "pick on the validation split (clipedit sweep)."),
@@ -88,15 +90,15 @@ settings_options = option_group(
                  help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json]; 'auto': "
                       "the sweep's pick on the validation split."),
     click.option("--solver", type=click.Choice(SOLVERS), default="closed-form", show_default=True),
-    click.option("--cov-reg", type=click.FloatRange(min=0, min_open=True), default=None,
+    click.option("--cov-reg", type=finite(min=0, min_open=True), default=None,
                  help="Ridge added to the key statistics, times their mean variance [default: per architecture]."),
-    click.option("--keep-blank", "keep_targets", type=click.FloatRange(min=0), default=None,
+    click.option("--keep-blank", "keep_targets", type=finite(min=0), default=None,
                  help="Weight of keeping the blank exemplars' own outputs in the solve (0: the paper's solve) "
                       "[default: per model]."),
     click.option("--steps", type=click.IntRange(min=1), default=None,
                  help="Steps of the optimize solver / fine-tuning baselines."),
-    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Their learning rate."),
-    click.option("--renders", type=click.IntRange(min=1), default=None,
+    click.option("--lr", type=finite(min=0, min_open=True), default=None, help="Their learning rate."),
+    click.option("--renders", type=count(max=100_000), default=None,
                  help="Rendered exemplars per word [default: per architecture, defaults.json]."),
     click.option("--mask-kind", type=click.Choice(["text", "label"]), default=None,
                  help="Edit the glyphs' locations or the whole label's."),
@@ -170,7 +172,7 @@ eval_options = option_group(
                  help="ImageFolder to render notes on, or a typographic benchmark as published (KIND: "
                       f"{', '.join(LAYOUTS)}) to evaluate on (default: the model's world's held-out scenes)."),
     click.option("--classes", default=None, help="Class names for --data (comma-separated)."),
-    click.option("--n-eval", type=click.IntRange(min=1), default=1000, show_default=True,
+    click.option("--n-eval", type=count(), default=1000, show_default=True,
                  help="Held-out scenes per set (models whose world generates them, e.g. mini)."),
     click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation."),
 )

@@ -9,12 +9,14 @@ from clipedit.commands.options import check_out_file, model_options
 from clipedit.core.edit_sets import apply_edit_set, load_edits, revert_edit_set
 from clipedit.errors import ClipeditError
 from clipedit.models.checkpoint import save_model_weights
+from clipedit.outputs import check_outputs
 
 
-def _target(out: Path, checkpoint) -> Path:
+def _target(out: Path, checkpoint, edits) -> Path:
     out = check_out_file(out)
     if checkpoint is not None and Path(checkpoint).resolve() == out.resolve():
         raise ClipeditError("--out must differ from --checkpoint (a source checkpoint is never overwritten)")
+    check_outputs({"--out": out}, inputs={"--checkpoint": checkpoint, "EDITS": edits})
     return out
 
 
@@ -26,7 +28,7 @@ def _target(out: Path, checkpoint) -> Path:
 @click.option("--force", is_flag=True, help="Apply even if the layer's weights differ from the edit's original.")
 def apply_cmd(model, edits, out, force) -> None:
     """Apply EDITS (in order) to a model and save the edited weights."""
-    out = _target(out, model.checkpoint)
+    out = _target(out, model.checkpoint, edits)
     loaded = [load_edits(p) for p in edits]  # every file is checked whole before anything is applied
     for path, edit_set in zip(edits, loaded):
         if not edit_set.exportable:
@@ -53,7 +55,7 @@ def revert_cmd(model, edits, out) -> None:
     """Take EDITS off an edited checkpoint (last first), restoring the original weights bit-exactly."""
     if model.checkpoint is None:
         raise ClipeditError("revert needs the edited weights: pass --checkpoint EDITED.safetensors")
-    out = _target(out, model.checkpoint)
+    out = _target(out, model.checkpoint, edits)
     loaded = [load_edits(p) for p in edits]
     bundle = model.load()
     for path, edit in reversed(list(zip(edits, loaded))):

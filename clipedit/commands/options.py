@@ -10,6 +10,7 @@ from typing import Optional
 
 import click
 
+from clipedit.commands.params import DEVICE
 from clipedit.errors import ClipeditError
 
 
@@ -43,9 +44,10 @@ def model_options(default: Optional[str] = None, edits: bool = False) -> Callabl
     def decorate(f: Callable) -> Callable:
         @click.option("--model", "model_spec", required=default is None, default=default, show_default=True,
                       metavar="SPEC", help="Model NAME[:PRETRAINED] (e.g. ViT-B-32:openai, mini, tiny-vit).")
-        @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                      help="Local weights (.pt/.bin/.safetensors) instead of downloading.")
-        @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+        @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+                      help="Local weights (.pt/.bin/.safetensors; a save_pretrained folder with --model hf) "
+                           "instead of downloading.")
+        @click.option("--device", type=DEVICE, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
         @functools.wraps(f)
         def wrapper(*args, model_spec: str, checkpoint: Optional[Path], device: str, edit_files=(), **kwargs):
             return f(*args, model=ModelOptions(model_spec, checkpoint, device, tuple(edit_files)), **kwargs)
@@ -76,6 +78,15 @@ def seed_option(default: int = 0) -> Callable:
     """Decorator: ``--seed S`` (non-negative int)."""
     return click.option("--seed", type=click.IntRange(min=0), default=default, show_default=True,
                         help="Random seed.")
+
+
+def script_option() -> Callable:
+    """Decorator: ``--script S``: write the words in a script other than Latin (a font that covers it;
+    Latin words transliterated letter by letter; see :mod:`attacks.scripts`)."""
+    from clipedit.attacks.scripts import SCRIPTS
+
+    return click.option("--script", type=click.Choice(list(SCRIPTS)), default=None,
+                        help="Write in this script (a font that covers it; Latin words transliterated).")
 
 
 def batch_size_option(default: int = 64) -> Callable:

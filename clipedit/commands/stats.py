@@ -12,13 +12,14 @@ from typing import Optional
 import click
 
 from clipedit.commands.options import ModelOptions, batch_size_option, model_options
+from clipedit.commands.params import LAYERS
 
 
 @click.command("stats")
 @model_options()
 @click.option("--reference", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of reference images (searched recursively).")
-@click.option("--layer", default=None, help="Dotted name of the site (default per architecture).")
+@click.option("--layer", type=LAYERS, default=None, help="Dotted name of the site (default per architecture).")
 @batch_size_option()
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write C and the key count to this .safetensors file (rank 0).")
@@ -28,18 +29,21 @@ def stats_cmd(model: ModelOptions, reference: Path, layer: Optional[str], batch_
     import torch
 
     from clipedit.core import key_statistics
-    from clipedit.core.distributed import IndexedBatches, init_from_environment, is_main_process, rank_and_world
+    from clipedit.core.distributed import IndexedBatches, agree, init_from_environment, is_main_process, rank_and_world
     from clipedit.data.folders import files_key, image_paths
     from clipedit.data.images import LazyImages
     from clipedit.defenses.defaults import default_layer
     from clipedit.io import save_state_dict
+    from clipedit.outputs import check_outputs
 
-    init_from_environment()
+    check_outputs({"--out": out}, inputs={"--checkpoint": model.checkpoint, "--reference": reference})
+    init_from_environment(agree_on=click.get_current_context().params)
     bundle = model.load()
     layer = layer or default_layer(bundle)
     paths = image_paths(reference, "reference folder")
     # the same cache key as `defend --reference` (clipedit.defenses.typographic.reference_statistics)
     data_key = files_key(paths) + repr(bundle.preprocess)
+    agree(data_key, "reference images (the same folder holds other files on some rank)")
     batches = lambda: IndexedBatches(LazyImages(paths), bundle.preprocess, batch_size)  # noqa: E731
     stats = key_statistics(bundle.model, layer, batches, data_key=data_key, forward=bundle.encode_images)
     if not is_main_process():

@@ -7,16 +7,18 @@ from pathlib import Path
 import click
 
 from clipedit.commands.options import check_out_dir, model_options, out_dir_option, seed_option, split_list
+from clipedit.commands.params import TEXT, count, finite
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.selection import PICK_TOLERANCE
+from clipedit.defenses.selection import PICK_TOLERANCE, tolerance_text
 from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
 from clipedit.errors import ClipeditError
 from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.outputs import OutputSet, check_outputs
 
 
 @click.command()
 @model_options(default="mini")
-@click.option("--text", "texts", multiple=True, default=("ipod",), show_default=True,
+@click.option("--text", "texts", type=TEXT, multiple=True, default=("ipod",), show_default=True,
               help="Word(s) to defend against (repeat or comma-separate).")
 @click.option("--sites", default=None, metavar="A,B+C,…",
               help="Candidates (dotted names, comma-separated; 'B+C': one edit over B then C) [default: every "
@@ -24,11 +26,11 @@ from clipedit.eval.results import format_table, make_record, write_results
 @click.option("--ranks", default=None, metavar="1,4,…",
               help=f"Ranks to try [default: {','.join(map(str, DEFAULT_RANKS))}, each capped by the site's key "
                    "dimension].")
-@click.option("--n-val", type=click.IntRange(min=1), default=SweepSettings.n_val, show_default=True,
+@click.option("--n-val", type=count(), default=SweepSettings.n_val, show_default=True,
               help="Validation scenes per set (defended word; other words).")
-@click.option("--n-signs", type=click.IntRange(min=0), default=SweepSettings.n_signs, show_default=True,
+@click.option("--n-signs", type=count(min=0), default=SweepSettings.n_signs, show_default=True,
               help="Validation signs for the reading-kept figure (0: skip).")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=100 * PICK_TOLERANCE, show_default=True,
+@click.option("--tolerance", type=finite(min=0, max=100), default=100 * PICK_TOLERANCE, show_default=True,
               help="Pick rule: largest clean / blank-note loss, in points.")
 @click.option("--renders", type=click.IntRange(min=1), default=None,
               help="Rendered exemplars per word [default: per architecture, defaults.json].")
@@ -43,6 +45,7 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, se
     if "*" in words:
         raise ClipeditError("sweep scores named words; '*' (any word) is for defend")
     out = check_out_dir(out or Path("runs") / ("sweep-" + "-".join(words))[:60])
+    check_outputs({"--out": OutputSet(out, ("sweep.json", "sweep.png"))}, inputs={"--checkpoint": model.checkpoint})
     singles, sets = _candidates(sites)
     settings = SweepSettings(sites=singles, ranks=_ranks(ranks), site_sets=sets, n_val=n_val, n_signs=n_signs,
                              tolerance=tolerance / 100)
@@ -58,12 +61,14 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, se
                          **{k: v for k, v in result.to_dict().items() if k != "words"})
     write_results(out / "sweep.json", record)
     plot_tradeoff(result.rows, out / "sweep.png", f"{bundle.name}: rewrite against {', '.join(words)} (validation)",
-                  settings.tolerance, result.picked)
+                  result.tolerance, result.picked)
     click.echo(format_table(_table(result), header=["site", "rank", "defended", "other words", "clean", "blank",
                                                      "reading", "ok", "s"]))
     pick = result.picked
+    allowed = tolerance_text(result.tolerance, result.n_scenes, result.asked_tolerance)
+    click.echo(f"pick rule: clean and blank-note loss each <= {allowed}")
     click.echo(f"pick: {pick['site']} rank {pick['rank']}" if pick else
-               f"pick: none (every setting costs more than {tolerance:g} point clean or blank-note)")
+               f"pick: none (every setting costs more than {allowed} clean or blank-note)")
     click.echo(f"{len(result.rows)} settings in {seconds:.0f} s; wrote {out}/sweep.json, sweep.png")
 
 

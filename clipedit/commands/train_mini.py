@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from clipedit.mini.training.train import DEFAULT_OUT, TrainOptions, train
+from clipedit.mini.training.train import CHECKPOINT_FILES, DEFAULT_OUT, TrainOptions, train
+from clipedit.outputs import OutputSet, check_outputs
 
 ARCHES = ("resnet", "vit")
 
@@ -31,6 +32,7 @@ ARCHES = ("resnet", "vit")
 def train_cmd(ctx: click.Context, arch: str, out: Path, steps: int, batch_size: int, seed: int, threads: int,
               pool_size: int, precision: str, warmstart_steps: int) -> None:
     """Train the bundled mini CLIP on the generated world (CPU, about 22 minutes on 2 cores)."""
+    check_outputs({"--out": OutputSet(out, CHECKPOINT_FILES)})
     if arch == "vit":  # the ViT's own defaults (DistillOptions) stand where an option was not given
         from clipedit.mini.training.distill import DistillOptions, distill
 

@@ -59,15 +59,22 @@ def _args_text(args: Optional[dict]) -> str:
 
 
 def cached_tensors(kind: str, key: str, compute: Callable[[], dict[str, torch.Tensor]],
-                   enabled: bool = True, args: Optional[dict] = None) -> dict[str, torch.Tensor]:
+                   enabled: bool = True, args: Optional[dict] = None,
+                   shapes: Optional[dict[str, tuple[int, ...]]] = None) -> dict[str, torch.Tensor]:
     """Return ``compute()``'s tensors, read from (or written to) ``cache_dir()/kind/key.safetensors``.
 
     An entry records the arguments that made it (``args``) and a digest of its tensors. It is used only
-    when both match and every tensor is finite; otherwise it is recomputed with a warning and rewritten.
+    when both match, every tensor is finite and has its expected shape (``shapes``: name -> shape, the
+    model's and site's, so that an entry re-digested with other shapes is not taken); otherwise it is
+    recomputed with a warning and rewritten.
     """
     path = cache_dir() / kind / f"{key}.safetensors"
     if enabled and path.is_file():
         tensors, problem = _read_entry(path, args)
+        if problem is None and shapes:
+            wrong = [f"{n} {tuple(tensors[n].shape) if n in tensors else 'missing'} (expected {tuple(s)})"
+                     for n, s in shapes.items() if n not in tensors or tuple(tensors[n].shape) != tuple(s)]
+            problem = f"has the wrong shape: {wrong[0]}" if wrong else None
         if problem is None:
             log.info("cache hit %s", path)
             return tensors

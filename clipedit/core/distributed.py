@@ -6,13 +6,17 @@ same code runs in one process.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from clipedit.errors import ClipeditError
 
 T = TypeVar("T")
 
@@ -29,10 +33,12 @@ def rank_and_world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def init_from_environment() -> bool:
+def init_from_environment(agree_on: Any = None) -> bool:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1 in the environment).
 
     Uses nccl when CUDA is available, gloo otherwise. Returns whether a group is (now) initialised.
+    With ``agree_on`` (e.g. the command's arguments), every rank first checks that all ranks passed
+    the same value (:func:`agree`).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return False
@@ -41,7 +47,31 @@ def init_from_environment() -> bool:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
+    if agree_on is not None:
+        agree(agree_on)
     return True
+
+
+def digest_of(value: Any) -> bytes:
+    """SHA-256 of ``value`` as canonical JSON (paths and other objects by their ``str``)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).digest()
+
+
+def agree(value: Any, what: str = "arguments") -> None:
+    """Stop every rank with one line unless all ranks hold the same ``value`` (compared by digest, so
+    that ranks started with different arguments never mix their shares); nothing outside a group."""
+    if not is_distributed():
+        return
+    digest = torch.tensor(list(digest_of(value)), dtype=torch.int64)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    low, high = digest.to(device), digest.clone().to(device)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not torch.equal(low, high):
+        rank, world = rank_and_world()
+        dist.destroy_process_group()  # every rank knows by now; leave the group so that exiting does not abort
+        raise ClipeditError(f"the {world} torchrun ranks were started with different {what} (this is rank {rank}); "
+                            "start every rank with the same command")
 
 
 def shard_bounds(n: int) -> tuple[int, int]:

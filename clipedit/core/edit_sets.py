@@ -34,8 +34,8 @@ from torch import nn
 
 from clipedit.core.edits import FORMAT as SINGLE_FORMAT
 from clipedit.core.edits import LayerEdit, apply_edit
-from clipedit.errors import EditError
-from clipedit.io import read_safetensors_metadata, save_state_dict
+from clipedit.errors import EditError, check_argument
+from clipedit.io import read_safetensors_metadata, require_file, save_state_dict
 
 FORMAT = "clipedit-edits/2"
 SET_FORMAT_1 = "clipedit-edit-set/1"  # unsealed edit sets written before FORMAT (read only)
@@ -127,6 +127,8 @@ def apply_edit_set(model: nn.Module, edit_set: EditSet, check_weights: bool = Tr
     Args:
         check_weights: weight members refuse unless their layer holds the weight they were made on.
     """
+    check_argument(model, nn.Module, "model", "apply_edit_set")  # issue 21
+    check_argument(edit_set, EditSet, "edit_set", "apply_edit_set")
     applied: list = []
     try:
         for member in edit_set.edits:
@@ -140,6 +142,8 @@ def apply_edit_set(model: nn.Module, edit_set: EditSet, check_weights: bool = Tr
 
 def revert_edit_set(model: nn.Module, edit_set: EditSet) -> None:
     """Revert every member, last first (weights bit-exactly); if one is refused, re-apply those reverted."""
+    check_argument(model, nn.Module, "model", "revert_edit_set")  # issue 21
+    check_argument(edit_set, EditSet, "edit_set", "revert_edit_set")
     reverted: list = []
     try:
         for member in reversed(edit_set.edits):
@@ -154,6 +158,8 @@ def revert_edit_set(model: nn.Module, edit_set: EditSet) -> None:
 def save_edits(path: str | os.PathLike, edits: EditSet | EditMember) -> Path:
     """Write an edit set (or one member, as a set of one) as one sealed ``.safetensors`` file, atomically;
     refuses an empty set and NaN/inf in any weight member."""
+    check_argument(path, (str, os.PathLike), "path", "save_edits")  # issue 21: wrong types are one line
+    check_argument(edits, (EditSet, EditMember), "edits", "save_edits")
     edit_set = EditSet.of(edits)
     if not edit_set.edits:
         raise EditError("an edit set needs at least one edit")
@@ -182,8 +188,7 @@ def load_edits(path: str | os.PathLike) -> EditSet:
             tensors no member claims, no members, or an unknown member kind (one line each).
     """
     path = Path(path)
-    if not path.is_file():
-        raise EditError(f"edit file not found: {path}")
+    require_file(path, "edit file", EditError)  # issue 21: a device, FIFO or folder is no edit file
     try:
         header = read_safetensors_metadata(path)
     except Exception as e:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from clipedit.core.sites import site_weight
-from clipedit.errors import EditError, SiteError
+from clipedit.errors import EditError, SiteError, check_argument
 
 #: The format tag of files written by clipedit before edit sets were sealed (a single LayerEdit);
 #: :func:`clipedit.core.edit_sets.load_edits` still reads them.
@@ -153,6 +153,8 @@ def apply_edit(model: nn.Module, edit: LayerEdit, check_weights: bool = True) ->
     Args:
         check_weights: refuse unless the layer holds exactly the weight the edit was made on.
     """
+    check_argument(model, nn.Module, "model", "apply_edit")  # issue 21
+    check_argument(edit, LayerEdit, "edit", "apply_edit")
     edit.verify()
     w = _weight(model, edit)
     if check_weights and tensor_digest(w) != edit.meta.get("orig_sha256"):
@@ -169,6 +171,8 @@ def revert_edit(model: nn.Module, edit: LayerEdit) -> None:
     Raises:
         EditError: the layer does not hold what this edit made (not applied, or another edit on top).
     """
+    check_argument(model, nn.Module, "model", "revert_edit")  # issue 21
+    check_argument(edit, LayerEdit, "edit", "revert_edit")
     edit.verify()
     w = _weight(model, edit)
     if tensor_digest(w) != edit.meta.get("edited_sha256"):

@@ -15,11 +15,12 @@ from typing import Optional, Protocol
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from clipedit.core.edits import LayerEdit
 from clipedit.core.keys_values import EmptyMaskError, Exemplars, collect_exemplars, collect_exemplars_at
 from clipedit.core.sites import Site
-from clipedit.core.subspace import edit_directions
+from clipedit.core.subspace import clamp_rank, edit_directions
 from clipedit.errors import EditError
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,10 @@ def _accumulate(sites: Sequence[Site], collect: Callable, requests: Iterable[Exe
             sums.max_kept_keys = max_kept_keys
     empty: Optional[EmptyMaskError] = None
     n_exemplars = 0
-    for attacked, target, mask in split_batches(requests, batch_size):
+    where = sites[0].layer if len(sites) == 1 else f"{len(sites)} sites"
+    batches = tqdm(split_batches(requests, batch_size), desc=f"exemplar passes ({where})", unit="batch",
+                   leave=False, disable=None)  # None: shown on terminals only
+    for attacked, target, mask in batches:
         n_exemplars += attacked.shape[0]
         try:
             collected = collect(attacked, target, mask)
@@ -172,9 +176,7 @@ def directions_from_sums(sums: ExemplarSums, C: torch.Tensor, rank: int) -> torc
     X = torch.linalg.solve_triangular(L, sums.keys_gram, upper=False)          # L⁻¹ A
     G = torch.linalg.solve_triangular(L, X.T, upper=False)                     # L⁻¹ A L⁻ᵀ
     G = (G + G.T) / 2
-    r = min(rank, sums.n_keys, G.shape[0])
-    if r < rank:
-        log.warning("rank %d clamped to %d (only %d exemplar keys)", rank, r, sums.n_keys)
+    r = clamp_rank(rank, sums.n_keys, G.shape[0])
     _, vectors = torch.linalg.eigh(G)                                          # ascending eigenvalues
     top = vectors[:, -r:].flip(1)
     return torch.linalg.solve_triangular(L.T, top, upper=True)

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
 SOLVERS = ("closed-form", "optimize")
+# Above this weight the kept blank outputs swamp the attacked ones and the solved update is zero to
+# float precision (an edit that changes nothing); refused rather than saved as a defense.
+MAX_KEEP_TARGETS = 1e6
 
 
 class HParams:
@@ -73,6 +77,19 @@ class RewriteHParams(HParams):
 
         if self.solver not in SOLVERS:
             raise EditError(f"unknown solver {self.solver!r} (choose from {', '.join(SOLVERS)})")
+        for name in ("cov_reg", "mask_threshold", "keep_targets", "lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise EditError(f"{name} must be a finite number, got {value!r}")
+        for name in ("rank", "steps", "project_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise EditError(f"{name} must be a whole number, got {value!r}")
+        if self.layer is not None and (not isinstance(self.layer, str) or not self.layer.strip()):
+            raise EditError(f"layer must be a dotted layer name, got {self.layer!r}")
+        if self.keep_targets > MAX_KEEP_TARGETS:
+            raise EditError(f"keep_targets {self.keep_targets:g} is above {MAX_KEEP_TARGETS:g}: the kept blank outputs "
+                            "would outweigh the edit until it changes nothing")
         if self.rank < 1:
             raise EditError(f"rank must be >= 1, got {self.rank}")
         if self.cov_reg < 0:

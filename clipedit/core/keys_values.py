@@ -114,13 +114,13 @@ def _exemplars_from_traces(model: nn.Module, site: Site, att: TraceDict, tgt: Tr
     """Keys at the attacked exemplars and the values that reproduce the target, from traced passes."""
     keys = site.keys(site.input_of(att[site.hook_name]))
     n_loc = keys.shape[1]
-    out_hw = None if site.token_layout else tuple(att[site.hook_name].output.shape[-2:])
+    out_hw = site.grid_hw(site.output_of(att[site.hook_name]))
     loc = site.location_weights(masks, n_loc, out_hw, threshold)
     if not (loc > 0).any():
         raise EmptyMaskError("the mask covers no location of the site (label too small for the grid?)")
 
-    contrib_att = _contribution(site, att)
-    contrib_tgt = _contribution(site, tgt)
+    contrib_att = _contribution(model, site, att)
+    contrib_tgt = _contribution(model, site, tgt)
     residual_att = _pre_activation(site, att, contrib_att) - contrib_att
     residual_tgt = _pre_activation(site, tgt, contrib_tgt) - contrib_tgt
     contrib_star = contrib_tgt + residual_tgt - residual_att
@@ -131,21 +131,28 @@ def _exemplars_from_traces(model: nn.Module, site: Site, att: TraceDict, tgt: Tr
     values = torch.where(dead, site.locations(site.output_of(att[site.hook_name])), values)
 
     sel = loc > 0
-    block_in = att[site.block_name].input if site.block_name else None
+    block_in = att[site.block_name].input if site.block_name else None  # the block's own layout
     block_tgt = tgt[site.block_name].output if site.block_name else None
     target_keys = site.keys(site.input_of(tgt[site.hook_name]))[sel]
     return Exemplars(keys=keys[sel], values=values[sel], weights=loc[sel].float(),
                      block_input=block_in, block_target=block_tgt, location_mask=loc, target_keys=target_keys)
 
 
-def _contribution(site: Site, trace: TraceDict) -> torch.Tensor:
-    return trace[site.norm_name].output if site.norm_name else site.output_of(trace[site.hook_name])
+def _contribution(model: nn.Module, site: Site, trace: TraceDict) -> torch.Tensor:
+    """What the site adds to the block: its output through the eval-mode norm or LayerScale after it."""
+    if site.norm_name:
+        return trace[site.norm_name].output
+    out = site.output_of(trace[site.hook_name])
+    if site.scale_name is None:
+        return out
+    gamma = site.norm_affine(model)[0].to(out.dtype)
+    return out * (gamma if site.token_layout else gamma.view(1, -1, 1, 1))
 
 
 def _pre_activation(site: Site, trace: TraceDict, contribution: torch.Tensor) -> torch.Tensor:
     if site.residual == "output":
-        return trace[site.block_name].output
+        return site.site_layout(trace[site.block_name].output)
     if site.residual == "shortcut":
         shortcut = trace[site.shortcut_name].output if site.shortcut_name else trace[site.block_name].input
-        return contribution + shortcut
+        return contribution + site.site_layout(shortcut)
     return contribution  # no residual: the target is the contribution itself

@@ -4,9 +4,16 @@ A site's *contribution* is its output, or the eval-mode BatchNorm right after it
 contribution to a residual (``pre = contribution + residual``) and may apply an activation. Which
 modules play which part is data (``BLOCK_SPECS``), keyed by the block's class name.
 
-One site is not a module: ``<attention>.v_proj``, the value projection of an ``nn.MultiheadAttention``
-(:class:`AttentionValueSite`). torch applies that weight inside the attention without calling a
-module, so the site hooks the attention itself and reads the value argument it is given.
+One site is not a module: ``<attention>.v_proj``, the value projection of an attention that packs it
+with the queries and keys — an ``nn.MultiheadAttention`` (:class:`AttentionValueSite`) or a timm
+attention's ``qkv`` Linear (:class:`QKVValueSite`). The site hooks the attention itself, reads its
+value input, and rewrites the value rows of the packed weight. Attentions that call ``v_proj`` as a
+module (Hugging Face ``CLIPAttention``/``SiglipAttention``) are plain sites.
+
+Families (the block classes ``BLOCK_SPECS`` knows): open_clip's ViT and ModifiedResNet, timm's ViT
+``Block`` (SigLIP/SigLIP 2, MobileCLIP-B, ViTamin's transformer stages), ``EvaBlock`` (EVA01/02, PE-Core),
+``ConvNeXtBlock``, ResNet/EfficientNet blocks of timm and torchvision, and Hugging Face
+``CLIPEncoderLayer`` / ``SiglipEncoderLayer``.
 """
 from __future__ import annotations
 
@@ -33,19 +40,38 @@ class BlockSpec:
             ``shortcut`` — output = act(contribution + shortcut), the shortcut read from ``shortcut_module``
             (or the block's input when that module is None).
         shortcut_module: module whose output is the shortcut (e.g. ``downsample``).
+        scale: a per-channel scale of the site's output before the residual add (LayerScale): a module with
+            a ``gamma`` (timm ``ls2``, open_clip ``ls_2``) or a parameter (ConvNeXt ``gamma``, EVA ``gamma_2``);
+            absent, ``None`` or ``nn.Identity`` in a given block means no scale.
+        channels_first_block: the block's input and output are (B, C, H, W) while the site is a Linear on
+            channels-last (B, H, W, C) features (ConvNeXt's MLP).
     """
 
     site: str
     norm: Optional[str] = None
     residual: str = "output"
     shortcut_module: Optional[str] = None
+    scale: Optional[str] = None
+    channels_first_block: bool = False
 
 
 # Block class name -> specs of the sites it holds.
 BLOCK_SPECS: dict[str, tuple[BlockSpec, ...]] = {
     # open_clip ViT: y = x + ls_1(attn(ln_1(x))); out = y + ls_2(mlp(ln_2(y))). attn.v_proj: the values
     # every token (the class token too) reads from the others (AttentionValueSite; its target is its own).
-    "ResidualAttentionBlock": (BlockSpec(site="attn.v_proj", residual="none"), BlockSpec(site="mlp.c_proj")),
+    "ResidualAttentionBlock": (BlockSpec(site="attn.v_proj", residual="none"),
+                               BlockSpec(site="mlp.c_proj", scale="ls_2")),
+    # timm ViT (open_clip TimmModel towers: SigLIP, SigLIP 2, MobileCLIP-B, ViTamin): the same layout,
+    # y = x + ls1(attn(norm1(x))); out = y + ls2(mlp(norm2(y))); attn.v_proj = the value rows of attn.qkv.
+    "Block": (BlockSpec(site="attn.v_proj", residual="none"), BlockSpec(site="mlp.fc2", scale="ls2")),
+    # timm EVA (EVA01/02, PE-Core): out = y + gamma_2 * mlp(norm2(y)) (Mlp or SwiGLU, both end in fc2)
+    "EvaBlock": (BlockSpec(site="attn.v_proj", residual="none"), BlockSpec(site="mlp.fc2", scale="gamma_2")),
+    # timm ConvNeXt: out = x + gamma * mlp(norm(dwconv(x))) with the MLP on channels-last features
+    "ConvNeXtBlock": (BlockSpec(site="mlp.fc2", scale="gamma", channels_first_block=True),),
+    # Hugging Face CLIP / SigLIP: y = x + self_attn(layer_norm1(x)); out = y + mlp(layer_norm2(y));
+    # self_attn.v_proj is a module there (a plain value site: its target is the blank exemplar's value).
+    "CLIPEncoderLayer": (BlockSpec(site="self_attn.v_proj", residual="none"), BlockSpec(site="mlp.fc2")),
+    "SiglipEncoderLayer": (BlockSpec(site="self_attn.v_proj", residual="none"), BlockSpec(site="mlp.fc2")),
     # ResNet bottlenecks (open_clip ModifiedResNet, timm, torchvision): out = act(bn3(conv3(h)) + shortcut)
     "Bottleneck": (BlockSpec(site="conv3", norm="bn3", residual="shortcut", shortcut_module="downsample"),),
     # ResNet-18/34 basic blocks (timm, torchvision): out = act(bn2(conv2(h)) + shortcut)
@@ -76,6 +102,9 @@ class Site:
     residual: str  # "output" | "shortcut" | "none"
     shortcut_name: Optional[str]  # module giving the shortcut; None with residual "shortcut" = block input
     batch_first: bool = True
+    scale_name: Optional[str] = None  # LayerScale module or parameter scaling the output (BlockSpec.scale)
+    channels_first_block: bool = False  # the block's tensors are (B, C, H, W), the site's channels-last
+    prefix_tokens: Optional[int] = None  # tokens before the patch grid (class, register); None: inferred
 
     @property
     def weight(self) -> torch.Tensor:
@@ -133,6 +162,16 @@ class Site:
         cols = F.unfold(site_input, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
         return cols.transpose(1, 2)
 
+    def grid_hw(self, site_output: torch.Tensor) -> Optional[tuple[int, int]]:
+        """The spatial grid of the site's output (None for a token sequence)."""
+        if not self.token_layout:
+            return tuple(site_output.shape[-2:])
+        return tuple(site_output.shape[1:3]) if site_output.dim() == 4 else None
+
+    def site_layout(self, block_tensor: torch.Tensor) -> torch.Tensor:
+        """A block input/output in the site's layout (channels-last for :attr:`channels_first_block`)."""
+        return block_tensor.permute(0, 2, 3, 1) if self.channels_first_block else block_tensor
+
     def locations(self, tensor: torch.Tensor) -> torch.Tensor:
         """A site-output-shaped tensor (output, contribution, pre-activation) as (batch, locations, channels)."""
         if self.token_layout:
@@ -152,10 +191,10 @@ class Site:
         """
         mask = pixel_mask.float().unsqueeze(1)
         if out_hw is None:  # tokens: [prefix tokens] + row-major patch grid
-            grid = math.isqrt(n_locations - 1)
-            while grid > 0 and n_locations - grid * grid < 1:
-                grid -= 1
-            prefix = n_locations - grid * grid
+            prefix = self.prefix_tokens
+            if prefix is None or math.isqrt(n_locations - prefix) ** 2 != n_locations - prefix:
+                prefix = _inferred_prefix(n_locations)
+            grid = math.isqrt(n_locations - prefix)
             frac = F.adaptive_avg_pool2d(mask, (grid, grid)).flatten(1)
             frac = torch.cat([frac.new_zeros(frac.shape[0], prefix), frac], dim=1)
         else:
@@ -164,11 +203,13 @@ class Site:
 
     # -- the affine map from site output to contribution ---------------------------------------
     def norm_affine(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel (scale, shift) of the eval-mode norm after the site (ones, zeros without one)."""
+        """Per-channel (scale, shift) of the eval-mode norm or LayerScale after the site (ones, zeros without)."""
         w = self.weight
         out_ch = w.shape[0]
         if self.norm_name is None:
             ones = torch.ones(out_ch, dtype=w.dtype, device=w.device)
+            if self.scale_name is not None:
+                return _layer_scale(model, self.scale_name).detach().to(w.dtype), torch.zeros_like(ones)
             return ones, torch.zeros_like(ones)
         bn = get_module(model, self.norm_name)
         inv_std = 1 / torch.sqrt(bn.running_var + bn.eps)
@@ -218,20 +259,54 @@ class AttentionValueSite(Site):
         return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
+@dataclass
+class QKVValueSite(AttentionValueSite):
+    """The value projection of a timm attention (``Attention``, ``EvaAttention`` …) named ``<attention>.v_proj``:
+    the rows 2E:3E of its fused ``qkv`` Linear (bias: those rows of ``qkv.bias``, or EVA's ``v_bias``).
+
+    Keys are the attention's input ``x`` (what ``qkv`` is applied to); EVA's rotary embedding turns only
+    the queries and keys, so the values are this linear map of ``x``.
+    """
+
+    @property
+    def weight(self) -> torch.Tensor:
+        w = self.module.qkv.weight
+        e = w.shape[0] // 3
+        return w[2 * e:3 * e]
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        qkv = self.module.qkv
+        e = qkv.weight.shape[0] // 3
+        if getattr(self.module, "v_bias", None) is not None:
+            return self.module.v_bias
+        return qkv.bias[2 * e:3 * e] if qkv.bias is not None else None
+
+    def input_of(self, trace) -> Optional[torch.Tensor]:
+        return trace.input if trace.input is not None else trace.kwargs.get("x")
+
+
 def _value_projection_site(model: nn.Module, layer: str) -> Optional[AttentionValueSite]:
-    """``<attention>.v_proj`` when the model has no module of that name and its parent is an attention."""
+    """``<attention>.v_proj`` when the model has no module of that name and its parent is an attention
+    that packs its value projection (``nn.MultiheadAttention``, or a timm attention's ``qkv``)."""
     parent_name, _, child = layer.rpartition(".")
     if child not in ("q_proj", "k_proj", VALUE_PROJECTION) or any(n == layer for n, _ in model.named_modules()):
         return None
     parent = get_module(model, parent_name) if parent_name else model
-    if not isinstance(parent, nn.MultiheadAttention):
+    fused_qkv = isinstance(getattr(parent, "qkv", None), nn.Linear)
+    if not isinstance(parent, nn.MultiheadAttention) and not fused_qkv:
         return None
     if child != VALUE_PROJECTION:
         raise SiteError(f"{layer}: of an attention's projections only the values can be rewritten "
                         f"({parent_name}.{VALUE_PROJECTION}); queries and keys decide where tokens look, and no "
                         "blank exemplar gives a target for them")
-    return AttentionValueSite(layer=layer, module=parent, norm_name=None, block_name=None, residual="none",
-                              shortcut_name=None, batch_first=bool(parent.batch_first))
+    common = dict(layer=layer, module=parent, norm_name=None, block_name=None, residual="none", shortcut_name=None,
+                  prefix_tokens=_prefix_tokens(model, layer))
+    if fused_qkv:
+        if getattr(parent, "qkv_bias_separate", False):
+            raise SiteError(f"{layer}: this attention adds its qkv bias outside the Linear; not supported")
+        return QKVValueSite(batch_first=True, **common)
+    return AttentionValueSite(batch_first=bool(parent.batch_first), **common)
 
 
 def site_weight(model: nn.Module, layer: str) -> Optional[torch.Tensor]:
@@ -293,13 +368,54 @@ def _site_from_spec(model, module, layer, block_name, block, spec: BlockSpec) ->
     residual = spec.residual
     if residual == "shortcut" and spec.shortcut_module and getattr(block, spec.shortcut_module, None) is not None:
         shortcut = f"{block_name}.{spec.shortcut_module}"
-    layer_scale = getattr(block, "ls_2", nn.Identity())
-    if type(block).__name__ == "ResidualAttentionBlock" and not isinstance(layer_scale, nn.Identity):
-        raise SiteError(f"{layer}: blocks with LayerScale are not supported")
     if type(block).__name__ == "Bottleneck" and getattr(block, "se", None) is not None:
         raise SiteError(f"{layer}: bottlenecks with squeeze-excitation after the site are not supported")
+    scale = None
+    if spec.scale is not None:
+        found = getattr(block, spec.scale, None)
+        if found is not None and not isinstance(found, nn.Identity):
+            scale = f"{block_name}.{spec.scale}"
+            _layer_scale(model, scale)  # refuses a scale that is neither a LayerScale nor a parameter
     return Site(layer=layer, module=module, norm_name=norm, block_name=block_name, residual=residual,
-                shortcut_name=shortcut, batch_first=_batch_first(model, layer))
+                shortcut_name=shortcut, batch_first=_batch_first(model, layer), scale_name=scale,
+                channels_first_block=spec.channels_first_block, prefix_tokens=_prefix_tokens(model, layer))
+
+
+def _layer_scale(model: nn.Module, name: str) -> torch.Tensor:
+    """The per-channel gamma of a LayerScale module or a scale parameter, by dotted name."""
+    parent_name, _, attr = name.rpartition(".")
+    found = getattr(get_module(model, parent_name) if parent_name else model, attr)
+    gamma = found if isinstance(found, torch.Tensor) else getattr(found, "gamma", None)
+    if not isinstance(gamma, torch.Tensor) or gamma.dim() != 1:
+        raise SiteError(f"{name} scales the site's output in a way clipedit cannot invert (not a per-channel gamma)")
+    return gamma
+
+
+def _inferred_prefix(n_locations: int) -> int:
+    """Tokens before the patch grid when the tower does not say: none for a square count, else the fewest
+    (at least one) that leave a square grid."""
+    if math.isqrt(n_locations) ** 2 == n_locations:
+        return 0
+    grid = math.isqrt(n_locations - 1)
+    while grid > 0 and n_locations - grid * grid < 1:
+        grid -= 1
+    return n_locations - grid * grid
+
+
+def _prefix_tokens(model: nn.Module, layer: str) -> Optional[int]:
+    """Tokens before the patch grid, from the tower above ``layer``: timm's ``num_prefix_tokens``, a class
+    embedding (open_clip ``class_embedding``; Hugging Face ``embeddings.class_embedding``), or None."""
+    parts = layer.split(".")
+    for cut in range(len(parts) - 1, -1, -1):
+        m = get_module(model, ".".join(parts[:cut])) if cut else model
+        if isinstance(getattr(m, "num_prefix_tokens", None), int):
+            return m.num_prefix_tokens
+        if isinstance(getattr(m, "class_embedding", None), torch.Tensor):
+            return 1
+        embeddings = getattr(m, "embeddings", None)
+        if isinstance(embeddings, nn.Module) and hasattr(embeddings, "patch_embedding"):
+            return 1 if isinstance(getattr(embeddings, "class_embedding", None), torch.Tensor) else 0
+    return None
 
 
 def _plain_site(model, module, layer) -> Site:
@@ -313,7 +429,7 @@ def _plain_site(model, module, layer) -> Site:
         if i + 1 < len(names) and isinstance(getattr(parent, names[i + 1]), nn.modules.batchnorm._BatchNorm):
             norm = f"{parent_name}.{names[i + 1]}" if parent_name else names[i + 1]
     return Site(layer=layer, module=module, norm_name=norm, block_name=None, residual="none",
-                shortcut_name=None, batch_first=_batch_first(model, layer))
+                shortcut_name=None, batch_first=_batch_first(model, layer), prefix_tokens=_prefix_tokens(model, layer))
 
 
 def _batch_first(model: nn.Module, layer: str) -> bool:
@@ -328,8 +444,10 @@ def _batch_first(model: nn.Module, layer: str) -> bool:
 
 def candidate_sites(model: nn.Module, prefix: str = "") -> list[str]:
     """Every site a residual block of ``model`` holds (``BLOCK_SPECS``: each block's output projection,
-    e.g. ViT ``resblocks.{i}.mlp.c_proj`` and its attention's ``attn.v_proj``, ResNet ``conv3``), in
-    forward order, as ``prefix`` + name."""
+    e.g. ViT ``resblocks.{i}.mlp.c_proj`` / timm ``blocks.{i}.mlp.fc2`` / Hugging Face
+    ``encoder.layers.{i}.mlp.fc2``, its attention's value projection, ResNet ``conv3``, ConvNeXt
+    ``stages.{s}.blocks.{i}.mlp.fc2``), in forward order, as ``prefix`` + name. This is the sweep's candidate
+    list for every family: a new block type joins it by an entry in ``BLOCK_SPECS``."""
     names = []
     for name, block in model.named_modules():
         for spec in BLOCK_SPECS.get(type(block).__name__, ()):

@@ -34,7 +34,7 @@ def solve_optimize(model: nn.Module, site: Site, ex: Exemplars, D: torch.Tensor,
     Df = D.to(weight.device, torch.float32)
     proj = Df @ torch.linalg.solve(Df.T @ Df, Df.T)
     mask = ex.location_mask.to(weight.device)
-    target = site.locations(ex.block_target)
+    target = site.locations(site.site_layout(ex.block_target))
 
     def project_() -> None:
         delta = (weight - w0).reshape(w0.shape[0], -1) @ proj
@@ -44,7 +44,7 @@ def solve_optimize(model: nn.Module, site: Site, ex: Exemplars, D: torch.Tensor,
     try:
         with training_only(model, [weight]):
             for step in trange(hp.steps, desc="rewrite (optimize)", leave=False, disable=None):
-                out = site.locations(block(ex.block_input))
+                out = site.locations(site.site_layout(block(ex.block_input)))
                 loss = ((out - target).pow(2).sum(-1) * mask).sum() / mask.sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -66,12 +66,13 @@ def cached_second_moment(model: nn.Module, site: Site, batches: Callable[[], Ite
     if data_key is None:
         return _unpack(compute())
     args = {"model": model_key or module_fingerprint(model), "site": site.layer, "data": data_key}
+    shapes = {"C": (site.key_dim, site.key_dim), "n": ()}
     if is_distributed():
         out = compute()
         if is_main_process():
-            cached_tensors("stats", cache_key(**args), lambda: out, args=args)
+            cached_tensors("stats", cache_key(**args), lambda: out, args=args, shapes=shapes)
     else:
-        out = cached_tensors("stats", cache_key(**args), compute, args=args)
+        out = cached_tensors("stats", cache_key(**args), compute, args=args, shapes=shapes)
     return _unpack(out)
 
 

@@ -24,6 +24,15 @@ def regularise(C: torch.Tensor, n_keys: int, reg: float) -> torch.Tensor:
     return C + reg * scale * torch.eye(d, dtype=C.dtype, device=C.device)
 
 
+def clamp_rank(rank: int, n_keys: int, key_dim: int) -> int:
+    """``min(rank, n_keys, key_dim)``, with a warning naming the limit that applied when it is below ``rank``."""
+    r = min(rank, n_keys, key_dim)
+    if r < rank:
+        limit = f"the key dimension is {key_dim}" if key_dim <= n_keys else f"only {n_keys} exemplar keys"
+        log.warning("rank %d clamped to %d (%s)", rank, r, limit)
+    return r
+
+
 def edit_directions(keys: torch.Tensor, C: torch.Tensor, rank: int,
                     weights: torch.Tensor | None = None) -> torch.Tensor:
     """D = L⁻ᵀ U_r: the top-r right singular vectors of the whitened keys Z = K L⁻ᵀ (C = L Lᵀ), in key space.
@@ -46,9 +55,6 @@ def edit_directions(keys: torch.Tensor, C: torch.Tensor, rank: int,
         raise EditError("the key statistics are not positive definite; raise cov_reg") from None
     Z = torch.linalg.solve_triangular(L, K.T, upper=False).T  # rows z_i = L⁻¹ k_i
     n, d = Z.shape
-    r = min(rank, n, d)
-    if r < rank:
-        limit = f"the key dimension is {d}" if d <= n else f"only {n} exemplar keys"
-        log.warning("rank %d clamped to %d (%s)", rank, r, limit)
+    r = clamp_rank(rank, n, d)
     _, _, Vh = torch.linalg.svd(Z, full_matrices=False)
     return torch.linalg.solve_triangular(L.T, Vh[:r].T, upper=True)

@@ -44,7 +44,7 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -64,6 +64,9 @@ MANIFEST_REQUIRED = ("image", "class", "word")
 SCAM_TYPES = {"scam": "attacked", "synthscam": "synthetic", "noscam": "clean"}
 SCAM_COLUMNS = ("file_name", "type", "object_label", "attack_word")
 BLANK_SUFFIXES = frozenset({"white", "blank"})
+UNCONFINED = frozenset({"manifest"})  # clipedit's own index: it may point at a dataset stored elsewhere
+MAX_LISTED = 20  # skipped or refused files named in the results (the rest are counted)
+MAX_JSON_DEPTH = 64  # annotations.json nesting deeper than this is no annotation file
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class Benchmark:
     layout: str
     root: Path
     records: list[BenchmarkImage]
+    outside: list[str] = field(default_factory=list)  # listed files outside the dataset folder (refused)
 
     @property
     def name(self) -> str:
@@ -124,7 +128,8 @@ class LoadedBenchmark:
     records: list[BenchmarkImage]
     classnames: list[str]
     dataset: str
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # the first MAX_LISTED of them
+    n_skipped: int = 0  # all of them
 
 
 # --- one reader per layout ---
@@ -162,10 +167,7 @@ def read_disentangling(root: Path) -> list[BenchmarkImage]:
     ann_path = next((p for p in candidates if p.is_file()), None)
     if ann_path is None:
         raise ClipeditError(f"no annotations.json in {root} (expected the Disentangling set's annotations)")
-    try:
-        annotations = json.loads(ann_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ClipeditError(f"cannot read {ann_path}: {e}") from None
+    annotations = _read_json(ann_path)
     if not isinstance(annotations, dict) or not annotations:
         raise ClipeditError(f"{ann_path} holds no annotations (expected {{file: {{'true object': …}}}})")
     folder = ann_path.parent / "images" if (ann_path.parent / "images").is_dir() else ann_path.parent
@@ -179,6 +181,29 @@ def read_disentangling(root: Path) -> list[BenchmarkImage]:
     return records
 
 
+def _read_json(path: Path):
+    """A JSON file of bounded nesting; a too deep file or a number too long for Python is one line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ClipeditError(f"cannot read {path}: {e}") from None
+    depth = deepest = 0
+    for char in text:  # brackets inside strings count too: a bound, not a parser
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                raise ClipeditError(f"cannot read {path}: nested deeper than {MAX_JSON_DEPTH} levels")
+        elif char in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ClipeditError(f"cannot read {path}: {e}") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits
+        raise ClipeditError(f"cannot read {path}: {str(e).splitlines()[0][:120]}") from None
+
+
 def read_scam(root: Path) -> list[BenchmarkImage]:
     """SCAM: ``metadata.csv`` (columns file_name, type, object_label, attack_word), images beside it."""
     csv_path = root if root.is_file() else root / "metadata.csv"
@@ -188,7 +213,9 @@ def read_scam(root: Path) -> list[BenchmarkImage]:
             raise ClipeditError(f"no metadata.csv in {root} (expected SCAM's images.zip, extracted)")
         csv_path = found[0]
     records = []
-    for row in _read_csv(csv_path, SCAM_COLUMNS):
+    for line, row in enumerate(_read_csv(csv_path, SCAM_COLUMNS), start=2):
+        if not row["object_label"].strip() or not row["file_name"].strip():
+            raise ClipeditError(f"{csv_path} line {line}: empty object_label or file_name")
         kind = SCAM_TYPES.get(row["type"].strip().lower())
         if kind is None:
             raise ClipeditError(f"{csv_path}: unknown type {row['type']!r} (expected SCAM, SynthSCAM or NoSCAM)")
@@ -204,6 +231,9 @@ def read_triples(root: Path) -> list[BenchmarkImage]:
     """``<scene>_clean``, ``<scene>_white`` / ``_blank`` and ``<scene>_<word>`` images below ``root``."""
     records = []
     for path in image_paths(root, "dataset folder"):
+        if path.stem.startswith("label=") and "_text=" in path.stem:
+            raise ClipeditError(f"{path.name} is named as RTA-100/PAINT photos are (label=…_text=…), not as "
+                                "triples: use --dataset rta100:PATH")
         scene, sep, suffix = path.stem.rpartition("_")
         if not sep or not scene or not suffix:
             raise ClipeditError(f"{path.name} is not named <scene>_clean, <scene>_white or <scene>_<word>")
@@ -270,6 +300,13 @@ def looks_like_spec(text: str) -> bool:
     return bool(sep) and bool(rest) and kind.replace("-", "").replace("_", "").isalnum() and not Path(text).exists()
 
 
+def data_path(spec: Optional[str]) -> Optional[Path]:
+    """The path of a ``--data``/``--dataset`` value (``KIND:PATH`` or a folder); None stays None."""
+    if spec is None:
+        return None
+    return split_spec(spec)[1] if looks_like_spec(spec) and spec.partition(":")[0].lower() in LAYOUTS else Path(spec)
+
+
 def read_benchmark(spec: str) -> Benchmark:
     """The records of ``KIND:PATH``.
 
@@ -279,12 +316,30 @@ def read_benchmark(spec: str) -> Benchmark:
     kind, root = split_spec(spec)
     if not root.exists():
         raise ClipeditError(f"dataset path not found: {root}")
-    records = LAYOUTS[kind](root)
+    records, outside = LAYOUTS[kind](root), []
+    if kind not in UNCONFINED:  # a published set's own listing names files inside it, nothing else
+        records, outside = confine(records, root)
+    if outside:
+        log.warning("%s: refused %d listed file(s) outside the dataset folder (first: %s)", spec, len(outside),
+                    outside[0])
     if not records:
-        raise ClipeditError(f"no images in {spec}")
+        raise ClipeditError(f"no images in {spec}" + (f" inside its folder ({len(outside)} listed outside it, "
+                                                       f"first: {outside[0]})" if outside else ""))
     log.info("%s: %d images (%s)", spec, len(records), ", ".join(
         f"{sum(r.kind == k for r in records)} {k}" for k in KINDS if any(r.kind == k for r in records)))
-    return Benchmark(kind, root, records)
+    return Benchmark(kind, root, records, outside)
+
+
+def confine(records: list[BenchmarkImage], root: Path) -> tuple[list[BenchmarkImage], list[str]]:
+    """(records whose file lies inside the dataset folder, the files of the others): an annotation or
+    CSV row naming ``/etc/shadow`` or ``../../x`` is never opened. The folder is ``root`` (its parent
+    when ``root`` is the CSV or JSON file); ``..`` and symbolic links are resolved first."""
+    folder = Path(os.path.realpath(root if root.is_dir() else root.parent))
+    inside, outside = [], []
+    for r in records:
+        resolved = Path(os.path.realpath(r.path))
+        (inside if resolved == folder or folder in resolved.parents else outside).append(r)
+    return inside, [str(r.path) for r in outside]
 
 
 def load_benchmark_images(benchmark: Benchmark, classnames: Optional[Sequence[str]] = None,
@@ -306,20 +361,28 @@ def load_benchmark_images(benchmark: Benchmark, classnames: Optional[Sequence[st
     names = list(classnames) if classnames is not None else benchmark.classnames()
     labels_from_names([r.true_class for r in benchmark.records], names)  # raises on a class not in the list
     kept: list[BenchmarkImage] = []
-    skipped: list[tuple[str, str]] = []
+    skipped = [(p, "outside the dataset folder: not read") for p in benchmark.outside[:MAX_LISTED]]
+    n_skipped = len(benchmark.outside)
+    first_reason = skipped[0][1] if skipped else None
     for record in tqdm(benchmark.records, desc="checking images", unit="image", leave=False,
                        disable=None if progress else True):
         try:
+            if not record.path.is_file():
+                raise ClipeditError(f"image not found: {record.path}" if not record.path.exists() else
+                                    f"not a regular file: {record.path}")
             load_image(record.path).close()
             kept.append(record)
         except ClipeditError as e:
-            skipped.append((str(record.path), str(e)))
-    if skipped:
-        log.warning("skipped %d of %d images that do not decode (first: %s)", len(skipped),
-                    len(benchmark.records), skipped[0][1])
+            n_skipped += 1
+            first_reason = first_reason or str(e)
+            if len(skipped) < MAX_LISTED:
+                skipped.append((str(record.path), str(e)))
+    if n_skipped:
+        log.warning("skipped %d of %d images that do not decode or lie outside the dataset (first: %s)", n_skipped,
+                    len(benchmark.records) + len(benchmark.outside), first_reason)
     if not kept:
-        raise ClipeditError(f"no image of {benchmark.name} could be read ({skipped[0][1]})")
-    return LoadedBenchmark(LazyImages([r.path for r in kept]), kept, names, benchmark.name, skipped)
+        raise ClipeditError(f"no image of {benchmark.name} could be read ({first_reason})")
+    return LoadedBenchmark(LazyImages([r.path for r in kept]), kept, names, benchmark.name, skipped, n_skipped)
 
 
 def write_manifest(path: str | os.PathLike, records: Sequence[BenchmarkImage]) -> Path:
@@ -337,8 +400,9 @@ def write_manifest(path: str | os.PathLike, records: Sequence[BenchmarkImage]) -
     return path
 
 
-def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
-    """Rows of a CSV file with a header; raises naming the required columns it lacks."""
+def _read_csv(path: Path, required: Sequence[str]) -> Iterator[dict[str, str]]:
+    """Rows of a CSV file with a header, one at a time (a million-row file is never held whole);
+    raises naming the required columns it lacks."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -347,6 +411,7 @@ def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
             if missing:
                 raise ClipeditError(f"{path} lacks column(s): {', '.join(missing)} "
                                     f"(has: {', '.join(columns) or 'none'})")
-            return [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
+            for row in reader:
+                yield {(k or "").strip(): (v if isinstance(v, str) else "") for k, v in row.items()}
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ClipeditError(f"cannot read {path}: {e}") from None

@@ -6,6 +6,20 @@ from typing import Optional
 
 from clipedit.errors import ClipeditError
 
+#: The rule for the case of a word, printed where it matters: matching ignores case, rendering keeps it.
+CASE_RULE = "a word names a class whatever its case (and spaces or underscores), and is rendered as given"
+
+
+def case_note(words: Sequence[str], classnames: Sequence[str]) -> Optional[str]:
+    """:data:`CASE_RULE` applied to ``words`` that match a class only when case is ignored (None when none do),
+    e.g. ``'iPod' is the class 'ipod' …``."""
+    pairs = [(w, classnames[i]) for w in words
+             if (i := class_index(w, classnames)) is not None and w != classnames[i]]
+    if not pairs:
+        return None
+    named = ", ".join(f"{w!r} is the class {c!r}" for w, c in pairs)
+    return f"{named}: {CASE_RULE}, so notes and exemplars show {', '.join(repr(w) for w, _ in pairs)}"
+
 
 def normalize_name(name: str) -> str:
     """The form class names are matched in: stripped, lower case, underscores as spaces."""

@@ -41,9 +41,10 @@ class World(Protocol):
     def reference_key(self, n: int) -> str:
         """A cache key for ``reference_images(n)``."""
 
-    def attack_set(self, n: int, seed: int, words: Sequence[str] | str = "other"
-                   ) -> tuple[list[Attack], list[int]]:
-        """``n`` held-out attacks (held-out styles) and true labels; raises ClipeditError if it has none."""
+    def attack_set(self, n: int, seed: int, words: Sequence[str] | str = "other", split: Optional[str] = None,
+                   fonts: Optional[tuple[str, ...]] = None) -> tuple[list[Attack], list[int]]:
+        """``n`` held-out attacks (the leave-out factors of ``split``, :mod:`attacks.factors`; None: the
+        world's own held-out styles) and true labels; raises ClipeditError if it has none."""
 
 
 class PhotoWorld:
@@ -79,6 +80,7 @@ class PhotoWorld:
     def reference_key(self, n: int) -> str:
         return f"photos:{images_key(self.reference_images(n))}"
 
-    def attack_set(self, n: int, seed: int, words: Sequence[str] | str = "other"):
+    def attack_set(self, n: int, seed: int, words: Sequence[str] | str = "other", split: Optional[str] = None,
+                   fonts: Optional[tuple[str, ...]] = None):
         raise ClipeditError("unlabelled photos have no held-out scenes: pass --data DIR (an ImageFolder) "
                             "or --dataset KIND:PATH to evaluate on")

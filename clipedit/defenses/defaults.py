@@ -29,6 +29,7 @@ class DefenseDefaults:
         sites: a multi-site edit's layers, solved in order (full names; None: ``layer`` alone). ``layer``
             stays the single site of the other methods (``finetune-local``).
         vocab_words: exemplar words of ``"*"`` (its defaults only; else None).
+        caution: a measured weakness of the default site and rank, printed when both are used.
     """
 
     layer: str | None
@@ -40,6 +41,7 @@ class DefenseDefaults:
     keep_targets: float = 0.0
     sites: tuple[str, ...] | None = None
     vocab_words: int | None = None
+    caution: str | None = None
 
 
 @lru_cache(maxsize=1)
@@ -53,7 +55,7 @@ def defaults_for(bundle: ModelBundle, any_word: bool = False) -> DefenseDefaults
     (``any_word``) the ``any_word`` entries (default, then architecture) on top, whose ``sites`` (or none)
     replace the model's."""
     table = defaults_table()
-    arch = type(bundle.image_module).__name__
+    arch = bundle.architecture
     entry = {**table["default"], **table["architectures"].get(arch, {}), **table["models"].get(bundle.name, {})}
     if any_word:
         words = table.get("any_word", {})
@@ -72,8 +74,15 @@ def default_layer(bundle: ModelBundle) -> str:
     """The default rewrite site of ``bundle``; raises SiteError when its architecture has none."""
     layer = defaults_for(bundle).layer
     if layer is None:
-        raise SiteError(f"no default layer for {type(bundle.image_module).__name__}; pass one with --layer")
+        raise no_default_layer(bundle)
     return layer
+
+
+def no_default_layer(bundle: ModelBundle) -> SiteError:
+    """The error for a model whose family has no default site: it names the family and those that have one."""
+    known = ", ".join(k for k, v in defaults_table()["architectures"].items() if "layer" in v)
+    return SiteError(f"no default layer for {bundle.architecture} (families with one: {known}); pass one with "
+                     "--layer")
 
 
 def expand_layer(image_module: nn.Module, template: str) -> str:

@@ -16,6 +16,7 @@ from clipedit.data.images import LazyImages, to_batches
 from clipedit.data.worlds import PhotoWorld, World
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
+from clipedit.errors import render_errors
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def world_of(bundle: ModelBundle, photos: Optional[Sequence[Image.Image]] = None
     return bundle.world or PhotoWorld()
 
 
+@render_errors()  # issue 21: a ClipeditError from the public API
 def text_exemplars(bundle: ModelBundle, word: str, n: int, seed: int = 0,
                    photos: Optional[Sequence[Image.Image]] = None) -> list[Attack]:
     """``n`` varied renders of ``word`` in exemplar styles (never the evaluation's held-out ones),

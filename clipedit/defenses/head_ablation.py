@@ -32,6 +32,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from clipedit.core import EditRequest, LayerEdit
 from clipedit.core.edit_sets import EditSet, apply_edit_set
@@ -188,7 +189,7 @@ def ablate_heads(bundle: ModelBundle, request: EditRequest, words: Sequence[str]
     kept: list[tuple[AttentionSite, int]] = []
     steps, skipped = [], 0
     try:
-        for value, site, head in order:
+        for value, site, head in tqdm(order, desc="head ablation (greedy)", unit="head", leave=False, disable=None):
             if skipped > hp.patience or (hp.max_heads is not None and len(kept) >= hp.max_heads):
                 break
             weight = get_module(bundle.model, site.proj).weight

@@ -39,6 +39,7 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from clipedit.core.hparams import HParams
 from clipedit.data.images import to_batches
@@ -202,7 +203,7 @@ def paint(bundle: ModelBundle, hparams: Optional[PaintHParams] = None, train: Op
     theta1 = {k: v.detach().clone() for k, v in tower.state_dict().items()}
     n, n_signs = int(val.labels.shape[0]), 0 if val.signs is None else int(val.sign_labels.shape[0])
     rows = []
-    for alpha in sorted(hp.alphas):
+    for alpha in tqdm(sorted(hp.alphas), desc="PAINT α", unit="α", leave=False, disable=None):
         interpolate_(tower, theta0, theta1, alpha)
         patch = correct(predictor, val.typo, val.labels) / n
         clean = correct(predictor, val.clean, val.labels) / n

@@ -9,9 +9,9 @@ from typing import Any
 
 from clipedit.core import RewriteHParams
 from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import defaults_for
+from clipedit.defenses.defaults import defaults_for, no_default_layer
 from clipedit.defenses.methods import method_spec
-from clipedit.errors import ClipeditError, SiteError
+from clipedit.errors import ClipeditError
 from clipedit.models.bundle import ModelBundle
 
 #: Flat override keys that set a field of the rewrite's :class:`RewriteHParams`.
@@ -47,7 +47,7 @@ def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, 
     if sites is None:
         default_sites = d.sites if config.method == "edit" and hp.solver == "closed-form" else None
         if default_sites is None and d.layer is None:
-            raise SiteError(f"no default layer for {type(bundle.image_module).__name__}; pass one with --layer")
+            raise no_default_layer(bundle)
         sites = default_sites or (d.layer,)
     if len(sites) != len(set(sites)):
         raise ClipeditError(f"a layer is listed twice among the sites: {', '.join(sites)}")

@@ -26,6 +26,9 @@ class DefenseResult:
             (fine-tuning, PAINT: the edited model itself is the output).
         details: what the method found (JSON-able: e.g. the heads ablated, PAINT's α per row).
         seconds: time the method took.
+        stages: seconds per stage of the ``defend`` call that made it (``evaluation_sets``,
+            ``evaluate_before``, ``defend``: exemplars and the method, ``evaluate_after``; a caller's
+            timer adds its own, e.g. the CLI's ``load``), and ``total``: the record's ``seconds``.
         exemplars: the rendered exemplars used (empty for ``"*"`` and real photo pairs).
         vocabulary: the vocabulary of ``"*"``.
         config: the resolved configuration (:meth:`DefenseConfig.to_dict`).
@@ -39,6 +42,7 @@ class DefenseResult:
     edit_set: Optional[EditSet] = None
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
     exemplars: list[Attack] = field(default_factory=list)
     vocabulary: Optional[Vocabulary] = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -49,7 +53,8 @@ class DefenseResult:
         figures when evaluated, the method, layers, resolved config and hparams."""
         fig = self.figures
         fields = {"method": self.method, "layer": self.layer, "defended_words": self.words,
-                  "hparams": self.config.get("method_hparams"), "config": self.config, **extra}
+                  "hparams": self.hparams_used(), "config": self.config,
+                  **({"seconds": self.stages} if self.stages else {}), **extra}
         if fig:
             before, after = fig["before"], fig["after"]
             return make_record(dataset=fig["dataset"], bundle=bundle, task="typographic_defense",
@@ -59,6 +64,17 @@ class DefenseResult:
                                n=before["n"], **fields)
         return make_record(dataset="none", bundle=bundle, task="typographic_defense", metrics={}, classnames=[],
                            templates=None, words=self.words, seed=self.config.get("seed"), n=0, **fields)
+
+    def hparams_used(self) -> Any:
+        """The method's settings as used: an edit's rank clamped to its exemplar keys is recorded as the
+        rank used, with ``rank_requested`` beside it (issue 21; each member's metadata says the same)."""
+        hp = self.config.get("method_hparams")
+        if self.method != "edit" or self.edit_set is None or not isinstance(hp, dict):
+            return hp
+        ranks = {m.rank for m in self.edit_set.edits if isinstance(m, LayerEdit)}
+        if len(ranks) == 1 and hp.get("rank") not in ranks:
+            return {**hp, "rank": ranks.pop(), "rank_requested": hp.get("rank")}
+        return hp
 
     def rows(self) -> list[list]:
         """The before/after table (empty when not evaluated)."""

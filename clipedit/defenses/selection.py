@@ -6,11 +6,17 @@ The pick rule (shared by ``clipedit sweep``, ``defend --layer auto``, head ablat
     (0.5 point) against the unedited model on validation, take the largest gain in text-note
     accuracy on the defended word(s); ties go to the larger gain on unseen words, then to the
     earlier candidate (callers list cheaper settings first). No admissible candidate: no pick.
+
+Small sets: on n scenes accuracy moves in steps of one scene (1/n), so a tolerance below one scene
+(0 < tolerance x n < 1) could only be met by no change at all. :func:`effective_tolerance` widens it
+to one scene with a warning that says so; :func:`tolerance_in_scenes` says how many scenes a
+tolerance lets change, and :func:`tolerance_text` states both in results and printed output.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -29,6 +35,30 @@ log = logging.getLogger(__name__)
 
 #: Largest loss of clean or blank-note accuracy (a fraction) a pick may cost on validation.
 PICK_TOLERANCE = 0.005
+
+
+def tolerance_in_scenes(tolerance: float, n: int) -> int:
+    """How many of ``n`` scenes ``tolerance`` (a fraction) lets clean or blank-note accuracy lose."""
+    return int(math.floor(tolerance * n + 1e-9)) if n > 0 else 0
+
+
+def effective_tolerance(tolerance: float, n: int) -> float:
+    """The tolerance the pick rule applies on ``n`` scenes: ``tolerance`` when it allows at least one scene
+    (or is 0: no loss asked for); a tolerance below one scene is widened to one scene (1/n), with a warning."""
+    if n > 0 and tolerance > 0 and tolerance_in_scenes(tolerance, n) < 1:
+        log.warning("tolerance %g point is below one scene of %d (%.3g point): widened to one scene (%.3g point)",
+                    100 * tolerance, n, 100 / n, 100 / n)
+        return 1.0 / n
+    return tolerance
+
+
+def tolerance_text(tolerance: float, n: int, asked: Optional[float] = None) -> str:
+    """``tolerance`` and what it allows on ``n`` scenes, e.g. ``0.5 point (1 of 240 scenes)``; ``asked``: the
+    tolerance given, when :func:`effective_tolerance` widened it."""
+    k = tolerance_in_scenes(tolerance, n)
+    widened = (f"; widened from {100 * asked:.3g} point, below one scene"
+               if asked is not None and not math.isclose(asked, tolerance) else "")
+    return f"{100 * tolerance:.3g} point ({k} of {n} scene{'s' if n != 1 else ''}{widened})"
 
 
 class MemoPreprocess:

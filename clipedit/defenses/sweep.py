@@ -31,6 +31,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from tqdm.auto import tqdm
+
 from clipedit.core import EditSet, apply_edit_set, resolve_site, revert_edit_set
 from clipedit.core.exemplar_sums import accumulate_exemplar_sums_at, closed_form_edit, directions_from_sums
 from clipedit.core.sites import candidate_sites
@@ -39,7 +41,18 @@ from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.methods import run_defense
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.selection import PICK_TOLERANCE, HeldoutData, admissible, gains, heldout_data, pick, score
+from clipedit.defenses.selection import (
+    PICK_TOLERANCE,
+    HeldoutData,
+    admissible,
+    effective_tolerance,
+    gains,
+    heldout_data,
+    pick,
+    score,
+    tolerance_in_scenes,
+    tolerance_text,
+)
 from clipedit.defenses.typographic import defense_data, reference_statistics
 from clipedit.errors import ClipeditError, SiteError
 from clipedit.models.bundle import ModelBundle
@@ -83,19 +96,29 @@ class SweepResult:
     picked: Optional[dict[str, Any]]
     tolerance: float
     seconds: dict[str, float] = field(default_factory=dict)
+    n_scenes: int = 0
+    asked_tolerance: Optional[float] = None
 
     def ranking(self) -> list[dict[str, Any]]:
         """Rows best first: admissible ones by defended-word gain, then the rest by gain."""
         return sorted(self.rows, key=lambda r: (not r["admissible"], -r["gain"], -r["other_gain"]))
 
+    def rule(self) -> str:
+        """The pick rule as applied: the tolerance and the scenes it allows."""
+        return pick_rule_text(self.tolerance, self.n_scenes, self.asked_tolerance)
+
     def to_dict(self) -> dict[str, Any]:
         return {"words": self.words, "baseline": self.baseline, "rows": self.rows, "picked": self.picked,
-                "tolerance": self.tolerance, "rule": pick_rule_text(self.tolerance), "seconds": self.seconds}
+                "tolerance": self.tolerance, "n_scenes": self.n_scenes,
+                "tolerance_scenes": tolerance_in_scenes(self.tolerance, self.n_scenes),
+                "rule": self.rule(), "seconds": self.seconds}
 
 
-def pick_rule_text(tolerance: float = PICK_TOLERANCE) -> str:
-    """The pick rule in one sentence (stored with results and edits)."""
-    return (f"largest defended-word text-note gain with clean and blank-note loss <= {100 * tolerance:g} point "
+def pick_rule_text(tolerance: float = PICK_TOLERANCE, n: int = 0, asked: Optional[float] = None) -> str:
+    """The pick rule in one sentence (stored with results and edits); with ``n``, the scenes it allows
+    (``asked``: the tolerance given, when it was widened to one scene)."""
+    allowed = tolerance_text(tolerance, n, asked) if n else f"{100 * tolerance:g} point"
+    return (f"largest defended-word text-note gain with clean and blank-note loss <= {allowed} "
             "on the validation split; ties: larger unseen-word gain, then fewer layers/ranks first")
 
 
@@ -174,9 +197,15 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
     data = data or heldout_data(bundle, words, settings.n_val, settings.n_signs)
     baseline = score(data)
     seconds["baseline"] = time.perf_counter() - clock
+    n_scenes = int(baseline["n"])  # clean and blank-note accuracy are over the defended words' scenes
+    tolerance = effective_tolerance(settings.tolerance, n_scenes)
     rows: list[dict[str, Any]] = []
     seconds["solve"] = seconds["evaluate"] = 0.0
-    for candidate in candidate_edits(bundle, words, settings, config):
+    pairs, site_sets = _candidates(bundle, settings)
+    total = sum(len(r) for _, r in pairs) + len(site_sets) * len(settings.ranks or [config.hparams.rank])
+    bar = tqdm(candidate_edits(bundle, words, settings, config), total=total, desc="sweep candidates",
+               unit="setting", leave=False, disable=None)  # None: shown on terminals only
+    for candidate in bar:
         seconds["solve"] += candidate.seconds
         clock = time.perf_counter()
         figures = score(data)
@@ -185,14 +214,14 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
         row = {"method": "edit", "site": name, "sites": list(candidate.sites), "rank": candidate.rank,
                "seconds": round(candidate.seconds, 3), **{k: figures.get(k) for k in SCORED}}
         row.update(gains(row, baseline))
-        row["admissible"] = admissible(row, baseline, settings.tolerance)
+        row["admissible"] = admissible(row, baseline, tolerance)
         rows.append(row)
         log.info("%s rank %d: defended %.3f other %s clean %.3f blank %.3f", name, candidate.rank, row["text_acc"],
                  row["other_text_acc"], row["clean_acc"], row["blank_acc"])
-    best = pick(rows, baseline, settings.tolerance)
+    best = pick(rows, baseline, tolerance)
     base = {k: baseline.get(k) for k in SCORED}
-    return SweepResult(words, base, rows, rows[best] if best is not None else None, settings.tolerance,
-                       {k: round(v, 3) for k, v in seconds.items()})
+    return SweepResult(words, base, rows, rows[best] if best is not None else None, tolerance,
+                       {k: round(v, 3) for k, v in seconds.items()}, n_scenes, settings.tolerance)
 
 
 def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettings, config: DefenseConfig
@@ -205,10 +234,7 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
     """
     if config.hparams.solver != "closed-form":
         raise ClipeditError("the sweep scores closed-form edits; --solver optimize is not swept")
-    site_sets = _site_sets(bundle, settings)
-    pairs = [] if settings.sites is not None and not settings.sites else plan(bundle, settings.sites, settings.ranks)
-    if not pairs and not site_sets:
-        raise ClipeditError("no candidate to sweep")
+    pairs, site_sets = _candidates(bundle, settings)
     exemplars = defense_data(bundle, words, config)
     hp = config.hparams
     clock = time.perf_counter()
@@ -248,6 +274,16 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
                 revert_edit_set(bundle.model, result.edit_set)
 
 
+def _candidates(bundle: ModelBundle, settings: SweepSettings
+                ) -> tuple[list[tuple[str, list[int]]], list[tuple[str, ...]]]:
+    """(single sites with their ranks, multi-site sets) to try, names and ranks checked."""
+    site_sets = _site_sets(bundle, settings)
+    pairs = [] if settings.sites is not None and not settings.sites else plan(bundle, settings.sites, settings.ranks)
+    if not pairs and not site_sets:
+        raise ClipeditError("no candidate to sweep")
+    return pairs, site_sets
+
+
 def _site_sets(bundle: ModelBundle, settings: SweepSettings) -> list[tuple[str, ...]]:
     """The multi-site candidates: the given sets (names checked), else the model's default sites when it
     has several and no single sites were named."""
@@ -279,7 +315,7 @@ def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig
                              n_val=min(n_val, SweepSettings.n_val), n_signs=min(n_val, SweepSettings.n_signs))
     result = sweep(bundle, words, settings, config)
     picked = result.picked
-    selection = {"split": "validation", "rule": pick_rule_text(settings.tolerance), "candidates": len(result.rows),
+    selection = {"split": "validation", "rule": result.rule(), "candidates": len(result.rows),
                  "auto": list(auto), "picked": picked, "baseline": result.baseline}
     if picked is None:
         log.warning("no setting met the pick rule on validation; keeping %s rank %d", ",".join(config.sites), hp.rank)
@@ -330,12 +366,21 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
         if r.get("rank") is not None:
             ax.annotate(str(r["rank"]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     front = pareto_front(points)
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k-", lw=1.2, label="Pareto front", zorder=4)
-    ax.axvline(100 * tolerance, color="grey", lw=0.8, ls=":", label=f"tolerance {100 * tolerance:g} pt")
+    # the front as a staircase through its points, each ringed: visible even when it is a single point
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k-", lw=1.2, drawstyle="steps-post",
+            marker="o", ms=11, mfc="none", mec="black", mew=1.0,
+            label=f"Pareto front ({len(front)} setting{'s' if len(front) != 1 else ''})",
+            zorder=4)
+    ax.axvline(100 * tolerance, color="grey", lw=0.8, ls=":", label=f"tolerance {100 * tolerance:.3g} pt")
     if picked is not None:
         ax.scatter(100 * cost(picked), 100 * picked["gain"], s=160, facecolors="none", edgecolors="red",
                    label="pick", zorder=4)
     ax.set_xscale("symlog", linthresh=1.0)  # costs under a point stay readable beside large ones
+    from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
+
+    # ticks at 1, 2, 5 x 10^k (and the linear part): a narrow range of costs still gets labelled ticks
+    ax.xaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1.0, subs=[1.0, 2.0, 5.0]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("cost: max(clean loss, blank-note loss), points (symlog scale)")
     ax.set_ylabel("gain: defended-word text-note accuracy, points")
     ax.set_title(title, fontsize=10)

@@ -20,6 +20,7 @@ from typing import Optional
 from clipedit.attacks import Attack
 from clipedit.core import EditRequest
 from clipedit.defenses.any_word import any_word_data, evaluation_words
+from clipedit.defenses.arguments import check_defend_arguments
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, text_exemplars, world_of
@@ -27,8 +28,9 @@ from clipedit.defenses.methods import DefenseData, run_defense
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.result import Defense, DefenseResult
 from clipedit.defenses.vocabulary import ANY_WORD
-from clipedit.errors import ClipeditError
+from clipedit.errors import render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
+from clipedit.eval.timing import StageTimer
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,11 @@ __all__ = ["Defense", "DefenseConfig", "DefenseResult", "defend", "defense_data"
            "text_exemplars", "world_of"]
 
 
+@render_errors()  # an attack that cannot be rendered is a ClipeditError here (issue 21)
 def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
            config: Optional[DefenseConfig | dict] = None, exemplars: Optional[Sequence[Attack]] = None,
-           request: Optional[EditRequest] = None, evaluate: bool | EvalOptions = False) -> DefenseResult:
+           request: Optional[EditRequest] = None, evaluate: bool | EvalOptions = False,
+           timer: Optional[StageTimer] = None) -> DefenseResult:
     """Make ``bundle.model`` ignore the written ``words``, in place.
 
     Args:
@@ -53,23 +57,33 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
         evaluate: ``True`` or :class:`~clipedit.eval.evaluation.EvalOptions`: the CLI's before/after
             figures on the same held-out sets, in ``result.figures`` (``"*"``: words held out of its
             vocabulary).
+        timer: laps this call's stages (``result.stages``: seconds per stage); a caller's timer keeps its
+            own laps before them and says each stage's opening line where it says (the CLI: stderr).
     """
-    words = [words] if isinstance(words, str) else list(words)
-    if not words:
-        raise ClipeditError("no words to defend against")
+    words = check_defend_arguments(bundle, words, config, exemplars, request, evaluate)
     config = resolve_config(bundle, config, any_word=words == [ANY_WORD] and request is None and exemplars is None)
+    timer = timer if timer is not None else StageTimer()
     evaluation = None
     if evaluate is not False:
         options = evaluate if isinstance(evaluate, EvalOptions) else EvalOptions()
         evaluation = Evaluation.of(bundle, evaluation_words(bundle, config) if config.any_word else words, options)
-        log.info("evaluating %s before the %s …", bundle.name, config.method)
+        timer.lap("evaluation_sets")
+        timer.announce(f"evaluating {bundle.name} before the {config.method} …")
         before = evaluation(bundle)
+        timer.lap("evaluate_before")
+        # the stage after "evaluating … before" (without an evaluation, a bad input stays one line)
+        timer.announce(f"{config.method} of {bundle.name} against {', '.join(words)} …")
     data = defense_data(bundle, words, config, exemplars, request)
     result = run_defense(bundle, data, config, lambda layer: reference_statistics(bundle, layer, config))
+    timer.lap("defend")
     if evaluation is not None:
-        result.figures = {"before": before, "after": evaluation(bundle), "dataset": evaluation.sets.dataset,
+        timer.announce(f"evaluating {bundle.name} after the {config.method} …")
+        after = evaluation(bundle)
+        timer.lap("evaluate_after")
+        result.figures = {"before": before, "after": after, "dataset": evaluation.sets.dataset,
                           "classnames": list(evaluation.sets.classnames),
                           "templates": evaluation.predictor.templates, "sets": evaluation.sets}
+    result.stages = timer.seconds()
     return result
 
 

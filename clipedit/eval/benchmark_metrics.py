@@ -52,7 +52,8 @@ def evaluate_benchmark(bundle: ModelBundle, predictor: Predictor, data: LoadedBe
     main = attacked if attacked.any() else torch.ones(len(records), dtype=torch.bool)
     top = classification_metrics(logits[main], target[main].tolist())
     result: dict[str, Any] = benchmark_names(top)
-    result.update({"n": len(records), "n_attacked": int(attacked.sum()), "n_skipped": len(data.skipped)})
+    result.update({"n": len(records), "n_attacked": int(attacked.sum()),
+                   "n_skipped": max(data.n_skipped, len(data.skipped))})
     own_word = torch.tensor([r.word is not None and normalize_name(r.word) == normalize_name(r.true_class)
                              for r in records])
     hits: dict[str, torch.Tensor] = {}
@@ -93,6 +94,8 @@ def kind_rows(metrics: dict[str, Any], after: Optional[dict[str, Any]] = None) -
                               ("attack success", "attack_success_rate", "n_word_in_classes"),
                               ("synthetic notes", "synth_text_acc", "n_synth_text"),
                               ("synthetic attack success", "synth_attack_success_rate", "n_synth_word_in_classes")):
+        if key == "acc1" and metrics.get("n_attacked") == 0:
+            label, n_key = "all photos (top-1; none attacked)", "n"
         if key in metrics:
             values = [metrics[key]] if after is None else [metrics[key], after.get(key)]
             rows.append([label, *values, metrics.get(n_key) or metrics["n"]])

@@ -1,9 +1,12 @@
 """The one held-out protocol: named splits, and the attack sets every evaluation draws from them.
 
 Exemplars are rendered in exemplar styles from seeds offset by ``EXEMPLAR_SEED_OFFSET``
-(:mod:`clipedit.defenses.typographic`); held-out sets use held-out styles
-(``attacks.StyleSampler.heldout``) and the seeds below. Tune on ``validation``, report on ``test``:
-``audit``, ``defend``, the mini model's stored figures, the tests and the bench all call this module.
+(:mod:`clipedit.defenses.typographic`); held-out sets use the seeds below and the leave-out factors of
+their split (:mod:`attacks.factors`: font families from the catalogue's validation or test split, a size
+band, inks, papers and weight that no exemplar uses). Tune on ``validation``, report on ``test``:
+``audit``, ``defend``, the tests and the bench all call this module. Figures are reported by kind
+(notes, stickers, bare text; the headline is notes + stickers) and size band
+(:func:`clipedit.eval.strata.strata`).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from clipedit.attacks import Attack
+from clipedit.attacks.factors import split_sampler
 from clipedit.data.classnames import normalize_name
 from clipedit.data.folders import load_image_folder
 from clipedit.data.worlds import World
@@ -48,20 +52,25 @@ def _other_words(classnames: Sequence[str], words: Sequence[str]) -> list[str]:
     return [c for c in classnames if normalize_name(c) not in defended]
 
 
-def world_attack_set(world: World, n: int, split: str = "test",
-                     words: str | Sequence[str] = "other") -> tuple[list[Attack], list[int]]:
-    """``n`` held-out scenes of ``world`` with notes (``"other"``: another class's name)."""
-    return world.attack_set(n, split_seed(split), words)
+def world_attack_set(world: World, n: int, split: str = "test", words: str | Sequence[str] = "other",
+                     fonts: Optional[tuple[str, ...]] = None) -> tuple[list[Attack], list[int]]:
+    """``n`` held-out scenes of ``world`` with notes (``"other"``: another class's name); ``fonts`` in
+    place of the split's (e.g. a script's)."""
+    return world.attack_set(n, split_seed(split), words, split=split, fonts=fonts)
 
 
-def world_eval_sets(world: World, words: Sequence[str], n: int, split: str = "test") -> EvalSets:
-    """Held-out scenes of a world that has them (``n`` per set)."""
+def world_eval_sets(world: World, words: Sequence[str], n: int, split: str = "test",
+                    factors: bool = True) -> EvalSets:
+    """Held-out scenes of a world that has them (``n`` per set); ``factors`` False: the world's own
+    held-out styles (for the mini world: matplotlib's STIX / Computer Modern fonts, sizes 0.19-0.22,
+    as every figure before the leave-out factors) instead of the split's leave-out factors."""
     if not world.classnames:
         raise ClipeditError(f"{world.name} has no classes to evaluate on")
     seed = split_seed(split)
     others = _other_words(world.classnames, words)
-    edited = world.attack_set(n, seed, list(words))
-    other = world.attack_set(n, seed + 1, others) if others else None
+    styles = split if factors else None
+    edited = world.attack_set(n, seed, list(words), split=styles)
+    other = world.attack_set(n, seed + 1, others, split=styles) if others else None
     return EvalSets(list(world.classnames), edited, other, world.name, split)
 
 
@@ -74,6 +83,8 @@ def folder_eval_sets(folder: Path, words: Sequence[str], classnames: Optional[Se
         raise ClipeditError(f"{len(names)} class names given for {len(data.classnames)} folders")
     seed = split_seed(split)
     others = _other_words(names, words)
-    edited = attacks_from_photos(data.images, data.labels, names, list(words), per_image, seed)
-    other = attacks_from_photos(data.images, data.labels, names, others, per_image, seed + 1) if others else None
+    sampler = split_sampler(split)
+    edited = attacks_from_photos(data.images, data.labels, names, list(words), per_image, seed, sampler)
+    other = attacks_from_photos(data.images, data.labels, names, others, per_image, seed + 1, sampler) \
+        if others else None
     return EvalSets(names, edited, other, str(folder), split)

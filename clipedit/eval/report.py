@@ -26,7 +26,14 @@ from clipedit.io import atomic_path
 
 THUMB_PX = 200  # longest side of an image in the grid
 GRID_LIMIT = 24  # attacked images shown
-SERIES_COLOURS = ("#9aa5b1", "#2f7ed8")  # before (or the only series), after
+SERIES_COLOURS = ("#9aa5b1", "#2f7ed8")  # accuracies: before (or the only series), after
+LOWER_IS_BETTER_COLOURS = ("#f2b8a2", "#d2461e")  # attack success: before (or the only series), after
+LOWER_IS_BETTER_NOTE = " (lower is better)"
+
+
+def lower_is_better(label: str) -> bool:
+    """Whether a chart row is a rate the defender wants low (attack success), not an accuracy."""
+    return "attack success" in label.lower()
 
 
 @dataclass
@@ -46,6 +53,20 @@ class GridItem:
     word: Optional[str]
     before: str
     after: Optional[str] = None
+
+
+def exemplars_fact(*, photo_pair: bool = False, words: Sequence[str] = (), renders: int = 0,
+                   vocabulary: Optional[str] = None, heldout_words: int = 0) -> str:
+    """What a defense's exemplars were, for a report's header: one real photo pair, or ``len(words) x renders``
+    renders of named words, or of a vocabulary's exemplar words (``vocabulary``: where they came from)."""
+    if photo_pair:
+        return "one real photo pair (--exemplar, --blank, --mask)"
+    n = len(words) * renders
+    if vocabulary is not None:
+        return (f"{n} rendered: {len(words)} vocabulary words ({vocabulary}) x {renders} renders; the evaluation "
+                f"writes {heldout_words} held-out words, never rendered as exemplars")
+    shown = ", ".join(words[:5]) + (" …" if len(words) > 5 else "")
+    return f"{n} rendered: {len(words)} word{'s' if len(words) != 1 else ''} ({shown}) x {renders} renders"
 
 
 def png_bytes(image: Image.Image | np.ndarray, max_side: int = THUMB_PX) -> bytes:
@@ -76,18 +97,26 @@ def bar_chart(rows: Sequence[Sequence[Any]], series: Sequence[str], title: str =
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
-    labels = [str(r[0]) for r in rows]
-    fig = Figure(figsize=(8, 0.5 + 0.55 * max(len(rows), 1) * max(len(series), 1) ** 0.5), dpi=100)
+    lower = [lower_is_better(str(r[0])) for r in rows]
+    labels = [str(r[0]) + (LOWER_IS_BETTER_NOTE if low else "") for r, low in zip(rows, lower)]
+    legend_rows = (2 if any(lower) and not all(lower) else 1) * (len(series) if len(series) > 1 else 1)
+    legend_in = 0.2 + 0.2 * -(-legend_rows // 2)
+    fig = Figure(figsize=(8, 0.5 + legend_in + 0.55 * max(len(rows), 1) * max(len(series), 1) ** 0.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     height = 0.8 / len(series)
     y = np.arange(len(rows))
-    for s, name in enumerate(series):
+    def colour(s: int, low: bool) -> str:
+        palette = LOWER_IS_BETTER_COLOURS if low else SERIES_COLOURS
+        return palette[s % len(palette)] if len(series) > 1 else palette[1]
+
+    for s in range(len(series)):
         values = [r[1 + s] if r[1 + s] is not None else np.nan for r in rows]
         offsets = y + (s - (len(series) - 1) / 2) * height
-        bars = ax.barh(offsets, [100 * v for v in values], height=height * 0.92, label=name,
-                       color=SERIES_COLOURS[s % len(SERIES_COLOURS)] if len(series) > 1 else SERIES_COLOURS[1])
+        bars = ax.barh(offsets, [100 * v for v in values], height=height * 0.92,
+                       color=[colour(s, low) for low in lower])
         for bar, v in zip(bars, values):
             if not np.isnan(v):
                 ax.text(bar.get_width() + 1, bar.get_y() + bar.get_height() / 2, f"{100 * v:.1f}%",
@@ -97,11 +126,15 @@ def bar_chart(rows: Sequence[Sequence[Any]], series: Sequence[str], title: str =
     ax.set_xlim(0, 112)
     ax.set_xlabel("%")
     ax.spines[["top", "right"]].set_visible(False)
-    if len(series) > 1:
-        ax.legend(loc="lower right", frameon=False)
+    handles = []  # one legend entry per colour drawn: accuracies (higher is better), attack success (lower)
+    for low, what in ((False, "accuracy (higher is better)"), (True, "attack success (lower is better)")):
+        if low in lower:
+            handles += [Patch(color=colour(s, low), label=f"{what}, {name}" if len(series) > 1 else what)
+                        for s, name in enumerate(series)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 2), frameon=False, fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

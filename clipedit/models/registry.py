@@ -5,12 +5,15 @@
     load_model("ViT-B-32", checkpoint="x.pt")  # local weights
     load_model("mini")                        # the bundled mini CLIP (assets/mini)
     load_model("timm/resnet50:none")          # a registered prefix loader (ImageNet classifiers)
+    load_model("hf:openai/clip-vit-base-patch32")  # Hugging Face transformers (the ``hf`` extra)
+    load_model("hf", checkpoint="folder/")    # a local save_pretrained folder
 """
 from __future__ import annotations
 
 import difflib
 import functools
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -22,7 +25,7 @@ from typing import Any, Optional
 import torch
 
 from clipedit.core.edit_sets import apply_edit_set, load_edits
-from clipedit.errors import ClipeditError, ModelLoadError
+from clipedit.errors import ClipeditError, ModelLoadError, check_argument
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import SOURCE_DTYPES, load_weights_into
 
@@ -36,7 +39,10 @@ BUILTIN_LOADERS: dict[str, str] = {
     "mini": "clipedit.models.mini:load_mini",
     "mini-vit": "clipedit.models.mini_vit:load_mini_vit",
     "efficientnet-lite0": "clipedit.models.classifiers:load_efficientnet_lite0",
+    "hf": "clipedit.models.hf:load_hf",  # hf:ORG/NAME[:none]: CLIPModel / SiglipModel through transformers
 }
+# Loaders that take a checkpoint folder (a save_pretrained folder) instead of a weights file.
+FOLDER_CHECKPOINTS = {"hf"}
 BUILTIN_PREFIX_LOADERS: dict[str, str] = {
     "timm/": "clipedit.models.classifiers:load_timm",
     "torchvision/": "clipedit.models.classifiers:load_torchvision",
@@ -101,6 +107,22 @@ def list_models() -> list[str]:
     return sorted(set(open_clip.list_models()) | set(LOADERS))
 
 
+def own_models() -> list[str]:
+    """clipedit's own model names (bundled minis, tiny configs, classifiers) and its name prefixes (``timm/``)."""
+    _register_builtin_loaders()
+    return sorted(LOADERS) + [f"{prefix}NAME" for prefix in sorted(PREFIX_LOADERS)]
+
+
+def known_models_summary() -> str:
+    """The known model names in one line: clipedit's own, the prefixes, a few of open_clip's, and where the rest are."""
+    import open_clip
+
+    clip_names = open_clip.list_models()
+    shown = [n for n in ("RN50", "ViT-B-32", "ViT-B-16", "ViT-L-14") if n in clip_names]
+    return (f"{', '.join(own_models())}, and open_clip's {len(clip_names)} architectures "
+            f"({', '.join(shown)}, …) with a :PRETRAINED tag; `clipedit models` lists them all")
+
+
 def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
                device: Optional[str] = None, edits: Sequence[str | os.PathLike] = ()) -> ModelBundle:
     """Load a model, its preprocessing and tokenizer.
@@ -115,11 +137,18 @@ def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
     Raises:
         ModelLoadError: unknown name or tag, unreadable checkpoint, or weights that cannot be fetched.
     """
+    check_argument(spec, str, "spec", "load_model")
+    check_argument(checkpoint, (str, os.PathLike, type(None)), "checkpoint", "load_model")
+    check_argument(device, (str, torch.device, type(None)), "device", "load_model")
+    check_argument(edits, (list, tuple), "edits", "load_model")  # a list of files (one path is a list of one)
     _register_builtin_loaders()
     name, tag = parse_spec(spec)
     dev = resolve_device(device)
-    if checkpoint is not None and not Path(checkpoint).is_file():
+    if checkpoint is not None and not Path(checkpoint).exists():
         raise ModelLoadError(f"checkpoint not found: {checkpoint}")
+    if checkpoint is not None and Path(checkpoint).is_dir() and name not in FOLDER_CHECKPOINTS:
+        raise ModelLoadError(f"checkpoint {checkpoint} is a folder; a weights file is needed (a save_pretrained "
+                             "folder goes with --model hf)")
     by_prefix = _prefix_loader(name)
     if name in LOADERS:
         bundle = LOADERS[name](tag, checkpoint, dev)
@@ -192,7 +221,8 @@ def _create_open_clip(name: str, tag: str, checkpoint, device: torch.device) -> 
 
     if name not in open_clip.list_models():
         hint = difflib.get_close_matches(name, list_models(), n=3)
-        raise ModelLoadError(f"unknown model {name!r}" + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
+        raise ModelLoadError(f"unknown model {name!r}" + (f" (did you mean {', '.join(hint)}?)" if hint else "")
+                             + f"; known: {known_models_summary()}")
     if tag.lower() not in RANDOM_TAGS and checkpoint is None:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if tag not in tags:
@@ -213,9 +243,42 @@ def _create_open_clip(name: str, tag: str, checkpoint, device: torch.device) -> 
         if checkpoint is not None:
             dtypes = load_weights_into(model, checkpoint)
             pretrained = str(checkpoint)
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = _open_clip_tokenizer(name)
     return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name,
                        pretrained=pretrained, kind="clip", extra={SOURCE_DTYPES: dtypes})
+
+
+class UnavailableTokenizer:
+    """Stands in for a tokenizer that cannot be had (a missing extra, a hub download offline): the image
+    side (edits, statistics, ``defend --no-eval``) works; the first text call raises one ModelLoadError."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __call__(self, *args, **kwargs):
+        raise ModelLoadError(self.reason)
+
+    def __repr__(self) -> str:
+        return f"UnavailableTokenizer({self.reason!r})"
+
+
+def _open_clip_tokenizer(name: str) -> Callable:
+    """open_clip's tokenizer for ``name``; an :class:`UnavailableTokenizer` when it needs ``transformers``
+    (SigLIP, SigLIP 2, multilingual text towers) and that is not installed, or its files cannot be fetched."""
+    import open_clip
+    from open_clip.factory import get_model_config
+
+    hf_name = (get_model_config(name) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+    if hf_name:
+        if importlib.util.find_spec("transformers") is None:
+            return UnavailableTokenizer(f"{name}'s tokenizer ({hf_name}) needs transformers: "
+                                        "pip install 'clipedit[hf]'")
+        hub_reachable()  # offline: fail at once instead of retrying
+    try:
+        return open_clip.get_tokenizer(name)
+    except Exception as e:  # OSError / HTTP errors from the hub, ValueError from a bad config …
+        return UnavailableTokenizer(f"{name}'s tokenizer {hf_name or ''} cannot be loaded "
+                                    f"({type(e).__name__}; offline and not in the local cache?)")
 
 
 def config_files() -> dict[str, Any]:
@@ -231,8 +294,12 @@ def _load_config_model(name: str, tag: str, checkpoint, device: torch.device) ->
 
     if tag.lower() not in RANDOM_TAGS:
         raise ModelLoadError(f"{name} has no pretrained weights (use {name}:none or --checkpoint)")
+    from clipedit.models.tiny_timm import register_tiny_trunks
+
+    register_tiny_trunks()  # configs may name clipedit's tiny timm trunks
     cfg = json.loads(config_files()[name].read_text())
-    model = open_clip.model.CLIP(**cfg).to(device)
+    model_class = open_clip.model.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.model.CLIP
+    model = model_class(**cfg).to(device)
     pretrained, dtypes = "none", None
     if checkpoint is not None:
         dtypes = load_weights_into(model, checkpoint)

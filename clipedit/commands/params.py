@@ -1,0 +1,100 @@
+"""Click parameter types that refuse what the library cannot take, in one line, before anything runs:
+finite numbers (no NaN/inf), bounded counts, devices this machine has, layer lists, valid UTF-8 text."""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Optional
+
+import click
+
+# Upper bounds of counts a run materialises (scenes rendered, images held): far above any real use,
+# far below what exhausts memory before the first image is made.
+MAX_SCENES = 1_000_000
+MAX_FONT_PIXELS = 4096
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in a range that is neither NaN nor infinite."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+def finite(min: Optional[float] = None, max: Optional[float] = None, min_open: bool = False,
+           max_open: bool = False) -> FiniteFloat:
+    """A :class:`FiniteFloat` in ``[min, max]`` (open ends as asked)."""
+    return FiniteFloat(min=min, max=max, min_open=min_open, max_open=max_open)
+
+
+def count(min: int = 1, max: int = MAX_SCENES) -> click.IntRange:
+    """A whole number in ``[min, max]`` (the bound keeps a typo from allocating terabytes)."""
+    return click.IntRange(min=min, max=max)
+
+
+class Device(click.ParamType):
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` (a GPU this machine has), or ``mps`` where available."""
+
+    name = "device"
+    _CUDA = re.compile(r"^cuda(:(\d+))?$")
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        import torch
+
+        text = str(value).strip().lower()
+        if text in ("auto", "cpu"):
+            return text
+        if text == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                self.fail("mps is not available on this machine (choose cpu, cuda or auto)", param, ctx)
+            return text
+        match = self._CUDA.match(text)
+        if match is None:
+            self.fail(f"{value!r} is not a device clipedit runs on (choose cpu, cuda, cuda:N or auto)", param, ctx)
+        if not torch.cuda.is_available():
+            self.fail(f"{value!r}: no CUDA GPU on this machine (choose cpu or auto)", param, ctx)
+        index = int(match.group(2) or 0)
+        if index >= torch.cuda.device_count():
+            self.fail(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)", param, ctx)
+        return text
+
+
+class LayerList(click.ParamType):
+    """Comma-separated dotted layer names (``auto`` passes through); an empty item is refused."""
+
+    name = "layer[,layer…]"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        text = str(value)
+        items = [item.strip() for item in text.split(",")]
+        if not any(items):
+            self.fail(f"{text!r} names no layer", param, ctx)
+        if not all(items):
+            self.fail(f"{text!r} has an empty layer name (between commas)", param, ctx)
+        return ",".join(items)
+
+
+class Text(click.ParamType):
+    """A string of valid Unicode (bytes that are not UTF-8 on the command line are refused)."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            self.fail(f"'{shown}' is not valid UTF-8 text", param, ctx)
+        return text
+
+
+DEVICE = Device()
+LAYERS = LayerList()
+TEXT = Text()
