@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from clipedit import cli  # noqa: E402
+from clipedit.models.hf import write_config_folder  # noqa: E402
 
 # skimage's bundled photos (no download), by the class name they show.
 PHOTO_SOURCES = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut"}
@@ -158,3 +159,10 @@ def solve_closed_form(site, ex, D, keep_targets: float = 0.0):
         P, R = torch.cat([P, T]), torch.cat([R, torch.zeros(T.shape[0], R.shape[1], dtype=R.dtype, device=R.device)])
     lam_t = torch.linalg.lstsq(P.cpu(), R.cpu(), driver="gelsd").solution
     return lam_t.T.contiguous()
+
+
+@pytest.fixture(scope="session")
+def hf_folders(tmp_path_factory) -> dict[str, str]:
+    """Config-only folders (config, image processor, tokenizer) of a toy CLIPModel and SiglipModel."""
+    root = tmp_path_factory.mktemp("hf")
+    return {fam: str(write_config_folder(root / fam, fam)) for fam in ("clip", "siglip")}

@@ -5,8 +5,11 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import run_error
+from test_families import _load
 from torch import nn
 
+from clipedit.core.heads import head_specs
 from clipedit.core.hook_edits import ClsHeadAblation
 from clipedit.core.nethook import get_module
 from clipedit.defenses.dyslexify import (
@@ -169,3 +172,132 @@ def test_typographic_scores_are_one_when_the_band_is_the_whole_grid(tiny_vit):
         torch.testing.assert_close(full[name], torch.ones_like(full[name]))
     part = typographic_scores(tiny_vit, sites, images, band_rows=1)
     assert all(((part[n] > 0) & (part[n] < 1)).all() for n, _ in sites)
+
+
+# -- where heads write through a projection module (clipedit.core.heads): timm ViT / EVA, HF CLIP ----------
+def proj_input(model, name, images_or_x, run):
+    """The input of module ``name`` (batch, tokens, width), seen after any earlier pre-hook."""
+    seen: list = []
+    handle = get_module(model, name).register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            out = run(images_or_x)
+    finally:
+        handle.remove()
+    return seen[0], out
+
+
+def timm_vit():
+    """A timm ViT with a class token at toy width (random init, no download)."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                             depth=2, num_heads=4, num_classes=0).eval()
+
+
+def test_pre_hook_zeroes_the_heads_slice_at_the_class_token_only():
+    """timm ``attn.proj``: head h's columns of the projection input are zero at token 0, every other entry
+    and the projection's output at every other token are bit-identical; the output at token 0 is the
+    projection of the zeroed input (by hand)."""
+    vit = timm_vit()
+    x = torch.randn(2, 3, 32, 32)
+    proj = "blocks.0.attn.proj"
+    plain_in, plain = proj_input(vit, proj, x, vit.forward_features)
+    edit = ClsHeadAblation("blocks.0.attn", [1, 3])
+    edit.apply(vit)
+    hooked_in, hooked = proj_input(vit, proj, x, vit.forward_features)
+    out_seen: list = []
+    handle = get_module(vit, proj).register_forward_hook(lambda m, a, o: out_seen.append(o.detach()))
+    with torch.no_grad():
+        vit.forward_features(x)
+    handle.remove()
+    edit.revert(vit)
+    hd = 32 // 4
+    manual = plain_in.clone()
+    manual[:, 0, hd:2 * hd] = 0
+    manual[:, 0, 3 * hd:4 * hd] = 0
+    assert torch.equal(hooked_in, manual)  # exactly the slices at the class token, nothing else
+    assert plain_in[:, 0, hd:2 * hd].abs().sum() > 0
+    w, b = get_module(vit, proj).weight, get_module(vit, proj).bias
+    torch.testing.assert_close(out_seen[0], torch.nn.functional.linear(manual, w, b))
+    with torch.no_grad():
+        assert torch.equal(vit.forward_features(x), plain)  # reverted: bit-identical
+    assert not torch.allclose(hooked, plain)
+
+
+def test_timm_attention_row_is_the_softmax_of_its_q_and_k():
+    from clipedit.defenses.head_ablation import query_row_hook
+
+    vit = timm_vit()
+    attn = vit.blocks[0].attn
+    x = torch.randn(2, 17, 32)
+    store: list = []
+    handle = attn.register_forward_hook(query_row_hook(store, attn), with_kwargs=True)
+    with torch.no_grad():
+        attn(x)
+        handle.remove()
+        q, k, _ = attn.qkv(x).reshape(2, 17, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        manual = (q[:, :, :1] @ k.transpose(-1, -2) * attn.scale).softmax(-1)[:, :, 0]
+    torch.testing.assert_close(store[0], manual)
+    assert attn.fused_attn == vit.blocks[1].attn.fused_attn  # the fused flag is restored
+
+
+@pytest.mark.parametrize("spec", ["tiny-eva:none", "hf-clip"])
+def test_hook_edit_on_a_projection_tower_applies_reverts_bit_exactly(spec, hf_folders):
+    bundle = _load(f"hf:{hf_folders['clip']}:none" if spec == "hf-clip" else spec)
+    sites = class_token_sites(bundle)
+    name = sites[0][0]
+    module = get_module(bundle.model, name)
+    norm = getattr(module, "norm", None)  # EVA02: the result is normed before attn.proj: the hook sits there
+    target = f"{name}.norm" if isinstance(norm, nn.LayerNorm) else next(
+        s.proj for s in head_specs(bundle.image_module, bundle.image_prefix) if s.attention == name)
+    images = torch.randn(2, 3, 64, 64)
+    plain_in, before = proj_input(bundle.model, target, images, bundle.encode_images)
+    weights = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    edit = ClsHeadAblation(name, [1])
+    edit.apply(bundle.model)
+    hooked_in, after = proj_input(bundle.model, target, images, bundle.encode_images)
+    hd = plain_in.shape[-1] // sites[0][1]
+    manual = plain_in.clone()
+    manual[:, 0, hd:2 * hd] = 0
+    assert torch.equal(hooked_in, manual)
+    assert not torch.equal(after, before)
+    assert all(torch.equal(v, weights[k]) for k, v in bundle.model.state_dict().items())
+    with pytest.raises(EditError, match="has 2 heads"):
+        ClsHeadAblation(name, [2]).apply(bundle.model)
+    edit.revert(bundle.model)
+    with torch.no_grad():
+        assert torch.equal(bundle.encode_images(images), before)
+
+
+@pytest.mark.parametrize("spec", ["tiny-eva:none", "hf-clip"])
+def test_dyslexify_runs_on_a_timm_tower_and_hf_clip(spec, hf_folders):
+    bundle = with_world(_load(f"hf:{hf_folders['clip']}:none" if spec == "hf-clip" else spec))
+    images = torch.randn(2, 3, 64, 64)
+    before = bundle.encode_images(images).detach()
+    result = dyslexify(bundle, DyslexifyHParams(n_score=4, n_train=8, patience=0))
+    assert set(result.scores) == {n for n, _ in class_token_sites(bundle)}
+    assert all(0 < v < 1 for vs in result.scores.values() for v in vs)
+    assert [s["score"] for s in result.steps] == sorted((s["score"] for s in result.steps), reverse=True)
+    assert all(m.is_applied(bundle.model) for m in result.members)
+    for m in result.members:
+        m.revert(bundle.model)
+    assert torch.equal(bundle.encode_images(images), before)
+
+
+def test_dyslexify_and_the_edit_refuse_siglip(hf_folders):
+    for spec in ("tiny-siglip:none", f"hf:{hf_folders['siglip']}:none"):
+        with pytest.raises(ClipeditError, match="has none \\(its blocks pool no class token"):
+            class_token_sites(_load(spec))
+        with pytest.raises(EditError, match="no class token"):
+            b = _load(spec)
+            name = next(s.attention for s in head_specs(b.image_module, b.image_prefix) if not s.pooling)
+            ClsHeadAblation(name, [0]).apply(b.model)
+
+
+def test_defend_refuses_dyslexify_on_siglip_in_one_error_line(capsys, tmp_path):
+    line = run_error(capsys, "defend", "--model", "tiny-siglip:none", "--text", "ipod", "--method", "dyslexify",
+                     "--no-eval", "--out", str(tmp_path / "run"))
+    assert "class token" in line and "pool no class token" in line
+    assert not (tmp_path / "run").exists()

@@ -22,19 +22,12 @@ from clipedit.core.sites import QKVValueSite, candidate_sites, resolve_site
 from clipedit.defenses.defaults import defaults_for
 from clipedit.errors import ModelLoadError
 from clipedit.models import load_model, save_state_dict
-from clipedit.models.hf import export_pretrained, write_config_folder
+from clipedit.models.hf import export_pretrained
 
 
 def _load(spec: str):
     torch.manual_seed(0)
     return load_model(spec, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def hf_folders(tmp_path_factory) -> dict[str, str]:
-    """Config-only folders (config, image processor, tokenizer) of a toy CLIPModel and SiglipModel."""
-    root = tmp_path_factory.mktemp("hf")
-    return {fam: str(write_config_folder(root / fam, fam)) for fam in ("clip", "siglip")}
 
 
 # family -> (spec maker, architecture key, default layer, value site of block 0, mlp site of block 0)

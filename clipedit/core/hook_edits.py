@@ -10,8 +10,15 @@ the module's output at token 0. Because the output projection is linear, that eq
 heads' result there; every other token's output is left as it was.
 
 A hook member cannot be folded into plain weights (``exportable`` is False). ``apply`` registers its
-hook (refused when already on), ``revert`` removes it (refused when not on). Handles are kept on the
-model object under ``_clipedit_hooks``, keyed by the member's digest.
+hook (refused when already on), ``revert`` removes it (refused when not on).
+
+Where the heads write through a projection called as a module (``clipedit.core.heads``: timm ``attn.proj``
+of a ViT or EVA, Hugging Face ``self_attn.out_proj``), the same edit is a forward *pre*-hook on that
+projection: its input holds the heads side by side, and head ``h``'s columns ``h*head_dim:(h+1)*head_dim``
+are zeroed at the spec's query token only (token 0, the class token). Where the result passes a norm
+before the projection (EVA02 with ``scale_attn_inner``), the pre-hook sits on that norm instead.
+
+Handles are kept on the model object under ``_clipedit_hooks``, keyed by the member's digest.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipedit.core.edit_sets import register_edit_kind
+from clipedit.core.heads import HeadSpec, head_specs
 from clipedit.core.nethook import get_module
 from clipedit.errors import EditError
 
@@ -48,7 +56,8 @@ class ClsHeadAblation:
     """Zero the result of ``heads`` of the attention module ``layer`` at the class token (a hook edit).
 
     Attributes:
-        layer: dotted name of an ``nn.MultiheadAttention`` whose token 0 is the class token.
+        layer: dotted name of an attention module whose token 0 is the class token: an
+            ``nn.MultiheadAttention``, or one that ``head_specs`` lists as hookable with a query token.
         heads: head indices (sorted, unique).
         meta: free metadata (model, method, scores …).
     """
@@ -85,26 +94,42 @@ class ClsHeadAblation:
         return NOT_EXPORTABLE.format(kind=self.kind, layer=self.layer)
 
     # -- on / off ------------------------------------------------------------------------------------
-    def _module(self, model: nn.Module) -> nn.MultiheadAttention:
+    def _module(self, model: nn.Module) -> tuple[nn.Module, Optional[HeadSpec]]:
+        """The attention module, and its head spec where the edit is a pre-hook on its projection."""
         module = get_module(model, self.layer)
-        if not isinstance(module, nn.MultiheadAttention):
-            raise EditError(f"{self.layer} is a {type(module).__name__}, not a multi-head attention "
-                            f"(a {self.kind} edit needs one with a class token)")
-        if module.bias_k is not None or module.add_zero_attn:
-            raise EditError(f"{self.layer}: attention with bias_k/add_zero_attn is not supported")
-        if self.heads[-1] >= module.num_heads:
-            raise EditError(f"{self.layer} has {module.num_heads} heads; the edit names head {self.heads[-1]}")
-        return module
+        if isinstance(module, nn.MultiheadAttention):
+            if module.bias_k is not None or module.add_zero_attn:
+                raise EditError(f"{self.layer}: attention with bias_k/add_zero_attn is not supported")
+            n_heads, spec = module.num_heads, None
+        else:
+            spec = next((s for s in head_specs(model) if s.attention == self.layer and s.hookable), None)
+            if spec is None:
+                raise EditError(f"{self.layer} is a {type(module).__name__}, not a multi-head attention "
+                                f"whose heads clipedit can reach (a {self.kind} edit needs one with a class token)")
+            if spec.query is None:
+                raise EditError(f"{self.layer}: its tower pools no single token (no class token), so a "
+                                f"{self.kind} edit has no query token to act at")
+            n_heads = spec.n_heads
+        if self.heads[-1] >= n_heads:
+            raise EditError(f"{self.layer} has {n_heads} heads; the edit names head {self.heads[-1]}")
+        return module, spec
 
     def is_applied(self, model: nn.Module) -> bool:
         return self.digest() in _handles(model)
 
     def apply(self, model: nn.Module) -> None:
-        module = self._module(model)
+        module, spec = self._module(model)
         handles = _handles(model)
         if self.digest() in handles:
             raise EditError(f"the {self.kind} edit of {self.layer} (heads {self.heads}) is already applied")
-        handles[self.digest()] = module.register_forward_hook(cls_ablation_hook(self.heads), with_kwargs=True)
+        if spec is None:
+            handles[self.digest()] = module.register_forward_hook(cls_ablation_hook(self.heads), with_kwargs=True)
+            return
+        norm = getattr(module, "norm", None)  # EVA02 scale_attn_inner: the result is normed before proj
+        target = norm if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity) else \
+            get_module(model, spec.proj)
+        handles[self.digest()] = target.register_forward_pre_hook(query_zero_hook(spec.columns(self.heads),
+                                                                                  spec.query))
 
     def revert(self, model: nn.Module) -> None:
         handle = _handles(model).pop(self.digest(), None)
@@ -175,6 +200,17 @@ def cls_ablation_hook(heads: Sequence[int]):
         else:
             out[0] = out[0] - contrib.to(out.dtype)
         return (out, weights) if isinstance(output, tuple) else out
+
+    return hook
+
+
+def query_zero_hook(columns: torch.Tensor, query: int):
+    """A forward pre-hook for a heads' projection (input (batch, tokens, heads * head_dim)): ``columns``
+    of its input zeroed at token ``query`` only."""
+    def hook(module: nn.Module, args: tuple):
+        x = args[0].clone()
+        x[:, query, columns.to(x.device)] = 0
+        return (x, *args[1:])
 
     return hook
 

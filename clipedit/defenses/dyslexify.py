@@ -18,8 +18,11 @@ Published details reproduced (lowlorenz/dyslexify at cd031a3):
   next candidate, before it could be kept), or right after keeping a head that brings clean accuracy
   more than ``stop_at_delta = 0.01`` below the unablated model's — that head stays kept
   (``experiments/greedy_selection/greedy_selection.py``, ``run_greedy_selection``).
-* **Models** — open_clip ViTs (``dyslexify/config.py``); a tower without class-token attention
-  (a ResNet's ``attnpool``) is refused.
+* **Models** — open_clip ViTs (``dyslexify/config.py``); here also every tower whose blocks
+  ``clipedit.core.heads`` lists with a class-token query (timm ViT / EVA pooled by a class token,
+  Hugging Face CLIP), the head's result zeroed at the class token by a pre-hook on its projection and
+  the scores' attention rows taken from the module's own q/k. A tower without class-token attention
+  (a ResNet's ``attnpool``, SigLIP) is refused.
 
 Differences kept, and why:
 
@@ -45,14 +48,14 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-from torch import nn
 
 from clipedit.attacks import StyleSampler
+from clipedit.core.heads import head_specs
 from clipedit.core.hook_edits import ClsHeadAblation
 from clipedit.core.hparams import HParams
 from clipedit.core.nethook import get_module
 from clipedit.data.images import to_batches
-from clipedit.defenses.head_ablation import class_row_hook
+from clipedit.defenses.head_ablation import query_row_hook
 from clipedit.defenses.typo_train import TRAIN_SEED, TypoSet, correct, typographic_training_set
 from clipedit.errors import ClipeditError
 from clipedit.eval.predictor import Predictor, make_predictor
@@ -104,23 +107,34 @@ class DyslexifyResult:
 
 
 def class_token_sites(bundle: ModelBundle) -> list[tuple[str, int]]:
-    """(name, n_heads) of every attention module of the image tower whose token 0 is a class token.
+    """(name, n_heads) of every attention block of the image tower whose query is its class token
+    (``clipedit.core.heads``: ``nn.MultiheadAttention`` of open_clip's ViT, or a hookable projection:
+    timm ViT / EVA with a class token, Hugging Face CLIP).
 
     Raises:
-        ClipeditError: the tower has no class token (e.g. a ResNet's ``attnpool``) or no such attention.
+        ClipeditError: the tower has no class token (a ResNet's ``attnpool``, SigLIP) or no such attention.
     """
-    tower = bundle.image_module
-    sites = [(bundle.image_prefix + n, m.num_heads) for n, m in tower.named_modules()
-             if isinstance(m, nn.MultiheadAttention)]
-    if getattr(tower, "class_embedding", None) is None or not sites:
-        raise ClipeditError(f"dyslexify needs a ViT image tower with a class token; {bundle.name}'s has none "
-                            "(use head-ablation-weights, which also ablates a ResNet's attnpool heads)")
+    specs = head_specs(bundle.image_module, bundle.image_prefix)
+    sites = [(s.attention, s.n_heads) for s in specs if not s.pooling and s.query == 0]
+    if not sites:
+        why = ("its blocks pool no class token" if any(not s.pooling for s in specs)
+               else "it has no attention blocks")
+        raise ClipeditError(f"dyslexify needs an image tower with a class token; {bundle.name}'s has none "
+                            f"({why}; use head-ablation-weights, which also ablates an attention pool's heads)")
     return sites
 
 
 def token_grid(bundle: ModelBundle) -> int:
-    """Side of the image tower's square patch grid."""
-    grid = getattr(bundle.image_module, "grid_size", None)
+    """Side of the image tower's square patch grid (open_clip ``grid_size``, timm ``patch_embed.grid_size``,
+    Hugging Face ``embeddings.image_size // patch_size``)."""
+    grid = None
+    for m in bundle.image_module.modules():
+        if isinstance(getattr(m, "grid_size", None), (tuple, list)):
+            grid = tuple(m.grid_size)
+        elif isinstance(getattr(m, "image_size", None), int) and isinstance(getattr(m, "patch_size", None), int):
+            grid = (m.image_size // m.patch_size,) * 2
+        if grid is not None:
+            break
     if grid is None or grid[0] != grid[1]:
         raise ClipeditError(f"{bundle.name}'s image tower has no square token grid")
     return int(grid[0])
@@ -149,7 +163,7 @@ def typographic_scores(bundle: ModelBundle, sites: Sequence[tuple[str, int]], im
         with ExitStack() as stack:
             for name, _ in sites:
                 module = get_module(bundle.model, name)
-                handle = module.register_forward_hook(class_row_hook(stores[name], module), with_kwargs=True)
+                handle = module.register_forward_hook(query_row_hook(stores[name], module), with_kwargs=True)
                 stack.callback(handle.remove)
             bundle.encode_images(images[start:start + batch_size])
         for name, _ in sites:

@@ -118,6 +118,36 @@ def class_row_hook(store: list, module: nn.MultiheadAttention):
     return hook
 
 
+def query_row_hook(store: list, module: nn.Module, query: int = 0):
+    """A forward hook (``with_kwargs``) that appends the per-head attention row of token ``query``
+    (batch, heads, tokens) to ``store``: ``nn.MultiheadAttention`` (token 0, :func:`class_row_hook`);
+    timm attention (its forward once more on its unfused path, the probabilities read where they pass
+    ``attn_drop``, so rope and q/k norms are timm's own); Hugging Face attention (from its q/k projections)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return class_row_hook(store, module)
+    if isinstance(getattr(module, "attn_drop", None), nn.Module) and hasattr(module, "fused_attn"):
+        def timm_hook(mod, args, kwargs, output):
+            seen: list = []
+            handle = mod.attn_drop.register_forward_hook(lambda m, a, o: seen.append(o))
+            fused, mod.fused_attn = mod.fused_attn, False
+            try:
+                mod.forward(*args, **kwargs)
+            finally:
+                mod.fused_attn = fused
+                handle.remove()
+            store.append(seen[0][:, :, query, :].detach())
+        return timm_hook
+    if all(isinstance(getattr(module, n, None), nn.Linear) for n in ("q_proj", "k_proj")) and hasattr(module, "scale"):
+        def hf_hook(mod, args, kwargs, output):
+            x = args[0] if args else kwargs["hidden_states"]
+            b, n = x.shape[:2]
+            q = mod.q_proj(x[:, query:query + 1]).view(b, 1, mod.num_heads, -1).transpose(1, 2)
+            k = mod.k_proj(x).view(b, n, mod.num_heads, -1).transpose(1, 2)
+            store.append(((q @ k.transpose(-1, -2)) * mod.scale).float().softmax(-1)[:, :, 0].detach())
+        return hf_hook
+    raise ClipeditError(f"no attention row hook for a {type(module).__name__}")
+
+
 def _attnpool_hook(store: list):
     def hook(mod, args, output):
         x = args[0]
