@@ -9,6 +9,7 @@ from conftest import run_error
 from test_families import _load
 from torch import nn
 
+from clipedit.core import EditSet, apply_edit_set, load_edits, revert_edit_set, save_edits
 from clipedit.core.heads import head_specs
 from clipedit.core.hook_edits import ClsHeadAblation
 from clipedit.core.nethook import get_module
@@ -244,7 +245,7 @@ def test_timm_attention_row_is_the_softmax_of_its_q_and_k():
 
 
 @pytest.mark.parametrize("spec", ["tiny-eva:none", "hf-clip"])
-def test_hook_edit_on_a_projection_tower_applies_reverts_bit_exactly(spec, hf_folders):
+def test_hook_edit_on_a_projection_tower_applies_reverts_bit_exactly(spec, hf_folders, tmp_path):
     bundle = _load(f"hf:{hf_folders['clip']}:none" if spec == "hf-clip" else spec)
     sites = class_token_sites(bundle)
     name = sites[0][0]
@@ -267,6 +268,14 @@ def test_hook_edit_on_a_projection_tower_applies_reverts_bit_exactly(spec, hf_fo
     with pytest.raises(EditError, match="has 2 heads"):
         ClsHeadAblation(name, [2]).apply(bundle.model)
     edit.revert(bundle.model)
+    with torch.no_grad():
+        assert torch.equal(bundle.encode_images(images), before)
+    # through an edit file: the same hooks, bit-identical outputs on and off
+    edits = load_edits(save_edits(tmp_path / "dyslexify.safetensors", EditSet.of([edit])))
+    apply_edit_set(bundle.model, edits)
+    with torch.no_grad():
+        assert torch.equal(bundle.encode_images(images), after)
+    revert_edit_set(bundle.model, edits)
     with torch.no_grad():
         assert torch.equal(bundle.encode_images(images), before)
 
