@@ -8,7 +8,7 @@ import click
 from clipedit.mini.training.train import CHECKPOINT_FILES, DEFAULT_OUT, TrainOptions, train
 from clipedit.outputs import OutputSet, check_outputs
 
-ARCHES = ("resnet", "vit")
+ARCHES = ("resnet", "vit", "vit-deep")
 
 
 @click.command("train-mini")
@@ -33,10 +33,10 @@ def train_cmd(ctx: click.Context, arch: str, out: Path, steps: int, batch_size: 
               pool_size: int, precision: str, warmstart_steps: int) -> None:
     """Train the bundled mini CLIP on the generated world (CPU, about 22 minutes on 2 cores)."""
     check_outputs({"--out": OutputSet(out, CHECKPOINT_FILES)})
-    if arch == "vit":  # the ViT's own defaults (DistillOptions) stand where an option was not given
+    if arch.startswith("vit"):  # the ViT's own defaults (DistillOptions) stand where an option was not given
         from clipedit.mini.training.distill import DistillOptions, distill
 
-        given = {k: v for k, v in dict(out=out, steps=steps, batch_size=batch_size, seed=seed, threads=threads,
+        given = {k: v for k, v in dict(out=out, arch=arch, steps=steps, batch_size=batch_size, seed=seed, threads=threads,
                                        pool_size=pool_size, precision=precision).items()
                  if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
         click.echo(f"held-out figures: {distill(DistillOptions(**given))['heldout']}")

@@ -26,13 +26,22 @@ from clipedit.mini.training.pool import PoolMix, build_pool
 from clipedit.mini.training.train import IMAGE_MEAN, IMAGE_STD, image_batch, make_preprocess, param_groups
 from clipedit.mini.world import CLASSNAMES, IMAGE_SIZE, TEMPLATES
 from clipedit.models.mini import mini_asset_dir
-from clipedit.models.mini_vit import IMAGE_PREFIX, NAME, WEIGHTS_FILE, build_mini_vit, file_sha256
+from clipedit.models.mini_vit import IMAGE_PREFIX, WEIGHTS_FILE, build_mini_vit, file_sha256
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUT = Path("runs") / NAME  # never the shipped checkpoint: copy a new one into assets/ by hand
-
-VISION_CFG = {"image_size": IMAGE_SIZE, "layers": 4, "width": 128, "patch_size": 8, "head_width": 64}
+# The ViT minis' image towers by ``train-mini --arch``: the bundled model each builds, and its open_clip
+# vision config. mini-vit: 4 blocks of 2 heads (head width 64); mini-vit-deep: 6 blocks of 4 heads (head
+# width 32), deep and many-headed enough for head-level defenses (Dyslexify) to have heads to choose from.
+ARCHES: dict[str, dict] = {
+    "vit": {"name": "mini-vit",
+            "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 4, "width": 128, "patch_size": 8, "head_width": 64}},
+    "vit-deep": {"name": "mini-vit-deep",
+                 "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 6, "width": 128, "patch_size": 8,
+                                "head_width": 32}},
+}
+VISION_CFG = ARCHES["vit"]["vision_cfg"]
+DEFAULT_OUT = Path("runs") / "mini-vit"  # never the shipped checkpoint: copy a new one into assets/ by hand
 # Three stride-2 3x3 convs in place of the 8x8 patchify conv: the same 8x8 grid of 128-wide tokens.
 STEM = {"channels": [32, 64, 128], "kernel_size": 3, "stride": 2}
 
@@ -42,6 +51,7 @@ class DistillOptions:
     """Options of one distillation run (all seeded by ``seed``)."""
 
     out: Path = DEFAULT_OUT
+    arch: str = "vit"
     steps: int = 1500
     batch_size: int = 128
     seed: int = 0
@@ -57,9 +67,9 @@ class DistillOptions:
     pool_mix: PoolMix = PoolMix()
 
 
-def student_config(teacher_cfg: dict) -> dict:
-    """The ViT CLIP's open_clip config: the teacher's embedding width and text tower, a ViT image tower."""
-    return {"embed_dim": teacher_cfg["embed_dim"], "vision_cfg": dict(VISION_CFG),
+def student_config(teacher_cfg: dict, arch: str = "vit") -> dict:
+    """The ViT CLIP's open_clip config: the teacher's embedding width and text tower, ``arch``'s image tower."""
+    return {"embed_dim": teacher_cfg["embed_dim"], "vision_cfg": dict(ARCHES[arch]["vision_cfg"]),
             "text_cfg": dict(teacher_cfg["text_cfg"])}
 
 
@@ -90,7 +100,7 @@ def distill(opts: DistillOptions) -> dict:
     torch.set_num_threads(opts.threads)
     teacher_bundle = load_model("mini", device="cpu")
     teacher = teacher_bundle.model.eval().requires_grad_(False)
-    cfg = student_config(teacher_bundle.extra["config"]["model_cfg"])
+    cfg = student_config(teacher_bundle.extra["config"]["model_cfg"], opts.arch)
     torch.manual_seed(opts.seed)
     model = build_mini_vit(cfg, STEM)
     shared = {k: v for k, v in teacher.state_dict().items() if not k.startswith(IMAGE_PREFIX)}
@@ -182,5 +192,5 @@ def save_tower(model, config: dict, out: Path) -> None:
 
 def command_line(opts: DistillOptions) -> str:
     """The command that reproduces this run."""
-    return (f"clipedit train-mini --arch vit --out {opts.out} --steps {opts.steps} --batch-size {opts.batch_size} "
+    return (f"clipedit train-mini --arch {opts.arch} --out {opts.out} --steps {opts.steps} --batch-size {opts.batch_size} "
             f"--seed {opts.seed} --threads {opts.threads} --pool-size {opts.pool_size} --precision {opts.precision}")
