@@ -77,3 +77,33 @@ def test_compare_end_to_end_at_tiny_n(tmp_path, capsys):
     assert (out / "compare.png").stat().st_size > 0 and "<table>" in (tmp_path / "r.html").read_text()
     table = capsys.readouterr().out
     assert "defended word" in table and "n=8" in table
+
+
+def test_compare_runs_defense_prefix_with_its_settings_from_hparams(tmp_path, capsys):
+    hp = tmp_path / "hp.json"
+    hp.write_text(json.dumps({"defense-prefix": {"steps": 40, "lrs": [0.02], "batch_size": 32}}))
+    out = tmp_path / "cmp"
+    argv = ["compare", "--model", "mini", "--methods", "defense-prefix", "--words", "ipod", "--seeds", "0",
+            "--n", "8", "--n-signs", "6", "--n-train", "16", "--n-val", "8", "--hparams", str(hp), "--out", str(out)]
+    assert run_cli(argv) == 0
+    record = json.loads((out / "compare.json").read_text())["compare"]
+    assert record["settings"]["hparams"] == {"defense-prefix": {"steps": 40, "lrs": [0.02], "batch_size": 32}}
+    details = record["details"]["defense-prefix"]["0"]
+    assert details["lr"] == 0.02 and [r["lr"] for r in details["lr_curve"]] == [0.02]
+    assert details["lr_curve"][0]["n"] == 8
+    assert record["cells"]["defense-prefix"]["text_acc"]["n"] == 8
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"bogus": {}}, "unknown method 'bogus'"),
+    ({"defense-prefix": {"nope": 1}}, "unknown setting(s) of DefensePrefixHParams: nope"),
+    ([1, 2], "expected a JSON object"),
+])
+def test_bad_hparams_are_one_error_line(content, message, tmp_path, capsys):
+    hp = tmp_path / "hp.json"
+    hp.write_text(json.dumps(content))
+    out = tmp_path / "cmp"
+    assert run_cli(["compare", "--model", "mini", "--hparams", str(hp), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("Error: ") and message in err[-1]
+    assert not out.exists()

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 import click
 
-from clipedit.commands.options import check_out_dir, model_options, out_dir_option, split_list
+from clipedit.commands.options import check_out_dir, model_options, out_dir_option, read_json_file, split_list
 from clipedit.defenses.compare import (
     COMPARE_METHODS,
     CompareSettings,
@@ -37,19 +38,22 @@ DEFAULTS = CompareSettings()
               help="Test scenes per set (defended word; other words).")
 @click.option("--n-signs", type=int, default=DEFAULTS.n_signs, show_default=True, help="Test signs (reading kept).")
 @click.option("--n-train", type=int, default=DEFAULTS.n_train, show_default=True,
-              help="Typographic training scenes (dyslexify, paint).")
+              help="Typographic training scenes (dyslexify, paint, defense-prefix).")
 @click.option("--n-val", type=int, default=DEFAULTS.n_val, show_default=True,
               help="Validation scenes per set for the methods' own tuning.")
+@click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.json", help='Methods\' settings over their defaults: {"METHOD": {FIELD: VALUE, …}, …} '
+                                        '(e.g. {"defense-prefix": {"steps": 500}}); recorded in compare.json.')
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write an HTML report here.")
 @out_dir_option(required=False, help="Output directory [default: runs/compare-MODEL].")
-def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, report, out) -> None:
+def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, hparams_file, report, out) -> None:
     """Run every method on the same exemplars / typographic training split, each tuned on validation only,
     and score all on the test split; writes compare.json (clip_benchmark fields, flat metrics) and
     compare.png (gain vs cost), and prints the table (every cell: value [95% interval] n)."""
     settings = CompareSettings(methods=tuple(split_list(methods)) if methods is not None else None,
                                words=tuple(split_list(words) or ()), seeds=_seeds(seeds), n_test=n_test,
-                               n_signs=n_signs, n_train=n_train, n_val=n_val)
+                               n_signs=n_signs, n_train=n_train, n_val=n_val, hparams=_hparams(hparams_file))
     out = check_out_dir(out or Path("runs") / f"compare-{model.spec.replace(':', '-')}")
     bundle = model.load()
     check_settings(bundle, settings)  # before any work: one Error line, nothing written
@@ -84,6 +88,15 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, r
     click.echo(format_table(rows, header=header))
     click.echo(f"{len(record['methods'])} methods x {len(settings.seeds)} seeds x {len(settings.words)} words in "
                f"{seconds:.0f} s; wrote {out}/compare.json, compare.png" + (f", {report}" if report else ""))
+
+
+def _hparams(path: Optional[Path]) -> dict:
+    given = read_json_file(path, "--hparams")
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise ClipeditError(f"--hparams {path}: expected a JSON object of method -> settings")
+    return given
 
 
 def _seeds(text: str) -> tuple[int, ...]:

@@ -36,8 +36,8 @@ def train_cmd(ctx: click.Context, arch: str, out: Path, steps: int, batch_size: 
     if arch.startswith("vit"):  # the ViT's own defaults (DistillOptions) stand where an option was not given
         from clipedit.mini.training.distill import DistillOptions, distill
 
-        given = {k: v for k, v in dict(out=out, arch=arch, steps=steps, batch_size=batch_size, seed=seed, threads=threads,
-                                       pool_size=pool_size, precision=precision).items()
+        given = {k: v for k, v in dict(out=out, arch=arch, steps=steps, batch_size=batch_size, seed=seed,
+                                       threads=threads, pool_size=pool_size, precision=precision).items()
                  if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
         click.echo(f"held-out figures: {distill(DistillOptions(**given))['heldout']}")
         return

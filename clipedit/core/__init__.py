@@ -7,7 +7,7 @@ paper's optimiser (``solvers``), key statistics and their cache (``statistics``,
 edits (``edits``) and the one edit type with its file format (``edit_sets``), behind ROME-style calls
 (``api``).
 """
-from clipedit.core import hook_edits  # noqa: F401, E402  (registers the hook edit kinds)
+from clipedit.core import hook_edits, prompt_edits  # noqa: F401, E402  (they register their edit kinds)
 from clipedit.core.api import EditRequest, KeyStatistics, apply_rewrite, compute_rewrite, key_statistics
 from clipedit.core.edit_sets import (
            EditSet,

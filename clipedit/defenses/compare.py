@@ -20,8 +20,9 @@ from typing import Any, Optional
 
 import torch
 
-from clipedit.defenses.dyslexify import DyslexifyHParams, class_token_sites, dyslexify
-from clipedit.defenses.paint import PaintHParams, paint, validation_sets
+from clipedit.defenses.defense_prefix import check_text_tower, defense_prefix
+from clipedit.defenses.dyslexify import class_token_sites, dyslexify
+from clipedit.defenses.paint import paint, validation_sets
 from clipedit.defenses.selection import HeldoutData, heldout_data
 from clipedit.defenses.typo_train import typographic_training_set
 from clipedit.defenses.typographic import DefenseConfig, defend
@@ -33,10 +34,10 @@ from clipedit.models.bundle import ModelBundle
 log = logging.getLogger(__name__)
 
 #: Methods compare knows, in table order.
-COMPARE_METHODS: tuple[str, ...] = ("edit", "dyslexify", "head-ablation-weights", "paint", "finetune-local",
-                                    "finetune-global")
+COMPARE_METHODS: tuple[str, ...] = ("edit", "dyslexify", "head-ablation-weights", "paint", "defense-prefix",
+                                    "finetune-local", "finetune-global")
 #: Methods trained on the word-agnostic typographic split (one run per seed serves every word).
-WORD_AGNOSTIC = frozenset({"dyslexify", "paint"})
+WORD_AGNOSTIC = frozenset({"dyslexify", "paint", "defense-prefix"})
 #: Table rows: label, metric key.
 METRICS: tuple[tuple[str, str], ...] = (("defended word", "text_acc"), ("unseen words", "other_text_acc"),
                                         ("clean", "clean_acc"), ("blank note", "blank_acc"),
@@ -54,6 +55,8 @@ class CompareSettings:
         n_test: test scenes per set (defended word, other words); ``n_signs`` test signs.
         n_train: scenes of the typographic training split (Dyslexify, PAINT).
         n_val: validation scenes per set for the methods' own tuning.
+        hparams: method -> settings over its defaults (its hparams class's fields), e.g. a shorter
+            ``defense-prefix`` schedule; recorded with the results.
     """
 
     methods: Optional[tuple[str, ...]] = None
@@ -63,6 +66,7 @@ class CompareSettings:
     n_signs: int = 1000
     n_train: int = 1000
     n_val: int = 500
+    hparams: dict[str, dict] = dataclasses.field(default_factory=dict)
 
 
 def not_applicable(bundle: ModelBundle, method: str) -> Optional[str]:
@@ -70,6 +74,11 @@ def not_applicable(bundle: ModelBundle, method: str) -> Optional[str]:
     if method == "dyslexify":
         try:
             class_token_sites(bundle)
+        except ClipeditError as e:
+            return str(e)
+    if method == "defense-prefix":
+        try:
+            check_text_tower(bundle)
         except ClipeditError as e:
             return str(e)
     if method == "finetune-local":
@@ -99,6 +108,11 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
             raise ClipeditError(f"{name} must be >= 1, got {getattr(settings, name)}")
     if bundle.world is None or not bundle.world.classnames:
         raise ClipeditError(f"{bundle.name} has no labelled world to compare on (give --data KIND:PATH)")
+    stray = sorted(set(settings.hparams) - set(COMPARE_METHODS))
+    if stray:
+        raise ClipeditError(f"--hparams names unknown method {stray[0]!r} (choose from {', '.join(COMPARE_METHODS)})")
+    for m, given in settings.hparams.items():
+        method_hparams(m, given, {})  # unknown fields: one line, before any work
     if settings.methods is None:
         return tuple(m for m in COMPARE_METHODS if not_applicable(bundle, m) is None)
     unknown = [m for m in settings.methods if m not in COMPARE_METHODS]
@@ -130,6 +144,17 @@ def counts(data: HeldoutData, bundle: ModelBundle) -> dict[str, tuple[int, int]]
     return out
 
 
+def method_hparams(method: str, given: dict, fixed: dict[str, Any]):
+    """``method``'s settings: its defaults, then ``fixed`` (compare's budget: n_train, seed …), then ``given``."""
+    from clipedit.defenses.methods import method_spec
+
+    spec = method_spec(method)
+    if not isinstance(given, dict):
+        raise ClipeditError(f"--hparams: the settings of {method} must be a JSON object")
+    base = spec.hparams_cls().to_dict()
+    return spec.hparams_cls.from_dict({**base, **{k: v for k, v in fixed.items() if k in base}, **given})
+
+
 def _copy(bundle: ModelBundle) -> ModelBundle:
     return dataclasses.replace(bundle, model=copy.deepcopy(bundle.model))
 
@@ -141,6 +166,7 @@ def run_method(base: ModelBundle, method: str, word: Optional[str], seed: int, s
     start = time.perf_counter()
     details: dict[str, Any] = {}
     extra = 0.0
+    given, fixed = settings.hparams.get(method, {}), {"n_train": settings.n_train, "seed": seed}
     if method in WORD_AGNOSTIC:
         key = f"train:{seed}"
         if key not in shared:
@@ -151,16 +177,22 @@ def run_method(base: ModelBundle, method: str, word: Optional[str], seed: int, s
         extra = shared[key + ":seconds"]  # each method that uses the split pays for rendering it
         start = time.perf_counter()
         if method == "dyslexify":
-            r = dyslexify(bundle, DyslexifyHParams(n_train=settings.n_train, seed=seed), train=train)
+            r = dyslexify(bundle, method_hparams(method, given, fixed), train=train)
             details = {"heads": [list(h) for h in r.heads], "scores": r.scores, "steps": r.steps, "base": r.base,
                        "rule": r.rule}
+        elif method == "defense-prefix":
+            if "prefix-val" not in shared:
+                shared["prefix-val"] = validation_sets(base, settings.n_val, 0)
+            r = defense_prefix(bundle, method_hparams(method, given, {**fixed, "n_val": settings.n_val}),
+                               train=train, val=shared["prefix-val"])
+            details = {"lr": r.lr, "lr_curve": r.rows, "rule": r.rule, "loss": r.loss}
         else:
             if "paint-val" not in shared:
                 shared["paint-val"] = validation_sets(base, settings.n_val, min(settings.n_signs, settings.n_val))
-            r = paint(bundle, PaintHParams(n_train=settings.n_train, seed=seed), train=train, val=shared["paint-val"])
+            r = paint(bundle, method_hparams(method, given, fixed), train=train, val=shared["paint-val"])
             details = {"alpha": r.alpha, "alpha_curve": r.rows, "rule": r.rule, "loss": r.loss}
     else:
-        defense = defend(bundle, word, DefenseConfig(method=method, seed=seed))
+        defense = defend(bundle, word, DefenseConfig(method=method, seed=seed, method_hparams=given or None))
         details = {"layer": defense.layer}
         if method == "head-ablation-weights":
             details["heads"] = [list(h) for h in defense.details["heads"]]

@@ -9,8 +9,8 @@ Every method takes the same exemplars (:class:`DefenseData`) and returns a
 ``run(bundle, data, hparams, context)`` changes ``bundle.model`` in place. ``context`` gives the sites,
 the key statistics, the words, the split a method may tune on (validation only) and metadata. The table
 holds the rank-r rewrite (``edit``), the paper's fine-tuning baselines (``finetune-local``/``-global``)
-and the peer defenses (``dyslexify`` and ``paint`` as published; ``head-ablation-weights``, clipedit's
-all-token variant); other modules add theirs with
+and the peer defenses (``dyslexify``, ``paint`` and ``defense-prefix`` as published;
+``head-ablation-weights``, clipedit's all-token variant); other modules add theirs with
 :func:`register_method`. :func:`run_defense` is the one dispatcher.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from clipedit.core import EditRequest, KeyStatistics, RewriteHParams, resolve_si
 from clipedit.core.edit_sets import EditSet
 from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.defenses.config import DefenseConfig
+from clipedit.defenses.defense_prefix import DefensePrefixHParams, defense_prefix
 from clipedit.defenses.dyslexify import DyslexifyHParams, dyslexify
 from clipedit.defenses.finetune import FinetuneHParams, finetune
 from clipedit.defenses.head_ablation import HeadAblationHParams, ablate_heads
@@ -191,6 +192,15 @@ def run_paint(bundle: ModelBundle, data: DefenseData, hparams: PaintHParams, con
     return DefenseResult("paint", bundle.image_prefix.rstrip(".") or "model", details=dataclasses.asdict(result))
 
 
+def run_defense_prefix(bundle: ModelBundle, data: DefenseData, hparams: DefensePrefixHParams,
+                       context: MethodContext) -> DefenseResult:
+    """Defense-Prefix: a learnt token before every class name (a class-prefix member; the weights stay)."""
+    result = defense_prefix(bundle, hparams, meta=_meta(bundle, context))
+    edit_set = EditSet.of([result.member], {"method": "defense-prefix", "lr": result.lr})
+    details = {"lr": result.lr, "lr_curve": result.rows, "rule": result.rule, "loss": result.loss}
+    return DefenseResult("defense-prefix", result.member.layer, edit_set=edit_set, details=details)
+
+
 METHODS: dict[str, MethodSpec] = {
     "edit": MethodSpec(RewriteHParams, run_edit, config_field="hparams"),
     "finetune-local": MethodSpec(FinetuneHParams, _run_finetune(local=True), config_field="finetune"),
@@ -198,6 +208,8 @@ METHODS: dict[str, MethodSpec] = {
     "dyslexify": MethodSpec(DyslexifyHParams, run_dyslexify, defaults=lambda config: DyslexifyHParams()),
     "head-ablation-weights": MethodSpec(HeadAblationHParams, run_head_ablation),
     "paint": MethodSpec(PaintHParams, run_paint, defaults=lambda config: PaintHParams()),
+    "defense-prefix": MethodSpec(DefensePrefixHParams, run_defense_prefix,
+                                 defaults=lambda config: DefensePrefixHParams()),
 }
 
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from clipedit.core.prompt_edits import class_prefix_digest
 from clipedit.data.classnames import check_classnames, class_index
 from clipedit.errors import ClipeditError
 from clipedit.eval.zeroshot import DEFAULT_TEMPLATES, classifier_weights, zero_shot_logits
@@ -38,20 +39,33 @@ class Predictor:
         self.templates = list(templates) if templates is not None else None
         self.weights = weights
         self.columns = columns
+        self.prompts = class_prefix_digest(bundle.model)  # the class-prefix edit the head was built with
 
     @property
     def n_classes(self) -> int:
         return len(self.classnames)
 
     def with_bundle(self, bundle: ModelBundle) -> Predictor:
-        """The same head on another model (e.g. an edited copy): the text tower is not run again."""
-        return Predictor(bundle, self.classnames, self.templates, weights=self.weights, columns=self.columns)
+        """The same head on another model (e.g. an edited copy): the text tower is not run again (unless
+        the prompts differ: see ``__call__``)."""
+        out = Predictor(bundle, self.classnames, self.templates, weights=self.weights, columns=self.columns)
+        out.prompts = self.prompts
+        return out
+
+    def _current_weights(self) -> torch.Tensor:
+        """The zero-shot head for the prompts the model writes now: a class-prefix edit put on or taken off
+        since the head was built (Defense-Prefix) rebuilds it, so what is scored is what is applied."""
+        prompts = class_prefix_digest(self.bundle.model)
+        if prompts != self.prompts:
+            self.weights = classifier_weights(self.bundle, self.classnames, self.templates)
+            self.prompts = prompts
+        return self.weights
 
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (B, n_classes) for a batch of preprocessed images (B, C, H, W)."""
         if self.weights is not None:
-            return zero_shot_logits(self.bundle, batch, self.weights)
+            return zero_shot_logits(self.bundle, batch, self._current_weights())
         logits = self.bundle.encode_images(batch).float()
         return logits[:, self.columns.to(logits.device)]
 

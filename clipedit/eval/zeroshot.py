@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from clipedit.core.cache import cache_key, cached_tensors, module_fingerprint
+from clipedit.core.prompt_edits import class_prefix_digest, prefixed
 from clipedit.errors import ClipeditError
 from clipedit.models.bundle import ModelBundle
 
@@ -31,6 +32,8 @@ def zero_shot_weights(model, tokenizer, classnames: Sequence[str], templates: Se
     """Class embeddings (embed_dim, n_classes): the mean of normalised template embeddings, renormalised.
 
     ``encode_text`` maps token ids to embeddings (default ``model.encode_text``; ``ModelBundle.encode_texts``).
+    While a class-prefix edit is on the model (Defense-Prefix), each class name is written after its
+    placeholder (:func:`clipedit.core.prompt_edits.prefixed`).
     """
     if not classnames:
         raise ClipeditError("the class list is empty")
@@ -38,7 +41,7 @@ def zero_shot_weights(model, tokenizer, classnames: Sequence[str], templates: Se
         raise ClipeditError("the template list is empty")
     device = next(model.parameters()).device
     encode_text = encode_text or model.encode_text
-    texts = [fill_template(t, c) for c in classnames for t in templates]
+    texts = [fill_template(t, prefixed(c, model)) for c in classnames for t in templates]
     feats = []
     for i in range(0, len(texts), batch_size):
         tokens = tokenizer(texts[i:i + batch_size]).to(device)
@@ -55,7 +58,9 @@ def classifier_weights(bundle: ModelBundle, classnames: Sequence[str],
     if not classnames:
         raise ClipeditError("the class list is empty")
     text_tower = _text_tower_fingerprint(bundle.model, bundle.image_prefix)
-    key = cache_key(model=bundle.name, text=text_tower, classes=classnames, templates=templates)
+    prefix = class_prefix_digest(bundle.model)  # the prompts a class-prefix edit writes (none: keys as before)
+    key = cache_key(model=bundle.name, text=text_tower, classes=classnames, templates=templates,
+                    **({"prefix": prefix} if prefix else {}))
     out = cached_tensors("zeroshot", key, lambda: {
         "weights": zero_shot_weights(bundle.model, bundle.tokenizer, classnames, templates,
                                      encode_text=bundle.encode_texts)},

@@ -192,5 +192,6 @@ def save_tower(model, config: dict, out: Path) -> None:
 
 def command_line(opts: DistillOptions) -> str:
     """The command that reproduces this run."""
-    return (f"clipedit train-mini --arch {opts.arch} --out {opts.out} --steps {opts.steps} --batch-size {opts.batch_size} "
-            f"--seed {opts.seed} --threads {opts.threads} --pool-size {opts.pool_size} --precision {opts.precision}")
+    return (f"clipedit train-mini --arch {opts.arch} --out {opts.out} --steps {opts.steps} "
+            f"--batch-size {opts.batch_size} --seed {opts.seed} --threads {opts.threads} "
+            f"--pool-size {opts.pool_size} --precision {opts.precision}")

@@ -1,0 +1,182 @@
+"""Edit-set member kind ``class-prefix``: a learnt token embedding before every class name (Defense-Prefix).
+
+Defense-Prefix (Azuma & Matsui, ICCVW 2023; azuma164/Defense-Prefix) changes no weight: prompts are
+written ``template.format("* " + classname)`` and the embedding of the placeholder token ``*`` is
+replaced by a learnt vector inside the text tower (``utils/non_nv.py``
+``encode_text_with_learnt_tokens``: ``x = token_embedding(text)``, the row at the ``*`` token swapped
+for ``learnable_codes``, then the usual positional embedding, transformer and EOT pooling; ``eval.py``
+builds its prompts the same way). Here the swap is a forward hook on the text tower's token
+embedding module (``open_clip`` ``token_embedding`` / ``text.token_embedding``; transformers'
+``text_model.embeddings.token_embedding``): rows whose id is the placeholder's come out as the
+vector, every other row as the module computed it. While the member is on, the model carries the
+placeholder (:func:`class_prefix`) and :func:`clipedit.eval.zeroshot.zero_shot_weights` writes each
+class name as ``"* name"``: the prompts and the hook go on and come off together.
+
+One placeholder token, one vector (the published ``prefix_num`` = 1; with more, ``non_nv.py``'s
+insertion shifts the EOT token past the index it pools). A ``*`` in a prompt for another reason would
+be swapped too; none of clipedit's templates has one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from clipedit.core.edit_sets import register_edit_kind
+from clipedit.core.nethook import get_module
+from clipedit.errors import EditError, SiteError
+
+#: The published placeholder (``train.py``: ``prompt.format("* " + class_i)``).
+PLACEHOLDER = "*"
+PREFIX_ATTR = "_clipedit_class_prefix"
+#: Where text towers keep their token embedding, in the order they are tried.
+TOKEN_EMBEDDINGS = ("token_embedding", "text.token_embedding", "text_model.embeddings.token_embedding",
+                    "text.transformer.embeddings.word_embeddings")
+NOT_EXPORTABLE = ("class-prefix edit on {layer} changes the prompts, not the weights; load it with "
+                  "load_model(..., edits=[FILE]) or audit --edit FILE")
+
+
+def token_embedding_name(model: nn.Module) -> Optional[str]:
+    """Dotted name of the text tower's token embedding (an ``nn.Embedding``), None when it has none."""
+    for name in TOKEN_EMBEDDINGS:
+        try:
+            module = get_module(model, name)
+        except SiteError:
+            continue
+        if isinstance(module, nn.Embedding):
+            return name
+    return None
+
+
+def placeholder_token_id(tokenizer, placeholder: str = PLACEHOLDER) -> int:
+    """The one token id ``placeholder`` tokenizes to (special and padding ids left out).
+
+    Raises:
+        EditError: it is not exactly one token for this tokenizer.
+    """
+    special = set(_ids(tokenizer, ""))
+    ids = [i for i in _ids(tokenizer, placeholder) if i not in special]
+    if len(ids) != 1:
+        raise EditError(f"the placeholder {placeholder!r} is {len(ids)} tokens for this tokenizer; a class "
+                        "prefix needs one")
+    return ids[0]
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    tokens = tokenizer([text])
+    tokens = tokens["input_ids"] if isinstance(tokens, dict) else tokens
+    return [int(t) for t in torch.as_tensor(tokens)[0].tolist()]
+
+
+def class_prefix(model: nn.Module) -> Optional[str]:
+    """The placeholder to write before class names while a class-prefix member is on (else None)."""
+    state = getattr(model, PREFIX_ATTR, None)
+    return state[0] if state else None
+
+
+def class_prefix_digest(model: nn.Module) -> str:
+    """The digest of the class-prefix member on the model ("" when none): part of any text-side cache key."""
+    state = getattr(model, PREFIX_ATTR, None)
+    return state[1] if state else ""
+
+
+def prefixed(classname: str, model: nn.Module) -> str:
+    """``classname`` as the prompts write it on ``model`` (``"* name"`` while a class prefix is on)."""
+    prefix = class_prefix(model)
+    return f"{prefix} {classname}" if prefix else classname
+
+
+class ClassPrefix:
+    """Swap the placeholder token's embedding for ``vector`` and write it before every class name.
+
+    Attributes:
+        layer: dotted name of the text tower's token embedding module.
+        vector: the learnt embedding (1, width).
+        token_id: the placeholder's token id.
+        placeholder: the placeholder text written before class names.
+        meta: free metadata (model, method, training record …).
+    """
+
+    kind = "class-prefix"
+    exportable = False
+
+    def __init__(self, layer: str, vector: torch.Tensor, token_id: int, placeholder: str = PLACEHOLDER,
+                 meta: Optional[dict] = None) -> None:
+        vector = torch.as_tensor(vector).detach().float().cpu().reshape(1, -1)
+        if not torch.isfinite(vector).all():
+            raise EditError(f"the class-prefix vector for {layer} holds NaN or inf")
+        self.layer, self.vector, self.token_id = layer, vector.contiguous(), int(token_id)
+        self.placeholder = placeholder
+        self.meta = {**dict(meta or {}), "placeholder": placeholder}
+
+    def __repr__(self) -> str:
+        return f"ClassPrefix({self.layer!r}, width={self.vector.shape[1]}, token {self.token_id})"
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {"vector": self.vector, "token_id": torch.tensor([self.token_id], dtype=torch.int64)}
+
+    @classmethod
+    def from_tensors(cls, layer: str, tensors: dict[str, torch.Tensor], meta: dict) -> ClassPrefix:
+        if "vector" not in tensors or "token_id" not in tensors:
+            raise EditError(f"{cls.kind} edit of {layer} lacks its 'vector' or 'token_id' tensor")
+        placeholder = meta.get("placeholder", PLACEHOLDER)
+        if not isinstance(placeholder, str) or not placeholder.strip():
+            raise EditError(f"{cls.kind} edit of {layer} has no placeholder text")
+        return cls(layer, tensors["vector"], int(tensors["token_id"].reshape(-1)[0]), placeholder, meta)
+
+    def digest(self) -> str:
+        """sha256 over the kind, layer, placeholder, token id and the vector's bytes."""
+        head = json.dumps({"kind": self.kind, "layer": self.layer, "placeholder": self.placeholder,
+                           "token_id": self.token_id, "shape": list(self.vector.shape)}, sort_keys=True)
+        return hashlib.sha256(head.encode() + self.vector.numpy().tobytes()).hexdigest()
+
+    def export_error(self) -> str:
+        return NOT_EXPORTABLE.format(layer=self.layer)
+
+    def _module(self, model: nn.Module) -> nn.Embedding:
+        try:
+            module = get_module(model, self.layer)
+        except SiteError:
+            raise EditError(f"the model has no {self.layer} (a class-prefix edit needs a text tower)") from None
+        if not isinstance(module, nn.Embedding):
+            raise EditError(f"{self.layer} is a {type(module).__name__}, not a token embedding")
+        if module.embedding_dim != self.vector.shape[1] or not 0 <= self.token_id < module.num_embeddings:
+            raise EditError(f"{self.layer} embeds {module.num_embeddings} tokens of width {module.embedding_dim}; "
+                            f"the prefix is width {self.vector.shape[1]}, token {self.token_id}")
+        return module
+
+    def is_applied(self, model: nn.Module) -> bool:
+        return class_prefix_digest(model) == self.digest()
+
+    def apply(self, model: nn.Module) -> None:
+        module = self._module(model)
+        if getattr(model, PREFIX_ATTR, None):
+            raise EditError(f"a class-prefix edit is already applied to {self.layer}")
+        handle = module.register_forward_hook(prefix_hook(self.vector, self.token_id))
+        object.__setattr__(model, PREFIX_ATTR, (self.placeholder, self.digest(), handle))
+
+    def revert(self, model: nn.Module) -> None:
+        state = getattr(model, PREFIX_ATTR, None)
+        if not state or state[1] != self.digest():
+            raise EditError(f"the class-prefix edit of {self.layer} is not applied")
+        state[2].remove()
+        object.__setattr__(model, PREFIX_ATTR, None)
+
+
+def prefix_hook(vector: torch.Tensor, token_id: int):
+    """A forward hook on an ``nn.Embedding``: rows whose id is ``token_id`` come out as ``vector``."""
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> Any:
+        ids = args[0]
+        mask = (ids == token_id).unsqueeze(-1)
+        if not bool(mask.any()):
+            return None
+        return torch.where(mask, vector.to(device=output.device, dtype=output.dtype), output)
+
+    return hook
+
+
+register_edit_kind(ClassPrefix.kind, ClassPrefix)
