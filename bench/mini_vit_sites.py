@@ -4,6 +4,12 @@ stem or of a block into the text tokens (bench/results/mini_vit_sites.json).
 
     python bench/mini_vit_sites.py [--n 300] [--word ipod] [--out bench/results/mini_vit_sites.json]
     python bench/mini_vit_sites.py --parts value --n 1000 --out bench/results/mini_vit_value_sites.json
+    python bench/mini_vit_sites.py --model mini-vit-deep --parts oracle,heads --n 300 \
+        --out bench/results/mini_vit_deep_oracles.json
+
+``heads``: per block, each head's word-agnostic typographic score (Dyslexify's: the share of the class
+token's attention to patch tokens that falls on the text band, on scenes with a random class name in the
+bottom rows; a head that ignores position scores the band's share of the grid).
 
 ``value``: block 0's attention value projection (``attn.v_proj``, where the class token reads the
 text tokens) and ``mlp.c_proj`` edited as one multi-site edit, x ranks x ``keep_targets`` (the weight of
@@ -94,6 +100,7 @@ def token_masks(bundle, attacks, site_layer: str) -> dict[str, torch.Tensor]:
     return {"glyphs": text, "label": label_tokens,
             "glyphs+1 token": torch.cat([text[:, :1], grown], 1),
             "all patches": torch.cat([torch.zeros_like(text[:, :1]), torch.ones_like(text[:, 1:])], 1),
+            "class token": torch.cat([torch.ones_like(text[:, :1]), torch.zeros_like(text[:, 1:])], 1),
             "label + class token": torch.cat([torch.ones_like(text[:, :1]), label_tokens[:, 1:]], 1)}
 
 
@@ -161,18 +168,20 @@ def oracle_values_text_acc(bundle, predictor, attacks, labels, mask: torch.Tenso
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="mini-vit", help="a ViT mini: mini-vit or mini-vit-deep")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--word", default="ipod")
     ap.add_argument("--ranks", default="8,16,32,64")
     ap.add_argument("--out", default="bench/results/mini_vit_sites.json")
     ap.add_argument("--parts", default="oracle,blocks,stem,extras",
                     help="what to run (comma-separated): oracle, blocks, stem, extras (masks, thresholds, two "
-                         "blocks), value (attention value projection + mlp.c_proj, with keep_targets)")
+                         "blocks), value (attention value projection + mlp.c_proj, with keep_targets), "
+                         "heads (typographic score of every head)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a shared, busy CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    base = load_model("mini-vit", device="cpu")
+    base = load_model(args.model, device="cpu")
     blocks = range(len(base.model.visual.transformer.resblocks))
     ranks = [int(r) for r in args.ranks.split(",")]
     sets = world_eval_sets(base.world, [args.word], args.n, split="validation")
@@ -215,6 +224,17 @@ def main() -> None:
         results["blocks 0+1, rank 32"] = run_defense(
             base, predictor, sets, exemplars, [(SITE.format(0), 32, "text", 0.0), (SITE.format(1), 32, "text", 0.0)])
 
+    heads: dict[str, list[float]] = {}
+    if "heads" in parts:
+        from clipedit.defenses.dyslexify import class_token_sites, scoring_images, typographic_scores
+
+        band = 2
+        sites = class_token_sites(base)
+        scores = typographic_scores(base, sites, scoring_images(base, args.n, band), band)
+        heads = {name.removeprefix("visual.transformer.resblocks.").removesuffix(".attn"): [round(float(x), 4)
+                 for x in scores[name]] for name, _ in sites}
+        heads["chance (band share of the grid)"] = [band / int(base.model.visual.grid_size[0])]
+        print(format_table([[k, *v] for k, v in heads.items()], header=["block", "head scores"]), flush=True)
     picked = None
     if "value" in parts:
         v0, v1, v2, c0 = VALUE_SITE.format(0), VALUE_SITE.format(1), VALUE_SITE.format(2), SITE.format(0)
@@ -231,8 +251,9 @@ def main() -> None:
 
     keys = ["clean_acc", "blank_acc", "text_acc", "attack_success_rate", "other_text_acc"]
     print(format_table([[name, *(r.get(k) for k in keys)] for name, r in results.items()], header=["", *keys]))
-    write_json(args.out, {"split": "validation", "n": args.n, "word": args.word, "renders": 128,
-                          "oracle_text_acc": oracle, "results": results, "picked": picked})
+    write_json(args.out, {"model": args.model, "split": "validation", "n": args.n, "word": args.word,
+                          "renders": 128, "oracle_text_acc": oracle, "head_scores": heads, "results": results,
+                          "picked": picked})
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ ARCHES = ("resnet", "vit", "vit-deep")
 
 @click.command("train-mini")
 @click.option("--arch", type=click.Choice(ARCHES), default="resnet", show_default=True,
-              help="resnet: the bundled mini (assets/mini); vit: the mini ViT (assets/mini-vit), distilled "
-                   "from the bundled mini, whose text tower it shares.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
-              help="Folder for config.json and model.safetensors.")
+              help="resnet: the bundled mini (assets/mini); vit: the mini ViT (assets/mini-vit, 4 blocks x 2 heads); "
+                   "vit-deep: assets/mini-vit-deep (6 blocks x 4 heads); the ViTs are distilled from the bundled "
+                   "mini, whose text tower they share.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
+              help="Folder for config.json and the weights [default: runs/mini, runs/mini-vit, runs/mini-vit-deep].")
 @click.option("--steps", type=click.IntRange(1), default=TrainOptions.steps, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=TrainOptions.batch_size, show_default=True)
 @click.option("--seed", type=int, default=TrainOptions.seed, show_default=True)
@@ -32,15 +33,19 @@ ARCHES = ("resnet", "vit", "vit-deep")
 def train_cmd(ctx: click.Context, arch: str, out: Path, steps: int, batch_size: int, seed: int, threads: int,
               pool_size: int, precision: str, warmstart_steps: int) -> None:
     """Train the bundled mini CLIP on the generated world (CPU, about 22 minutes on 2 cores)."""
-    check_outputs({"--out": OutputSet(out, CHECKPOINT_FILES)})
     if arch.startswith("vit"):  # the ViT's own defaults (DistillOptions) stand where an option was not given
-        from clipedit.mini.training.distill import DistillOptions, distill
+        from clipedit.mini.training.distill import ARCHES, DistillOptions, distill
+        from clipedit.models.mini_vit import WEIGHTS_FILE
 
-        given = {k: v for k, v in dict(out=out, arch=arch, steps=steps, batch_size=batch_size, seed=seed,
+        if ctx.get_parameter_source("out") is click.core.ParameterSource.DEFAULT:
+            out = Path("runs") / ARCHES[arch]["name"]
+        check_outputs({"--out": OutputSet(out, ("config.json", WEIGHTS_FILE))})
+        given = {k: v for k, v in dict(arch=arch, steps=steps, batch_size=batch_size, seed=seed,
                                        threads=threads, pool_size=pool_size, precision=precision).items()
                  if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
-        click.echo(f"held-out figures: {distill(DistillOptions(**given))['heldout']}")
+        click.echo(f"held-out figures: {distill(DistillOptions(out=out, **given))['heldout']}")
         return
+    check_outputs({"--out": OutputSet(out, CHECKPOINT_FILES)})
     config = train(TrainOptions(out=out, steps=steps, batch_size=batch_size, seed=seed, threads=threads,
                                 pool_size=pool_size, precision=precision,
                                 warmstart_steps=warmstart_steps))

@@ -1,4 +1,6 @@
-"""The bundled mini ViT CLIP (``assets/mini-vit``): open_clip's ``CLIP`` with a ViT image tower.
+"""The bundled mini ViT CLIPs (``assets/mini-vit``, ``assets/mini-vit-deep``): open_clip's ``CLIP`` with a
+ViT image tower. ``mini-vit``: 4 blocks of 2 heads; ``mini-vit-deep``: 6 blocks of 4 heads (head width 32),
+enough heads for head-level defenses to choose among. Both load the same way from their folder.
 
 The image tower is open_clip's ``VisionTransformer`` built from the config, with one change made
 after construction: its patchify ``conv1`` is replaced by a small convolutional stem (stride-2 3x3
@@ -9,6 +11,7 @@ exactly open_clip's. The text tower, tokenizer, class names and prompts are the 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,14 +28,28 @@ from clipedit.models.mini import bundled_asset_dir, mini_asset_dir
 
 NAME = "mini-vit"
 WEIGHTS_FILE = "visual.safetensors"
-REGEN = ("rebuild it with `clipedit train-mini --arch vit --out DIR` and point $CLIPEDIT_MINI_VIT_DIR at DIR")
 IMAGE_PREFIX = "visual."
+#: The ViT minis: name -> (the environment variable that points at another folder, its train-mini --arch).
+VIT_MINIS: dict[str, tuple[str, str]] = {
+    "mini-vit": ("CLIPEDIT_MINI_VIT_DIR", "vit"),
+    "mini-vit-deep": ("CLIPEDIT_MINI_VIT_DEEP_DIR", "vit-deep"),
+}
 
 
-def mini_vit_asset_dir() -> Path:
-    """``$CLIPEDIT_MINI_VIT_DIR``, else the installed package data ``clipedit.assets/mini-vit``."""
-    env = os.environ.get("CLIPEDIT_MINI_VIT_DIR")
-    return Path(env) if env else bundled_asset_dir(NAME)
+def regen_hint(name: str = NAME) -> str:
+    """How to rebuild the asset of ``name``."""
+    env, arch = VIT_MINIS[name]
+    return f"rebuild it with `clipedit train-mini --arch {arch} --out DIR` and point ${env} at DIR"
+
+
+REGEN = regen_hint(NAME)
+
+
+def mini_vit_asset_dir(name: str = NAME) -> Path:
+    """``$CLIPEDIT_MINI_VIT_DIR`` (``…_DEEP_DIR`` for mini-vit-deep), else the installed package data
+    ``clipedit.assets/<name>``."""
+    env = os.environ.get(VIT_MINIS[name][0])
+    return Path(env) if env else bundled_asset_dir(name)
 
 
 def conv_stem(channels: list[int], kernel_size: int = 3, stride: int = 2, in_channels: int = 3) -> nn.Sequential:
@@ -79,61 +96,68 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_mini_vit_config(asset_dir: Path) -> dict:
+def read_mini_vit_config(asset_dir: Path, name: str = NAME) -> dict:
     """The mini ViT's config.json (model config + stem, classes, templates, shared text tower, figures)."""
     path = asset_dir / "config.json"
+    hint = regen_hint(name)
     try:
         cfg = json.loads(path.read_text())
         cfg["model_cfg"]["vision_cfg"], cfg["stem"], cfg["classnames"], cfg["templates"]  # noqa: B018
         cfg["text_tower"]["asset"], cfg["text_tower"]["sha256"]  # noqa: B018 - schema check
     except FileNotFoundError:
-        raise ModelLoadError(f"mini-vit model config missing: {path}; {REGEN}") from None
+        raise ModelLoadError(f"{name} model config missing: {path}; {hint}") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise ModelLoadError(f"mini-vit model config {path} is corrupt ({type(e).__name__}: {e}); {REGEN}") from None
+        raise ModelLoadError(f"{name} model config {path} is corrupt ({type(e).__name__}: {e}); {hint}") from None
     return cfg
 
 
-def text_tower_weights(cfg: dict) -> dict[str, torch.Tensor]:
+def text_tower_weights(cfg: dict, name: str = NAME) -> dict[str, torch.Tensor]:
     """The shared text tower (every non-``visual.`` tensor of the ResNet mini's checkpoint), checked by hash."""
     path = mini_asset_dir() / "model.safetensors"
     if not path.is_file():
-        raise ModelLoadError(f"mini-vit shares the text tower of {path}, which is missing; "
-                             "rebuild the mini with `clipedit train-mini`, then mini-vit")
+        raise ModelLoadError(f"{name} shares the text tower of {path}, which is missing; "
+                             f"rebuild the mini with `clipedit train-mini`, then {name}")
     if file_sha256(path) != cfg["text_tower"]["sha256"]:
-        raise ModelLoadError(f"{path} is not the mini checkpoint mini-vit was distilled from (sha256 differs); {REGEN}")
+        raise ModelLoadError(f"{path} is not the mini checkpoint {name} was distilled from (sha256 differs); "
+                             f"{regen_hint(name)}")
     state = load_state_dict_file(path)
     return {k: v for k, v in state.items() if not k.startswith(IMAGE_PREFIX)}
 
 
-def load_mini_vit(tag: str, checkpoint, device: torch.device) -> ModelBundle:
-    """Build the mini ViT CLIP from its config; image tower from the bundle (or ``checkpoint``), text tower
-    from the ResNet mini. ``checkpoint`` may hold the image tower alone or a whole CLIP state dict."""
+def load_mini_vit(tag: str, checkpoint, device: torch.device, name: str = NAME) -> ModelBundle:
+    """Build the mini ViT CLIP ``name`` from its config; image tower from the bundle (or ``checkpoint``), text
+    tower from the ResNet mini. ``checkpoint`` may hold the image tower alone or a whole CLIP state dict."""
     import open_clip
     from open_clip.tokenizer import SimpleTokenizer
 
-    asset_dir = mini_vit_asset_dir()
-    cfg = read_mini_vit_config(asset_dir)
+    asset_dir = mini_vit_asset_dir(name)
+    cfg = read_mini_vit_config(asset_dir, name)
+    hint = regen_hint(name)
     weights = Path(checkpoint) if checkpoint else asset_dir / WEIGHTS_FILE
     if not weights.is_file():
-        raise ModelLoadError(f"mini-vit image tower weights missing: {weights}; {REGEN}")
+        raise ModelLoadError(f"{name} image tower weights missing: {weights}; {hint}")
     try:
         state = load_state_dict_file(weights)
     except ModelLoadError as e:
-        raise ModelLoadError(f"{e}; {REGEN}") from None
+        raise ModelLoadError(f"{e}; {hint}") from None
     if not any(not k.startswith(IMAGE_PREFIX) for k in state):
-        state = {**text_tower_weights(cfg), **state}
+        state = {**text_tower_weights(cfg, name), **state}
     model = build_mini_vit(cfg["model_cfg"], cfg["stem"])
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     except RuntimeError as e:
-        raise ModelLoadError(f"mini-vit weights {weights} do not fit its config ({str(e).splitlines()[0]}); "
-                             f"{REGEN}") from None
+        raise ModelLoadError(f"{name} weights {weights} do not fit its config ({str(e).splitlines()[0]}); "
+                             f"{hint}") from None
     model.to(device).eval()
     image_size = cfg["model_cfg"]["vision_cfg"]["image_size"]
     preprocess = open_clip.image_transform(image_size, is_train=False,
                                            mean=tuple(cfg["image_mean"]), std=tuple(cfg["image_std"]))
     tokenizer = SimpleTokenizer(context_length=cfg["model_cfg"]["text_cfg"]["context_length"])
-    return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=NAME,
+    return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name,
                        pretrained=str(checkpoint) if checkpoint else "bundled", kind="clip",
                        classnames=list(cfg["classnames"]), templates=list(cfg["templates"]),
                        world=MiniWorld(), extra={"config": cfg, SOURCE_DTYPES: checkpoint_dtypes(weights, state)})
+
+
+#: The deeper ViT mini (``assets/mini-vit-deep``).
+load_mini_vit_deep = functools.partial(load_mini_vit, name="mini-vit-deep")

@@ -38,6 +38,7 @@ RANDOM_TAGS = {"none", "random", ""}
 BUILTIN_LOADERS: dict[str, str] = {
     "mini": "clipedit.models.mini:load_mini",
     "mini-vit": "clipedit.models.mini_vit:load_mini_vit",
+    "mini-vit-deep": "clipedit.models.mini_vit:load_mini_vit_deep",
     "efficientnet-lite0": "clipedit.models.classifiers:load_efficientnet_lite0",
     "hf": "clipedit.models.hf:load_hf",  # hf:ORG/NAME[:none]: CLIPModel / SiglipModel through transformers
 }

@@ -1,0 +1,93 @@
+"""The deeper bundled ViT mini (``assets/mini-vit-deep``, 6 blocks of 4 heads): it is shaped for head-level
+defenses, it reads and is fooled, and its loader fails with one line naming the file and the rebuild command.
+
+The full figures (>= 1000 test scenes) are in its config.json and the README; this checks a smaller set
+drawn with another seed, with margins for its sampling noise.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_error
+
+from clipedit.models import load_model
+from clipedit.models.mini_vit import WEIGHTS_FILE, mini_vit_asset_dir, read_mini_vit_config
+
+NAME = "mini-vit-deep"
+N = 360  # 30 scenes per class
+SEED = 777
+
+
+@pytest.fixture(scope="module")
+def deep():
+    return load_model(NAME, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def figures(deep) -> dict:
+    from clipedit.mini.training.figures import heldout_figures
+
+    return heldout_figures(deep.model, deep.preprocess, deep.tokenizer, n=N, seed=SEED)
+
+
+def test_it_is_an_open_clip_vit_with_six_blocks_of_four_heads_and_the_minis_text_tower(deep):
+    import open_clip
+
+    from clipedit.defenses.dyslexify import class_token_sites
+
+    visual = deep.model.visual
+    assert isinstance(visual, open_clip.transformer.VisionTransformer)
+    blocks = visual.transformer.resblocks
+    assert len(blocks) >= 6 and all(type(b).__name__ == "ResidualAttentionBlock" for b in blocks)
+    assert all(b.attn.num_heads >= 4 for b in blocks)
+    assert sum(n for _, n in class_token_sites(deep)) >= 24  # Dyslexify's candidates
+    resnet = load_model("mini", device="cpu")
+    text = {k: v for k, v in resnet.model.state_dict().items() if not k.startswith("visual.")}
+    state = deep.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in text.items())
+    assert deep.name == NAME and deep.classnames == resnet.classnames
+
+
+def test_it_reads_objects_and_is_fooled_by_written_words(figures):
+    assert figures["clean_acc"] >= 0.85 and figures["blank_acc"] >= 0.78
+    assert figures["text_acc"] <= 0.47 and figures["attack_success"] >= 0.40
+
+
+def test_bundled_config_records_the_full_figures_and_its_training():
+    cfg = read_mini_vit_config(mini_vit_asset_dir(NAME), NAME)
+    heldout = cfg["heldout"]
+    assert heldout["n"] >= 1000
+    assert heldout["clean_acc"] >= 0.90 and heldout["blank_acc"] >= 0.85
+    assert heldout["text_acc"] <= 0.40 and heldout["attack_success"] >= 0.50
+    assert cfg["training"]["command"].startswith("clipedit train-mini --arch vit-deep")
+    assert cfg["training"]["minutes"] <= 90
+    assert cfg["model_cfg"]["vision_cfg"]["layers"] == 6
+
+
+def test_all_bundled_assets_fit_32_mb():
+    assets = mini_vit_asset_dir(NAME).parent
+    assert sum(p.stat().st_size for p in assets.rglob("*") if p.is_file()) <= 32_000_000
+    assert sorted(p.name for p in mini_vit_asset_dir(NAME).iterdir()) == ["config.json", WEIGHTS_FILE]
+
+
+@pytest.fixture
+def deep_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / NAME
+    shutil.copytree(mini_vit_asset_dir(NAME), folder)
+    monkeypatch.setenv("CLIPEDIT_MINI_VIT_DEEP_DIR", str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["config missing", "config corrupt", "weights missing", "weights corrupt"])
+def test_a_missing_or_corrupt_asset_names_the_file_and_the_rebuild_command(capsys, deep_dir, damage):
+    target = deep_dir / ("config.json" if damage.startswith("config") else WEIGHTS_FILE)
+    if damage.endswith("missing"):
+        target.unlink()
+    else:
+        target.write_bytes(b"\x00{not json" * 8)
+    line = run_error(capsys, "audit", "--model", NAME, "--n", "12")
+    assert str(target) in line and "clipedit train-mini --arch vit-deep" in line
+    assert "CLIPEDIT_MINI_VIT_DEEP_DIR" in line
