@@ -166,6 +166,12 @@ def oracle_values_text_acc(bundle, predictor, attacks, labels, mask: torch.Tenso
     return text_note_acc(logits, predictor, attacks, labels)
 
 
+def site_name(short: str) -> str:
+    """``v3`` -> block 3's attn.v_proj, ``c3`` -> its mlp.c_proj."""
+    kind, block = short[0], int(short[1:])
+    return {"v": VALUE_SITE, "c": SITE}[kind].format(block)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="mini-vit", help="a ViT mini: mini-vit or mini-vit-deep")
@@ -177,6 +183,11 @@ def main() -> None:
                     help="what to run (comma-separated): oracle, blocks, stem, extras (masks, thresholds, two "
                          "blocks), value (attention value projection + mlp.c_proj, with keep_targets), "
                          "heads (typographic score of every head)")
+    ap.add_argument("--value-sets", default="v0+c0,v0+v1+c0,v0+c0+v1,v0+v1+v2+c0",
+                    help="--parts value: site sets, comma-separated; vN = block N's attn.v_proj, cN = its "
+                         "mlp.c_proj, '+' joins one multi-site edit (solved in order)")
+    ap.add_argument("--value-ranks", default="16,32")
+    ap.add_argument("--keeps", default="0,1,2,3", help="--parts value: keep_targets weights")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a shared, busy CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -237,10 +248,12 @@ def main() -> None:
         print(format_table([[k, *v] for k, v in heads.items()], header=["block", "head scores"]), flush=True)
     picked = None
     if "value" in parts:
-        v0, v1, v2, c0 = VALUE_SITE.format(0), VALUE_SITE.format(1), VALUE_SITE.format(2), SITE.format(0)
-        site_sets = [[v0, c0], [v0, v1, c0], [v0, c0, v1], [v0, v1, v2, c0]]
-        grid = [(sites, r, "label", keep) for sites in site_sets for r in (16, 32) for keep in (0.0, 1.0, 2.0, 3.0)]
-        grid += [([c0], 32, "label", keep) for keep in (1.0, 4.0)]
+        site_sets = [[site_name(part) for part in item.split("+")] for item in args.value_sets.split(",")]
+        keeps = [float(k) for k in args.keeps.split(",")]
+        grid = [(sites, int(r), "label", keep) for sites in site_sets for r in args.value_ranks.split(",")
+                for keep in keeps]
+        if args.value_sets == ap.get_default("value_sets"):  # the grid that chose mini-vit's default
+            grid += [([SITE.format(0)], 32, "label", keep) for keep in (1.0, 4.0)]
         for sites, rank, mask, keep in grid:
             name = f"{' + '.join(s.removeprefix('visual.transformer.resblocks.') for s in sites)}, rank {rank}, " \
                    f"{mask} mask, keep {keep:g}"
