@@ -7,21 +7,35 @@ from typing import Optional
 
 import click
 
-from clipedit.commands.options import check_out_dir, model_options, out_dir_option, read_json_file, split_list
+from clipedit.commands.options import (
+    check_out_dir,
+    class_list,
+    model_options,
+    out_dir_option,
+    read_json_file,
+    split_list,
+)
+from clipedit.data.benchmarks import LAYOUTS, data_path
+from clipedit.data.splits import MIN_PER_SIDE, split_data
 from clipedit.defenses.compare import (
     COMPARE_METHODS,
+    WORLD_WORDS,
     CompareSettings,
     check_settings,
     compare,
     flat_metrics,
     pareto_rows,
+    resolved,
     table_rows,
 )
+from clipedit.defenses.paint import check_supported
 from clipedit.defenses.sweep import plot_tradeoff
+from clipedit.defenses.user_data import with_validation_world
 from clipedit.errors import ClipeditError
 from clipedit.eval.intervals import format_cell
 from clipedit.eval.report import write_report
 from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.outputs import OutputSet, check_outputs
 
 DEFAULTS = CompareSettings()
 
@@ -30,8 +44,9 @@ DEFAULTS = CompareSettings()
 @model_options(default="mini")
 @click.option("--methods", default=None, metavar="A,B,…",
               help=f"Methods to run [default: every one that applies; known: {', '.join(COMPARE_METHODS)}].")
-@click.option("--words", default=",".join(DEFAULTS.words), show_default=True, metavar="W,…",
-              help="Defended words (each defended separately).")
+@click.option("--words", default=None, metavar="W,…",
+              help=f"Defended words (each defended separately) [default: {','.join(WORLD_WORDS)}; with --data: a "
+                   "benchmark's three most frequent written words, an ImageFolder's first three classes].")
 @click.option("--seeds", default=",".join(map(str, DEFAULTS.seeds)), show_default=True, metavar="S,…",
               help="Seeds (exemplars, training splits, training order); over seeds: mean and t interval.")
 @click.option("--n", "n_test", type=int, default=DEFAULTS.n_test, show_default=True,
@@ -44,19 +59,49 @@ DEFAULTS = CompareSettings()
 @click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE.json", help='Methods\' settings over their defaults: {"METHOD": {FIELD: VALUE, …}, …} '
                                         '(e.g. {"defense-prefix": {"steps": 500}}); recorded in compare.json.')
+@click.option("--data", default=None, metavar="DIR|KIND:PATH",
+              help="A labelled dataset of yours: an ImageFolder (notes rendered on its photos) or a typographic "
+                   f"benchmark (KIND: {', '.join(LAYOUTS)}), split into validation (tuning) and test (the table) "
+                   f"by a seeded hash of file names (at least {MIN_PER_SIDE} images a side).")
+@click.option("--classes", default=None, help="Class names for --data (comma-separated).")
+@click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of --data's validation/test split.")
+@click.option("--supported", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="PAINT's supported task: an ImageFolder distinct from the patch data [default: clean "
+                   "validation scenes and signs of the model's world].")
+@click.option("--supported-classes", default=None, help="Class names for --supported (comma-separated).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write an HTML report here.")
 @out_dir_option(required=False, help="Output directory [default: runs/compare-MODEL].")
-def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, hparams_file, report, out) -> None:
+def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, hparams_file, data, classes, split_seed,
+                supported, supported_classes, report, out) -> None:
     """Run every method on the same exemplars / typographic training split, each tuned on validation only,
     and score all on the test split; writes compare.json (clip_benchmark fields, flat metrics) and
     compare.png (gain vs cost), and prints the table (every cell: value [95% interval] n)."""
+    names = class_list(classes, None)
+    if names is not None and data is None:
+        raise ClipeditError("--classes goes with --data")
+    support_names = class_list(supported_classes, None)
+    if support_names is not None and supported is None:
+        raise ClipeditError("--supported-classes goes with --supported")
     settings = CompareSettings(methods=tuple(split_list(methods)) if methods is not None else None,
-                               words=tuple(split_list(words) or ()), seeds=_seeds(seeds), n_test=n_test,
-                               n_signs=n_signs, n_train=n_train, n_val=n_val, hparams=_hparams(hparams_file))
+                               words=tuple(split_list(words) or ()) if words is not None else None,
+                               seeds=_seeds(seeds), n_test=n_test, n_signs=n_signs, n_train=n_train, n_val=n_val,
+                               hparams=_hparams(hparams_file), data=data, classes=tuple(names) if names else None,
+                               split_seed=split_seed, supported=str(supported) if supported is not None else None,
+                               supported_classes=tuple(support_names) if support_names else None)
     out = check_out_dir(out or Path("runs") / f"compare-{model.spec.replace(':', '-')}")
+    check_outputs({"--out": OutputSet(out, ("compare.json", "compare.png", "compare.partial.json")),
+                   "--report": report},
+                  inputs={"--checkpoint": model.checkpoint, "--data": data_path(data), "--supported": supported,
+                          "--hparams": hparams_file})
+    if supported is not None:
+        check_supported(supported, support_names)
+        _distinct(supported, data)
+    split = split_data(data, split_seed, names) if data is not None else None
     bundle = model.load()
-    check_settings(bundle, settings)  # before any work: one Error line, nothing written
+    settings = resolved(settings, split)
+    check_settings(with_validation_world(bundle, split) if split is not None else bundle, settings)  # before work
     start = time.perf_counter()
     partial = out / "compare.partial.json"  # the methods done so far, while the rest run; removed at the end
 
@@ -64,17 +109,21 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
         out.mkdir(parents=True, exist_ok=True)
         write_results(partial, {"partial": True, "compare": so_far})
 
-    record = compare(bundle, settings, progress=lambda m: click.echo(m, err=True), on_method=keep)
+    record = compare(bundle, settings, progress=lambda m: click.echo(m, err=True), on_method=keep, split=split)
     seconds = time.perf_counter() - start
     header, rows = table_rows(record, format_cell)
-    result = make_record(dataset=bundle.world.name, bundle=bundle, task="typographic_defense_compare",
-                         metrics=flat_metrics(record), classnames=bundle.world.classnames,
-                         templates=bundle.templates, words=settings.words, seed=None, n=settings.n_test,
-                         split="test", total_seconds=round(seconds, 1), compare=record)
+    n = len(split.test) if split is not None else settings.n_test  # test-side images, or scenes a set
+    result = make_record(dataset=split.dataset if split else bundle.world.name, bundle=bundle,
+                         task="typographic_defense_compare", metrics=flat_metrics(record),
+                         classnames=split.classnames if split else bundle.world.classnames,
+                         templates=bundle.templates, words=settings.words, seed=None, n=n,
+                         split="test", total_seconds=round(seconds, 1), compare=record,
+                         **({"data_split": record["data"]} if split else {}))
     out.mkdir(parents=True, exist_ok=True)
     write_results(out / "compare.json", result)
     plot_tradeoff(pareto_rows(record), out / "compare.png",
-                  f"{bundle.name}: defenses vs {', '.join(settings.words)} (test split, n={settings.n_test} a set, "
+                  f"{bundle.name}: defenses vs {', '.join(settings.words)} (test split, n={n}"
+                  f"{'' if split else ' a set'}, "
                   f"{len(settings.seeds)} seed(s))")
     if report is not None:
         write_report(report, title=f"clipedit compare: {bundle.name}",
@@ -83,9 +132,12 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                             ("seconds", f"{seconds:.0f}")],
                      header=header, rows=rows, chart=(out / "compare.png").read_bytes(), grid=[],
                      notes=["Cells: value [95% interval] n; one seed: Wilson; several: mean and t interval over seeds.",
-                            "A beats B only where the intervals do not overlap; otherwise it is a tie."])
+                            "A beats B only where the intervals do not overlap; otherwise it is a tie.",
+                            *record["notes"]])
     partial.unlink(missing_ok=True)
     click.echo(format_table(rows, header=header))
+    for note in record["notes"]:
+        click.echo(f"note: {note}")
     click.echo(f"{len(record['methods'])} methods x {len(settings.seeds)} seeds x {len(settings.words)} words in "
                f"{seconds:.0f} s; wrote {out}/compare.json, compare.png" + (f", {report}" if report else ""))
 
@@ -107,3 +159,14 @@ def _seeds(text: str) -> tuple[int, ...]:
         return tuple(int(s) for s in items)
     except ValueError:
         raise ClipeditError(f"--seeds takes comma-separated integers, got {text!r}") from None
+
+
+def _distinct(supported: Path, data) -> None:
+    """PAINT's supported task is not the patch data: refuse ``--supported`` inside (or holding) ``--data``."""
+    if data is None:
+        return
+    a, b = supported.resolve(), data_path(data).resolve()
+    b = b if b.is_dir() else b.parent
+    if a == b or b in a.parents or a in b.parents:
+        raise ClipeditError(f"--supported {supported} overlaps --data {data}: PAINT's supported task must be "
+                            "distinct from the patch data")

@@ -59,7 +59,7 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
         check_out_file(report)
     check_outputs({"--out": OutputSet(out, OUTPUT_SET), "--report": report},
                   inputs={"--checkpoint": model.checkpoint, "--vocab": settings.vocab,
-                          "--hparams": settings.hparams_file,
+                          "--hparams": settings.hparams_file, "--supported": settings.supported,
                           "--exemplar": photo.exemplar, "--blank": photo.blank, "--mask": photo.mask_path,
                           "--photos": settings.photos, "--reference": settings.reference,
                           "--data": data_path(evaluation.data)})

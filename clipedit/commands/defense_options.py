@@ -15,6 +15,7 @@ from clipedit.data.images import load_image, load_mask, load_photos
 from clipedit.defenses.edit_requests import request_from_images
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
+from clipedit.defenses.paint import check_supported
 from clipedit.errors import ClipeditError
 from clipedit.eval.evaluation import EvalOptions
 
@@ -38,6 +39,8 @@ class SettingsOptions:
     vocab: Optional[Path] = None
     hparams_file: Optional[Path] = None
     seed: int = 0
+    supported: Optional[Path] = None
+    supported_classes: Optional[str] = None
 
     @property
     def auto(self) -> list[str]:
@@ -56,12 +59,28 @@ class SettingsOptions:
                  "cov_reg": self.cov_reg, "keep_targets": self.keep_targets, "renders": self.renders,
                  "mask": self.mask_kind, "seed": self.seed, "reference": self.reference, "vocab": self.vocab,
                  "photos": load_photos(self.photos) if self.photos else None,
-                 "hparams": read_json_file(self.hparams_file, "--hparams"),
+                 "hparams": self.supported_hparams(read_json_file(self.hparams_file, "--hparams")),
                  "finetune": FinetuneHParams(**{k: v for k, v in (("steps", self.steps), ("lr", self.lr))
                                                 if v is not None})}
         if self.solver == "optimize":
             given.update(steps=self.steps, lr=self.lr)
         return given
+
+
+    def supported_hparams(self, hparams: Optional[dict]) -> Optional[dict]:
+        """``--supported DIR`` (PAINT's supported task, checked now) merged into the method's settings."""
+        if self.supported is None:
+            if self.supported_classes is not None:
+                raise ClipeditError("--supported-classes goes with --supported")
+            return hparams
+        if self.method != "paint":
+            raise ClipeditError(f"--supported is PAINT's supported task: it goes with --method paint, not "
+                                f"{self.method}")
+        names = class_list(self.supported_classes, None)
+        check_supported(self.supported, names)
+        if hparams is not None and not isinstance(hparams, dict):
+            return hparams  # PaintHParams.from_dict refuses it in one line
+        return {**(hparams or {}), "supported": str(self.supported), "supported_classes": names}
 
 
 def _rank(rank: Optional[str]) -> Optional[int]:
@@ -108,6 +127,11 @@ settings_options = option_group(
     click.option("--reference", type=click.Path(file_okay=False, path_type=Path), default=None,
                  help="Folder of reference images for the key statistics."),
     click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed."),
+    click.option("--supported", type=click.Path(path_type=Path), default=None, metavar="DIR",
+                 help="--method paint: the supported task α is chosen on beside the patching task, an ImageFolder "
+                      "(DIR/<class>/<image>) [default: clean validation scenes and signs of the model's world]."),
+    click.option("--supported-classes", default=None, help="Class names for --supported (comma-separated; default: "
+                                                          "its folder names)."),
 )
 
 

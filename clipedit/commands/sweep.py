@@ -6,11 +6,21 @@ from pathlib import Path
 
 import click
 
-from clipedit.commands.options import check_out_dir, model_options, out_dir_option, seed_option, split_list
+from clipedit.commands.options import (
+    check_out_dir,
+    class_list,
+    model_options,
+    out_dir_option,
+    seed_option,
+    split_list,
+)
 from clipedit.commands.params import TEXT, count, finite
+from clipedit.data.benchmarks import data_path
+from clipedit.data.splits import split_data
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import PICK_TOLERANCE, tolerance_text
 from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
+from clipedit.defenses.user_data import with_validation_world
 from clipedit.errors import ClipeditError
 from clipedit.eval.results import format_table, make_record, write_results
 from clipedit.outputs import OutputSet, check_outputs
@@ -34,9 +44,16 @@ from clipedit.outputs import OutputSet, check_outputs
               help="Pick rule: largest clean / blank-note loss, in points.")
 @click.option("--renders", type=click.IntRange(min=1), default=None,
               help="Rendered exemplars per word [default: per architecture, defaults.json].")
+@click.option("--data", default=None, metavar="DIR|KIND:PATH",
+              help="A labelled dataset of yours, split as clipedit compare --data splits it (a seeded hash of "
+                   "file names); the sweep renders its exemplars and scores on the validation side only.")
+@click.option("--classes", default=None, help="Class names for --data (comma-separated).")
+@click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of --data's validation/test split.")
 @seed_option()
 @out_dir_option(required=False, help="Output directory [default: runs/sweep-WORDS].")
-def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, seed, out) -> None:
+def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, data, classes, split_seed, seed,
+              out) -> None:
     """Rank every candidate site x rank of the rewrite on the validation split; write sweep.json and
     sweep.png (gain vs cost, Pareto front) and print the ranking and the pick."""
     words = [w for t in texts for w in (split_list(t) or [])]
@@ -45,19 +62,28 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, se
     if "*" in words:
         raise ClipeditError("sweep scores named words; '*' (any word) is for defend")
     out = check_out_dir(out or Path("runs") / ("sweep-" + "-".join(words))[:60])
-    check_outputs({"--out": OutputSet(out, ("sweep.json", "sweep.png"))}, inputs={"--checkpoint": model.checkpoint})
+    check_outputs({"--out": OutputSet(out, ("sweep.json", "sweep.png"))},
+                  inputs={"--checkpoint": model.checkpoint, "--data": data_path(data)})
     singles, sets = _candidates(sites)
     settings = SweepSettings(sites=singles, ranks=_ranks(ranks), site_sets=sets, n_val=n_val, n_signs=n_signs,
                              tolerance=tolerance / 100)
+    names = class_list(classes, None)
+    if names is not None and data is None:
+        raise ClipeditError("--classes goes with --data")
+    split = split_data(data, split_seed, names) if data is not None else None  # compare --data's split
     bundle = model.load()
+    if split is not None:  # exemplars, reference views and the scored scenes: the validation side only
+        bundle = with_validation_world(bundle, split)
     start = time.perf_counter()
     config = resolve_config(bundle, {"renders": renders, "seed": seed})
     result = sweep(bundle, words, settings, config)
     seconds = time.perf_counter() - start
-    record = make_record(dataset=f"{bundle.world.name if bundle.world else bundle.name}:validation", bundle=bundle,
+    source = split.dataset if split is not None else bundle.world.name if bundle.world else bundle.name
+    record = make_record(dataset=f"{source}:validation", bundle=bundle,
                          task="typographic_sweep", metrics={}, classnames=[], templates=None, words=words,
                          seed=seed, n=n_val, split="validation", n_val=n_val, n_signs=n_signs,
                          total_seconds=round(seconds, 1), config=config.to_dict(),
+                         **({"data_split": split.record()} if split is not None else {}),
                          **{k: v for k, v in result.to_dict().items() if k != "words"})
     write_results(out / "sweep.json", record)
     plot_tradeoff(result.rows, out / "sweep.png", f"{bundle.name}: rewrite against {', '.join(words)} (validation)",

@@ -7,6 +7,13 @@ the word-agnostic peers (Dyslexify, PAINT) from the same typographic training sp
 uses the validation split; all are scored on the test split: the defended word's notes, other words'
 notes (unseen), clean, blank note and signs (reading kept). Every cell carries n and a 95% interval
 (:mod:`clipedit.eval.intervals`: Wilson for one seed; over several seeds, the mean with a t interval).
+
+On a user's labelled data (``CompareSettings.data``: ``KIND:PATH`` as ``audit --dataset`` reads it, or
+an ImageFolder ``DIR``) the validation/test split is :func:`clipedit.data.splits.split_data`'s seeded
+hash of file names (``split_seed``; recorded under ``data``): every method's exemplars, training split
+and tuning come from the validation side, every cell from the test side, as
+:mod:`clipedit.defenses.user_data` defines them; a metric the data cannot give is left out of the
+table and named in ``notes``, never filled in. ``supported``: PAINT's supported task (an ImageFolder).
 """
 from __future__ import annotations
 
@@ -20,12 +27,20 @@ from typing import Any, Optional
 
 import torch
 
+from clipedit.data.splits import FOLDER, DataSplit, split_data
 from clipedit.defenses.defense_prefix import check_text_tower, defense_prefix
 from clipedit.defenses.dyslexify import class_token_sites, dyslexify
-from clipedit.defenses.paint import paint, validation_sets
+from clipedit.defenses.paint import paint, supported_task, validation_sets
 from clipedit.defenses.selection import HeldoutData, heldout_data
 from clipedit.defenses.typo_train import typographic_training_set
 from clipedit.defenses.typographic import DefenseConfig, defend
+from clipedit.defenses.user_data import (
+    BenchmarkTest,
+    benchmark_counts,
+    default_words,
+    scoring_sets,
+    with_validation_world,
+)
 from clipedit.errors import ClipeditError
 from clipedit.eval.intervals import cell
 from clipedit.eval.metrics import evaluate_attacks, evaluate_images
@@ -38,6 +53,14 @@ COMPARE_METHODS: tuple[str, ...] = ("edit", "dyslexify", "head-ablation-weights"
                                     "finetune-local", "finetune-global")
 #: Methods trained on the word-agnostic typographic split (one run per seed serves every word).
 WORD_AGNOSTIC = frozenset({"dyslexify", "paint", "defense-prefix"})
+#: The selection record of a method with nothing to tune (the rewrite and the fine-tuning baselines here).
+FIXED_SETTINGS = "none: the model's default settings (defaults.json); nothing is tuned, so no tolerance applies"
+#: Defended words on the model's own world when none are given.
+WORLD_WORDS: tuple[str, ...] = ("ipod", "mug", "apple")
+#: Why a metric can be missing on a user's data (left out of the table, said in the notes).
+MISSING = {"other_text_acc": "no test-side image carries a word other than the defended ones",
+           "clean_acc": "the dataset has no clean photos", "blank_acc": "the dataset has no blank-note photos",
+           "reading_acc": "no signs were asked for (--n-signs 0)"}
 #: Table rows: label, metric key.
 METRICS: tuple[tuple[str, str], ...] = (("defended word", "text_acc"), ("unseen words", "other_text_acc"),
                                         ("clean", "clean_acc"), ("blank note", "blank_acc"),
@@ -50,23 +73,32 @@ class CompareSettings:
 
     Attributes:
         methods: methods to run (None: every method that applies to the model).
-        words: defended words (each defended separately).
+        words: defended words (each defended separately; None: ``WORLD_WORDS`` on the model's world,
+            :func:`~clipedit.defenses.user_data.default_words` on ``data``).
         seeds: seeds of exemplars, training splits and training order.
         n_test: test scenes per set (defended word, other words); ``n_signs`` test signs.
         n_train: scenes of the typographic training split (Dyslexify, PAINT).
         n_val: validation scenes per set for the methods' own tuning.
         hparams: method -> settings over its defaults (its hparams class's fields), e.g. a shorter
             ``defense-prefix`` schedule; recorded with the results.
+        data: a user's labelled data (``KIND:PATH`` or an ImageFolder), split by ``split_seed``; ``classes``
+            its class names (default: the benchmark's or the folder names).
+        supported, supported_classes: PAINT's supported task (an ImageFolder) and its class names.
     """
 
     methods: Optional[tuple[str, ...]] = None
-    words: tuple[str, ...] = ("ipod", "mug", "apple")
+    words: Optional[tuple[str, ...]] = None
     seeds: tuple[int, ...] = (0, 1, 2)
     n_test: int = 1000
     n_signs: int = 1000
     n_train: int = 1000
     n_val: int = 500
     hparams: dict[str, dict] = dataclasses.field(default_factory=dict)
+    data: Optional[str] = None
+    classes: Optional[tuple[str, ...]] = None
+    split_seed: int = 0
+    supported: Optional[str] = None
+    supported_classes: Optional[tuple[str, ...]] = None
 
 
 def not_applicable(bundle: ModelBundle, method: str) -> Optional[str]:
@@ -101,11 +133,11 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
     """
     if not settings.seeds:
         raise ClipeditError("--seeds is empty: give at least one seed, e.g. --seeds 0,1,2")
-    if not settings.words:
+    if settings.words is not None and not settings.words:
         raise ClipeditError("--words is empty: give at least one word to defend against")
     for name in ("n_test", "n_train", "n_val", "n_signs"):
-        if getattr(settings, name) < 1:
-            raise ClipeditError(f"{name} must be >= 1, got {getattr(settings, name)}")
+        if getattr(settings, name) < (0 if name == "n_signs" else 1):
+            raise ClipeditError(f"{name} must be >= {0 if name == 'n_signs' else 1}, got {getattr(settings, name)}")
     if bundle.world is None or not bundle.world.classnames:
         raise ClipeditError(f"{bundle.name} has no labelled world to compare on (give --data KIND:PATH)")
     stray = sorted(set(settings.hparams) - set(COMPARE_METHODS))
@@ -127,8 +159,11 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
     return tuple(settings.methods)
 
 
-def counts(data: HeldoutData, bundle: ModelBundle) -> dict[str, tuple[int, int]]:
-    """(hits, n) of each metric of ``bundle`` on the held-out data (test split)."""
+def counts(data: HeldoutData | BenchmarkTest, bundle: ModelBundle) -> dict[str, tuple[int, int]]:
+    """(hits, n) of each metric of ``bundle`` on the held-out data (test split; a benchmark's test side:
+    :func:`~clipedit.defenses.user_data.benchmark_counts`)."""
+    if isinstance(data, BenchmarkTest):
+        return benchmark_counts(data, bundle)
     held = dataclasses.replace(data.bundle, model=bundle.model)
     predictor = data.predictor.with_bundle(held)
     ed = evaluate_attacks(held, predictor, *data.sets.edited, progress=False, batch_size=256)
@@ -179,36 +214,65 @@ def run_method(base: ModelBundle, method: str, word: Optional[str], seed: int, s
         if method == "dyslexify":
             r = dyslexify(bundle, method_hparams(method, given, fixed), train=train)
             details = {"heads": [list(h) for h in r.heads], "scores": r.scores, "steps": r.steps, "base": r.base,
-                       "rule": r.rule}
+                       "rule": r.rule, "selection": r.details["selection"]}
         elif method == "defense-prefix":
             if "prefix-val" not in shared:
                 shared["prefix-val"] = validation_sets(base, settings.n_val, 0)
             r = defense_prefix(bundle, method_hparams(method, given, {**fixed, "n_val": settings.n_val}),
                                train=train, val=shared["prefix-val"])
-            details = {"lr": r.lr, "lr_curve": r.rows, "rule": r.rule, "loss": r.loss}
+            details = {"lr": r.lr, "lr_curve": r.rows, "rule": r.rule, "loss": r.loss,
+                       "selection": {"rule": r.rule, "tolerance": None}}
         else:
             if "paint-val" not in shared:
-                shared["paint-val"] = validation_sets(base, settings.n_val, min(settings.n_signs, settings.n_val))
-            r = paint(bundle, method_hparams(method, given, fixed), train=train, val=shared["paint-val"])
-            details = {"alpha": r.alpha, "alpha_curve": r.rows, "rule": r.rule, "loss": r.loss}
+                task = supported_task(base, settings.supported, settings.supported_classes) \
+                    if settings.supported else None
+                shared["paint-val"] = validation_sets(base, settings.n_val, min(settings.n_signs, settings.n_val),
+                                                      supported=task)
+            supported = {"supported": settings.supported, "supported_classes": settings.supported_classes} \
+                if settings.supported else {}
+            r = paint(bundle, method_hparams(method, given, {**fixed, **supported}), train=train,
+                      val=shared["paint-val"])
+            details = {"alpha": r.alpha, "alpha_curve": r.rows, "rule": r.rule, "loss": r.loss,
+                       "selection": r.details["selection"]}
     else:
         defense = defend(bundle, word, DefenseConfig(method=method, seed=seed, method_hparams=given or None))
         details = {"layer": defense.layer}
         if method == "head-ablation-weights":
             details["heads"] = [list(h) for h in defense.details["heads"]]
+            details["selection"] = defense.details["selection"]
+        else:
+            details["selection"] = {"rule": FIXED_SETTINGS, "tolerance": None}
     return bundle, details, time.perf_counter() - start + extra
 
 
+def resolved(settings: CompareSettings, split: Optional[DataSplit] = None) -> CompareSettings:
+    """``settings`` with its words filled in (``WORLD_WORDS``, or the data's defaults)."""
+    if settings.words is not None:
+        return settings
+    return dataclasses.replace(settings, words=tuple(default_words(split)) if split is not None else WORLD_WORDS)
+
+
 def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[str], None] = log.info,
-            on_method: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+            on_method: Optional[Callable[[dict[str, Any]], None]] = None,
+            split: Optional[DataSplit] = None) -> dict[str, Any]:
     """Run every method of ``settings`` and score it; returns the record (cells, raw counts, details).
 
     Args:
         on_method: called with the record so far after each method (e.g. to keep a partial file).
+        split: ``settings.data`` already split (default: split here).
     """
+    split = split if split is not None or settings.data is None else \
+        split_data(settings.data, settings.split_seed, settings.classes)
+    if split is not None:  # every method draws from the validation side; the cells come from the test side
+        base = with_validation_world(base, split)
+    settings = resolved(settings, split)
     methods = check_settings(base, settings)
     t_all = time.perf_counter()
-    tests = {w: heldout_data(base, [w], settings.n_test, settings.n_signs, split="test") for w in settings.words}
+    if split is not None:
+        tests = scoring_sets(base, split, settings.words, settings.n_test, settings.n_signs)
+    else:
+        tests = {w: heldout_data(base, [w], settings.n_test, settings.n_signs or None, split="test")
+                 for w in settings.words}
     raw: dict[str, dict[str, dict[str, dict]]] = {"unedited": {"-": {w: counts(tests[w], base)
                                                                     for w in settings.words}}}
     seconds: dict[str, list[float]] = {}
@@ -232,17 +296,42 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
                     raw[method][str(seed)][w] = counts(tests[w], bundle)
             progress(f"{method} seed {seed}: {sum(seconds[method]):.0f} s so far")
         if on_method is not None:
-            on_method(_record(methods, settings, raw, seconds, details, t_all))
-    return _record(methods, settings, raw, seconds, details, t_all)
+            on_method(_record(methods, settings, raw, seconds, details, t_all, split))
+    return _record(methods, settings, raw, seconds, details, t_all, split)
 
 
-def _record(methods, settings, raw, seconds, details, t_all) -> dict[str, Any]:
+def _record(methods, settings, raw, seconds, details, t_all, split=None) -> dict[str, Any]:
     cells = {m: table_cells(raw[m]) for m in raw}
-    return {"methods": list(methods), "words": list(settings.words), "seeds": list(settings.seeds),
-            "settings": dataclasses.asdict(settings), "cells": cells, "raw": raw,
-            "seconds": {m: {"mean_per_defense": sum(s) / len(s), "runs": len(s), "total": sum(s)}
-                        for m, s in seconds.items()},
-            "details": details, "wall_seconds": time.perf_counter() - t_all}
+    record = {"methods": list(methods), "words": list(settings.words), "seeds": list(settings.seeds),
+              "settings": dataclasses.asdict(settings), "cells": cells, "raw": raw,
+              "seconds": {m: {"mean_per_defense": sum(s) / len(s), "runs": len(s), "total": sum(s)}
+                          for m, s in seconds.items()},
+              "details": details, "wall_seconds": time.perf_counter() - t_all}
+    if split is not None:
+        record["data"] = split.record()
+    record["notes"] = data_notes(record, split)
+    return record
+
+
+def data_notes(record: dict[str, Any], split: Optional[DataSplit] = None) -> list[str]:
+    """What the table leaves out and why, and where each figure comes from on a user's data."""
+    base = record["cells"]["unedited"]
+    notes = [f"{label}: left out ({MISSING.get(key, 'not measured')})" for label, key in METRICS
+             if not base.get(key, {}).get("n")]
+    if split is not None:
+        notes.append(f"split: {split.record()['rule']} (seed {split.seed}); methods tuned on the validation side "
+                     f"({len(split.validation)} images), cells from the test side ({len(split.test)} images)")
+        if split.layout == FOLDER:
+            notes.append("notes rendered by clipedit on the test photos (test split's held-out styles), one scene "
+                         "a photo and set")
+        else:
+            notes.append("the benchmark's own test photos; synthetic (rendered) photos are not scored")
+        if base.get("reading_acc", {}).get("n"):
+            notes.append("reading kept: clipedit's signs of the data's class names on plain canvases (rendered, "
+                         "not the data's photos)")
+    if record["settings"].get("supported"):
+        notes.append(f"PAINT's supported task: {record['settings']['supported']}")
+    return notes
 
 
 def table_cells(per_seed: dict[str, dict[str, dict[str, tuple[int, int]]]]) -> dict[str, dict]:
@@ -263,6 +352,8 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for method, cells in record["cells"].items():
         for key, c in cells.items():
+            if not c["n"]:
+                continue  # not measured on this data: left out, never filled in
             flat[f"{method}/{key}"] = c["value"]
             flat[f"{method}/{key}_lo"] = c["lo"]
             flat[f"{method}/{key}_hi"] = c["hi"]
@@ -288,7 +379,8 @@ def pareto_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
 def table_rows(record: dict[str, Any], fmt: Callable[[dict], str]) -> tuple[list[str], list[list[str]]]:
     """(header, rows): one column per method (unedited first), one row per metric, then seconds."""
     methods = list(record["cells"])
-    rows = [[label, *(fmt(record["cells"][m][key]) for m in methods)] for label, key in METRICS]
+    rows = [[label, *(fmt(record["cells"][m][key]) for m in methods)] for label, key in METRICS
+            if record["cells"]["unedited"][key]["n"]]  # a metric the data cannot give: left out (notes)
     rows.append(["seconds per defense", *("" if m == "unedited" else f"{record['seconds'][m]['mean_per_defense']:.1f}"
                                           for m in methods)])
     return ["", *methods], rows

@@ -33,7 +33,9 @@ Differences kept, and why:
 * Training-split sizes are ``n_train`` scenes (default 1000), not ImageNet-100's 126k; so ``eps`` =
   0.001 is one scene at n = 1000 and the keep rule is applied to counts (a rise of at least
   ``ceil(eps * n)`` scenes; the published float comparison would drop exact one-scene gains to
-  rounding). The selection reports how many scenes its thresholds allow.
+  rounding). A clean budget below one scene (``stop_at_delta * n < 1``) is widened to one scene with a
+  warning (:func:`clipedit.defenses.selection.scene_tolerance`); the selection record
+  (``details["selection"]``) says how many scenes each threshold allows.
 * Styles are clipedit's exemplar styles (fonts, inks, notes) instead of three MS core fonts and eight
   colours; validation/test use the held-out styles.
 """
@@ -56,6 +58,7 @@ from clipedit.core.hparams import HParams
 from clipedit.core.nethook import get_module
 from clipedit.data.images import to_batches
 from clipedit.defenses.head_ablation import query_row_hook
+from clipedit.defenses.selection import scene_tolerance
 from clipedit.defenses.typo_train import TRAIN_SEED, TypoSet, correct, typographic_training_set
 from clipedit.errors import ClipeditError
 from clipedit.eval.predictor import Predictor, make_predictor
@@ -192,7 +195,8 @@ def greedy_selection(order: Sequence[Any], evaluate: Callable[[list[Any]], tuple
     """
     base_clean, base_typo = evaluate([])
     cur_typo = base_typo
-    need = max(1, math.ceil(eps * n - 1e-9))  # a rise of at least this many scenes is kept
+    need = keep_scenes(eps, n)  # a rise of at least this many scenes is kept
+    budget = scene_tolerance(stop_at_delta, n, "dyslexify's clean budget (stop_at_delta)")
     kept: list[Any] = []
     steps: list[dict[str, Any]] = []
     under = 0
@@ -213,19 +217,33 @@ def greedy_selection(order: Sequence[Any], evaluate: Callable[[list[Any]], tuple
         under = 0
         cur_typo = typo
         kept.append(cand)
-        if base_clean - clean > stop_at_delta * n + 1e-9:
+        if not budget.allows((base_clean - clean) / n):
             steps[-1]["stopped"] = "clean budget"
             break
     return kept, steps, {"clean_acc": base_clean / n, "typo_acc": base_typo / n, "n": n}
 
 
+def keep_scenes(eps: float, n: int) -> int:
+    """The smallest rise, in scenes of ``n``, that the keep rule counts as a rise of ``eps`` (at least one)."""
+    return max(1, math.ceil(eps * n - 1e-9))
+
+
+def selection_record(hp: DyslexifyHParams, n: int) -> dict[str, Any]:
+    """What the search's thresholds allow at ``n`` training scenes: the keep rule's rise and the clean
+    budget (:func:`~clipedit.defenses.selection.scene_tolerance`: widened to one scene when below one)."""
+    budget = scene_tolerance(hp.stop_at_delta, n, "dyslexify's clean budget (stop_at_delta)", warn=False)
+    return {"split": "typographic training", "n": n, "keep_scenes": keep_scenes(hp.eps, n), "eps": hp.eps,
+            "tolerance": budget.to_dict(), "rule": rule_text(hp, n)}
+
+
 def rule_text(hp: DyslexifyHParams, n: int) -> str:
     """The selection rule with the number of scenes its thresholds stand for at ``n``."""
-    need = max(1, math.ceil(hp.eps * n - 1e-9))
-    budget = hp.stop_at_delta * n
+    need = keep_scenes(hp.eps, n)
+    budget = scene_tolerance(hp.stop_at_delta, n, "dyslexify's clean budget (stop_at_delta)", warn=False)
+    widened = f", widened from {hp.stop_at_delta:g}: below one scene" if budget.widened else ""
     return (f"keep a head when typographic accuracy on the training split rises by >= {hp.eps:g} "
             f"(>= {need} of {n} scenes); stop after more than {hp.patience} skips in a row, or once clean "
-            f"accuracy has fallen by more than {hp.stop_at_delta:g} ({budget:g} of {n} scenes)")
+            f"accuracy has fallen by more than {budget.applied:g} ({budget.scenes:g} of {n} scenes{widened})")
 
 
 def members_for(heads: Sequence[tuple[str, int]], meta: Optional[dict] = None) -> list[ClsHeadAblation]:
@@ -272,4 +290,5 @@ def dyslexify(bundle: ModelBundle, hparams: Optional[DyslexifyHParams] = None,
         m.apply(bundle.model)
     log.info("dyslexify: %d heads kept of %d: %s", len(kept), len(order), kept)
     return DyslexifyResult(members, [tuple(k) for k in kept], {k: v.tolist() for k, v in scores.items()}, steps,
-                           base, rule_text(hp, train.n), time.perf_counter() - start)
+                           base, rule_text(hp, train.n), time.perf_counter() - start,
+                           {"selection": selection_record(hp, train.n)})

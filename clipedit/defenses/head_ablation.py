@@ -38,7 +38,7 @@ from clipedit.core import EditRequest, LayerEdit
 from clipedit.core.edit_sets import EditSet, apply_edit_set
 from clipedit.core.hparams import HParams
 from clipedit.core.nethook import get_module
-from clipedit.defenses.selection import PICK_TOLERANCE, HeldoutData, admissible, heldout_data, score
+from clipedit.defenses.selection import PICK_TOLERANCE, HeldoutData, admissible, heldout_data, scene_tolerance, score
 from clipedit.errors import ClipeditError
 from clipedit.models.bundle import ModelBundle
 
@@ -90,6 +90,7 @@ class HeadAblation:
     edit_set: Optional[EditSet]
     scores: dict[str, list[float]] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
+    selection: dict[str, Any] = field(default_factory=dict)  # the keep rule, its tolerance and scenes allowed
 
 
 def attention_sites(bundle: ModelBundle) -> list[AttentionSite]:
@@ -216,6 +217,7 @@ def ablate_heads(bundle: ModelBundle, request: EditRequest, words: Sequence[str]
                    key=lambda t: -t[0])
     originals = {s.proj: get_module(bundle.model, s.proj).weight.detach().clone() for s in sites}
     base = current = score(data)
+    tolerance = scene_tolerance(hp.tolerance, int(base["n"]), "head-ablation-weights' keep-rule tolerance")
     kept: list[tuple[AttentionSite, int]] = []
     steps, skipped = [], 0
     try:
@@ -228,7 +230,7 @@ def ablate_heads(bundle: ModelBundle, request: EditRequest, words: Sequence[str]
                 weight[:, cols] = 0
             figures = score(data)
             keep = (figures["text_acc"] - current["text_acc"] >= hp.min_gain - 1e-9
-                    and admissible(figures, base, hp.tolerance))
+                    and admissible(figures, base, tolerance))
             steps.append({"site": site.name, "head": head, "score": value, "text_acc": figures["text_acc"],
                           "clean_acc": figures["clean_acc"], "blank_acc": figures["blank_acc"], "kept": keep})
             if keep:
@@ -251,8 +253,12 @@ def ablate_heads(bundle: ModelBundle, request: EditRequest, words: Sequence[str]
                                    "hparams": dataclasses.asdict(hp)})
         apply_edit_set(bundle.model, edit_set)
     log.info("head ablation: %d of %d heads ablated: %s", len(heads), len(order), heads)
+    selection = {"split": "validation", "n": int(base["n"]), "tolerance": tolerance.to_dict(),
+                 "rule": f"keep a head when defended-word text-note accuracy rises by >= {hp.min_gain:g} and clean "
+                         f"and blank-note accuracy each lose <= {tolerance.text()}; stop after more than "
+                         f"{hp.patience} heads in a row not kept"}
     return HeadAblation(heads=heads, edit_set=edit_set, scores={k: v.tolist() for k, v in scores.items()},
-                        steps=steps)
+                        steps=steps, selection=selection)
 
 
 def ablation_edits(bundle: ModelBundle, sites: Sequence[AttentionSite], heads: Sequence[tuple[AttentionSite, int]],

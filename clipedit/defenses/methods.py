@@ -166,7 +166,8 @@ def run_head_ablation(bundle: ModelBundle, data: DefenseData, hparams: HeadAblat
     """Greedy ablation of the heads that read the text, tuned on the validation split."""
     ablation = ablate_heads(bundle, data.merged(), data.words, hparams, meta=_meta(bundle, context))
     layers = ",".join(ablation.edit_set.layers) if ablation.edit_set is not None else "none"
-    details = {"heads": ablation.heads, "scores": ablation.scores, "steps": ablation.steps}
+    details = {"heads": ablation.heads, "scores": ablation.scores, "steps": ablation.steps,
+               "selection": ablation.selection}
     return DefenseResult("head-ablation-weights", layers, edit_set=ablation.edit_set, details=details)
 
 
@@ -177,7 +178,7 @@ def run_dyslexify(bundle: ModelBundle, data: DefenseData, hparams: DyslexifyHPar
     edit_set = EditSet.of(result.members, {"method": "dyslexify", "heads": [list(h) for h in result.heads]}) \
         if result.members else None
     details = {"heads": [list(h) for h in result.heads], "scores": result.scores, "steps": result.steps,
-               "base": result.base, "rule": result.rule}
+               "base": result.base, "rule": result.rule, "selection": result.details.get("selection")}
     return DefenseResult("dyslexify", ",".join(result_layers(result)) or "none", edit_set=edit_set, details=details)
 
 

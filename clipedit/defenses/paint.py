@@ -20,7 +20,12 @@ The patching task here is typographic attack: the training set is the typographi
 scenes' true classes). Validation: the patching task = held-out-style scenes with another class's name
 (validation seed); the supported tasks = clean validation scenes and the world's sign-reading task
 (a class name written alone, the label is the word), averaged like PAINT's several supported tasks.
-The supported tasks are not the patch data; the α curve goes into the result.
+The supported tasks are not the patch data; the α curve goes into the result. On a user's model,
+``PaintHParams.supported`` (``--supported DIR``: an ImageFolder, class names from its folders or
+``supported_classes``) is the supported task instead, as PAINT's ImageNet is beside its patching
+tasks: each α's row gets ``supported_task_acc`` over the folder's images with a zero-shot head over its
+own classes, and the rule averages it with the patching accuracy (clean and reading stay in the rows,
+outside the rule). Without it the minis' default above stays.
 
 Differences kept, and why:
 
@@ -31,10 +36,14 @@ Differences kept, and why:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -42,7 +51,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from clipedit.core.hparams import HParams
+from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
 from clipedit.data.images import to_batches
+from clipedit.defenses.selection import scene_tolerance
 from clipedit.defenses.typo_train import TypoSet, correct, typographic_training_set
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.heldout import split_seed
@@ -52,6 +63,8 @@ from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
+#: PAINT's aim: supported accuracy within 1 point of θ₀'s (the paper, Sec. 3); rows say which α meet it.
+SUPPORTED_AIM = 0.01
 #: PAINT's α grid (README: ``--alpha 0 0.1 … 1.0``).
 ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 #: Seed offset of the patching task's validation set (the split's defended-word set uses +0, other
@@ -70,6 +83,8 @@ class PaintHParams(HParams):
         n_val: validation scenes of the patching task and of the clean supported task.
         n_signs: validation signs (the reading supported task; 0 leaves it out).
         seed: seeds the training split and the batch order.
+        supported: an ImageFolder that is the supported task (None: clean scenes and signs of the world).
+        supported_classes: its class names, one per class folder in sorted order (None: the folder names).
     """
 
     alphas: tuple[float, ...] = ALPHAS
@@ -83,17 +98,69 @@ class PaintHParams(HParams):
     n_val: int = 500
     n_signs: int = 240
     seed: int = 0
+    supported: Optional[str] = None
+    supported_classes: Optional[tuple[str, ...]] = None
+
+    def __post_init__(self) -> None:
+        if self.supported is not None:
+            self.supported = str(self.supported)
+        if self.supported_classes is not None:
+            self.supported_classes = tuple(self.supported_classes)
+
+
+@dataclass
+class SupportedTask:
+    """A supported task given as an ImageFolder: its preprocessed images, labels and classes."""
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classnames: list[str]
 
 
 @dataclass
 class PaintValidation:
-    """Preprocessed validation sets: the patching task (notes) and the supported tasks (clean, signs)."""
+    """Preprocessed validation sets: the patching task (notes) and the supported tasks (clean, signs, or a
+    given folder)."""
 
     typo: torch.Tensor
     clean: torch.Tensor
     labels: torch.Tensor
     signs: Optional[torch.Tensor]
     sign_labels: Optional[torch.Tensor]
+    supported: Optional[SupportedTask] = None
+
+
+def check_supported(path: str | os.PathLike, classes: Optional[Sequence[str]] = None) -> LabeledImages:
+    """The ``--supported`` folder's images and classes, checked before any work.
+
+    Raises:
+        ClipeditError: not a folder, no images, images but no class folders, or ``classes`` not one per folder.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ClipeditError(f"--supported {root}: not a folder (give an ImageFolder: DIR/<class>/<image>)")
+    if not image_paths(root, "--supported folder", required=False):
+        raise ClipeditError(f"--supported {root} holds no images (expected {root}/<class>/<image>)")
+    if not any(image_paths(d, required=False) for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        raise ClipeditError(f"--supported {root} has no class folders (expected {root}/<class>/<image>)")
+    data = load_image_folder(root)
+    if classes is not None and len(classes) != len(data.classnames):
+        raise ClipeditError(f"--supported-classes gives {len(classes)} names for the {len(data.classnames)} "
+                            f"class folders of {root} ({', '.join(data.classnames)})")
+    if len(data.classnames) < 2:
+        raise ClipeditError(f"--supported {root} has one class ({data.classnames[0]}): a task needs two or more")
+    if classes is not None:
+        data.classnames = list(classes)
+    return data
+
+
+def supported_task(bundle: ModelBundle, path: str | os.PathLike, classes: Optional[Sequence[str]] = None
+                   ) -> SupportedTask:
+    """The ``--supported`` folder, preprocessed for ``bundle``."""
+    data = check_supported(path, classes)
+    images = torch.cat(list(to_batches(data.images, bundle.preprocess, 256)))
+    return SupportedTask(str(path), images, torch.tensor(data.labels), list(data.classnames))
 
 
 @dataclass
@@ -108,8 +175,10 @@ class PaintResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def validation_sets(bundle: ModelBundle, n: int, n_signs: int) -> PaintValidation:
-    """The patching task's and the supported tasks' validation sets of the model's world."""
+def validation_sets(bundle: ModelBundle, n: int, n_signs: int, supported: Optional[SupportedTask] = None
+                    ) -> PaintValidation:
+    """The patching task's and the supported tasks' validation sets of the model's world (``supported``: a
+    given supported task instead of clean scenes and signs in the rule)."""
     world = bundle.world
     if world is None or not world.classnames:
         raise ClipeditError(f"{bundle.name} has no labelled world for PAINT's validation sets "
@@ -123,7 +192,7 @@ def validation_sets(bundle: ModelBundle, n: int, n_signs: int) -> PaintValidatio
     signs = sign_set(world, n_signs, "validation") if n_signs else None
     return PaintValidation(stack([a.attacked for a in attacks]), stack([a.clean for a in attacks]),
                            torch.tensor(labels), stack(signs.images) if signs else None,
-                           torch.tensor(signs.labels) if signs else None)
+                           torch.tensor(signs.labels) if signs else None, supported)
 
 
 def choose_alpha(rows: list[dict[str, Any]]) -> int:
@@ -197,6 +266,10 @@ def paint(bundle: ModelBundle, hparams: Optional[PaintHParams] = None, train: Op
     train = train or typographic_training_set(bundle, hp.n_train, hp.seed)
     predictor = predictor or make_predictor(bundle, train.classnames)
     val = val or validation_sets(bundle, hp.n_val, hp.n_signs)
+    if val.supported is None and hp.supported is not None:
+        val = dataclasses.replace(val, supported=supported_task(bundle, hp.supported, hp.supported_classes))
+    task = val.supported
+    task_predictor = make_predictor(bundle, task.classnames) if task is not None else None
     tower = bundle.image_module
     theta0 = {k: v.detach().clone() for k, v in tower.state_dict().items()}
     loss = train_theta1(bundle, predictor, train, hp)
@@ -213,23 +286,35 @@ def paint(bundle: ModelBundle, hparams: Optional[PaintHParams] = None, train: Op
             row["reading_acc"] = correct(predictor, val.signs, val.sign_labels) / n_signs
             row["n_signs"] = n_signs
             supported.append(row["reading_acc"])
+        if task is not None:  # the given supported task replaces clean + signs in the rule
+            row["supported_task"] = task.name
+            row["supported_task_acc"] = correct(task_predictor, task.images, task.labels) / task.labels.shape[0]
+            row["n_supported"] = int(task.labels.shape[0])
+            supported = [row["supported_task_acc"]]
         row["supported_acc"] = sum(supported) / len(supported)
         rows.append(row)
         log.info("PAINT α=%.1f: patch %.3f supported %.3f", alpha, patch, row["supported_acc"])
+    n_supported = int(task.labels.shape[0]) if task is not None else min(n, n_signs or n)
+    aim = scene_tolerance(SUPPORTED_AIM, n_supported, "PAINT's supported-accuracy aim (loss against θ₀)")
     for row in rows:  # against θ₀ (α = 0): PAINT's aim is supported accuracy within 1 point of it
         row["gain"] = row["patch_acc"] - rows[0]["patch_acc"] if rows[0]["alpha"] == 0.0 else None
         row["supported_loss"] = rows[0]["supported_acc"] - row["supported_acc"]
-        row["admissible"] = row["supported_loss"] <= 0.01 + 1e-9
+        row["admissible"] = aim.allows(row["supported_loss"])
     best = choose_alpha(rows)
     alpha = rows[best]["alpha"]
     interpolate_(tower, theta0, theta1, alpha)
     for name, p in tower.named_parameters():
         if not torch.isfinite(p).all():
             raise EditError(f"PAINT produced NaN or inf in {name}")
+    what = f"{task.name} n = {n_supported}" if task is not None else \
+        f"clean n = {n}" + (f", signs n = {n_signs}" if n_signs else "")
     rule = (f"α with the highest mean of patching-task accuracy (notes, n = {n}) and supported-task accuracy "
-            f"(clean n = {n}" + (f", signs n = {n_signs}" if n_signs else "") + ") on validation; one scene "
+            f"({what}) on validation; one scene "
             f"moves the patching accuracy by {1 / n:.4f}")
-    return PaintResult(alpha, rows, rule, loss, time.perf_counter() - start)
+    selection = {"split": "validation", "rule": rule, "n_patch": n, "n_supported": n_supported,
+                 "supported": task.name if task is not None else "clean scenes" + (" and signs" if n_signs else ""),
+                 "tolerance": aim.to_dict()}
+    return PaintResult(alpha, rows, rule, loss, time.perf_counter() - start, {"selection": selection})
 
 
 @torch.no_grad()

@@ -8,9 +8,13 @@ The pick rule (shared by ``clipedit sweep``, ``defend --layer auto``, head ablat
     earlier candidate (callers list cheaper settings first). No admissible candidate: no pick.
 
 Small sets: on n scenes accuracy moves in steps of one scene (1/n), so a tolerance below one scene
-(0 < tolerance x n < 1) could only be met by no change at all. :func:`effective_tolerance` widens it
-to one scene with a warning that says so; :func:`tolerance_in_scenes` says how many scenes a
-tolerance lets change, and :func:`tolerance_text` states both in results and printed output.
+(0 < tolerance x n < 1) could only be met by no change at all. :func:`scene_tolerance` is the one
+place a tolerance meets a measured accuracy: it refuses a negative or non-finite one, widens one below
+one scene to one scene with a warning that says so, and returns a :class:`Tolerance` whose
+``allows(loss)`` every rule calls (the sweep's pick rule, ``head-ablation-weights``' keep rule,
+Dyslexify's clean budget, PAINT's supported-accuracy aim) and whose ``to_dict()`` every selection
+record carries (how many scenes it allows to change). :func:`tolerance_in_scenes` and
+:func:`tolerance_text` state it in results and printed output.
 """
 from __future__ import annotations
 
@@ -42,14 +46,65 @@ def tolerance_in_scenes(tolerance: float, n: int) -> int:
     return int(math.floor(tolerance * n + 1e-9)) if n > 0 else 0
 
 
-def effective_tolerance(tolerance: float, n: int) -> float:
-    """The tolerance the pick rule applies on ``n`` scenes: ``tolerance`` when it allows at least one scene
-    (or is 0: no loss asked for); a tolerance below one scene is widened to one scene (1/n), with a warning."""
+@dataclass(frozen=True)
+class Tolerance:
+    """A tolerance as applied to accuracies measured on ``n`` scenes (made by :func:`scene_tolerance`).
+
+    Attributes:
+        asked: the tolerance given (a fraction).
+        applied: the one compared with measured losses (``asked``, or one scene when that was below one).
+        n: the scenes the accuracies are measured on.
+        what: which rule's tolerance (for the warning and the record).
+    """
+
+    asked: float
+    applied: float
+    n: int
+    what: str = "tolerance"
+
+    @property
+    def scenes(self) -> int:
+        """How many of the ``n`` scenes may change."""
+        return tolerance_in_scenes(self.applied, self.n)
+
+    @property
+    def widened(self) -> bool:
+        return not math.isclose(self.asked, self.applied)
+
+    def allows(self, loss: float) -> bool:
+        """Whether a measured loss (a fraction) is within the tolerance (equal counts never fail on rounding)."""
+        return loss <= self.applied + 1e-9
+
+    def text(self) -> str:
+        """E.g. ``0.5 point (1 of 240 scenes)``."""
+        return tolerance_text(self.applied, self.n, self.asked)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"what": self.what, "asked": self.asked, "applied": self.applied, "n": self.n,
+                "scenes_allowed": self.scenes, "widened": self.widened, "text": self.text()}
+
+
+def scene_tolerance(tolerance: float, n: int, what: str = "tolerance", warn: bool = True) -> Tolerance:
+    """The tolerance a rule applies to accuracies over ``n`` scenes: ``tolerance`` when it allows at least
+    one scene (or is 0: no loss asked for); one below one scene is widened to one scene (1/n), with a
+    warning that says so (``warn`` False: for restating a rule already applied).
+
+    Raises:
+        ClipeditError: a negative or non-finite tolerance.
+    """
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise ClipeditError(f"{what} must be a finite fraction >= 0, got {tolerance}")
     if n > 0 and tolerance > 0 and tolerance_in_scenes(tolerance, n) < 1:
-        log.warning("tolerance %g point is below one scene of %d (%.3g point): widened to one scene (%.3g point)",
-                    100 * tolerance, n, 100 / n, 100 / n)
-        return 1.0 / n
-    return tolerance
+        if warn:
+            log.warning("%s %g point is below one scene of %d (%.3g point): widened to one scene (%.3g point)",
+                        what, 100 * tolerance, n, 100 / n, 100 / n)
+        return Tolerance(tolerance, 1.0 / n, n, what)
+    return Tolerance(tolerance, tolerance, n, what)
+
+
+def effective_tolerance(tolerance: float, n: int) -> float:
+    """:func:`scene_tolerance`'s applied value (a fraction)."""
+    return scene_tolerance(tolerance, n).applied
 
 
 def tolerance_text(tolerance: float, n: int, asked: Optional[float] = None) -> str:
@@ -136,14 +191,16 @@ def gains(row: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
             "clean_loss": -delta("clean_acc"), "blank_loss": -delta("blank_acc")}
 
 
-def admissible(row: dict[str, Any], base: dict[str, Any], tolerance: float = PICK_TOLERANCE) -> bool:
-    """Whether ``row`` costs at most ``tolerance`` of clean and of blank-note accuracy."""
+def admissible(row: dict[str, Any], base: dict[str, Any], tolerance: Tolerance | float = PICK_TOLERANCE) -> bool:
+    """Whether ``row`` costs at most ``tolerance`` of clean and of blank-note accuracy (a :class:`Tolerance`;
+    a bare fraction is applied as it is)."""
+    tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance(tolerance, tolerance, 0)
     g = gains(row, base)
-    eps = 1e-9  # equal counts must not fail on float rounding
-    return g["clean_loss"] <= tolerance + eps and g["blank_loss"] <= tolerance + eps
+    return tol.allows(g["clean_loss"]) and tol.allows(g["blank_loss"])
 
 
-def pick(rows: Sequence[dict[str, Any]], base: dict[str, Any], tolerance: float = PICK_TOLERANCE) -> Optional[int]:
+def pick(rows: Sequence[dict[str, Any]], base: dict[str, Any], tolerance: Tolerance | float = PICK_TOLERANCE
+         ) -> Optional[int]:
     """Index of the row the pick rule (module docstring) chooses, or None when none is admissible."""
     best, best_key = None, None
     for i, row in enumerate(rows):

@@ -44,11 +44,12 @@ from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import (
     PICK_TOLERANCE,
     HeldoutData,
+    Tolerance,
     admissible,
-    effective_tolerance,
     gains,
     heldout_data,
     pick,
+    scene_tolerance,
     score,
     tolerance_in_scenes,
     tolerance_text,
@@ -111,7 +112,13 @@ class SweepResult:
         return {"words": self.words, "baseline": self.baseline, "rows": self.rows, "picked": self.picked,
                 "tolerance": self.tolerance, "n_scenes": self.n_scenes,
                 "tolerance_scenes": tolerance_in_scenes(self.tolerance, self.n_scenes),
+                "selection": {"rule": self.rule(), "tolerance": self.tolerance_record()},
                 "rule": self.rule(), "seconds": self.seconds}
+
+    def tolerance_record(self) -> dict[str, Any]:
+        """The tolerance as applied: asked, applied, scenes it allows on ``n_scenes``, widened or not."""
+        asked = self.tolerance if self.asked_tolerance is None else self.asked_tolerance
+        return Tolerance(asked, self.tolerance, self.n_scenes, "the sweep's pick-rule tolerance").to_dict()
 
 
 def pick_rule_text(tolerance: float = PICK_TOLERANCE, n: int = 0, asked: Optional[float] = None) -> str:
@@ -198,7 +205,7 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
     baseline = score(data)
     seconds["baseline"] = time.perf_counter() - clock
     n_scenes = int(baseline["n"])  # clean and blank-note accuracy are over the defended words' scenes
-    tolerance = effective_tolerance(settings.tolerance, n_scenes)
+    tol = scene_tolerance(settings.tolerance, n_scenes, "the sweep's pick-rule tolerance")
     rows: list[dict[str, Any]] = []
     seconds["solve"] = seconds["evaluate"] = 0.0
     pairs, site_sets = _candidates(bundle, settings)
@@ -214,13 +221,13 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
         row = {"method": "edit", "site": name, "sites": list(candidate.sites), "rank": candidate.rank,
                "seconds": round(candidate.seconds, 3), **{k: figures.get(k) for k in SCORED}}
         row.update(gains(row, baseline))
-        row["admissible"] = admissible(row, baseline, tolerance)
+        row["admissible"] = admissible(row, baseline, tol)
         rows.append(row)
         log.info("%s rank %d: defended %.3f other %s clean %.3f blank %.3f", name, candidate.rank, row["text_acc"],
                  row["other_text_acc"], row["clean_acc"], row["blank_acc"])
-    best = pick(rows, baseline, tolerance)
+    best = pick(rows, baseline, tol)
     base = {k: baseline.get(k) for k in SCORED}
-    return SweepResult(words, base, rows, rows[best] if best is not None else None, tolerance,
+    return SweepResult(words, base, rows, rows[best] if best is not None else None, tol.applied,
                        {k: round(v, 3) for k, v in seconds.items()}, n_scenes, settings.tolerance)
 
 
@@ -315,7 +322,8 @@ def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig
                              n_val=min(n_val, SweepSettings.n_val), n_signs=min(n_val, SweepSettings.n_signs))
     result = sweep(bundle, words, settings, config)
     picked = result.picked
-    selection = {"split": "validation", "rule": result.rule(), "candidates": len(result.rows),
+    selection = {"split": "validation", "rule": result.rule(), "tolerance": result.tolerance_record(),
+                 "candidates": len(result.rows),
                  "auto": list(auto), "picked": picked, "baseline": result.baseline}
     if picked is None:
         log.warning("no setting met the pick rule on validation; keeping %s rank %d", ",".join(config.sites), hp.rank)
