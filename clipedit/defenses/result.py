@@ -54,7 +54,8 @@ class DefenseResult:
         fig = self.figures
         fields = {"method": self.method, "layer": self.layer, "defended_words": self.words,
                   "hparams": self.hparams_used(), "config": self.config,
-                  **({"seconds": self.stages} if self.stages else {}), **extra}
+                  **({"seconds": self.stages} if self.stages else {}),
+                  **({"details": self.details} if self.details else {}), **extra}  # e.g. PAINT's α curve, selection
         if fig:
             before, after = fig["before"], fig["after"]
             return make_record(dataset=fig["dataset"], bundle=bundle, task="typographic_defense",

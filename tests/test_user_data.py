@@ -1,0 +1,290 @@
+"""A user's data in compare / sweep (the seeded split), PAINT's --supported task, and tolerances at the
+resolution of the measurement."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from clipedit.data.splits import FOLDER, MIN_PER_SIDE, hash_fraction, read_labelled, split_data, split_records
+from clipedit.defenses.selection import scene_tolerance
+from clipedit.errors import ClipeditError
+from clipedit.mini.world import CLASSNAMES, attack_set, draw_scene
+from tests.conftest import run_error, run_ok
+
+
+def _folder(root, n_per_class: int, classes: int = 4, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    for label in range(classes):
+        d = root / CLASSNAMES[label]
+        d.mkdir(parents=True)
+        for i in range(n_per_class):
+            draw_scene(rng, label).image.save(d / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """An ImageFolder of 40 mini-world photos, 4 classes."""
+    return _folder(tmp_path_factory.mktemp("folder") / "photos", 10)
+
+
+@pytest.fixture(scope="module")
+def triples(tmp_path_factory):
+    """A triples benchmark (clean / white / written) of 30 mini-world scenes."""
+    root = tmp_path_factory.mktemp("triples") / "set"
+    attacks, labels = attack_set(30, 5)
+    for i, (a, label) in enumerate(zip(attacks, labels)):
+        d = root / CLASSNAMES[label]
+        d.mkdir(parents=True, exist_ok=True)
+        a.clean.save(d / f"s{i:02d}_clean.png")
+        a.blank.save(d / f"s{i:02d}_white.png")
+        a.attacked.save(d / f"s{i:02d}_{a.text.replace(' ', '-')}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def rta(tmp_path_factory, triples):
+    """The triples' written photos as an RTA-100-style set (attacked photos only: no clean, no blank)."""
+    root = tmp_path_factory.mktemp("rta") / "rta"
+    root.mkdir()
+    for path in sorted(triples.rglob("*.png")):
+        scene, _, suffix = path.stem.rpartition("_")
+        if suffix not in ("clean", "white"):
+            (root / f"label={path.parent.name}_text={suffix}_{scene}.png").write_bytes(path.read_bytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def supported(tmp_path_factory):
+    """A supported task: 3 classes x 4 photos of other scenes than the patch data."""
+    return _folder(tmp_path_factory.mktemp("supported") / "sup", 4, classes=3, seed=99)
+
+
+# -- the split ---------------------------------------------------------------------------------------------
+def test_the_split_is_deterministic_disjoint_complete_seeded_and_recorded(folder):
+    a, b = split_data(str(folder), seed=0), split_data(str(folder), seed=0)
+    val, test = set(a.files("validation")), set(a.files("test"))
+    assert a.record() == b.record() and not val & test
+    assert val | test == {p.relative_to(folder).as_posix() for p in folder.rglob("*.png")}
+    assert all(hash_fraction(0, f"file:{f}") < 0.5 for f in val) and all(hash_fraction(0, f"file:{f}") >= 0.5
+                                                                         for f in test)
+    other = split_data(str(folder), seed=1)
+    assert set(other.files("validation")) != val
+    record = a.record()
+    assert record["seed"] == 0 and record["layout"] == FOLDER and "sha256" in record["rule"]
+    assert record["counts"]["validation"]["images"] + record["counts"]["test"]["images"] == 40
+    assert record["digests"]["test"] == hashlib.sha256("\n".join(sorted(test)).encode()).hexdigest()
+    # names only: the order files are listed in does not matter
+    layout, root, records, _, _ = read_labelled(str(folder))
+    shuffled = random.Random(4).sample(records, len(records))
+    assert [r.path for r in split_records(shuffled, root, 0)[0]] == [r.path for r in a.validation]
+
+
+def test_a_scene_s_clean_blank_and_written_photos_stay_on_one_side(triples):
+    split = split_data(f"triples:{triples}", seed=2)
+    sides = {}
+    for side in ("validation", "test"):
+        for r in split.side(side):
+            sides.setdefault(r.pair, set()).add(side)
+    assert len(sides) == 30 and all(len(s) == 1 for s in sides.values())
+    assert split.record()["counts"]["test"]["units"] * 3 == split.record()["counts"]["test"]["images"]
+
+
+def test_the_validation_world_holds_validation_photos_only(folder):
+    import clipedit
+    from clipedit.defenses.user_data import with_validation_world
+
+    split = split_data(str(folder))
+    bundle = with_validation_world(clipedit.load_model("mini"), split)
+    paths = {p.relative_to(folder).as_posix() for p in bundle.world.photos.paths}
+    assert paths == set(split.files("validation")) and not paths & set(split.files("test"))
+    attacks, labels = bundle.world.attack_set(1000, 1, ["ipod"], split="validation")
+    assert len(attacks) <= len(split.validation)  # a held-out set: one scene a photo at most
+
+
+# -- compare / sweep --data ----------------------------------------------------------------------------------
+def test_compare_data_end_to_end_with_paint_on_a_supported_folder(triples, supported, tmp_path, capsys):
+    import clipedit
+    from clipedit.data.folders import load_image_folder
+    from clipedit.eval.predictor import make_predictor
+
+    swapped = "ball,apple,car"  # folder names apple, ball, car: two swapped, so clean scenes != this task
+    out = tmp_path / "cmp"
+    table = run_ok(capsys, "compare", "--model", "mini", "--data", f"triples:{triples}", "--methods", "edit,paint",
+                   "--seeds", "0", "--n-signs", "6", "--n-val", "12", "--n-train", "12", "--supported", supported,
+                   "--supported-classes", swapped, "--out", out)
+    record = json.loads((out / "compare.json").read_text())
+    split = split_data(f"triples:{triples}", seed=0)
+    assert record["data_split"] == split.record() == record["compare"]["data"]
+    assert record["n"] == len(split.test) and record["dataset"] == f"triples:{triples}"
+    cells = record["compare"]["cells"]
+    for method in ("unedited", "edit", "paint"):
+        for key in ("text_acc", "other_text_acc", "clean_acc", "blank_acc", "reading_acc"):
+            c = cells[method][key]
+            assert c["n"] > 0 and c["lo"] <= c["value"] <= c["hi"], (method, key)
+    words = record["words"]
+    n_clean = sum(r.kind == "clean" for r in split.test)
+    assert cells["unedited"]["clean_acc"]["n"] == n_clean * len(words)  # the test side's clean photos, per word
+    assert "note: split: validation when" in table
+    # PAINT's α curve: the supported column is the folder's, under its own (swapped) class names
+    paint = record["compare"]["details"]["paint"]["0"]
+    rows = paint["alpha_curve"]
+    assert all(r["supported_task"] == str(supported) and r["n_supported"] == 12 for r in rows)
+    assert all(r["supported_acc"] == r["supported_task_acc"] for r in rows)  # the rule uses the folder
+    bundle = clipedit.load_model("mini")
+    sup = load_image_folder(supported)  # classes in folder order; --supported-classes renames them in that order
+    images = torch.stack([bundle.preprocess(image) for image in sup.images])
+    predicted = make_predictor(bundle, swapped.split(","))(images).argmax(1)
+    expected = float((predicted == torch.tensor(sup.labels)).float().mean())
+    assert rows[0]["alpha"] == 0.0 and rows[0]["supported_task_acc"] == pytest.approx(expected)
+    assert rows[0]["supported_task_acc"] != rows[0]["clean_acc"]
+    assert paint["selection"]["tolerance"]["scenes_allowed"] == 1 and paint["selection"]["supported"] == str(supported)
+    assert record["compare"]["details"]["edit"]["0:" + words[0]]["selection"]["tolerance"] is None  # nothing tuned
+
+
+def test_compare_data_leaves_out_what_the_data_cannot_give(rta, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    table = run_ok(capsys, "compare", "--model", "mini", "--data", f"rta100:{rta}", "--methods", "edit",
+                   "--seeds", "0", "--n-signs", "0", "--out", out)
+    record = json.loads((out / "compare.json").read_text())
+    cells, notes = record["compare"]["cells"]["unedited"], record["compare"]["notes"]
+    assert cells["text_acc"]["n"] > 0 and cells["clean_acc"]["n"] == 0 and cells["blank_acc"]["n"] == 0
+    assert "unedited/clean_acc" not in record["metrics"] and "edit/text_acc" in record["metrics"]
+    assert any("clean: left out (the dataset has no clean photos)" in n for n in notes)
+    assert any("blank note: left out" in n for n in notes) and any("reading kept: left out" in n for n in notes)
+    lines = table.splitlines()
+    assert not any(line.startswith(("clean ", "blank note ")) for line in lines)
+    assert any(line.startswith("defended word") for line in lines)
+
+
+def test_sweep_data_scores_the_validation_side_of_the_same_split(folder, tmp_path, capsys):
+    out = tmp_path / "s"
+    run_ok(capsys, "sweep", "--model", "mini", "--data", str(folder), "--text", "ipod", "--sites",
+           "visual.layer3.0.conv3", "--ranks", "1", "--n-val", "100", "--n-signs", "0", "--renders", "4",
+           "--split-seed", "3", "--out", out)
+    record = json.loads((out / "sweep.json").read_text())
+    split = split_data(str(folder), seed=3)
+    assert record["data_split"] == split.record() and record["dataset"] == f"{folder}:validation"
+    assert 0 < record["n_scenes"] <= len(split.validation)  # one scene per validation photo, no test photo
+    tol = record["selection"]["tolerance"]
+    assert tol["n"] == record["n_scenes"] and tol["scenes_allowed"] >= 1
+
+
+# -- tolerances at the resolution of the measurement ----------------------------------------------------------
+def test_scene_tolerance_widens_below_one_scene_refuses_nonsense_and_says_the_scenes(caplog):
+    with caplog.at_level(logging.WARNING):
+        tol = scene_tolerance(0.005, 160, "the keep rule")
+    assert tol.applied == pytest.approx(1 / 160) and tol.scenes == 1 and tol.widened
+    assert "the keep rule 0.5 point is below one scene of 160" in caplog.text
+    assert tol.to_dict()["scenes_allowed"] == 1 and "widened from 0.5 point" in tol.to_dict()["text"]
+    assert tol.allows(1 / 160) and not tol.allows(2 / 160)
+    wide = scene_tolerance(0.01, 1000)
+    assert not wide.widened and wide.scenes == 10
+    assert scene_tolerance(0.0, 50).scenes == 0  # no loss asked for: kept
+    for bad in (-0.01, float("nan")):
+        with pytest.raises(ClipeditError, match="finite fraction >= 0"):
+            scene_tolerance(bad, 100)
+
+
+def test_dyslexify_clean_budget_below_one_scene_is_widened():
+    from clipedit.defenses.dyslexify import DyslexifyHParams, greedy_selection, selection_record
+
+    n = 50  # stop_at_delta 0.01 = half a scene: a one-scene loss would stop the published search
+    table = {(): (40, 10), ("a",): (39, 20), ("a", "b"): (37, 30), ("a", "b", "c"): (36, 40)}
+    kept, steps, _ = greedy_selection(["a", "b", "c"], lambda heads: table[tuple(heads)], n)
+    assert kept == ["a", "b"] and steps[1].get("stopped") == "clean budget"  # 1 scene lost: on; 3: stop
+    record = selection_record(DyslexifyHParams(), n)
+    assert record["tolerance"]["scenes_allowed"] == 1 and record["tolerance"]["widened"] and record["keep_scenes"] == 1
+
+
+def test_head_ablation_records_the_scenes_its_tolerance_allows(tiny_rn):
+    from clipedit.defenses.head_ablation import HeadAblationHParams, ablate_heads
+    from tests.test_peers import exemplar_request, with_world
+
+    bundle = with_world(tiny_rn)
+    result = ablate_heads(bundle, exemplar_request(bundle), ["ipod"], HeadAblationHParams(n_val=6, patience=0))
+    tol = result.selection["tolerance"]
+    assert tol["n"] == 6 and tol["scenes_allowed"] == 1 and tol["widened"]  # 0.5 point of 6 scenes
+    assert "1 of 6 scenes" in result.selection["rule"]
+
+
+# -- bad input -------------------------------------------------------------------------------------------------
+@pytest.fixture
+def small(tmp_path):
+    return _folder(tmp_path / "small", 3, classes=3)
+
+
+@pytest.fixture
+def flat(tmp_path):
+    root = tmp_path / "flat"
+    root.mkdir()
+    draw_scene(np.random.default_rng(0), 0).image.save(root / "a.png")
+    return root
+
+
+@pytest.mark.parametrize("case, message", [
+    ("small", "too small to split into validation and test"),
+    ("not-a-folder", "--supported"),
+    ("empty", "holds no images"),
+    ("flat", "has no class folders"),
+    ("classes", "--supported-classes gives 2 names for the 3 class folders"),
+    ("overlap", "overlaps --data"),
+    ("classes-alone", "--classes goes with --data"),
+    ("seeds", "--seeds is empty"),
+    ("word", "carries the word 'zebra'"),
+])
+def test_compare_bad_user_data_is_one_error_line_and_writes_nothing(case, message, small, flat, folder, supported,
+                                                                     triples, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = {"small": ["--data", small],
+            "not-a-folder": ["--supported", next(supported.rglob("*.png"))],
+            "empty": ["--supported", empty],
+            "flat": ["--supported", flat],
+            "classes": ["--supported", supported, "--supported-classes", "a,b"],
+            "overlap": ["--data", folder, "--supported", folder],
+            "classes-alone": ["--classes", "a,b"],
+            "seeds": ["--data", folder, "--seeds", ","],
+            "word": ["--data", f"triples:{triples}", "--words", "zebra", "--methods", "edit"]}[case]
+    line = run_error(capsys, "compare", "--model", "mini", *args, "--out", out)
+    assert message in line
+    assert not out.exists()
+    if case == "small":
+        assert f"at least {MIN_PER_SIDE} a side" in line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "edit", "--supported", "SUP"], "goes with --method paint"),
+    (["--method", "paint", "--supported", "SUP", "--supported-classes", "a"], "gives 1 names for the 3"),
+    (["--method", "paint", "--supported-classes", "a"], "--supported-classes goes with --supported"),
+])
+def test_defend_supported_bad_input(args, message, supported, tmp_path, capsys):
+    args = [str(supported) if a == "SUP" else a for a in args]
+    line = run_error(capsys, "defend", "--model", "mini", "--no-eval", *args, "--out", tmp_path / "d")
+    assert message in line and not (tmp_path / "d").exists()
+
+
+def test_sweep_data_too_small_is_one_error_line(small, tmp_path, capsys):
+    line = run_error(capsys, "sweep", "--model", "mini", "--data", small, "--out", tmp_path / "s")
+    assert "too small to split" in line and not (tmp_path / "s").exists()
+
+
+def test_defend_paint_with_supported_records_the_folder_and_its_alpha_curve(supported, tmp_path, capsys):
+    hparams = tmp_path / "paint.json"
+    hparams.write_text(json.dumps({"n_train": 8, "epochs": 1, "batch_size": 4, "n_val": 6, "n_signs": 6,
+                                   "alphas": [0.0, 1.0]}))
+    run_ok(capsys, "defend", "--model", "mini", "--method", "paint", "--supported", supported, "--hparams", hparams,
+           "--no-eval", "--out", tmp_path / "d")
+    record = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert record["hparams"]["supported"] == str(supported) and record["hparams"]["n_val"] == 6
+    rows = record["details"]["rows"]
+    assert [r["alpha"] for r in rows] == [0.0, 1.0]
+    assert all(r["supported_task"] == str(supported) and r["n_supported"] == 12 and r["n"] == 6 for r in rows)
+    assert record["details"]["details"]["selection"]["tolerance"]["n"] == 12
