@@ -94,6 +94,7 @@ class BenchmarkTest:
         predictor: the zero-shot head over the benchmark's classes.
         words: the defended words (the rest of the written words are the unseen ones).
         signs: written class names alone (reading kept), or None.
+        bundle: the model with memoised preprocessing (the signs are decoded once).
     """
 
     images: torch.Tensor
