@@ -107,3 +107,30 @@ def test_bad_hparams_are_one_error_line(content, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("Error: ") and message in err[-1]
     assert not out.exists()
+
+
+def test_pooled_cells_count_shared_images_once():
+    from clipedit.defenses.compare import table_cells
+
+    shared = {"-": {"a": {"clean_acc": (90, 100, "k"), "text_acc": (40, 100, "a")},
+                    "b": {"clean_acc": (80, 100, "k"), "text_acc": (60, 100, "b")}}}
+    cells = table_cells(shared)
+    assert cells["clean_acc"]["n"] == 100 and cells["clean_acc"]["value"] == pytest.approx(0.85)
+    assert cells["text_acc"]["n"] == 200 and cells["text_acc"]["value"] == pytest.approx(0.5)
+    wide, narrow = cells["clean_acc"], table_cells({"-": {"a": {"clean_acc": (170, 200, "x")}}})["clean_acc"]
+    assert wide["hi"] - wide["lo"] > narrow["hi"] - narrow["lo"]
+
+
+def test_each_word_of_a_world_comparison_gets_its_own_test_scenes():
+    from clipedit.defenses.compare import counts
+    from clipedit.defenses.selection import heldout_data
+    from clipedit.eval.heldout import SCENE_OFFSET
+    from clipedit.models import load_model
+
+    bundle = load_model("mini", device="cpu")
+    a = heldout_data(bundle, ["ipod"], 6, 4, split="test")
+    b = heldout_data(bundle, ["mug"], 6, 4, split="test", offset=SCENE_OFFSET)
+    again = heldout_data(bundle, ["ipod"], 6, 4, split="test")
+    ka, kb, ks = counts(a, bundle), counts(b, bundle), counts(again, bundle)
+    assert all(ka[k][2] == ks[k][2] for k in ka)  # the key names the images: the same draw, the same key
+    assert all(ka[k][2] != kb[k][2] for k in ("clean_acc", "blank_acc", "text_acc", "reading_acc"))

@@ -130,7 +130,10 @@ def test_compare_data_end_to_end_with_paint_on_a_supported_folder(triples, suppo
             assert c["n"] > 0 and c["lo"] <= c["value"] <= c["hi"], (method, key)
     words = record["words"]
     n_clean = sum(r.kind == "clean" for r in split.test)
-    assert cells["unedited"]["clean_acc"]["n"] == n_clean * len(words)  # the test side's clean photos, per word
+    assert len(words) > 1
+    assert cells["unedited"]["clean_acc"]["n"] == n_clean  # the same clean photos for every word: counted once
+    raw = record["compare"]["raw"]["unedited"]["-"]
+    assert sum(raw[w]["clean_acc"][1] for w in words) == n_clean * len(words)  # each word scored them all
     assert "note: split: validation when" in table
     # PAINT's α curve: the supported column is the folder's, under its own (swapped) class names
     paint = record["compare"]["details"]["paint"]["0"]

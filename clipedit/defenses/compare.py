@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from clipedit.data.splits import FOLDER, DataSplit, split_data
@@ -42,6 +44,7 @@ from clipedit.defenses.user_data import (
     with_validation_world,
 )
 from clipedit.errors import ClipeditError
+from clipedit.eval.heldout import SCENE_OFFSET
 from clipedit.eval.intervals import cell
 from clipedit.eval.metrics import evaluate_attacks, evaluate_images
 from clipedit.models.bundle import ModelBundle
@@ -159,23 +162,39 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
     return tuple(settings.methods)
 
 
-def counts(data: HeldoutData | BenchmarkTest, bundle: ModelBundle) -> dict[str, tuple[int, int]]:
-    """(hits, n) of each metric of ``bundle`` on the held-out data (test split; a benchmark's test side:
-    :func:`~clipedit.defenses.user_data.benchmark_counts`)."""
-    if isinstance(data, BenchmarkTest):
-        return benchmark_counts(data, bundle)
+def images_key(images: Sequence, labels: Sequence[int]) -> str:
+    """A short digest naming a set of images (a sample of their pixels, their count and labels): two words'
+    sets that share it are the same images, counted once in a pooled cell."""
+    digest = hashlib.sha1(f"{len(images)}:{list(labels)}".encode())
+    for im in list(images[:4]) + list(images[-2:]):
+        digest.update(np.asarray(im).tobytes()[:65536])
+    return digest.hexdigest()[:16]
+
+
+def counts(data: HeldoutData | BenchmarkTest, bundle: ModelBundle) -> dict[str, tuple[int, int, str]]:
+    """(hits, n, images key) of each metric of ``bundle`` on the held-out data (test split; a benchmark's test
+    side: :func:`~clipedit.defenses.user_data.benchmark_counts`). The key names the images behind the metric,
+    so that a cell pooled over words counts shared images once (:func:`table_cells`)."""
+    if isinstance(data, BenchmarkTest):  # the defended word's photos are its own; every other set is shared
+        own = ",".join(sorted(data.words))
+        return {k: (h, n, f"benchmark:{k}:{own}" if k == "text_acc" else f"benchmark:{k}")
+                for k, (h, n) in benchmark_counts(data, bundle).items()}
     held = dataclasses.replace(data.bundle, model=bundle.model)
     predictor = data.predictor.with_bundle(held)
-    ed = evaluate_attacks(held, predictor, *data.sets.edited, progress=False, batch_size=256)
-    out = {"text_acc": (round(ed["text_acc"] * ed["n_text"]), ed["n_text"]),
-           "clean_acc": (round(ed["clean_acc"] * ed["n"]), ed["n"]),
-           "blank_acc": (round(ed["blank_acc"] * ed["n"]), ed["n"])}
+    attacks, labels = data.sets.edited
+    ed = evaluate_attacks(held, predictor, attacks, labels, progress=False, batch_size=256)
+    out = {"text_acc": (round(ed["text_acc"] * ed["n_text"]), ed["n_text"],
+                        images_key([a.attacked for a in attacks], labels)),
+           "clean_acc": (round(ed["clean_acc"] * ed["n"]), ed["n"], images_key([a.clean for a in attacks], labels)),
+           "blank_acc": (round(ed["blank_acc"] * ed["n"]), ed["n"], images_key([a.blank for a in attacks], labels))}
     if data.sets.other is not None:
-        ot = evaluate_attacks(held, predictor, *data.sets.other, progress=False, batch_size=256)
-        out["other_text_acc"] = (round(ot["text_acc"] * ot["n_text"]), ot["n_text"])
+        other, other_labels = data.sets.other
+        ot = evaluate_attacks(held, predictor, other, other_labels, progress=False, batch_size=256)
+        out["other_text_acc"] = (round(ot["text_acc"] * ot["n_text"]), ot["n_text"],
+                                 images_key([a.attacked for a in other], other_labels))
     if data.signs is not None:
         r = evaluate_images(held, predictor, data.signs.images, data.signs.labels, 256, progress=False)
-        out["reading_acc"] = (round(r["top1"] * r["n"]), r["n"])
+        out["reading_acc"] = (round(r["top1"] * r["n"]), r["n"], images_key(data.signs.images, data.signs.labels))
     return out
 
 
@@ -271,8 +290,9 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
     if split is not None:
         tests = scoring_sets(base, split, settings.words, settings.n_test, settings.n_signs)
     else:
-        tests = {w: heldout_data(base, [w], settings.n_test, settings.n_signs or None, split="test")
-                 for w in settings.words}
+        tests = {w: heldout_data(base, [w], settings.n_test, settings.n_signs or None, split="test",
+                                 offset=i * SCENE_OFFSET)  # each word its own scenes and signs
+                 for i, w in enumerate(settings.words)}
     raw: dict[str, dict[str, dict[str, dict]]] = {"unedited": {"-": {w: counts(tests[w], base)
                                                                     for w in settings.words}}}
     seconds: dict[str, list[float]] = {}
@@ -334,15 +354,21 @@ def data_notes(record: dict[str, Any], split: Optional[DataSplit] = None) -> lis
     return notes
 
 
-def table_cells(per_seed: dict[str, dict[str, dict[str, tuple[int, int]]]]) -> dict[str, dict]:
-    """Cells of one method: per metric, counts pooled over words within each seed, then :func:`cell`."""
+def table_cells(per_seed: dict[str, dict[str, dict[str, Sequence]]]) -> dict[str, dict]:
+    """Cells of one method: per metric, the accuracy pooled over words within each seed, its n the number of
+    *distinct* images behind it (sets that several words share, by their images key, count once: the
+    same clean scenes scored for three words are n scenes, not 3n), then :func:`cell`."""
     out = {}
     for _, key in METRICS:
         seeds = []
         for words in per_seed.values():
-            pairs = [c[key] for c in words.values() if key in c]
-            if pairs:
-                seeds.append((sum(h for h, _ in pairs), sum(n for _, n in pairs)))
+            entries = [c[key] for c in words.values() if key in c]
+            if not entries:
+                continue
+            hits, total = sum(e[0] for e in entries), sum(e[1] for e in entries)
+            distinct = {(e[2] if len(e) > 2 else i): e[1] for i, e in enumerate(entries)}
+            n = sum(distinct.values())
+            seeds.append((round(hits * n / total) if total else 0, n))
         out[key] = cell(seeds)
     return out
 

@@ -153,9 +153,9 @@ class HeldoutData:
 
 
 def heldout_data(bundle: ModelBundle, words: Sequence[str], n: int, n_signs: Optional[int] = None,
-                    split: str = "validation") -> HeldoutData:
+                    split: str = "validation", offset: int = 0) -> HeldoutData:
     """Held-out scenes of the model's world on ``split`` (``n`` per set, ``n_signs`` signs; tuning uses
-    the validation split, reports the test split).
+    the validation split, reports the test split); ``offset``: other scenes and signs of the split.
 
     Raises:
         ClipeditError: the model's world has no labelled scenes, or ``n`` < 1 (an empty split).
@@ -166,10 +166,10 @@ def heldout_data(bundle: ModelBundle, words: Sequence[str], n: int, n_signs: Opt
     if world is None or not world.classnames:
         raise ClipeditError(f"{bundle.name} has no labelled world to draw a {split} split from")
     memo = dataclasses.replace(bundle, preprocess=MemoPreprocess(bundle.preprocess))
-    sets = world_eval_sets(world, list(words), n, split)
+    sets = world_eval_sets(world, list(words), n, split, offset=offset)
     if not sets.edited[0]:
         raise ClipeditError(f"the {split} split is empty: no scenes with {', '.join(words)}")
-    signs = sign_set(world, n_signs, split) if n_signs else None
+    signs = sign_set(world, n_signs, split, offset=offset) if n_signs else None
     return HeldoutData(memo, make_predictor(memo, sets.classnames), sets, signs)
 
 

@@ -28,6 +28,11 @@ from clipedit.eval.attack_sets import attacks_from_photos
 SPLITS: dict[str, int] = {"validation": 31_415, "test": 20_240}
 
 
+#: Seed step between scene sets of one split drawn side by side (``world_eval_sets(offset=k * SCENE_OFFSET)``);
+#: the splits' seeds lie further apart than the few sets a comparison draws.
+SCENE_OFFSET = 1_000
+
+
 def split_seed(split: str) -> int:
     """The seed of a named split (``validation`` or ``test``)."""
     try:
@@ -60,13 +65,14 @@ def world_attack_set(world: World, n: int, split: str = "test", words: str | Seq
 
 
 def world_eval_sets(world: World, words: Sequence[str], n: int, split: str = "test",
-                    factors: bool = True) -> EvalSets:
+                    factors: bool = True, offset: int = 0) -> EvalSets:
     """Held-out scenes of a world that has them (``n`` per set); ``factors`` False: the world's own
     held-out styles (for the mini world: matplotlib's STIX / Computer Modern fonts, sizes 0.19-0.22,
-    as every figure before the leave-out factors) instead of the split's leave-out factors."""
+    as every figure before the leave-out factors) instead of the split's leave-out factors. ``offset``
+    (a multiple of :data:`SCENE_OFFSET`) draws other scenes of the same split (e.g. one set per word)."""
     if not world.classnames:
         raise ClipeditError(f"{world.name} has no classes to evaluate on")
-    seed = split_seed(split)
+    seed = split_seed(split) + offset
     others = _other_words(world.classnames, words)
     styles = split if factors else None
     edited = world.attack_set(n, seed, list(words), split=styles)

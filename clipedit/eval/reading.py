@@ -36,7 +36,7 @@ class SignSet:
 
 
 def sign_set(world, n: int, split: str = "test", classnames: Optional[Sequence[str]] = None,
-             size: int = 224) -> SignSet:
+             size: int = 224, offset: int = 0) -> SignSet:
     """``n`` signs of the split: the world's own (``world.signs``) when it draws them, else
     :func:`plain_signs` over ``classnames`` (default: the world's) at ``size`` pixels."""
     names = list(classnames or (world.classnames if world is not None else None) or [])
@@ -44,7 +44,7 @@ def sign_set(world, n: int, split: str = "test", classnames: Optional[Sequence[s
         raise ClipeditError("signs need class names to write")
     if n < 1:
         raise ClipeditError(f"the number of signs must be >= 1, got {n}")
-    seed = split_seed(split) + SIGN_SEED_OFFSET
+    seed = split_seed(split) + SIGN_SEED_OFFSET + offset
     if world is not None and hasattr(world, "signs") and classnames is None:
         images, labels = world.signs(n, seed)
     else:
