@@ -91,3 +91,18 @@ def test_a_missing_or_corrupt_asset_names_the_file_and_the_rebuild_command(capsy
     line = run_error(capsys, "audit", "--model", NAME, "--n", "12")
     assert str(target) in line and "clipedit train-mini --arch vit-deep" in line
     assert "CLIPEDIT_MINI_VIT_DEEP_DIR" in line
+
+
+def test_default_defense_is_the_validation_pick_and_restores_ipod_notes():
+    """`defend("ipod")` with mini-vit-deep's defaults (block 0's attn.v_proj then mlp.c_proj, rank 32, label
+    mask, keep 3: the pick on validation, bench/results/mini_vit_deep_value_sites.json), scored on test."""
+    from conftest import defend_on_heldout
+
+    from clipedit.defenses.defaults import defaults_for
+
+    base, defense, before, after = defend_on_heldout(NAME, factors=True)
+    sites = defaults_for(base).sites
+    assert [e.layer for e in defense.edit_set.edits] == list(sites) and sites[0].endswith("0.attn.v_proj")
+    assert before["attack_success_rate"] >= 0.4
+    assert after["text_acc"] >= before["text_acc"] + 0.3
+    assert after["clean_acc"] >= before["clean_acc"] - 0.02 and after["blank_acc"] >= before["blank_acc"] - 0.03
