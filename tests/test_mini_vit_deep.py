@@ -106,3 +106,19 @@ def test_default_defense_is_the_validation_pick_and_restores_ipod_notes():
     assert before["attack_success_rate"] >= 0.4
     assert after["text_acc"] >= before["text_acc"] + 0.3
     assert after["clean_acc"] >= before["clean_acc"] - 0.02 and after["blank_acc"] >= before["blank_acc"] - 0.03
+
+
+def test_train_mini_arch_vit_deep_builds_the_deep_tower_into_its_own_folder(capsys, monkeypatch, tmp_path):
+    import clipedit.mini.training.distill as distill_module
+    from conftest import run_ok
+
+    from clipedit.mini.training.distill import ARCHES, DistillOptions, student_config
+
+    seen = []
+    monkeypatch.setattr(distill_module, "distill", lambda opts: seen.append(opts) or {"heldout": {"n": 0}})
+    monkeypatch.chdir(tmp_path)
+    run_ok(capsys, "train-mini", "--arch", "vit-deep", "--steps", "5")
+    assert seen == [DistillOptions(out=Path("runs") / NAME, arch="vit-deep", steps=5)]
+    cfg = student_config(read_mini_vit_config(mini_vit_asset_dir(NAME), NAME)["model_cfg"], "vit-deep")
+    assert cfg["vision_cfg"] == ARCHES["vit-deep"]["vision_cfg"]
+    assert cfg["vision_cfg"]["width"] // cfg["vision_cfg"]["head_width"] == 4
