@@ -164,3 +164,12 @@ def test_bad_hparams_are_one_line(tmp_path, capsys):
                      "--hparams", str(hp), "--no-eval", "--out", str(tmp_path / "run"))
     assert "learning rates must be finite and > 0" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_apply_refuses_to_export_a_prefix_edit_as_weights(mini, tmp_path, capsys):
+    member = ClassPrefix("token_embedding", torch.randn(1, 128), placeholder_token_id(mini.tokenizer))
+    path = save_edits(tmp_path / "prefix.safetensors", member)
+    out = tmp_path / "applied.safetensors"
+    line = run_error(capsys, "apply", "--model", "mini", str(path), "--out", str(out))
+    assert "class-prefix" in line and "load_model(..., edits=[FILE])" in line
+    assert not out.exists()
