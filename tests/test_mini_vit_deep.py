@@ -109,9 +109,9 @@ def test_default_defense_is_the_validation_pick_and_restores_ipod_notes():
 
 
 def test_train_mini_arch_vit_deep_builds_the_deep_tower_into_its_own_folder(capsys, monkeypatch, tmp_path):
-    import clipedit.mini.training.distill as distill_module
     from conftest import run_ok
 
+    import clipedit.mini.training.distill as distill_module
     from clipedit.mini.training.distill import ARCHES, DistillOptions, student_config
 
     seen = []
