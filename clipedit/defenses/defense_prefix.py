@@ -199,8 +199,8 @@ def defense_prefix(bundle: ModelBundle, hparams: Optional[DefensePrefixHParams] 
         member = ClassPrefix(layer, vector, token_id, meta={**info, "lr": lr})
         member.apply(bundle.model)
         try:
-            scored = predictor.with_bundle(bundle)
-            patch, clean = correct(scored, val.typo, val.labels) / n, correct(scored, val.clean, val.labels) / n
+            # the predictor rebuilds its head for the prefixed prompts while the member is on
+            patch, clean = correct(predictor, val.typo, val.labels) / n, correct(predictor, val.clean, val.labels) / n
         finally:
             member.revert(bundle.model)
         rows.append({"lr": lr, "patch_acc": patch, "clean_acc": clean, "supported_acc": clean, "n": n,
