@@ -83,10 +83,15 @@ def class_prefix_digest(model: nn.Module) -> str:
     return state[1] if state else ""
 
 
+def with_placeholder(classname: str, placeholder: str = PLACEHOLDER) -> str:
+    """``classname`` with the placeholder before it (``"* name"``), as Defense-Prefix writes its prompts."""
+    return f"{placeholder} {classname}"
+
+
 def prefixed(classname: str, model: nn.Module) -> str:
     """``classname`` as the prompts write it on ``model`` (``"* name"`` while a class prefix is on)."""
     prefix = class_prefix(model)
-    return f"{prefix} {classname}" if prefix else classname
+    return with_placeholder(classname, prefix) if prefix else classname
 
 
 class ClassPrefix:

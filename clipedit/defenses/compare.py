@@ -209,6 +209,16 @@ def method_hparams(method: str, given: dict, fixed: dict[str, Any]):
     return spec.hparams_cls.from_dict({**base, **{k: v for k, v in fixed.items() if k in base}, **given})
 
 
+def patch_validation(base: ModelBundle, settings: CompareSettings, shared: dict[str, Any]):
+    """The patching task's validation sets (notes, clean, signs, a ``--supported`` task), rendered once per
+    comparison and shared by the word-agnostic methods that tune on them (PAINT, Defense-Prefix)."""
+    if "patch-val" not in shared:
+        task = supported_task(base, settings.supported, settings.supported_classes) if settings.supported else None
+        shared["patch-val"] = validation_sets(base, settings.n_val, min(settings.n_signs, settings.n_val),
+                                              supported=task)
+    return shared["patch-val"]
+
+
 def _copy(bundle: ModelBundle) -> ModelBundle:
     return dataclasses.replace(bundle, model=copy.deepcopy(bundle.model))
 
@@ -234,23 +244,15 @@ def run_method(base: ModelBundle, method: str, word: Optional[str], seed: int, s
             r = dyslexify(bundle, method_hparams(method, given, fixed), train=train)
             details = {"heads": [list(h) for h in r.heads], "scores": r.scores, "steps": r.steps, "base": r.base,
                        "rule": r.rule, "selection": r.details["selection"]}
-        elif method == "defense-prefix":
-            if "prefix-val" not in shared:
-                shared["prefix-val"] = validation_sets(base, settings.n_val, 0)
+        elif method == "defense-prefix":  # scores the patching task's notes and clean scenes of the shared set
             r = defense_prefix(bundle, method_hparams(method, given, {**fixed, "n_val": settings.n_val}),
-                               train=train, val=shared["prefix-val"])
-            details = {"lr": r.lr, "lr_curve": r.rows, "rule": r.rule, "loss": r.loss,
-                       "selection": {"rule": r.rule, "tolerance": None}}
+                               train=train, val=patch_validation(base, settings, shared))
+            details = {**r.summary(), "selection": {"rule": r.rule, "tolerance": None}}
         else:
-            if "paint-val" not in shared:
-                task = supported_task(base, settings.supported, settings.supported_classes) \
-                    if settings.supported else None
-                shared["paint-val"] = validation_sets(base, settings.n_val, min(settings.n_signs, settings.n_val),
-                                                      supported=task)
             supported = {"supported": settings.supported, "supported_classes": settings.supported_classes} \
                 if settings.supported else {}
             r = paint(bundle, method_hparams(method, given, {**fixed, **supported}), train=train,
-                      val=shared["paint-val"])
+                      val=patch_validation(base, settings, shared))
             details = {"alpha": r.alpha, "alpha_curve": r.rows, "rule": r.rule, "loss": r.loss,
                        "selection": r.details["selection"]}
     else:

@@ -51,11 +51,11 @@ import torch.nn.functional as F
 
 from clipedit.core.hparams import HParams
 from clipedit.core.prompt_edits import (
-    PLACEHOLDER,
     ClassPrefix,
     placeholder_token_id,
     prefix_hook,
     token_embedding_name,
+    with_placeholder,
 )
 from clipedit.defenses.paint import PaintValidation, choose_alpha, validation_sets
 from clipedit.defenses.typo_train import TypoSet, correct, typographic_training_set
@@ -104,6 +104,10 @@ class DefensePrefixResult:
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, Any]:
+        """What a results record keeps: the chosen lr, the lr curve on validation, the rule, the loss."""
+        return {"lr": self.lr, "lr_curve": self.rows, "rule": self.rule, "loss": self.loss}
+
 
 def check_text_tower(bundle: ModelBundle) -> str:
     """The token embedding's name; refuses a model without a text tower (one line)."""
@@ -121,7 +125,7 @@ def _image_features(bundle: ModelBundle, images: torch.Tensor, batch_size: int =
 
 
 def _text_features(bundle: ModelBundle, classnames: list[str], template: str, prefix: bool) -> torch.Tensor:
-    names = [f"{PLACEHOLDER} {c}" if prefix else c for c in classnames]
+    names = [with_placeholder(c) if prefix else c for c in classnames]
     tokens = bundle.tokenizer([fill_template(template, n) for n in names])
     return F.normalize(bundle.encode_texts(tokens).float(), dim=-1)
 

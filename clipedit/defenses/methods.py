@@ -198,8 +198,7 @@ def run_defense_prefix(bundle: ModelBundle, data: DefenseData, hparams: DefenseP
     """Defense-Prefix: a learnt token before every class name (a class-prefix member; the weights stay)."""
     result = defense_prefix(bundle, hparams, meta=_meta(bundle, context))
     edit_set = EditSet.of([result.member], {"method": "defense-prefix", "lr": result.lr})
-    details = {"lr": result.lr, "lr_curve": result.rows, "rule": result.rule, "loss": result.loss}
-    return DefenseResult("defense-prefix", result.member.layer, edit_set=edit_set, details=details)
+    return DefenseResult("defense-prefix", result.member.layer, edit_set=edit_set, details=result.summary())
 
 
 METHODS: dict[str, MethodSpec] = {
