@@ -1,9 +1,9 @@
 """One edit against any written word (``defend --text '*'``) on the bundled mini CLIP, measured on
 words and fonts its exemplars never used.
 
-    python -m bench.any_word                      # the table on the test split -> bench/results/any_word.json
-    python -m bench.any_word --tune               # the '*' settings grid on the validation split
-    python -m bench.any_word --model mini-vit     # the same columns for the mini ViT
+    python -m bench any_word                      # the table on the test split -> bench/results/any_word.json
+    python -m bench any_word --tune               # the '*' settings grid on the validation split
+    python -m bench any_word --model mini-vit     # the same columns for the mini ViT
 
 Every set uses its split's leave-out factors (:mod:`attacks.factors`: font families, size band, inks,
 papers and weight that no exemplar uses); ``<set>_strata`` holds each set's figures by kind (notes,
@@ -219,8 +219,7 @@ def tune_grid(base: ModelBundle) -> dict[str, DefenseConfig]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=400, help="scenes per attack set (and signs)")
     ap.add_argument("--tune", action="store_true", help="compare '*' settings on the validation split")
     ap.add_argument("--only", default=None, help="tune: run only these settings ('|'-separated names)")
@@ -228,7 +227,9 @@ def main() -> None:
     ap.add_argument("--memory-only", action="store_true", help="only (re)measure peak memory into --out's JSON")
     ap.add_argument("--model", default="mini", help="mini or mini-vit (--tune and the memory rows: mini only)")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+
+
+def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     fonts = ensure_fonts()
     if args.memory_only:
@@ -294,4 +295,6 @@ def _points(value: Optional[float]) -> Optional[str]:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.harness import script
+
+    script(__file__)

@@ -1,7 +1,7 @@
 """Defense of a bundled mini CLIP against "ipod" notes: the default edit, the paper's single-exemplar
 rank-1 setting, and both fine-tuning baselines, evaluated side by side on the test split.
 
-    python -m bench.defend_mini [--model mini|mini-vit] [--n 1000] [--word ipod] [--out FILE]
+    python -m bench defend_mini [--model mini|mini-vit] [--n 1000] [--word ipod] [--out FILE]
 
 Exemplars use `StyleSampler.exemplar()` styles on fresh scenes; the held-out sets use the test split's
 leave-out factors (:mod:`attacks.factors`: font families, size band, inks, papers and weight no exemplar
@@ -44,13 +44,14 @@ def settings(base) -> dict[str, DefenseConfig]:
             "finetune-global": resolve_config(base, {"method": "finetune-global"})}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--word", default="ipod")
     ap.add_argument("--model", default="mini", help="a bundled model with a world: mini or mini-vit")
     ap.add_argument("--out", default=None, help="default: bench/results/defend_<model>.json")
-    args = ap.parse_args()
+
+
+def main(args: argparse.Namespace) -> None:
     fonts = ensure_fonts()
 
     args.out = args.out or f"bench/results/defend_{args.model.replace('-', '_')}.json"
@@ -80,4 +81,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.harness import script
+
+    script(__file__)

@@ -1,6 +1,6 @@
 """Defense of the bundled mini CLIP on "ipod" notes placed anywhere in the picture, not only on the object.
 
-    python bench/defend_positions.py [--n 600] [--seed 4242]
+    python -m bench defend_positions [--n 600] [--seed 4242]
 
 The notes use the mini world's held-out styles (`world.note_sampler()`) with ``position="random"``;
 the edit is `defend(bundle, "ipod")` with the defaults.
@@ -20,12 +20,13 @@ from clipedit.eval.results import format_table
 from clipedit.mini import world
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--seed", type=int, default=split_seed("test") + 2,
                     help="held-out scenes (default: the test split's, offset past its two attack sets)")
-    args = ap.parse_args()
+
+
+def main(args: argparse.Namespace) -> None:
 
     base = load_model("mini", device="cpu")
     sampler = dataclasses.replace(world.note_sampler(), position="random")
@@ -41,4 +42,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.harness import script
+
+    script(__file__)

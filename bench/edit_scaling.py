@@ -1,7 +1,7 @@
 """How the edit's time and memory grow with the key dimension: the mini CLIP and random-init open_clip
 RN50, ViT-B/32 and ViT-L/14 (shapes decide the cost, not the weights), each at its default site.
 
-    python -m bench.edit_scaling [--quick]      # quick: the mini and ViT-B/32 only
+    python -m bench edit_scaling [--quick]      # quick: the mini and ViT-B/32 only
 
 For each: the closed-form edit (time, peak memory) and the optimizer's time per step on the same
 exemplars, extrapolated to the paper's 20000 steps. Writes bench/results/edit_scaling.json.
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from bench.measure import device, main_for, peak_memory, ratio_line, save, seconds
+from bench.measure import device, peak_memory, quick_arguments, ratio_line, save, seconds
 from clipedit import load_model
 from clipedit.core import RewriteHParams, compute_rewrite, key_statistics, resolve_site
 from clipedit.core.keys_values import collect_exemplars
@@ -96,5 +96,14 @@ def run(quick: bool = False) -> dict[str, Any]:
     return result
 
 
+add_arguments = quick_arguments
+
+
+def main(args) -> None:
+    run(args.quick)
+
+
 if __name__ == "__main__":
-    main_for(run, __doc__)
+    from bench.harness import script
+
+    script(__file__)

@@ -2,7 +2,7 @@
 fine-tuning baselines, on the same exemplars and key statistics, with the defended-word accuracy each
 reaches on the held-out test split.
 
-    python -m bench.edit_speed [--quick]
+    python -m bench edit_speed [--quick]
 
 The optimizer is run for ``--steps`` steps (its accuracy is measured there) and its cost for the
 paper's 20000 steps is extrapolated from the time per step; the fine-tuning baselines run 40 (quick:
@@ -123,16 +123,19 @@ def _print(result: dict[str, Any]) -> None:
     print(f"  closed form at least as accurate on the defended word: {result['closed_form_at_least_as_accurate']}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps to run (default 300, quick 20)")
     add_update_option(ap)
-    args = ap.parse_args()
+
+
+def main(args: argparse.Namespace) -> None:
     update_results(args.update_results)
     run(args.quick, args.steps)
     print(f"results in {results_dir()}/")
 
 
 if __name__ == "__main__":
-    main()
+    from bench.harness import script
+
+    script(__file__)

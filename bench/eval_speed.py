@@ -2,7 +2,7 @@
 plain ``encode_image`` loop over the same images; a first run builds the zero-shot head (text
 encoding), a second run finds it in the cache and encodes no text.
 
-    python -m bench.eval_speed [--quick]
+    python -m bench eval_speed [--quick]
 
 Writes bench/results/eval_speed.json.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from bench.measure import device, main_for, paired_seconds, ratio_line, save, seconds
+from bench.measure import device, paired_seconds, quick_arguments, ratio_line, save, seconds
 from bench.stats_speed import encode_loop
 from clipedit import load_model
 from clipedit.eval.heldout import world_eval_sets
@@ -97,5 +97,14 @@ def run(quick: bool = False) -> dict[str, Any]:
     return result
 
 
+add_arguments = quick_arguments
+
+
+def main(args) -> None:
+    run(args.quick)
+
+
 if __name__ == "__main__":
-    main_for(run, __doc__)
+    from bench.harness import script
+
+    script(__file__)

@@ -1,7 +1,7 @@
 """Peak memory of collecting N and 4N exemplars for the closed-form edit: batched accumulation of
 KᵀMK and KᵀMR (exemplars rendered batch by batch) against all exemplars at once (the former path).
 
-    python -m bench.exemplar_memory [--quick] [--update-results]
+    python -m bench exemplar_memory [--quick] [--update-results]
 
 Each figure is the whole-process peak (VmHWM) of a fresh process doing one collection, the median of
 several processes. Writes runs/bench/exemplar_memory.json (bench/results/ with --update-results).
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.measure import device, main_for, ratio_line, save, seconds
+from bench.measure import device, quick_arguments, ratio_line, save, seconds
 from clipedit import load_model
 from clipedit.core import EditRequest, resolve_site
 from clipedit.core.exemplar_sums import EXEMPLAR_BATCH, accumulate_exemplar_sums
@@ -114,5 +114,14 @@ def run(quick: bool = False) -> dict[str, Any]:
     return result
 
 
+add_arguments = quick_arguments
+
+
+def main(args) -> None:
+    run(args.quick)
+
+
 if __name__ == "__main__":
-    main_for(run, __doc__)
+    from bench.harness import script
+
+    script(__file__)

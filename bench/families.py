@@ -1,6 +1,6 @@
 """Wall time and peak memory of ``clipedit defend --text ipod --no-eval`` on each model family, at random init.
 
-    python -m bench.families [--quick]
+    python -m bench families [--quick]
 
 Full: the real-size open_clip ``ViT-B-16-SigLIP`` and ``convnext_base`` and a Hugging Face CLIP ViT-B/32
 from transformers' default config (``write_config_folder(..., tiny=False)``); --quick: their toy-width
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.measure import main_for, save
+from bench.measure import quick_arguments, save
 from clipedit.models.hf import write_config_folder
 
 
@@ -61,5 +61,14 @@ def run(quick: bool = False) -> dict[str, Any]:
     return result
 
 
+add_arguments = quick_arguments
+
+
+def main(args) -> None:
+    run(args.quick)
+
+
 if __name__ == "__main__":
-    main_for(run, __doc__)
+    from bench.harness import script
+
+    script(__file__)

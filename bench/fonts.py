@@ -1,7 +1,7 @@
 """Install the font catalogue's Debian packages (``attacks.catalogue.PACKAGES``) before a bench measures
 on the leave-out factors, so that its figures use the catalogue's families, not the fallback.
 
-    python -m bench.fonts          # apt-get install -y the missing packages; prints installed / missing
+    python -m bench fonts          # apt-get install -y the missing packages; prints installed / missing
 """
 from __future__ import annotations
 
@@ -39,7 +39,17 @@ def ensure_fonts() -> dict[str, list[str]]:
     return {"installed": [p for p in PACKAGES if p not in missing], "missing": missing}
 
 
-if __name__ == "__main__":
+def add_arguments(ap) -> None:
+    """No options."""
+
+
+def main(args) -> None:
     logging.basicConfig(level=logging.INFO)
     state = ensure_fonts()
     print(f"installed: {' '.join(state['installed']) or '-'}\nmissing: {' '.join(state['missing']) or '-'}")
+
+
+if __name__ == "__main__":
+    from bench.harness import script
+
+    script(__file__)

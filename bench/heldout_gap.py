@@ -1,8 +1,8 @@
-"""The gap on the leave-out factors (issue 26): a mini's defenses on notes + stickers in font families,
+"""The gap on the leave-out factors: a mini's defenses on notes + stickers in font families,
 a size band, inks, papers and weight the exemplars never use, and what closes it.
 
-    python -m bench.heldout_gap --model mini --split validation --n 300 [--only NAME|NAME]
-    python -m bench.heldout_gap --model mini-vit --split test --n 1000 --final
+    python -m bench heldout_gap --model mini --split validation --n 300 [--only NAME|NAME]
+    python -m bench heldout_gap --model mini-vit --split test --n 1000 --final
 
 Validation (``--split validation``) compares the levers: the exemplars' distribution (large notes in a
 band the held-out sets never use, 0.25-0.30; fonts of the catalogue's exemplar split), rank, several
@@ -160,15 +160,16 @@ def run(base, predictor, sets, name: str, setting: Setting) -> dict[str, Any]:
     return result
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="mini")
     ap.add_argument("--split", default="validation")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--only", default=None, help="'|'-separated setting names")
     ap.add_argument("--final", action="store_true", help="the README's columns only")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+
+
+def main(args: argparse.Namespace) -> None:
     fonts = ensure_fonts()
     base = load_model(args.model, device="cpu")
     sets = world_eval_sets(base.world, ["ipod"], args.n, args.split)
@@ -190,4 +191,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.harness import script
+
+    script(__file__)

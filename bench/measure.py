@@ -122,12 +122,7 @@ def ratio_line(label: str, value: float, target: Optional[float] = None, higher_
     return text
 
 
-def main_for(run: Callable[[bool], dict[str, Any]], doc: Optional[str]) -> None:
-    """A benchmark module's command line: ``python -m bench.<name> [--quick]``."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def quick_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of a speed benchmark: ``--quick`` (smaller sizes) and ``--update-results``."""
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
     add_update_option(ap)
-    args = ap.parse_args()
-    update_results(args.update_results)
-    run(args.quick)
-    print(f"results in {results_dir()}/")

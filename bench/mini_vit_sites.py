@@ -2,10 +2,10 @@
 masks and thresholds, on the VALIDATION split, plus an oracle that patches the blank image's output of the
 stem or of a block into the text tokens (bench/results/mini_vit_sites.json).
 
-    python bench/mini_vit_sites.py [--n 300] [--word ipod] [--out bench/results/mini_vit_sites.json]
-    python bench/mini_vit_sites.py --parts value --n 1000 --out bench/results/mini_vit_value_sites.json
-    python bench/mini_vit_sites.py --model mini-vit-deep --parts oracle,heads --n 300 \
-        --out bench/results/mini_vit_deep_oracles.json
+    python -m bench mini_vit_sites [--n 300] [--word ipod] [--out bench/results/mini_vit_sites.json]
+    python -m bench mini_vit_sites --parts value --n 1000 --out bench/results/mini_vit_sites_value.json
+    python -m bench mini_vit_sites --model mini-vit-deep --parts oracle,heads --n 300 \
+        --out bench/results/mini_vit_sites_deep_oracles.json
 
 ``heads``: per block, each head's word-agnostic typographic score (Dyslexify's: the share of the class
 token's attention to patch tokens that falls on the text band, on scenes with a random class name in the
@@ -172,8 +172,10 @@ def site_name(short: str) -> str:
     return {"v": VALUE_SITE, "c": SITE}[kind].format(block)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+VALUE_SETS = "v0+c0,v0+v1+c0,v0+c0+v1,v0+v1+v2+c0"  # the grid that chose mini-vit's default
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="mini-vit", help="a ViT mini: mini-vit or mini-vit-deep")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--word", default="ipod")
@@ -183,13 +185,15 @@ def main() -> None:
                     help="what to run (comma-separated): oracle, blocks, stem, extras (masks, thresholds, two "
                          "blocks), value (attention value projection + mlp.c_proj, with keep_targets), "
                          "heads (typographic score of every head)")
-    ap.add_argument("--value-sets", default="v0+c0,v0+v1+c0,v0+c0+v1,v0+v1+v2+c0",
+    ap.add_argument("--value-sets", default=VALUE_SETS,
                     help="--parts value: site sets, comma-separated; vN = block N's attn.v_proj, cN = its "
                          "mlp.c_proj, '+' joins one multi-site edit (solved in order)")
     ap.add_argument("--value-ranks", default="16,32")
     ap.add_argument("--keeps", default="0,1,2,3", help="--parts value: keep_targets weights")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a shared, busy CPU)")
-    args = ap.parse_args()
+
+
+def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
 
     base = load_model(args.model, device="cpu")
@@ -252,7 +256,7 @@ def main() -> None:
         keeps = [float(k) for k in args.keeps.split(",")]
         grid = [(sites, int(r), "label", keep) for sites in site_sets for r in args.value_ranks.split(",")
                 for keep in keeps]
-        if args.value_sets == ap.get_default("value_sets"):  # the grid that chose mini-vit's default
+        if args.value_sets == VALUE_SETS:  # the grid that chose mini-vit's default
             grid += [([SITE.format(0)], 32, "label", keep) for keep in (1.0, 4.0)]
         for sites, rank, mask, keep in grid:
             name = f"{' + '.join(s.removeprefix('visual.transformer.resblocks.') for s in sites)}, rank {rank}, " \
@@ -270,4 +274,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.harness import script
+
+    script(__file__)

@@ -1,6 +1,6 @@
 """Rendering cost of the attack generator, as ratios side by side in one run (not a test).
 
-    python bench/render_speed.py
+    python -m bench render_speed
 """
 from __future__ import annotations
 
@@ -19,7 +19,11 @@ def per_render(image: Image.Image, style: LabelStyle, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def main() -> None:
+def add_arguments(ap) -> None:
+    """No options."""
+
+
+def main(args) -> None:
     rng = np.random.default_rng(0)
     tiny = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     big = tiny.resize((1024, 1024))
@@ -32,4 +36,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.harness import script
+
+    script(__file__)

@@ -2,7 +2,7 @@
 transliteration, :func:`attacks.scripts.transliterate`, in a font that writes it, shaped with raqm) on the
 test split's notes, against the same names in Latin.
 
-    python -m bench.scripts_reading [--n 300] [--models mini,mini-vit]
+    python -m bench scripts_reading [--n 300] [--models mini,mini-vit]
 
 Attack success = prediction equals the class whose name is written (scenes whose written class is their
 own are left out), with n and a 95% Wilson interval. Writes bench/results/scripts_reading.json.
@@ -21,12 +21,13 @@ from clipedit.eval.strata import format_proportion, proportion
 from clipedit.io import write_json
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--models", default="mini,mini-vit")
     ap.add_argument("--out", default="bench/results/scripts_reading.json")
-    args = ap.parse_args()
+
+
+def main(args: argparse.Namespace) -> None:
     fonts = ensure_fonts()
     record: dict = {"n": args.n, "split": "test", "fonts": {}, "results": {}, "font_packages": fonts}
     for name in args.models.split(","):
@@ -57,4 +58,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.harness import script
+
+    script(__file__)

@@ -12,8 +12,8 @@ The exemplar sweep shows how much the outcome depends on which single exemplar i
 five exemplars (the main one and four dev photos the unedited model calls "snowplow" once snow is
 pasted on their lower part) is scored on the other photos.
 
-    .venv/bin/python bench/snow_edit.py            # ~11 min on 2 CPU cores
-    .venv/bin/python bench/snow_edit.py --quick    # one layer, one exemplar, short fine-tuning
+    .venv/bin/python -m bench snow_edit            # ~11 min on 2 CPU cores
+    .venv/bin/python -m bench snow_edit --quick    # one layer, one exemplar, short fine-tuning
 
 Writes runs/bench/snow_edit.json (bench/results/ with --update-results) and prints the tables. The data
 (``--data``, default ``shared/data/snow`` beside the checkout) is the paper's snow texture and dev photos
@@ -153,15 +153,16 @@ class Scorer:
         return self.clean_ok[torch.arange(len(pred)), pred].float().mean().item()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one layer and exemplar, short fine-tuning")
-    parser.add_argument("--steps", type=int, default=100, help="fine-tuning steps")
-    parser.add_argument("--data", type=Path, default=DATA,
-                        help="the snow data: snow_texture.jpg and dev/{armytank,firetruck}/*.jpg "
-                             "(default: shared/data/snow beside the checkout)")
-    add_update_option(parser)
-    args = parser.parse_args()
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--quick", action="store_true", help="one layer and exemplar, short fine-tuning")
+    ap.add_argument("--steps", type=int, default=100, help="fine-tuning steps")
+    ap.add_argument("--data", type=Path, default=DATA,
+                    help="the snow data: snow_texture.jpg and dev/{armytank,firetruck}/*.jpg "
+                         "(default: shared/data/snow beside the checkout)")
+    add_update_option(ap)
+
+
+def main(args: argparse.Namespace) -> None:
     out = update_results(args.update_results)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
@@ -278,4 +279,6 @@ def _row(method, layer, rank, m) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.harness import script
+
+    script(__file__)

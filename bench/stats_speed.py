@@ -1,7 +1,7 @@
 """Throughput of the key-statistics pass against a plain ``encode_image`` loop over the same images,
 and its peak memory at N and 4N reference images (it streams: flat).
 
-    python -m bench.stats_speed [--quick]
+    python -m bench stats_speed [--quick]
 
 Both loops preprocess the same PIL images in batches of 64. The statistics stop the forward pass at
 the site, so they may be faster than the full pass. Writes bench/results/stats_speed.json.
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from bench.measure import device, main_for, paired_seconds, peak_memory, ratio_line, save
+from bench.measure import device, paired_seconds, peak_memory, quick_arguments, ratio_line, save
 from clipedit import load_model
 from clipedit.core import key_statistics
 from clipedit.data.images import to_batches
@@ -83,5 +83,14 @@ def run(quick: bool = False) -> dict[str, Any]:
     return result
 
 
+add_arguments = quick_arguments
+
+
+def main(args) -> None:
+    run(args.quick)
+
+
 if __name__ == "__main__":
-    main_for(run, __doc__)
+    from bench.harness import script
+
+    script(__file__)

@@ -2,7 +2,7 @@
 from the blank image's at the label, before and after the edit, and an oracle that patches the blank's
 features in at that stage (of the edited model) — what a perfect edit there could still restore.
 
-    python -m bench.text_survival --model mini --split validation --n 300 [--words ipod|*]
+    python -m bench text_survival --model mini --split validation --n 300 [--words ipod|*]
 
 Scenes: the split's leave-out factors, notes + stickers only (the kinds the headline reports).
 Stages: a ResNet's ``layer1..4`` outputs; a ViT's block outputs. Residue = mean over scenes of
@@ -89,14 +89,15 @@ def survey(bundle, predictor, attacks, labels, batch: int = 100) -> dict[str, di
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="mini")
     ap.add_argument("--split", default="validation")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--words", default="ipod", help="the defense: 'ipod' or '*'")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+
+
+def main(args: argparse.Namespace) -> None:
     fonts = ensure_fonts()
     base = load_model(args.model, device="cpu")
     sets = world_eval_sets(base.world, ["ipod"], args.n, args.split)
@@ -122,4 +123,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.harness import script
+
+    script(__file__)

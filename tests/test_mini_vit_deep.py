@@ -95,7 +95,7 @@ def test_a_missing_or_corrupt_asset_names_the_file_and_the_rebuild_command(capsy
 
 def test_default_defense_is_the_validation_pick_and_restores_ipod_notes():
     """`defend("ipod")` with mini-vit-deep's defaults (block 0's attn.v_proj then mlp.c_proj, rank 32, label
-    mask, keep 3: the pick on validation, bench/results/mini_vit_deep_value_sites.json), scored on test."""
+    mask, keep 3: the pick on validation, bench/results/mini_vit_sites_deep_value.json), scored on test."""
     from conftest import defend_on_heldout
 
     from clipedit.defenses.defaults import defaults_for
