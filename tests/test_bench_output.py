@@ -74,3 +74,25 @@ def test_every_bench_command_line_takes_update_results():
     done = subprocess.run([sys.executable, "-m", "bench.snow_edit", "--help"], cwd=ROOT, capture_output=True,
                           text=True)
     assert "--data" in done.stdout and "--update-results" in done.stdout
+
+
+def test_the_harness_runs_a_registered_benchmark_with_its_options(monkeypatch, tmp_path):
+    import types
+
+    from bench import harness, measure
+
+    seen = {}
+    toy = types.ModuleType("bench.toy")
+    toy.__doc__ = "A toy benchmark. It records what it was given."
+    toy.add_arguments = measure.quick_arguments
+    toy.main = lambda args: seen.update(quick=args.quick, where=measure.results_dir())
+    monkeypatch.setitem(sys.modules, "bench.toy", toy)
+    monkeypatch.setitem(harness.BENCHMARKS, "toy", "bench.toy")
+    monkeypatch.setattr(measure, "SCRATCH", tmp_path / "runs" / "bench")
+    monkeypatch.setitem(measure._WHERE, "dir", measure.SCRATCH)
+    harness.main(["toy", "--quick"])
+    assert seen == {"quick": True, "where": tmp_path / "runs" / "bench"}
+    assert harness.summary("toy") == "A toy benchmark"
+    monkeypatch.setattr(measure, "RESULTS", tmp_path / "results")
+    harness.main(["toy", "--update-results"])
+    assert seen == {"quick": False, "where": tmp_path / "results"}
