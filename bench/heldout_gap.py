@@ -7,7 +7,7 @@ a size band, inks, papers and weight the exemplars never use, and what closes it
 Validation (``--split validation``) compares the levers: the exemplars' distribution (large notes in a
 band the held-out sets never use, 0.25-0.30; fonts of the catalogue's exemplar split), rank, several
 sites, keep-blank, the multi-site recipe for '*', and fine-tuning on the same exemplars. ``--final``
-runs the README's columns (unedited, defaults for "ipod" and '*') on ``--split test``.
+runs the columns of docs/results.md (unedited, defaults for "ipod" and '*') on ``--split test``.
 
 Every figure is a proportion with n and a 95% Wilson interval, by kind and size band
 (:func:`clipedit.eval.strata.strata`); the headline is notes + stickers. Writes
@@ -165,7 +165,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--split", default="validation")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--only", default=None, help="'|'-separated setting names")
-    ap.add_argument("--final", action="store_true", help="the README's columns only")
+    ap.add_argument("--final", action="store_true", help="the columns of docs/results.md only")
     ap.add_argument("--out", default=None)
 
 

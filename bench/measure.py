@@ -14,7 +14,7 @@ import torch
 
 from clipedit.io import write_json
 
-RESULTS = Path(__file__).resolve().parent / "results"  # tracked: the figures the README and RESULTS.md quote
+RESULTS = Path(__file__).resolve().parent / "results"  # tracked: the figures the docs quote
 SCRATCH = Path(__file__).resolve().parents[1] / "runs" / "bench"  # untracked: every run without --update-results
 _WHERE = {"dir": SCRATCH}
 

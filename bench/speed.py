@@ -6,8 +6,8 @@
 
 Each benchmark prints its figures and writes runs/bench/<name>.json (``<name>_quick.json`` for
 --quick); this suite adds speed[_quick].json (the targets, met or missed) and the plots (full runs)
-there. ``--update-results`` writes them over the tracked bench/results/ instead (what the docs and
-RESULTS.md quote).
+there. ``--update-results`` writes them over the tracked bench/results/ instead (what docs/speed.md
+quotes).
 """
 from __future__ import annotations
 

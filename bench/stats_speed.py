@@ -64,7 +64,7 @@ def measure(spec: str, n: int, layer: str | None = None) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     configs = [("mini", 2 * BATCH if quick else 8 * BATCH, None)]
-    # N = two batches: the peak is steady from the second batch on (bench/RESULTS.md)
+    # N = two batches: the peak is steady from the second batch on (docs/speed.md)
     configs.append(("ViT-B-32:none", 2 * BATCH, None))
     if not quick:
         configs.append(("ViT-B-32:none", 2 * BATCH, "visual.transformer.resblocks.6.mlp.c_proj"))
