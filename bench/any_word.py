@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bench.fonts import ensure_fonts
+from bench.measure import out_options, result_path
 from clipedit import load_model
 from clipedit.attacks.factors import split_sampler
 from clipedit.core import RewriteHParams
@@ -226,14 +227,14 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--memory-words", type=int, default=256, help="N for the peak-memory rows (words x 4 renders)")
     ap.add_argument("--memory-only", action="store_true", help="only (re)measure peak memory into --out's JSON")
     ap.add_argument("--model", default="mini", help="mini or mini-vit (--tune and the memory rows: mini only)")
-    ap.add_argument("--out", default=None)
+    out_options(ap)
 
 
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     fonts = ensure_fonts()
     if args.memory_only:
-        out = Path(args.out or "bench/results/any_word.json")
+        out = result_path(args.out, "any_word")
         record = json.loads(out.read_text()) if out.is_file() else {}
         record["peak_rss_mb"] = peak_memory(args.memory_words)
         write_json(out, record)
@@ -280,7 +281,7 @@ def main(args: argparse.Namespace) -> None:
     if not args.tune and args.model == "mini":
         record["peak_rss_mb"] = peak_memory(args.memory_words)
     suffix = "" if args.model == "mini" else "_" + args.model.replace("-", "_")
-    out = args.out or f"bench/results/any_word{'_tune' if args.tune else ''}{suffix}.json"
+    out = result_path(args.out, f"any_word{'_tune' if args.tune else ''}{suffix}")
     write_json(out, json.loads(json.dumps(record, default=str)))
     print(f"wrote {out}; own peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 

@@ -16,6 +16,7 @@ import dataclasses
 import time
 
 from bench.fonts import ensure_fonts
+from bench.measure import out_options, result_path
 from clipedit import load_model
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
@@ -48,13 +49,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--word", default="ipod")
     ap.add_argument("--model", default="mini", help="a bundled model with a world: mini or mini-vit")
-    ap.add_argument("--out", default=None, help="default: bench/results/defend_<model>.json")
+    out_options(ap)
 
 
 def main(args: argparse.Namespace) -> None:
     fonts = ensure_fonts()
 
-    args.out = args.out or f"bench/results/defend_{args.model.replace('-', '_')}.json"
+    args.out = result_path(args.out, f"defend_{args.model.replace('-', '_')}")
     base = load_model(args.model, device="cpu")
     sets = world_eval_sets(base.world, [args.word], args.n)
     predictor = make_predictor(base, sets.classnames)

@@ -4,7 +4,7 @@ RN50, ViT-B/32 and ViT-L/14 (shapes decide the cost, not the weights), each at i
     python -m bench edit_scaling [--quick]      # quick: the mini and ViT-B/32 only
 
 For each: the closed-form edit (time, peak memory) and the optimizer's time per step on the same
-exemplars, extrapolated to the paper's 20000 steps. Writes bench/results/edit_scaling.json.
+exemplars, extrapolated to the paper's 20000 steps. Writes (with --update-results) bench/results/edit_scaling.json.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ reaches on the held-out test split.
 
 The optimizer is run for ``--steps`` steps (its accuracy is measured there) and its cost for the
 paper's 20000 steps is extrapolated from the time per step; the fine-tuning baselines run 40 (quick:
-20) of their 200 steps and their time is scaled to 200. Writes bench/results/edit_speed.json.
+20) of their 200 steps and their time is scaled to 200. Writes (with --update-results) bench/results/edit_speed.json.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ encoding), a second run finds it in the cache and encodes no text.
 
     python -m bench eval_speed [--quick]
 
-Writes bench/results/eval_speed.json.
+Writes (with --update-results) bench/results/eval_speed.json.
 """
 from __future__ import annotations
 

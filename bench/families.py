@@ -5,7 +5,8 @@
 Full: the real-size open_clip ``ViT-B-16-SigLIP`` and ``convnext_base`` and a Hugging Face CLIP ViT-B/32
 from transformers' default config (``write_config_folder(..., tiny=False)``); --quick: their toy-width
 twins (``tiny-siglip``, ``tiny-convnext``, a toy ``CLIPModel`` folder). Each command runs once in its own
-process (n = 1: wall times on a shared machine are mostly waiting). Writes bench/results/families.json.
+process (n = 1: wall times on a shared machine are mostly waiting). Writes (with --update-results)
+bench/results/families.json.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ runs the columns of docs/results.md (unedited, defaults for "ipod" and '*') on `
 
 Every figure is a proportion with n and a 95% Wilson interval, by kind and size band
 (:func:`clipedit.eval.strata.strata`); the headline is notes + stickers. Writes
-bench/results/heldout_gap_<model>_<split>.json.
+(with --update-results) bench/results/heldout_gap_<model>_<split>.json.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from typing import Any, Optional
 from unittest import mock
 
 from bench.fonts import ensure_fonts
+from bench.measure import out_options, result_path
 from clipedit import load_model
 from clipedit.attacks import StyleSampler
 from clipedit.attacks.catalogue import split_font_paths
@@ -166,7 +167,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--only", default=None, help="'|'-separated setting names")
     ap.add_argument("--final", action="store_true", help="the columns of docs/results.md only")
-    ap.add_argument("--out", default=None)
+    out_options(ap)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -182,7 +183,7 @@ def main(args: argparse.Namespace) -> None:
     for name, setting in grid.items():
         if chosen(name):
             results[name] = run(base, predictor, sets, name, setting)
-    out = args.out or f"bench/results/heldout_gap_{args.model.replace('-', '_')}_{args.split}.json"
+    out = result_path(args.out, f"heldout_gap_{args.model.replace('-', '_')}_{args.split}")
     write_json(out, {"model": args.model, "split": args.split, "n": args.n, "headline": HEADLINE,
                      "font_packages": fonts,
                      "fonts": {"exemplar_extra": list(split_font_paths("exemplar"))},

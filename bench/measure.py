@@ -38,6 +38,18 @@ def add_update_option(ap: argparse.ArgumentParser) -> None:
                     help="write over the tracked bench/results/ (default: runs/bench/, untracked)")
 
 
+def out_options(ap: argparse.ArgumentParser) -> None:
+    """``--out FILE`` (default: ``<results_dir()>/<name>.json``, see :func:`result_path`) and ``--update-results``."""
+    ap.add_argument("--out", default=None, help="result file (default: runs/bench/NAME.json, or bench/results/ "
+                                                "with --update-results)")
+    add_update_option(ap)
+
+
+def result_path(out: Optional[str], name: str) -> Path:
+    """``out`` if given, else ``<results_dir()>/<name>.json``."""
+    return Path(out) if out else results_dir() / f"{name}.json"
+
+
 def seconds(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     """Best wall time of ``repeat`` calls of ``fn`` (the least disturbed by other load) and the last result."""
     times, out = [], None

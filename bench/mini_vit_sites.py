@@ -30,6 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench.measure import out_options, result_path
 from clipedit import load_model
 from clipedit.core import RewriteHParams
 from clipedit.core.nethook import Trace
@@ -180,7 +181,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--word", default="ipod")
     ap.add_argument("--ranks", default="8,16,32,64")
-    ap.add_argument("--out", default="bench/results/mini_vit_sites.json")
+    out_options(ap)
     ap.add_argument("--parts", default="oracle,blocks,stem,extras",
                     help="what to run (comma-separated): oracle, blocks, stem, extras (masks, thresholds, two "
                          "blocks), value (attention value projection + mlp.c_proj, with keep_targets), "
@@ -268,9 +269,10 @@ def main(args: argparse.Namespace) -> None:
 
     keys = ["clean_acc", "blank_acc", "text_acc", "attack_success_rate", "other_text_acc"]
     print(format_table([[name, *(r.get(k) for k in keys)] for name, r in results.items()], header=["", *keys]))
-    write_json(args.out, {"model": args.model, "split": "validation", "n": args.n, "word": args.word,
-                          "renders": 128, "oracle_text_acc": oracle, "head_scores": heads, "results": results,
-                          "picked": picked})
+    out = write_json(result_path(args.out, "mini_vit_sites"), {
+        "model": args.model, "split": "validation", "n": args.n, "word": args.word, "renders": 128,
+        "oracle_text_acc": oracle, "head_scores": heads, "results": results, "picked": picked})
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

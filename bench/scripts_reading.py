@@ -5,13 +5,14 @@ test split's notes, against the same names in Latin.
     python -m bench scripts_reading [--n 300] [--models mini,mini-vit]
 
 Attack success = prediction equals the class whose name is written (scenes whose written class is their
-own are left out), with n and a 95% Wilson interval. Writes bench/results/scripts_reading.json.
+own are left out), with n and a 95% Wilson interval. Writes (with --update-results) bench/results/scripts_reading.json.
 """
 from __future__ import annotations
 
 import argparse
 
 from bench.fonts import ensure_fonts
+from bench.measure import out_options, result_path
 from clipedit import load_model
 from clipedit.attacks.scripts import SCRIPTS, script_font, transliterate
 from clipedit.eval.heldout import split_seed
@@ -24,7 +25,7 @@ from clipedit.io import write_json
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--models", default="mini,mini-vit")
-    ap.add_argument("--out", default="bench/results/scripts_reading.json")
+    out_options(ap)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -53,8 +54,8 @@ def main(args: argparse.Namespace) -> None:
             print(f"{name:9s} {script:11s} attack success {format_proportion(row['attack_success'])}  "
                   f"text note {format_proportion(row['text_acc'])}  blank {format_proportion(row['blank_acc'])}",
                   flush=True)
-    write_json(args.out, record)
-    print(f"wrote {args.out}")
+    out = write_json(result_path(args.out, "scripts_reading"), record)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ and its peak memory at N and 4N reference images (it streams: flat).
     python -m bench stats_speed [--quick]
 
 Both loops preprocess the same PIL images in batches of 64. The statistics stop the forward pass at
-the site, so they may be faster than the full pass. Writes bench/results/stats_speed.json.
+the site, so they may be faster than the full pass. Writes (with --update-results) bench/results/stats_speed.json.
 """
 from __future__ import annotations
 

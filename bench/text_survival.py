@@ -7,7 +7,7 @@ features in at that stage (of the edited model) — what a perfect edit there co
 Scenes: the split's leave-out factors, notes + stickers only (the kinds the headline reports).
 Stages: a ResNet's ``layer1..4`` outputs; a ViT's block outputs. Residue = mean over scenes of
 ||attacked - blank|| / ||blank|| over the label's locations. Oracle accuracies carry n and a 95% Wilson
-interval. Writes bench/results/text_survival_<model>_<split>.json.
+interval. Writes (with --update-results) bench/results/text_survival_<model>_<split>.json.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.fonts import ensure_fonts
+from bench.measure import out_options, result_path
 from clipedit import load_model
 from clipedit.core.nethook import Trace
 from clipedit.defenses.edit_requests import preprocess_mask
@@ -94,7 +95,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--split", default="validation")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--words", default="ipod", help="the defense: 'ipod' or '*'")
-    ap.add_argument("--out", default=None)
+    out_options(ap)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -117,7 +118,7 @@ def main(args: argparse.Namespace) -> None:
             for layer, r in rows.items():
                 print(f"{set_name:12s} {model_name:9s} {layer:32s} residue {r['residue']:.3f}  "
                       f"oracle text acc {format_proportion(r['oracle_text_acc'])}", flush=True)
-    out = args.out or f"bench/results/text_survival_{args.model.replace('-', '_')}_{args.split}.json"
+    out = result_path(args.out, f"text_survival_{args.model.replace('-', '_')}_{args.split}")
     write_json(out, record)
     print(f"wrote {out}")
 
