@@ -136,6 +136,21 @@ def test_every_command_line_of_the_docs_parses(name, line):
             parser().parse_args(args)
 
 
+def test_every_inline_command_of_the_prose_parses():
+    """`clipedit …` written in the prose, where it has no placeholder (SPEC, …, [A|B]), parses too."""
+    checked = 0
+    for path in DOCS:
+        prose = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+        for code in re.findall(r"`(clipedit [^`]+)`", prose):
+            if re.search(r"[…\[|<]|\.\.\.|\b[A-Z]{3,}\b|\bW0?\b", code):
+                continue
+            args = clipedit_args(commands(code)[0])
+            if args and not args[0].startswith("-"):
+                check_clipedit_options(args)
+                checked += 1
+    assert checked >= 20
+
+
 def test_a_line_that_downloads_says_so():
     unmarked = [f"{name}: {line}" for name, line in every_shell_line()
                 if DOWNLOADS.search(line) and marker(line) != NETWORK]
