@@ -163,3 +163,137 @@ def _last_to_finish(model: nn.Module, layers: list[str]) -> Optional[str]:
         if name == "" or last.startswith(name + "."):
             return name
     return last
+
+
+class FrozenBelow(contextlib.AbstractContextManager):
+    """Run the part of a forward pass below ``layer`` once and replay it: training one layer on a fixed
+    batch changes nothing that runs before that layer, so it need not run at every step.
+
+    ``run()`` (a forward pass on a fixed input, e.g. ``lambda: model(x)``) is traced once to find every
+    module whose calls all finish before ``layer`` starts (not ``layer``, its ancestors or what follows
+    it), then once more to keep the outputs of the outermost of those. Within the block, ``self()``
+    repeats ``run()`` with those modules returning copies of their kept outputs instead of running:
+    only the glue between them (a residual sum, a reshape), ``layer`` and what follows it compute, in
+    grad mode if the caller's is. Outside ``self()`` the modules run as usual.
+
+    The replay is for the same input, parameters below ``layer`` unchanged and the same control flow
+    (the model in eval mode: no dropout draws, no batch-norm updates); a replay whose modules are called
+    a different number of times than traced raises ``SiteError``. ``frozen`` lists the replayed modules.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, run: Callable[[], object],
+                 trained: Iterable[nn.Parameter] = ()) -> None:
+        self.model, self.layer, self.run = model, layer, run
+        site = get_module(model, layer)
+        names = {m: n for n, m in model.named_modules()}
+        calls, done_before = self._trace(model, site, names)
+        frozen = {n for n, c in calls.items() if c and done_before.get(n, 0) == c and n != layer
+                  and not (layer.startswith(n + ".") or n == "") and not n.startswith(layer + ".")}
+        self.frozen = sorted(n for n in frozen if not any(n.startswith(p + ".") for p in frozen))
+        trained_ids = {id(p) for p in trained}
+        for n in self.frozen:
+            if any(id(p) in trained_ids for p in get_module(model, n).parameters()):
+                raise SiteError(f"{n} runs before {layer} yet holds a trained parameter; it cannot be replayed")
+        self.calls = {n: calls[n] for n in self.frozen}
+        self.kept = self._keep(model)
+        self._active = False
+        self._count: dict[str, int] = {}
+        self._patched: list[tuple[nn.Module, Optional[Callable]]] = []
+
+    def _trace(self, model: nn.Module, site: nn.Module, names: dict) -> tuple[dict[str, int], dict[str, int]]:
+        """(calls of each module in one pass, calls that finished before ``layer`` started)."""
+        calls: dict[str, int] = {}
+        done: dict[str, int] = {}
+        started = [False]
+
+        def pre(mod, args):
+            if mod is site:
+                started[0] = True
+
+        def post(mod, args, out):
+            name = names[mod]
+            calls[name] = calls.get(name, 0) + 1
+            if not started[0]:
+                done[name] = done.get(name, 0) + 1
+
+        handles = [m.register_forward_pre_hook(pre) for m in names] + [m.register_forward_hook(post) for m in names]
+        try:
+            with torch.no_grad():
+                self.run()
+        finally:
+            for h in handles:
+                h.remove()
+        if not started[0]:
+            raise SiteError(f"{self.layer} does not run in the forward pass; nothing to replay below it")
+        return calls, done
+
+    def _keep(self, model: nn.Module) -> dict[str, list]:
+        kept: dict[str, list] = {n: [] for n in self.frozen}
+
+        def hook_for(name):
+            def hook(mod, args, out):
+                kept[name].append(_tree_clone(out))
+            return hook
+
+        handles = [get_module(model, n).register_forward_hook(hook_for(n)) for n in self.frozen]
+        try:
+            with torch.no_grad():
+                self.run()
+        finally:
+            for h in handles:
+                h.remove()
+        return kept
+
+    def __enter__(self) -> FrozenBelow:
+        for name in self.frozen:
+            module = get_module(self.model, name)
+            self._patched.append((module, module.__dict__.get("forward")))
+            module.forward = self._replaying(name, module.forward)
+        return self
+
+    def _replaying(self, name: str, forward: Callable) -> Callable:
+        def replay(*args, **kwargs):
+            if not self._active:
+                return forward(*args, **kwargs)
+            i = self._count[name]
+            self._count[name] = i + 1
+            if i >= len(self.kept[name]):
+                raise SiteError(f"{name} ran more often than when traced; the forward pass is not the same")
+            return _tree_clone(self.kept[name][i])
+        return replay
+
+    def __call__(self):
+        """One forward pass with everything below ``layer`` replayed; returns ``run()``'s result."""
+        self._count = {n: 0 for n in self.frozen}
+        self._active = True
+        try:
+            out = self.run()
+        finally:
+            self._active = False
+        short = [n for n in self.frozen if self._count[n] != self.calls[n]]
+        if short:
+            raise SiteError(f"{short[0]} ran {self._count[short[0]]} times, {self.calls[short[0]]} when traced; "
+                            "the forward pass is not the same")
+        return out
+
+    def __exit__(self, exc_type, exc, tb):
+        for module, before in reversed(self._patched):
+            if before is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = before
+        self._patched = []
+        return False
+
+
+def _tree_clone(value):
+    """A copy of every tensor in ``value`` (tensors, tuples, lists, dicts), detached."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_tree_clone(v) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_tree_clone(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tree_clone(v) for k, v in value.items()}
+    return value

@@ -5,6 +5,7 @@ model's output for their targets, the same pairs the rewrite uses (no labels nee
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from tqdm.auto import trange
 
 from clipedit.core.api import EditRequest
 from clipedit.core.hparams import HParams
-from clipedit.core.nethook import training_only
+from clipedit.core.nethook import FrozenBelow, training_only
 from clipedit.errors import EditError
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,16 @@ def _distance(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tenso
 
 
 def finetune(model: nn.Module, params: Iterable[nn.Parameter], request: EditRequest,
-             hparams: FinetuneHParams, forward: Callable | None = None) -> float:
+             hparams: FinetuneHParams, forward: Callable | None = None, frozen_below: str | None = None) -> float:
     """Fine-tune ``params`` of ``model`` in place; returns the final loss.
 
-    BatchNorm layers stay in eval mode (their statistics are not updated from one exemplar).
+    BatchNorm layers stay in eval mode (their statistics are not updated from one exemplar), and so does
+    every other layer (no dropout): each step sees the same forward pass.
+
+    Args:
+        frozen_below: the layer that holds ``params`` (finetune-local): what runs below it is computed
+            once on the exemplars and replayed at every step (:class:`clipedit.core.nethook.FrozenBelow`);
+            the layer and those above it still run each step. The trained weights equal an uncached run's.
     """
     forward = forward or model
     params = list(params)
@@ -64,9 +71,11 @@ def finetune(model: nn.Module, params: Iterable[nn.Parameter], request: EditRequ
     opt = torch.optim.Adam(params, lr=hparams.lr)
     model.eval()
     loss = torch.tensor(float("nan"))
-    with training_only(model, params):
+    step: Callable = lambda: forward(attacked)  # noqa: E731
+    replay = FrozenBelow(model, frozen_below, step, trained=params) if frozen_below else contextlib.nullcontext(step)
+    with training_only(model, params), replay as step:
         for _ in trange(hparams.steps, desc="fine-tuning", leave=False, disable=None):
-            loss = _distance(forward(attacked), goal, hparams.loss)
+            loss = _distance(step(), goal, hparams.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

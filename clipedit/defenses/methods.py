@@ -153,7 +153,8 @@ def _run_finetune(local: bool) -> Callable:
             params = [site.weight]
         else:
             params = list(bundle.image_module.parameters())
-        finetune(bundle.model, params, data.merged(), hparams, forward=bundle.encode_images)
+        finetune(bundle.model, params, data.merged(), hparams, forward=bundle.encode_images,
+                 frozen_below=site.layer if local else None)
         for name, p in bundle.model.named_parameters():
             if not torch.isfinite(p).all():
                 raise EditError(f"fine-tuning produced NaN or inf in {name}")

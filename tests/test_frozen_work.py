@@ -1,0 +1,77 @@
+"""Frozen work done once: finetune-local's replay of the layers below its site, Defense-Prefix's learning
+rates trained in one batched pass, and scene sets rendered once (the on-disk render cache)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from clipedit.core.api import EditRequest
+from clipedit.core.nethook import FrozenBelow, get_module
+from clipedit.defenses.defaults import default_layer
+from clipedit.defenses.finetune import FinetuneHParams, finetune
+from clipedit.errors import SiteError
+
+
+def _request(bundle, n: int = 3) -> EditRequest:
+    size = bundle.model.visual.image_size
+    size = size[0] if isinstance(size, tuple) else size
+    gen = torch.Generator().manual_seed(1)
+    attacked = torch.randn(n, 3, size, size, generator=gen)
+    return EditRequest(attacked, attacked + 0.3 * torch.randn(attacked.shape, generator=gen),
+                       torch.ones(n, size, size))
+
+
+@pytest.mark.parametrize("name", ["tiny_rn", "tiny_vit"])
+def test_finetune_local_replay_trains_the_same_weights(name, request):
+    """The replayed path (layers below the site run once) ends at the uncached run's weights and loss."""
+    bundle = request.getfixturevalue(name)
+    layer = default_layer(bundle)
+    for n, m in bundle.model.named_modules():  # open_clip starts each residual branch's last norm at 0
+        if n.endswith("bn3"):
+            torch.nn.init.ones_(m.weight)
+    req, hp = _request(bundle), FinetuneHParams(steps=6, lr=1e-2)
+    twin = copy.deepcopy(bundle.model)
+    before = get_module(twin, layer).weight.detach().clone()
+    plain = finetune(twin, [get_module(twin, layer).weight], req, hp, forward=twin.encode_image)
+    cached = finetune(bundle.model, [get_module(bundle.model, layer).weight], req, hp,
+                      forward=bundle.model.encode_image, frozen_below=layer)
+    torch.testing.assert_close(get_module(bundle.model, layer).weight, get_module(twin, layer).weight,
+                               rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(get_module(twin, layer).weight, before)  # it trained at all
+    assert cached == pytest.approx(plain, rel=1e-4, abs=1e-6)
+    for (n, a), (_, b) in zip(bundle.model.named_parameters(), twin.named_parameters()):
+        if n != f"{layer}.weight":
+            assert torch.equal(a, b), n
+
+
+def test_frozen_below_skips_the_layers_below_and_restores_them(tiny_rn):
+    """During the steps layer1's convolutions do not run (two traced passes only); after the block they do."""
+    model, layer = tiny_rn.model, default_layer(tiny_rn)
+    x = torch.randn(2, 3, 64, 64)
+    runs = {"stem": 0, "above": 0}
+    h1 = model.visual.layer1[0].conv1.register_forward_hook(lambda *a: runs.__setitem__("stem", runs["stem"] + 1))
+    h2 = model.visual.layer4.register_forward_hook(lambda *a: runs.__setitem__("above", runs["above"] + 1))
+    with torch.no_grad():
+        expected = model.encode_image(x)
+        runs.update(stem=0, above=0)
+        with FrozenBelow(model, layer, lambda: model.encode_image(x)) as replay:
+            assert "visual.layer1" in replay.frozen and "visual.layer4" not in replay.frozen
+            assert not any(n.startswith("visual.layer3.0.conv3") for n in replay.frozen)
+            outs = [replay() for _ in range(4)]
+        assert runs == {"stem": 2, "above": 6}  # traced twice; layer4 also ran at every replay
+        for out in outs:
+            torch.testing.assert_close(out, expected)
+        model.encode_image(x)
+    h1.remove(), h2.remove()
+    assert runs["stem"] == 3 and "forward" not in model.visual.layer1.__dict__
+
+
+def test_frozen_below_refuses_a_trained_parameter_below_and_a_site_that_never_runs(tiny_rn):
+    model, x = tiny_rn.model, torch.randn(1, 3, 64, 64)
+    with pytest.raises(SiteError, match="holds a trained parameter"):
+        FrozenBelow(model, default_layer(tiny_rn), lambda: model.encode_image(x),
+                    trained=[model.visual.conv1.weight])
+    with pytest.raises(SiteError, match="does not run"):
+        FrozenBelow(model, "transformer.resblocks.0.mlp.c_proj", lambda: model.encode_image(x))
