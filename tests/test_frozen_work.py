@@ -75,3 +75,31 @@ def test_frozen_below_refuses_a_trained_parameter_below_and_a_site_that_never_ru
                     trained=[model.visual.conv1.weight])
     with pytest.raises(SiteError, match="does not run"):
         FrozenBelow(model, "transformer.resblocks.0.mlp.c_proj", lambda: model.encode_image(x))
+
+
+def test_defense_prefix_batched_lrs_learn_the_separate_runs_tokens(tiny_vit):
+    """One batched pass over K learning rates gives each lr the token (and loss) of its own run."""
+    from clipedit.core.prompt_edits import placeholder_token_id, token_embedding_name
+    from clipedit.defenses.defense_prefix import DefensePrefixHParams, train_prefix, train_prefixes
+    from clipedit.defenses.typo_train import TypoSet
+
+    gen = torch.Generator().manual_seed(3)
+    clean = torch.randn(10, 3, 64, 64, generator=gen)
+    train = TypoSet(clean, clean + torch.randn(clean.shape, generator=gen), torch.arange(10) % 3,
+                    ["dog"] * 10, ["cat", "dog", "car"])
+    hp = DefensePrefixHParams(lrs=(0.002, 0.2, 5.0), steps=7, batch_size=4, n_train=10)
+    layer, token = token_embedding_name(tiny_vit.model), placeholder_token_id(tiny_vit.tokenizer)
+    templates = ["a photo of a {}.", "a {}."]
+    weights = {k: v.clone() for k, v in tiny_vit.model.state_dict().items()}
+    batched = train_prefixes(tiny_vit, train, templates, hp.lrs, hp, layer, token)
+    separate = [train_prefix(tiny_vit, train, templates, lr, hp, layer, token) for lr in hp.lrs]
+    init = torch.empty(1, 64).normal_(0.0, hp.init_std, generator=torch.Generator().manual_seed(hp.seed))
+    for (vb, lb), (vs, ls) in zip(batched, separate):
+        # float rounding of the wider batch only: within 1e-5 of how far the token moved (measured ~1e-6)
+        assert float((vb - vs).abs().max()) <= 1e-5 * float((vs - init).abs().max())
+        assert lb == pytest.approx(ls, rel=1e-5, abs=1e-6)
+    alone = train_prefixes(tiny_vit, train, templates, hp.lrs[1:2], hp, layer, token)[0]
+    assert torch.equal(alone[0], separate[1][0])  # one lr alone: bit for bit the separate run
+    assert not torch.allclose(batched[0][0], batched[2][0])  # each lr learnt its own token
+    assert all(torch.equal(v, weights[k]) for k, v in tiny_vit.model.state_dict().items())
+    assert all(p.requires_grad for p in tiny_vit.model.parameters())

@@ -178,6 +178,68 @@ def train_prefix(bundle: ModelBundle, train: TypoSet, templates: list[str], lr: 
     return vector.detach().cpu(), float(loss.item())
 
 
+def train_prefixes(bundle: ModelBundle, train: TypoSet, templates: list[str], lrs: tuple[float, ...],
+                   hp: DefensePrefixHParams, layer: str, token_id: int) -> list[tuple[torch.Tensor, float]]:
+    """:func:`train_prefix` for every lr of ``lrs`` in one pass: (vector, last loss) per lr, as the separate runs.
+
+    Each lr's token is its own tensor in its own SGD parameter group (its lr on its own cosine schedule);
+    all start from the one initialisation and see the same batches and templates, as separate runs of one
+    seed do. A step encodes the K prefixed prompt sets as one batch of the text tower (K x classes rows)
+    and sums the K losses: a prompt's row depends on its own token only, so each token's gradient is its
+    separate run's. The image features are computed once for all.
+    """
+    module = bundle.model.get_submodule(layer)
+    gen = torch.Generator().manual_seed(hp.seed)
+    init = torch.empty(1, module.embedding_dim).normal_(0.0, hp.init_std, generator=gen).to(bundle.device)
+    vectors = [init.clone().requires_grad_(True) for _ in lrs]
+    opt = torch.optim.SGD([{"params": [v], "lr": lr} for v, lr in zip(vectors, lrs)], lr=lrs[0])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, hp.steps, eta_min=hp.eta_min)
+    typo, orig = _image_features(bundle, train.attacked), _image_features(bundle, train.clean)
+    labels = train.labels.to(bundle.device)
+    scale = float(bundle.model.logit_scale.detach().exp()) if hasattr(bundle.model, "logit_scale") else 100.0
+    classnames, k = list(train.classnames), len(lrs)
+    with torch.no_grad():
+        originals = {t: _text_features(bundle, classnames, t, prefix=False) for t in templates}
+    prompts = {t: bundle.tokenizer([fill_template(t, with_placeholder(c)) for c in classnames]).repeat(k, 1)
+               for t in templates}
+    draw = random.Random(hp.seed)
+    current: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_hook(lambda m, a, o: prefix_hook(current["rows"], token_id)(m, a, o))
+    losses = [torch.tensor(float("nan"))] * k
+    order, pos = torch.randperm(train.n, generator=gen), 0
+    saved = {p: p.requires_grad for p in bundle.model.parameters()}
+    for p in bundle.model.parameters():
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            for _ in range(hp.steps):
+                if pos >= train.n:
+                    order, pos = torch.randperm(train.n, generator=gen), 0
+                idx = order[pos:pos + hp.batch_size].to(bundle.device)
+                pos += hp.batch_size
+                template = draw.choice(templates)
+                # row j of the batch is class j % classes of token j // classes: (K x classes, 1, dim)
+                current["rows"] = torch.cat(vectors).repeat_interleave(len(classnames), 0).unsqueeze(1)
+                text = F.normalize(bundle.encode_texts(prompts[template]).float(), dim=-1)
+                text = text.view(k, len(classnames), -1)
+                goal = F.softmax(scale * orig[idx] @ originals[template].T, dim=-1)
+                losses = [hp.seta * F.cross_entropy(scale * typo[idx] @ t.T, labels[idx])
+                          + hp.gamma * F.kl_div(F.log_softmax(scale * orig[idx] @ t.T, dim=-1), goal,
+                                                reduction="batchmean") for t in text]
+                opt.zero_grad(set_to_none=True)
+                torch.stack(losses).sum().backward()
+                opt.step()
+                sched.step()
+    finally:
+        handle.remove()
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+    for v, lr in zip(vectors, lrs):
+        if not torch.isfinite(v).all():
+            raise EditError(f"defense-prefix training at lr {lr} produced NaN or inf")
+    return [(v.detach().cpu(), float(loss.item())) for v, loss in zip(vectors, losses)]
+
+
 def defense_prefix(bundle: ModelBundle, hparams: Optional[DefensePrefixHParams] = None,
                    train: Optional[TypoSet] = None, val: Optional[PaintValidation] = None,
                    meta: Optional[dict] = None) -> DefensePrefixResult:
@@ -198,8 +260,7 @@ def defense_prefix(bundle: ModelBundle, hparams: Optional[DefensePrefixHParams] 
     info = {"model": bundle.name, "pretrained": bundle.pretrained, **(meta or {}), "method": "defense-prefix",
             "hparams": hp.to_dict()}
     rows, members = [], []
-    for lr in hp.lrs:
-        vector, loss = train_prefix(bundle, train, templates, lr, hp, layer, token_id)
+    for lr, (vector, loss) in zip(hp.lrs, train_prefixes(bundle, train, templates, hp.lrs, hp, layer, token_id)):
         member = ClassPrefix(layer, vector, token_id, meta={**info, "lr": lr})
         member.apply(bundle.model)
         try:
