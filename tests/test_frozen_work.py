@@ -103,3 +103,76 @@ def test_defense_prefix_batched_lrs_learn_the_separate_runs_tokens(tiny_vit):
     assert not torch.allclose(batched[0][0], batched[2][0])  # each lr learnt its own token
     assert all(torch.equal(v, weights[k]) for k, v in tiny_vit.model.state_dict().items())
     assert all(p.requires_grad for p in tiny_vit.model.parameters())
+
+
+def _same_attacks(a, b) -> bool:
+    import numpy as np
+
+    return len(a) == len(b) and all(
+        np.array_equal(np.asarray(getattr(x, f)), np.asarray(getattr(y, f)))
+        for x, y in zip(a, b) for f in ("clean", "attacked", "blank", "mask", "text_mask")) and all(
+        (x.text, x.box, x.style, x.seed, x.font_px, x.rotation, x.perspective)
+        == (y.text, y.box, y.style, y.seed, y.font_px, y.rotation, y.perspective)
+        and (x.note_mask is None) == (y.note_mask is None) for x, y in zip(a, b))
+
+
+def test_scene_sets_and_signs_render_once_then_come_from_the_cache(cache_dir, monkeypatch):
+    """A second call reads the cache (the renderer raises if called) and returns the same pictures; a changed
+    argument misses; the training split's preprocessed tensors are identical."""
+    import numpy as np
+
+    import clipedit.mini.world as world_module
+    from clipedit.attacks import StyleSampler
+    from clipedit.defenses.typo_train import typographic_training_set
+    from clipedit.models.bundle import ModelBundle
+
+    world = world_module.MiniWorld()
+    first, labels = world.attack_set(6, 11, ["dog", "ipod"], split="validation")
+    signs, sign_labels = world.signs(5, 4)
+    bundle = ModelBundle(model=torch.nn.Identity(), preprocess=lambda im: torch.from_numpy(np.array(im)).float(),
+                         tokenizer=None, name="stub", world=world)
+    train = typographic_training_set(bundle, 4, 0)
+    assert list((cache_dir / "scenes").glob("*.safetensors"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rendered again")
+
+    monkeypatch.setattr(world_module, "render_attack", refuse)
+    monkeypatch.setattr(world_module, "draw_scene", refuse)
+    again, labels2 = world.attack_set(6, 11, ["dog", "ipod"], split="validation")
+    assert labels2 == labels and _same_attacks(first, again)
+    signs2, sign_labels2 = world.signs(5, 4)
+    assert sign_labels2 == sign_labels and all(np.array_equal(np.asarray(a), np.asarray(b))
+                                               for a, b in zip(signs, signs2))
+    train2 = typographic_training_set(bundle, 4, 0)
+    assert torch.equal(train.clean, train2.clean) and torch.equal(train.attacked, train2.attacked)
+    assert torch.equal(train.labels, train2.labels) and train.words == train2.words
+    for changed in (lambda: world.attack_set(6, 12, ["dog", "ipod"], split="validation"),
+                    lambda: world.attack_set(7, 11, ["dog", "ipod"], split="validation"),
+                    lambda: world.attack_set(6, 11, ["dog"], split="validation"),
+                    lambda: world.attack_set(6, 11, ["dog", "ipod"], split="test"),
+                    lambda: world.attack_set(6, 11, "other", sampler=StyleSampler.exemplar()),
+                    lambda: world.signs(5, 5)):
+        with pytest.raises(AssertionError, match="rendered again"):
+            changed()
+    monkeypatch.setenv("CLIPEDIT_SCENE_CACHE", "0")  # off: every call renders
+    with pytest.raises(AssertionError, match="rendered again"):
+        world.attack_set(6, 11, ["dog", "ipod"], split="validation")
+
+
+def test_a_tampered_scene_entry_is_rendered_again(cache_dir):
+    from safetensors.torch import load_file, save_file
+
+    import clipedit.mini.world as world_module
+
+    first, _ = world_module.attack_set(3, 2)
+    (path,) = (cache_dir / "scenes").glob("*.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["attacked"][0] = 255 - tensors["attacked"][0]
+    save_file(tensors, str(path), metadata=meta)
+    again, _ = world_module.attack_set(3, 2)
+    assert _same_attacks(first, again)

@@ -68,25 +68,41 @@ def cached_tensors(kind: str, key: str, compute: Callable[[], dict[str, torch.Te
     model's and site's, so that an entry re-digested with other shapes is not taken); otherwise it is
     recomputed with a warning and rewritten.
     """
+    return cached_record(kind, key, lambda: (compute(), None), enabled, args, shapes)[0]
+
+
+def cached_record(kind: str, key: str, compute: Callable[[], tuple[dict[str, torch.Tensor], Optional[dict]]],
+                  enabled: bool = True, args: Optional[dict] = None,
+                  shapes: Optional[dict[str, tuple[int, ...]]] = None
+                  ) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
+    """:func:`cached_tensors` for ``compute()`` = (tensors, info): ``info`` (JSON-serialisable, or None)
+    is kept beside the tensors in the entry's header and covered by its digest (e.g. the words and styles
+    of rendered scenes)."""
     path = cache_dir() / kind / f"{key}.safetensors"
     if enabled and path.is_file():
-        tensors, problem = _read_entry(path, args)
+        tensors, info, problem = _read_entry(path, args)
         if problem is None and shapes:
             wrong = [f"{n} {tuple(tensors[n].shape) if n in tensors else 'missing'} (expected {tuple(s)})"
                      for n, s in shapes.items() if n not in tensors or tuple(tensors[n].shape) != tuple(s)]
             problem = f"has the wrong shape: {wrong[0]}" if wrong else None
         if problem is None:
             log.info("cache hit %s", path)
-            return tensors
+            return tensors, info
         log.warning("cache entry %s %s; recomputing it", path, problem)
-    tensors = compute()
+    tensors, info = compute()
     if enabled:
-        _write_entry(path, tensors, args)
-    return tensors
+        _write_entry(path, tensors, args, info)
+    return tensors, info
 
 
-def _read_entry(path: Path, args: Optional[dict]) -> tuple[Optional[dict[str, torch.Tensor]], Optional[str]]:
-    """(tensors, None) for a sound entry, else (None, what is wrong with it)."""
+def _entry_digest(tensors: dict[str, torch.Tensor], info_text: Optional[str]) -> str:
+    digest = tensors_digest(tensors)
+    return digest if info_text is None else hashlib.sha256(f"{digest};{info_text}".encode()).hexdigest()
+
+
+def _read_entry(path: Path, args: Optional[dict]
+                ) -> tuple[Optional[dict[str, torch.Tensor]], Optional[dict], Optional[str]]:
+    """(tensors, info, None) for a sound entry, else (None, None, what is wrong with it)."""
     from safetensors import safe_open
 
     try:
@@ -94,26 +110,34 @@ def _read_entry(path: Path, args: Optional[dict]) -> tuple[Optional[dict[str, to
             meta = dict(f.metadata() or {})
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as e:
-        return None, f"is unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        return None, None, f"is unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     if meta.get("format") != FORMAT:
-        return None, "has no integrity record (written by an older version)"
+        return None, None, "has no integrity record (written by an older version)"
     if meta.get("args") != _args_text(args):
-        return None, f"was made by other arguments ({meta.get('args')})"
-    if meta.get("digest") != tensors_digest(tensors):
-        return None, "does not match its digest (altered or corrupt)"
+        return None, None, f"was made by other arguments ({meta.get('args')})"
+    if meta.get("digest") != _entry_digest(tensors, meta.get("info")):
+        return None, None, "does not match its digest (altered or corrupt)"
     bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
-        return None, f"has NaN or inf in {bad[0]}"
-    return tensors, None
+        return None, None, f"has NaN or inf in {bad[0]}"
+    try:
+        info = json.loads(meta["info"]) if "info" in meta else None
+    except ValueError:
+        return None, None, "has an unreadable record"
+    return tensors, info, None
 
 
-def _write_entry(path: Path, tensors: dict[str, torch.Tensor], args: Optional[dict]) -> None:
+def _write_entry(path: Path, tensors: dict[str, torch.Tensor], args: Optional[dict],
+                 info: Optional[dict] = None) -> None:
     from safetensors.torch import save_file
 
     from clipedit.io import atomic_path
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {"format": FORMAT, "args": _args_text(args), "digest": tensors_digest(tensors)}
+    info_text = None if info is None else json.dumps(info, sort_keys=True)
+    meta = {"format": FORMAT, "args": _args_text(args), "digest": _entry_digest(tensors, info_text)}
+    if info_text is not None:
+        meta["info"] = info_text
     try:
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)

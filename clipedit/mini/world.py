@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from clipedit.attacks import Attack, StyleSampler, render_attack
 from clipedit.attacks.factors import split_sampler
 from clipedit.data.classnames import normalize_name
+from clipedit.data.scene_cache import cached_attacks, cached_images
 from clipedit.errors import ClipeditError
 from clipedit.mini.shapes import OBJECTS, background, random_colour
 
@@ -31,6 +32,7 @@ TEMPLATES: tuple[str, ...] = (
 )
 IMAGE_SIZE: int = 64
 _SUPERSAMPLE = 2  # draw at twice the size, then average down (anti-aliasing)
+_RENDERER = ("clipedit.mini.world", "clipedit.mini.shapes")  # their source decides the pictures (cache keys)
 
 
 @dataclasses.dataclass
@@ -128,12 +130,20 @@ def attack_set(
         size: image side in pixels.
 
     Returns:
-        The attacks (``.clean``, ``.blank``, ``.attacked``, masks) and the true labels.
+        The attacks (``.clean``, ``.blank``, ``.attacked``, masks) and the true labels, rendered once per
+        arguments and then read from the scene cache (:mod:`clipedit.data.scene_cache`).
     """
     vocab = None if isinstance(words, str) and words == "other" else [words] if isinstance(words, str) else list(words)
     if vocab is not None and (not vocab or not all(isinstance(w, str) and w.strip() for w in vocab)):
         raise ClipeditError("the list of words to write is empty or holds an empty word")
     sampler = sampler or note_sampler()
+    args = {"n": n, "seed": seed, "words": vocab, "sampler": repr(sampler), "size": size}
+    return cached_attacks("mini-world.attack_set", args, lambda: _render_attack_set(n, seed, vocab, sampler, size),
+                          modules=_RENDERER)
+
+
+def _render_attack_set(n: int, seed: int, vocab: Optional[list[str]], sampler: StyleSampler, size: int
+                       ) -> tuple[list[Attack], list[int]]:
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % len(CLASSNAMES))
     attacks: list[Attack] = []
@@ -209,8 +219,13 @@ class MiniWorld:
         """``n`` signs: a class name written on a bare background (no object), in held-out note
         styles anywhere in the picture; labelled by the written class (balanced)."""
         sampler = dataclasses.replace(note_sampler(), position="random")
-        rng = np.random.default_rng(seed)
-        labels = rng.permutation(np.arange(n) % len(CLASSNAMES)).tolist()
-        images = [render_attack(background(rng, IMAGE_SIZE), CLASSNAMES[label], sampler.sample(rng),
-                                seed=int(rng.integers(2**31))).attacked for label in labels]
-        return images, labels
+
+        def render():
+            rng = np.random.default_rng(seed)
+            labels = rng.permutation(np.arange(n) % len(CLASSNAMES)).tolist()
+            images = [render_attack(background(rng, IMAGE_SIZE), CLASSNAMES[label], sampler.sample(rng),
+                                    seed=int(rng.integers(2**31))).attacked for label in labels]
+            return images, labels
+
+        args = {"n": n, "seed": seed, "sampler": repr(sampler), "size": IMAGE_SIZE}
+        return cached_images("mini-world.signs", args, render, modules=_RENDERER)
