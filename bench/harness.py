@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, str] = {
     "mini_vit_sites": "bench.mini_vit_sites",
     "scripts_reading": "bench.scripts_reading",
     "compare": "bench.compare",
+    "compare_speed": "bench.compare_speed",
     "snow_edit": "bench.snow_edit",
     "fonts": "bench.fonts",
 }

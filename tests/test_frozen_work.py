@@ -176,3 +176,28 @@ def test_a_tampered_scene_entry_is_rendered_again(cache_dir):
     save_file(tensors, str(path), metadata=meta)
     again, _ = world_module.attack_set(3, 2)
     assert _same_attacks(first, again)
+
+
+def test_frozen_below_copies_outputs_the_pass_changes_in_place():
+    """A kept output changed in place by the glue after it is handed out as a copy at every replay."""
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            h, g = self.a(x), self.b(x)
+            h.add_(1.0)  # in place on a's output
+            return self.c(h + g)
+
+    torch.manual_seed(0)
+    toy, x = Toy(), torch.randn(3, 4)
+    with torch.no_grad():
+        expected = toy(x)
+        with FrozenBelow(toy, "c", lambda: toy(x)) as replay:
+            assert replay.frozen == ["a", "b"]
+            outs = [replay() for _ in range(3)]
+            assert replay._shared == {"b"}
+    for out in outs:
+        torch.testing.assert_close(out, expected)

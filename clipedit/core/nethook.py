@@ -172,7 +172,8 @@ class FrozenBelow(contextlib.AbstractContextManager):
     ``run()`` (a forward pass on a fixed input, e.g. ``lambda: model(x)``) is traced once to find every
     module whose calls all finish before ``layer`` starts (not ``layer``, its ancestors or what follows
     it), then once more to keep the outputs of the outermost of those. Within the block, ``self()``
-    repeats ``run()`` with those modules returning copies of their kept outputs instead of running:
+    repeats ``run()`` with those modules returning their kept outputs instead of running (copies of those
+    that the pass changes in place, as the first replay finds):
     only the glue between them (a residual sum, a reshape), ``layer`` and what follows it compute, in
     grad mode if the caller's is. Outside ``self()`` the modules run as usual.
 
@@ -198,6 +199,11 @@ class FrozenBelow(contextlib.AbstractContextManager):
         self.kept = self._keep(model)
         self._active = False
         self._count: dict[str, int] = {}
+        # the first replay hands out copies and notes which the pass changes in place (an in-place ReLU);
+        # later replays hand out the kept outputs of the others themselves (no copy)
+        self._returned: Optional[list] = []
+        self._shared: set[str] = set()
+        self._versions: dict[str, list[int]] = {}
         self._patched: list[tuple[nn.Module, Optional[Callable]]] = []
 
     def _trace(self, model: nn.Module, site: nn.Module, names: dict) -> tuple[dict[str, int], dict[str, int]]:
@@ -259,7 +265,12 @@ class FrozenBelow(contextlib.AbstractContextManager):
             self._count[name] = i + 1
             if i >= len(self.kept[name]):
                 raise SiteError(f"{name} ran more often than when traced; the forward pass is not the same")
-            return _tree_clone(self.kept[name][i])
+            if name in self._shared:
+                return self.kept[name][i]
+            out = _tree_clone(self.kept[name][i])
+            if self._returned is not None:
+                self._returned.append((name, out))
+            return out
         return replay
 
     def __call__(self):
@@ -274,6 +285,13 @@ class FrozenBelow(contextlib.AbstractContextManager):
         if short:
             raise SiteError(f"{short[0]} ran {self._count[short[0]]} times, {self.calls[short[0]]} when traced; "
                             "the forward pass is not the same")
+        if self._returned is not None:  # the first replay: which copies did the rest of the pass change in place?
+            changed = {n for n, out in self._returned if any(t._version for t in _tensors(out))}
+            self._shared = set(self.frozen) - changed  # the others are handed out as kept from now on
+            self._versions = {n: [t._version for o in self.kept[n] for t in _tensors(o)] for n in self._shared}
+            self._returned = None
+        elif any([t._version for o in self.kept[n] for t in _tensors(o)] != v for n, v in self._versions.items()):
+            raise SiteError("a replayed output was changed in place; the forward pass is not the same")
         return out
 
     def __exit__(self, exc_type, exc, tb):
@@ -284,6 +302,16 @@ class FrozenBelow(contextlib.AbstractContextManager):
                 module.forward = before
         self._patched = []
         return False
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
 
 
 def _tree_clone(value):
