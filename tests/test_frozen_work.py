@@ -47,7 +47,7 @@ def test_finetune_local_replay_trains_the_same_weights(name, request):
 
 
 def test_frozen_below_skips_the_layers_below_and_restores_them(tiny_rn):
-    """During the steps layer1's convolutions do not run (two traced passes only); after the block they do."""
+    """After the first pass layer1's convolutions do not run; after the block they do again."""
     model, layer = tiny_rn.model, default_layer(tiny_rn)
     x = torch.randn(2, 3, 64, 64)
     runs = {"stem": 0, "above": 0}
@@ -57,24 +57,27 @@ def test_frozen_below_skips_the_layers_below_and_restores_them(tiny_rn):
         expected = model.encode_image(x)
         runs.update(stem=0, above=0)
         with FrozenBelow(model, layer, lambda: model.encode_image(x)) as replay:
+            outs = [replay() for _ in range(4)]
             assert "visual.layer1" in replay.frozen and "visual.layer4" not in replay.frozen
             assert not any(n.startswith("visual.layer3.0.conv3") for n in replay.frozen)
-            outs = [replay() for _ in range(4)]
-        assert runs == {"stem": 2, "above": 6}  # traced twice; layer4 also ran at every replay
+        assert runs == {"stem": 1, "above": 4}  # the first pass only; layer4 ran at every pass
         for out in outs:
             torch.testing.assert_close(out, expected)
         model.encode_image(x)
     h1.remove(), h2.remove()
-    assert runs["stem"] == 3 and "forward" not in model.visual.layer1.__dict__
+    assert runs["stem"] == 2 and "forward" not in model.visual.layer1.__dict__
 
 
 def test_frozen_below_refuses_a_trained_parameter_below_and_a_site_that_never_runs(tiny_rn):
     model, x = tiny_rn.model, torch.randn(1, 3, 64, 64)
-    with pytest.raises(SiteError, match="holds a trained parameter"):
-        FrozenBelow(model, default_layer(tiny_rn), lambda: model.encode_image(x),
-                    trained=[model.visual.conv1.weight])
-    with pytest.raises(SiteError, match="does not run"):
-        FrozenBelow(model, "transformer.resblocks.0.mlp.c_proj", lambda: model.encode_image(x))
+    with pytest.raises(SiteError, match="holds a trained parameter"), \
+            FrozenBelow(model, default_layer(tiny_rn), lambda: model.encode_image(x),
+                        trained=[model.visual.conv1.weight]) as replay:
+        replay()
+    with pytest.raises(SiteError, match="does not run"), \
+            FrozenBelow(model, "transformer.resblocks.0.mlp.c_proj", lambda: model.encode_image(x)) as replay:
+        replay()
+    assert not any("forward" in m.__dict__ for m in model.modules())
 
 
 def test_defense_prefix_batched_lrs_learn_the_separate_runs_tokens(tiny_vit):
@@ -196,8 +199,7 @@ def test_frozen_below_copies_outputs_the_pass_changes_in_place():
     with torch.no_grad():
         expected = toy(x)
         with FrozenBelow(toy, "c", lambda: toy(x)) as replay:
-            assert replay.frozen == ["a", "b"]
-            outs = [replay() for _ in range(3)]
-            assert replay._shared == {"b"}
+            outs = [replay() for _ in range(4)]
+            assert replay.frozen == ["a", "b"] and replay._shared == {"b"}
     for out in outs:
         torch.testing.assert_close(out, expected)

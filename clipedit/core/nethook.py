@@ -169,34 +169,28 @@ class FrozenBelow(contextlib.AbstractContextManager):
     """Run the part of a forward pass below ``layer`` once and replay it: training one layer on a fixed
     batch changes nothing that runs before that layer, so it need not run at every step.
 
-    ``run()`` (a forward pass on a fixed input, e.g. ``lambda: model(x)``) is traced once to find every
-    module whose calls all finish before ``layer`` starts (not ``layer``, its ancestors or what follows
-    it), then once more to keep the outputs of the outermost of those. Within the block, ``self()``
-    repeats ``run()`` with those modules returning their kept outputs instead of running (copies of those
-    that the pass changes in place, as the first replay finds):
-    only the glue between them (a residual sum, a reshape), ``layer`` and what follows it compute, in
-    grad mode if the caller's is. Outside ``self()`` the modules run as usual.
+    Within the block, ``self()`` runs ``run()`` (a forward pass on a fixed input, e.g. ``lambda: model(x)``).
+    The first call runs it whole, in the caller's grad mode, and keeps the outputs of every module whose
+    calls all finish before ``layer`` starts (not ``layer``, its ancestors or what follows it); the
+    outermost of those (``frozen``) then return their kept outputs instead of running (copies of those
+    that the pass changes in place, as the second call finds): only the glue between them (a residual
+    sum, a reshape), ``layer`` and what follows it compute. Outside ``self()`` the modules run as usual.
 
     The replay is for the same input, parameters below ``layer`` unchanged and the same control flow
     (the model in eval mode: no dropout draws, no batch-norm updates); a replay whose modules are called
-    a different number of times than traced raises ``SiteError``. ``frozen`` lists the replayed modules.
+    a different number of times than the first pass raises ``SiteError``, as does a ``layer`` that does
+    not run or a module below it that holds one of the ``trained`` parameters.
     """
 
     def __init__(self, model: nn.Module, layer: str, run: Callable[[], object],
                  trained: Iterable[nn.Parameter] = ()) -> None:
         self.model, self.layer, self.run = model, layer, run
-        site = get_module(model, layer)
-        names = {m: n for n, m in model.named_modules()}
-        calls, done_before = self._trace(model, site, names)
-        frozen = {n for n, c in calls.items() if c and done_before.get(n, 0) == c and n != layer
-                  and not (layer.startswith(n + ".") or n == "") and not n.startswith(layer + ".")}
-        self.frozen = sorted(n for n in frozen if not any(n.startswith(p + ".") for p in frozen))
-        trained_ids = {id(p) for p in trained}
-        for n in self.frozen:
-            if any(id(p) in trained_ids for p in get_module(model, n).parameters()):
-                raise SiteError(f"{n} runs before {layer} yet holds a trained parameter; it cannot be replayed")
-        self.calls = {n: calls[n] for n in self.frozen}
-        self.kept = self._keep(model)
+        self.site = get_module(model, layer)
+        self.trained = {id(p) for p in trained}
+        self.frozen: list[str] = []
+        self.calls: dict[str, int] = {}
+        self.kept: dict[str, list] = {}
+        self._recorded = False
         self._active = False
         self._count: dict[str, int] = {}
         # the first replay hands out copies and notes which the pass changes in place (an in-place ReLU);
@@ -206,55 +200,48 @@ class FrozenBelow(contextlib.AbstractContextManager):
         self._versions: dict[str, list[int]] = {}
         self._patched: list[tuple[nn.Module, Optional[Callable]]] = []
 
-    def _trace(self, model: nn.Module, site: nn.Module, names: dict) -> tuple[dict[str, int], dict[str, int]]:
-        """(calls of each module in one pass, calls that finished before ``layer`` started)."""
+    def _record(self):
+        """The first pass: run whole, note which calls finish before ``layer`` starts and keep their outputs."""
+        names = {m: n for n, m in self.model.named_modules()}
         calls: dict[str, int] = {}
-        done: dict[str, int] = {}
+        before: dict[str, list] = {}
         started = [False]
 
         def pre(mod, args):
-            if mod is site:
+            if mod is self.site:
                 started[0] = True
 
         def post(mod, args, out):
             name = names[mod]
             calls[name] = calls.get(name, 0) + 1
             if not started[0]:
-                done[name] = done.get(name, 0) + 1
+                before.setdefault(name, []).append(_tree_clone(out))
 
-        handles = [m.register_forward_pre_hook(pre) for m in names] + [m.register_forward_hook(post) for m in names]
+        hooks = [m.register_forward_pre_hook(pre) for m in names] + [m.register_forward_hook(post) for m in names]
         try:
-            with torch.no_grad():
-                self.run()
+            out = self.run()
         finally:
-            for h in handles:
+            for h in hooks:
                 h.remove()
+        layer = self.layer
         if not started[0]:
-            raise SiteError(f"{self.layer} does not run in the forward pass; nothing to replay below it")
-        return calls, done
-
-    def _keep(self, model: nn.Module) -> dict[str, list]:
-        kept: dict[str, list] = {n: [] for n in self.frozen}
-
-        def hook_for(name):
-            def hook(mod, args, out):
-                kept[name].append(_tree_clone(out))
-            return hook
-
-        handles = [get_module(model, n).register_forward_hook(hook_for(n)) for n in self.frozen]
-        try:
-            with torch.no_grad():
-                self.run()
-        finally:
-            for h in handles:
-                h.remove()
-        return kept
-
-    def __enter__(self) -> FrozenBelow:
+            raise SiteError(f"{layer} does not run in the forward pass; nothing to replay below it")
+        frozen = {n for n, outs in before.items() if len(outs) == calls[n] and n != layer and n != ""
+                  and not layer.startswith(n + ".") and not n.startswith(layer + ".")}
+        self.frozen = sorted(n for n in frozen if not any(n.startswith(p + ".") for p in frozen))
+        for n in self.frozen:
+            if any(id(p) in self.trained for p in get_module(self.model, n).parameters()):
+                raise SiteError(f"{n} runs before {layer} yet holds a trained parameter; it cannot be replayed")
+        self.calls = {n: calls[n] for n in self.frozen}
+        self.kept = {n: before[n] for n in self.frozen}
         for name in self.frozen:
             module = get_module(self.model, name)
             self._patched.append((module, module.__dict__.get("forward")))
             module.forward = self._replaying(name, module.forward)
+        self._recorded = True
+        return out
+
+    def __enter__(self) -> FrozenBelow:
         return self
 
     def _replaying(self, name: str, forward: Callable) -> Callable:
@@ -264,7 +251,7 @@ class FrozenBelow(contextlib.AbstractContextManager):
             i = self._count[name]
             self._count[name] = i + 1
             if i >= len(self.kept[name]):
-                raise SiteError(f"{name} ran more often than when traced; the forward pass is not the same")
+                raise SiteError(f"{name} ran more often than in the first pass; the forward pass is not the same")
             if name in self._shared:
                 return self.kept[name][i]
             out = _tree_clone(self.kept[name][i])
@@ -274,7 +261,10 @@ class FrozenBelow(contextlib.AbstractContextManager):
         return replay
 
     def __call__(self):
-        """One forward pass with everything below ``layer`` replayed; returns ``run()``'s result."""
+        """One forward pass (the first whole, later ones with everything below ``layer`` replayed);
+        returns ``run()``'s result."""
+        if not self._recorded:
+            return self._record()
         self._count = {n: 0 for n in self.frozen}
         self._active = True
         try:
@@ -283,10 +273,10 @@ class FrozenBelow(contextlib.AbstractContextManager):
             self._active = False
         short = [n for n in self.frozen if self._count[n] != self.calls[n]]
         if short:
-            raise SiteError(f"{short[0]} ran {self._count[short[0]]} times, {self.calls[short[0]]} when traced; "
-                            "the forward pass is not the same")
+            raise SiteError(f"{short[0]} ran {self._count[short[0]]} times, {self.calls[short[0]]} in the first "
+                            "pass; the forward pass is not the same")
         if self._returned is not None:  # the first replay: which copies did the rest of the pass change in place?
-            changed = {n for n, out in self._returned if any(t._version for t in _tensors(out))}
+            changed = {n for n, kept in self._returned if any(t._version for t in _tensors(kept))}
             self._shared = set(self.frozen) - changed  # the others are handed out as kept from now on
             self._versions = {n: [t._version for o in self.kept[n] for t in _tensors(o)] for n in self._shared}
             self._returned = None
