@@ -136,11 +136,11 @@ def run(quick: bool = False, repeat: int = 2) -> dict[str, Any]:
     torch.manual_seed(0)
     bundle = load_model(MODEL, device=device())
     rows = {
-        "finetune_local": finetune_local(bundle, steps=10 if quick else 20, renders=64 if quick else 128,
+        "finetune_local": finetune_local(bundle, steps=20, renders=64 if quick else 128,
                                          repeat=repeat),
-        "defense_prefix": defense_prefix(bundle, steps=11 if quick else 41, n_train=64 if quick else 128,
+        "defense_prefix": defense_prefix(bundle, steps=21 if quick else 41, n_train=64 if quick else 128,
                                          repeat=repeat),
-        "scene_render": scene_render(bundle, ["ipod"] if quick else ["ipod", "pizza"], n=50 if quick else 100,
+        "scene_render": scene_render(bundle, ["ipod"] if quick else ["ipod", "pizza"], n=50,
                                      n_train=100 if quick else 200, repeat=repeat),
     }
     result = {"model": MODEL, "rows": rows, "targets": TARGETS,
