@@ -193,7 +193,8 @@ def train_prefixes(bundle: ModelBundle, train: TypoSet, templates: list[str], lr
     init = torch.empty(1, module.embedding_dim).normal_(0.0, hp.init_std, generator=gen).to(bundle.device)
     vectors = [init.clone().requires_grad_(True) for _ in lrs]
     opt = torch.optim.SGD([{"params": [v], "lr": lr} for v, lr in zip(vectors, lrs)], lr=lrs[0])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, hp.steps, eta_min=hp.eta_min)
+    steps = hp.steps  # the same count as train_prefix's
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=hp.eta_min)
     typo, orig = _image_features(bundle, train.attacked), _image_features(bundle, train.clean)
     labels = train.labels.to(bundle.device)
     scale = float(bundle.model.logit_scale.detach().exp()) if hasattr(bundle.model, "logit_scale") else 100.0
@@ -212,7 +213,7 @@ def train_prefixes(bundle: ModelBundle, train: TypoSet, templates: list[str], lr
         p.requires_grad_(False)
     try:
         with torch.enable_grad():
-            for _ in range(hp.steps):
+            for _ in range(steps):
                 if pos >= train.n:
                     order, pos = torch.randperm(train.n, generator=gen), 0
                 idx = order[pos:pos + hp.batch_size].to(bundle.device)
