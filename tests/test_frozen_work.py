@@ -182,7 +182,8 @@ def test_a_tampered_scene_entry_is_rendered_again(cache_dir):
 
 
 def test_frozen_below_copies_outputs_the_pass_changes_in_place():
-    """A kept output changed in place by the glue after it is handed out as a copy at every replay."""
+    """A kept output changed in place by the glue after it is handed out as a copy at every replay; a forward
+    hook on a replayed module acts on the replayed output once, as on the computed one."""
 
     class Toy(torch.nn.Module):
         def __init__(self):
@@ -196,6 +197,7 @@ def test_frozen_below_copies_outputs_the_pass_changes_in_place():
 
     torch.manual_seed(0)
     toy, x = Toy(), torch.randn(3, 4)
+    toy.b.register_forward_hook(lambda mod, args, out: out + 1.0)  # an additive hook: applied once per pass
     with torch.no_grad():
         expected = toy(x)
         with FrozenBelow(toy, "c", lambda: toy(x)) as replay:

@@ -170,8 +170,8 @@ class FrozenBelow(contextlib.AbstractContextManager):
     batch changes nothing that runs before that layer, so it need not run at every step.
 
     Within the block, ``self()`` runs ``run()`` (a forward pass on a fixed input, e.g. ``lambda: model(x)``).
-    The first call runs it whole, in the caller's grad mode, and keeps the outputs of every module whose
-    calls all finish before ``layer`` starts (not ``layer``, its ancestors or what follows it); the
+    The first call runs it whole, in the caller's grad mode, and keeps what ``forward`` returned for every
+    module whose calls all finish before ``layer`` starts (not ``layer``, its ancestors or what follows it); the
     outermost of those (``frozen``) then return their kept outputs instead of running (copies of those
     that the pass changes in place, as the second call finds): only the glue between them (a residual
     sum, a reshape), ``layer`` and what follows it compute. Outside ``self()`` the modules run as usual.
@@ -201,28 +201,36 @@ class FrozenBelow(contextlib.AbstractContextManager):
         self._patched: list[tuple[nn.Module, Optional[Callable]]] = []
 
     def _record(self):
-        """The first pass: run whole, note which calls finish before ``layer`` starts and keep their outputs."""
-        names = {m: n for n, m in self.model.named_modules()}
+        """The first pass: run whole, note which calls finish before ``layer`` starts and keep what their
+        ``forward`` returned (before any forward hook, which runs again on the replayed output)."""
         calls: dict[str, int] = {}
         before: dict[str, list] = {}
         started = [False]
 
-        def pre(mod, args):
-            if mod is self.site:
-                started[0] = True
+        def recording(name: str, forward: Callable) -> Callable:
+            def record(*args, **kwargs):
+                if name == self.layer:
+                    started[0] = True
+                out = forward(*args, **kwargs)
+                calls[name] = calls.get(name, 0) + 1
+                if not started[0]:
+                    before.setdefault(name, []).append(_tree_clone(out))
+                return out
+            return record
 
-        def post(mod, args, out):
-            name = names[mod]
-            calls[name] = calls.get(name, 0) + 1
-            if not started[0]:
-                before.setdefault(name, []).append(_tree_clone(out))
-
-        hooks = [m.register_forward_pre_hook(pre) for m in names] + [m.register_forward_hook(post) for m in names]
+        modules = dict(self.model.named_modules())
+        saved = {n: m.__dict__.get("forward") for n, m in modules.items()}
+        originals = {n: m.forward for n, m in modules.items()}
         try:
+            for n, m in modules.items():
+                m.forward = recording(n, originals[n])
             out = self.run()
         finally:
-            for h in hooks:
-                h.remove()
+            for n, m in modules.items():
+                if saved[n] is None:
+                    m.__dict__.pop("forward", None)
+                else:
+                    m.forward = saved[n]
         layer = self.layer
         if not started[0]:
             raise SiteError(f"{layer} does not run in the forward pass; nothing to replay below it")
@@ -230,14 +238,14 @@ class FrozenBelow(contextlib.AbstractContextManager):
                   and not layer.startswith(n + ".") and not n.startswith(layer + ".")}
         self.frozen = sorted(n for n in frozen if not any(n.startswith(p + ".") for p in frozen))
         for n in self.frozen:
-            if any(id(p) in self.trained for p in get_module(self.model, n).parameters()):
+            if any(id(p) in self.trained for p in modules[n].parameters()):
                 raise SiteError(f"{n} runs before {layer} yet holds a trained parameter; it cannot be replayed")
         self.calls = {n: calls[n] for n in self.frozen}
         self.kept = {n: before[n] for n in self.frozen}
         for name in self.frozen:
-            module = get_module(self.model, name)
-            self._patched.append((module, module.__dict__.get("forward")))
-            module.forward = self._replaying(name, module.forward)
+            module = modules[name]
+            self._patched.append((module, saved[name]))
+            module.forward = self._replaying(name, originals[name])
         self._recorded = True
         return out
 
