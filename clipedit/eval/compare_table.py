@@ -51,15 +51,16 @@ def p_text(p: Optional[float]) -> str:
     return "n/a" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table padded to aligned columns (first column left, the rest right)."""
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """A markdown table padded to aligned columns (the first ``left`` columns left-aligned, the rest right)."""
     table = [list(map(str, header)), *[list(map(str, r)) for r in rows]]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
 
     def line(r: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
+        cells = (c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        return "| " + " | ".join(cells) + " |"
 
-    rule = "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
+    rule = "|" + "|".join(("-" * (w + 2)) if i < left else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
     return "\n".join([line(table[0]), rule, *(line(r) for r in table[1:])])
 
 
@@ -149,7 +150,7 @@ def interval_note(record: dict[str, Any]) -> str:
                     if c.get("interval")})
     seeds = len(record.get("seeds") or [None])
     return (f"Cells: percent [95% interval]; n = distinct test images; {seeds} seed(s); intervals: "
-            f"{'; '.join(kinds) or 'none'}.")
+            f"{'; '.join(kinds) or 'none'} (unedited has no seeds: Wilson).")
 
 
 def render(record: dict[str, Any]) -> str:
@@ -162,7 +163,7 @@ def render(record: dict[str, Any]) -> str:
         parts += ["", "**Budget**", "", markdown(*budget)]
     paired = paired_tables(record)
     for title, header, rows in paired:
-        parts += ["", f"**{title}**", "", markdown(header, rows)]
+        parts += ["", f"**{title}**", "", markdown(header, rows, left=2)]
     if paired:
         parts += ["", _wrap(f"Verdict: beats/loses when the Holm-adjusted p < {ALPHA} (exact McNemar on discordant "
                       "images; several seeds: exact sign test on per-image seed means), by the difference's sign "
