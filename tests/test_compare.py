@@ -78,7 +78,10 @@ def test_compare_end_to_end_at_tiny_n(tmp_path, capsys):
     assert "rule" in details and "steps" in details
     assert not (out / "compare.partial.json").exists()  # kept while running, removed once the record is whole
     assert (out / "compare.png").stat().st_size > 0 and "<table>" in (tmp_path / "r.html").read_text()
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
+    for method in ("dyslexify", "head-ablation-weights"):  # a log line as each method starts and ends
+        assert f"{method}: started" in captured.err and f"{method}: done in" in captured.err
     assert "defended word n=8" in table and "Paired against unedited" in table
     assert max(len(line) for line in table.splitlines() if line.startswith("|")) <= 120
     compare = record["compare"]

@@ -93,3 +93,9 @@ def test_table_of_a_bad_file_is_one_error_line(content, message, tmp_path, capsy
     assert run_cli(["compare", "--table", str(path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("Error: ") and message in err[-1]
+
+
+def test_help_states_the_defaults_duration_and_a_small_command(capsys):
+    assert run_cli(["compare", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "about a day on a CPU" in text and "--seeds 0 --n 100" in text and "--table" in text

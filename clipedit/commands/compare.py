@@ -86,12 +86,14 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
     exact McNemar p and its verdict).
 
     \b
-    Duration: the defaults (every method x 3 seeds x 3 words, 1000 test scenes a set, 1000 training and
-    500 validation scenes) take about a day on a CPU; Defense-Prefix's fixed schedule (2480 steps x 3
-    learning rates) alone is most of it and does not shrink with --n. Try a small run first, e.g.
-      clipedit compare --model mini-vit --methods edit,dyslexify,paint --words ipod --seeds 0 \\
-        --n 100 --n-signs 100 --n-train 100 --n-val 50
-    and re-print a record's tables with: clipedit compare --table runs/compare-mini-vit/compare.json
+    Duration: the defaults (every method x 3 seeds x 3 words, 1000 test
+    scenes a set, 1000 training and 500 validation scenes) take about a day
+    on a CPU; Defense-Prefix's fixed schedule (2480 steps x 3 learning rates)
+    is a large part of it and does not shrink with --n. Try a small run first:
+      clipedit compare --model mini-vit --methods edit,dyslexify,paint \\
+        --words ipod --seeds 0 --n 100 --n-signs 100 --n-train 100 --n-val 50
+    Re-print a record's tables (runs nothing):
+      clipedit compare --table runs/compare-mini-vit/compare.json
     """
     if table_file is not None:
         click.echo(_table(table_file))
