@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from clipedit import cli
-from clipedit.eval.compare_stats import bits, method_cells, seed_cells, word_cells
+from clipedit.eval.compare_stats import bits, method_cells, seed_cells, strata_cells, word_cells
 from clipedit.eval.intervals import wilson
 from clipedit.eval.paired import BOOTSTRAP
 
@@ -128,6 +128,16 @@ def test_bad_hparams_are_one_error_line(content, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("Error: ") and message in err[-1]
     assert not out.exists()
+
+
+def test_strata_cells_by_kind_group_and_size_band():
+    labels = [["note", "0.19-0.215"]] * 4 + [["sticker", "0.215-0.24"]] * 4 + [["text", None]] * 2
+    raw = {"0": {"a": {"text_acc": [5, 10, "k:text", "1111" + "1000" + "00"]}}}
+    out = strata_cells(raw, {"k:text": labels})
+    assert list(out)[:2] == ["notes + stickers", "notes + stickers, size 0.19-0.215"]
+    assert out["notes + stickers"]["text_acc"]["n"] == 8 and out["notes + stickers"]["text_acc"]["value"] == 5 / 8
+    assert out["notes"]["text_acc"]["value"] == 1.0 and out["stickers, size 0.215-0.24"]["text_acc"]["n"] == 4
+    assert out["bare text"]["text_acc"]["value"] == 0.0 and "bare text, size None" not in out
 
 
 def test_pooled_cells_count_shared_images_once():

@@ -31,7 +31,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from clipedit.attacks.factors import KIND_GROUPS, size_band
+from clipedit.attacks.factors import size_band
 from clipedit.data.classnames import class_index
 from clipedit.data.splits import FOLDER, DataSplit, split_data
 from clipedit.defenses.defense_prefix import check_text_tower, defense_prefix
@@ -227,10 +227,9 @@ def _text_entries(ev: dict, attacks: Sequence, labels: Sequence[int], classnames
 
 
 def image_strata(tests: dict[str, Any]) -> dict[str, list[list[Optional[str]]]]:
-    """``{images key: [[kind group, size band], …]}`` of every note set of the world's test data, aligned with
+    """``{images key: [[kind, size band], …]}`` of every note set of the world's test data, aligned with
     :func:`counts`' bits, for the strata cells (a benchmark's photos have no rendered kinds: none)."""
     out: dict[str, list[list[Optional[str]]]] = {}
-    group_of = {kind: g for g, kinds in KIND_GROUPS.items() for kind in kinds}
     for data in tests.values():
         if isinstance(data, BenchmarkTest):
             continue
@@ -239,7 +238,7 @@ def image_strata(tests: dict[str, Any]) -> dict[str, list[list[Optional[str]]]]:
             key = images_key([a.attacked for a in attacks], labels)
             counted, targeted = _text_rows(attacks, labels, data.predictor.classnames)
             for suffix, rows in ((":text", counted), (":targeted", targeted)):
-                out[key + suffix] = [[group_of.get(attacks[i].style.kind), size_band(attacks[i].style.font_size)]
+                out[key + suffix] = [[attacks[i].style.kind, size_band(attacks[i].style.font_size)]
                                      for i in rows]
     return out
 

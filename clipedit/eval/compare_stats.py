@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from clipedit.attacks.factors import KIND_GROUPS, SIZE_BANDS
 from clipedit.eval.paired import accuracy_cell, paired_difference, with_verdicts
 
 #: Table columns: label, metric key (accuracies; higher is better), then attack success (lower is better).
@@ -90,25 +91,27 @@ def seed_cells(per_seed: Raw) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def strata_cells(per_seed: Raw, image_strata: dict[str, list[Sequence[Optional[str]]]]) -> dict[str, dict]:
-    """Per stratum (kind group, and kind group x size band): the cell of each metric whose images are
-    labelled in ``image_strata`` (``{key: [[group, band], …]}`` aligned with the set's images)."""
+    """Per stratum (kind group of :data:`~attacks.factors.KIND_GROUPS`, and kind group x size band): the cell
+    of each metric whose images are labelled in ``image_strata`` (``{key: [[kind, band], …]}`` aligned with the
+    set's images)."""
     out: dict[str, dict] = {}
     for _, key in ALL_METRICS:
         a, ids = outcome_matrix(per_seed, key)
         if not a.shape[1] or not all(k in image_strata for k, _ in ids):
             continue
         names = [_strata_names(*image_strata[k][i]) for k, i in ids]
-        for name in dict.fromkeys(n for row in names for n in row):
+        present = {n for row in names for n in row}
+        order = [n for g in KIND_GROUPS for n in (g, *(f"{g}, size {b}" for b in SIZE_BANDS)) if n in present]
+        for name in order:
             cols = [j for j, row in enumerate(names) if name in row]
             out.setdefault(name, {})[key] = accuracy_cell(a[:, cols])
     return out
 
 
-def _strata_names(group: Optional[str], band: Optional[str]) -> tuple[str, ...]:
-    """The strata an image counts in: its kind group, and its kind group x size band (when in a band)."""
-    if group is None:
-        return ()
-    return (group, f"{group}, size {band}") if band else (group,)
+def _strata_names(kind: Optional[str], band: Optional[str]) -> tuple[str, ...]:
+    """The strata an image counts in: each kind group holding its kind, and each group x its size band."""
+    groups = [g for g, kinds in KIND_GROUPS.items() if kind in kinds]
+    return (*groups, *(f"{g}, size {band}" for g in groups if band))
 
 
 def comparisons(raw: dict[str, Raw], methods: Sequence[str]) -> list[dict[str, Any]]:
