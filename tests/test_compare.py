@@ -74,6 +74,7 @@ def test_compare_end_to_end_at_tiny_n(tmp_path, capsys):
             assert c["n"] > 0 and c["lo"] <= c["value"] <= c["hi"], (method, key)
     assert cells["unedited"]["clean_acc"]["n"] == 8 and cells["unedited"]["reading_acc"]["n"] == 6
     assert record["metrics"]["dyslexify/clean_acc_n"] == 8
+    assert 0 <= record["metrics"]["dyslexify/vs_unedited/text_acc_p_holm"] <= 1
     details = record["compare"]["details"]["dyslexify"]["0"]
     assert "rule" in details and "steps" in details
     assert not (out / "compare.partial.json").exists()  # kept while running, removed once the record is whole

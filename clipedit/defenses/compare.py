@@ -406,7 +406,8 @@ def data_notes(record: dict[str, Any], split: Optional[DataSplit] = None) -> lis
 
 
 def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
-    """clip_benchmark-style flat scalars: ``{method}/{metric}``, ``…_lo``, ``…_hi``, ``…_n``, seconds."""
+    """clip_benchmark-style flat scalars: ``{method}/{metric}``, ``…_lo``, ``…_hi``, ``…_n``, seconds; and each
+    paired comparison's ``{method}/vs_{reference}/{metric}_diff`` (``…_lo``, ``…_hi``) and ``…_p_holm``."""
     flat: dict[str, Any] = {}
     for method, cells in record["cells"].items():
         for key, c in cells.items():
@@ -418,6 +419,11 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
             flat[f"{method}/{key}_n"] = c["n"]
         if method in record["seconds"]:
             flat[f"{method}/seconds"] = record["seconds"][method]["mean_per_defense"]
+    for c in record.get("comparisons", []):
+        if c.get("diff") is not None:
+            stem = f"{c['method']}/vs_{c['reference']}/{c['metric']}"
+            flat.update({f"{stem}_diff": c["diff"], f"{stem}_lo": c["lo"], f"{stem}_hi": c["hi"],
+                         f"{stem}_p_holm": c["p_holm"]})
     return flat
 
 

@@ -146,11 +146,13 @@ def detail_tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[lis
 
 
 def interval_note(record: dict[str, Any]) -> str:
-    kinds = sorted({c.get("interval") for cells in record["cells"].values() for c in cells.values()
-                    if c.get("interval")})
+    """What the cells are: percent, n, seeds, and the interval kinds the record's cells use."""
+    kinds = {c.get("interval") for m, cells in record["cells"].items() if m != BASE for c in cells.values()}
+    kinds = sorted(k for k in kinds if k)
     seeds = len(record.get("seeds") or [None])
-    return (f"Cells: percent [95% interval]; n = distinct test images; {seeds} seed(s); intervals: "
-            f"{'; '.join(kinds) or 'none'} (unedited has no seeds: Wilson).")
+    how = "; ".join(kinds) if kinds else "none"
+    return (f"Cells: percent [95% interval], n = distinct test images, {seeds} seed(s); intervals: {how} "
+            "(unedited, which has no seeds: Wilson).")
 
 
 def render(record: dict[str, Any]) -> str:
