@@ -15,7 +15,6 @@ image was scored by several defended words' models and averaged), the images the
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -85,7 +84,10 @@ def mcnemar_exact(b: int, c: int) -> float:
     m = b + c
     if m == 0:
         return 1.0
-    tail = sum(math.comb(m, i) for i in range(min(b, c) + 1))
+    term = tail = 1  # C(m, 0); exact integers, each next binomial coefficient from the one before
+    for i in range(min(b, c)):
+        term = term * (m - i) // (i + 1)
+        tail += term
     return min(1.0, 2 * tail / 2 ** m)
 
 
