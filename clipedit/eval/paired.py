@@ -48,7 +48,8 @@ def _bootstrap_means(a: np.ndarray, images: np.ndarray, rng: np.random.Generator
     k = a.shape[0]
     seeds = rng.integers(0, k, size=(images.shape[0], k)) if k > 1 else np.zeros((images.shape[0], 1), dtype=int)
     # mean over resampled seeds of the mean over resampled images
-    per_seed = np.stack([a[s][images].mean(axis=1) for s in range(k)], axis=1)  # (draws, k)
+    a = a.astype(np.float32)  # half the memory traffic of the gathers; means stay well within float32's precision
+    per_seed = np.stack([a[s][images].mean(axis=1, dtype=np.float64) for s in range(k)], axis=1)  # (draws, k)
     return np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
 
 
@@ -56,7 +57,7 @@ def bootstrap_interval(values: Any, draws: int = DRAWS, seed: int = BOOTSTRAP_SE
     """The 95% percentile interval of the mean of ``values`` (seeds, images), resampling images and seeds."""
     a = as_outcomes(values)
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, a.shape[1], size=(draws, a.shape[1]))
+    images = rng.integers(0, a.shape[1], size=(draws, a.shape[1]), dtype=np.int32)
     means = _bootstrap_means(a, images, rng)
     lo, hi = np.quantile(means, [0.025, 0.975])
     return float(lo), float(hi)
@@ -109,7 +110,7 @@ def paired_difference(a: Any, b: Any, draws: int = DRAWS, seed: int = BOOTSTRAP_
     if n == 0:
         return {"diff": None, "lo": None, "hi": None, "n": 0, "p": None, "wins": 0, "losses": 0}
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, n, size=(draws, n))
+    images = rng.integers(0, n, size=(draws, n), dtype=np.int32)
     diffs = _bootstrap_means(a, images, rng) - _bootstrap_means(b, images, rng)
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     p, wins, losses = sign_test(a.mean(axis=0) - b.mean(axis=0))
