@@ -131,6 +131,29 @@ def test_bad_hparams_are_one_error_line(content, message, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_two_seed_stable_methods_at_60_and_57_percent_on_300_images_tie_in_a_record():
+    from clipedit.eval.compare_stats import statistics
+
+    rng = np.random.default_rng(3)
+    words = ("a", "b", "c")  # per word, 100 images: both right 40, only edit 20, only other 17, neither 23
+    edit = {w: np.array([1] * 40 + [1] * 20 + [0] * 17 + [0] * 23, bool) for w in words}
+    other = {w: np.array([1] * 40 + [0] * 20 + [1] * 17 + [0] * 23, bool) for w in words}
+
+    def method(flags, seeds):
+        return {s: {w: {"text_acc": [int(f.sum()), 100, w, bits(f)]} for w, f in flags.items()} for s in seeds}
+
+    raw = {"unedited": method({w: rng.random(100) < 0.3 for w in words}, ["-"]),
+           "edit": method(edit, ["0", "1", "2"]), "other": method(other, ["0", "1", "2"])}
+    stats = statistics(raw, ["edit", "other"])
+    for m, value in (("edit", 0.60), ("other", 0.57)):
+        c = stats["cells"][m]["text_acc"]
+        assert c["value"] == pytest.approx(value) and c["n"] == 300
+        assert c["hi"] - c["lo"] > 0.1  # three identical seeds: no zero-width interval
+    rows = {(c["method"], c["reference"]): c for c in stats["comparisons"]}
+    assert rows[("other", "edit")]["verdict"] == "ties" and rows[("other", "edit")]["n"] == 300
+    assert rows[("edit", "unedited")]["verdict"] == "beats" and rows[("edit", "unedited")]["p_holm"] < 0.05
+
+
 def test_strata_cells_by_kind_group_and_size_band():
     labels = [["note", "0.19-0.215"]] * 4 + [["sticker", "0.215-0.24"]] * 4 + [["text", None]] * 2
     raw = {"0": {"a": {"text_acc": [5, 10, "k:text", "1111" + "1000" + "00"]}}}
