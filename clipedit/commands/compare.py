@@ -31,7 +31,7 @@ from clipedit.defenses.paint import check_supported
 from clipedit.defenses.sweep import plot_tradeoff
 from clipedit.defenses.user_data import with_validation_world
 from clipedit.errors import ClipeditError
-from clipedit.eval.compare_table import budget_table, cell_tables, compare_record, detail_tables, paired_tables, render
+from clipedit.eval.compare_table import compare_record, render, report_tables
 from clipedit.eval.paired import ALPHA
 from clipedit.eval.report import write_report
 from clipedit.eval.results import make_record, write_results
@@ -159,13 +159,6 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
     click.echo(render(record))
     click.echo(f"{len(record['methods'])} methods x {len(settings.seeds)} seeds x {len(settings.words)} words in "
                f"{seconds:.0f} s; wrote {out}/compare.json, compare.png" + (f", {report}" if report else ""))
-
-
-def report_tables(record: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-    """The compare page's tables: cells, budget, paired differences, per word, per seed, strata."""
-    budget = budget_table(record)
-    return [*cell_tables(record), *([("Budget", *budget)] if budget else []), *paired_tables(record),
-            *detail_tables(record)]
 
 
 def _table(path: Path) -> str:

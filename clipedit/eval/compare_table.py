@@ -145,6 +145,13 @@ def detail_tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[lis
     return out
 
 
+def report_tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The HTML compare page's tables: cells, budget, paired differences, per word, per seed, strata."""
+    budget = budget_table(record)
+    return [*cell_tables(record), *([("Budget", *budget)] if budget else []), *paired_tables(record),
+            *detail_tables(record)]
+
+
 def interval_note(record: dict[str, Any]) -> str:
     """What the cells are: percent, n, seeds, and the interval kinds the record's cells use."""
     kinds = {c.get("interval") for m, cells in record["cells"].items() if m != BASE for c in cells.values()}
