@@ -65,6 +65,8 @@ def test_a_table_regenerates_from_a_small_record_with_its_values():
     paired = [line for line in text.splitlines() if line.startswith("| edit") and "beats" in line]
     assert len(paired) == 1 and "+60.0 [" in paired[0] and "<0.001" in paired[0]
     assert "Paired against unedited" in text and "Paired against edit" in text and RERUN not in text
+    assert "- edit vs unedited: beats on defended word; ties on clean" in lines
+    assert "- null vs edit: loses on defended word; ties on clean" in lines
     assert max(len(line) for line in text.splitlines()) <= 120
 
 

@@ -152,6 +152,21 @@ def report_tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[lis
             *detail_tables(record)]
 
 
+def verdict_lines(record: dict[str, Any]) -> list[str]:
+    """One line per method and reference: the metrics it beats, loses and ties on (from the record's
+    computed verdicts, never typed)."""
+    out = []
+    rows = record.get("comparisons") or []
+    for ref in REFERENCES:
+        for m in dict.fromkeys(c["method"] for c in rows if c["reference"] == ref):
+            by = {v: [LABELS.get(c["metric"], c["metric"]) for c in rows
+                      if c["reference"] == ref and c["method"] == m and c.get("verdict") == v]
+                  for v in ("beats", "loses", "ties")}
+            said = "; ".join(f"{v} on {', '.join(labels)}" for v, labels in by.items() if labels)
+            out.append(f"{m} vs {ref}: {said}")
+    return out
+
+
 def interval_note(record: dict[str, Any]) -> str:
     """What the cells are: percent, n, seeds, and the interval kinds the record's cells use."""
     kinds = {c.get("interval") for m, cells in record["cells"].items() if m != BASE for c in cells.values()}
@@ -174,6 +189,7 @@ def render(record: dict[str, Any]) -> str:
     for title, header, rows in paired:
         parts += ["", f"**{title}**", "", markdown(header, rows, left=2)]
     if paired:
+        parts += ["", "**Verdicts**", "", *(_wrap(f"- {line}", indent="  ") for line in verdict_lines(record))]
         parts += ["", _wrap(f"Verdict: beats/loses when the Holm-adjusted p < {ALPHA} (exact McNemar on discordant "
                       "images; several seeds: exact sign test on per-image seed means), by the difference's sign "
                       "(attack success: lower is better); otherwise ties.")]
