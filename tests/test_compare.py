@@ -98,7 +98,8 @@ def test_compare_end_to_end_at_tiny_n(tmp_path, capsys):
     again = capsys.readouterr().out
     assert again.split("\n\n")[:6] == table.split("\n\n")[:6]  # the tables regenerate from the record
     page = (tmp_path / "r.html").read_text()
-    assert "Paired against unedited" in page and "Per defended word" in page and "red frame" not in page
+    assert "Paired against unedited" in page and "Per defended word" in page and "By kind and size band" in page
+    assert "red frame" not in page  # the compare page shows no images
 
 
 def test_compare_runs_defense_prefix_with_its_settings_from_hparams(tmp_path, capsys):
