@@ -26,15 +26,15 @@ from clipedit.defenses.compare import (
     flat_metrics,
     pareto_rows,
     resolved,
-    table_rows,
 )
 from clipedit.defenses.paint import check_supported
 from clipedit.defenses.sweep import plot_tradeoff
 from clipedit.defenses.user_data import with_validation_world
 from clipedit.errors import ClipeditError
-from clipedit.eval.intervals import format_cell
+from clipedit.eval.compare_table import compare_record, render, report_tables
+from clipedit.eval.paired import ALPHA
 from clipedit.eval.report import write_report
-from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.eval.results import make_record, write_results
 from clipedit.outputs import OutputSet, check_outputs
 
 DEFAULTS = CompareSettings()
@@ -48,7 +48,8 @@ DEFAULTS = CompareSettings()
               help=f"Defended words (each defended separately) [default: {','.join(WORLD_WORDS)}; with --data: a "
                    "benchmark's three most frequent written words, an ImageFolder's first three classes].")
 @click.option("--seeds", default=",".join(map(str, DEFAULTS.seeds)), show_default=True, metavar="S,…",
-              help="Seeds (exemplars, training splits, training order); over seeds: mean and t interval.")
+              help="Seeds (exemplars, training splits, training order); over seeds: the mean, with a bootstrap "
+                   "interval over test images and seeds.")
 @click.option("--n", "n_test", type=int, default=DEFAULTS.n_test, show_default=True,
               help="Test scenes per set (defended word; other words).")
 @click.option("--n-signs", type=int, default=DEFAULTS.n_signs, show_default=True, help="Test signs (reading kept).")
@@ -72,12 +73,31 @@ DEFAULTS = CompareSettings()
 @click.option("--supported-classes", default=None, help="Class names for --supported (comma-separated).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write an HTML report here.")
+@click.option("--table", "table_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.json", help="Print the markdown tables of a compare.json already written (cells, "
+                                        "budgets, paired verdicts) and exit; runs nothing.")
 @out_dir_option(required=False, help="Output directory [default: runs/compare-MODEL].")
 def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, hparams_file, data, classes, split_seed,
-                supported, supported_classes, report, out) -> None:
+                supported, supported_classes, report, table_file, out) -> None:
     """Run every method on the same exemplars / typographic training split, each tuned on validation only,
-    and score all on the test split; writes compare.json (clip_benchmark fields, flat metrics) and
-    compare.png (gain vs cost), and prints the table (every cell: value [95% interval] n)."""
+    and score all on the test split; writes compare.json (clip_benchmark fields, flat metrics, per-image
+    outcomes) and compare.png (gain vs cost), and prints the tables (every cell: value [95% interval], n
+    distinct images; every method against unedited and edit as a paired difference with a Holm-corrected
+    exact McNemar p and its verdict).
+
+    \b
+    Duration: the defaults (every method x 3 seeds x 3 words, 1000 test
+    scenes a set, 1000 training and 500 validation scenes) take about a day
+    on a CPU; Defense-Prefix's fixed schedule (2480 steps x 3 learning rates)
+    is a large part of it and does not shrink with --n. Try a small run first:
+      clipedit compare --model mini-vit --methods edit,dyslexify,paint \\
+        --words ipod --seeds 0 --n 100 --n-signs 100 --n-train 100 --n-val 50
+    Re-print a record's tables (runs nothing):
+      clipedit compare --table runs/compare-mini-vit/compare.json
+    """
+    if table_file is not None:
+        click.echo(_table(table_file))
+        return
     names = class_list(classes, None)
     if names is not None and data is None:
         raise ClipeditError("--classes goes with --data")
@@ -111,7 +131,6 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
 
     record = compare(bundle, settings, progress=lambda m: click.echo(m, err=True), on_method=keep, split=split)
     seconds = time.perf_counter() - start
-    header, rows = table_rows(record, format_cell)
     n = len(split.test) if split is not None else settings.n_test  # test-side images, or scenes a set
     result = make_record(dataset=split.dataset if split else bundle.world.name, bundle=bundle,
                          task="typographic_defense_compare", metrics=flat_metrics(record),
@@ -130,16 +149,24 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                      facts=[("model", f"{bundle.name} ({bundle.pretrained})"), ("words", ", ".join(settings.words)),
                             ("seeds", ", ".join(map(str, settings.seeds))), ("split", "test"),
                             ("seconds", f"{seconds:.0f}")],
-                     header=header, rows=rows, chart=(out / "compare.png").read_bytes(), grid=[],
-                     notes=["Cells: value [95% interval] n; one seed: Wilson; several: mean and t interval over seeds.",
-                            "A beats B only where the intervals do not overlap; otherwise it is a tie.",
-                            *record["notes"]])
+                     header=[], rows=[], chart=(out / "compare.png").read_bytes(), grid=[],
+                     tables=report_tables(record),
+                     notes=["Cells: percent [95% interval], n = distinct test images; one seed: Wilson; several: "
+                            "a bootstrap over test images and seeds (at least the Wilson width).",
+                            f"Verdicts: paired on the same images, beats/loses when the Holm-adjusted exact McNemar "
+                            f"(sign test over seeds) p < {ALPHA}, else ties.", *record["notes"]])
     partial.unlink(missing_ok=True)
-    click.echo(format_table(rows, header=header))
-    for note in record["notes"]:
-        click.echo(f"note: {note}")
+    click.echo(render(record))
     click.echo(f"{len(record['methods'])} methods x {len(settings.seeds)} seeds x {len(settings.words)} words in "
                f"{seconds:.0f} s; wrote {out}/compare.json, compare.png" + (f", {report}" if report else ""))
+
+
+def _table(path: Path) -> str:
+    doc = read_json_file(path, "--table")
+    try:
+        return render(compare_record(doc))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ClipeditError(f"--table {path}: {e}") from None
 
 
 def _hparams(path: Optional[Path]) -> dict:

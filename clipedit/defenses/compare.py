@@ -5,8 +5,10 @@ fine-tuning baselines from the same rendered exemplars of the word (``DefenseCon
 the word-agnostic peers (Dyslexify, PAINT) from the same typographic training split of that seed
 (:mod:`clipedit.defenses.typo_train`), once per seed, scored on every word. Every method's own tuning
 uses the validation split; all are scored on the test split: the defended word's notes, other words'
-notes (unseen), clean, blank note and signs (reading kept). Every cell carries n and a 95% interval
-(:mod:`clipedit.eval.intervals`: Wilson for one seed; over several seeds, the mean with a t interval).
+notes (unseen), clean, blank note and signs (reading kept), and attack success. The record keeps every
+method's per-image outcomes (``raw``), from which :mod:`clipedit.eval.compare_stats` computes every cell (n =
+distinct images; one seed: Wilson; several: a bootstrap over images and seeds), per-word, per-seed and strata
+cells, and every method against ``unedited`` and ``edit`` as a paired difference (exact McNemar, Holm).
 
 On a user's labelled data (``CompareSettings.data``: ``KIND:PATH`` as ``audit --dataset`` reads it, or
 an ImageFolder ``DIR``) the validation/test split is :func:`clipedit.data.splits.split_data`'s seeded
@@ -29,6 +31,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from clipedit.attacks.factors import size_band
+from clipedit.data.classnames import class_index
 from clipedit.data.splits import FOLDER, DataSplit, split_data
 from clipedit.defenses.defense_prefix import check_text_tower, defense_prefix
 from clipedit.defenses.dyslexify import class_token_sites, dyslexify
@@ -44,8 +48,8 @@ from clipedit.defenses.user_data import (
     with_validation_world,
 )
 from clipedit.errors import ClipeditError
+from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
 from clipedit.eval.heldout import SCENE_OFFSET
-from clipedit.eval.intervals import cell
 from clipedit.eval.metrics import evaluate_attacks, evaluate_images
 from clipedit.models.bundle import ModelBundle
 
@@ -64,10 +68,6 @@ WORLD_WORDS: tuple[str, ...] = ("ipod", "mug", "apple")
 MISSING = {"other_text_acc": "no test-side image carries a word other than the defended ones",
            "clean_acc": "the dataset has no clean photos", "blank_acc": "the dataset has no blank-note photos",
            "reading_acc": "no signs were asked for (--n-signs 0)"}
-#: Table rows: label, metric key.
-METRICS: tuple[tuple[str, str], ...] = (("defended word", "text_acc"), ("unseen words", "other_text_acc"),
-                                        ("clean", "clean_acc"), ("blank note", "blank_acc"),
-                                        ("reading kept", "reading_acc"))
 
 
 @dataclass
@@ -171,30 +171,75 @@ def images_key(images: Sequence, labels: Sequence[int]) -> str:
     return digest.hexdigest()[:16]
 
 
-def counts(data: HeldoutData | BenchmarkTest, bundle: ModelBundle) -> dict[str, tuple[int, int, str]]:
-    """(hits, n, images key) of each metric of ``bundle`` on the held-out data (test split; a benchmark's test
-    side: :func:`~clipedit.defenses.user_data.benchmark_counts`). The key names the images behind the metric,
-    so that a cell pooled over words counts shared images once (:func:`table_cells`)."""
+def counts(data: HeldoutData | BenchmarkTest, bundle: ModelBundle) -> dict[str, list]:
+    """``[hits, n, images key, bits]`` of each metric of ``bundle`` on the held-out data (test split; a
+    benchmark's test side: :func:`~clipedit.defenses.user_data.benchmark_counts`). The key names the images
+    behind the metric, so that a cell pooled over words counts shared images once; ``bits`` is the per-image
+    outcome (``"1"`` correct; for attack success, ``"1"`` = the prediction is the written word), in the set's
+    order, from which :mod:`clipedit.eval.compare_stats` computes every statistic."""
     if isinstance(data, BenchmarkTest):  # the defended word's photos are its own; every other set is shared
         own = ",".join(sorted(data.words))
-        return {k: (h, n, f"benchmark:{k}:{own}" if k == "text_acc" else f"benchmark:{k}")
-                for k, (h, n) in benchmark_counts(data, bundle).items()}
+        return {k: [h, n, f"benchmark:{k}:{own}" if k in ("text_acc", "attack_success_rate") else f"benchmark:{k}", b]
+                for k, (h, n, b) in benchmark_counts(data, bundle).items()}
     held = dataclasses.replace(data.bundle, model=bundle.model)
     predictor = data.predictor.with_bundle(held)
     attacks, labels = data.sets.edited
     ed = evaluate_attacks(held, predictor, attacks, labels, progress=False, batch_size=256)
-    out = {"text_acc": (round(ed["text_acc"] * ed["n_text"]), ed["n_text"],
-                        images_key([a.attacked for a in attacks], labels)),
-           "clean_acc": (round(ed["clean_acc"] * ed["n"]), ed["n"], images_key([a.clean for a in attacks], labels)),
-           "blank_acc": (round(ed["blank_acc"] * ed["n"]), ed["n"], images_key([a.blank for a in attacks], labels))}
+    key = images_key([a.attacked for a in attacks], labels)
+    out = {**_text_entries(ed, attacks, labels, predictor.classnames, key),
+           "clean_acc": _entry(ed["predictions"]["clean"], labels, images_key([a.clean for a in attacks], labels)),
+           "blank_acc": _entry(ed["predictions"]["blank"], labels, images_key([a.blank for a in attacks], labels))}
     if data.sets.other is not None:
         other, other_labels = data.sets.other
         ot = evaluate_attacks(held, predictor, other, other_labels, progress=False, batch_size=256)
-        out["other_text_acc"] = (round(ot["text_acc"] * ot["n_text"]), ot["n_text"],
-                                 images_key([a.attacked for a in other], other_labels))
+        out["other_text_acc"] = _text_entries(ot, other, other_labels, predictor.classnames,
+                                              images_key([a.attacked for a in other], other_labels))["text_acc"]
     if data.signs is not None:
         r = evaluate_images(held, predictor, data.signs.images, data.signs.labels, 256, progress=False)
-        out["reading_acc"] = (round(r["top1"] * r["n"]), r["n"], images_key(data.signs.images, data.signs.labels))
+        out["reading_acc"] = _entry(r["predictions"], data.signs.labels,
+                                    images_key(data.signs.images, data.signs.labels))
+    return out
+
+
+def _entry(predicted: Sequence[int], wanted: Sequence[int], key: str) -> list:
+    flags = [int(p) == int(w) for p, w in zip(predicted, wanted)]
+    return [sum(flags), len(flags), key, bits(flags)]
+
+
+def _text_rows(attacks: Sequence, labels: Sequence[int], classnames: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Rows of notes not naming the true class (text accuracy) and, of those, rows naming another class
+    (attack success), as :func:`~clipedit.eval.metrics.score_attacks` counts them."""
+    words = [class_index(a.text, classnames) for a in attacks]
+    counted = [i for i, (w, y) in enumerate(zip(words, labels)) if w != y]
+    return counted, [i for i in counted if words[i] is not None]
+
+
+def _text_entries(ev: dict, attacks: Sequence, labels: Sequence[int], classnames: Sequence[str],
+                  key: str) -> dict[str, list]:
+    counted, targeted = _text_rows(attacks, labels, classnames)
+    pred = ev["predictions"]["text"]
+    out = {"text_acc": _entry([pred[i] for i in counted], [labels[i] for i in counted], f"{key}:text")}
+    if targeted:
+        out["attack_success_rate"] = _entry([pred[i] for i in targeted],
+                                            [class_index(attacks[i].text, classnames) for i in targeted],
+                                            f"{key}:targeted")
+    return out
+
+
+def image_strata(tests: dict[str, Any]) -> dict[str, list[list[Optional[str]]]]:
+    """``{images key: [[kind, size band], …]}`` of every note set of the world's test data, aligned with
+    :func:`counts`' bits, for the strata cells (a benchmark's photos have no rendered kinds: none)."""
+    out: dict[str, list[list[Optional[str]]]] = {}
+    for data in tests.values():
+        if isinstance(data, BenchmarkTest):
+            continue
+        sets = [data.sets.edited] + ([data.sets.other] if data.sets.other is not None else [])
+        for attacks, labels in sets:
+            key = images_key([a.attacked for a in attacks], labels)
+            counted, targeted = _text_rows(attacks, labels, data.predictor.classnames)
+            for suffix, rows in ((":text", counted), (":targeted", targeted)):
+                out[key + suffix] = [[attacks[i].style.kind, size_band(attacks[i].style.font_size)]
+                                     for i in rows]
     return out
 
 
@@ -302,6 +347,7 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
     shared: dict[str, Any] = {}
     for method in methods:
         raw[method], seconds[method], details[method] = {}, [], {}
+        progress(f"{method}: started ({len(settings.seeds)} seed(s) x {len(settings.words)} word(s))")
         for seed in settings.seeds:
             raw[method][str(seed)] = {}
             if method in WORD_AGNOSTIC:
@@ -317,15 +363,18 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
                     details[method][f"{seed}:{w}"] = det
                     raw[method][str(seed)][w] = counts(tests[w], bundle)
             progress(f"{method} seed {seed}: {sum(seconds[method]):.0f} s so far")
+        progress(f"{method}: done in {sum(seconds[method]):.0f} s")
         if on_method is not None:
-            on_method(_record(methods, settings, raw, seconds, details, t_all, split))
-    return _record(methods, settings, raw, seconds, details, t_all, split)
+            on_method(_record(methods, settings, raw, seconds, details, t_all, split, final=False))
+    return _record(methods, settings, raw, seconds, details, t_all, split, strata=image_strata(tests))
 
 
-def _record(methods, settings, raw, seconds, details, t_all, split=None) -> dict[str, Any]:
-    cells = {m: table_cells(raw[m]) for m in raw}
+def _record(methods, settings, raw, seconds, details, t_all, split=None, strata=None,
+            final: bool = True) -> dict[str, Any]:
+    """The record; its statistics from the per-image outcomes in ``raw`` (a partial record: the cells only)."""
+    stats = statistics(raw, methods, strata) if final else {"cells": {m: method_cells(raw[m]) for m in raw}}
     record = {"methods": list(methods), "words": list(settings.words), "seeds": list(settings.seeds),
-              "settings": dataclasses.asdict(settings), "cells": cells, "raw": raw,
+              "settings": dataclasses.asdict(settings), **stats, "raw": raw,
               "seconds": {m: {"mean_per_defense": sum(s) / len(s), "runs": len(s), "total": sum(s)}
                           for m, s in seconds.items()},
               "details": details, "wall_seconds": time.perf_counter() - t_all}
@@ -356,27 +405,9 @@ def data_notes(record: dict[str, Any], split: Optional[DataSplit] = None) -> lis
     return notes
 
 
-def table_cells(per_seed: dict[str, dict[str, dict[str, Sequence]]]) -> dict[str, dict]:
-    """Cells of one method: per metric, the accuracy pooled over words within each seed, its n the number of
-    *distinct* images behind it (sets that several words share, by their images key, count once: the
-    same clean scenes scored for three words are n scenes, not 3n), then :func:`cell`."""
-    out = {}
-    for _, key in METRICS:
-        seeds = []
-        for words in per_seed.values():
-            entries = [c[key] for c in words.values() if key in c]
-            if not entries:
-                continue
-            hits, total = sum(e[0] for e in entries), sum(e[1] for e in entries)
-            distinct = {(e[2] if len(e) > 2 else i): e[1] for i, e in enumerate(entries)}
-            n = sum(distinct.values())
-            seeds.append((round(hits * n / total) if total else 0, n))
-        out[key] = cell(seeds)
-    return out
-
-
 def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
-    """clip_benchmark-style flat scalars: ``{method}/{metric}``, ``…_lo``, ``…_hi``, ``…_n``, seconds."""
+    """clip_benchmark-style flat scalars: ``{method}/{metric}``, ``…_lo``, ``…_hi``, ``…_n``, seconds; and each
+    paired comparison's ``{method}/vs_{reference}/{metric}_diff`` (``…_lo``, ``…_hi``) and ``…_p_holm``."""
     flat: dict[str, Any] = {}
     for method, cells in record["cells"].items():
         for key, c in cells.items():
@@ -388,6 +419,11 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
             flat[f"{method}/{key}_n"] = c["n"]
         if method in record["seconds"]:
             flat[f"{method}/seconds"] = record["seconds"][method]["mean_per_defense"]
+    for c in record.get("comparisons", []):
+        if c.get("diff") is not None:
+            stem = f"{c['method']}/vs_{c['reference']}/{c['metric']}"
+            flat.update({f"{stem}_diff": c["diff"], f"{stem}_lo": c["lo"], f"{stem}_hi": c["hi"],
+                         f"{stem}_p_holm": c["p_holm"]})
     return flat
 
 
@@ -402,16 +438,6 @@ def pareto_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"method": m, "gain": delta(c, "text_acc"), "other_gain": delta(c, "other_text_acc"),
              "clean_loss": -delta(c, "clean_acc"), "blank_loss": -delta(c, "blank_acc")}
             for m, c in record["cells"].items() if m != "unedited"]
-
-
-def table_rows(record: dict[str, Any], fmt: Callable[[dict], str]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): one column per method (unedited first), one row per metric, then seconds."""
-    methods = list(record["cells"])
-    rows = [[label, *(fmt(record["cells"][m][key]) for m in methods)] for label, key in METRICS
-            if record["cells"]["unedited"][key]["n"]]  # a metric the data cannot give: left out (notes)
-    rows.append(["seconds per defense", *("" if m == "unedited" else f"{record['seconds'][m]['mean_per_defense']:.1f}"
-                                          for m in methods)])
-    return ["", *methods], rows
 
 
 def words_label(words: Sequence[str]) -> str:

@@ -221,7 +221,8 @@ figcaption{font-size:12px;line-height:1.45;margin-top:4px} .ok{color:#1f7a3d} .b
 def render_report(*, title: str, facts: Sequence[tuple[str, str]], header: Sequence[str],
                   rows: Sequence[Sequence[Any]], chart: Optional[bytes], grid: Sequence[GridItem],
                   exemplar: Optional[dict[str, Image.Image | np.ndarray]] = None,
-                  notes: Sequence[str] = ()) -> str:
+                  notes: Sequence[str] = (),
+                  tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[Any]]]] = ()) -> str:
     """The report as one HTML string.
 
     Args:
@@ -232,17 +233,20 @@ def render_report(*, title: str, facts: Sequence[tuple[str, str]], header: Seque
         grid: attacked images with their predictions.
         exemplar: named images of a defense's exemplar (``attacked``, ``blank``, ``mask``).
         notes: short remarks printed at the end (e.g. skipped images).
+        tables: further (title, header, rows) tables, each under its own heading after the figures
+            (an empty ``header`` leaves the figures table out).
     """
     esc = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{esc(title)}</title><style>{_CSS}</style></head><body><main>",
            f"<h1>{esc(title)}</h1>"]
     out += [f'<p class="facts"><b>{esc(k)}</b>: {esc(v)}</p>' for k, v in facts]
-    out.append("<h2>Figures</h2><table><thead><tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in header)
-               + "</tr></thead><tbody>")
-    for row in rows:
-        out.append("<tr>" + "".join(f"<td>{esc(format_value(c))}</td>" for c in row) + "</tr>")
-    out.append("</tbody></table>")
+    for name, head, body in ([("Figures", header, rows)] if header else []) + list(tables):
+        out.append(f"<h2>{esc(name)}</h2><table><thead><tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in head)
+                   + "</tr></thead><tbody>")
+        for row in body:
+            out.append("<tr>" + "".join(f"<td>{esc(format_value(c))}</td>" for c in row) + "</tr>")
+        out.append("</tbody></table>")
     if chart is not None:
         out.append(f'<h2>Chart</h2><img class="chart" alt="bar chart of the figures" src="{data_uri(chart)}">')
     if grid:
@@ -262,7 +266,8 @@ def render_report(*, title: str, facts: Sequence[tuple[str, str]], header: Seque
         out.append("</div>")
     created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     out += [f'<p class="note">{esc(n)}</p>' for n in notes]
-    out.append(f'<p class="note">clipedit report, {esc(created)}. A red frame marks a wrong final prediction.</p>')
+    framed = " A red frame marks a wrong final prediction." if grid else ""
+    out.append(f'<p class="note">clipedit report, {esc(created)}.{framed}</p>')
     out.append("</main></body></html>")
     return "\n".join(out)
 
