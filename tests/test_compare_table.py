@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,24 @@ def test_help_states_the_defaults_duration_and_a_small_command(capsys):
     assert run_cli(["compare", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "about a day on a CPU" in text and "--seeds 0 --n 100" in text and "--table" in text
+
+
+DOC_BLOCK = re.compile(r"<!-- compare --table (\S+) -->\n(.*?)<!-- /compare --table -->", re.S)
+
+
+PAGES = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_the_docs_compare_tables_are_the_records_output(page):
+    """Every compare table on a page is ``clipedit compare --table RECORD`` pasted between markers: regenerated
+    here from the record it names, and the page must hold exactly that."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    for record_path, block in DOC_BLOCK.findall(text):
+        expected = render(compare_record(json.loads((ROOT / record_path).read_text())))
+        assert block.strip() == expected.strip(), f"{page}: the table of {record_path} differs from --table's output"
+
+
+def test_the_compare_page_has_its_generated_tables():
+    blocks = DOC_BLOCK.findall((ROOT / "docs" / "compare.md").read_text(encoding="utf-8"))
+    assert {Path(p).name for p, _ in blocks} == {p.name for p in OLD}
