@@ -170,9 +170,10 @@ def test_paint_theta1_learns_the_patching_task_through_a_frozen_head():
     val = validation_sets(bundle, hp.n_val)
     result = paint(bundle, hp, train=train, val=val, predictor=predictor)
     curve = result.details["loss_curve"][str(1e-4)]
-    assert curve[-1] < 0.8 * curve[0]  # θ₁'s training loss falls (measured 1.71 -> 0.62)
+    assert curve[-1] < 0.8 * curve[0]  # θ₁'s training loss falls (measured 2.07 -> 0.33)
     at = {r["alpha"]: r for r in result.rows}
-    assert at[1.0]["patch_acc"] * 60 >= at[0.0]["patch_acc"] * 60 + 6  # θ₁ reads 6+ more of 60 notes right
+    # θ₁ reads 6+ more of the 60 validation notes right (measured 18 -> 42)
+    assert at[1.0]["patch_acc"] * 60 >= at[0.0]["patch_acc"] * 60 + 6
     assert torch.equal(predictor.weights, head)  # the zero-shot head is frozen: bit-identical
     after = bundle.model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in text.items())  # the text tower too

@@ -87,6 +87,8 @@ class DefensePrefixHParams(HParams):
         eta_min: the cosine schedule's floor; ``init_std``: the token's initialisation.
         n_train: typographic training scenes; ``n_val``: validation scenes for the choice of lr.
         seed: seeds the split, the initialisation, the batch order and the template draws.
+        supported, supported_classes: an ImageFolder that is the supported task of the lr rule, and its
+            class names (None: clean validation scenes of a disjoint seed).
     """
 
     lrs: tuple[float, ...] = (0.002, 0.02, 0.2)
@@ -99,6 +101,8 @@ class DefensePrefixHParams(HParams):
     n_train: int = 1000
     n_val: int = 500
     seed: int = 0
+    supported: Optional[str] = None
+    supported_classes: Optional[tuple[str, ...]] = None
 
 
 def schedule_steps(n_train: int, hp: DefensePrefixHParams) -> int:
