@@ -154,6 +154,9 @@ def test_paint_schedule_reaches_the_images_it_is_asked_for():
     batch, steps, warmup = schedule(100, floor)
     assert steps == 256 and warmup == 25 and paint_images(100, floor) >= 25_600
     assert schedule(100_000, PaintHParams(min_images=10))[2] == 500  # the published warm-up at full scale
+    for n in (999, 1000, 1001):  # the last batch of a pass is shorter: still at least the images asked for
+        asked = dataclasses.replace(hp, n_train=n, min_images=1_240_000)
+        assert 1_240_000 <= paint_images(n, asked) < 1_240_000 + 128
 
 
 @pytest.mark.slow

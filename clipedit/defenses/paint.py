@@ -40,6 +40,11 @@ Differences kept, and why (each against the file named):
   schedule so a short schedule is not all warm-up.
 * Batch (``--batch-size 128``): 128, or the whole split when it is smaller.
 * No label smoothing (``--ls`` defaults to 0, as here) and no data augmentation beyond the renders.
+
+Cost: at compare's default split (1000 scenes) Defense-Prefix's token sees 1,240,000 training images, so
+each θ₁ takes 9,920 steps of batch 128; on a CPU that is hours for the bundled minis (a GPU, or a
+smaller ``--n-train``, which shrinks both). On a user's ``--data`` the validation side's photos are
+drawn for both validation sets, which may then share photos: give ``--supported`` there.
 """
 from __future__ import annotations
 
@@ -204,7 +209,9 @@ def schedule(n_train: int, hp: PaintHParams) -> tuple[int, int, int]:
     (or ``hp.steps``), warm-up ``hp.warmup`` capped at a tenth of the steps."""
     batch = max(1, min(hp.batch_size, n_train))
     per_epoch = math.ceil(n_train / batch)
-    steps = hp.steps if hp.steps is not None else max(hp.epochs * per_epoch, math.ceil(hp.min_images / batch), 1)
+    passes, rest = divmod(hp.min_images, n_train)  # a pass is per_epoch steps, its last batch shorter
+    reach = passes * per_epoch + math.ceil(rest / batch)
+    steps = hp.steps if hp.steps is not None else max(hp.epochs * per_epoch, reach, 1)
     return batch, steps, max(1, min(hp.warmup, steps // 10))
 
 
