@@ -141,3 +141,15 @@ def test_word_split_keeps_held_out_words_out_of_every_method(tiny_vit):
     assert {a.text for a in test.sets.other[0]} <= set(split.heldout)  # unseen words: held-out words only
     with pytest.raises(ClipeditError, match="two or more class words"):
         word_split(["ipod", "mug", "apple"], ["ipod", "mug"])
+
+
+def test_the_rewrite_against_any_word_is_a_word_agnostic_method_of_the_table(tiny_vit):
+    spec = METHODS["edit-any-word"]
+    assert spec.word_agnostic and spec.any_word and "edit-any-word" in compare_methods()
+    defense = defend(with_world(tiny_vit), "ipod", {"method": "edit-any-word", "vocab_words": 3, "renders": 2,
+                                                   "n_reference": 8})
+    assert defense.method == "edit-any-word" and defense.words == ["*"] and defense.edit_set is not None
+    spent = defense.details["budget"]
+    assert spent["images_seen"] == 2 * spent["words"] and spent["reference_images"] == 8  # renders x words
+    assert spent["words"] == len(defense.vocabulary.exemplar_words) >= 3  # the class names are always among them
+    assert spent["offline_settings"] == 0  # tiny-vit's '*' defaults were never tuned
