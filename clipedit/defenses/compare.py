@@ -1,4 +1,4 @@
-"""Every defense on the same budget, tuned on validation only, scored on the same test scenes.
+"""Every defense tuned on validation only, scored on the same test scenes, its budget beside it.
 
 Every method runs through the method table (:func:`clipedit.defenses.methods.run_defense`); its
 properties (word-specific or word-agnostic, which towers it applies to) come from its
@@ -60,7 +60,6 @@ from clipedit.eval.metrics import evaluate_attacks, evaluate_images
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
-
 
 
 def compare_methods() -> tuple[str, ...]:

@@ -139,8 +139,9 @@ class MethodSpec:
         any_word: the rewrite against any written word: its exemplars are ``"*"``'s vocabulary and its
             settings ``defaults.json``'s ``any_word`` entry.
         needs_world: needs a labelled world (its splits or its validation scenes come from it).
-        applies: ``applies(bundle)`` raises ClipeditError saying why the method does not apply (e.g. no
-            class token); None: every tower.
+        applies: ``applies(bundle)`` raises ClipeditError saying why the method does not apply at its
+            defaults (e.g. no class token; finetune-local: a default layer that is part of a weight);
+            None: every tower. ``compare`` leaves such methods out; a run refuses in its own words.
         plain_weights: its result is plain weights (a state dict any loader reads); False: a hook or a
             prompt change that only clipedit applies.
         in_compare: a method of ``clipedit compare``.
@@ -199,8 +200,12 @@ class MethodSpec:
             except ClipeditError as e:
                 return str(e)
         if self.needs_world and (bundle.world is None or not bundle.world.classnames):
-            return f"{bundle.name} has no labelled world to draw {name}'s training/validation splits from"
+            return _no_world(bundle, name)
         return None
+
+
+def _no_world(bundle: ModelBundle, name: str) -> str:
+    return f"{bundle.name} has no labelled world to draw {name}'s training/validation splits from"
 
 
 def budget(images_seen: int, optimizer_steps: int, settings_tried: int, offline: Optional[Mapping] = None,
@@ -435,9 +440,8 @@ def run_defense(bundle: ModelBundle, data: DefenseData, config: DefenseConfig,
         ClipeditError: the method does not apply to the model.
     """
     spec = method_spec(config.method)
-    why = spec.not_applicable(bundle, config.method)
-    if why:
-        raise ClipeditError(f"{config.method} does not apply to {bundle.name}: {why}")
+    if spec.needs_world and (bundle.world is None or not bundle.world.classnames):  # ``applies`` is the run's own
+        raise ClipeditError(f"{config.method} does not apply to {bundle.name}: {_no_world(bundle, config.method)}")
     if data.vocabulary is not None:
         meta = {"vocabulary": data.vocabulary.source, "n_words": len(data.vocabulary.exemplar_words), **(meta or {})}
     context = MethodContext(sites=tuple(config.sites), statistics=statistics, config=config,

@@ -369,8 +369,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
 
     from clipedit.io import atomic_path
 
-    markers = dict(zip(["edit", "dyslexify", "head-ablation-weights", "paint", "finetune-local", "finetune-global",
-                        "defense-prefix"], "o*s^DvP"))
+    markers = dict(zip(METHODS, "o*s^DvPXhp<>"))  # one marker a method of the table, in table order
     labels = sorted({r.get("site") or r["method"] for r in rows}, key=lambda s: [r.get("site") or r["method"]
                                                                                    for r in rows].index(s))
     colours = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
