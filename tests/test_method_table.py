@@ -153,3 +153,22 @@ def test_the_rewrite_against_any_word_is_a_word_agnostic_method_of_the_table(tin
     assert spent["images_seen"] == 2 * spent["words"] and spent["reference_images"] == 8  # renders x words
     assert spent["words"] == len(defense.vocabulary.exemplar_words) >= 3  # the class names are always among them
     assert spent["offline_settings"] == 0  # tiny-vit's '*' defaults were never tuned
+
+
+@pytest.mark.slow  # about 20 s: three trained methods on the mini CLIP
+def test_compare_gives_paint_at_least_the_training_images_of_its_peers():
+    from clipedit.models import load_model
+
+    settings = CompareSettings(methods=("paint", "defense-prefix", "finetune-global"), words=("ipod",), seeds=(0,),
+                               n_test=6, n_signs=0, n_train=12, n_val=6,
+                               hparams={"defense-prefix": {"steps": 3, "lrs": [0.02]}, "finetune-global": {"steps": 2},
+                                        "paint": {"lrs": [1e-3], "checkpoints": 1, "alphas": [0.0, 1.0]}})
+    record = compare(load_model("mini", device="cpu"), settings)
+    paint = record["details"]["paint"]["0"]["budget"]
+    renders = record["details"]["finetune-global"]["0:ipod"]["budget"]["train_images"]
+    assert paint["peer_images"] == {"defense-prefix": 3 * 12, "finetune-global": 2 * renders}  # as they were given
+    assert paint["meets_peers"] and paint["per_lr"]["images_seen"] >= max(paint["peer_images"].values())
+    spent = record["budget"]
+    assert spent["paint"]["images_seen"] >= spent["finetune-global"]["images_seen"]
+    assert spent["paint"]["images_seen"] >= spent["defense-prefix"]["images_seen"]
+    assert spent["finetune-global"]["images_seen"] == 2 * renders and spent["defense-prefix"]["optimizer_steps"] == 3
