@@ -77,6 +77,12 @@ def test_compare_end_to_end_at_tiny_n(tmp_path, capsys):
     assert 0 <= record["metrics"]["dyslexify/vs_unedited/text_acc_p_holm"] <= 1
     details = record["compare"]["details"]["dyslexify"]["0"]
     assert "rule" in details and "steps" in details
+    ablation = record["compare"]["details"]["head-ablation-weights"]["0:ipod"]
+    for chose in (details, ablation):  # one validation for all: the validation split at --n-val
+        assert chose["selection"]["split"] == "validation" and chose["selection"]["n"] == 6
+    spent = record["compare"]["budget"]
+    assert spent["dyslexify"]["runs"] == 1 and spent["dyslexify"]["settings_tried"] == len(details["steps"]) + 1
+    assert spent["head-ablation-weights"]["seconds"] > 0 and spent["dyslexify"]["offline_settings"] == 0
     assert not (out / "compare.partial.json").exists()  # kept while running, removed once the record is whole
     assert (out / "compare.png").stat().st_size > 0 and "<table>" in (tmp_path / "r.html").read_text()
     captured = capsys.readouterr()

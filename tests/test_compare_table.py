@@ -40,7 +40,7 @@ def small_record() -> dict:
     record = {"methods": ["edit", "null"], "words": ["ipod"], "seeds": [0], "raw": raw,
               "seconds": {"edit": {"mean_per_defense": 2.5, "runs": 1, "total": 2.5},
                           "null": {"mean_per_defense": 1.0, "runs": 1, "total": 1.0}},
-              "budgets": {"edit": {"images_seen": 640, "optimizer_steps": 0, "settings_tried": 34}},
+              "budget": {"edit": {"images_seen": 640, "optimizer_steps": 0, "settings_tried": 34}},
               "notes": ["reading kept: left out (no signs were asked for (--n-signs 0))"]}
     record.update(statistics(raw, ["edit", "null"]))
     return record
@@ -54,8 +54,8 @@ def test_a_table_regenerates_from_a_small_record_with_its_values():
     lo, hi = wilson(90, 100)
     assert f"| edit     |    90.0 [{100 * lo:.1f},{100 * hi:.1f}] |" in lines
     assert "| method   | defended word n=100 |" in lines and "unseen words" not in text
-    assert "| method | images seen | optimizer steps | settings tried | s/defense |" in lines
-    assert "| edit   |         640 |               0 |             34 |       2.5 |" in lines
+    assert "| method | images seen | steps | settings tried | s/defense |" in lines
+    assert "| edit   |         640 |     0 |             34 |       2.5 |" in lines
     rows = {(c["method"], c["reference"], c["metric"]): c for c in record["comparisons"]}
     edit = rows[("edit", "unedited", "text_acc")]
     assert edit["diff"] == pytest.approx(0.6) and edit["p"] == pytest.approx(mcnemar_exact(65, 5))

@@ -17,8 +17,7 @@ from clipedit.core.prompt_edits import (
     token_embedding_name,
 )
 from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, defense_prefix
-from clipedit.defenses.paint import validation_sets
-from clipedit.defenses.typo_train import correct, typographic_training_set
+from clipedit.defenses.typo_train import correct, typographic_training_set, validation_sets
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.zeroshot import zero_shot_weights
@@ -173,3 +172,12 @@ def test_apply_refuses_to_export_a_prefix_edit_as_weights(mini, tmp_path, capsys
     line = run_error(capsys, "apply", "--model", "mini", str(path), "--out", str(out))
     assert "class-prefix" in line and "load_model(..., edits=[FILE])" in line
     assert not out.exists()
+
+
+def test_the_schedule_is_the_published_one_at_the_default_split_and_scales_with_it():
+    from clipedit.defenses.defense_prefix import images_seen, schedule_steps
+
+    hp = DefensePrefixHParams()
+    assert schedule_steps(1000, hp) == 2480 and schedule_steps(300, hp) == 744 and schedule_steps(10, hp) == 25
+    assert images_seen(1000, hp) == 1240 * 1000  # two batches a pass (512 + 488), 1240 passes
+    assert images_seen(300, hp) == 744 * 300 and schedule_steps(300, DefensePrefixHParams(steps=7)) == 7

@@ -150,7 +150,7 @@ def test_dyslexify_searches_in_score_order_and_leaves_hooks_on(tiny_vit):
     bundle = with_world(tiny_vit)
     images = torch.randn(2, 3, 64, 64)
     before = bundle.encode_images(images).detach()
-    result = dyslexify(bundle, DyslexifyHParams(n_score=6, n_train=12, patience=1))
+    result = dyslexify(bundle, DyslexifyHParams(n_score=6, n_val=12, patience=1))
     scores = [s["score"] for s in result.steps]
     assert scores == sorted(scores, reverse=True)
     assert set(result.scores) == {f"visual.transformer.resblocks.{i}.attn" for i in range(2)}
@@ -285,7 +285,7 @@ def test_dyslexify_runs_on_a_timm_tower_and_hf_clip(spec, hf_folders):
     bundle = with_world(_load(f"hf:{hf_folders['clip']}:none" if spec == "hf-clip" else spec))
     images = torch.randn(2, 3, 64, 64)
     before = bundle.encode_images(images).detach()
-    result = dyslexify(bundle, DyslexifyHParams(n_score=4, n_train=8, patience=0))
+    result = dyslexify(bundle, DyslexifyHParams(n_score=4, n_val=8, patience=0))
     assert set(result.scores) == {n for n, _ in class_token_sites(bundle)}
     assert all(0 < v < 1 for vs in result.scores.values() for v in vs)
     assert [s["score"] for s in result.steps] == sorted((s["score"] for s in result.steps), reverse=True)

@@ -116,7 +116,10 @@ def test_compare_data_end_to_end_with_paint_on_a_supported_folder(triples, suppo
 
     swapped = "ball,apple,car"  # folder names apple, ball, car: two swapped, so clean scenes != this task
     out = tmp_path / "cmp"
+    short = tmp_path / "hp.json"  # a short θ₁ (its full budget, its peers', is for real runs)
+    short.write_text(json.dumps({"paint": {"steps": 2, "lrs": [1e-3], "checkpoints": 1}}))
     table = run_ok(capsys, "compare", "--model", "mini", "--data", f"triples:{triples}", "--methods", "edit,paint",
+                   "--hparams", short,
                    "--seeds", "0", "--n-signs", "6", "--n-val", "12", "--n-train", "12", "--supported", supported,
                    "--supported-classes", swapped, "--out", out)
     record = json.loads((out / "compare.json").read_text())
@@ -138,15 +141,15 @@ def test_compare_data_end_to_end_with_paint_on_a_supported_folder(triples, suppo
     # PAINT's α curve: the supported column is the folder's, under its own (swapped) class names
     paint = record["compare"]["details"]["paint"]["0"]
     rows = paint["alpha_curve"]
-    assert all(r["supported_task"] == str(supported) and r["n_supported"] == 12 for r in rows)
-    assert all(r["supported_acc"] == r["supported_task_acc"] for r in rows)  # the rule uses the folder
+    assert all(r["n_supported"] == 12 for r in rows) and "(a disjoint seed)" not in paint["rule"]
+    assert str(supported) in paint["rule"]  # the rule uses the folder
     bundle = clipedit.load_model("mini")
     sup = load_image_folder(supported)  # classes in folder order; --supported-classes renames them in that order
     images = torch.stack([bundle.preprocess(image) for image in sup.images])
     predicted = make_predictor(bundle, swapped.split(","))(images).argmax(1)
     expected = float((predicted == torch.tensor(sup.labels)).float().mean())
-    assert rows[0]["alpha"] == 0.0 and rows[0]["supported_task_acc"] == pytest.approx(expected)
-    assert rows[0]["supported_task_acc"] != rows[0]["clean_acc"]
+    assert rows[0]["alpha"] == 0.0 and rows[0]["supported_acc"] == pytest.approx(expected)
+    assert rows[0]["supported_acc"] != rows[0]["clean_acc"]
     assert paint["selection"]["tolerance"]["scenes_allowed"] == 1 and paint["selection"]["supported"] == str(supported)
     assert record["compare"]["details"]["edit"]["0:" + words[0]]["selection"]["tolerance"] is None  # nothing tuned
 
@@ -281,12 +284,13 @@ def test_sweep_data_too_small_is_one_error_line(small, tmp_path, capsys):
 def test_defend_paint_with_supported_records_the_folder_and_its_alpha_curve(supported, tmp_path, capsys):
     hparams = tmp_path / "paint.json"
     hparams.write_text(json.dumps({"n_train": 8, "epochs": 1, "batch_size": 4, "n_val": 6, "n_signs": 6,
-                                   "alphas": [0.0, 1.0]}))
+                                   "alphas": [0.0, 1.0], "steps": 2, "lrs": [1e-3], "checkpoints": 1}))
     run_ok(capsys, "defend", "--model", "mini", "--method", "paint", "--supported", supported, "--hparams", hparams,
            "--no-eval", "--out", tmp_path / "d")
     record = json.loads((tmp_path / "d" / "results.json").read_text())
     assert record["hparams"]["supported"] == str(supported) and record["hparams"]["n_val"] == 6
     rows = record["details"]["rows"]
     assert [r["alpha"] for r in rows] == [0.0, 1.0]
-    assert all(r["supported_task"] == str(supported) and r["n_supported"] == 12 and r["n"] == 6 for r in rows)
-    assert record["details"]["details"]["selection"]["tolerance"]["n"] == 12
+    assert all(r["n_supported"] == 12 and r["n"] == 6 for r in rows)
+    assert record["details"]["selection"]["supported"] == str(supported)
+    assert record["details"]["selection"]["tolerance"]["n"] == 12

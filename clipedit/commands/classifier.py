@@ -112,7 +112,8 @@ def edit_classifier(model, exemplar, mask_path, mask_band, mask_polygon, texture
     if bundle.kind != "classifier" or not bundle.classnames:
         raise ClipeditError(f"{bundle.name} is not an ImageNet classifier (try efficientnet-lite0, timm/resnet50 …)")
     defaults = defaults_for(bundle)
-    if defaults.caution and method == "edit" and layer in (None, defaults.layer) and rank in (None, defaults.rank):
+    if (defaults.caution and METHODS[method].closed_form and layer in (None, defaults.layer)
+            and rank in (None, defaults.rank)):
         click.echo(f"Warning: {defaults.caution}", err=True)
     config = _concept_config(bundle, method, layer, rank, solver, mask_threshold, cov_reg, steps, lr)
     scores = _scorer(bundle, evaluation, batch_size)

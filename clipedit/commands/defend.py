@@ -19,6 +19,7 @@ from clipedit.data.benchmarks import data_path
 from clipedit.data.classnames import case_note
 from clipedit.defenses.any_word import evaluation_words
 from clipedit.defenses.config import DefenseConfig
+from clipedit.defenses.methods import method_spec
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.sweep import choose_by_sweep
 from clipedit.defenses.typographic import defend, text_exemplars
@@ -73,7 +74,7 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
         if any_word:
             raise ClipeditError("--layer/--rank auto do not go with --text '*' (bench/any_word.py --tune "
                                 "compares its settings)")
-        if photo.given or config.method != "edit":
+        if photo.given or not method_spec(config.method).sweepable:
             raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
         click.echo(f"choosing the {' and the '.join(settings.auto)} on the validation split …", err=True)
         config, selection = choose_by_sweep(bundle, words, config, settings.auto, evaluation.n_eval)

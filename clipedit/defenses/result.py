@@ -70,7 +70,7 @@ class DefenseResult:
         """The method's settings as used: an edit's rank clamped to its exemplar keys is recorded as the
         rank used, with ``rank_requested`` beside it (issue 21; each member's metadata says the same)."""
         hp = self.config.get("method_hparams")
-        if self.method != "edit" or self.edit_set is None or not isinstance(hp, dict):
+        if self.edit_set is None or not isinstance(hp, dict) or "rank" not in hp:
             return hp
         ranks = {m.rank for m in self.edit_set.edits if isinstance(m, LayerEdit)}
         if len(ranks) == 1 and hp.get("rank") not in ranks:

@@ -85,18 +85,32 @@ def cell_tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[list[
 
 
 def budget_table(record: dict[str, Any]) -> Optional[tuple[list[str], list[list[str]]]]:
-    """(header, rows): each method's ``budget`` entries (record ``budgets``/``budget``: method -> dict) and
+    """(header, rows): each method's ``budget`` entries (record ``budget``: method -> dict) and
     seconds per defense; None when the record has neither."""
-    budgets = record.get("budgets") or record.get("budget") or {}
+    budgets = record.get("budget") or {}
     seconds = record.get("seconds") or {}
     methods = [m for m in _methods(record) if m in budgets or m in seconds]
     if not methods:
         return None
-    fields = list(dict.fromkeys(k for m in methods for k in (budgets.get(m) or {})))
-    header = ["method", *(f.replace("_", " ") for f in fields), "s/defense"]
-    rows = [[m, *(_value((budgets.get(m) or {}).get(f)) for f in fields),
+    given = [k for m in methods for k, v in (budgets.get(m) or {}).items() if not isinstance(v, str)]
+    fields = [f for f in dict.fromkeys(given) if f not in BUDGET_RENAMED]
+    header = ["method", *(BUDGET_HEADERS.get(f, f.replace("_", " ")) for f in fields), "s/defense"]
+    rows = [[m, *(_budget_value(f, (budgets.get(m) or {}).get(f)) for f in fields),
              _seconds(seconds.get(m, {}).get("mean_per_defense"))] for m in methods]
     return header, rows
+
+
+# Short column names for the budget entries compare records (per run, the mean; ``seconds`` is the
+# ``s/defense`` column already); text entries (the unit note) stay in the JSON.
+BUDGET_HEADERS = {"images_seen": "images seen", "optimizer_steps": "steps", "settings_tried": "settings tried",
+                  "offline_settings": "offline grid", "runs": "runs", "word_agnostic": "scope"}
+BUDGET_RENAMED = {"seconds"}
+
+
+def _budget_value(field: str, v: Any) -> str:
+    if field == "word_agnostic" and v is not None:
+        return "any word" if v else "per word"
+    return _value(v)
 
 
 def _seconds(v: Optional[float]) -> str:
