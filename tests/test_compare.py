@@ -197,3 +197,24 @@ def test_each_word_of_a_world_comparison_gets_its_own_test_scenes():
     ka, kb, ks = counts(a, bundle), counts(b, bundle), counts(again, bundle)
     assert all(ka[k][2] == ks[k][2] for k in ka)  # the key names the images: the same draw, the same key
     assert all(ka[k][2] != kb[k][2] for k in ("clean_acc", "blank_acc", "text_acc", "reading_acc"))
+
+
+def test_word_seed_reaches_the_compare_settings(monkeypatch, tmp_path):
+    """``--word-seed`` is the library's ``CompareSettings.word_seed`` (the CLI parses, the library splits)."""
+    import clipedit.commands.compare as command
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(bundle, settings, **kwargs):
+        seen["word_seed"] = settings.word_seed
+        raise Stop
+
+    monkeypatch.setattr(command, "compare", capture)
+    with pytest.raises(Stop):
+        cli.main(["compare", "--model", "tiny-vit", "--methods", "edit", "--words", "ipod", "--seeds", "0",
+                  "--n", "4", "--n-signs", "0", "--n-train", "8", "--n-val", "4", "--word-seed", "7",
+                  "--out", str(tmp_path / "c")])
+    assert seen == {"word_seed": 7}

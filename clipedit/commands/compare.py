@@ -67,6 +67,9 @@ DEFAULTS = CompareSettings()
 @click.option("--classes", default=None, help="Class names for --data (comma-separated).")
 @click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of --data's validation/test split.")
+@click.option("--word-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the word-disjoint split: the class words no method trains or renders on, which the "
+                   "'unseen words' cells write (the model's world).")
 @click.option("--supported", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="PAINT's supported task: an ImageFolder distinct from the patch data [default: clean "
                    "validation scenes and signs of the model's world].")
@@ -78,7 +81,7 @@ DEFAULTS = CompareSettings()
                                         "budgets, paired verdicts) and exit; runs nothing.")
 @out_dir_option(required=False, help="Output directory [default: runs/compare-MODEL].")
 def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, hparams_file, data, classes, split_seed,
-                supported, supported_classes, report, table_file, out) -> None:
+                word_seed, supported, supported_classes, report, table_file, out) -> None:
     """Run every method on the same exemplars / typographic training split, each tuned on validation only,
     and score all on the test split; writes compare.json (clip_benchmark fields, flat metrics, per-image
     outcomes) and compare.png (gain vs cost), and prints the tables (every cell: value [95% interval], n
@@ -108,7 +111,8 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                                words=tuple(split_list(words) or ()) if words is not None else None,
                                seeds=_seeds(seeds), n_test=n_test, n_signs=n_signs, n_train=n_train, n_val=n_val,
                                hparams=_hparams(hparams_file), data=data, classes=tuple(names) if names else None,
-                               split_seed=split_seed, supported=str(supported) if supported is not None else None,
+                               split_seed=split_seed, word_seed=word_seed,
+                               supported=str(supported) if supported is not None else None,
                                supported_classes=tuple(support_names) if support_names else None)
     out = check_out_dir(out or Path("runs") / f"compare-{model.spec.replace(':', '-')}")
     check_outputs({"--out": OutputSet(out, ("compare.json", "compare.png", "compare.partial.json")),
