@@ -214,7 +214,7 @@ def test_word_seed_reaches_the_compare_settings(monkeypatch, tmp_path):
 
     monkeypatch.setattr(command, "compare", capture)
     with pytest.raises(Stop):
-        cli.main(["compare", "--model", "tiny-vit", "--methods", "edit", "--words", "ipod", "--seeds", "0",
+        cli.main(["compare", "--model", "mini", "--methods", "edit", "--words", "ipod", "--seeds", "0",
                   "--n", "4", "--n-signs", "0", "--n-train", "8", "--n-val", "4", "--word-seed", "7",
                   "--out", str(tmp_path / "c")])
     assert seen == {"word_seed": 7}
