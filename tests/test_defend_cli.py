@@ -1,6 +1,7 @@
 """`clipedit defend / apply / revert` end to end on a tiny random-init CLIP, and their bad input."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -41,6 +42,8 @@ def test_defend_then_revert_and_apply_are_bit_exact(base_ckpt, tmp_path, capsys)
     assert code == 0, err
     base, restored = load_file(str(base_ckpt)), load_file(str(tmp_path / "restored.safetensors"))
     assert all(np.array_equal(base[k].numpy(), restored[k].numpy()) for k in base)
+    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert sha(tmp_path / "restored.safetensors") == sha(base_ckpt)  # byte-identical, metadata included
 
     code, _, err = run_cli(["apply", str(out / "edit.safetensors"), "--model", "tiny-vit", "--checkpoint",
                         str(base_ckpt), "--out", str(tmp_path / "applied.safetensors")], capsys)
