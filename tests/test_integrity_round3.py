@@ -389,8 +389,9 @@ def test_mini_vit_keeps_fp16_and_reverts_bit_exactly(tmp_path, capsys):
     (("--keep-blank", "nan"), "'nan' is not a finite number"),
     (("--text", "ab\udcff"), "is not valid UTF-8 text"),
     (("--device", "meta"), "'meta' is not a device clipedit runs on"),
-    (("--layer", ",,,"), "',,,' names no layer"),
-    (("--layer", "visual.a,,visual.b"), "has an empty layer name"),
+    (("--layer", "+++"), "'+++' names no layer"),
+    (("--layer", "visual.a++visual.b"), "has an empty layer name"),
+    (("--layer", "visual.a,visual.b"), "is written 'visual.a+visual.b'"),
 ])
 def test_defend_refuses_bad_options_in_one_line(tmp_path, capsys, args, message):
     out = tmp_path / "run"
@@ -498,7 +499,7 @@ def test_json_is_always_strict(tmp_path):
 # -- 10. input that would be silently ignored ------------------------------------------------------------------
 def test_finetune_local_refuses_several_layers(edit_files, tmp_path, capsys):  # noqa: F811
     line = run_error(capsys, *_defend_args(edit_files[0], tmp_path / "run", "--method", "finetune-local",
-                                           "--layer", f"{VIT_SITE},visual.transformer.resblocks.0.mlp.c_proj"))
+                                           "--layer", f"{VIT_SITE}+visual.transformer.resblocks.0.mlp.c_proj"))
     assert "--method finetune-local trains one layer; --layer names 2" in line
 
 

@@ -122,3 +122,12 @@ def test_train_mini_arch_vit_deep_builds_the_deep_tower_into_its_own_folder(caps
     cfg = student_config(read_mini_vit_config(mini_vit_asset_dir(NAME), NAME)["model_cfg"], "vit-deep")
     assert cfg["vision_cfg"] == ARCHES["vit-deep"]["vision_cfg"]
     assert cfg["vision_cfg"]["width"] // cfg["vision_cfg"]["head_width"] == 4
+
+
+def test_stats_computes_every_default_site(image_folder, capsys):
+    """Its default edit spans two sites: ``clipedit stats`` computes both (as defend --reference uses them)."""
+    from conftest import run_ok
+
+    out = run_ok(capsys, "stats", "--model", NAME, "--reference", image_folder)
+    assert "key statistics of visual.transformer.resblocks.0.attn.v_proj:" in out
+    assert "key statistics of visual.transformer.resblocks.0.mlp.c_proj:" in out

@@ -73,7 +73,7 @@ def test_default_defense_restores_ipod_notes_and_keeps_clean_and_blank():
 
     base, defense, before, after = defend_on_heldout("mini-vit")
     sites = defaults_for(base).sites
-    assert any(s.endswith("attn.v_proj") for s in sites) and defense.layer == ",".join(sites)
+    assert any(s.endswith("attn.v_proj") for s in sites) and defense.layer == "+".join(sites)
     assert [e.layer for e in defense.edit_set.edits] == list(sites)
     assert before["attack_success_rate"] >= 0.4 and after["attack_success_rate"] <= 0.1
     assert after["text_acc"] >= 0.68 and after["text_acc"] >= before["text_acc"] + 0.35  # measured: 32.9% -> 72.1%

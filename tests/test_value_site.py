@@ -142,12 +142,12 @@ def test_keep_targets_must_be_a_non_negative_closed_form_weight():
 def test_cli_defends_over_several_sites_and_reverts(capsys, tmp_path, tiny_vit):
     base = save_state_dict(tmp_path / "base.safetensors", tiny_vit.model.state_dict())
     out = tmp_path / "d"
-    sites = f"{V_SITE},visual.transformer.resblocks.0.mlp.c_proj"
+    sites = f"{V_SITE}+visual.transformer.resblocks.0.mlp.c_proj"
     text = run_ok(capsys, "defend", "--model", "tiny-vit", "--checkpoint", str(base), "--text", "ipod", "--no-eval",
                   "--renders", "4", "--rank", "2", "--layer", sites, "--keep-blank", "1", "--out", str(out))
     assert f"edit of {sites} against ipod" in text
     edit_set = load_edits(out / "edit.safetensors")
-    assert [e.layer for e in edit_set.edits] == sites.split(",")
+    assert [e.layer for e in edit_set.edits] == sites.split("+")
     assert all(e.meta["hparams"]["keep_targets"] == 1 and e.rank == 2 for e in edit_set.edits)
     record = json.loads((out / "results.json").read_text())
     assert record["layer"] == sites and record["hparams"]["keep_targets"] == 1
@@ -160,7 +160,7 @@ def test_cli_defends_over_several_sites_and_reverts(capsys, tmp_path, tiny_vit):
 
 def test_cli_refuses_several_sites_with_the_optimizer(capsys, tmp_path):
     line = run_error(capsys, "defend", "--model", "tiny-vit", "--text", "ipod", "--no-eval", "--solver", "optimize",
-                     "--layer", f"{V_SITE},visual.transformer.resblocks.0.mlp.c_proj", "--out", str(tmp_path / "d"))
+                     "--layer", f"{V_SITE}+visual.transformer.resblocks.0.mlp.c_proj", "--out", str(tmp_path / "d"))
     assert "closed form" in line and not (tmp_path / "d").exists()
 
 

@@ -135,7 +135,7 @@ def run_edit(bundle: ModelBundle, data: DefenseData, hparams: RewriteHParams, co
     """The rank-r rewrite of ``context.sites`` (one site, or several solved in order): one edit set."""
     edit_set = apply_multisite_rewrite(bundle.model, data.requests, hparams, context.sites, context.statistics,
                                        forward=bundle.encode_images, meta=_meta(bundle, context))
-    return DefenseResult("edit", ",".join(context.sites), edit_set=edit_set)
+    return DefenseResult("edit", "+".join(context.sites), edit_set=edit_set)
 
 
 def _run_finetune(local: bool) -> Callable:
@@ -165,7 +165,7 @@ def run_head_ablation(bundle: ModelBundle, data: DefenseData, hparams: HeadAblat
                       context: MethodContext) -> DefenseResult:
     """Greedy ablation of the heads that read the text, tuned on the validation split."""
     ablation = ablate_heads(bundle, data.merged(), data.words, hparams, meta=_meta(bundle, context))
-    layers = ",".join(ablation.edit_set.layers) if ablation.edit_set is not None else "none"
+    layers = "+".join(ablation.edit_set.layers) if ablation.edit_set is not None else "none"
     details = {"heads": ablation.heads, "scores": ablation.scores, "steps": ablation.steps,
                "selection": ablation.selection}
     return DefenseResult("head-ablation-weights", layers, edit_set=ablation.edit_set, details=details)

@@ -326,7 +326,7 @@ def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig
                  "candidates": len(result.rows),
                  "auto": list(auto), "picked": picked, "baseline": result.baseline}
     if picked is None:
-        log.warning("no setting met the pick rule on validation; keeping %s rank %d", ",".join(config.sites), hp.rank)
+        log.warning("no setting met the pick rule on validation; keeping %s rank %d", "+".join(config.sites), hp.rank)
         return config, selection
     chosen = dataclasses.replace(config, hparams=dataclasses.replace(hp, layer=None, rank=picked["rank"]),
                                  sites=tuple(picked["sites"]), method_hparams=None)
