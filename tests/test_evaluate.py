@@ -275,3 +275,14 @@ def test_results_record_and_table(tmp_path, tiny_vit):
     assert lines[1].split() == ["clean", "50.0%", "10"]
     assert lines[2].split() == ["attack", "success", "-", "0"]
     assert len({len(line) for line in lines}) == 1  # aligned columns
+
+
+def test_an_image_folder_is_evaluated_on_its_folder_names(image_folder):
+    """defend --data DIR uses the folder names as classes, as audit does, not the model's class list."""
+    from clipedit.eval.evaluation import EvalOptions, evaluation_sets
+
+    model = types.SimpleNamespace(classnames=[f"class{i}" for i in range(12)], world=None, name="m")
+    sets = evaluation_sets(model, ["ipod"], EvalOptions(data=str(image_folder)))
+    assert sets.classnames == ["cat", "coffee", "rocket"]
+    with pytest.raises(ClipeditError, match=r"2 class names given \(--classes\) for the 3 class folders"):
+        evaluation_sets(model, ["ipod"], EvalOptions(data=str(image_folder), classes=["a", "b"]))

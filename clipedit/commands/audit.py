@@ -264,7 +264,7 @@ audit_input_options = option_group(
 
 
 @click.command(cls=GreedyCommand)
-@model_options(edits=True)
+@model_options(default="mini", edits=True)
 @audit_input_options
 @seed_option()
 @batch_size_option()

@@ -25,6 +25,10 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return super().convert(number, param, ctx)
 
+    def _describe_range(self) -> str:
+        """The range for --help; nothing when unbounded (click would print ``x<=None``)."""
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
 
 def finite(min: Optional[float] = None, max: Optional[float] = None, min_open: bool = False,
            max_open: bool = False) -> FiniteFloat:
