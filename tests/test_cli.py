@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_error, run_ok
+from conftest import run_cli, run_error, run_ok
 from PIL import Image
 
 from clipedit import cli
@@ -212,3 +212,16 @@ def test_unknown_model_error_points_to_the_list(capsys, tmp_path):
     line = run_error(capsys, "audit", "--model", "nosuchmodel", "--out", tmp_path / "a.json")
     known = line.split("known: ", 1)[1].split(";")[0].split(", ")
     assert {"efficientnet-lite0", "mini", "mini-vit"} <= set(known) and "`clipedit models`" in line
+
+
+def test_audit_defaults_to_mini_like_the_other_commands():
+    from clipedit.commands.audit import audit
+    from clipedit.commands.defend import defend_cmd
+
+    default = lambda cmd: next(p.default for p in cmd.params if p.name == "model_spec")  # noqa: E731
+    assert default(audit) == default(defend_cmd) == "mini"
+
+
+def test_attack_help_shows_no_empty_range(capsys):
+    code, out, _ = run_cli(["attack", "--help"], capsys)
+    assert code == 0 and "--rotation" in out and "None" not in out
