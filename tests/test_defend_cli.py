@@ -145,3 +145,17 @@ def test_rank_clamp_names_the_limit_that_applied(caplog):
         assert clamp_rank(8, 20, 128) == 8
     assert [r.getMessage() for r in caplog.records] == ["rank 1000 clamped to 128 (the key dimension is 128)",
                                                       "rank 64 clamped to 20 (only 20 exemplar keys)"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--layer", "auto", "--text", "*"], "do not go with --text '*'"),
+    (["--layer", "auto", "--method", "paint"], "go with --method edit"),
+    (["--exemplar", "x.png"], "needs all of --exemplar, --blank and --mask"),
+    (["--data", "no/such/folder"], "not found"),
+])
+def test_refusals_come_before_the_model_loads(monkeypatch, tmp_path, capsys, extra, message):
+    from clipedit.commands.options import ModelOptions
+
+    monkeypatch.setattr(ModelOptions, "load", lambda self: pytest.fail("the model was loaded before the check"))
+    code, _, err = run_cli(["defend", "--out", str(tmp_path / "run"), *extra], capsys)
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1

@@ -65,15 +65,13 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
                           "--data": data_path(evaluation.data)})
     any_word = words == [ANY_WORD]
     overrides = settings.overrides(any_word)
+    _check_before_load(settings, photo, evaluation, any_word)
     bundle = model.load()
     timer.lap("load")
     config = resolve_config(bundle, overrides, any_word=any_word)
     selection = None
     if settings.auto:
-        if any_word:
-            raise ClipeditError("--layer/--rank auto do not go with --text '*' (bench/any_word.py --tune "
-                                "compares its settings)")
-        if photo.given or config.method != "edit":
+        if config.method != "edit":
             raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
         click.echo(f"choosing the {' and the '.join(settings.auto)} on the validation split …", err=True)
         config, selection = choose_by_sweep(bundle, words, config, settings.auto, evaluation.n_eval)
@@ -100,6 +98,20 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
     click.echo(timer.summary(), err=True)
     written = ", ".join(name for name in OUTPUT_SET if (out / name).is_file())
     click.echo(f"{defense.method} of {defense.layer} against {', '.join(words)}; wrote {out}/ {written}")
+
+
+def _check_before_load(settings, photo, evaluation, any_word: bool) -> None:
+    """Refuse option combinations and missing inputs before the model loads (seconds to minutes)."""
+    if settings.auto and any_word:
+        raise ClipeditError("--layer/--rank auto do not go with --text '*' (bench/any_word.py --tune "
+                            "compares its settings)")
+    if settings.auto and (photo.given or settings.method != "edit"):
+        raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
+    if photo.given and not all(p is not None for p in (photo.exemplar, photo.blank, photo.mask_path)):
+        raise ClipeditError("a real exemplar needs all of --exemplar, --blank and --mask")
+    data = data_path(evaluation.data)
+    if not evaluation.no_eval and data is not None and not data.exists():
+        raise ClipeditError(f"--data: {data} not found")
 
 
 def _write_outputs(out: Path, bundle, defense, selection) -> None:
