@@ -152,6 +152,7 @@ def test_rank_clamp_names_the_limit_that_applied(caplog):
     (["--layer", "auto", "--method", "paint"], "go with --method edit"),
     (["--exemplar", "x.png"], "needs all of --exemplar, --blank and --mask"),
     (["--data", "no/such/folder"], "not found"),
+    (["--reference", "no/such/folder"], "--reference folder not found"),
 ])
 def test_refusals_come_before_the_model_loads(monkeypatch, tmp_path, capsys, extra, message):
     from clipedit.commands.options import ModelOptions

@@ -17,6 +17,7 @@ from clipedit.commands.params import TEXT
 from clipedit.core import LayerEdit, save_edits
 from clipedit.data.benchmarks import data_path
 from clipedit.data.classnames import case_note
+from clipedit.data.folders import image_paths
 from clipedit.defenses.any_word import evaluation_words
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.resolve import resolve_config
@@ -109,6 +110,8 @@ def _check_before_load(settings, photo, evaluation, any_word: bool) -> None:
         raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
     if photo.given and not all(p is not None for p in (photo.exemplar, photo.blank, photo.mask_path)):
         raise ClipeditError("a real exemplar needs all of --exemplar, --blank and --mask")
+    if settings.reference is not None:  # read after the exemplars are rendered: checked now
+        image_paths(settings.reference, "--reference folder")
     data = data_path(evaluation.data)
     if not evaluation.no_eval and data is not None and not data.exists():
         raise ClipeditError(f"--data: {data} not found")
