@@ -277,3 +277,9 @@ def test_edit_classifier_warns_when_the_default_is_known_to_lower_accuracy(tmp_p
     assert "Warning: this default (blocks.5.3.conv_pwl, rank 1) lowered top-1 on 35 real snow photos" in err
     code, _, err = run_cli([*args, "--layer", "blocks.4.2.conv_pwl", "--out", str(tmp_path / "b")], capsys)
     assert code == 0 and "Warning" not in err, err
+
+
+def test_edit_classifier_offers_only_methods_that_take_a_pair(tmp_path, capsys):
+    code, _, err = run_cli(["edit-classifier", "--method", "dyslexify", "--exemplar", "x.png", "--out",
+                            str(tmp_path / "o")], capsys)
+    assert code == 2 and "'dyslexify' is not one of 'edit', 'finetune-local', 'finetune-global'" in err

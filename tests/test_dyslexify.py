@@ -310,3 +310,18 @@ def test_defend_refuses_dyslexify_on_siglip_in_one_error_line(capsys, tmp_path):
                      "--no-eval", "--out", str(tmp_path / "run"))
     assert "class token" in line and "pool no class token" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_tower_without_attention_is_not_sent_to_head_ablation(tiny_rn):
+    """A tower with no attention at all is offered only methods that apply; an attention pool (a ResNet
+    CLIP's) is offered head ablation, which reaches its heads."""
+    from types import SimpleNamespace
+
+    from clipedit.defenses.dyslexify import class_token_sites
+
+    convs = SimpleNamespace(image_module=nn.Sequential(nn.Conv2d(3, 4, 3)), image_prefix="", name="convnet")
+    with pytest.raises(ClipeditError, match="has none") as info:
+        class_token_sites(convs)
+    assert "head-ablation" not in str(info.value) and "--method edit" in str(info.value)
+    with pytest.raises(ClipeditError, match="use head-ablation-weights"):
+        class_token_sites(tiny_rn)
