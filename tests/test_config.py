@@ -103,6 +103,7 @@ def test_cli_hparams_file_reaches_the_method_and_is_recorded(tmp_path, capsys):
         "--out", tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_python_defend_gives_the_cli_figures_and_records_the_config(tmp_path, capsys):
     out = tmp_path / "run"
     run_ok(capsys, "defend", "--model", "mini", "--text", "ipod", "--renders", "4", "--n-eval", "12", "--out", out)

@@ -27,6 +27,7 @@ def defend_args(base, out, *extra):
             "--layer", LAYER, "--no-eval", "--out", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_defend_then_revert_and_apply_are_bit_exact(base_ckpt, tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, err = run_cli(defend_args(base_ckpt, out, "--text", "ipod,mug"), capsys)
@@ -124,6 +125,7 @@ def test_output_never_overwrites_the_source_checkpoint(base_ckpt, tmp_path, caps
     assert base_ckpt.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_results_record_the_seconds_of_each_stage(base_ckpt, tmp_path, capsys, triples_dir):  # noqa: F811
     out = tmp_path / "run"
     args = [a for a in defend_args(base_ckpt, out) if a != "--no-eval"]

@@ -295,6 +295,7 @@ def test_a_tower_without_a_default_names_the_supported_families():
 
 # -- end to end on rendered photos --------------------------------------------------------------------
 @pytest.mark.parametrize("fam", ["timm-siglip", "convnext", "hf-siglip"])
+@pytest.mark.slow
 def test_audit_and_defend_end_to_end(fam, hf_folders, image_folder, tmp_path, capsys):
     bundle = _load(FAMILIES[fam][0](hf_folders))
     if fam.startswith("hf"):
@@ -357,7 +358,7 @@ def test_sweep_scores_every_candidate_of_each_family(fam, hf_folders):
 
 @pytest.mark.parametrize("fam,method", [("timm-siglip", "finetune-local"), ("convnext", "finetune-global"),
                                         ("timm-eva", "finetune-local"), ("hf-clip", "finetune-global"),
-                                        ("hf-siglip", "paint")])
+                                        pytest.param("hf-siglip", "paint", marks=pytest.mark.slow)])
 def test_fine_tuning_methods_change_only_the_image_tower(fam, method, hf_folders, monkeypatch):
     import functools
 

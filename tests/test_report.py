@@ -7,6 +7,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
 from conftest import run_ok
 from PIL import Image
 from test_benchmarks import triples_dir  # noqa: F401  (fixture)
@@ -80,6 +81,7 @@ def test_audit_report_embeds_table_chart_and_marked_grid(capsys, tmp_path, tripl
     assert Image.open(out.with_suffix(".png")).format == "PNG"  # the chart, next to the JSON
 
 
+@pytest.mark.slow
 def test_defend_report_shows_before_after_and_exemplar(capsys, tmp_path, triples_dir):  # noqa: F811
     run_dir, report = tmp_path / "run", tmp_path / "d.html"
     stdout = run_ok(capsys, "defend", "--model", "tiny-vit", "--text", "ipod", "--renders", "3", "--rank", "2",
@@ -110,6 +112,7 @@ def test_report_escapes_names_and_marks_the_final_prediction():
     assert page.cells == ["clean", "50.0%"]
 
 
+@pytest.mark.slow
 def test_any_word_report_names_its_rendered_vocabulary_exemplars(capsys, tmp_path, triples_dir, monkeypatch):  # noqa: F811
     import copy
 
