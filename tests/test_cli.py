@@ -90,7 +90,7 @@ def test_audit_image_folder(capsys, tmp_path, image_folder):
     assert record["classnames"] == ["cat", "coffee", "rocket"] and record["words"] == ["cat", "coffee", "rocket"]
     assert record["n"] == m["n"] == 12 and record["n_photos"] == 6  # 6 photos x the 2 other class names
     assert m["n_text"] == m["n_word_in_classes"] == 12
-    assert rows["clean"] == [f"{100 * m['clean_acc']:.1f}%", "12"]
+    assert m["n_clean"] == 6 and rows["clean"] == [f"{100 * m['clean_acc']:.1f}%", "6"]  # each photo once
     assert rows["attack success"] == [f"{100 * m['attack_success_rate']:.1f}%", "12"]
     assert sum(v["n"] for v in record["by_word"].values()) == 12  # breakdowns beside the flat metrics
     assert sum(v["n_text"] for v in record["by_class"].values()) == 12

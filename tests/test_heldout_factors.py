@@ -216,8 +216,8 @@ def test_defense_table_reports_notes_and_stickers_apart_from_bare_text():
         return {"clean_acc": 1.0, "blank_acc": 0.9, "text_acc": 0.5, "strata": groups}
 
     rows = {r[0]: r[1:] for r in comparison_rows(figures(0.2, 0.6), figures(0.8, 0.9))}
-    assert rows["text note, notes + stickers (defended words)"] == [0.2, 0.8]
-    assert rows["text note, bare text (defended words)"] == [0.6, 0.9]
+    assert rows["text note, notes + stickers (defended words)"] == [0.2, 0.8, 10]  # before, after, n
+    assert rows["text note, bare text (defended words)"] == [0.6, 0.9, 10]
     assert "text note, notes + stickers (other words)" not in rows
 
 

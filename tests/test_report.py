@@ -154,3 +154,20 @@ def test_chart_draws_attack_success_in_its_own_colour_and_says_lower_is_better()
     both = colours(bar_chart([["clean", 0.9, 0.9], ["attack success (defended words)", 0.6, 0.1]], ["before", "after"]))
     assert {rgb(c) for c in LOWER_IS_BETTER_COLOURS + SERIES_COLOURS} <= both
     assert lower_is_better("attack success (other words)") and not lower_is_better("text note (other words)")
+
+
+def test_undefined_figures_are_written_n_a_in_charts_and_the_footer_speaks_only_of_shown_images(monkeypatch):
+    from matplotlib.axes import Axes
+
+    from clipedit.eval.report import bar_chart
+
+    written, titles = [], []
+    real_text, real_title = Axes.text, Axes.set_title
+    monkeypatch.setattr(Axes, "text",
+                        lambda self, x, y, s, *a, **k: written.append(s) or real_text(self, x, y, s, *a, **k))
+    monkeypatch.setattr(Axes, "set_title", lambda self, t, *a, **k: titles.append(t) or real_title(self, t, *a, **k))
+    bar_chart([["clean", 0.5, 10], ["attack success", None, 0]], ["rate"], title="m on photos: " + "word, " * 30)
+    assert written == ["50.0%", "n/a"]
+    assert all(len(line) <= 90 for line in titles[0].splitlines())  # wrapped, not cut at the edge
+    page = render_report(title="t", facts=[], header=["", "rate"], rows=[["clean", 0.5]], chart=None, grid=[])
+    assert "red frame" not in page

@@ -26,7 +26,7 @@ from clipedit.defenses.typographic import defend, text_exemplars
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import ClipeditError
 from clipedit.eval.report import bar_chart, evaluation_grid, exemplars_fact, write_chart, write_report
-from clipedit.eval.results import format_table, write_results
+from clipedit.eval.results import format_table, rate_with_interval, undefined_reasons, write_results
 from clipedit.eval.timing import StageTimer
 from clipedit.io import atomic_output_set
 from clipedit.models.checkpoint import save_model_weights, stored_dtypes
@@ -91,12 +91,16 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
             meta["selection"] = selection
     _write_outputs(out, bundle, defense, selection)
     if defense.figures:
-        click.echo(format_table(defense.rows(), header=["", "before", "after"]))
+        click.echo(format_table(defense.rows(), header=["", "before", "after", "n"]))
+        for line in undefined_reasons(defense.rows()):
+            click.echo(line)
     if report is not None:
         _write_report(report, bundle, defense, photo, config)
         click.echo(f"wrote {report}")
-    timer.lap("write")
-    click.echo(timer.summary(), err=True)
+    writing = timer.lap("write")
+    # the seconds results.json records (its own writing cannot be in it: said apart)
+    click.echo(f"seconds: {', '.join(f'{k} {v:.1f}' for k, v in defense.stages.items())} (then {writing:.1f} "
+               "writing the outputs)", err=True)
     written = ", ".join(name for name in OUTPUT_SET if (out / name).is_file())
     click.echo(f"{defense.method} of {defense.layer} against {', '.join(words)}; wrote {out}/ {written}")
 
@@ -167,11 +171,13 @@ def _write_report(path, bundle, defense, photo, config: DefenseConfig) -> None:
     else:
         shown, fact = None, "not kept"
     fig, rows = defense.figures, defense.rows()
+    shown_rows = [[label, rate_with_interval(b, n), rate_with_interval(a, n), n] for label, b, a, n in rows]
     write_report(path, title=f"Typographic defense: {bundle.name} ({bundle.pretrained})",
                  facts=[("defense", f"{defense.method} of {defense.layer} against {', '.join(defense.words)}"),
                         ("evaluated on", fig["dataset"] if fig else "nothing (--no-eval)"),
                         ("n", _n_text(fig["before"]) if fig else "-"), ("exemplars", fact)],
-                 header=["", "before", "after"], rows=rows,
+                 header=["", "before [95% interval]", "after [95% interval]", "n"], rows=shown_rows,
+                 notes=undefined_reasons(rows),
                  chart=bar_chart(rows, ["before", "after"]) if rows else None,
                  grid=evaluation_grid(fig["sets"], fig["before"]["predictions"], fig["after"]["predictions"])
                  if fig else [], exemplar=shown)
