@@ -236,3 +236,12 @@ def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_
         for member, (_, delta) in zip(defense.edit_set.edits, deltas):
             torch.testing.assert_close(member.delta().double(), delta, rtol=1e-5, atol=1e-7)
         assert defense.edit_set.edits[0].meta["hparams"]["keep_targets"] == 3.0
+
+
+def test_ranks_on_one_spot_share_one_label_and_crowded_labels_stack():
+    from clipedit.defenses.sweep import rank_labels
+
+    rows = [{"rank": r} for r in (4, 16, 32, 8, 2)] + [{"method": "paint"}]
+    points = [(0.0, 50.0)] * 3 + [(0.5, 50.5), (20.0, 10.0), (0.0, 50.0)]
+    assert rank_labels(rows, points) == [((0.0, 50.0), "4, 16, 32", 0), ((0.5, 50.5), "8", 1),
+                                         ((20.0, 10.0), "2", 0)]
