@@ -158,16 +158,17 @@ def test_chart_draws_attack_success_in_its_own_colour_and_says_lower_is_better()
 
 def test_undefined_figures_are_written_n_a_in_charts_and_the_footer_speaks_only_of_shown_images(monkeypatch):
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
     from clipedit.eval.report import bar_chart
 
     written, titles = [], []
-    real_text, real_title = Axes.text, Axes.set_title
+    real_text, real_title = Axes.text, Figure.suptitle
     monkeypatch.setattr(Axes, "text",
                         lambda self, x, y, s, *a, **k: written.append(s) or real_text(self, x, y, s, *a, **k))
-    monkeypatch.setattr(Axes, "set_title", lambda self, t, *a, **k: titles.append(t) or real_title(self, t, *a, **k))
+    monkeypatch.setattr(Figure, "suptitle", lambda self, t, *a, **k: titles.append(t) or real_title(self, t, *a, **k))
     bar_chart([["clean", 0.5, 10], ["attack success", None, 0]], ["rate"], title="m on photos: " + "word, " * 30)
     assert written == ["50.0%", "n/a"]
-    assert all(len(line) <= 90 for line in titles[0].splitlines())  # wrapped, not cut at the edge
+    assert all(len(line) <= 100 for line in titles[0].splitlines())  # wrapped, not cut at the edge
     page = render_report(title="t", facts=[], header=["", "rate"], rows=[["clean", 0.5]], chart=None, grid=[])
     assert "red frame" not in page

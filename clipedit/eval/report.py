@@ -133,8 +133,8 @@ def bar_chart(rows: Sequence[Sequence[Any]], series: Sequence[str], title: str =
             handles += [Patch(color=colour(s, low), label=f"{what}, {name}" if len(series) > 1 else what)
                         for s, name in enumerate(series)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 2), frameon=False, fontsize=8)
-    if title:  # wrapped to the figure's width (a long list of words is not cut at the right edge)
-        ax.set_title(textwrap.fill(title, 90), fontsize=10)
+    if title:  # over the whole figure, wrapped to its width (not cut at the right edge by long row labels)
+        fig.suptitle(textwrap.fill(title, 100), fontsize=10)
     fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
