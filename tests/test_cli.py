@@ -225,3 +225,19 @@ def test_audit_defaults_to_mini_like_the_other_commands():
 def test_attack_help_shows_no_empty_range(capsys):
     code, out, _ = run_cli(["attack", "--help"], capsys)
     assert code == 0 and "--rotation" in out and "None" not in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["audit", "--font", "no-such.ttf"], "cannot read font no-such.ttf"),
+    (["audit", "--edit", "no-such.safetensors"], "edit file not found"),
+    (["defend", "--checkpoint", "no-such.safetensors", "--no-eval"], "checkpoint not found"),
+    (["stats", "--reference", "no/such/folder"], "reference folder not found"),
+    (["compare", "--methods", "bogus"], "unknown method 'bogus'"),
+    (["compare", "--seeds", ","], "--seeds is empty"),
+])
+def test_refusals_come_before_any_model_loads(monkeypatch, tmp_path, capsys, args, message):
+    from clipedit.commands.options import ModelOptions
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ModelOptions, "load", lambda self: pytest.fail("the model was loaded before the check"))
+    assert message in run_error(capsys, *args)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from clipedit.attacks import Attack
 from clipedit.attacks.factors import split_sampler
+from clipedit.attacks.fonts import load_font
 from clipedit.attacks.scripts import writing
 from clipedit.commands.options import (
     GreedyCommand,
@@ -204,6 +205,8 @@ class AuditInputs:
             raise ClipeditError("--photos needs --labels (the class name of each photo)")
         if classnames is not None:
             check_classnames(classnames)
+        if self.font is not None:  # read now: a missing or broken font fails before the model loads
+            load_font(str(self.font), 12)
         return classnames, templates, word_list, label_names
 
 

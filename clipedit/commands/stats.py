@@ -40,6 +40,7 @@ def stats_cmd(model: ModelOptions, reference: Path, layer: Optional[str], batch_
     from clipedit.outputs import check_outputs
 
     check_outputs({"--out": out}, inputs={"--checkpoint": model.checkpoint, "--reference": reference})
+    paths = image_paths(reference, "reference folder")  # before the model loads
     init_from_environment(agree_on=click.get_current_context().params)
     if out is not None and layer is not None and JOIN in layer:
         raise ClipeditError("--out writes one site's statistics: give one --layer")
@@ -48,7 +49,6 @@ def stats_cmd(model: ModelOptions, reference: Path, layer: Optional[str], batch_
     if out is not None and len(layers) > 1:
         raise ClipeditError(f"--out writes one site's statistics; this model's default is {len(layers)} sites: "
                                "give one --layer")
-    paths = image_paths(reference, "reference folder")
     # the same cache key as `defend --reference` (clipedit.defenses.typographic.reference_statistics)
     data_key = files_key(paths) + repr(bundle.preprocess)
     agree(data_key, "reference images (the same folder holds other files on some rank)")

@@ -128,12 +128,9 @@ def not_applicable(bundle: ModelBundle, method: str) -> Optional[str]:
     return None
 
 
-def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str, ...]:
-    """The methods to run; refuses unknown or inapplicable methods, empty seeds/words, empty sets.
-
-    Raises:
-        ClipeditError: one line saying what is wrong.
-    """
+def check_given(settings: CompareSettings) -> None:
+    """What :func:`check_settings` refuses without the model (run before it loads): empty seeds or words,
+    counts below 1, unknown methods, and --hparams for unknown methods or with unknown fields."""
     if not settings.seeds:
         raise ClipeditError("--seeds is empty: give at least one seed, e.g. --seeds 0,1,2")
     if settings.words is not None and not settings.words:
@@ -141,24 +138,34 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
     for name in ("n_test", "n_train", "n_val", "n_signs"):
         if getattr(settings, name) < (0 if name == "n_signs" else 1):
             raise ClipeditError(f"{name} must be >= {0 if name == 'n_signs' else 1}, got {getattr(settings, name)}")
-    if bundle.world is None or not bundle.world.classnames:
-        raise ClipeditError(f"{bundle.name} has no labelled world to compare on (give --data KIND:PATH)")
     stray = sorted(set(settings.hparams) - set(COMPARE_METHODS))
     if stray:
         raise ClipeditError(f"--hparams names unknown method {stray[0]!r} (choose from {', '.join(COMPARE_METHODS)})")
     for m, given in settings.hparams.items():
         method_hparams(m, given, {})  # unknown fields: one line, before any work
-    if settings.methods is None:
-        return tuple(m for m in COMPARE_METHODS if not_applicable(bundle, m) is None)
-    unknown = [m for m in settings.methods if m not in COMPARE_METHODS]
+    unknown = [m for m in settings.methods or () if m not in COMPARE_METHODS]
     if unknown:
         raise ClipeditError(f"unknown method {unknown[0]!r} (choose from {', '.join(COMPARE_METHODS)})")
+    if settings.methods is not None and not settings.methods:
+        raise ClipeditError("--methods is empty")
+
+
+def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str, ...]:
+    """The methods to run; refuses unknown or inapplicable methods, empty seeds/words, empty sets
+    (:func:`check_given`, then what needs the model).
+
+    Raises:
+        ClipeditError: one line saying what is wrong.
+    """
+    check_given(settings)
+    if bundle.world is None or not bundle.world.classnames:
+        raise ClipeditError(f"{bundle.name} has no labelled world to compare on (give --data KIND:PATH)")
+    if settings.methods is None:
+        return tuple(m for m in COMPARE_METHODS if not_applicable(bundle, m) is None)
     for m in settings.methods:
         why = not_applicable(bundle, m)
         if why:
             raise ClipeditError(f"{m} does not apply to {bundle.name}: {why}")
-    if not settings.methods:
-        raise ClipeditError("--methods is empty")
     return tuple(settings.methods)
 
 
