@@ -172,11 +172,6 @@ def default_dirs() -> tuple[str, ...]:
     return pip_font_dirs() + (FONT_DIRS if catalogue_name() == "debian" else ())
 
 
-def all_dirs() -> tuple[str, ...]:
-    """Every folder either catalogue scans (for writing other scripts, where no split applies)."""
-    return pip_font_dirs() + FONT_DIRS
-
-
 @functools.lru_cache(maxsize=16)
 def _scan(dirs: tuple[str, ...]) -> tuple[FontFace, ...]:
     files = sorted({str(p) for d in dirs if Path(d).is_dir() for p in Path(d).rglob("*")
