@@ -179,7 +179,7 @@ def run_dyslexify(bundle: ModelBundle, data: DefenseData, hparams: DyslexifyHPar
         if result.members else None
     details = {"heads": [list(h) for h in result.heads], "scores": result.scores, "steps": result.steps,
                "base": result.base, "rule": result.rule, "selection": result.details.get("selection")}
-    return DefenseResult("dyslexify", ",".join(result_layers(result)) or "none", edit_set=edit_set, details=details)
+    return DefenseResult("dyslexify", "+".join(result_layers(result)) or "none", edit_set=edit_set, details=details)
 
 
 def result_layers(result) -> list[str]:
