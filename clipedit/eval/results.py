@@ -125,7 +125,7 @@ def undefined_reasons(rows: Sequence[Sequence[Any]]) -> list[str]:
             label = str(row[0])
             why = ("none of the written words is one of the classes, so no note can pull the prediction to its "
                    "word" if "attack success" in label else "no image counts towards it")
-            lines.append(f"{label}: {UNDEFINED} (n = 0: {why})")
+            lines.append(f"{label}: {UNDEFINED} (n = {row[-1]}: {why})")
     return lines
 
 
