@@ -157,6 +157,7 @@ def test_closed_form_edit_moves_attacked_towards_blank_and_reverts_bit_exactly(f
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_head_specs_per_family(hf_folders):
     """What a head method needs: the attention, its projection (whose input is the per-head result), the
     head count and width, and the query row (class token, or an attention pool's probe)."""
@@ -202,6 +203,7 @@ def test_hf_preprocess_matches_its_processor(hf_folders):
         assert ids.shape == (1, 16) and ids[0, 0].item() == 49406  # padded to the text tower's length
 
 
+@pytest.mark.slow
 def test_hf_export_loads_with_transformers_alone(hf_folders, tmp_path):
     """An edited HF model saved as model.safetensors is a save_pretrained folder: transformers loads it and
     predicts exactly what the edited bundle predicts; clipedit loads it back with --checkpoint FOLDER."""

@@ -221,6 +221,7 @@ def test_defense_table_reports_notes_and_stickers_apart_from_bare_text():
     assert "text note, notes + stickers (other words)" not in rows
 
 
+@pytest.mark.slow
 def test_on_the_leave_out_factors_notes_and_stickers_fool_the_mini_more_than_bare_text():
     """The reason the headline is notes + stickers: a mix with bare text would hide the stronger attack."""
     from clipedit.eval.heldout import world_attack_set
