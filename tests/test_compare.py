@@ -57,6 +57,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(args, message, tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_compare_end_to_end_at_tiny_n(tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["compare", "--model", "mini-vit", "--methods", "dyslexify,head-ablation-weights", "--words", "ipod",
@@ -108,6 +109,7 @@ def test_compare_end_to_end_at_tiny_n(tmp_path, capsys):
     assert "red frame" not in page  # the compare page shows no images
 
 
+@pytest.mark.slow
 def test_compare_runs_defense_prefix_with_its_settings_from_hparams(tmp_path, capsys):
     hp = tmp_path / "hp.json"
     hp.write_text(json.dumps({"defense-prefix": {"steps": 40, "lrs": [0.02], "batch_size": 32}}))

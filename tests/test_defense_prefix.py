@@ -105,6 +105,7 @@ def test_file_round_trip_and_load_model_with_edits(mini, tmp_path):
         ClassPrefix("token_embedding", torch.full((1, 128), float("nan")), 5)
 
 
+@pytest.mark.slow
 def test_training_raises_typographic_accuracy_on_validation_and_leaves_the_weights(mini):
     weights = {k: v.clone() for k, v in mini.model.state_dict().items()}
     hp = DefensePrefixHParams.from_dict(FAST)
@@ -125,6 +126,7 @@ def test_training_raises_typographic_accuracy_on_validation_and_leaves_the_weigh
         result.member.revert(mini.model)
 
 
+@pytest.mark.slow
 def test_defend_cli_writes_a_prefix_edit_that_audit_puts_on(tmp_path, capsys):
     hp = tmp_path / "hp.json"
     hp.write_text(json.dumps(FAST))
@@ -144,6 +146,7 @@ def test_defend_cli_writes_a_prefix_edit_that_audit_puts_on(tmp_path, capsys):
     assert audited["edits"] == [str(files[0])] and audited["metrics"]["n"] == 12
 
 
+@pytest.mark.slow
 def test_models_without_a_text_tower_are_refused_in_one_line(tmp_path, capsys):
     classifier = load_model("timm/resnet18:none", device="cpu")
     with pytest.raises(ClipeditError, match="no text tower"):

@@ -245,6 +245,7 @@ def test_timm_attention_row_is_the_softmax_of_its_q_and_k():
 
 
 @pytest.mark.parametrize("spec", ["tiny-eva:none", "hf-clip"])
+@pytest.mark.slow
 def test_hook_edit_on_a_projection_tower_applies_reverts_bit_exactly(spec, hf_folders, tmp_path):
     bundle = _load(f"hf:{hf_folders['clip']}:none" if spec == "hf-clip" else spec)
     sites = class_token_sites(bundle)
@@ -295,6 +296,7 @@ def test_dyslexify_runs_on_a_timm_tower_and_hf_clip(spec, hf_folders):
     assert torch.equal(bundle.encode_images(images), before)
 
 
+@pytest.mark.slow
 def test_dyslexify_and_the_edit_refuse_siglip(hf_folders):
     for spec in ("tiny-siglip:none", f"hf:{hf_folders['siglip']}:none"):
         with pytest.raises(ClipeditError, match="has none \\(its blocks pool no class token"):
@@ -305,8 +307,24 @@ def test_dyslexify_and_the_edit_refuse_siglip(hf_folders):
             ClsHeadAblation(name, [0]).apply(b.model)
 
 
+@pytest.mark.slow
 def test_defend_refuses_dyslexify_on_siglip_in_one_error_line(capsys, tmp_path):
     line = run_error(capsys, "defend", "--model", "tiny-siglip:none", "--text", "ipod", "--method", "dyslexify",
                      "--no-eval", "--out", str(tmp_path / "run"))
     assert "class token" in line and "pool no class token" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_tower_without_attention_is_not_sent_to_head_ablation(tiny_rn):
+    """A tower with no attention at all is offered only methods that apply; an attention pool (a ResNet
+    CLIP's) is offered head ablation, which reaches its heads."""
+    from types import SimpleNamespace
+
+    from clipedit.defenses.dyslexify import class_token_sites
+
+    convs = SimpleNamespace(image_module=nn.Sequential(nn.Conv2d(3, 4, 3)), image_prefix="", name="convnet")
+    with pytest.raises(ClipeditError, match="has none") as info:
+        class_token_sites(convs)
+    assert "head-ablation" not in str(info.value) and "--method edit" in str(info.value)
+    with pytest.raises(ClipeditError, match="use head-ablation-weights"):
+        class_token_sites(tiny_rn)

@@ -157,6 +157,7 @@ def test_closed_form_edit_moves_attacked_towards_blank_and_reverts_bit_exactly(f
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_head_specs_per_family(hf_folders):
     """What a head method needs: the attention, its projection (whose input is the per-head result), the
     head count and width, and the query row (class token, or an attention pool's probe)."""
@@ -202,6 +203,7 @@ def test_hf_preprocess_matches_its_processor(hf_folders):
         assert ids.shape == (1, 16) and ids[0, 0].item() == 49406  # padded to the text tower's length
 
 
+@pytest.mark.slow
 def test_hf_export_loads_with_transformers_alone(hf_folders, tmp_path):
     """An edited HF model saved as model.safetensors is a save_pretrained folder: transformers loads it and
     predicts exactly what the edited bundle predicts; clipedit loads it back with --checkpoint FOLDER."""
@@ -295,6 +297,7 @@ def test_a_tower_without_a_default_names_the_supported_families():
 
 # -- end to end on rendered photos --------------------------------------------------------------------
 @pytest.mark.parametrize("fam", ["timm-siglip", "convnext", "hf-siglip"])
+@pytest.mark.slow
 def test_audit_and_defend_end_to_end(fam, hf_folders, image_folder, tmp_path, capsys):
     bundle = _load(FAMILIES[fam][0](hf_folders))
     if fam.startswith("hf"):
@@ -357,7 +360,7 @@ def test_sweep_scores_every_candidate_of_each_family(fam, hf_folders):
 
 @pytest.mark.parametrize("fam,method", [("timm-siglip", "finetune-local"), ("convnext", "finetune-global"),
                                         ("timm-eva", "finetune-local"), ("hf-clip", "finetune-global"),
-                                        ("hf-siglip", "paint")])
+                                        pytest.param("hf-siglip", "paint", marks=pytest.mark.slow)])
 def test_fine_tuning_methods_change_only_the_image_tower(fam, method, hf_folders, monkeypatch):
     import functools
 

@@ -196,6 +196,7 @@ def test_paint_alpha_rule_on_a_synthetic_curve():
     assert lrs[10] == pytest.approx(1.0) and lrs[-1] < 0.001 and lrs == lrs[:10] + sorted(lrs[10:], reverse=True)
 
 
+@pytest.mark.slow
 def test_peers_run_through_the_dispatcher(tiny_rn, monkeypatch):
     assert {"head-ablation-weights", "paint", "dyslexify"} <= set(METHODS)
     small = functools.partial(PaintHParams, alphas=(0.0, 1.0), lrs=(1e-3,), n_val=6, n_signs=6, n_train=8,

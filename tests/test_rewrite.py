@@ -228,3 +228,13 @@ def test_trace_removes_its_hooks_even_on_error(tiny_vit):
         with Trace(module):
             raise RuntimeError("boom")
     assert not module._forward_hooks
+
+
+def test_an_unknown_layer_names_the_modules_that_exist(tiny_vit):
+    from clipedit.core.nethook import get_module
+    from clipedit.errors import SiteError
+
+    with pytest.raises(SiteError, match=r"'visual.transformer.resblocks' has: 0-1$"):
+        get_module(tiny_vit.model, "visual.transformer.resblocks.7.mlp.c_proj")
+    with pytest.raises(SiteError, match="top level has: visual, transformer"):
+        get_module(tiny_vit.model, "nonsense")

@@ -109,6 +109,7 @@ def test_the_validation_world_holds_validation_photos_only(folder):
 
 
 # -- compare / sweep --data ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_compare_data_end_to_end_with_paint_on_a_supported_folder(triples, supported, tmp_path, capsys):
     import clipedit
     from clipedit.data.folders import load_image_folder
@@ -154,6 +155,7 @@ def test_compare_data_end_to_end_with_paint_on_a_supported_folder(triples, suppo
     assert record["compare"]["details"]["edit"]["0:" + words[0]]["selection"]["tolerance"] is None  # nothing tuned
 
 
+@pytest.mark.slow
 def test_compare_data_leaves_out_what_the_data_cannot_give(rta, tmp_path, capsys):
     out = tmp_path / "cmp"
     table = run_ok(capsys, "compare", "--model", "mini", "--data", f"rta100:{rta}", "--methods", "edit",
@@ -168,6 +170,7 @@ def test_compare_data_leaves_out_what_the_data_cannot_give(rta, tmp_path, capsys
     assert "defended word n=" in table
 
 
+@pytest.mark.slow
 def test_sweep_data_scores_the_validation_side_of_the_same_split(folder, tmp_path, capsys):
     out = tmp_path / "s"
     run_ok(capsys, "sweep", "--model", "mini", "--data", str(folder), "--text", "ipod", "--sites",
@@ -242,7 +245,7 @@ def flat(tmp_path):
     ("overlap", "overlaps --data"),
     ("classes-alone", "--classes goes with --data"),
     ("seeds", "--seeds is empty"),
-    ("word", "carries the word 'zebra'"),
+    pytest.param("word", "carries the word 'zebra'", marks=pytest.mark.slow),
 ])
 def test_compare_bad_user_data_is_one_error_line_and_writes_nothing(case, message, small, flat, folder, supported,
                                                                      triples, tmp_path, capsys):
@@ -281,6 +284,7 @@ def test_sweep_data_too_small_is_one_error_line(small, tmp_path, capsys):
     assert "too small to split" in line and not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_defend_paint_with_supported_records_the_folder_and_its_alpha_curve(supported, tmp_path, capsys):
     hparams = tmp_path / "paint.json"
     hparams.write_text(json.dumps({"n_train": 8, "epochs": 1, "batch_size": 4, "n_val": 6, "n_signs": 6,

@@ -13,6 +13,7 @@ from PIL import Image
 
 from clipedit.attacks import Attack
 from clipedit.attacks.factors import split_sampler
+from clipedit.attacks.fonts import load_font
 from clipedit.attacks.scripts import writing
 from clipedit.commands.options import (
     GreedyCommand,
@@ -42,7 +43,7 @@ from clipedit.eval.distributed import evaluate_attacks_sharded
 from clipedit.eval.heldout import world_attack_set
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.report import GridItem, attacks_grid, bar_chart, benchmark_grid, write_chart, write_report
-from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.eval.results import format_table, make_record, undefined_reasons, write_results
 from clipedit.eval.timing import StageTimer
 from clipedit.outputs import check_outputs
 
@@ -126,7 +127,7 @@ def chart_path(out: Optional[Path]) -> Optional[Path]:
 
 def result_rows(metrics: dict[str, Any]) -> list[tuple[str, Optional[float], int]]:
     """The printed table's rows: (set, rate, n)."""
-    return [("clean", metrics["clean_acc"], metrics["n"]),
+    return [("clean", metrics["clean_acc"], metrics.get("n_clean", metrics["n"])),
             ("blank note", metrics["blank_acc"], metrics["n"]),
             ("text note", metrics["text_acc"], metrics["n_text"]),
             ("attack success", metrics["attack_success_rate"], metrics["n_word_in_classes"])]
@@ -204,6 +205,8 @@ class AuditInputs:
             raise ClipeditError("--photos needs --labels (the class name of each photo)")
         if classnames is not None:
             check_classnames(classnames)
+        if self.font is not None:  # read now: a missing or broken font fails before the model loads
+            load_font(str(self.font), 12)
         return classnames, templates, word_list, label_names
 
 
@@ -264,7 +267,7 @@ audit_input_options = option_group(
 
 
 @click.command(cls=GreedyCommand)
-@model_options(edits=True)
+@model_options(default="mini", edits=True)
 @audit_input_options
 @seed_option()
 @batch_size_option()
@@ -300,6 +303,8 @@ def audit(model: ModelOptions, inputs: AuditInputs, seed: int, batch_size: int, 
                f"{outcome.n_photos} photos or scenes, {metrics['n']} images evaluated, "
                f"{len(outcome.classnames)} classes")
     click.echo(format_table(outcome.rows, header=("", "rate", "n")))
+    for line in undefined_reasons(outcome.rows):
+        click.echo(line)
     if metrics.get("n_skipped"):
         click.echo(f"skipped {metrics['n_skipped']} images that do not decode or lie outside the dataset "
                    "(the first ones named in the results)")
@@ -321,7 +326,15 @@ def _write_results(out: Path, bundle, outcome: AuditOutcome, model: ModelOptions
                          edits=[str(p) for p in model.edits], seconds=seconds)
     write_results(out, record)
     return write_chart(chart_path(out), outcome.rows, ["rate"],
-                       f"{bundle.name} on {outcome.dataset} (n = {outcome.metrics['n']} images)")
+                       f"{bundle.name} on {outcome.dataset} ({_n_text(outcome.metrics)})")
+
+
+def _n_text(metrics: dict) -> str:
+    """The distinct images the figures are over: clean photos (each counted once) and written notes."""
+    n_clean = metrics.get("n_clean")
+    if n_clean is not None and n_clean != metrics["n"]:
+        return f"n = {n_clean} photos, {metrics['n']} attacked images"
+    return f"n = {metrics['n']} images"
 
 
 def _write_report(report: Path, bundle, outcome: AuditOutcome) -> None:
@@ -333,4 +346,5 @@ def _write_report(report: Path, bundle, outcome: AuditOutcome) -> None:
                                     + (" …" if len(outcome.classnames) > 30 else ""))],
                  header=("", "rate", "n"), rows=outcome.rows,
                  chart=bar_chart(outcome.rows, ["rate"]), grid=outcome.grid,
-                 notes=[f"skipped (did not decode): {p}" for p, _ in metrics.get("skipped", [])])
+                 notes=undefined_reasons(outcome.rows)
+                 + [f"skipped (did not decode): {p}" for p, _ in metrics.get("skipped", [])])

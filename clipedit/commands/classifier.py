@@ -15,6 +15,7 @@ from clipedit.core.hparams import SOLVERS
 from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
 from clipedit.data.images import LazyImages, load_image, load_mask
 from clipedit.defenses.concept import (
+    CONCEPT_METHODS,
     DIRECTIONS,
     ConceptConfig,
     band_mask,
@@ -63,7 +64,7 @@ TASK = "concept_edit"
               help="Or a real edited version of the exemplar (same size) instead of --texture.")
 @click.option("--direction", type=click.Choice(DIRECTIONS), default="to-original", show_default=True,
               help="to-original: the transformed region is treated like the original (snowy road = road).")
-@click.option("--method", type=click.Choice(list(METHODS)), default="edit", show_default=True,
+@click.option("--method", type=click.Choice(CONCEPT_METHODS), default="edit", show_default=True,
               help="The rewrite, or a fine-tuning baseline on the same pair.")
 @click.option("--layer", type=LAYERS, default=None,
               help="Dotted name of the layer to rewrite (default per architecture).")

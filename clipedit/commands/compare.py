@@ -21,6 +21,7 @@ from clipedit.defenses.compare import (
     COMPARE_METHODS,
     WORLD_WORDS,
     CompareSettings,
+    check_given,
     check_settings,
     compare,
     flat_metrics,
@@ -122,6 +123,7 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
     if supported is not None:
         check_supported(supported, support_names)
         _distinct(supported, data)
+    check_given(settings)  # what needs no model, before it loads
     split = split_data(data, split_seed, names) if data is not None else None
     bundle = model.load()
     settings = resolved(settings, split)

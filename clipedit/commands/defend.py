@@ -17,6 +17,7 @@ from clipedit.commands.params import TEXT
 from clipedit.core import LayerEdit, save_edits
 from clipedit.data.benchmarks import data_path
 from clipedit.data.classnames import case_note
+from clipedit.data.folders import image_paths
 from clipedit.defenses.any_word import evaluation_words
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.methods import method_spec
@@ -26,7 +27,7 @@ from clipedit.defenses.typographic import defend, text_exemplars
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import ClipeditError
 from clipedit.eval.report import bar_chart, evaluation_grid, exemplars_fact, write_chart, write_report
-from clipedit.eval.results import format_table, write_results
+from clipedit.eval.results import format_table, rate_with_interval, undefined_reasons, write_results
 from clipedit.eval.timing import StageTimer
 from clipedit.io import atomic_output_set
 from clipedit.models.checkpoint import save_model_weights, stored_dtypes
@@ -66,15 +67,13 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
                           "--data": data_path(evaluation.data)})
     any_word = words == [ANY_WORD]
     overrides = settings.overrides(any_word)
+    _check_before_load(settings, photo, evaluation, any_word)
     bundle = model.load()
     timer.lap("load")
     config = resolve_config(bundle, overrides, any_word=any_word)
     selection = None
     if settings.auto:
-        if any_word:
-            raise ClipeditError("--layer/--rank auto do not go with --text '*' (bench/any_word.py --tune "
-                                "compares its settings)")
-        if photo.given or not method_spec(config.method).sweepable:
+        if not method_spec(config.method).sweepable:
             raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
         click.echo(f"choosing the {' and the '.join(settings.auto)} on the validation split …", err=True)
         config, selection = choose_by_sweep(bundle, words, config, settings.auto, evaluation.n_eval)
@@ -93,14 +92,34 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
             meta["selection"] = selection
     _write_outputs(out, bundle, defense, selection)
     if defense.figures:
-        click.echo(format_table(defense.rows(), header=["", "before", "after"]))
+        click.echo(format_table(defense.rows(), header=["", "before", "after", "n"]))
+        for line in undefined_reasons(defense.rows()):
+            click.echo(line)
     if report is not None:
         _write_report(report, bundle, defense, photo, config)
         click.echo(f"wrote {report}")
-    timer.lap("write")
-    click.echo(timer.summary(), err=True)
+    writing = timer.lap("write")
+    # the seconds results.json records (its own writing cannot be in it: said apart)
+    click.echo(f"seconds: {', '.join(f'{k} {v:.1f}' for k, v in defense.stages.items())} (then {writing:.1f} "
+               "writing the outputs)", err=True)
     written = ", ".join(name for name in OUTPUT_SET if (out / name).is_file())
     click.echo(f"{defense.method} of {defense.layer} against {', '.join(words)}; wrote {out}/ {written}")
+
+
+def _check_before_load(settings, photo, evaluation, any_word: bool) -> None:
+    """Refuse option combinations and missing inputs before the model loads (seconds to minutes)."""
+    if settings.auto and any_word:
+        raise ClipeditError("--layer/--rank auto do not go with --text '*' (python -m bench any_word --tune "
+                            "compares its settings)")
+    if settings.auto and (photo.given or not method_spec(settings.method).sweepable):
+        raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
+    if photo.given and not all(p is not None for p in (photo.exemplar, photo.blank, photo.mask_path)):
+        raise ClipeditError("a real exemplar needs all of --exemplar, --blank and --mask")
+    if settings.reference is not None:  # read after the exemplars are rendered: checked now
+        image_paths(settings.reference, "--reference folder")
+    data = data_path(evaluation.data)
+    if not evaluation.no_eval and data is not None and not data.exists():
+        raise ClipeditError(f"--data: {data} not found")
 
 
 def _write_outputs(out: Path, bundle, defense, selection) -> None:
@@ -153,11 +172,13 @@ def _write_report(path, bundle, defense, photo, config: DefenseConfig) -> None:
     else:
         shown, fact = None, "not kept"
     fig, rows = defense.figures, defense.rows()
+    shown_rows = [[label, rate_with_interval(b, n), rate_with_interval(a, n), n] for label, b, a, n in rows]
     write_report(path, title=f"Typographic defense: {bundle.name} ({bundle.pretrained})",
                  facts=[("defense", f"{defense.method} of {defense.layer} against {', '.join(defense.words)}"),
                         ("evaluated on", fig["dataset"] if fig else "nothing (--no-eval)"),
                         ("n", _n_text(fig["before"]) if fig else "-"), ("exemplars", fact)],
-                 header=["", "before", "after"], rows=rows,
+                 header=["", "before [95% interval]", "after [95% interval]", "n"], rows=shown_rows,
+                 notes=undefined_reasons(rows),
                  chart=bar_chart(rows, ["before", "after"]) if rows else None,
                  grid=evaluation_grid(fig["sets"], fig["before"]["predictions"], fig["after"]["predictions"])
                  if fig else [], exemplar=shown)

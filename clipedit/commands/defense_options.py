@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import click
 
-from clipedit.commands.options import GreedyOption, class_list, option_group, read_json_file, split_list
-from clipedit.commands.params import LAYERS, count, finite
+from clipedit.commands.options import GreedyOption, class_list, option_group, read_json_file
+from clipedit.commands.params import JOIN, LAYERS, count, finite
 from clipedit.core.hparams import SOLVERS
 from clipedit.data.benchmarks import LAYOUTS
 from clipedit.data.images import load_image, load_mask, load_photos
@@ -51,7 +51,7 @@ class SettingsOptions:
         """The given settings as overrides of the defaults (``auto`` left to the sweep)."""
         if self.vocab is not None and not any_word:
             raise ClipeditError("--vocab goes with --text '*'")
-        layer = None if self.layer == "auto" else split_list(self.layer) if self.layer is not None else None
+        layer = None if self.layer in (None, "auto") else self.layer.split(JOIN)
         if layer and len(layer) > 1 and METHODS[self.method].config_field != "hparams":  # never tune only the first
             raise ClipeditError(f"--method {self.method} trains one layer; --layer names {len(layer)} "
                                 f"({', '.join(layer)})")
@@ -104,8 +104,8 @@ settings_options = option_group(
                                            "the options below override them."),
     click.option("--layer", type=LAYERS, default=None,
                  help="Dotted name of the layer to rewrite (default per architecture and model, defaults.json); "
-                      "several, comma-separated: one edit over those sites, solved in order; 'auto': the sweep's "
-                      "pick on the validation split (clipedit sweep)."),
+                      "several joined by '+' (A+B): one edit over those sites, solved in order; 'auto': the "
+                      "sweep's pick on the validation split (clipedit sweep)."),
     click.option("--rank", default=None, metavar="INTEGER|auto",
                  help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json]; 'auto': "
                       "the sweep's pick on the validation split."),

@@ -63,5 +63,6 @@ def revert_cmd(model, edits, out) -> None:
             revert_edit_set(bundle.model, edit)
         except ClipeditError as e:
             raise ClipeditError(f"{path}: {e}") from None
-    save_model_weights(out, bundle, metadata={"model": bundle.name, "reverted": [str(p) for p in edits]})
+    # the source checkpoint's own metadata (not the edits' paths): all edits reverted, the file is byte-identical
+    save_model_weights(out, bundle, metadata={"model": bundle.name}, original=True)
     click.echo(f"reverted {len(loaded)} edit(s); wrote {out}")

@@ -50,6 +50,12 @@ def model_options(default: Optional[str] = None, edits: bool = False) -> Callabl
         @click.option("--device", type=DEVICE, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
         @functools.wraps(f)
         def wrapper(*args, model_spec: str, checkpoint: Optional[Path], device: str, edit_files=(), **kwargs):
+            # missing files are refused before anything loads (a model takes seconds to minutes)
+            if checkpoint is not None and not checkpoint.exists():
+                raise ClipeditError(f"checkpoint not found: {checkpoint}")
+            for path in edit_files:
+                if not path.exists():
+                    raise ClipeditError(f"edit file not found: {path}")
             return f(*args, model=ModelOptions(model_spec, checkpoint, device, tuple(edit_files)), **kwargs)
 
         if edits:

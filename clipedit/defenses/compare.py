@@ -119,12 +119,9 @@ class CompareSettings:
     word_seed: int = 0
 
 
-def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str, ...]:
-    """The methods to run; refuses unknown or inapplicable methods, empty seeds/words, empty sets.
-
-    Raises:
-        ClipeditError: one line saying what is wrong.
-    """
+def check_given(settings: CompareSettings) -> None:
+    """What :func:`check_settings` refuses without the model (run before it loads): empty seeds or words,
+    counts below 1, unknown methods, and --hparams for unknown methods or with unknown fields."""
     if not settings.seeds:
         raise ClipeditError("--seeds is empty: give at least one seed, e.g. --seeds 0,1,2")
     if settings.words is not None and not settings.words:
@@ -132,8 +129,6 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
     for name in ("n_test", "n_train", "n_val", "n_signs"):
         if getattr(settings, name) < (0 if name == "n_signs" else 1):
             raise ClipeditError(f"{name} must be >= {0 if name == 'n_signs' else 1}, got {getattr(settings, name)}")
-    if bundle.world is None or not bundle.world.classnames:
-        raise ClipeditError(f"{bundle.name} has no labelled world to compare on (give --data KIND:PATH)")
     known = compare_methods()
     stray = sorted(set(settings.hparams) - set(known))
     if stray:
@@ -142,17 +137,29 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
         if not isinstance(given, dict):
             raise ClipeditError(f"--hparams: the settings of {m} must be a JSON object")
         METHODS[m].hparams_cls.from_dict(dict(given))
-    if settings.methods is None:
-        return tuple(m for m in known if METHODS[m].not_applicable(bundle, m) is None)
-    unknown = [m for m in settings.methods if m not in known]
+    unknown = [m for m in settings.methods or () if m not in known]
     if unknown:
         raise ClipeditError(f"unknown method {unknown[0]!r} (choose from {', '.join(known)})")
+    if settings.methods is not None and not settings.methods:
+        raise ClipeditError("--methods is empty")
+
+
+def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str, ...]:
+    """The methods to run; refuses unknown or inapplicable methods, empty seeds/words, empty sets
+    (:func:`check_given`, then what needs the model).
+
+    Raises:
+        ClipeditError: one line saying what is wrong.
+    """
+    check_given(settings)
+    if bundle.world is None or not bundle.world.classnames:
+        raise ClipeditError(f"{bundle.name} has no labelled world to compare on (give --data KIND:PATH)")
+    if settings.methods is None:
+        return tuple(m for m in compare_methods() if METHODS[m].not_applicable(bundle, m) is None)
     for m in settings.methods:
         why = METHODS[m].not_applicable(bundle, m)
         if why:
             raise ClipeditError(f"{m} does not apply to {bundle.name}: {why}")
-    if not settings.methods:
-        raise ClipeditError("--methods is empty")
     return tuple(settings.methods)
 
 

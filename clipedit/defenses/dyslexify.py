@@ -125,10 +125,12 @@ def class_token_sites(bundle: ModelBundle) -> list[tuple[str, int]]:
     specs = head_specs(bundle.image_module, bundle.image_prefix)
     sites = [(s.attention, s.n_heads) for s in specs if not s.pooling and s.query == 0]
     if not sites:
-        why = ("its blocks pool no class token" if any(not s.pooling for s in specs)
-               else "it has no attention blocks")
-        raise ClipeditError(f"dyslexify needs an image tower with a class token; {bundle.name}'s has none "
-                            f"({why}; use head-ablation-weights, which also ablates an attention pool's heads)")
+        if specs:  # attention without a class token (a ResNet's attnpool): head ablation reaches its heads
+            raise ClipeditError(f"dyslexify needs an image tower with a class token; {bundle.name}'s has none "
+                                "(its blocks pool no class token; use head-ablation-weights, which also ablates an "
+                                "attention pool's heads)")
+        raise ClipeditError(f"dyslexify ablates attention heads; {bundle.name}'s image tower has none (use --method "
+                            "edit or a fine-tuning baseline)")
     return sites
 
 

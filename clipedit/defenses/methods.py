@@ -240,7 +240,7 @@ def run_edit(bundle: ModelBundle, data: DefenseData, hparams: RewriteHParams, co
                "budget": budget(data.images, steps, 1, offline, train_images=data.images,
                                 reference_images=context.config.n_reference,
                                 words=len(data.vocabulary.exemplar_words) if data.vocabulary else len(data.words))}
-    return DefenseResult("edit", ",".join(context.sites), edit_set=edit_set, details=details)
+    return DefenseResult("edit", "+".join(context.sites), edit_set=edit_set, details=details)
 
 
 def _run_finetune(local: bool) -> Callable:
@@ -286,7 +286,7 @@ def run_head_ablation(bundle: ModelBundle, data: DefenseData, hparams: HeadAblat
                       context: MethodContext) -> DefenseResult:
     """Greedy ablation of the heads that read the text, tuned on the validation split."""
     ablation = ablate_heads(bundle, data.merged(), data.words, hparams, meta=_meta(bundle, context))
-    layers = ",".join(ablation.edit_set.layers) if ablation.edit_set is not None else "none"
+    layers = "+".join(ablation.edit_set.layers) if ablation.edit_set is not None else "none"
     details = {"heads": [list(h) for h in ablation.heads], "scores": ablation.scores, "steps": ablation.steps,
                "selection": ablation.selection,
                "budget": budget(data.images, 0, len(ablation.steps) + 1, train_images=data.images,
@@ -323,7 +323,7 @@ def run_dyslexify(bundle: ModelBundle, data: DefenseData, hparams: DyslexifyHPar
     details = {"heads": [list(h) for h in result.heads], "scores": result.scores, "steps": result.steps,
                "base": result.base, "rule": result.rule, "selection": result.details.get("selection"),
                "budget": budget(**result.details["budget"])}
-    return DefenseResult("dyslexify", ",".join(m.layer for m in result.members) or "none", edit_set=edit_set,
+    return DefenseResult("dyslexify", "+".join(m.layer for m in result.members) or "none", edit_set=edit_set,
                          details=_charged(details, secs))
 
 

@@ -74,11 +74,14 @@ def _from_mapping(values: Mapping[str, Any]) -> tuple[DefenseConfig, dict[str, A
     if unknown:
         raise ClipeditError(f"unknown defense setting(s): {', '.join(unknown)}")
     layer = values.pop("layer", None)
-    if isinstance(layer, str):
-        layer = [s.strip() for s in layer.split(",")]
+    if isinstance(layer, str):  # 'A+B': one joint edit over A then B (',' lists alternatives: sweep's)
+        if "," in layer:
+            raise ClipeditError(f"layer {layer!r}: one joint edit over several sites is written "
+                                f"{'+'.join(s.strip() for s in layer.split(','))!r} (',' lists alternatives)")
+        layer = [s.strip() for s in layer.split("+")]
     if layer is not None:
         if not layer or any(not s for s in layer):
-            raise ClipeditError(f"--layer takes dotted layer names, comma-separated; got {','.join(layer)!r}")
+            raise ClipeditError(f"--layer takes dotted layer names joined by '+'; got {'+'.join(layer)!r}")
         values.setdefault("sites", tuple(layer))
     given = {k: values.pop(k) for k in REWRITE_KEYS if k in values}
     if isinstance(values.get("hparams"), Mapping):  # the method's settings as a dict (the rewrite's: under the flags)

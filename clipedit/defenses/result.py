@@ -20,7 +20,7 @@ class DefenseResult:
 
     Attributes:
         method: the method's name.
-        layer: the layers it acted on, comma-separated (``none`` when it changed nothing).
+        layer: the layers it acted on, joined by ``+`` (``none`` when it changed nothing).
         words: the defended word(s) (``["*"]``: any word).
         edit_set: the edit (weight or hook members), or None for methods that change whole weights
             (fine-tuning, PAINT: the edited model itself is the output).

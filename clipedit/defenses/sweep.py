@@ -338,7 +338,7 @@ def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig
                  "candidates": len(result.rows),
                  "auto": list(auto), "picked": picked, "baseline": result.baseline}
     if picked is None:
-        log.warning("no setting met the pick rule on validation; keeping %s rank %d", ",".join(config.sites), hp.rank)
+        log.warning("no setting met the pick rule on validation; keeping %s rank %d", "+".join(config.sites), hp.rank)
         return config, selection
     chosen = dataclasses.replace(config, hparams=dataclasses.replace(hp, layer=None, rank=picked["rank"]),
                                  sites=tuple(picked["sites"]), method_hparams=None)
@@ -356,6 +356,21 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def cost(row: dict[str, Any]) -> float:
     """A row's cost on the trade-off plot: the larger of its clean and blank-note losses."""
     return max(row["clean_loss"], row["blank_loss"])
+
+
+def rank_labels(rows: Sequence[dict[str, Any]], points: Sequence[tuple[float, float]], near: float = 1.5
+                ) -> list[tuple[tuple[float, float], str, int]]:
+    """The rank annotations of a trade-off plot: ranks on the same spot (to 0.1 point) joined in one label
+    (``4, 16, 32``), and a label within ``near`` points of an earlier one raised a line (its stack index)."""
+    spots: dict[tuple[float, float], list[str]] = {}
+    for r, (x, y) in zip(rows, points):
+        if r.get("rank") is not None:
+            spots.setdefault((round(x, 1), round(y, 1)), []).append(str(r["rank"]))
+    out: list[tuple[tuple[float, float], str, int]] = []
+    for (x, y), ranks in spots.items():
+        stack = sum(abs(x - px) < near and abs(y - py) < near for (px, py), _, _ in out)
+        out.append(((x, y), ", ".join(dict.fromkeys(ranks)), stack))
+    return out
 
 
 def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", tolerance: float = PICK_TOLERANCE,
@@ -380,10 +395,10 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
         lab = r.get("site") or r["method"]
         legend = f"{r['method']}: {lab.removeprefix('visual.')}" if r.get("site") else r["method"]
         ax.scatter(x, y, marker=markers.get(r["method"].split(" ")[0], "X"), color=colours[lab], s=36,
-                   label=None if legend in seen else legend, zorder=3)
+                   label=None if legend in seen else legend, zorder=3, clip_on=False)  # whole at the frame
         seen.add(legend)
-        if r.get("rank") is not None:
-            ax.annotate(str(r["rank"]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    for (x, y), ranks, stack in rank_labels(rows, points):  # one label per spot, stacked where spots crowd
+        ax.annotate(ranks, (x, y), textcoords="offset points", xytext=(4, 3 + 8 * stack), fontsize=7)
     front = pareto_front(points)
     # the front as a staircase through its points, each ringed: visible even when it is a single point
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k-", lw=1.2, drawstyle="steps-post",
@@ -395,6 +410,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
         ax.scatter(100 * cost(picked), 100 * picked["gain"], s=160, facecolors="none", edgecolors="red",
                    label="pick", zorder=4)
     ax.set_xscale("symlog", linthresh=1.0)  # costs under a point stay readable beside large ones
+    ax.margins(0.06)  # markers and rings on the extreme settings are not cut by the frame
     from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
 
     # ticks at 1, 2, 5 x 10^k (and the linear part): a narrow range of costs still gets labelled ticks

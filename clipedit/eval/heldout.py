@@ -87,7 +87,9 @@ def folder_eval_sets(folder: Path, words: Sequence[str], classnames: Optional[Se
     data = load_image_folder(folder)
     names = list(classnames or data.classnames)
     if len(names) != len(data.classnames):
-        raise ClipeditError(f"{len(names)} class names given for {len(data.classnames)} folders")
+        raise ClipeditError(f"{len(names)} class names given (--classes) for the {len(data.classnames)} class "
+                            f"folders of {folder}; give one per folder, or leave --classes out to use the "
+                            "folder names")
     seed = split_seed(split)
     others = _other_words(names, words)
     sampler = split_sampler(split)

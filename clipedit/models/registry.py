@@ -27,7 +27,7 @@ import torch
 from clipedit.core.edit_sets import apply_edit_set, load_edits
 from clipedit.errors import ClipeditError, ModelLoadError, check_argument
 from clipedit.models.bundle import ModelBundle
-from clipedit.models.checkpoint import SOURCE_DTYPES, load_weights_into
+from clipedit.models.checkpoint import SOURCE_DTYPES, SOURCE_METADATA, load_weights_into, original_metadata
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,8 @@ def _create_open_clip(name: str, tag: str, checkpoint, device: torch.device) -> 
             pretrained = str(checkpoint)
     tokenizer = _open_clip_tokenizer(name)
     return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name,
-                       pretrained=pretrained, kind="clip", extra={SOURCE_DTYPES: dtypes})
+                       pretrained=pretrained, kind="clip",
+                       extra={SOURCE_DTYPES: dtypes, SOURCE_METADATA: original_metadata(checkpoint)})
 
 
 class UnavailableTokenizer:
@@ -308,7 +309,8 @@ def _load_config_model(name: str, tag: str, checkpoint, device: torch.device) ->
     preprocess = open_clip.image_transform(cfg["vision_cfg"]["image_size"], is_train=False)
     tokenizer = SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
     return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name, pretrained=pretrained,
-                       kind="clip", extra={SOURCE_DTYPES: dtypes})
+                       kind="clip",
+                       extra={SOURCE_DTYPES: dtypes, SOURCE_METADATA: original_metadata(checkpoint)})
 
 
 @functools.cache
