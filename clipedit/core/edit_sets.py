@@ -16,8 +16,9 @@ File (``.safetensors``, format ``clipedit-edits/2``): member ``i``'s tensors und
 header holds ``members`` (the ordered list of ``{kind, layer, meta, digest}``), ``seal`` (SHA-256 over
 the ordered ``(kind, layer, digest)`` list) and the set's own metadata. :func:`load_edits` checks the
 seal, every member's digest, and that every tensor belongs to a member, before anything is returned (so
-before anything is applied). Files of the two earlier formats (a single edit, ``clipedit-edit/1``; an
-unsealed set, ``clipedit-edit-set/1``) still load, with the same checks that can apply to them.
+before anything is applied). Files of the unsealed formats of clipedit's first releases (a single edit,
+``clipedit-edit/1``; a set, ``clipedit-edit-set/1``) are refused in one line saying how to re-make them:
+nothing in them bound the list of members to the tensors, so a member could be dropped unseen.
 """
 from __future__ import annotations
 
@@ -32,13 +33,13 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from clipedit.core.edits import FORMAT as SINGLE_FORMAT
 from clipedit.core.edits import LayerEdit, apply_edit
 from clipedit.errors import EditError, check_argument
 from clipedit.io import read_safetensors_metadata, require_file, save_state_dict
 
 FORMAT = "clipedit-edits/2"
-SET_FORMAT_1 = "clipedit-edit-set/1"  # unsealed edit sets written before FORMAT (read only)
+#: Unsealed formats of the first releases, refused with a hint (their member list was not bound to the tensors).
+LEGACY_FORMATS = ("clipedit-edit/1", "clipedit-edit-set/1")
 
 
 @runtime_checkable
@@ -175,17 +176,12 @@ def save_edits(path: str | os.PathLike, edits: EditSet | EditMember) -> Path:
     return save_state_dict(path, tensors, metadata={"format": FORMAT, "members": members, "seal": seal, **meta})
 
 
-def save_edit(path: str | os.PathLike, edit: EditSet | EditMember) -> Path:
-    """:func:`save_edits` (the name of the single-edit API)."""
-    return save_edits(path, edit)
-
-
 def load_edits(path: str | os.PathLike) -> EditSet:
-    """The edit set in ``path`` (any format clipedit wrote), checked whole before it is returned.
+    """The edit set in ``path`` (a sealed ``clipedit-edits/2`` file), checked whole before it is returned.
 
     Raises:
-        EditError: not found, not an edit file, malformed metadata, a broken seal or member digest,
-            tensors no member claims, no members, or an unknown member kind (one line each).
+        EditError: not found, not an edit file, a legacy unsealed format, malformed metadata, a broken seal
+            or member digest, tensors no member claims, no members, or an unknown member kind (one line each).
     """
     path = Path(path)
     require_file(path, "edit file", EditError)  # issue 21: a device, FIFO or folder is no edit file
@@ -194,15 +190,15 @@ def load_edits(path: str | os.PathLike) -> EditSet:
     except Exception as e:
         raise EditError(f"cannot read edit file {path}: {str(e).splitlines()[0]}") from None
     fmt = header.get("format")
-    if fmt not in (FORMAT, SET_FORMAT_1, SINGLE_FORMAT):
+    if fmt in LEGACY_FORMATS:
+        raise EditError(f"{path} is an edit file of the legacy unsealed format {fmt}, which clipedit no longer "
+                        f"reads (its member list is not sealed); re-make it with this clipedit (clipedit defend "
+                        f"... --out DIR) to get a sealed {FORMAT} file")
+    if fmt != FORMAT:
         raise EditError(f"{path} is not a clipedit edit file")
     tensors = _read_tensors(path)
     try:
-        if fmt == FORMAT:
-            return _load_sealed(header, tensors)
-        if fmt == SET_FORMAT_1:
-            return _load_set_1(header, tensors)
-        return _load_single(header, tensors)
+        return _load_sealed(header, tensors)
     except EditError as e:
         raise EditError(f"{path}: {e}") from None
 
@@ -289,30 +285,6 @@ def _load_sealed(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> Ed
             raise EditError(f"member {i} ({layer}) does not match its digest: it is corrupt or was altered")
         members.append(member)
     return EditSet(members, _set_meta(header, ("format", "members", "seal")))
-
-
-def _load_set_1(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> EditSet:
-    sites = _json_field(header, "sites", list)
-    if not sites:
-        raise EditError("its header lists no sites")
-    layers = [_entry(i, site) for i, site in enumerate(sites)]
-    _check_all_claimed(tensors, len(sites))
-    edits = []
-    for i, (site, layer) in enumerate(zip(sites, layers)):
-        meta = {k: v for k, v in site.items() if k != "layer"}
-        edits.append(LayerEdit.from_tensors(layer, _member_tensors(tensors, i), meta))
-    return EditSet(edits, _set_meta(header, ("format", "sites")))
-
-
-def _load_single(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> EditSet:
-    layer = header.get("layer")
-    if not layer:
-        raise EditError("its header names no layer")
-    stray = sorted(set(tensors) - {"lambda", "directions", "orig_weight"})
-    if stray:
-        raise EditError(f"it holds tensors an edit does not have (first: {stray[0]})")
-    meta = {k: _json_or_text(v) for k, v in header.items() if k not in ("format", "layer")}
-    return EditSet([LayerEdit.from_tensors(layer, tensors, meta)])
 
 
 def _json_or_text(value: str):

@@ -18,9 +18,6 @@ from torch import nn
 from clipedit.core.sites import site_weight
 from clipedit.errors import EditError, SiteError, check_argument
 
-#: The format tag of files written by clipedit before edit sets were sealed (a single LayerEdit);
-#: :func:`clipedit.core.edit_sets.load_edits` still reads them.
-FORMAT = "clipedit-edit/1"
 TENSOR_NAMES = ("lambda", "directions", "orig_weight")
 
 

@@ -94,6 +94,3 @@ class DefenseResult:
         if self.edit_set is None:
             raise ClipeditError(f"{self.method} leaves no edit to save (it changes the weights directly)")
         return save_edits(path, self.edit_set)
-
-
-Defense = DefenseResult  # the name of earlier releases
