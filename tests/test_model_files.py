@@ -75,3 +75,105 @@ def test_a_legacy_set_with_a_member_dropped_is_refused_not_applied_in_part(tiny_
             load_edits(path)
     # the same edits saved now are sealed and load whole
     assert load_edits(save_edits(tmp_path / "now.safetensors", EditSet(edits))).layers == list(SITES)
+
+
+# -- Hugging Face folders: the checks a checkpoint gets -------------------------------------------------------
+HF_SITE = "vision_model.encoder.layers.0.mlp.fc2.weight"
+
+
+@pytest.fixture(scope="module")
+def hf_saved(hf_folders, tmp_path_factory):
+    """A save_pretrained folder of the toy CLIPModel with its (random) weights, and those weights."""
+    import shutil
+
+    from clipedit.models import load_model
+
+    folder = tmp_path_factory.mktemp("hf-saved") / "clip"
+    shutil.copytree(hf_folders["clip"], folder)
+    torch.manual_seed(0)
+    load_model(f"hf:{hf_folders['clip']}:none", device="cpu").model.save_pretrained(folder)
+    return folder, load_file(str(folder / "model.safetensors"))
+
+
+def hf_variant(hf_saved, tmp_path, weights=None, config=None, raw=None):
+    """A copy of the saved folder with its weights changed by ``weights(state)``, its config by
+    ``config(dict)``, or any file by ``raw(folder)``."""
+    import shutil
+
+    folder, state = hf_saved
+    out = tmp_path / "variant"
+    shutil.copytree(folder, out)
+    if weights is not None:
+        state = dict(state)
+        weights(state)
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if config is not None:
+        data = json.loads((out / "config.json").read_text())
+        config(data)
+        (out / "config.json").write_text(json.dumps(data))
+    if raw is not None:
+        raw(out)
+    return out
+
+
+def _set(key, value):
+    return lambda d: d.__setitem__(key, value(d) if callable(value) else value)
+
+
+def _vision(key, value):
+    return lambda d: d["vision_config"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(weights=_set(HF_SITE, lambda s: torch.full_like(s[HF_SITE], float("nan")))),
+     f"{HF_SITE} contains NaN or inf"),
+    (dict(weights=lambda s: s.pop(HF_SITE)), f"1 missing key(s), first: {HF_SITE}"),
+    (dict(weights=lambda s: [s.__setitem__(f"other.{k}", s.pop(k)) for k in list(s)]), "62 unexpected key(s)"),
+    (dict(weights=_set("bogus.weight", torch.zeros(3))), "1 unexpected key(s), first: bogus.weight"),
+    (dict(weights=_set(HF_SITE, torch.zeros(3, 3))), f"first: {HF_SITE} (3, 3) vs the config's (64, 128)"),
+    (dict(raw=lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000])),
+     "cannot load the weights"),
+    (dict(config=_vision("hidden_size", "x")), "hidden_size"),
+    (dict(config=_vision("hidden_size", -64)), "vision_config.hidden_size = -64; it must be an integer >= 1"),
+    (dict(config=_vision("intermediate_size", 10 ** 12)), "its sizes are wrong"),
+    (dict(raw=lambda f: (f / "config.json").write_text("[" * 100000 + "]" * 100000)), "nested too deeply"),
+    (dict(raw=lambda f: (f / "config.json").write_text('{"model_type": "clip", "x": ' + "[" * 100000 + "]" * 100000
+                                                        + "}")), "nested too deeply"),
+    (dict(raw=lambda f: (f / "preprocessor_config.json").write_text("{" * 1 + '"size": ' + "[" * 100000)),
+     "image processor"),
+])
+def test_a_bad_hf_folder_is_one_line(hf_saved, image_folder, tmp_path, capsys, change, message):
+    """NaN weights, another model's tensors, a key missing or extra, weights of another shape or truncated,
+    a config wrongly typed, of negative or absurd size, or nested too deeply: refused, never loaded
+    (transformers would random-initialise what is missing and say so only in its own report)."""
+    folder = hf_variant(hf_saved, tmp_path, **change)
+    line = run_error(capsys, "audit", "--model", "hf", "--checkpoint", folder, "--data", image_folder,
+                     "--out", tmp_path / "a.json")
+    assert message in line
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_a_sound_hf_folder_loads_its_weights_exactly(hf_saved):
+    from clipedit.models import load_model
+
+    folder, state = hf_saved
+    loaded = load_model("hf", checkpoint=folder, device="cpu").model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_a_config_of_another_model_type_says_what_it_is(hf_saved, image_folder, tmp_path, capsys):
+    """A CLIP config whose model_type says 'bert' (its `architectures` still says CLIPModel) is named by its
+    model_type, never called a CLIPModel."""
+    folder = hf_variant(hf_saved, tmp_path, config=_set("model_type", "bert"))
+    line = run_error(capsys, "audit", "--model", "hf", "--checkpoint", folder, "--data", image_folder)
+    assert "model_type 'bert'" in line and "not a CLIP or SigLIP model" in line
+    assert "is a CLIPModel" not in line
+
+
+def test_a_fifo_in_an_hf_folder_is_refused_not_read(hf_saved, image_folder, tmp_path, capsys):
+    import os
+
+    folder = hf_variant(hf_saved, tmp_path, raw=lambda f: ((f / "config.json").unlink(),
+                                                           os.mkfifo(f / "config.json")))
+    line = run_error(capsys, "audit", "--model", "hf", "--checkpoint", folder, "--data", image_folder)
+    assert "config.json is not a regular file" in line
