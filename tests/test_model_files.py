@@ -177,3 +177,142 @@ def test_a_fifo_in_an_hf_folder_is_refused_not_read(hf_saved, image_folder, tmp_
                                                            os.mkfifo(f / "config.json")))
     line = run_error(capsys, "audit", "--model", "hf", "--checkpoint", folder, "--data", image_folder)
     assert "config.json is not a regular file" in line
+
+
+# -- hook edits: tied to their model, their tensors checked --------------------------------------------------
+ATTN = "visual.transformer.resblocks.1.attn"
+
+
+def other_weights(bundle, prefix: str = "visual.", seed: int = 5) -> dict[str, torch.Tensor]:
+    """``bundle``'s weights with every tensor under ``prefix`` nudged (the same architecture, another model)."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + 0.01 * torch.randn(v.shape, generator=g) if k.startswith(prefix) and v.is_floating_point()
+            else v.clone() for k, v in bundle.model.state_dict().items()}
+
+
+def test_a_head_ablation_is_refused_on_another_model(tiny_vit, tmp_path, capsys, image_folder):
+    """A head ablation made on one model used to apply to any model with a module of that name (a mini-vit-deep
+    ablation applied to mini-vit): it records the model it was made on and refuses any other."""
+    from clipedit.core.hook_edits import ClsHeadAblation
+
+    own = save_state_dict(tmp_path / "own.safetensors", tiny_vit.model.state_dict())
+    other = save_state_dict(tmp_path / "other.safetensors", other_weights(tiny_vit))
+    path = save_edits(tmp_path / "heads.safetensors",
+                      ClsHeadAblation(ATTN, [1], {"model": "tiny-vit"}, model=tiny_vit.model))
+    run_args = ["--model", "tiny-vit", "--edit", path, "--data", image_folder, "--n", "2"]
+    line = run_error(capsys, "audit", "--checkpoint", other, *run_args, "--out", tmp_path / "a.json")
+    assert "was made on another model (tiny-vit)" in line and not (tmp_path / "a.json").exists()
+    from conftest import run_ok
+
+    run_ok(capsys, "audit", "--checkpoint", own, *run_args, "--out", tmp_path / "b.json")  # its own: applies
+    member = load_edits(path).edits[0]
+    other_model = tiny_vit.model
+    other_model.load_state_dict(other_weights(tiny_vit))
+    with pytest.raises(EditError, match="made on another model"):
+        member.apply(other_model)
+
+
+def test_a_class_prefix_is_refused_on_a_model_with_the_same_text_tower(mini, tmp_path):
+    """A class prefix trained on mini applied to mini-vit (the minis share their text tower): the prefix is
+    trained against the whole model, so it records the whole model and refuses another image tower."""
+    from clipedit.core.prompt_edits import ClassPrefix, placeholder_token_id
+    from clipedit.models import load_model
+
+    member = ClassPrefix("token_embedding", torch.randn(1, 128), placeholder_token_id(mini.tokenizer),
+                         model=mini.model)
+    path = save_edits(tmp_path / "prefix.safetensors", member)
+    vit = load_model("mini-vit", device="cpu")
+    assert torch.equal(vit.model.token_embedding.weight, mini.model.token_embedding.weight)
+    with pytest.raises(EditError, match="made on another model"):
+        load_model("mini-vit", device="cpu", edits=[path])
+    load_model("mini", device="cpu", edits=[path])  # the model it was made on
+
+
+@pytest.fixture
+def mini():
+    from clipedit.models import load_model
+
+    return load_model("mini", device="cpu")
+
+
+def test_a_hook_edit_without_a_model_identity_is_not_written_or_read(tiny_vit, tmp_path, capsys):
+    from clipedit.core.edit_sets import seal_of
+    from clipedit.core.hook_edits import ClsHeadAblation
+
+    with pytest.raises(EditError, match="records no model identity"):
+        save_edits(tmp_path / "x.safetensors", ClsHeadAblation(ATTN, [1]))
+    good = save_edits(tmp_path / "h.safetensors", ClsHeadAblation(ATTN, [1], model=tiny_vit.model))
+
+    def strip(meta):  # the identity removed, digest and seal recomputed as a careful forger would
+        members = json.loads(meta["members"])
+        members[0]["meta"].pop("model_sha256")
+        members[0]["digest"] = ClsHeadAblation(ATTN, [1]).digest()
+        meta["members"] = json.dumps(members)
+        meta["seal"] = seal_of([(m["kind"], m["layer"], m["digest"]) for m in members])
+    rewrite_header(good, tmp_path / "bad.safetensors", strip)
+    line = run_error(capsys, "audit", "--model", "tiny-vit", "--edit", tmp_path / "bad.safetensors")
+    assert "records no identity of the model it was made on" in line
+
+
+def rewrite_member(src, dst, change_tensors, reseal_member=None) -> None:
+    """``src`` copied to ``dst`` with member 0's tensors changed by ``change_tensors(tensors)``;
+    ``reseal_member(meta_entry) -> digest`` recomputes its digest and the seal (a careful forger)."""
+    from clipedit.core.edit_sets import seal_of
+
+    meta = dict(read_safetensors_metadata(src))
+    tensors = load_file(str(src))
+    change_tensors(tensors)
+    if reseal_member is not None:
+        members = json.loads(meta["members"])
+        members[0]["digest"] = reseal_member(members[0])
+        meta["members"] = json.dumps(members)
+        meta["seal"] = seal_of([(m["kind"], m["layer"], m["digest"]) for m in members])
+    save_file(tensors, str(dst), metadata=meta)
+
+
+def _head_digest(heads):
+    import hashlib
+
+    def digest(entry):
+        payload = json.dumps({"kind": "cls-head-ablation", "layer": entry["layer"], "heads": heads,
+                              "model": entry["meta"]["model_sha256"]}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+    return digest
+
+
+@pytest.mark.parametrize("kind, change, reseal, message", [
+    ("heads", lambda t: t.__setitem__("0.heads", torch.tensor([float("nan")])), None, "non-empty 1-D integer"),
+    ("heads", lambda t: t.__setitem__("0.heads", torch.tensor([[1, 0]])), None, "non-empty 1-D integer"),
+    ("heads", lambda t: t.__setitem__("0.heads", torch.tensor([], dtype=torch.int64)), None, "non-empty 1-D"),
+    ("heads", lambda t: t.__setitem__("0.heads", torch.tensor([-1])), _head_digest([-1]), "names head -1"),
+    ("heads", lambda t: t.__setitem__("0.heads", torch.tensor([7])), _head_digest([7]), "has 2 heads"),
+    ("heads", lambda t: t.pop("0.heads"), None, "it needs 'heads' alone"),
+    ("prefix", lambda t: t.__setitem__("0.token_id", torch.tensor([], dtype=torch.int64)), None, "must be one integer"),
+    ("prefix", lambda t: t.__setitem__("0.token_id", torch.tensor([float("nan")])), None, "must be one integer"),
+    ("prefix", lambda t: t.__setitem__("0.token_id", torch.tensor([-3])), None, "whole number >= 0"),
+    ("prefix", lambda t: t.__setitem__("0.vector", torch.tensor([])), None, "non-empty float tensor"),
+    ("prefix", lambda t: t.__setitem__("0.vector", torch.ones(1, 4, dtype=torch.int64)), None, "float tensor"),
+    ("weight", lambda t: t.__setitem__("0.orig_weight", torch.tensor(1.0)), None, "at least two dimensions"),
+    ("weight", lambda t: t.__setitem__("0.lambda", t["0.lambda"].long()), None, "not a floating-point"),
+])
+def test_tampered_member_tensors_are_one_line(tiny_vit, tmp_path, capsys, kind, change, reseal, message):
+    from clipedit.core.hook_edits import ClsHeadAblation
+    from clipedit.core.prompt_edits import ClassPrefix
+
+    member = {"heads": lambda: ClsHeadAblation(ATTN, [1], model=tiny_vit.model),
+              "prefix": lambda: ClassPrefix("token_embedding", torch.randn(1, 32), 5, model=tiny_vit.model),
+              "weight": lambda: weight_edits(tiny_vit, SITES[:1])[0]}[kind]()
+    good = save_edits(tmp_path / "good.safetensors", member)
+    bad = tmp_path / "bad.safetensors"
+    rewrite_member(good, bad, change, reseal)
+    base = save_state_dict(tmp_path / "base.safetensors", tiny_vit.model.state_dict())
+    line = run_error(capsys, "audit", "--model", "tiny-vit", "--checkpoint", base, "--edit", bad)
+    assert message in line
+    with pytest.raises(EditError):
+        apply_all(tiny_vit.model, bad)
+
+
+def apply_all(model, path):
+    from clipedit.core import apply_edit_set
+
+    apply_edit_set(model, load_edits(path))

@@ -28,12 +28,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from clipedit.core.edits import LayerEdit, apply_edit
+from clipedit.core.edits import LayerEdit, apply_edit, model_identity
 from clipedit.errors import EditError, check_argument
 from clipedit.io import read_safetensors_metadata, require_file, save_state_dict
 
@@ -68,6 +68,44 @@ def register_edit_kind(kind: str, cls: type) -> type:
         raise EditError(f"edit kind {kind!r} is already registered to {EDIT_KINDS[kind].__name__}")
     EDIT_KINDS[kind] = cls
     return cls
+
+
+#: The meta key under which a hook member records the model it was made on (:func:`model_identity`).
+MODEL_IDENTITY = "model_sha256"
+
+
+def identity_meta(meta: Optional[dict], model: Optional[nn.Module]) -> dict:
+    """``meta`` (copied) with the identity of ``model`` recorded, when a model is given (hook members made on
+    a model carry it; a weight member is tied to its layer's weight by its own digests instead)."""
+    meta = dict(meta or {})
+    if model is not None:
+        meta[MODEL_IDENTITY] = model_identity(model)
+    return meta
+
+
+def recorded_identity(kind: str, layer: str, meta: dict) -> str:
+    """The model identity a hook member read from a file records; refused when absent or malformed."""
+    identity = meta.get(MODEL_IDENTITY)
+    if not isinstance(identity, str) or len(identity) != 64:
+        raise EditError(f"the {kind} edit of {layer} records no identity of the model it was made on; re-make "
+                        "it with this clipedit")
+    return identity
+
+
+def check_made_on(kind: str, layer: str, meta: dict, model: nn.Module) -> None:
+    """Refuse to apply a hook member to a model other than the one it was made on (when it records one)."""
+    identity = meta.get(MODEL_IDENTITY)
+    if identity is not None and identity != model_identity(model):
+        made_on = ":".join(str(meta[k]) for k in ("model", "pretrained") if meta.get(k) is not None) or "?"
+        raise EditError(f"this {kind} edit of {layer} was made on another model ({made_on}); its weights are "
+                        "not this model's, so it does not apply here")
+
+
+def require_identity(kind: str, layer: str, meta: dict) -> None:
+    """Refuse to write a hook member that records no model identity (it could not be checked when read)."""
+    if MODEL_IDENTITY not in meta:
+        raise EditError(f"the {kind} edit of {layer} records no model identity; make it with model=THE_MODEL "
+                        "to save it")
 
 
 @dataclass

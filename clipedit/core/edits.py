@@ -21,6 +21,26 @@ from clipedit.errors import EditError, SiteError, check_argument
 TENSOR_NAMES = ("lambda", "directions", "orig_weight")
 
 
+#: Values of each tensor that :func:`model_identity` reads (evenly strided; all of a smaller tensor).
+IDENTITY_SAMPLE = 4096
+
+
+@torch.no_grad()
+def model_identity(module: nn.Module) -> str:
+    """SHA-256 over every parameter's and buffer's name, dtype and shape and up to :data:`IDENTITY_SAMPLE`
+    evenly strided values of it: which weights a hook edit was made on. Exact bytes, so the same on any
+    device; a sample, so cheap on a large model (a model trained or fine-tuned differently differs in the
+    sampled values of every tensor it changed)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        flat = t.detach().reshape(-1)
+        if flat.numel() > IDENTITY_SAMPLE:
+            flat = flat[torch.linspace(0, flat.numel() - 1, IDENTITY_SAMPLE, device=flat.device).long()]
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def tensor_digest(t: torch.Tensor) -> str:
     """SHA-256 of a tensor's dtype, shape and bytes."""
     t = t.detach().cpu().contiguous()
@@ -84,8 +104,15 @@ class LayerEdit:
         ``orig_sha256`` must be the digest of ``orig_weight`` and ``edited_sha256`` that of
         ``orig_weight + Λ Dᵀ``: a tampered Λ, D or original weight is caught before it is used.
         """
+        wrong = [n for n, t in self.to_tensors().items()
+                 if not isinstance(t, torch.Tensor) or not t.is_floating_point()]
+        if wrong:
+            raise EditError(f"the edit of {self.layer} has a {wrong[0]} that is not a floating-point tensor")
         self.check_finite()
-        out, key_dim = self.orig_weight.shape[0], self.orig_weight[0].numel() if self.orig_weight.ndim else 0
+        if self.orig_weight.ndim < 2 or self.orig_weight.numel() == 0:
+            raise EditError(f"the edit of {self.layer} has an orig_weight of shape {tuple(self.orig_weight.shape)}; "
+                            "a layer's weight has at least two dimensions")
+        out, key_dim = self.orig_weight.shape[0], self.orig_weight[0].numel()
         if (self.lam.ndim != 2 or self.directions.ndim != 2 or self.lam.shape[0] != out
                 or self.directions.shape != (key_dim, self.lam.shape[1])):
             raise EditError(f"the edit of {self.layer} has inconsistent shapes: lambda {tuple(self.lam.shape)}, "
