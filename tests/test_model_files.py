@@ -316,3 +316,17 @@ def apply_all(model, path):
     from clipedit.core import apply_edit_set
 
     apply_edit_set(model, load_edits(path))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("members", "[" * 100000 + "]" * 100000, "'members' is nested too deeply"),
+    ("members", "[" * 100 + "]" * 100, "'members' is nested more than 32 levels deep"),
+    ("words", "[" * 100000 + "]" * 100000, "'words' is nested too deeply"),
+    ("words", "[" * 100 + "]" * 100, "'words' is nested more than 32 levels deep"),
+])
+def test_deeply_nested_json_in_an_edit_header_is_one_line(tiny_vit, tmp_path, capsys, key, value, message):
+    good = save_edits(tmp_path / "e.safetensors", EditSet(weight_edits(tiny_vit, SITES[:1]), {"words": ["ipod"]}))
+    rewrite_header(good, tmp_path / "bad.safetensors", lambda meta: meta.update({key: value}))
+    line = run_error(capsys, "apply", tmp_path / "bad.safetensors", "--model", "tiny-vit",
+                     "--out", tmp_path / "w.safetensors")
+    assert message in line

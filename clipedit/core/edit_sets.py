@@ -258,11 +258,32 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise EditError(f"cannot read edit file {path}: {str(e).splitlines()[0]}") from None
 
 
+#: How deeply the JSON values of an edit file's header may nest (clipedit writes at most a few levels).
+MAX_HEADER_DEPTH = 32
+
+
+def _loads(key: str, text: str) -> Any:
+    """``text`` parsed as JSON; a ValueError for text that is not JSON, an EditError for JSON nested more
+    than :data:`MAX_HEADER_DEPTH` levels (which would exhaust the recursion of what reads it)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise EditError(f"its header's {key!r} is nested too deeply") from None
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_HEADER_DEPTH:
+                raise EditError(f"its header's {key!r} is nested more than {MAX_HEADER_DEPTH} levels deep")
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return value
+
+
 def _json_field(header: dict[str, str], key: str, kind: type) -> Any:
     if key not in header:
         raise EditError(f"its header has no {key!r}")
     try:
-        value = json.loads(header[key])
+        value = _loads(key, header[key])
     except ValueError:
         raise EditError(f"its header's {key!r} is not JSON") from None
     if not isinstance(value, kind):
@@ -294,7 +315,7 @@ def _check_all_claimed(tensors: dict[str, torch.Tensor], n_members: int) -> None
 
 
 def _set_meta(header: dict[str, str], skip: tuple[str, ...]) -> dict:
-    return {k: _json_or_text(v) for k, v in header.items() if k not in skip}
+    return {k: _json_or_text(k, v) for k, v in header.items() if k not in skip}
 
 
 def _load_sealed(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> EditSet:
@@ -325,8 +346,8 @@ def _load_sealed(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> Ed
     return EditSet(members, _set_meta(header, ("format", "members", "seal")))
 
 
-def _json_or_text(value: str):
+def _json_or_text(key: str, value: str):
     try:
-        return json.loads(value)
+        return _loads(key, value)
     except ValueError:
         return value
