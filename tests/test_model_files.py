@@ -330,3 +330,55 @@ def test_deeply_nested_json_in_an_edit_header_is_one_line(tiny_vit, tmp_path, ca
     line = run_error(capsys, "apply", tmp_path / "bad.safetensors", "--model", "tiny-vit",
                      "--out", tmp_path / "w.safetensors")
     assert message in line
+
+
+# -- the statistics cache: keyed by what the files hold -----------------------------------------------------
+def _bmp_folder(folder, seed: int) -> list:
+    """Four 40x40 BMPs of seeded noise (uncompressed: the size depends on the dimensions alone)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(4):
+        path = folder / f"{i}.bmp"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_reference_images_replaced_by_same_size_files_with_the_old_mtime_are_not_served_stale(tmp_path):
+    """`cp -p` of other images of the same size over the reference folder used to serve the stale C
+    (the key was path, size and mtime): the key is now a digest of the files' contents."""
+    import os
+
+    from clipedit.defenses.typographic import DefenseConfig, reference_statistics
+    from clipedit.models import load_model
+
+    layer = SITES[0]
+    folder = tmp_path / "ref"
+    paths = _bmp_folder(folder, 0)
+    torch.manual_seed(0)
+    bundle = load_model("tiny-vit", device="cpu")
+    first = reference_statistics(bundle, layer, DefenseConfig(reference=folder)).C
+    times = {p: os.stat(p) for p in paths}
+    replacement = _bmp_folder(tmp_path / "other", 1)
+    for old, new in zip(paths, replacement):
+        size = old.stat().st_size
+        old.write_bytes(new.read_bytes())
+        assert old.stat().st_size == size
+        os.utime(old, ns=(times[old].st_atime_ns, times[old].st_mtime_ns))
+    again = reference_statistics(bundle, layer, DefenseConfig(reference=folder)).C
+    fresh = reference_statistics(bundle, layer, DefenseConfig(reference=tmp_path / "other")).C
+    assert not torch.allclose(again, first)
+    assert torch.equal(again, fresh)  # the replaced folder's C is the other folder's (one key for one content)
+
+
+def test_the_files_key_follows_content_not_names(tmp_path):
+    from clipedit.data.folders import files_key
+
+    a, b = _bmp_folder(tmp_path / "a", 0), _bmp_folder(tmp_path / "b", 0)
+    assert files_key(a) == files_key(b)  # the same bytes elsewhere: the same key
+    c = _bmp_folder(tmp_path / "c", 1)
+    assert files_key(c) != files_key(a) and files_key(a[:3]) != files_key(a)
