@@ -382,3 +382,59 @@ def test_the_files_key_follows_content_not_names(tmp_path):
     assert files_key(a) == files_key(b)  # the same bytes elsewhere: the same key
     c = _bmp_folder(tmp_path / "c", 1)
     assert files_key(c) != files_key(a) and files_key(a[:3]) != files_key(a)
+
+
+# -- torchrun: every rank reads the same data and weights -----------------------------------------------------
+def _two_ranks_in(cwds, args, tmp_path) -> list[tuple[int, str]]:
+    """Two ranks started by hand (as torchrun would) with the same arguments, rank r in ``cwds[r]`` (so
+    that one relative path names different files on each rank, as on two machines)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WORLD_SIZE": "2", "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "CLIPEDIT_CACHE": str(tmp_path / "cache")}
+        procs.append(subprocess.Popen([sys.executable, "-m", "clipedit", *map(str, args)], env=env, cwd=cwds[rank],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    return [(p.returncode, err) for p, err in zip(procs, errors)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, message", [
+    ("pixels", "ranks read different images"),
+    ("count", "ranks read different images"),
+    ("weights", "ranks hold different model weights"),
+])
+def test_ranks_reading_different_data_stop_in_one_line(tiny_vit, image_folder, tmp_path, change, message):
+    """The same arguments, other pixels (or another number of files) behind --data on one rank: rank 0 used
+    to report mixed figures with exit 0 (and different counts aborted gloo with a traceback)."""
+    import shutil
+
+    from PIL import Image
+
+    weights = save_state_dict(tmp_path / "w.safetensors", tiny_vit.model.state_dict())
+    cwds = [tmp_path / "rank0", tmp_path / "rank1"]
+    for cwd in cwds:
+        shutil.copytree(image_folder, cwd / "data")
+    if change == "pixels":
+        path = cwds[1] / "data" / "cat" / "b.png"
+        Image.open(path).rotate(90).save(path)
+    elif change == "count":
+        shutil.copy(cwds[1] / "data" / "cat" / "a.jpg", cwds[1] / "data" / "cat" / "c.jpg")
+    model = ["--model", "tiny-vit"] + ([] if change == "weights" else ["--checkpoint", weights])
+    said = _two_ranks_in(cwds, ["audit", *model, "--device", "cpu", "--data", "data", "--n", "2",
+                                "--out", "a.json"], tmp_path)
+    for _code, stderr in said:
+        lines = stderr.strip().splitlines()
+        assert "Traceback" not in stderr and [x for x in lines if x.startswith("Error: ")] == lines[-1:], stderr
+        assert message in lines[-1]
+    assert [code for code, _ in said] == [1, 1]
+    assert not any((cwd / "a.json").exists() for cwd in cwds)
