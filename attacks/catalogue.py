@@ -22,7 +22,7 @@ from .fonts import font_codepoints
 
 logger = logging.getLogger(__name__)
 
-#: The Debian packages whose fonts the catalogue may use (issue 26's list).
+#: The Debian packages whose fonts the catalogue may use.
 PACKAGES: tuple[str, ...] = (
     "fonts-texgyre", "fonts-noto-core", "fonts-noto-extra", "fonts-crosextra-carlito",
     "fonts-crosextra-caladea", "fonts-cantarell", "fonts-open-sans", "fonts-roboto", "fonts-lato",

@@ -1,4 +1,4 @@
-"""The gap on the leave-out factors (issue 26): a mini's defenses on notes + stickers in font families,
+"""The gap on the leave-out factors: a mini's defenses on notes + stickers in font families,
 a size band, inks, papers and weight the exemplars never use, and what closes it.
 
     python -m bench.heldout_gap --model mini --split validation --n 300 [--only NAME|NAME]

@@ -52,7 +52,7 @@ class SettingsOptions:
         if self.vocab is not None and not any_word:
             raise ClipeditError("--vocab goes with --text '*'")
         layer = None if self.layer == "auto" else split_list(self.layer) if self.layer is not None else None
-        if layer and len(layer) > 1 and self.method != "edit":  # issue 21: never tune only the first
+        if layer and len(layer) > 1 and self.method != "edit":  # several layers: never tune only the first
             raise ClipeditError(f"--method {self.method} trains one layer; --layer names {len(layer)} "
                                 f"({', '.join(layer)})")
         given = {"method": self.method, "layer": layer, "rank": _rank(self.rank), "solver": self.solver,

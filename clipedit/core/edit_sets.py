@@ -166,7 +166,7 @@ def apply_edit_set(model: nn.Module, edit_set: EditSet, check_weights: bool = Tr
     Args:
         check_weights: weight members refuse unless their layer holds the weight they were made on.
     """
-    check_argument(model, nn.Module, "model", "apply_edit_set")  # issue 21
+    check_argument(model, nn.Module, "model", "apply_edit_set")  # a wrong type is one line
     check_argument(edit_set, EditSet, "edit_set", "apply_edit_set")
     applied: list = []
     try:
@@ -181,7 +181,7 @@ def apply_edit_set(model: nn.Module, edit_set: EditSet, check_weights: bool = Tr
 
 def revert_edit_set(model: nn.Module, edit_set: EditSet) -> None:
     """Revert every member, last first (weights bit-exactly); if one is refused, re-apply those reverted."""
-    check_argument(model, nn.Module, "model", "revert_edit_set")  # issue 21
+    check_argument(model, nn.Module, "model", "revert_edit_set")  # a wrong type is one line
     check_argument(edit_set, EditSet, "edit_set", "revert_edit_set")
     reverted: list = []
     try:
@@ -197,7 +197,7 @@ def revert_edit_set(model: nn.Module, edit_set: EditSet) -> None:
 def save_edits(path: str | os.PathLike, edits: EditSet | EditMember) -> Path:
     """Write an edit set (or one member, as a set of one) as one sealed ``.safetensors`` file, atomically;
     refuses an empty set and NaN/inf in any weight member."""
-    check_argument(path, (str, os.PathLike), "path", "save_edits")  # issue 21: wrong types are one line
+    check_argument(path, (str, os.PathLike), "path", "save_edits")  # wrong types are one line
     check_argument(edits, (EditSet, EditMember), "edits", "save_edits")
     edit_set = EditSet.of(edits)
     if not edit_set.edits:
@@ -222,7 +222,7 @@ def load_edits(path: str | os.PathLike) -> EditSet:
             or member digest, tensors no member claims, no members, or an unknown member kind (one line each).
     """
     path = Path(path)
-    require_file(path, "edit file", EditError)  # issue 21: a device, FIFO or folder is no edit file
+    require_file(path, "edit file", EditError)  # a device, FIFO or folder is no edit file
     try:
         header = read_safetensors_metadata(path)
     except Exception as e:

@@ -177,7 +177,7 @@ def apply_edit(model: nn.Module, edit: LayerEdit, check_weights: bool = True) ->
     Args:
         check_weights: refuse unless the layer holds exactly the weight the edit was made on.
     """
-    check_argument(model, nn.Module, "model", "apply_edit")  # issue 21
+    check_argument(model, nn.Module, "model", "apply_edit")  # a wrong type is one line, not an AttributeError
     check_argument(edit, LayerEdit, "edit", "apply_edit")
     edit.verify()
     w = _weight(model, edit)
@@ -195,7 +195,7 @@ def revert_edit(model: nn.Module, edit: LayerEdit) -> None:
     Raises:
         EditError: the layer does not hold what this edit made (not applied, or another edit on top).
     """
-    check_argument(model, nn.Module, "model", "revert_edit")  # issue 21
+    check_argument(model, nn.Module, "model", "revert_edit")  # a wrong type is one line, not an AttributeError
     check_argument(edit, LayerEdit, "edit", "revert_edit")
     edit.verify()
     w = _weight(model, edit)

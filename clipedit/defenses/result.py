@@ -68,7 +68,7 @@ class DefenseResult:
 
     def hparams_used(self) -> Any:
         """The method's settings as used: an edit's rank clamped to its exemplar keys is recorded as the
-        rank used, with ``rank_requested`` beside it (issue 21; each member's metadata says the same)."""
+        rank used, with ``rank_requested`` beside it (each member's metadata says the same)."""
         hp = self.config.get("method_hparams")
         if self.method != "edit" or self.edit_set is None or not isinstance(hp, dict):
             return hp

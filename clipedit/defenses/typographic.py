@@ -39,7 +39,7 @@ __all__ = ["DefenseConfig", "DefenseResult", "defend", "defense_data", "referenc
            "text_exemplars", "world_of"]
 
 
-@render_errors()  # an attack that cannot be rendered is a ClipeditError here (issue 21)
+@render_errors()  # an attack that cannot be rendered is a ClipeditError here, one line at the CLI
 def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
            config: Optional[DefenseConfig | dict] = None, exemplars: Optional[Sequence[Attack]] = None,
            request: Optional[EditRequest] = None, evaluate: bool | EvalOptions = False,
