@@ -412,7 +412,3 @@ def table_rows(record: dict[str, Any], fmt: Callable[[dict], str]) -> tuple[list
     rows.append(["seconds per defense", *("" if m == "unedited" else f"{record['seconds'][m]['mean_per_defense']:.1f}"
                                           for m in methods)])
     return ["", *methods], rows
-
-
-def words_label(words: Sequence[str]) -> str:
-    return ", ".join(words)
