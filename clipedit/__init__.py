@@ -9,11 +9,12 @@
 Layers, lowest first (each imports only from those before it): ``errors``/``io``, ``core`` (the
 rewrite, independent of CLIP), ``data``, ``mini`` (the generated world), ``models``, ``eval``,
 ``defenses``, ``commands``. The attack generator is the separate package ``attacks/`` of the repository,
-installed as ``clipedit.attacks`` (it imports nothing from clipedit).
+installed as ``clipedit.attacks`` by the package-dir mapping of ``pyproject.toml`` (a wheel and an editable
+install alike; clipedit runs installed, as its bundled minis are package data too). It imports nothing
+from clipedit.
 """
 import logging
 
-from clipedit import _attacks  # noqa: F401  (first: makes clipedit.attacks importable in a checkout)
 from clipedit.attacks import AttackError
 from clipedit.core import (
     EditRequest,
