@@ -116,6 +116,11 @@ def hf_variant(hf_saved, tmp_path, weights=None, config=None, raw=None):
     return out
 
 
+def _processor(folder, **change) -> None:
+    path = folder / "preprocessor_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+
+
 def _set(key, value):
     return lambda d: d.__setitem__(key, value(d) if callable(value) else value)
 
@@ -141,6 +146,11 @@ def _vision(key, value):
                                                         + "}")), "nested too deeply"),
     (dict(raw=lambda f: (f / "preprocessor_config.json").write_text("{" * 1 + '"size": ' + "[" * 100000)),
      "image processor"),
+    (dict(config=_vision("layer_norm_eps", float("nan"))), "vision_config.layer_norm_eps = nan; it must be finite"),
+    (dict(raw=lambda f: _processor(f, size={"shortest_edge": -5})), "shortest_edge -5 is not a whole number"),
+    (dict(raw=lambda f: _processor(f, image_mean=[0.5, 0.5])), "image_mean (0.5, 0.5) must be 3 finite numbers"),
+    (dict(raw=lambda f: _processor(f, image_std=[0, 1, 1])), "image_std [0.0, 1.0, 1.0] must be > 0"),
+    (dict(weights=_set(HF_SITE, lambda s: s[HF_SITE].long())), f"stores {HF_SITE} as I64"),
 ])
 def test_a_bad_hf_folder_is_one_line(hf_saved, image_folder, tmp_path, capsys, change, message):
     """NaN weights, another model's tensors, a key missing or extra, weights of another shape or truncated,
@@ -292,6 +302,7 @@ def _head_digest(heads):
     ("prefix", lambda t: t.__setitem__("0.token_id", torch.tensor([-3])), None, "whole number >= 0"),
     ("prefix", lambda t: t.__setitem__("0.vector", torch.tensor([])), None, "non-empty float tensor"),
     ("prefix", lambda t: t.__setitem__("0.vector", torch.ones(1, 4, dtype=torch.int64)), None, "float tensor"),
+    ("prefix", lambda t: t.__setitem__("0.vector", t["0.vector"].reshape(1, 4, 8)), None, "or (1, width)"),
     ("weight", lambda t: t.__setitem__("0.orig_weight", torch.tensor(1.0)), None, "at least two dimensions"),
     ("weight", lambda t: t.__setitem__("0.lambda", t["0.lambda"].long()), None, "not a floating-point"),
 ])

@@ -226,7 +226,8 @@ def load_edits(path: str | os.PathLike) -> EditSet:
     try:
         header = read_safetensors_metadata(path)
     except Exception as e:
-        raise EditError(f"cannot read edit file {path}: {str(e).splitlines()[0]}") from None
+        reason = str(e).splitlines()[0].removeprefix(f"cannot read {path}: ")
+        raise EditError(f"cannot read edit file {path}: {reason}") from None
     fmt = header.get("format")
     if fmt in LEGACY_FORMATS:
         raise EditError(f"{path} is an edit file of the legacy unsealed format {fmt}, which clipedit no longer "

@@ -120,9 +120,10 @@ class ClassPrefix:
     def __init__(self, layer: str, vector: torch.Tensor, token_id: int, placeholder: str = PLACEHOLDER,
                  meta: Optional[dict] = None, model: Optional[nn.Module] = None) -> None:
         vector = torch.as_tensor(vector).detach()
-        if vector.numel() == 0 or not vector.is_floating_point():
-            raise EditError(f"the class-prefix vector for {layer} must be a non-empty float tensor "
-                            f"(got {vector.dtype}, shape {tuple(vector.shape)})")
+        if vector.numel() == 0 or not vector.is_floating_point() or vector.ndim > 2 or (
+                vector.ndim == 2 and vector.shape[0] != 1):
+            raise EditError(f"the class-prefix vector for {layer} must be a non-empty float tensor of shape "
+                            f"(width,) or (1, width) (got {vector.dtype}, shape {tuple(vector.shape)})")
         vector = vector.float().cpu().reshape(1, -1)
         if not torch.isfinite(vector).all():
             raise EditError(f"the class-prefix vector for {layer} holds NaN or inf")

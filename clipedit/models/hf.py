@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -91,8 +92,8 @@ def load_hf(tag: str, checkpoint: Optional[str | os.PathLike], device: torch.dev
     tokenizer = _tokenizer(transformers, source, config, label)
     try:
         preprocess = preprocess_from_processor(processor)
-    except ClipeditError:
-        raise
+    except ClipeditError as e:
+        raise ModelLoadError(f"{label}: {e}") from None
     except Exception as e:
         raise ModelLoadError(f"the image processor of {label} has settings clipedit cannot use: {_first(e)}") from None
     bundle = ModelBundle(model=model, preprocess=preprocess,
@@ -194,6 +195,9 @@ def check_buildable(model_class, config, label: str) -> None:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ModelLoadError(f"the config of {label} gives {prefix}{key} = {value!r}; it must be an "
                                      "integer >= 1")
+        for key, value in (vars(part).items() if part is not None and hasattr(part, "__dict__") else ()):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ModelLoadError(f"the config of {label} gives {prefix}{key} = {value}; it must be finite")
     try:
         with torch.device("meta"):
             probe = _quietly(lambda: model_class(config))
@@ -228,7 +232,28 @@ def from_pretrained_checked(model_class, source: str, label: str):
         raise ModelLoadError(f"the weights in {source} do not fit the model its config describes "
                              f"({'; '.join(problems)}); they belong to another model or were altered")
     check_finite_state(model.state_dict(), source)
+    check_weight_dtypes(model, Path(source), label)
     return model
+
+
+def check_weight_dtypes(model, folder: Path, label: str) -> None:
+    """Refuse a folder's ``.safetensors`` weights that store a floating-point parameter as integers or booleans
+    (transformers would cast them silently): the stored dtypes are read from the files' headers."""
+    if not folder.is_dir():
+        return
+    from safetensors import safe_open
+
+    expected = {k: v.dtype for k, v in model.state_dict().items()}
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                stored = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        except Exception as e:
+            raise ModelLoadError(f"cannot read {path}: {_first(e)}") from None
+        for key, dtype in stored.items():
+            if key in expected and expected[key].is_floating_point and not dtype.startswith(("F", "BF")):
+                raise ModelLoadError(f"{label}: {path.name} stores {key} as {dtype}, not as floating-point "
+                                     "numbers; the weights were altered")
 
 
 def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -271,20 +296,44 @@ def preprocess_from_processor(processor) -> T.Compose:
     interp = _interpolation(getattr(processor, "resample", 3))
     if getattr(processor, "do_resize", True) and size:
         if "shortest_edge" in size:
-            steps.append(T.Resize(size["shortest_edge"], interpolation=interp))
+            steps.append(T.Resize(_pixels(size, "shortest_edge"), interpolation=interp))
         elif "height" in size and "width" in size:
-            steps.append(T.Resize((size["height"], size["width"]), interpolation=interp))
+            steps.append(T.Resize((_pixels(size, "height"), _pixels(size, "width")), interpolation=interp))
         else:
             raise ModelLoadError(f"image processor size {size} is not supported (shortest_edge or height/width)")
     crop = _as_dict(getattr(processor, "crop_size", None))
     if getattr(processor, "do_center_crop", False) and crop:
-        steps.append(T.CenterCrop((crop["height"], crop["width"])))
+        steps.append(T.CenterCrop((_pixels(crop, "height"), _pixels(crop, "width"))))
     steps.append(T.PILToTensor())
     factor = float(getattr(processor, "rescale_factor", 1 / 255)) if getattr(processor, "do_rescale", True) else 1.0
+    if not (math.isfinite(factor) and factor > 0):
+        raise ModelLoadError(f"image processor rescale_factor {factor} is not a finite number > 0")
     steps.append(T.Lambda(lambda x, f=factor: x.float() * f))
     if getattr(processor, "do_normalize", True):
-        steps.append(T.Normalize(list(processor.image_mean), list(processor.image_std)))
+        mean, std = _channels(processor.image_mean, "image_mean"), _channels(processor.image_std, "image_std")
+        if any(v <= 0 for v in std):
+            raise ModelLoadError(f"image processor image_std {std} must be > 0")
+        steps.append(T.Normalize(mean, std))
     return T.Compose(steps)
+
+
+def _pixels(size: dict, key: str) -> int:
+    value = size[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelLoadError(f"image processor {key} {value!r} is not a whole number of pixels >= 1")
+    return value
+
+
+def _channels(values, key: str) -> list[float]:
+    """Three finite per-channel numbers (RGB) of an image processor (a single number is every channel's)."""
+    values = [values] * 3 if isinstance(values, (int, float)) and not isinstance(values, bool) else values
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"image processor {key} {values!r} is not a list of numbers") from None
+    if len(out) != 3 or not all(math.isfinite(v) for v in out):
+        raise ModelLoadError(f"image processor {key} {values!r} must be 3 finite numbers (one per RGB channel)")
+    return out
 
 
 def _rgb(image):
