@@ -449,3 +449,37 @@ def test_ranks_reading_different_data_stop_in_one_line(tiny_vit, image_folder, t
         assert message in lines[-1]
     assert [code for code, _ in said] == [1, 1]
     assert not any((cwd / "a.json").exists() for cwd in cwds)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: load_edits(123), "path must be a str or PathLike"),
+    (lambda: load_edits(""), "path is empty"),
+    (lambda: _heads("x", 5), "needs a list of head indices"),
+    (lambda: _heads("x", "abc"), "needs a list of head indices"),
+    (lambda: _heads("x", [1.5]), "names head 1.5"),
+    (lambda: _heads("x", [float("nan")]), "names head nan"),
+    (lambda: _heads("x", [-1]), "names head -1"),
+    (lambda: _heads("x", [True]), "names head True"),
+    (lambda: _heads(5, [1]), "dotted name of an attention module"),
+    (lambda: _prefix("t", torch.randn(64), True), "whole number >= 0"),
+    (lambda: _prefix("t", torch.randn(64), 2.5), "whole number >= 0"),
+    (lambda: _prefix("t", torch.randn(64), -1), "whole number >= 0"),
+    (lambda: _prefix("t", "abc", 1), "not a tensor"),
+])
+def test_hook_members_built_in_python_refuse_bad_values_in_one_line(make, message):
+    from clipedit.errors import ClipeditError
+
+    with pytest.raises(ClipeditError, match=message):
+        make()
+
+
+def _heads(*args):
+    from clipedit.core.hook_edits import ClsHeadAblation
+
+    return ClsHeadAblation(*args)
+
+
+def _prefix(*args):
+    from clipedit.core.prompt_edits import ClassPrefix
+
+    return ClassPrefix(*args)

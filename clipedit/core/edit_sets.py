@@ -221,6 +221,9 @@ def load_edits(path: str | os.PathLike) -> EditSet:
         EditError: not found, not an edit file, a legacy unsealed format, malformed metadata, a broken seal
             or member digest, tensors no member claims, no members, or an unknown member kind (one line each).
     """
+    check_argument(path, (str, os.PathLike), "path", "load_edits")
+    if not os.fspath(path):
+        raise EditError("the edit file's path is empty")
     path = Path(path)
     require_file(path, "edit file", EditError)  # a device, FIFO or folder is no edit file
     try:

@@ -77,6 +77,8 @@ class ClsHeadAblation:
 
     def __init__(self, layer: str, heads: Sequence[int], meta: Optional[dict] = None,
                  model: Optional[nn.Module] = None) -> None:
+        if not isinstance(layer, str) or not layer:
+            raise EditError(f"a {self.kind} edit needs the dotted name of an attention module, got {layer!r}")
         self.layer = layer
         self.heads = sorted(set(head_indices(heads, f"a {self.kind} edit of {layer}")))
         if not self.heads:

@@ -119,7 +119,12 @@ class ClassPrefix:
 
     def __init__(self, layer: str, vector: torch.Tensor, token_id: int, placeholder: str = PLACEHOLDER,
                  meta: Optional[dict] = None, model: Optional[nn.Module] = None) -> None:
-        vector = torch.as_tensor(vector).detach()
+        if not isinstance(layer, str) or not layer:
+            raise EditError(f"a class-prefix edit needs the dotted name of a token embedding, got {layer!r}")
+        try:
+            vector = torch.as_tensor(vector).detach()
+        except (TypeError, ValueError, RuntimeError):
+            raise EditError(f"the class-prefix vector for {layer} is a {type(vector).__name__}, not a tensor") from None
         if vector.numel() == 0 or not vector.is_floating_point() or vector.ndim > 2 or (
                 vector.ndim == 2 and vector.shape[0] != 1):
             raise EditError(f"the class-prefix vector for {layer} must be a non-empty float tensor of shape "
