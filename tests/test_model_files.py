@@ -483,3 +483,16 @@ def _prefix(*args):
     from clipedit.core.prompt_edits import ClassPrefix
 
     return ClassPrefix(*args)
+
+
+def test_the_model_identity_follows_the_weights_not_the_object(tiny_vit):
+    import copy
+
+    from clipedit.core.edits import model_identity
+
+    twin = copy.deepcopy(tiny_vit.model)
+    assert model_identity(twin) == model_identity(tiny_vit.model)
+    with torch.no_grad():
+        twin.visual.transformer.resblocks[1].mlp.c_fc.weight[-1, -1] += 1  # the last value: always sampled
+    assert model_identity(twin) != model_identity(tiny_vit.model)
+    assert model_identity(copy.deepcopy(tiny_vit.model).half()) != model_identity(tiny_vit.model)

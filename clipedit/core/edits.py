@@ -35,7 +35,8 @@ def model_identity(module: nn.Module) -> str:
     for name, t in module.state_dict().items():
         flat = t.detach().reshape(-1)
         if flat.numel() > IDENTITY_SAMPLE:
-            flat = flat[torch.linspace(0, flat.numel() - 1, IDENTITY_SAMPLE, device=flat.device).long()]
+            index = torch.arange(IDENTITY_SAMPLE, dtype=torch.int64) * (flat.numel() - 1) // (IDENTITY_SAMPLE - 1)
+            flat = flat[index.to(flat.device)]  # integer strides: the same values read on any device
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
