@@ -496,3 +496,20 @@ def test_the_model_identity_follows_the_weights_not_the_object(tiny_vit):
         twin.visual.transformer.resblocks[1].mlp.c_fc.weight[-1, -1] += 1  # the last value: always sampled
     assert model_identity(twin) != model_identity(tiny_vit.model)
     assert model_identity(copy.deepcopy(tiny_vit.model).half()) != model_identity(tiny_vit.model)
+
+
+def test_the_mini_worlds_reference_key_follows_its_images(monkeypatch):
+    """The mini world reads no files; its key digests its first reference images, so that a change of its
+    scenes, styles or installed fonts is a new key (it was the count alone)."""
+    from PIL import Image
+
+    from clipedit.mini import world as world_module
+    from clipedit.models import load_model
+
+    world = load_model("mini", device="cpu").world
+    key = world.reference_key(512)
+    assert key == world.reference_key(512) and key != world.reference_key(256)
+    real = world_module.reference_images
+    monkeypatch.setattr(world_module, "reference_images",
+                        lambda n, *a, **k: [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in real(n, *a, **k)])
+    assert world.reference_key(512) != key
