@@ -513,3 +513,14 @@ def test_the_mini_worlds_reference_key_follows_its_images(monkeypatch):
     monkeypatch.setattr(world_module, "reference_images",
                         lambda n, *a, **k: [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in real(n, *a, **k)])
     assert world.reference_key(512) != key
+
+
+def test_revert_refuses_a_hook_edit_file_saying_why(tiny_vit, tmp_path, capsys):
+    from clipedit.core.hook_edits import ClsHeadAblation
+
+    base = save_state_dict(tmp_path / "base.safetensors", tiny_vit.model.state_dict())
+    heads = save_edits(tmp_path / "heads.safetensors", ClsHeadAblation(ATTN, [1], model=tiny_vit.model))
+    line = run_error(capsys, "revert", heads, "--model", "tiny-vit", "--checkpoint", base,
+                     "--out", tmp_path / "r.safetensors")
+    assert "cls-head-ablation member(s) are hooks, never written into weights" in line
+    assert not (tmp_path / "r.safetensors").exists()
