@@ -83,7 +83,7 @@ def test_predictor_rebuilds_its_head_when_a_prefix_goes_on_or_off(mini):
 
 def test_file_round_trip_and_load_model_with_edits(mini, tmp_path):
     member = ClassPrefix("token_embedding", torch.randn(1, 128), placeholder_token_id(mini.tokenizer),
-                         meta={"lr": 0.02})
+                         meta={"lr": 0.02}, model=mini.model)
     path = save_edits(tmp_path / "prefix.safetensors", EditSet.of([member], {"method": "defense-prefix"}))
     loaded = load_edits(path)
     again = loaded.edits[0]
@@ -169,7 +169,8 @@ def test_bad_hparams_are_one_line(tmp_path, capsys):
 
 
 def test_apply_refuses_to_export_a_prefix_edit_as_weights(mini, tmp_path, capsys):
-    member = ClassPrefix("token_embedding", torch.randn(1, 128), placeholder_token_id(mini.tokenizer))
+    member = ClassPrefix("token_embedding", torch.randn(1, 128), placeholder_token_id(mini.tokenizer),
+                         model=mini.model)
     path = save_edits(tmp_path / "prefix.safetensors", member)
     out = tmp_path / "applied.safetensors"
     line = run_error(capsys, "apply", "--model", "mini", str(path), "--out", str(out))

@@ -74,7 +74,7 @@ def test_hook_edit_on_a_vit_applies_reverts_and_round_trips(tiny_vit):
     before = tiny_vit.encode_images(images).detach()
     plain_attn = attn_output(tiny_vit, images)
     weights = {k: v.clone() for k, v in tiny_vit.model.state_dict().items()}
-    edit = ClsHeadAblation(ATTN, [1], {"method": "dyslexify"})
+    edit = ClsHeadAblation(ATTN, [1], {"method": "dyslexify"}, tiny_vit.model)
     edit.apply(tiny_vit.model)
     assert edit.is_applied(tiny_vit.model) and not edit.exportable
     hooked_attn = attn_output(tiny_vit, images)
@@ -257,7 +257,7 @@ def test_hook_edit_on_a_projection_tower_applies_reverts_bit_exactly(spec, hf_fo
     images = torch.randn(2, 3, 64, 64)
     plain_in, before = proj_input(bundle.model, target, images, bundle.encode_images)
     weights = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-    edit = ClsHeadAblation(name, [1])
+    edit = ClsHeadAblation(name, [1], model=bundle.model)
     edit.apply(bundle.model)
     hooked_in, after = proj_input(bundle.model, target, images, bundle.encode_images)
     hd = plain_in.shape[-1] // sites[0][1]

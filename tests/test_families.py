@@ -252,7 +252,7 @@ def test_hf_errors_are_one_line(hf_folders, tmp_path, capsys, monkeypatch, image
                             intermediate_size=32).save_pretrained(bert)
     line = run_error(capsys, "audit", "--model", f"hf:{bert}:none", "--data", image_folder)
     assert "BertConfig" in line or "bert" in line
-    assert "CLIPModel, SiglipModel" in line
+    assert "'clip' (CLIPModel), 'siglip' (SiglipModel)" in line
     line = run_error(capsys, "audit", "--model", "hf:nobody/no-such-clip", "--data", image_folder)
     assert "could not fetch hf:nobody/no-such-clip" in line and "--checkpoint" in line
     line = run_error(capsys, "audit", "--model", "hf", "--data", image_folder)

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from test_rewrite import _pair
 
 from clipedit import cli
-from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_statistics, save_edit
+from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_statistics, save_edits
 from clipedit.core import statistics as stats_module
 from clipedit.core.cache import cache_dir
 from clipedit.io import read_safetensors_metadata
@@ -58,7 +58,7 @@ def edit_files(tmp_path_factory):
     edited_model = copy.deepcopy(model)
     apply_edit(edited_model, edit)
     edited = save_state_dict(folder / "edited.safetensors", edited_model.state_dict())
-    return base, edited, save_edit(folder / "edit.safetensors", edit)
+    return base, edited, save_edits(folder / "edit.safetensors", edit)
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def test_library_writers_refuse_a_fifo_and_a_device(edit_files, tmp_path):  # no
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     if Path("/dev/full").exists():
         with pytest.raises(clipedit.ClipeditError, match="character device"):
-            clipedit.save_edit("/dev/full", clipedit.load_edit(edit_files[2]))
+            clipedit.save_edits("/dev/full", clipedit.load_edit(edit_files[2]))
         assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
 
 
@@ -610,7 +610,7 @@ def test_the_public_api_checks_its_arguments(tiny_vit, edit_files):  # noqa: F81
                  lambda: clipedit.defend(tiny_vit, 5), lambda: clipedit.defend(tiny_vit, ["ipod", None]),
                  lambda: clipedit.load_model(None),
                  lambda: clipedit.apply_edit(None, clipedit.load_edit(edit_files[2])),
-                 lambda: clipedit.save_edit(tiny_vit.model, "not an edit")):
+                 lambda: clipedit.save_edits(tiny_vit.model, "not an edit")):
         with pytest.raises(ArgumentError):
             call()
     with pytest.raises(RenderError) as info:

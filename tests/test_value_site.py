@@ -20,7 +20,7 @@ from clipedit.core import (
     load_edit,
     resolve_site,
     revert_edit,
-    save_edit,
+    save_edits,
 )
 from clipedit.core.edit_sets import load_edits
 from clipedit.core.exemplar_sums import accumulate_exemplar_sums, directions_from_sums, solve_closed_form_from_sums
@@ -90,7 +90,7 @@ def test_value_edit_file_round_trips(tiny_vit, tmp_path):
     req = _requests(4, seed=2)
     stats = key_statistics(model, V_SITE, lambda: [torch.randn(4, 3, 64, 64)], forward=model.encode_image)
     edit = compute_rewrite(model, req, RewriteHParams(layer=V_SITE, rank=4), stats, forward=model.encode_image)
-    path = save_edit(tmp_path / "v.safetensors", edit)
+    path = save_edits(tmp_path / "v.safetensors", edit)
     original = model.visual.transformer.resblocks[0].attn.in_proj_weight.detach().clone()
     loaded = load_edit(path)
     apply_edit(model, loaded)

@@ -130,7 +130,7 @@ def _write_outputs(out: Path, bundle, defense, selection) -> None:
             "words": defense.words}
     for member in defense.edit_set.edits if defense.edit_set is not None else []:
         dtypes = stored_dtypes(bundle, [member.layer]) if isinstance(member, LayerEdit) else None
-        if dtypes:  # issue 21: an edited layer kept wider than its fp16/bf16 source says so
+        if dtypes:  # an edited layer kept wider than its fp16/bf16 source says so
             member.meta["stored_dtypes"] = dtypes
     with atomic_output_set(out, replaces=OUTPUT_SET) as stage:
         if defense.edit_set is None or defense.edit_set.exportable:  # hook members live only in the edit file

@@ -51,7 +51,7 @@ def stats_cmd(model: ModelOptions, reference: Path, layer: Optional[str], batch_
                                "give one --layer")
     # the same cache key as `defend --reference` (clipedit.defenses.typographic.reference_statistics)
     data_key = files_key(paths) + repr(bundle.preprocess)
-    agree(data_key, "reference images (the same folder holds other files on some rank)")
+    agree(data_key, "reference images (the folder holds other files, or other bytes, on some rank)", "read different")
     batches = lambda: IndexedBatches(LazyImages(paths), bundle.preprocess, batch_size)  # noqa: E731
     for site in layers:
         stats = key_statistics(bundle.model, site, batches, data_key=data_key, forward=bundle.encode_images)

@@ -442,5 +442,3 @@ def pareto_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
             for m, c in record["cells"].items() if m != "unedited"]
 
 
-def words_label(words: Sequence[str]) -> str:
-    return ", ".join(words)

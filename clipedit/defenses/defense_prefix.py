@@ -232,7 +232,7 @@ def defense_prefix(bundle: ModelBundle, hparams: Optional[DefensePrefixHParams] 
     rows, members = [], []
     for lr in hp.lrs:
         vector, loss = train_prefix(bundle, train, templates, lr, hp, layer, token_id)
-        member = ClassPrefix(layer, vector, token_id, meta={**info, "lr": lr})
+        member = ClassPrefix(layer, vector, token_id, meta={**info, "lr": lr}, model=bundle.model)
         member.apply(bundle.model)
         try:
             # the predictor rebuilds its head for the prefixed prompts while the member is on

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from clipedit.attacks import StyleSampler
 from clipedit.core.heads import head_specs
@@ -253,12 +254,13 @@ def rule_text(hp: DyslexifyHParams, n: int) -> str:
             f"accuracy has fallen by more than {budget.applied:g} ({budget.scenes:g} of {n} scenes{widened})")
 
 
-def members_for(heads: Sequence[tuple[str, int]], meta: Optional[dict] = None) -> list[ClsHeadAblation]:
-    """One hook member per attention module, in block order."""
+def members_for(heads: Sequence[tuple[str, int]], meta: Optional[dict] = None,
+                model: Optional[nn.Module] = None) -> list[ClsHeadAblation]:
+    """One hook member per attention module, in block order (tied to ``model`` when given)."""
     by_site: dict[str, list[int]] = {}
     for name, h in heads:
         by_site.setdefault(name, []).append(h)
-    return [ClsHeadAblation(name, hs, meta) for name, hs in by_site.items()]
+    return [ClsHeadAblation(name, hs, meta, model) for name, hs in by_site.items()]
 
 
 def dyslexify(bundle: ModelBundle, hparams: Optional[DyslexifyHParams] = None,
@@ -292,7 +294,7 @@ def dyslexify(bundle: ModelBundle, hparams: Optional[DyslexifyHParams] = None,
         row["head"] = list(row["head"])
     info = {"model": bundle.name, "pretrained": bundle.pretrained, **(meta or {}), "method": "dyslexify",
             "hparams": hp.to_dict()}
-    members = members_for(kept, info)
+    members = members_for(kept, info, bundle.model)
     for m in members:
         m.apply(bundle.model)
     log.info("dyslexify: %d heads kept of %d: %s", len(kept), len(order), kept)

@@ -68,7 +68,7 @@ class DefenseResult:
 
     def hparams_used(self) -> Any:
         """The method's settings as used: an edit's rank clamped to its exemplar keys is recorded as the
-        rank used, with ``rank_requested`` beside it (issue 21; each member's metadata says the same)."""
+        rank used, with ``rank_requested`` beside it (each member's metadata says the same)."""
         hp = self.config.get("method_hparams")
         if self.edit_set is None or not isinstance(hp, dict) or "rank" not in hp:
             return hp
@@ -94,6 +94,3 @@ class DefenseResult:
         if self.edit_set is None:
             raise ClipeditError(f"{self.method} leaves no edit to save (it changes the weights directly)")
         return save_edits(path, self.edit_set)
-
-
-Defense = DefenseResult  # the name of earlier releases

@@ -26,7 +26,7 @@ from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, text_exemplars, world_of
 from clipedit.defenses.methods import DefenseData, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.result import Defense, DefenseResult
+from clipedit.defenses.result import DefenseResult
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
@@ -35,11 +35,11 @@ from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Defense", "DefenseConfig", "DefenseResult", "defend", "defense_data", "reference_statistics",
+__all__ = ["DefenseConfig", "DefenseResult", "defend", "defense_data", "reference_statistics",
            "text_exemplars", "world_of"]
 
 
-@render_errors()  # an attack that cannot be rendered is a ClipeditError here (issue 21)
+@render_errors()  # an attack that cannot be rendered is a ClipeditError here, one line at the CLI
 def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
            config: Optional[DefenseConfig | dict] = None, exemplars: Optional[Sequence[Attack]] = None,
            request: Optional[EditRequest] = None, evaluate: bool | EvalOptions = False,
