@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from clipedit.errors import ModelLoadError
-from clipedit.io import read_safetensors_metadata, save_state_dict
+from clipedit.io import guard_output, read_safetensors_metadata, save_state_dict
 
 SOURCE_DTYPES = "source_dtypes"  # ModelBundle.extra key: the checkpoint's dtype of every tensor
 PRETRAINED_EXPORT = "hf_export"  # ModelBundle.extra key (Hugging Face): fn(bundle, folder) -> save_pretrained
@@ -148,6 +148,7 @@ def save_model_weights(path: str | os.PathLike, bundle, metadata: Optional[dict]
     image processor and tokenizer beside it: the folder loads with ``transformers`` alone. Under any other
     name its state dict is written (transformers' own names), for ``--model hf:ID --checkpoint FILE``.
     """
+    guard_output(path)  # the folder an export writes into is guarded with it
     export = bundle.extra.get(PRETRAINED_EXPORT)
     if export is not None and Path(path).name == PRETRAINED_WEIGHTS:
         return export(bundle, Path(path).parent)
