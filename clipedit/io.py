@@ -184,7 +184,7 @@ def guard_output(path: str | os.PathLike, directory: bool = False, label: Option
     shown = f"{label} {raw}" if label else raw
     if not raw.strip():
         raise ClipeditError(f"{label or 'the output path'} is empty; name a file or folder")
-    resolved = Path(os.path.realpath(os.path.expanduser(raw)))
+    resolved = Path(os.path.realpath(raw))  # '~' is a name here, as for every writer (the shell expands it)
     check_replaceable(resolved, directory=directory)
     assets = bundled_assets()
     if _inside(resolved, assets) or (directory and _inside(assets, resolved)):

@@ -35,7 +35,10 @@ from clipedit.errors import ClipeditError
 from clipedit.eval.intervals import format_cell
 from clipedit.eval.report import write_report
 from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.io import atomic_output_set
 from clipedit.outputs import OutputSet, check_outputs
+
+COMPARE_FILES = ("compare.json", "compare.png", "compare.partial.json")  # one set; the partial only while running
 
 DEFAULTS = CompareSettings()
 
@@ -91,7 +94,7 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                                split_seed=split_seed, supported=str(supported) if supported is not None else None,
                                supported_classes=tuple(support_names) if support_names else None)
     out = check_out_dir(out or Path("runs") / f"compare-{model.spec.replace(':', '-')}")
-    check_outputs({"--out": OutputSet(out, ("compare.json", "compare.png", "compare.partial.json")),
+    check_outputs({"--out": OutputSet(out, COMPARE_FILES),
                    "--report": report},
                   inputs={"--checkpoint": model.checkpoint, "--data": data_path(data), "--supported": supported,
                           "--hparams": hparams_file})
@@ -119,22 +122,22 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                          templates=bundle.templates, words=settings.words, seed=None, n=n,
                          split="test", total_seconds=round(seconds, 1), compare=record,
                          **({"data_split": record["data"]} if split else {}))
-    out.mkdir(parents=True, exist_ok=True)
-    write_results(out / "compare.json", result)
-    plot_tradeoff(pareto_rows(record), out / "compare.png",
-                  f"{bundle.name}: defenses vs {', '.join(settings.words)} (test split, n={n}"
-                  f"{'' if split else ' a set'}, "
-                  f"{len(settings.seeds)} seed(s))")
+    with atomic_output_set(out, replaces=COMPARE_FILES) as stage:  # record and chart together; the partial gone
+        write_results(stage / "compare.json", result)
+        plot_tradeoff(pareto_rows(record), stage / "compare.png",
+                      f"{bundle.name}: defenses vs {', '.join(settings.words)} (test split, n={n}"
+                      f"{'' if split else ' a set'}, "
+                      f"{len(settings.seeds)} seed(s))")
+        chart = (stage / "compare.png").read_bytes()
     if report is not None:
         write_report(report, title=f"clipedit compare: {bundle.name}",
                      facts=[("model", f"{bundle.name} ({bundle.pretrained})"), ("words", ", ".join(settings.words)),
                             ("seeds", ", ".join(map(str, settings.seeds))), ("split", "test"),
                             ("seconds", f"{seconds:.0f}")],
-                     header=header, rows=rows, chart=(out / "compare.png").read_bytes(), grid=[],
+                     header=header, rows=rows, chart=chart, grid=[],
                      notes=["Cells: value [95% interval] n; one seed: Wilson; several: mean and t interval over seeds.",
                             "A beats B only where the intervals do not overlap; otherwise it is a tie.",
                             *record["notes"]])
-    partial.unlink(missing_ok=True)
     click.echo(format_table(rows, header=header))
     for note in record["notes"]:
         click.echo(f"note: {note}")
