@@ -184,8 +184,11 @@ def guard_output(path: str | os.PathLike, directory: bool = False, label: Option
     shown = f"{label} {raw}" if label else raw
     if not raw.strip():
         raise ClipeditError(f"{label or 'the output path'} is empty; name a file or folder")
+    _check_name_length(raw, shown)
     resolved = Path(os.path.realpath(raw))  # '~' is a name here, as for every writer (the shell expands it)
     check_replaceable(resolved, directory=directory)
+    if directory:
+        _check_output_folder(resolved, shown)
     assets = bundled_assets()
     if _inside(resolved, assets) or (directory and _inside(assets, resolved)):
         raise ClipeditError(f"{shown} would write into the bundled assets ({assets}); write elsewhere (e.g. runs/)")
@@ -193,10 +196,24 @@ def guard_output(path: str | os.PathLike, directory: bool = False, label: Option
         if resolved == source or _inside(resolved, source) or (directory and _inside(source, resolved)):
             raise ClipeditError(f"{shown} would overwrite {source}, a checkpoint a model was loaded from (a source "
                                 "is never modified in place); write elsewhere")
-    if directory:
-        _check_output_folder(resolved, shown)
     _recover_around(resolved)
     return resolved
+
+
+#: Bytes a temporary's name adds to the name it stands for (owner, random part, mac, kind, a suffix).
+_TEMPORARY_EXTRA = 64
+
+
+def _check_name_length(raw: str, shown: str) -> None:
+    """Refuse a name its temporaries could not carry (file names are at most 255 bytes on most systems)."""
+    name = os.path.basename(raw.rstrip("/")) or raw
+    limit = 255
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        limit = os.pathconf(os.path.dirname(os.path.abspath(raw)) or "/", "PC_NAME_MAX")
+    size = len(os.fsencode(name))
+    if size + _TEMPORARY_EXTRA > limit:
+        raise ClipeditError(f"{shown[:80]}{'…' if len(shown) > 80 else ''}: the name is {size} bytes long; at most "
+                            f"{limit - _TEMPORARY_EXTRA} here (its temporaries add to it)")
 
 
 def _check_output_folder(folder: Path, shown: str) -> None:
@@ -377,7 +394,7 @@ def atomic_file_set(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     """
     finals = [guard_output(p) for p in paths]
     if not finals or len({f.parent for f in finals}) != 1 or len(set(finals)) != len(finals):
-        raise ValueError("atomic_file_set takes distinct files of one folder")
+        raise ClipeditError("a file set is distinct files of one folder, got " + ", ".join(map(str, paths)))
     folder = finals[0].parent
     ensure_writable_dir(folder)
     tmps = []

@@ -397,3 +397,15 @@ def test_the_library_prints_nothing():
             if isinstance(node, ast.Attribute) and node.attr == "echo" and getattr(node.value, "id", "") == "click":
                 calls.append(f"{path.relative_to(root)}:{node.lineno}")
     assert calls == []
+
+
+@pytest.mark.parametrize("kind", ["long name", "fifo", "device"])
+def test_an_output_name_too_long_or_a_special_file_is_one_line(tmp_path, capsys, kind):
+    if kind == "fifo":
+        out = tmp_path / "fifo"
+        os.mkfifo(out)
+    out = {"long name": tmp_path / ("x" * 300), "fifo": tmp_path / "fifo", "device": Path("/dev/null")}[kind]
+    line = run_error(capsys, *_defend(out))
+    assert {"long name": "too long", "fifo": "FIFO", "device": "character device"}[kind] in line
+    with pytest.raises(ClipeditError, match="bytes long"):
+        write_json(tmp_path / ("y" * 220 + ".json"), {})
