@@ -409,3 +409,30 @@ def test_an_output_name_too_long_or_a_special_file_is_one_line(tmp_path, capsys,
     assert {"long name": "too long", "fifo": "FIFO", "device": "character device"}[kind] in line
     with pytest.raises(ClipeditError, match="bytes long"):
         write_json(tmp_path / ("y" * 220 + ".json"), {})
+
+
+# -- the library does the work, the CLI parses: one writer of a run's files, clipedit.audit ---------------------
+def test_save_run_writes_the_same_set_as_the_cli(tmp_path, capsys):
+    code, _, err = run_cli(_defend(tmp_path / "cli"), capsys)
+    assert code == 0, err
+    bundle = clipedit.load_model("tiny-vit", device="cpu")
+    defense = clipedit.defend(bundle, "ipod", {"sites": [VIT_SITE], "rank": 2, "renders": 2})
+    written = clipedit.save_run(tmp_path / "py", bundle, defense, report=tmp_path / "py.html")
+    assert sorted(p.name for p in written) == ["edit.safetensors", "model.safetensors", "py.html", "results.json"]
+    assert sorted(p.name for p in (tmp_path / "py").iterdir()) == sorted(p.name for p in (tmp_path / "cli").iterdir())
+    cli_record = json.loads((tmp_path / "cli" / "results.json").read_text())
+    py_record = json.loads((tmp_path / "py" / "results.json").read_text())
+    assert set(py_record) <= set(cli_record) and py_record["layer"] == cli_record["layer"] == VIT_SITE
+    with pytest.raises(ClipeditError, match="bundled assets"):
+        clipedit.save_run(bundled_assets() / "run", bundle, defense)
+
+
+def test_audit_in_python_matches_the_cli(tmp_path, capsys, photo_files):
+    code, _, err = run_cli(_audit(photo_files, tmp_path / "cli.json"), capsys)
+    assert code == 0, err
+    outcome = clipedit.audit(clipedit.load_model("tiny-vit", device="cpu"), photos=[photo_files["cat"],
+                             photo_files["coffee"]], labels=["cat", "coffee"])
+    assert outcome.save(tmp_path / "py.json") == [tmp_path / "py.json", tmp_path / "py.png"]
+    cli_record, py_record = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("cli", "py"))
+    assert set(cli_record) - {"checkpoint", "edits"} <= set(py_record)  # the same record, less the CLI's inputs
+    assert py_record["metrics"]["n"] == cli_record["metrics"]["n"] > 0 and py_record["task"] == "typographic_audit"
