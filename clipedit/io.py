@@ -145,6 +145,12 @@ def _temp_name(name: str, suffix: str = "", kind: str = "tmp", owner: Optional[s
     return f".{name}.{owner}.{token}.{_name_mac(name, owner, token, kind, suffix)}.{kind}{suffix}"
 
 
+def temporary_name(name: str, suffix: str = "") -> str:
+    """A name for a temporary of ``name`` (file or folder) that clipedit can later prove it made (and so
+    remove once its process is gone, :func:`remove_stale_temporaries`)."""
+    return _temp_name(name, suffix)
+
+
 def authentic_temporary(entry_name: str, name: Optional[str] = None, kind: Optional[str] = None):
     """The parts of ``entry_name`` when it is a temporary clipedit made (of ``name``, of ``kind`` when
     given), else None: a user's file that merely looks like one is never taken for one."""
