@@ -284,7 +284,10 @@ def test_defend_on_a_real_small_disk_leaves_nothing(base, defended, tmp_path, ca
 
 def test_defend_replaces_an_older_run_whole_and_cleans_stale_temporaries(base, defended, tmp_path, capsys):
     out = _copy_run(defended, tmp_path / "run")
-    killed = [out / ".model.safetensors.a1b2c3d4.tmp.safetensors", tmp_path / ".run.x9y8z7w6.tmp"]
+    from clipedit.io import _temp_name  # left by a killed run (a process that is gone): authenticated names
+
+    killed = [out / _temp_name("model.safetensors", ".safetensors", owner="999999999-1"),
+              tmp_path / _temp_name("run", owner="999999999-1")]
     killed[0].write_bytes(b"\0" * 1000)
     killed[1].mkdir()
     (killed[1] / "model.safetensors").write_bytes(b"\0" * 1000)

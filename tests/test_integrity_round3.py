@@ -155,9 +155,11 @@ def test_only_temporaries_of_gone_runs_are_removed(tmp_path):
     try:
         gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout.strip()
-        mine = tmp_path / f".out.{live.pid}-{_start_time(live.pid)}.abcdef12.tmp"
-        stale = tmp_path / f".out.{gone}-123.12345678.tmp"
-        reused = tmp_path / f".out.{live.pid}-{_start_time(live.pid) + 1}.0badf00d.tmp"  # same pid, other start
+        from clipedit.io import _temp_name  # names as clipedit makes them (authenticated), for other owners
+
+        mine = tmp_path / _temp_name("out", owner=f"{live.pid}-{_start_time(live.pid)}")
+        stale = tmp_path / _temp_name("out", owner=f"{gone}-123")
+        reused = tmp_path / _temp_name("out", owner=f"{live.pid}-{_start_time(live.pid) + 1}")  # pid reused
         for folder in (mine, stale, reused):
             folder.mkdir()
             (folder / "model.safetensors").write_bytes(b"\0" * 10)

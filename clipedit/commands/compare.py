@@ -36,7 +36,10 @@ from clipedit.eval.compare_table import compare_record, render, report_tables
 from clipedit.eval.paired import ALPHA
 from clipedit.eval.report import write_report
 from clipedit.eval.results import make_record, write_results
+from clipedit.io import atomic_output_set
 from clipedit.outputs import OutputSet, check_outputs
+
+COMPARE_FILES = ("compare.json", "compare.png", "compare.partial.json")  # one set; the partial only while running
 
 DEFAULTS = CompareSettings()
 
@@ -116,7 +119,7 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                                supported=str(supported) if supported is not None else None,
                                supported_classes=tuple(support_names) if support_names else None)
     out = check_out_dir(out or Path("runs") / f"compare-{model.spec.replace(':', '-')}")
-    check_outputs({"--out": OutputSet(out, ("compare.json", "compare.png", "compare.partial.json")),
+    check_outputs({"--out": OutputSet(out, COMPARE_FILES),
                    "--report": report},
                   inputs={"--checkpoint": model.checkpoint, "--data": data_path(data), "--supported": supported,
                           "--hparams": hparams_file})
@@ -144,24 +147,24 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                          templates=bundle.templates, words=settings.words, seed=None, n=n,
                          split="test", total_seconds=round(seconds, 1), compare=record,
                          **({"data_split": record["data"]} if split else {}))
-    out.mkdir(parents=True, exist_ok=True)
-    write_results(out / "compare.json", result)
-    plot_tradeoff(pareto_rows(record), out / "compare.png",
-                  f"{bundle.name}: defenses vs {', '.join(settings.words)} (test split, n={n}"
-                  f"{'' if split else ' a set'}, "
-                  f"{len(settings.seeds)} seed(s))")
+    with atomic_output_set(out, replaces=COMPARE_FILES) as stage:  # record and chart together; the partial gone
+        write_results(stage / "compare.json", result)
+        plot_tradeoff(pareto_rows(record), stage / "compare.png",
+                      f"{bundle.name}: defenses vs {', '.join(settings.words)} (test split, n={n}"
+                      f"{'' if split else ' a set'}, "
+                      f"{len(settings.seeds)} seed(s))")
+        chart = (stage / "compare.png").read_bytes()
     if report is not None:
         write_report(report, title=f"clipedit compare: {bundle.name}",
                      facts=[("model", f"{bundle.name} ({bundle.pretrained})"), ("words", ", ".join(settings.words)),
                             ("seeds", ", ".join(map(str, settings.seeds))), ("split", "test"),
                             ("seconds", f"{seconds:.0f}")],
-                     header=[], rows=[], chart=(out / "compare.png").read_bytes(), grid=[],
+                     header=[], rows=[], chart=chart, grid=[],
                      tables=report_tables(record),
                      notes=["Cells: percent [95% interval], n = distinct test images; one seed: Wilson; several: "
                             "a bootstrap over test images and seeds (at least the Wilson width).",
                             f"Verdicts: paired on the same images, beats/loses when the Holm-adjusted exact McNemar "
                             f"(sign test over seeds) p < {ALPHA}, else ties.", *record["notes"]])
-    partial.unlink(missing_ok=True)
     click.echo(render(record))
     click.echo(f"{len(record['methods'])} methods x {len(settings.seeds)} seeds x {len(settings.words)} words in "
                f"{seconds:.0f} s; wrote {out}/compare.json, compare.png" + (f", {report}" if report else ""))

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from clipedit.errors import ModelLoadError
-from clipedit.io import read_safetensors_metadata, save_state_dict
+from clipedit.io import guard_output, read_safetensors_metadata, save_state_dict
 
 SOURCE_DTYPES = "source_dtypes"  # ModelBundle.extra key: the checkpoint's dtype of every tensor
 PRETRAINED_EXPORT = "hf_export"  # ModelBundle.extra key (Hugging Face): fn(bundle, folder) -> save_pretrained
@@ -171,6 +171,7 @@ def save_model_weights(path: str | os.PathLike, bundle, metadata: Optional[dict]
     (a revert) the file gets that metadata alone instead of ``metadata``, so that a checkpoint whose edits
     were all reverted is byte-identical to its source.
     """
+    guard_output(path)  # the folder an export writes into is guarded with it
     export = bundle.extra.get(PRETRAINED_EXPORT)
     if export is not None and Path(path).name == PRETRAINED_WEIGHTS:
         return export(bundle, Path(path).parent)

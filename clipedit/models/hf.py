@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -36,6 +35,7 @@ import torch
 from torchvision import transforms as T
 
 from clipedit.errors import ClipeditError, ModelLoadError
+from clipedit.io import atomic_file_set, ensure_writable_dir, remove_stale_temporaries, temporary_name, write_failure
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import PRETRAINED_EXPORT, check_finite_state, load_weights_into
 from clipedit.models.registry import UnavailableTokenizer, hub_reachable
@@ -384,18 +384,24 @@ def export_pretrained(bundle: ModelBundle, folder: str | os.PathLike, processor=
     """Write ``bundle``'s model (its current, e.g. edited, weights) with ``save_pretrained`` into ``folder``,
     with its image processor and tokenizer: a folder that ``transformers`` alone loads
     (``CLIPModel.from_pretrained(folder)``). Files are written beside and moved into place."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".hf-export.", dir=folder))
+    folder = Path(os.path.realpath(folder))  # each file is guarded as the set writes it
+    ensure_writable_dir(folder)
+    remove_stale_temporaries(folder, "hf-export")
+    scratch = folder / temporary_name("hf-export")  # clipedit's own name: a killed export's is cleaned later
     try:
-        bundle.model.save_pretrained(stage, safe_serialization=True)
+        scratch.mkdir()
+        bundle.model.save_pretrained(scratch, safe_serialization=True)
         for part in (processor, tokenizer):
             if part is not None:
-                part.save_pretrained(stage)
-        for path in sorted(stage.iterdir()):
-            os.replace(path, folder / path.name)
+                part.save_pretrained(scratch)
+        names = sorted(p.name for p in scratch.iterdir())
+        with atomic_file_set([folder / n for n in names]) as tmps:  # the export's files as one set
+            for name, tmp in zip(names, tmps):
+                os.replace(scratch / name, tmp)
+    except OSError as e:
+        raise write_failure(folder, e) from None
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return folder / "model.safetensors"
 
 

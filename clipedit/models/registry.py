@@ -26,6 +26,7 @@ import torch
 
 from clipedit.core.edit_sets import apply_edit_set, load_edits
 from clipedit.errors import ClipeditError, ModelLoadError, check_argument
+from clipedit.io import note_source
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import SOURCE_DTYPES, SOURCE_METADATA, load_weights_into, original_metadata
 
@@ -150,6 +151,8 @@ def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
     if checkpoint is not None and Path(checkpoint).is_dir() and name not in FOLDER_CHECKPOINTS:
         raise ModelLoadError(f"checkpoint {checkpoint} is a folder; a weights file is needed (a save_pretrained "
                              "folder goes with --model hf)")
+    if checkpoint is not None:
+        note_source(checkpoint)  # no writer of this process replaces it
     by_prefix = _prefix_loader(name)
     if name in LOADERS:
         bundle = LOADERS[name](tag, checkpoint, dev)
