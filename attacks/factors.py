@@ -3,8 +3,9 @@
 Validation and test styles share no factor value with the exemplars' (``StyleSampler.exemplar``):
 
 - font family: the catalogue's validation / test families (:mod:`attacks.catalogue`; a hash of the
-  design's name), never DejaVu; without the catalogue's packages, matplotlib's STIX (validation) and
-  Computer Modern (test) fonts, with a warning — figures are then not comparable;
+  design's name), never DejaVu; without the catalogue's font packages (pip dependencies of clipedit),
+  matplotlib's STIX (validation) and Computer Modern (test) fonts, with a warning — figures are then
+  not comparable;
 - size band: 0.19-0.24 of the image side (exemplars 0.10-0.18), reported in the :data:`SIZE_BANDS`;
 - inks and papers: ``HELDOUT_TEXT_COLORS`` / ``HELDOUT_NOTE_COLORS`` (exemplars: the ``EXEMPLAR_`` ones);
 - weight: 20% of labels in faux bold (a stroke around the outline), which no exemplar uses.
@@ -18,7 +19,7 @@ import functools
 import logging
 from typing import Optional
 
-from .catalogue import LATIN, PACKAGES, split_font_paths
+from .catalogue import LATIN, missing_pip_packages, split_font_paths
 from .errors import AttackError
 from .sampler import HELDOUT_NOTE_COLORS, HELDOUT_TEXT_COLORS, StyleSampler, mpl_fonts
 
@@ -53,9 +54,9 @@ def split_fonts(split: str, chars: str = LATIN) -> tuple[str, ...]:
     fonts = split_font_paths(split, chars)
     if fonts:
         return fonts
-    logger.warning("no font of the %s split is installed (apt-get install -y %s): %s labels use "
-                   "matplotlib's %s instead; figures are not comparable with the catalogue's",
-                   split, " ".join(PACKAGES), split, ", ".join(FALLBACK_FONTS[split]))
+    logger.warning("no font of the %s split is installed (pip install %s): using matplotlib's %s; "
+                   "figures are not comparable", split, " ".join(missing_pip_packages()) or "clipedit",
+                   ", ".join(FALLBACK_FONTS[split]))
     return mpl_fonts(FALLBACK_FONTS[split])
 
 

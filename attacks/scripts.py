@@ -13,7 +13,7 @@ import unicodedata
 
 from PIL import features
 
-from .catalogue import FontFace, catalogue, covers
+from .catalogue import FONT_DIRS, FontFace, catalogue, covers
 from .errors import AttackError
 from .fonts import default_font_path
 
@@ -94,7 +94,9 @@ def script_font(script: str) -> str:
     catalogue regular face covering it, else matplotlib's DejaVu Sans when it does (Latin, Cyrillic,
     Greek, Arabic, Hebrew); AttackError when no installed font covers the script."""
     chars = sample_chars(script)
-    faces: tuple[FontFace, ...] = catalogue()
+    # Debian's fonts only (Noto for every script): the pip packages write Latin alone, and their families
+    # belong to the validation and test splits
+    faces: tuple[FontFace, ...] = catalogue(FONT_DIRS)
     families = _check_script(script)["families"]
     for family in families:
         for face in faces:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from clipedit.errors import ClipeditError
-from clipedit.io import check_replaceable
+from clipedit.io import bundled_assets, guard_output
 
 PathLike = Union[str, os.PathLike]
 
@@ -31,19 +31,15 @@ class OutputSet:
     names: Optional[Iterable[str]] = None
 
 
-def bundled_assets() -> Path:
-    """The installed ``clipedit.assets`` folder (the bundled minis' weights and configs)."""
-    from importlib import resources
-
-    return Path(str(resources.files("clipedit.assets"))).resolve()
-
-
 def _resolved(path: PathLike) -> Path:
     return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
 
 
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
+
+
+__all__ = ["OutputSet", "bundled_assets", "check_outputs"]
 
 
 @dataclass(frozen=True)
@@ -81,17 +77,12 @@ def check_outputs(outputs: Mapping[str, Union[PathLike, OutputSet, None]],
         outputs: label (``--out``, ``--report`` …) -> file, :class:`OutputSet`, or None (not written).
         inputs: label -> a file or folder read by the run (or several), or None.
     """
-    assets = bundled_assets()
     claims: list[_Claim] = []
     for label, value in outputs.items():
         if value is None:
             continue
         folder = isinstance(value, OutputSet)
-        path = _resolved(value.folder if folder else value)
-        check_replaceable(path, directory=folder)
-        if _inside(path, assets) or (folder and _inside(assets, path)):
-            raise ClipeditError(f"{label} {value.folder if folder else value} would write into the bundled assets "
-                                f"({assets}); write elsewhere (e.g. runs/)")
+        guard_output(value.folder if folder else value, directory=folder, label=label)  # the one writers' guard
         claims += _claims(label, value)
     for i, claim in enumerate(claims):
         for other in claims[i + 1:]:

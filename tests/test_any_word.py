@@ -58,6 +58,7 @@ def test_word_list_file(word_file, tmp_path):
         build_vocabulary((), words_file=tmp_path / "missing.txt")
 
 
+@pytest.mark.slow
 def test_multisite_edit_file_applies_and_reverts_bit_exactly(tiny_rn, word_file, image_folder, tmp_path):
     original = copy.deepcopy(tiny_rn.model.state_dict())
     config = DefenseConfig(hparams=RewriteHParams(rank=4), vocab=word_file, vocab_words=6, renders=2,
@@ -96,6 +97,7 @@ def test_multisite_edit_file_applies_and_reverts_bit_exactly(tiny_rn, word_file,
         load_edits(tmp_path / "bad.safetensors")
 
 
+@pytest.mark.slow
 def test_cli_any_word_multisite_revert_is_bit_exact(tiny_rn, word_file, image_folder, tmp_path, capsys, monkeypatch):
     base = save_state_dict(tmp_path / "base.safetensors", tiny_rn.model.state_dict())
     from clipedit.defenses import defaults

@@ -67,6 +67,7 @@ def test_the_results_index_names_every_result_file_and_each_starts_with_its_benc
         assert f"`{owner[0]}`" in index
 
 
+@pytest.mark.slow
 def test_every_bench_command_line_takes_update_results():
     done = subprocess.run([sys.executable, "-m", "bench", "speed", "--help"], cwd=ROOT, capture_output=True,
                           text=True)

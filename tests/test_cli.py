@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_error, run_ok
+from conftest import run_cli, run_error, run_ok
 from PIL import Image
 
 from clipedit import cli
@@ -90,7 +90,7 @@ def test_audit_image_folder(capsys, tmp_path, image_folder):
     assert record["classnames"] == ["cat", "coffee", "rocket"] and record["words"] == ["cat", "coffee", "rocket"]
     assert record["n"] == m["n"] == 12 and record["n_photos"] == 6  # 6 photos x the 2 other class names
     assert m["n_text"] == m["n_word_in_classes"] == 12
-    assert rows["clean"] == [f"{100 * m['clean_acc']:.1f}%", "12"]
+    assert m["n_clean"] == 6 and rows["clean"] == [f"{100 * m['clean_acc']:.1f}%", "6"]  # each photo once
     assert rows["attack success"] == [f"{100 * m['attack_success_rate']:.1f}%", "12"]
     assert sum(v["n"] for v in record["by_word"].values()) == 12  # breakdowns beside the flat metrics
     assert sum(v["n_text"] for v in record["by_class"].values()) == 12
@@ -212,3 +212,32 @@ def test_unknown_model_error_points_to_the_list(capsys, tmp_path):
     line = run_error(capsys, "audit", "--model", "nosuchmodel", "--out", tmp_path / "a.json")
     known = line.split("known: ", 1)[1].split(";")[0].split(", ")
     assert {"efficientnet-lite0", "mini", "mini-vit"} <= set(known) and "`clipedit models`" in line
+
+
+def test_audit_defaults_to_mini_like_the_other_commands():
+    from clipedit.commands.audit import audit
+    from clipedit.commands.defend import defend_cmd
+
+    default = lambda cmd: next(p.default for p in cmd.params if p.name == "model_spec")  # noqa: E731
+    assert default(audit) == default(defend_cmd) == "mini"
+
+
+def test_attack_help_shows_no_empty_range(capsys):
+    code, out, _ = run_cli(["attack", "--help"], capsys)
+    assert code == 0 and "--rotation" in out and "None" not in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["audit", "--font", "no-such.ttf"], "cannot read font no-such.ttf"),
+    (["audit", "--edit", "no-such.safetensors"], "edit file not found"),
+    (["defend", "--checkpoint", "no-such.safetensors", "--no-eval"], "checkpoint not found"),
+    (["stats", "--reference", "no/such/folder"], "reference folder not found"),
+    (["compare", "--methods", "bogus"], "unknown method 'bogus'"),
+    (["compare", "--seeds", ","], "--seeds is empty"),
+])
+def test_refusals_come_before_any_model_loads(monkeypatch, tmp_path, capsys, args, message):
+    from clipedit.commands.options import ModelOptions
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ModelOptions, "load", lambda self: pytest.fail("the model was loaded before the check"))
+    assert message in run_error(capsys, *args)

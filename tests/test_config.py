@@ -38,7 +38,7 @@ def test_one_rule_for_sites_and_defaults(mini_vit):
     assert ranked.sites == d.sites and ranked.hparams.rank == 4 and ranked.hparams.keep_targets == 3.0
     one = resolve_config(mini_vit, {"layer": VIT_C_PROJ})
     assert one.sites == (VIT_C_PROJ,) and one.hparams.layer == VIT_C_PROJ and one.hparams.keep_targets == 3.0
-    two = resolve_config(mini_vit, {"layer": f"{d.sites[0]}, {VIT_C_PROJ}"})
+    two = resolve_config(mini_vit, {"layer": f"{d.sites[0]} + {VIT_C_PROJ}"})  # "+" joins sites into one edit
     assert two.sites == (d.sites[0], VIT_C_PROJ)
     explicit = resolve_config(mini_vit, DefenseConfig(hparams=RewriteHParams(layer=VIT_C_PROJ, rank=2)))
     assert explicit.sites == (VIT_C_PROJ,) and explicit.hparams.keep_targets == 0.0  # given in full: as given
@@ -52,7 +52,7 @@ def test_one_rule_for_sites_and_defaults(mini_vit):
     with pytest.raises(ClipeditError, match="unknown defense setting"):
         resolve_config(mini_vit, {"rnak": 3})
     with pytest.raises(ClipeditError, match="solved in closed form"):
-        resolve_config(mini_vit, {"solver": "optimize", "layer": f"{d.sites[0]},{VIT_C_PROJ}"})
+        resolve_config(mini_vit, {"solver": "optimize", "layer": f"{d.sites[0]}+{VIT_C_PROJ}"})
 
 
 def test_defaults_are_read_once(mini_vit):
@@ -103,6 +103,7 @@ def test_cli_hparams_file_reaches_the_method_and_is_recorded(tmp_path, capsys):
         "--out", tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_python_defend_gives_the_cli_figures_and_records_the_config(tmp_path, capsys):
     out = tmp_path / "run"
     run_ok(capsys, "defend", "--model", "mini", "--text", "ipod", "--renders", "4", "--n-eval", "12", "--out", out)
@@ -115,3 +116,8 @@ def test_python_defend_gives_the_cli_figures_and_records_the_config(tmp_path, ca
     assert defense.config == record["config"] and record["config"]["sites"] == ["visual.layer3.0.conv3"]
     edit_set = clipedit.load_edits(out / "edit.safetensors")
     assert edit_set.meta["config"] == record["config"] and edit_set.meta["config"]["hparams"]["rank"] == 32
+
+
+def test_a_comma_in_a_layer_is_refused_and_names_the_joined_spelling(mini_vit):
+    with pytest.raises(ClipeditError, match=r"is written 'a\+b' \(',' lists alternatives\)"):
+        resolve_config(mini_vit, {"layer": "a,b"})

@@ -17,8 +17,7 @@ from clipedit.core.prompt_edits import (
     token_embedding_name,
 )
 from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, defense_prefix
-from clipedit.defenses.paint import validation_sets
-from clipedit.defenses.typo_train import correct, typographic_training_set
+from clipedit.defenses.typo_train import correct, typographic_training_set, validation_sets
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.zeroshot import zero_shot_weights
@@ -84,7 +83,7 @@ def test_predictor_rebuilds_its_head_when_a_prefix_goes_on_or_off(mini):
 
 def test_file_round_trip_and_load_model_with_edits(mini, tmp_path):
     member = ClassPrefix("token_embedding", torch.randn(1, 128), placeholder_token_id(mini.tokenizer),
-                         meta={"lr": 0.02})
+                         meta={"lr": 0.02}, model=mini.model)
     path = save_edits(tmp_path / "prefix.safetensors", EditSet.of([member], {"method": "defense-prefix"}))
     loaded = load_edits(path)
     again = loaded.edits[0]
@@ -106,6 +105,7 @@ def test_file_round_trip_and_load_model_with_edits(mini, tmp_path):
         ClassPrefix("token_embedding", torch.full((1, 128), float("nan")), 5)
 
 
+@pytest.mark.slow
 def test_training_raises_typographic_accuracy_on_validation_and_leaves_the_weights(mini):
     weights = {k: v.clone() for k, v in mini.model.state_dict().items()}
     hp = DefensePrefixHParams.from_dict(FAST)
@@ -126,6 +126,7 @@ def test_training_raises_typographic_accuracy_on_validation_and_leaves_the_weigh
         result.member.revert(mini.model)
 
 
+@pytest.mark.slow
 def test_defend_cli_writes_a_prefix_edit_that_audit_puts_on(tmp_path, capsys):
     hp = tmp_path / "hp.json"
     hp.write_text(json.dumps(FAST))
@@ -145,6 +146,7 @@ def test_defend_cli_writes_a_prefix_edit_that_audit_puts_on(tmp_path, capsys):
     assert audited["edits"] == [str(files[0])] and audited["metrics"]["n"] == 12
 
 
+@pytest.mark.slow
 def test_models_without_a_text_tower_are_refused_in_one_line(tmp_path, capsys):
     classifier = load_model("timm/resnet18:none", device="cpu")
     with pytest.raises(ClipeditError, match="no text tower"):
@@ -167,9 +169,19 @@ def test_bad_hparams_are_one_line(tmp_path, capsys):
 
 
 def test_apply_refuses_to_export_a_prefix_edit_as_weights(mini, tmp_path, capsys):
-    member = ClassPrefix("token_embedding", torch.randn(1, 128), placeholder_token_id(mini.tokenizer))
+    member = ClassPrefix("token_embedding", torch.randn(1, 128), placeholder_token_id(mini.tokenizer),
+                         model=mini.model)
     path = save_edits(tmp_path / "prefix.safetensors", member)
     out = tmp_path / "applied.safetensors"
     line = run_error(capsys, "apply", "--model", "mini", str(path), "--out", str(out))
     assert "class-prefix" in line and "load_model(..., edits=[FILE])" in line
     assert not out.exists()
+
+
+def test_the_schedule_is_the_published_one_at_the_default_split_and_scales_with_it():
+    from clipedit.defenses.defense_prefix import images_seen, schedule_steps
+
+    hp = DefensePrefixHParams()
+    assert schedule_steps(1000, hp) == 2480 and schedule_steps(300, hp) == 744 and schedule_steps(10, hp) == 25
+    assert images_seen(1000, hp) == 1240 * 1000  # two batches a pass (512 + 488), 1240 passes
+    assert images_seen(300, hp) == 744 * 300 and schedule_steps(300, DefensePrefixHParams(steps=7)) == 7

@@ -62,6 +62,7 @@ def one_process() -> dict:
     return workload()
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_one_process_key_statistics(two_ranks, one_process):
     for rank in two_ranks:
         assert rank["world"] == 2 and one_process["world"] == 1
@@ -69,6 +70,7 @@ def test_two_ranks_give_the_one_process_key_statistics(two_ranks, one_process):
         assert torch.allclose(rank["C"], one_process["C"], rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.slow  # shares the torchrun launch (two processes) of the test above
 def test_two_ranks_give_the_one_process_audit(two_ranks, one_process):
     single = one_process["audit"]
     assert single["n"] == 14 and single["n_text"] > 0
@@ -77,6 +79,7 @@ def test_two_ranks_give_the_one_process_audit(two_ranks, one_process):
         assert rank["audit"] == single
 
 
+@pytest.mark.slow  # shares the torchrun launch (two processes) of the test above
 def test_stats_command_under_torchrun_equals_one_process(ranks_dir, reference_folder, tmp_path, capsys):
     single = tmp_path / "single.safetensors"
     torch.manual_seed(0)  # tiny-vit's weights: the same seed as the ranks'
@@ -103,6 +106,7 @@ def test_stats_command_fills_the_cache_that_defend_reads(reference_folder, monke
     assert stats.layer == layer and stats.n_keys == 7 * 65
 
 
+@pytest.mark.slow
 def test_audit_under_torchrun_reports_the_one_process_figures(tmp_path, capsys):
     """``torchrun -m clipedit audit``: 2 gloo ranks share the rendered attacks; rank 0 writes the one-process result."""
     from conftest import run_ok

@@ -74,7 +74,7 @@ def test_hook_edit_on_a_vit_applies_reverts_and_round_trips(tiny_vit):
     before = tiny_vit.encode_images(images).detach()
     plain_attn = attn_output(tiny_vit, images)
     weights = {k: v.clone() for k, v in tiny_vit.model.state_dict().items()}
-    edit = ClsHeadAblation(ATTN, [1], {"method": "dyslexify"})
+    edit = ClsHeadAblation(ATTN, [1], {"method": "dyslexify"}, tiny_vit.model)
     edit.apply(tiny_vit.model)
     assert edit.is_applied(tiny_vit.model) and not edit.exportable
     hooked_attn = attn_output(tiny_vit, images)
@@ -150,7 +150,7 @@ def test_dyslexify_searches_in_score_order_and_leaves_hooks_on(tiny_vit):
     bundle = with_world(tiny_vit)
     images = torch.randn(2, 3, 64, 64)
     before = bundle.encode_images(images).detach()
-    result = dyslexify(bundle, DyslexifyHParams(n_score=6, n_train=12, patience=1))
+    result = dyslexify(bundle, DyslexifyHParams(n_score=6, n_val=12, patience=1))
     scores = [s["score"] for s in result.steps]
     assert scores == sorted(scores, reverse=True)
     assert set(result.scores) == {f"visual.transformer.resblocks.{i}.attn" for i in range(2)}
@@ -245,6 +245,7 @@ def test_timm_attention_row_is_the_softmax_of_its_q_and_k():
 
 
 @pytest.mark.parametrize("spec", ["tiny-eva:none", "hf-clip"])
+@pytest.mark.slow
 def test_hook_edit_on_a_projection_tower_applies_reverts_bit_exactly(spec, hf_folders, tmp_path):
     bundle = _load(f"hf:{hf_folders['clip']}:none" if spec == "hf-clip" else spec)
     sites = class_token_sites(bundle)
@@ -256,7 +257,7 @@ def test_hook_edit_on_a_projection_tower_applies_reverts_bit_exactly(spec, hf_fo
     images = torch.randn(2, 3, 64, 64)
     plain_in, before = proj_input(bundle.model, target, images, bundle.encode_images)
     weights = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-    edit = ClsHeadAblation(name, [1])
+    edit = ClsHeadAblation(name, [1], model=bundle.model)
     edit.apply(bundle.model)
     hooked_in, after = proj_input(bundle.model, target, images, bundle.encode_images)
     hd = plain_in.shape[-1] // sites[0][1]
@@ -285,7 +286,7 @@ def test_dyslexify_runs_on_a_timm_tower_and_hf_clip(spec, hf_folders):
     bundle = with_world(_load(f"hf:{hf_folders['clip']}:none" if spec == "hf-clip" else spec))
     images = torch.randn(2, 3, 64, 64)
     before = bundle.encode_images(images).detach()
-    result = dyslexify(bundle, DyslexifyHParams(n_score=4, n_train=8, patience=0))
+    result = dyslexify(bundle, DyslexifyHParams(n_score=4, n_val=8, patience=0))
     assert set(result.scores) == {n for n, _ in class_token_sites(bundle)}
     assert all(0 < v < 1 for vs in result.scores.values() for v in vs)
     assert [s["score"] for s in result.steps] == sorted((s["score"] for s in result.steps), reverse=True)
@@ -295,6 +296,7 @@ def test_dyslexify_runs_on_a_timm_tower_and_hf_clip(spec, hf_folders):
     assert torch.equal(bundle.encode_images(images), before)
 
 
+@pytest.mark.slow
 def test_dyslexify_and_the_edit_refuse_siglip(hf_folders):
     for spec in ("tiny-siglip:none", f"hf:{hf_folders['siglip']}:none"):
         with pytest.raises(ClipeditError, match="has none \\(its blocks pool no class token"):
@@ -305,8 +307,24 @@ def test_dyslexify_and_the_edit_refuse_siglip(hf_folders):
             ClsHeadAblation(name, [0]).apply(b.model)
 
 
+@pytest.mark.slow
 def test_defend_refuses_dyslexify_on_siglip_in_one_error_line(capsys, tmp_path):
     line = run_error(capsys, "defend", "--model", "tiny-siglip:none", "--text", "ipod", "--method", "dyslexify",
                      "--no-eval", "--out", str(tmp_path / "run"))
     assert "class token" in line and "pool no class token" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_tower_without_attention_is_not_sent_to_head_ablation(tiny_rn):
+    """A tower with no attention at all is offered only methods that apply; an attention pool (a ResNet
+    CLIP's) is offered head ablation, which reaches its heads."""
+    from types import SimpleNamespace
+
+    from clipedit.defenses.dyslexify import class_token_sites
+
+    convs = SimpleNamespace(image_module=nn.Sequential(nn.Conv2d(3, 4, 3)), image_prefix="", name="convnet")
+    with pytest.raises(ClipeditError, match="has none") as info:
+        class_token_sites(convs)
+    assert "head-ablation" not in str(info.value) and "--method edit" in str(info.value)
+    with pytest.raises(ClipeditError, match="use head-ablation-weights"):
+        class_token_sites(tiny_rn)

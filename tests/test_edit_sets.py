@@ -100,19 +100,6 @@ def members_changed(change, reseal: bool):
     return apply
 
 
-def legacy_set_file(path, edits) -> None:
-    """A file as clipedit wrote edit sets before they were sealed (``clipedit-edit-set/1``)."""
-    tensors = {f"{i}.{n}": t for i, e in enumerate(edits) for n, t in e.to_tensors().items()}
-    sites = [{"layer": e.layer, **e.meta} for e in edits]
-    save_file(tensors, str(path), metadata={"format": "clipedit-edit-set/1", "sites": json.dumps(sites)})
-
-
-def legacy_single_file(path, edit) -> None:
-    """A file as clipedit wrote a single edit before edit sets (``clipedit-edit/1``)."""
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in edit.meta.items()}
-    save_file(edit.to_tensors(), str(path), metadata={"format": "clipedit-edit/1", "layer": edit.layer, **meta})
-
-
 # -- round trips -----------------------------------------------------------------------------------------
 def test_a_set_round_trips_sealed_and_applies_and_reverts_bit_exactly(tiny_rn, tmp_path):
     edits = weight_edits(tiny_rn)
@@ -131,15 +118,6 @@ def test_a_set_round_trips_sealed_and_applies_and_reverts_bit_exactly(tiny_rn, t
     assert load_edit(single).layer == SITES[0] and len(load_edits(single).edits) == 1
     with pytest.raises(EditError, match="holds an edit set of 2 members"):
         load_edit(path)
-
-
-def test_files_of_the_earlier_formats_still_load(tiny_rn, tmp_path):
-    edits = weight_edits(tiny_rn)
-    legacy_set_file(tmp_path / "set1.safetensors", edits)
-    legacy_single_file(tmp_path / "edit1.safetensors", edits[0])
-    assert load_edits(tmp_path / "set1.safetensors").layers == list(SITES)
-    single = load_edits(tmp_path / "edit1.safetensors")
-    assert single.layers == [SITES[0]] and torch.equal(single.edits[0].lam, edits[0].lam)
 
 
 def test_weight_and_hook_members_in_one_set(tiny_rn, tmp_path):
@@ -189,49 +167,27 @@ def test_a_tampered_set_is_refused_by_apply_and_revert(tiny_rn, tmp_path, capsys
         assert not out.exists()
 
 
-def test_a_legacy_set_with_an_entry_removed_is_refused(tiny_rn, tmp_path, capsys):
-    legacy_set_file(tmp_path / "set1.safetensors", weight_edits(tiny_rn))
-    for change, message in ((lambda s: s[:-1], "belong to no member"), (lambda s: [], "lists no sites")):
-        rewrite_header(tmp_path / "set1.safetensors", tmp_path / "bad.safetensors",
-                       lambda meta, change=change: meta.update(sites=json.dumps(change(json.loads(meta["sites"])))))
-        line = run_error(capsys, "apply", tmp_path / "bad.safetensors", "--model", "tiny-rn",
-                         "--out", tmp_path / "w.safetensors")
-        assert message in line
-
-
 # -- malformed metadata: one Error line, never a traceback ------------------------------------------------
 @pytest.mark.parametrize("key, value, message", [
-    ("sites", "5", "is not a list"),
-    ("sites", "[1, 2]", "member 0 of its header is not an object"),
-    ("sites", "{}", "is not a list"),
-    ("sites", '[{"orig_sha256": "x"}]', "member 0 of its header names no layer"),
-    ("sites", "not json", "is not JSON"),
     ("members", "5", "is not a list"),
     ("members", "[1, 2]", "member 0 of its header is not an object"),
     ("members", "{}", "is not a list"),
+    ("members", "not json", "is not JSON"),
     ("members", '[{"kind": "weight", "digest": "x"}]', "names no layer"),
     ("members", '[{"kind": "nope", "layer": "a", "digest": "x", "meta": {}}]', "seal does not match"),
 ])
 def test_malformed_metadata_is_one_line(tiny_rn, tmp_path, capsys, key, value, message):
-    edits = weight_edits(tiny_rn)
-    if key == "sites":
-        legacy_set_file(tmp_path / "e.safetensors", edits)
-    else:
-        save_edits(tmp_path / "e.safetensors", EditSet(edits))
+    save_edits(tmp_path / "e.safetensors", EditSet(weight_edits(tiny_rn)))
     rewrite_header(tmp_path / "e.safetensors", tmp_path / "bad.safetensors", lambda meta: meta.update({key: value}))
     line = run_error(capsys, "apply", tmp_path / "bad.safetensors", "--model", "tiny-rn",
                      "--out", tmp_path / "w.safetensors")
     assert message in line
 
 
-def test_a_legacy_single_edit_without_a_layer_and_an_unknown_kind_are_one_line(tiny_rn, tmp_path, capsys):
+def test_an_unknown_kind_is_one_line(tiny_rn, tmp_path, capsys):
     from clipedit.core.edit_sets import seal_of
 
     edit = weight_edits(tiny_rn, SITES[:1])[0]
-    legacy_single_file(tmp_path / "e.safetensors", edit)
-    rewrite_header(tmp_path / "e.safetensors", tmp_path / "bad.safetensors", lambda meta: meta.pop("layer"))
-    assert "names no layer" in run_error(capsys, "apply", tmp_path / "bad.safetensors", "--model", "tiny-rn",
-                                         "--out", tmp_path / "w.safetensors")
     save_edits(tmp_path / "s.safetensors", EditSet([edit]))
 
     def unknown(meta):

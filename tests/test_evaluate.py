@@ -26,9 +26,12 @@ CLASSES = ["ipod", "mug", "apple", "ball", "clock", "key"]
 
 # --- a fake model whose prediction is written in the image: class k <=> red channel 10 * k ---
 
-def swatch(k: int) -> Image.Image:
-    """A 4x4 image that the colour predictor reads as class ``k``."""
-    return Image.new("RGB", (4, 4), (10 * k, 0, 0))
+def swatch(k: int, photo: int = 0) -> Image.Image:
+    """A 4x4 image that the colour predictor reads as class ``k``; ``photo`` (a corner pixel the
+    predictor does not read) tells photos of the same class apart."""
+    image = Image.new("RGB", (4, 4), (10 * k, 0, 0))
+    image.putpixel((3, 3), (0, photo, 0))
+    return image
 
 
 def colour_preprocess(image: Image.Image) -> torch.Tensor:
@@ -48,9 +51,9 @@ class ColourPredictor:
 FAKE_BUNDLE = types.SimpleNamespace(preprocess=colour_preprocess)
 
 
-def fake_attack(word: str, clean: int, blank: int, text: int) -> Attack:
+def fake_attack(word: str, clean: int, blank: int, text: int, photo: int = 0) -> Attack:
     mask = np.zeros((4, 4), bool)
-    return Attack(clean=swatch(clean), blank=swatch(blank), attacked=swatch(text), mask=mask,
+    return Attack(clean=swatch(clean, photo), blank=swatch(blank), attacked=swatch(text), mask=mask,
                   text_mask=mask, box=(0, 0, 1, 1), text=word, style=LabelStyle(), seed=0)
 
 
@@ -66,7 +69,7 @@ CASE = [
 
 
 def test_evaluate_attacks_on_a_known_case():
-    attacks = [fake_attack(w, c, b, t) for _, w, c, b, t in CASE]
+    attacks = [fake_attack(w, c, b, t, photo=i) for i, (_, w, c, b, t) in enumerate(CASE)]
     labels = [row[0] for row in CASE]
     m = evaluate_attacks(FAKE_BUNDLE, ColourPredictor(), attacks, labels, batch_size=4, progress=False)
     assert m["n"] == 6
@@ -80,6 +83,15 @@ def test_evaluate_attacks_on_a_known_case():
     assert m["by_word"]["banana"] == {"text_acc": 1.0, "attack_success_rate": None, "n": 1, "in_classes": False}
     assert m["by_word"]["Clock"]["n"] == 0 and m["by_word"]["Clock"]["text_acc"] is None
     assert "clean_top5" in m
+
+
+def test_a_photo_written_on_with_several_words_is_one_clean_image():
+    """Two photos, each attacked with three words: clean figures over 2 distinct images, notes over 6."""
+    attacks = [fake_attack(w, c, c, t, photo=p) for p, c, t in ((0, 1, 1), (1, 2, 0)) for w in ("x", "y", "z")]
+    m = evaluate_attacks(FAKE_BUNDLE, ColourPredictor(), attacks, [1] * 3 + [2] * 3, batch_size=4, progress=False)
+    assert (m["n"], m["n_clean"], m["n_text"]) == (6, 2, 6)
+    assert m["clean_acc"] == 1.0 and m["by_class"]["mug"]["n_clean"] == 1
+    assert m["text_acc"] == pytest.approx(3 / 6)
 
 
 def test_evaluate_attacks_with_given_word_indices():
@@ -273,5 +285,21 @@ def test_results_record_and_table(tmp_path, tiny_vit):
     table = format_table([("clean", 0.5, 10), ("attack success", None, 0)], header=("", "rate", "n"))
     lines = table.splitlines()
     assert lines[1].split() == ["clean", "50.0%", "10"]
-    assert lines[2].split() == ["attack", "success", "-", "0"]
+    assert lines[2].split() == ["attack", "success", "n/a", "0"]  # undefined (n = 0): n/a, and why
+    from clipedit.eval.results import undefined_reasons
+
+    assert undefined_reasons([("clean", 0.5, 10), ("attack success", None, 0)]) == [
+        "attack success: n/a (n = 0: none of the written words is one of the classes, so no note can pull the "
+        "prediction to its word)"]
     assert len({len(line) for line in lines}) == 1  # aligned columns
+
+
+def test_an_image_folder_is_evaluated_on_its_folder_names(image_folder):
+    """defend --data DIR uses the folder names as classes, as audit does, not the model's class list."""
+    from clipedit.eval.evaluation import EvalOptions, evaluation_sets
+
+    model = types.SimpleNamespace(classnames=[f"class{i}" for i in range(12)], world=None, name="m")
+    sets = evaluation_sets(model, ["ipod"], EvalOptions(data=str(image_folder)))
+    assert sets.classnames == ["cat", "coffee", "rocket"]
+    with pytest.raises(ClipeditError, match=r"2 class names given \(--classes\) for the 3 class folders"):
+        evaluation_sets(model, ["ipod"], EvalOptions(data=str(image_folder), classes=["a", "b"]))

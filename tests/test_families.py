@@ -157,6 +157,7 @@ def test_closed_form_edit_moves_attacked_towards_blank_and_reverts_bit_exactly(f
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_head_specs_per_family(hf_folders):
     """What a head method needs: the attention, its projection (whose input is the per-head result), the
     head count and width, and the query row (class token, or an attention pool's probe)."""
@@ -202,6 +203,7 @@ def test_hf_preprocess_matches_its_processor(hf_folders):
         assert ids.shape == (1, 16) and ids[0, 0].item() == 49406  # padded to the text tower's length
 
 
+@pytest.mark.slow
 def test_hf_export_loads_with_transformers_alone(hf_folders, tmp_path):
     """An edited HF model saved as model.safetensors is a save_pretrained folder: transformers loads it and
     predicts exactly what the edited bundle predicts; clipedit loads it back with --checkpoint FOLDER."""
@@ -250,7 +252,7 @@ def test_hf_errors_are_one_line(hf_folders, tmp_path, capsys, monkeypatch, image
                             intermediate_size=32).save_pretrained(bert)
     line = run_error(capsys, "audit", "--model", f"hf:{bert}:none", "--data", image_folder)
     assert "BertConfig" in line or "bert" in line
-    assert "CLIPModel, SiglipModel" in line
+    assert "'clip' (CLIPModel), 'siglip' (SiglipModel)" in line
     line = run_error(capsys, "audit", "--model", "hf:nobody/no-such-clip", "--data", image_folder)
     assert "could not fetch hf:nobody/no-such-clip" in line and "--checkpoint" in line
     line = run_error(capsys, "audit", "--model", "hf", "--data", image_folder)
@@ -295,6 +297,7 @@ def test_a_tower_without_a_default_names_the_supported_families():
 
 # -- end to end on rendered photos --------------------------------------------------------------------
 @pytest.mark.parametrize("fam", ["timm-siglip", "convnext", "hf-siglip"])
+@pytest.mark.slow
 def test_audit_and_defend_end_to_end(fam, hf_folders, image_folder, tmp_path, capsys):
     bundle = _load(FAMILIES[fam][0](hf_folders))
     if fam.startswith("hf"):
@@ -357,7 +360,7 @@ def test_sweep_scores_every_candidate_of_each_family(fam, hf_folders):
 
 @pytest.mark.parametrize("fam,method", [("timm-siglip", "finetune-local"), ("convnext", "finetune-global"),
                                         ("timm-eva", "finetune-local"), ("hf-clip", "finetune-global"),
-                                        ("hf-siglip", "paint")])
+                                        pytest.param("hf-siglip", "paint", marks=pytest.mark.slow)])
 def test_fine_tuning_methods_change_only_the_image_tower(fam, method, hf_folders, monkeypatch):
     import functools
 
@@ -365,8 +368,8 @@ def test_fine_tuning_methods_change_only_the_image_tower(fam, method, hf_folders
     from clipedit.defenses.paint import PaintHParams
     from clipedit.defenses.typographic import DefenseConfig, defend
 
-    monkeypatch.setattr("clipedit.defenses.methods.PaintHParams", functools.partial(PaintHParams, alphas=(1.0,),
-                                                                                     n_val=4))
+    monkeypatch.setattr("clipedit.defenses.methods.PaintHParams", functools.partial(
+        PaintHParams, alphas=(1.0,), lrs=(1e-2,), n_val=4, n_signs=0, n_train=8, steps=2, checkpoints=1))
     bundle = _with_world(_load(FAMILIES[fam][0](hf_folders)))
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
     defend(bundle, "ipod", DefenseConfig(method=method, renders=3, finetune=FinetuneHParams(steps=1, lr=1e-2)))

@@ -63,10 +63,42 @@ def test_split_fonts_fall_back_to_matplotlib_with_a_warning(monkeypatch, caplog)
         val, test = factors.split_fonts("validation"), factors.split_fonts("test")
     finally:
         factors.split_fonts.cache_clear()
-    assert "no font of the validation split is installed" in caplog.text and "apt-get install -y" in caplog.text
+    assert "no font of the validation split is installed" in caplog.text and "pip install" in caplog.text
     fam = lambda paths: {read_face(p).family for p in paths}  # noqa: E731
     assert fam(val) and fam(test) and not fam(val) & fam(test)
     assert not (fam(val) | fam(test)) & fam(StyleSampler.exemplar().fonts)
+
+
+def test_reference_catalogue_comes_from_the_pip_packages(monkeypatch, caplog):
+    """The declared pip font packages alone give both held-out splits, disjoint, without a warning;
+    the Debian catalogue is used only when asked for."""
+    monkeypatch.delenv(catalogue.CATALOGUE_ENV, raising=False)
+    assert not catalogue.missing_pip_packages()
+    assert catalogue.default_dirs() == catalogue.pip_font_dirs()
+    faces = catalogue.catalogue()
+    val, test = ({f.family for f in split_faces(s, faces)} for s in ("validation", "test"))
+    assert val and test and not val & test
+    assert all(f.path.startswith(catalogue.pip_font_dirs()) for f in faces)
+    factors.split_fonts.cache_clear()
+    try:
+        assert factors.split_fonts("validation") and factors.split_fonts("test")
+    finally:
+        factors.split_fonts.cache_clear()
+    assert "no font of" not in caplog.text
+    monkeypatch.setenv(catalogue.CATALOGUE_ENV, "debian")
+    assert catalogue.default_dirs() == catalogue.pip_font_dirs() + catalogue.FONT_DIRS
+    monkeypatch.setenv(catalogue.CATALOGUE_ENV, "google")
+    with pytest.raises(AttackError, match="CLIPEDIT_FONT_CATALOGUE"):
+        catalogue.default_dirs()
+
+
+def test_pip_font_packages_are_declared_dependencies():
+    import tomllib
+    from pathlib import Path
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {d.split(">")[0].split("=")[0].strip() for d in deps}
+    assert set(catalogue.PIP_PACKAGES) <= names
 
 
 @pytest.mark.parametrize("split", ["validation", "test"])
@@ -184,11 +216,12 @@ def test_defense_table_reports_notes_and_stickers_apart_from_bare_text():
         return {"clean_acc": 1.0, "blank_acc": 0.9, "text_acc": 0.5, "strata": groups}
 
     rows = {r[0]: r[1:] for r in comparison_rows(figures(0.2, 0.6), figures(0.8, 0.9))}
-    assert rows["text note, notes + stickers (defended words)"] == [0.2, 0.8]
-    assert rows["text note, bare text (defended words)"] == [0.6, 0.9]
+    assert rows["text note, notes + stickers (defended words)"] == [0.2, 0.8, 10]  # before, after, n
+    assert rows["text note, bare text (defended words)"] == [0.6, 0.9, 10]
     assert "text note, notes + stickers (other words)" not in rows
 
 
+@pytest.mark.slow
 def test_on_the_leave_out_factors_notes_and_stickers_fool_the_mini_more_than_bare_text():
     """The reason the headline is notes + stickers: a mix with bare text would hide the stronger attack."""
     from clipedit.eval.heldout import world_attack_set

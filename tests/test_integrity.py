@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from test_rewrite import _pair
 
 from clipedit import cli
-from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_statistics, save_edit
+from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_statistics, save_edits
 from clipedit.core import statistics as stats_module
 from clipedit.core.cache import cache_dir
 from clipedit.io import read_safetensors_metadata
@@ -58,7 +58,7 @@ def edit_files(tmp_path_factory):
     edited_model = copy.deepcopy(model)
     apply_edit(edited_model, edit)
     edited = save_state_dict(folder / "edited.safetensors", edited_model.state_dict())
-    return base, edited, save_edit(folder / "edit.safetensors", edit)
+    return base, edited, save_edits(folder / "edit.safetensors", edit)
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +284,10 @@ def test_defend_on_a_real_small_disk_leaves_nothing(base, defended, tmp_path, ca
 
 def test_defend_replaces_an_older_run_whole_and_cleans_stale_temporaries(base, defended, tmp_path, capsys):
     out = _copy_run(defended, tmp_path / "run")
-    killed = [out / ".model.safetensors.a1b2c3d4.tmp.safetensors", tmp_path / ".run.x9y8z7w6.tmp"]
+    from clipedit.io import _temp_name  # left by a killed run (a process that is gone): authenticated names
+
+    killed = [out / _temp_name("model.safetensors", ".safetensors", owner="999999999-1"),
+              tmp_path / _temp_name("run", owner="999999999-1")]
     killed[0].write_bytes(b"\0" * 1000)
     killed[1].mkdir()
     (killed[1] / "model.safetensors").write_bytes(b"\0" * 1000)

@@ -115,6 +115,7 @@ def test_import_attacks_loads_no_clipedit_module():
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow
 def test_the_core_imports_alone():
     """Import ``clipedit.core`` without the package's front door: nothing of models/eval/… comes along."""
     code = (
@@ -195,6 +196,7 @@ def test_list_models_names_clipedits_models_without_touching_open_clips_registry
     assert "tiny-vit" not in open_clip.list_models() and "mini" not in open_clip.list_models()
 
 
+@pytest.mark.slow
 def test_python_dash_m_clipedit_lists_the_commands():
     r = subprocess.run([sys.executable, "-m", "clipedit", "--help"], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)
@@ -203,6 +205,7 @@ def test_python_dash_m_clipedit_lists_the_commands():
         assert command in r.stdout
 
 
+@pytest.mark.slow
 def test_a_users_own_attacks_and_cli_do_not_stand_in_for_clipedits(tmp_path):
     """The wheel installs attacks/ as clipedit.attacks and the command line as clipedit.cli: from a folder
     holding its own ``attacks/`` and ``cli.py``, ``import clipedit`` and ``python -m clipedit --help`` work."""

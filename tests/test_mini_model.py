@@ -21,11 +21,13 @@ def figures() -> dict:
     return heldout_figures(bundle.model, bundle.preprocess, bundle.tokenizer, n=N, seed=SEED)
 
 
+@pytest.mark.slow
 def test_mini_recognises_objects_and_shrugs_off_blank_notes(figures):
     assert figures["clean_acc"] >= 0.85
     assert figures["blank_acc"] >= 0.80
 
 
+@pytest.mark.slow  # shares the module's figures (hundreds of scenes) with the test above
 def test_mini_is_fooled_by_written_words(figures):
     assert figures["text_acc"] <= 0.45
     assert figures["attack_success"] >= 0.45
@@ -40,6 +42,7 @@ def test_bundled_config_records_the_full_held_out_figures():
     assert heldout["text_acc"] <= 0.40 and heldout["attack_success"] >= 0.50
 
 
+@pytest.mark.slow
 def test_default_defense_restores_ipod_notes_and_keeps_clean_and_blank():
     """`defend("ipod")` with the defaults, on a held-out set in styles the exemplars never use."""
     _, defense, before, after = defend_on_heldout("mini")

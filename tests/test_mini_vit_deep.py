@@ -51,6 +51,7 @@ def test_it_is_an_open_clip_vit_with_six_blocks_of_four_heads_and_the_minis_text
     assert deep.name == NAME and deep.classnames == resnet.classnames
 
 
+@pytest.mark.slow
 def test_it_reads_objects_and_is_fooled_by_written_words(figures):
     assert figures["clean_acc"] >= 0.85 and figures["blank_acc"] >= 0.78
     assert figures["text_acc"] <= 0.47 and figures["attack_success"] >= 0.40
@@ -93,6 +94,7 @@ def test_a_missing_or_corrupt_asset_names_the_file_and_the_rebuild_command(capsy
     assert "CLIPEDIT_MINI_VIT_DEEP_DIR" in line
 
 
+@pytest.mark.slow
 def test_default_defense_is_the_validation_pick_and_restores_ipod_notes():
     """`defend("ipod")` with mini-vit-deep's defaults (block 0's attn.v_proj then mlp.c_proj, rank 32, label
     mask, keep 3: the pick on validation, bench/results/mini_vit_sites_deep_value.json), scored on test."""
@@ -122,3 +124,12 @@ def test_train_mini_arch_vit_deep_builds_the_deep_tower_into_its_own_folder(caps
     cfg = student_config(read_mini_vit_config(mini_vit_asset_dir(NAME), NAME)["model_cfg"], "vit-deep")
     assert cfg["vision_cfg"] == ARCHES["vit-deep"]["vision_cfg"]
     assert cfg["vision_cfg"]["width"] // cfg["vision_cfg"]["head_width"] == 4
+
+
+def test_stats_computes_every_default_site(image_folder, capsys):
+    """Its default edit spans two sites: ``clipedit stats`` computes both (as defend --reference uses them)."""
+    from conftest import run_ok
+
+    out = run_ok(capsys, "stats", "--model", NAME, "--reference", image_folder)
+    assert "key statistics of visual.transformer.resblocks.0.attn.v_proj:" in out
+    assert "key statistics of visual.transformer.resblocks.0.mlp.c_proj:" in out

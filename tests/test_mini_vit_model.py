@@ -43,11 +43,13 @@ def test_mini_vit_is_an_open_clip_vit_with_the_minis_text_tower():
     assert vit.world is not None and vit.classnames == resnet.classnames and vit.templates == resnet.templates
 
 
+@pytest.mark.slow
 def test_mini_vit_recognises_objects_and_shrugs_off_blank_notes(figures):
     assert figures["clean_acc"] >= 0.85
     assert figures["blank_acc"] >= 0.80
 
 
+@pytest.mark.slow  # shares the module's figures (hundreds of scenes) with the test above
 def test_mini_vit_is_fooled_by_written_words(figures):
     assert figures["text_acc"] <= 0.45
     assert figures["attack_success"] >= 0.42
@@ -63,6 +65,7 @@ def test_bundled_config_records_the_full_held_out_figures_and_its_training():
     assert cfg["training"]["minutes"] <= 60
 
 
+@pytest.mark.slow
 def test_default_defense_restores_ipod_notes_and_keeps_clean_and_blank():
     """`defend("ipod")` with mini-vit's defaults (blocks 0-2's attention value projections and block 0's
     mlp.c_proj, one edit set), on a held-out set in styles the exemplars never use; the value sites
@@ -73,7 +76,7 @@ def test_default_defense_restores_ipod_notes_and_keeps_clean_and_blank():
 
     base, defense, before, after = defend_on_heldout("mini-vit")
     sites = defaults_for(base).sites
-    assert any(s.endswith("attn.v_proj") for s in sites) and defense.layer == ",".join(sites)
+    assert any(s.endswith("attn.v_proj") for s in sites) and defense.layer == "+".join(sites)
     assert [e.layer for e in defense.edit_set.edits] == list(sites)
     assert before["attack_success_rate"] >= 0.4 and after["attack_success_rate"] <= 0.1
     assert after["text_acc"] >= 0.68 and after["text_acc"] >= before["text_acc"] + 0.35  # measured: 32.9% -> 72.1%

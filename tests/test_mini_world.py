@@ -185,6 +185,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
 
 
+@pytest.mark.slow
 def test_case_of_a_word_class_matching_ignores_it_rendering_keeps_it():
     from clipedit.data.classnames import case_note
     from clipedit.eval.heldout import world_eval_sets

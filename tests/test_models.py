@@ -127,3 +127,13 @@ def test_a_file_that_is_no_checkpoint_says_so_and_never_suggests_unsafe_loading(
     with pytest.raises(ModelLoadError, match=message) as info:
         load_model("tiny-vit", checkpoint=path, device="cpu")
     assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_models_marks_the_families_clipedit_cannot_defend(capsys):
+    from conftest import run_ok
+
+    lines = {line.split()[0]: line for line in run_ok(capsys, "models", "--no-pretrained").splitlines()[1:]
+             if line.startswith("  ")}
+    assert "not supported" in lines["MobileCLIP2-S0"] and "not supported" in lines["coca_ViT-B-32"]
+    assert "not supported" in lines["swin_base_patch4_window7_224"]
+    assert "(" not in lines["ViT-B-32"] and "(" not in lines["MobileCLIP-B"]

@@ -10,6 +10,7 @@ import torch
 
 from clipedit.core.edit_sets import EditSet, apply_edit_set, load_edits, revert_edit_set, save_edits
 from clipedit.core.nethook import get_module
+from clipedit.defenses.defense_prefix import DefensePrefixHParams
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.head_ablation import (
@@ -20,7 +21,9 @@ from clipedit.defenses.head_ablation import (
     head_scores,
 )
 from clipedit.defenses.methods import METHODS
-from clipedit.defenses.paint import ALPHAS, PaintHParams, choose_alpha, cosine_lr, interpolate_, paint
+from clipedit.defenses.paint import ALPHAS, PaintHParams, choose_alpha, cosine_lr, interpolate_, paint, schedule
+from clipedit.defenses.paint import images_seen as paint_images
+from clipedit.defenses.typo_train import typographic_training_set, validation_sets
 from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
@@ -119,17 +122,64 @@ def test_interpolation_endpoints_and_midpoint(tiny_rn):
     assert all(torch.equal(tower.state_dict()[k], theta0[k]) for k in theta0)
 
 
-def test_paint_picks_an_alpha_on_validation_and_leaves_the_model_there(tiny_rn):
+def test_paint_picks_lr_checkpoint_and_alpha_on_validation_and_leaves_the_model_there(tiny_rn):
     bundle = with_world(tiny_rn)
-    hp = PaintHParams(alphas=(0.0, 1.0), n_train=8, epochs=1, batch_size=4, n_val=6, n_signs=6)
+    tower = bundle.image_module
+    theta0 = {k: v.clone() for k, v in tower.state_dict().items()}
+    hp = PaintHParams(alphas=(0.0, 0.5, 1.0), lrs=(1e-5, 1e-3), n_train=8, epochs=1, batch_size=4, n_val=6,
+                      n_signs=6, checkpoints=2)
     result = paint(bundle, hp)
-    assert [r["alpha"] for r in result.rows] == [0.0, 1.0]
-    assert result.rows[0]["gain"] == 0.0 and result.rows[0]["admissible"]
-    assert result.alpha in (0.0, 1.0)
-    assert all({"patch_acc", "supported_acc", "clean_acc", "reading_acc"} <= set(r) for r in result.rows)
-    assert result.rows[0]["n"] == 6 and result.rows[0]["n_signs"] == 6
+    grid = {(r["lr"], r["step"], r["alpha"]) for r in result.rows}
+    assert grid == {(lr, s, a) for lr in (1e-5, 1e-3) for s in (1, 2) for a in (0.0, 0.5, 1.0)}
+    means = [(r["patch_acc"] + r["supported_acc"]) / 2 for r in result.rows]
+    first_best = result.rows[means.index(max(means))]  # the rule: highest mean, ties to the first row
+    assert (result.lr, result.step, result.alpha) == (first_best["lr"], first_best["step"], first_best["alpha"])
+    assert all(r["n"] == 6 and r["n_signs"] == 6 and "reading_acc" in r for r in result.rows)
+    assert "reading" not in result.rule and "supported-task" in result.rule
+    budget = result.details["budget"]
+    assert budget["per_lr"] == {"images_seen": 8, "steps": 2, "batch": 4, "warmup": 1}
+    assert budget["images_seen"] == 16 and budget["optimizer_steps"] == 4 and budget["settings_tried"] == 12
+    changed = any(not torch.equal(tower.state_dict()[k], theta0[k]) for k in theta0)
+    assert changed == (result.alpha > 0)  # the tower stays at θ₀ exactly when α = 0 was chosen
     with pytest.raises(EditError, match="alphas must lie in"):
         paint(bundle, PaintHParams(alphas=(1.5,)))
+    with pytest.raises(EditError, match="learning rates"):
+        paint(bundle, PaintHParams(lrs=(0.0,)))
+
+
+def test_paint_schedule_reaches_the_images_it_is_asked_for():
+    hp = PaintHParams(n_train=100, batch_size=128, epochs=10)
+    assert schedule(100, hp) == (100, 10, 1) and paint_images(100, hp) == 1000  # batch capped at the split
+    floor = dataclasses.replace(hp, min_images=25_600)
+    batch, steps, warmup = schedule(100, floor)
+    assert steps == 256 and warmup == 25 and paint_images(100, floor) >= 25_600
+    assert schedule(100_000, PaintHParams(min_images=10))[2] == 500  # the published warm-up at full scale
+    for n in (999, 1000, 1001):  # the last batch of a pass is shorter: still at least the images asked for
+        asked = dataclasses.replace(hp, n_train=n, min_images=1_240_000)
+        assert 1_240_000 <= paint_images(n, asked) < 1_240_000 + 128
+
+
+@pytest.mark.slow
+def test_paint_theta1_learns_the_patching_task_through_a_frozen_head():
+    from clipedit.models import load_model
+
+    bundle = load_model("mini", device="cpu")
+    predictor = make_predictor(bundle, list(bundle.world.classnames))
+    head = predictor.weights.clone()
+    text = {k: v.clone() for k, v in bundle.model.state_dict().items() if not k.startswith("visual.")}
+    hp = PaintHParams(alphas=(0.0, 1.0), lrs=(1e-4,), n_train=96, batch_size=32, epochs=8, checkpoints=1,
+                      n_val=60, n_signs=0)
+    train = typographic_training_set(bundle, hp.n_train, 0)
+    val = validation_sets(bundle, hp.n_val)
+    result = paint(bundle, hp, train=train, val=val, predictor=predictor)
+    curve = result.details["loss_curve"][str(1e-4)]
+    assert curve[-1] < 0.8 * curve[0]  # θ₁'s training loss falls (measured 2.07 -> 0.33)
+    at = {r["alpha"]: r for r in result.rows}
+    # θ₁ reads 6+ more of the 60 validation notes right (measured 18 -> 42)
+    assert at[1.0]["patch_acc"] * 60 >= at[0.0]["patch_acc"] * 60 + 6
+    assert torch.equal(predictor.weights, head)  # the zero-shot head is frozen: bit-identical
+    after = bundle.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in text.items())  # the text tower too
 
 
 def test_paint_alpha_rule_on_a_synthetic_curve():
@@ -146,16 +196,25 @@ def test_paint_alpha_rule_on_a_synthetic_curve():
     assert lrs[10] == pytest.approx(1.0) and lrs[-1] < 0.001 and lrs == lrs[:10] + sorted(lrs[10:], reverse=True)
 
 
+@pytest.mark.slow
 def test_peers_run_through_the_dispatcher(tiny_rn, monkeypatch):
     assert {"head-ablation-weights", "paint", "dyslexify"} <= set(METHODS)
-    small = functools.partial(PaintHParams, alphas=(0.0, 1.0), n_val=6, n_signs=6, n_train=8, epochs=1,
-                              batch_size=4)
+    small = functools.partial(PaintHParams, alphas=(0.0, 1.0), lrs=(1e-3,), n_val=6, n_signs=6, n_train=8,
+                              epochs=1, batch_size=4, checkpoints=1)
     monkeypatch.setattr("clipedit.defenses.methods.PaintHParams", small)  # a small validation grid
+    monkeypatch.setattr("clipedit.defenses.methods.DefensePrefixHParams",
+                        functools.partial(DefensePrefixHParams, steps=3))  # the peer budget PAINT must reach
     bundle = with_world(tiny_rn)
     original = state(bundle)
-    config = DefenseConfig(method="paint", renders=4, finetune=FinetuneHParams(steps=1))
+    config = DefenseConfig(method="paint", renders=4, finetune=FinetuneHParams(steps=5))
     defense = defend(bundle, "ipod", config)
-    assert defense.method == "paint" and defense.details["alpha"] in (0.0, 1.0)
+    assert defense.method == "paint" and not defense.exemplars  # it draws its own training split
+    budget = defense.details["budget"]
+    assert budget["peer_images"] == {"defense-prefix": 3 * 8, "finetune-global": 5 * 4}  # steps x images a step
+    assert budget["meets_peers"] and budget["per_lr"]["images_seen"] == 24 and budget["seconds"] > 0
+    curve = defense.details["alpha_curve"]
+    best = max(curve, key=lambda r: (r["patch_acc"] + r["supported_acc"]) / 2)
+    assert defense.details["alpha"] == best["alpha"] and [r["alpha"] for r in curve] == [0.0, 1.0]
     changed = not same(state(bundle), original)
     assert changed == (defense.details["alpha"] > 0)
     few = functools.partial(HeadAblationHParams, n_val=6, patience=1)

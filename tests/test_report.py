@@ -7,6 +7,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
 from conftest import run_ok
 from PIL import Image
 from test_benchmarks import triples_dir  # noqa: F401  (fixture)
@@ -80,6 +81,7 @@ def test_audit_report_embeds_table_chart_and_marked_grid(capsys, tmp_path, tripl
     assert Image.open(out.with_suffix(".png")).format == "PNG"  # the chart, next to the JSON
 
 
+@pytest.mark.slow
 def test_defend_report_shows_before_after_and_exemplar(capsys, tmp_path, triples_dir):  # noqa: F811
     run_dir, report = tmp_path / "run", tmp_path / "d.html"
     stdout = run_ok(capsys, "defend", "--model", "tiny-vit", "--text", "ipod", "--renders", "3", "--rank", "2",
@@ -110,6 +112,7 @@ def test_report_escapes_names_and_marks_the_final_prediction():
     assert page.cells == ["clean", "50.0%"]
 
 
+@pytest.mark.slow
 def test_any_word_report_names_its_rendered_vocabulary_exemplars(capsys, tmp_path, triples_dir, monkeypatch):  # noqa: F811
     import copy
 
@@ -151,3 +154,21 @@ def test_chart_draws_attack_success_in_its_own_colour_and_says_lower_is_better()
     both = colours(bar_chart([["clean", 0.9, 0.9], ["attack success (defended words)", 0.6, 0.1]], ["before", "after"]))
     assert {rgb(c) for c in LOWER_IS_BETTER_COLOURS + SERIES_COLOURS} <= both
     assert lower_is_better("attack success (other words)") and not lower_is_better("text note (other words)")
+
+
+def test_undefined_figures_are_written_n_a_in_charts_and_the_footer_speaks_only_of_shown_images(monkeypatch):
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from clipedit.eval.report import bar_chart
+
+    written, titles = [], []
+    real_text, real_title = Axes.text, Figure.suptitle
+    monkeypatch.setattr(Axes, "text",
+                        lambda self, x, y, s, *a, **k: written.append(s) or real_text(self, x, y, s, *a, **k))
+    monkeypatch.setattr(Figure, "suptitle", lambda self, t, *a, **k: titles.append(t) or real_title(self, t, *a, **k))
+    bar_chart([["clean", 0.5, 10], ["attack success", None, 0]], ["rate"], title="m on photos: " + "word, " * 30)
+    assert written == ["50.0%", "n/a"]
+    assert all(len(line) <= 100 for line in titles[0].splitlines())  # wrapped, not cut at the edge
+    page = render_report(title="t", facts=[], header=["", "rate"], rows=[["clean", 0.5]], chart=None, grid=[])
+    assert "red frame" not in page

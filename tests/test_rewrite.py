@@ -16,7 +16,7 @@ from clipedit.core import (
     load_edit,
     resolve_site,
     revert_edit,
-    save_edit,
+    save_edits,
 )
 from clipedit.core import statistics as stats_module
 from clipedit.core.keys_values import collect_exemplars
@@ -141,7 +141,7 @@ def test_revert_is_bit_exact_and_edits_compose_in_order(tiny_vit, tmp_path):
                                 forward=model.encode_image)
     _, _, second = apply_rewrite(model, _pair(seed=2), RewriteHParams(layer=VIT_SITE, rank=2), st,
                                  forward=model.encode_image)
-    save_edit(tmp_path / "first.safetensors", first)
+    save_edits(tmp_path / "first.safetensors", first)
     first = load_edit(tmp_path / "first.safetensors")
     with pytest.raises(EditError, match="revert that first"):
         revert_edit(model, first)
@@ -154,7 +154,7 @@ def test_edit_file_for_another_model_is_refused(tiny_vit, tiny_rn, tmp_path):
     st = _stats(tiny_vit.model, VIT_SITE)
     edit = compute_rewrite(tiny_vit.model, _pair(), RewriteHParams(layer=VIT_SITE), st,
                            forward=tiny_vit.model.encode_image, meta={"model": "tiny-vit"})
-    path = save_edit(tmp_path / "e.safetensors", edit)
+    path = save_edits(tmp_path / "e.safetensors", edit)
     with pytest.raises(EditError, match="tiny-vit"):
         apply_edit(tiny_rn.model, load_edit(path))
     other = copy.deepcopy(tiny_vit.model)
@@ -170,7 +170,7 @@ def test_nan_edit_is_refused(tiny_vit, tmp_path):
                            forward=tiny_vit.model.encode_image)
     edit.lam[0, 0] = float("nan")
     with pytest.raises(EditError, match="NaN"):
-        save_edit(tmp_path / "e.safetensors", edit)
+        save_edits(tmp_path / "e.safetensors", edit)
     assert not any(tmp_path.iterdir())
 
 
@@ -228,3 +228,13 @@ def test_trace_removes_its_hooks_even_on_error(tiny_vit):
         with Trace(module):
             raise RuntimeError("boom")
     assert not module._forward_hooks
+
+
+def test_an_unknown_layer_names_the_modules_that_exist(tiny_vit):
+    from clipedit.core.nethook import get_module
+    from clipedit.errors import SiteError
+
+    with pytest.raises(SiteError, match=r"'visual.transformer.resblocks' has: 0-1$"):
+        get_module(tiny_vit.model, "visual.transformer.resblocks.7.mlp.c_proj")
+    with pytest.raises(SiteError, match="top level has: visual, transformer"):
+        get_module(tiny_vit.model, "nonsense")

@@ -76,6 +76,7 @@ def test_multi_site_collection_matches_one_site_at_a_time(fixture, request):
 
 # -- the sweep ---------------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:only .* reference keys")  # 24 small reference images on purpose
+@pytest.mark.slow
 def test_sweep_scores_every_site_and_rank_caches_statistics_and_leaves_the_model(tiny_rn, cache_dir):
     bundle = with_world(tiny_rn)
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
@@ -126,6 +127,7 @@ def test_plot_writes_a_png(tmp_path):
 
 
 # -- the command -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sweep_cli_writes_json_and_plot(tmp_path, capsys):
     out = run_ok(capsys, "sweep", "--model", "mini", "--text", "ipod", "--sites", "visual.layer3.0.conv3",
                  "--ranks", "1,8", "--n-val", "8", "--n-signs", "8", "--renders", "6", "--out", tmp_path / "s")
@@ -192,6 +194,7 @@ def test_a_tolerance_below_one_scene_is_widened_to_one_scene_with_a_warning(capl
     assert tolerance_text(0.005, 1000) == "0.5 point (5 of 1000 scenes)"
 
 
+@pytest.mark.slow
 def test_sweep_cli_states_the_scenes_its_tolerance_allows(tmp_path, capsys):
     out = run_ok(capsys, "sweep", "--model", "mini", "--text", "ipod", "--sites", "visual.layer3.0.conv3",
                  "--ranks", "1", "--n-val", "12", "--n-signs", "0", "--renders", "4", "--out", tmp_path / "s")
@@ -203,6 +206,7 @@ def test_sweep_cli_states_the_scenes_its_tolerance_allows(tmp_path, capsys):
 
 # -- what is scored is what is applied ----------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:only .* reference keys")
+@pytest.mark.slow
 def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_vit):
     """keep_targets honoured by both (the sweep once dropped it), single sites at several ranks (directions cut
     from the largest rank's) and a multi-site set solved in order, as defend solves it."""
@@ -232,3 +236,12 @@ def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_
         for member, (_, delta) in zip(defense.edit_set.edits, deltas):
             torch.testing.assert_close(member.delta().double(), delta, rtol=1e-5, atol=1e-7)
         assert defense.edit_set.edits[0].meta["hparams"]["keep_targets"] == 3.0
+
+
+def test_ranks_on_one_spot_share_one_label_and_crowded_labels_stack():
+    from clipedit.defenses.sweep import rank_labels
+
+    rows = [{"rank": r} for r in (4, 16, 32, 8, 2)] + [{"method": "paint"}]
+    points = [(0.0, 50.0)] * 3 + [(0.5, 50.5), (20.0, 10.0), (0.0, 50.0)]
+    assert rank_labels(rows, points) == [((0.0, 50.0), "4, 16, 32", 0), ((0.5, 50.5), "8", 1),
+                                         ((20.0, 10.0), "2", 0)]

@@ -20,7 +20,7 @@ from clipedit.core import (
     load_edit,
     resolve_site,
     revert_edit,
-    save_edit,
+    save_edits,
 )
 from clipedit.core.edit_sets import load_edits
 from clipedit.core.exemplar_sums import accumulate_exemplar_sums, directions_from_sums, solve_closed_form_from_sums
@@ -90,7 +90,7 @@ def test_value_edit_file_round_trips(tiny_vit, tmp_path):
     req = _requests(4, seed=2)
     stats = key_statistics(model, V_SITE, lambda: [torch.randn(4, 3, 64, 64)], forward=model.encode_image)
     edit = compute_rewrite(model, req, RewriteHParams(layer=V_SITE, rank=4), stats, forward=model.encode_image)
-    path = save_edit(tmp_path / "v.safetensors", edit)
+    path = save_edits(tmp_path / "v.safetensors", edit)
     original = model.visual.transformer.resblocks[0].attn.in_proj_weight.detach().clone()
     loaded = load_edit(path)
     apply_edit(model, loaded)
@@ -139,15 +139,16 @@ def test_keep_targets_must_be_a_non_negative_closed_form_weight():
         RewriteHParams(layer=V_SITE, keep_targets=1, solver="optimize")
 
 
+@pytest.mark.slow
 def test_cli_defends_over_several_sites_and_reverts(capsys, tmp_path, tiny_vit):
     base = save_state_dict(tmp_path / "base.safetensors", tiny_vit.model.state_dict())
     out = tmp_path / "d"
-    sites = f"{V_SITE},visual.transformer.resblocks.0.mlp.c_proj"
+    sites = f"{V_SITE}+visual.transformer.resblocks.0.mlp.c_proj"
     text = run_ok(capsys, "defend", "--model", "tiny-vit", "--checkpoint", str(base), "--text", "ipod", "--no-eval",
                   "--renders", "4", "--rank", "2", "--layer", sites, "--keep-blank", "1", "--out", str(out))
     assert f"edit of {sites} against ipod" in text
     edit_set = load_edits(out / "edit.safetensors")
-    assert [e.layer for e in edit_set.edits] == sites.split(",")
+    assert [e.layer for e in edit_set.edits] == sites.split("+")
     assert all(e.meta["hparams"]["keep_targets"] == 1 and e.rank == 2 for e in edit_set.edits)
     record = json.loads((out / "results.json").read_text())
     assert record["layer"] == sites and record["hparams"]["keep_targets"] == 1
@@ -160,7 +161,7 @@ def test_cli_defends_over_several_sites_and_reverts(capsys, tmp_path, tiny_vit):
 
 def test_cli_refuses_several_sites_with_the_optimizer(capsys, tmp_path):
     line = run_error(capsys, "defend", "--model", "tiny-vit", "--text", "ipod", "--no-eval", "--solver", "optimize",
-                     "--layer", f"{V_SITE},visual.transformer.resblocks.0.mlp.c_proj", "--out", str(tmp_path / "d"))
+                     "--layer", f"{V_SITE}+visual.transformer.resblocks.0.mlp.c_proj", "--out", str(tmp_path / "d"))
     assert "closed form" in line and not (tmp_path / "d").exists()
 
 
@@ -178,6 +179,7 @@ def test_sweep_scores_a_value_site_and_leaves_the_model(tiny_vit, cache_dir):
     assert all(torch.equal(before[k], v) for k, v in bundle.model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_query_and_key_rows_are_refused_in_one_line(capsys):
     line = run_error(capsys, "defend", "--model", "tiny-vit", "--text", "ipod", "--no-eval",
                      "--layer", "visual.transformer.resblocks.0.attn.q_proj")
@@ -190,6 +192,7 @@ def test_finetune_local_refuses_a_value_site(capsys, tmp_path):
     assert "finetune-local" in line and not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow
 def test_defense_save_writes_an_edit_or_an_edit_set(tiny_vit, tmp_path):
     from test_sweep import with_world
 

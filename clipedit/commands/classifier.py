@@ -15,6 +15,7 @@ from clipedit.core.hparams import SOLVERS
 from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
 from clipedit.data.images import LazyImages, load_image, load_mask
 from clipedit.defenses.concept import (
+    CONCEPT_METHODS,
     DIRECTIONS,
     ConceptConfig,
     band_mask,
@@ -63,7 +64,7 @@ TASK = "concept_edit"
               help="Or a real edited version of the exemplar (same size) instead of --texture.")
 @click.option("--direction", type=click.Choice(DIRECTIONS), default="to-original", show_default=True,
               help="to-original: the transformed region is treated like the original (snowy road = road).")
-@click.option("--method", type=click.Choice(list(METHODS)), default="edit", show_default=True,
+@click.option("--method", type=click.Choice(CONCEPT_METHODS), default="edit", show_default=True,
               help="The rewrite, or a fine-tuning baseline on the same pair.")
 @click.option("--layer", type=LAYERS, default=None,
               help="Dotted name of the layer to rewrite (default per architecture).")
@@ -112,7 +113,8 @@ def edit_classifier(model, exemplar, mask_path, mask_band, mask_polygon, texture
     if bundle.kind != "classifier" or not bundle.classnames:
         raise ClipeditError(f"{bundle.name} is not an ImageNet classifier (try efficientnet-lite0, timm/resnet50 …)")
     defaults = defaults_for(bundle)
-    if defaults.caution and method == "edit" and layer in (None, defaults.layer) and rank in (None, defaults.rank):
+    if (defaults.caution and METHODS[method].closed_form and layer in (None, defaults.layer)
+            and rank in (None, defaults.rank)):
         click.echo(f"Warning: {defaults.caution}", err=True)
     config = _concept_config(bundle, method, layer, rank, solver, mask_threshold, cov_reg, steps, lr)
     scores = _scorer(bundle, evaluation, batch_size)

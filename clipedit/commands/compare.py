@@ -21,21 +21,25 @@ from clipedit.defenses.compare import (
     COMPARE_METHODS,
     WORLD_WORDS,
     CompareSettings,
+    check_given,
     check_settings,
     compare,
     flat_metrics,
     pareto_rows,
     resolved,
-    table_rows,
 )
 from clipedit.defenses.paint import check_supported
 from clipedit.defenses.sweep import plot_tradeoff
 from clipedit.defenses.user_data import with_validation_world
 from clipedit.errors import ClipeditError
-from clipedit.eval.intervals import format_cell
+from clipedit.eval.compare_table import compare_record, render, report_tables
+from clipedit.eval.paired import ALPHA
 from clipedit.eval.report import write_report
-from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.eval.results import make_record, write_results
+from clipedit.io import atomic_output_set
 from clipedit.outputs import OutputSet, check_outputs
+
+COMPARE_FILES = ("compare.json", "compare.png", "compare.partial.json")  # one set; the partial only while running
 
 DEFAULTS = CompareSettings()
 
@@ -48,7 +52,8 @@ DEFAULTS = CompareSettings()
               help=f"Defended words (each defended separately) [default: {','.join(WORLD_WORDS)}; with --data: a "
                    "benchmark's three most frequent written words, an ImageFolder's first three classes].")
 @click.option("--seeds", default=",".join(map(str, DEFAULTS.seeds)), show_default=True, metavar="S,…",
-              help="Seeds (exemplars, training splits, training order); over seeds: mean and t interval.")
+              help="Seeds (exemplars, training splits, training order); over seeds: the mean, with a bootstrap "
+                   "interval over test images and seeds.")
 @click.option("--n", "n_test", type=int, default=DEFAULTS.n_test, show_default=True,
               help="Test scenes per set (defended word; other words).")
 @click.option("--n-signs", type=int, default=DEFAULTS.n_signs, show_default=True, help="Test signs (reading kept).")
@@ -66,18 +71,40 @@ DEFAULTS = CompareSettings()
 @click.option("--classes", default=None, help="Class names for --data (comma-separated).")
 @click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of --data's validation/test split.")
+@click.option("--word-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the word-disjoint split: the class words no method trains or renders on, which the "
+                   "'unseen words' cells write (the model's world).")
 @click.option("--supported", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="PAINT's supported task: an ImageFolder distinct from the patch data [default: clean "
                    "validation scenes and signs of the model's world].")
 @click.option("--supported-classes", default=None, help="Class names for --supported (comma-separated).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write an HTML report here.")
+@click.option("--table", "table_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.json", help="Print the markdown tables of a compare.json already written (cells, "
+                                        "budgets, paired verdicts) and exit; runs nothing.")
 @out_dir_option(required=False, help="Output directory [default: runs/compare-MODEL].")
 def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, hparams_file, data, classes, split_seed,
-                supported, supported_classes, report, out) -> None:
+                word_seed, supported, supported_classes, report, table_file, out) -> None:
     """Run every method on the same exemplars / typographic training split, each tuned on validation only,
-    and score all on the test split; writes compare.json (clip_benchmark fields, flat metrics) and
-    compare.png (gain vs cost), and prints the table (every cell: value [95% interval] n)."""
+    and score all on the test split; writes compare.json (clip_benchmark fields, flat metrics, per-image
+    outcomes) and compare.png (gain vs cost), and prints the tables (every cell: value [95% interval], n
+    distinct images; every method against unedited and edit as a paired difference with a Holm-corrected
+    exact McNemar p and its verdict).
+
+    \b
+    Duration: the defaults (every method x 3 seeds x 3 words, 1000 test
+    scenes a set, 1000 training and 500 validation scenes) take about a day
+    on a CPU; Defense-Prefix's fixed schedule (2480 steps x 3 learning rates)
+    is a large part of it and does not shrink with --n. Try a small run first:
+      clipedit compare --model mini-vit --methods edit,dyslexify,paint \\
+        --words ipod --seeds 0 --n 100 --n-signs 100 --n-train 100 --n-val 50
+    Re-print a record's tables (runs nothing):
+      clipedit compare --table runs/compare-mini-vit/compare.json
+    """
+    if table_file is not None:
+        click.echo(_table(table_file))
+        return
     names = class_list(classes, None)
     if names is not None and data is None:
         raise ClipeditError("--classes goes with --data")
@@ -88,16 +115,18 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                                words=tuple(split_list(words) or ()) if words is not None else None,
                                seeds=_seeds(seeds), n_test=n_test, n_signs=n_signs, n_train=n_train, n_val=n_val,
                                hparams=_hparams(hparams_file), data=data, classes=tuple(names) if names else None,
-                               split_seed=split_seed, supported=str(supported) if supported is not None else None,
+                               split_seed=split_seed, word_seed=word_seed,
+                               supported=str(supported) if supported is not None else None,
                                supported_classes=tuple(support_names) if support_names else None)
     out = check_out_dir(out or Path("runs") / f"compare-{model.spec.replace(':', '-')}")
-    check_outputs({"--out": OutputSet(out, ("compare.json", "compare.png", "compare.partial.json")),
+    check_outputs({"--out": OutputSet(out, COMPARE_FILES),
                    "--report": report},
                   inputs={"--checkpoint": model.checkpoint, "--data": data_path(data), "--supported": supported,
                           "--hparams": hparams_file})
     if supported is not None:
         check_supported(supported, support_names)
         _distinct(supported, data)
+    check_given(settings)  # what needs no model, before it loads
     split = split_data(data, split_seed, names) if data is not None else None
     bundle = model.load()
     settings = resolved(settings, split)
@@ -111,7 +140,6 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
 
     record = compare(bundle, settings, progress=lambda m: click.echo(m, err=True), on_method=keep, split=split)
     seconds = time.perf_counter() - start
-    header, rows = table_rows(record, format_cell)
     n = len(split.test) if split is not None else settings.n_test  # test-side images, or scenes a set
     result = make_record(dataset=split.dataset if split else bundle.world.name, bundle=bundle,
                          task="typographic_defense_compare", metrics=flat_metrics(record),
@@ -119,27 +147,35 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                          templates=bundle.templates, words=settings.words, seed=None, n=n,
                          split="test", total_seconds=round(seconds, 1), compare=record,
                          **({"data_split": record["data"]} if split else {}))
-    out.mkdir(parents=True, exist_ok=True)
-    write_results(out / "compare.json", result)
-    plot_tradeoff(pareto_rows(record), out / "compare.png",
-                  f"{bundle.name}: defenses vs {', '.join(settings.words)} (test split, n={n}"
-                  f"{'' if split else ' a set'}, "
-                  f"{len(settings.seeds)} seed(s))")
+    with atomic_output_set(out, replaces=COMPARE_FILES) as stage:  # record and chart together; the partial gone
+        write_results(stage / "compare.json", result)
+        plot_tradeoff(pareto_rows(record), stage / "compare.png",
+                      f"{bundle.name}: defenses vs {', '.join(settings.words)} (test split, n={n}"
+                      f"{'' if split else ' a set'}, "
+                      f"{len(settings.seeds)} seed(s))")
+        chart = (stage / "compare.png").read_bytes()
     if report is not None:
         write_report(report, title=f"clipedit compare: {bundle.name}",
                      facts=[("model", f"{bundle.name} ({bundle.pretrained})"), ("words", ", ".join(settings.words)),
                             ("seeds", ", ".join(map(str, settings.seeds))), ("split", "test"),
                             ("seconds", f"{seconds:.0f}")],
-                     header=header, rows=rows, chart=(out / "compare.png").read_bytes(), grid=[],
-                     notes=["Cells: value [95% interval] n; one seed: Wilson; several: mean and t interval over seeds.",
-                            "A beats B only where the intervals do not overlap; otherwise it is a tie.",
-                            *record["notes"]])
-    partial.unlink(missing_ok=True)
-    click.echo(format_table(rows, header=header))
-    for note in record["notes"]:
-        click.echo(f"note: {note}")
+                     header=[], rows=[], chart=chart, grid=[],
+                     tables=report_tables(record),
+                     notes=["Cells: percent [95% interval], n = distinct test images; one seed: Wilson; several: "
+                            "a bootstrap over test images and seeds (at least the Wilson width).",
+                            f"Verdicts: paired on the same images, beats/loses when the Holm-adjusted exact McNemar "
+                            f"(sign test over seeds) p < {ALPHA}, else ties.", *record["notes"]])
+    click.echo(render(record))
     click.echo(f"{len(record['methods'])} methods x {len(settings.seeds)} seeds x {len(settings.words)} words in "
                f"{seconds:.0f} s; wrote {out}/compare.json, compare.png" + (f", {report}" if report else ""))
+
+
+def _table(path: Path) -> str:
+    doc = read_json_file(path, "--table")
+    try:
+        return render(compare_record(doc))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ClipeditError(f"--table {path}: {e}") from None
 
 
 def _hparams(path: Optional[Path]) -> dict:

@@ -1,14 +1,14 @@
 """The option groups of ``clipedit defend``: the defense's settings, a real exemplar photo, the evaluation."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
 import click
 
-from clipedit.commands.options import GreedyOption, class_list, option_group, read_json_file, split_list
-from clipedit.commands.params import LAYERS, count, finite
+from clipedit.commands.options import GreedyOption, class_list, option_group, read_json_file
+from clipedit.commands.params import JOIN, LAYERS, count, finite
 from clipedit.core.hparams import SOLVERS
 from clipedit.data.benchmarks import LAYOUTS
 from clipedit.data.images import load_image, load_mask, load_photos
@@ -51,8 +51,8 @@ class SettingsOptions:
         """The given settings as overrides of the defaults (``auto`` left to the sweep)."""
         if self.vocab is not None and not any_word:
             raise ClipeditError("--vocab goes with --text '*'")
-        layer = None if self.layer == "auto" else split_list(self.layer) if self.layer is not None else None
-        if layer and len(layer) > 1 and self.method != "edit":  # issue 21: never tune only the first
+        layer = None if self.layer in (None, "auto") else self.layer.split(JOIN)
+        if layer and len(layer) > 1 and METHODS[self.method].config_field != "hparams":  # never tune only the first
             raise ClipeditError(f"--method {self.method} trains one layer; --layer names {len(layer)} "
                                 f"({', '.join(layer)})")
         given = {"method": self.method, "layer": layer, "rank": _rank(self.rank), "solver": self.solver,
@@ -73,9 +73,10 @@ class SettingsOptions:
             if self.supported_classes is not None:
                 raise ClipeditError("--supported-classes goes with --supported")
             return hparams
-        if self.method != "paint":
-            raise ClipeditError(f"--supported is PAINT's supported task: it goes with --method paint, not "
-                                f"{self.method}")
+        takes = [m for m, spec in METHODS.items() if "supported" in {f.name for f in fields(spec.hparams_cls)}]
+        if self.method not in takes:
+            raise ClipeditError(f"--supported is the supported task of a method whose selection rule has one "
+                                f"({', '.join(takes)}): it goes with --method {takes[0]}, not {self.method}")
         names = class_list(self.supported_classes, None)
         check_supported(self.supported, names)
         if hparams is not None and not isinstance(hparams, dict):
@@ -103,8 +104,8 @@ settings_options = option_group(
                                            "the options below override them."),
     click.option("--layer", type=LAYERS, default=None,
                  help="Dotted name of the layer to rewrite (default per architecture and model, defaults.json); "
-                      "several, comma-separated: one edit over those sites, solved in order; 'auto': the sweep's "
-                      "pick on the validation split (clipedit sweep)."),
+                      "several joined by '+' (A+B): one edit over those sites, solved in order; 'auto': the "
+                      "sweep's pick on the validation split (clipedit sweep)."),
     click.option("--rank", default=None, metavar="INTEGER|auto",
                  help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json]; 'auto': "
                       "the sweep's pick on the validation split."),

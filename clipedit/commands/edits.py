@@ -30,11 +30,8 @@ def apply_cmd(model, edits, out, force) -> None:
     """Apply EDITS (in order) to a model and save the edited weights."""
     out = _target(out, model.checkpoint, edits)
     loaded = [load_edits(p) for p in edits]  # every file is checked whole before anything is applied
-    for path, edit_set in zip(edits, loaded):
-        if not edit_set.exportable:
-            kinds = sorted({m.kind for m in edit_set.edits if not m.exportable})
-            raise ClipeditError(f"{path}: its {', '.join(kinds)} member(s) need clipedit's hooks to run; load it "
-                                f"with load_model(..., edits=[FILE]) or audit --edit FILE")
+    _weights_only(edits, loaded, "need clipedit's hooks to run; load it with load_model(..., edits=[FILE]) or "
+                                 "audit --edit FILE")
     bundle = model.load()
     for path, edit in zip(edits, loaded):
         try:
@@ -44,6 +41,14 @@ def apply_cmd(model, edits, out, force) -> None:
     save_model_weights(out, bundle, metadata={"model": bundle.name, "source": bundle.source,
                                                                "edits": [str(p) for p in edits]})
     click.echo(f"applied {len(loaded)} edit(s) to {bundle.name}; wrote {out}")
+
+
+def _weights_only(paths, loaded, why: str) -> None:
+    """Refuse edit files with members that are not plain weights (hooks), saying ``why`` for the command."""
+    for path, edit_set in zip(paths, loaded):
+        if not edit_set.exportable:
+            kinds = sorted({m.kind for m in edit_set.edits if not m.exportable})
+            raise ClipeditError(f"{path}: its {', '.join(kinds)} member(s) {why}")
 
 
 @click.command("revert")
@@ -57,11 +62,14 @@ def revert_cmd(model, edits, out) -> None:
         raise ClipeditError("revert needs the edited weights: pass --checkpoint EDITED.safetensors")
     out = _target(out, model.checkpoint, edits)
     loaded = [load_edits(p) for p in edits]
+    _weights_only(edits, loaded, "are hooks, never written into weights: a checkpoint holds nothing of them to "
+                                 "revert (run without the edit file instead)")
     bundle = model.load()
     for path, edit in reversed(list(zip(edits, loaded))):
         try:
             revert_edit_set(bundle.model, edit)
         except ClipeditError as e:
             raise ClipeditError(f"{path}: {e}") from None
-    save_model_weights(out, bundle, metadata={"model": bundle.name, "reverted": [str(p) for p in edits]})
+    # the source checkpoint's own metadata (not the edits' paths): all edits reverted, the file is byte-identical
+    save_model_weights(out, bundle, metadata={"model": bundle.name}, original=True)
     click.echo(f"reverted {len(loaded)} edit(s); wrote {out}")

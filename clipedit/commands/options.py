@@ -12,6 +12,7 @@ import click
 
 from clipedit.commands.params import DEVICE
 from clipedit.errors import ClipeditError
+from clipedit.io import check_replaceable
 
 
 @dataclass
@@ -50,6 +51,12 @@ def model_options(default: Optional[str] = None, edits: bool = False) -> Callabl
         @click.option("--device", type=DEVICE, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
         @functools.wraps(f)
         def wrapper(*args, model_spec: str, checkpoint: Optional[Path], device: str, edit_files=(), **kwargs):
+            # missing files are refused before anything loads (a model takes seconds to minutes)
+            if checkpoint is not None and not checkpoint.exists():
+                raise ClipeditError(f"checkpoint not found: {checkpoint}")
+            for path in edit_files:
+                if not path.exists():
+                    raise ClipeditError(f"edit file not found: {path}")
             return f(*args, model=ModelOptions(model_spec, checkpoint, device, tuple(edit_files)), **kwargs)
 
         if edits:
@@ -98,9 +105,12 @@ def batch_size_option(default: int = 64) -> Callable:
 def check_out_dir(path: str | os.PathLike) -> Path:
     """Fail now (creating nothing) if directory ``path`` could not be created or written to later."""
     path = Path(path)
-    if path.exists():
-        if not path.is_dir():
-            raise ClipeditError(f"output directory {path} is a file")
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name too long, a symlink loop …
+        raise ClipeditError(f"cannot use output directory {str(path)[:80]}: {e.strerror}") from None
+    if exists:
+        check_replaceable(path, directory=True)  # a file, a device, a FIFO: each named as what it is
         if not os.access(path, os.W_OK | os.X_OK):
             raise ClipeditError(f"output directory {path} is not writable")
         return path
@@ -117,7 +127,11 @@ def check_out_dir(path: str | os.PathLike) -> Path:
 def check_out_file(path: str | os.PathLike) -> Path:
     """Fail now (creating nothing) if file ``path`` could not be written later."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as e:  # a name too long, a symlink loop …
+        raise ClipeditError(f"cannot use output file {str(path)[:80]}: {e.strerror}") from None
+    if is_dir:
         raise ClipeditError(f"output file {path} is a directory")
     check_out_dir(path.parent)
     return path

@@ -25,6 +25,10 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return super().convert(number, param, ctx)
 
+    def _describe_range(self) -> str:
+        """The range for --help; nothing when unbounded (click would print ``x<=None``)."""
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
 
 def finite(min: Optional[float] = None, max: Optional[float] = None, min_open: bool = False,
            max_open: bool = False) -> FiniteFloat:
@@ -65,19 +69,29 @@ class Device(click.ParamType):
         return text
 
 
-class LayerList(click.ParamType):
-    """Comma-separated dotted layer names (``auto`` passes through); an empty item is refused."""
+#: The multi-site syntax of every command: ``A+B`` joins sites into one joint edit, ``A,B`` lists
+#: alternatives (candidates that ``sweep --sites`` compares).
+JOIN, ALTERNATIVES = "+", ","
 
-    name = "layer[,layer…]"
+
+class LayerList(click.ParamType):
+    """One dotted layer name, or several joined by ``+`` into one joint edit (``auto`` passes through);
+    an empty name is refused, and so is ``,`` (which lists alternatives, as in ``sweep --sites``)."""
+
+    name = "layer[+layer…]"
 
     def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
         text = str(value)
-        items = [item.strip() for item in text.split(",")]
+        if ALTERNATIVES in text:
+            joined = JOIN.join(item.strip() for item in text.split(ALTERNATIVES))
+            self.fail(f"{text!r}: one joint edit over several sites is written {joined!r} ('+' joins sites; ',' "
+                      "lists alternatives, which clipedit sweep --sites compares)", param, ctx)
+        items = [item.strip() for item in text.split(JOIN)]
         if not any(items):
             self.fail(f"{text!r} names no layer", param, ctx)
         if not all(items):
-            self.fail(f"{text!r} has an empty layer name (between commas)", param, ctx)
-        return ",".join(items)
+            self.fail(f"{text!r} has an empty layer name (between '+')", param, ctx)
+        return JOIN.join(items)
 
 
 class Text(click.ParamType):

@@ -12,43 +12,52 @@ from typing import Optional
 import click
 
 from clipedit.commands.options import ModelOptions, batch_size_option, model_options
-from clipedit.commands.params import LAYERS
+from clipedit.commands.params import JOIN, LAYERS
+from clipedit.errors import ClipeditError
 
 
 @click.command("stats")
 @model_options()
 @click.option("--reference", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of reference images (searched recursively).")
-@click.option("--layer", type=LAYERS, default=None, help="Dotted name of the site (default per architecture).")
+@click.option("--layer", type=LAYERS, default=None,
+              help="Dotted name of the site, or several joined by '+' [default: the model's default site(s), "
+                   "as defend uses them].")
 @batch_size_option()
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write C and the key count to this .safetensors file (rank 0).")
 def stats_cmd(model: ModelOptions, reference: Path, layer: Optional[str], batch_size: int,
               out: Optional[Path]) -> None:
-    """Key statistics C = E[k kᵀ] of LAYER over the images in REFERENCE (cached; sharded under torchrun)."""
+    """Key statistics C = E[k kᵀ] of each LAYER over the images in REFERENCE (cached; sharded under torchrun)."""
     import torch
 
     from clipedit.core import key_statistics
     from clipedit.core.distributed import IndexedBatches, agree, init_from_environment, is_main_process, rank_and_world
     from clipedit.data.folders import files_key, image_paths
     from clipedit.data.images import LazyImages
-    from clipedit.defenses.defaults import default_layer
+    from clipedit.defenses.defaults import default_layer, defaults_for
     from clipedit.io import save_state_dict
     from clipedit.outputs import check_outputs
 
     check_outputs({"--out": out}, inputs={"--checkpoint": model.checkpoint, "--reference": reference})
+    paths = image_paths(reference, "reference folder")  # before the model loads
     init_from_environment(agree_on=click.get_current_context().params)
+    if out is not None and layer is not None and JOIN in layer:
+        raise ClipeditError("--out writes one site's statistics: give one --layer")
     bundle = model.load()
-    layer = layer or default_layer(bundle)
-    paths = image_paths(reference, "reference folder")
+    layers = layer.split(JOIN) if layer else list(defaults_for(bundle).sites or [default_layer(bundle)])
+    if out is not None and len(layers) > 1:
+        raise ClipeditError(f"--out writes one site's statistics; this model's default is {len(layers)} sites: "
+                               "give one --layer")
     # the same cache key as `defend --reference` (clipedit.defenses.typographic.reference_statistics)
     data_key = files_key(paths) + repr(bundle.preprocess)
-    agree(data_key, "reference images (the same folder holds other files on some rank)")
+    agree(data_key, "reference images (the folder holds other files, or other bytes, on some rank)", "read different")
     batches = lambda: IndexedBatches(LazyImages(paths), bundle.preprocess, batch_size)  # noqa: E731
-    stats = key_statistics(bundle.model, layer, batches, data_key=data_key, forward=bundle.encode_images)
-    if not is_main_process():
-        return
-    if out is not None:
-        save_state_dict(out, {"C": stats.C.contiguous(), "n_keys": torch.tensor(stats.n_keys)})
-    click.echo(f"key statistics of {layer}: {stats.n_keys} keys from {len(paths)} images "
-               f"on {rank_and_world()[1]} rank(s); cached for defend --reference {reference}")
+    for site in layers:
+        stats = key_statistics(bundle.model, site, batches, data_key=data_key, forward=bundle.encode_images)
+        if not is_main_process():
+            continue
+        if out is not None:
+            save_state_dict(out, {"C": stats.C.contiguous(), "n_keys": torch.tensor(stats.n_keys)})
+        click.echo(f"key statistics of {site}: {stats.n_keys} keys from {len(paths)} images "
+                   f"on {rank_and_world()[1]} rank(s); cached for defend --reference {reference}")

@@ -23,7 +23,10 @@ from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff,
 from clipedit.defenses.user_data import with_validation_world
 from clipedit.errors import ClipeditError
 from clipedit.eval.results import format_table, make_record, write_results
+from clipedit.io import atomic_output_set
 from clipedit.outputs import OutputSet, check_outputs
+
+SWEEP_FILES = ("sweep.json", "sweep.png")
 
 
 @click.command()
@@ -62,7 +65,7 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, da
     if "*" in words:
         raise ClipeditError("sweep scores named words; '*' (any word) is for defend")
     out = check_out_dir(out or Path("runs") / ("sweep-" + "-".join(words))[:60])
-    check_outputs({"--out": OutputSet(out, ("sweep.json", "sweep.png"))},
+    check_outputs({"--out": OutputSet(out, SWEEP_FILES)},
                   inputs={"--checkpoint": model.checkpoint, "--data": data_path(data)})
     singles, sets = _candidates(sites)
     settings = SweepSettings(sites=singles, ranks=_ranks(ranks), site_sets=sets, n_val=n_val, n_signs=n_signs,
@@ -85,9 +88,11 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, da
                          total_seconds=round(seconds, 1), config=config.to_dict(),
                          **({"data_split": split.record()} if split is not None else {}),
                          **{k: v for k, v in result.to_dict().items() if k != "words"})
-    write_results(out / "sweep.json", record)
-    plot_tradeoff(result.rows, out / "sweep.png", f"{bundle.name}: rewrite against {', '.join(words)} (validation)",
-                  result.tolerance, result.picked)
+    with atomic_output_set(out, replaces=SWEEP_FILES) as stage:  # the record and its chart together
+        write_results(stage / "sweep.json", record)
+        plot_tradeoff(result.rows, stage / "sweep.png",
+                      f"{bundle.name}: rewrite against {', '.join(words)} (validation)", result.tolerance,
+                      result.picked)
     click.echo(format_table(_table(result), header=["site", "rank", "defended", "other words", "clean", "blank",
                                                      "reading", "ok", "s"]))
     pick = result.picked

@@ -16,7 +16,6 @@ from clipedit.core.edit_sets import (
            load_edits,
            register_edit_kind,
            revert_edit_set,
-           save_edit,
            save_edits,
 )
 from clipedit.core.edits import LayerEdit, apply_edit, revert_edit
@@ -25,5 +24,5 @@ from clipedit.core.sites import BLOCK_SPECS, Site, resolve_site
 
 __all__ = ["EditRequest", "KeyStatistics", "apply_rewrite", "compute_rewrite", "key_statistics",
            "EditSet", "apply_edit_set", "load_edit", "load_edits", "register_edit_kind", "revert_edit_set",
-           "save_edit", "save_edits", "LayerEdit", "apply_edit", "revert_edit", "RewriteHParams",
+           "save_edits", "LayerEdit", "apply_edit", "revert_edit", "RewriteHParams",
            "BLOCK_SPECS", "Site", "resolve_site"]

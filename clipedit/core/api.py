@@ -98,9 +98,9 @@ def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditReque
         lam = solve_optimize(model, site, ex, D, hparams)
         edit = LayerEdit.create(hparams.layer, lam, D, site.weight,
                                 {**meta, "n_keys": int(ex.keys.shape[0]), "n_exemplars": int(req.attacked.shape[0])})
-    if edit.rank != hparams.rank:  # issue 21: record the rank used (clamped to the keys) and the one asked for
+    if edit.rank != hparams.rank:  # record the rank used (clamped to the keys) and the one asked for
         edit.meta["hparams"] = {**edit.meta["hparams"], "rank": edit.rank, "rank_requested": hparams.rank}
-    if not edit.delta().any():  # issue 21: an update that rounds to zero is no defense
+    if not edit.delta().any():  # an update that rounds to zero is no defense
         raise EditError(f"the edit of {edit.layer} changes no weight (its update rounds to zero in "
                         f"{edit.orig_weight.dtype}); lower keep_targets (--keep-blank {hparams.keep_targets:g})")
     log.info("edit of %s: rank %d from %d keys of %d exemplars", edit.layer, edit.rank,

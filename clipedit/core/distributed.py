@@ -57,12 +57,13 @@ def digest_of(value: Any) -> bytes:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).digest()
 
 
-def agree(value: Any, what: str = "arguments") -> None:
+def agree(value: Any, what: str = "arguments", differ: str = "were started with different") -> None:
     """Stop every rank with one line unless all ranks hold the same ``value`` (compared by digest, so
-    that ranks started with different arguments never mix their shares); nothing outside a group."""
+    that ranks started with different arguments, or reading different data, never mix their shares);
+    nothing outside a group. ``value`` may be bytes (a digest already taken)."""
     if not is_distributed():
         return
-    digest = torch.tensor(list(digest_of(value)), dtype=torch.int64)
+    digest = torch.tensor(list(value if isinstance(value, bytes) else digest_of(value)), dtype=torch.int64)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     low, high = digest.to(device), digest.clone().to(device)
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
@@ -70,8 +71,18 @@ def agree(value: Any, what: str = "arguments") -> None:
     if not torch.equal(low, high):
         rank, world = rank_and_world()
         dist.destroy_process_group()  # every rank knows by now; leave the group so that exiting does not abort
-        raise ClipeditError(f"the {world} torchrun ranks were started with different {what} (this is rank {rank}); "
-                            "start every rank with the same command")
+        raise ClipeditError(f"the {world} torchrun ranks {differ} {what} (this is rank {rank}); "
+                            "start every rank with the same command on the same data")
+
+
+def agree_on_model(model: torch.nn.Module) -> None:
+    """Stop every rank with one line unless all ranks hold the same weights (a random-init model, or another
+    file behind the same --checkpoint path, would mix two models' figures); nothing outside a group."""
+    if is_distributed():
+        from clipedit.core.edits import model_identity
+
+        agree(bytes.fromhex(model_identity(model)), "model weights (another file behind --checkpoint, or a "
+              "random initialisation, on some rank)", "hold different")
 
 
 def shard_bounds(n: int) -> tuple[int, int]:

@@ -16,8 +16,9 @@ File (``.safetensors``, format ``clipedit-edits/2``): member ``i``'s tensors und
 header holds ``members`` (the ordered list of ``{kind, layer, meta, digest}``), ``seal`` (SHA-256 over
 the ordered ``(kind, layer, digest)`` list) and the set's own metadata. :func:`load_edits` checks the
 seal, every member's digest, and that every tensor belongs to a member, before anything is returned (so
-before anything is applied). Files of the two earlier formats (a single edit, ``clipedit-edit/1``; an
-unsealed set, ``clipedit-edit-set/1``) still load, with the same checks that can apply to them.
+before anything is applied). Files of the unsealed formats of clipedit's first releases (a single edit,
+``clipedit-edit/1``; a set, ``clipedit-edit-set/1``) are refused in one line saying how to re-make them:
+nothing in them bound the list of members to the tensors, so a member could be dropped unseen.
 """
 from __future__ import annotations
 
@@ -27,18 +28,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from clipedit.core.edits import FORMAT as SINGLE_FORMAT
-from clipedit.core.edits import LayerEdit, apply_edit
+from clipedit.core.edits import LayerEdit, apply_edit, model_identity
 from clipedit.errors import EditError, check_argument
 from clipedit.io import read_safetensors_metadata, require_file, save_state_dict
 
 FORMAT = "clipedit-edits/2"
-SET_FORMAT_1 = "clipedit-edit-set/1"  # unsealed edit sets written before FORMAT (read only)
+#: Unsealed formats of the first releases, refused with a hint (their member list was not bound to the tensors).
+LEGACY_FORMATS = ("clipedit-edit/1", "clipedit-edit-set/1")
 
 
 @runtime_checkable
@@ -67,6 +68,44 @@ def register_edit_kind(kind: str, cls: type) -> type:
         raise EditError(f"edit kind {kind!r} is already registered to {EDIT_KINDS[kind].__name__}")
     EDIT_KINDS[kind] = cls
     return cls
+
+
+#: The meta key under which a hook member records the model it was made on (:func:`model_identity`).
+MODEL_IDENTITY = "model_sha256"
+
+
+def identity_meta(meta: Optional[dict], model: Optional[nn.Module]) -> dict:
+    """``meta`` (copied) with the identity of ``model`` recorded, when a model is given (hook members made on
+    a model carry it; a weight member is tied to its layer's weight by its own digests instead)."""
+    meta = dict(meta or {})
+    if model is not None:
+        meta[MODEL_IDENTITY] = model_identity(model)
+    return meta
+
+
+def recorded_identity(kind: str, layer: str, meta: dict) -> str:
+    """The model identity a hook member read from a file records; refused when absent or malformed."""
+    identity = meta.get(MODEL_IDENTITY)
+    if not isinstance(identity, str) or len(identity) != 64:
+        raise EditError(f"the {kind} edit of {layer} records no identity of the model it was made on; re-make "
+                        "it with this clipedit")
+    return identity
+
+
+def check_made_on(kind: str, layer: str, meta: dict, model: nn.Module) -> None:
+    """Refuse to apply a hook member to a model other than the one it was made on (when it records one)."""
+    identity = meta.get(MODEL_IDENTITY)
+    if identity is not None and identity != model_identity(model):
+        made_on = ":".join(str(meta[k]) for k in ("model", "pretrained") if meta.get(k) is not None) or "?"
+        raise EditError(f"this {kind} edit of {layer} was made on another model ({made_on}); its weights are "
+                        "not this model's, so it does not apply here")
+
+
+def require_identity(kind: str, layer: str, meta: dict) -> None:
+    """Refuse to write a hook member that records no model identity (it could not be checked when read)."""
+    if MODEL_IDENTITY not in meta:
+        raise EditError(f"the {kind} edit of {layer} records no model identity; make it with model=THE_MODEL "
+                        "to save it")
 
 
 @dataclass
@@ -127,7 +166,7 @@ def apply_edit_set(model: nn.Module, edit_set: EditSet, check_weights: bool = Tr
     Args:
         check_weights: weight members refuse unless their layer holds the weight they were made on.
     """
-    check_argument(model, nn.Module, "model", "apply_edit_set")  # issue 21
+    check_argument(model, nn.Module, "model", "apply_edit_set")  # a wrong type is one line
     check_argument(edit_set, EditSet, "edit_set", "apply_edit_set")
     applied: list = []
     try:
@@ -142,7 +181,7 @@ def apply_edit_set(model: nn.Module, edit_set: EditSet, check_weights: bool = Tr
 
 def revert_edit_set(model: nn.Module, edit_set: EditSet) -> None:
     """Revert every member, last first (weights bit-exactly); if one is refused, re-apply those reverted."""
-    check_argument(model, nn.Module, "model", "revert_edit_set")  # issue 21
+    check_argument(model, nn.Module, "model", "revert_edit_set")  # a wrong type is one line
     check_argument(edit_set, EditSet, "edit_set", "revert_edit_set")
     reverted: list = []
     try:
@@ -158,7 +197,7 @@ def revert_edit_set(model: nn.Module, edit_set: EditSet) -> None:
 def save_edits(path: str | os.PathLike, edits: EditSet | EditMember) -> Path:
     """Write an edit set (or one member, as a set of one) as one sealed ``.safetensors`` file, atomically;
     refuses an empty set and NaN/inf in any weight member."""
-    check_argument(path, (str, os.PathLike), "path", "save_edits")  # issue 21: wrong types are one line
+    check_argument(path, (str, os.PathLike), "path", "save_edits")  # wrong types are one line
     check_argument(edits, (EditSet, EditMember), "edits", "save_edits")
     edit_set = EditSet.of(edits)
     if not edit_set.edits:
@@ -175,34 +214,33 @@ def save_edits(path: str | os.PathLike, edits: EditSet | EditMember) -> Path:
     return save_state_dict(path, tensors, metadata={"format": FORMAT, "members": members, "seal": seal, **meta})
 
 
-def save_edit(path: str | os.PathLike, edit: EditSet | EditMember) -> Path:
-    """:func:`save_edits` (the name of the single-edit API)."""
-    return save_edits(path, edit)
-
-
 def load_edits(path: str | os.PathLike) -> EditSet:
-    """The edit set in ``path`` (any format clipedit wrote), checked whole before it is returned.
+    """The edit set in ``path`` (a sealed ``clipedit-edits/2`` file), checked whole before it is returned.
 
     Raises:
-        EditError: not found, not an edit file, malformed metadata, a broken seal or member digest,
-            tensors no member claims, no members, or an unknown member kind (one line each).
+        EditError: not found, not an edit file, a legacy unsealed format, malformed metadata, a broken seal
+            or member digest, tensors no member claims, no members, or an unknown member kind (one line each).
     """
+    check_argument(path, (str, os.PathLike), "path", "load_edits")
+    if not os.fspath(path):
+        raise EditError("the edit file's path is empty")
     path = Path(path)
-    require_file(path, "edit file", EditError)  # issue 21: a device, FIFO or folder is no edit file
+    require_file(path, "edit file", EditError)  # a device, FIFO or folder is no edit file
     try:
         header = read_safetensors_metadata(path)
     except Exception as e:
-        raise EditError(f"cannot read edit file {path}: {str(e).splitlines()[0]}") from None
+        reason = str(e).splitlines()[0].removeprefix(f"cannot read {path}: ")
+        raise EditError(f"cannot read edit file {path}: {reason}") from None
     fmt = header.get("format")
-    if fmt not in (FORMAT, SET_FORMAT_1, SINGLE_FORMAT):
+    if fmt in LEGACY_FORMATS:
+        raise EditError(f"{path} is an edit file of the legacy unsealed format {fmt}, which clipedit no longer "
+                        f"reads (its member list is not sealed); re-make it with this clipedit (clipedit defend "
+                        f"... --out DIR) to get a sealed {FORMAT} file")
+    if fmt != FORMAT:
         raise EditError(f"{path} is not a clipedit edit file")
     tensors = _read_tensors(path)
     try:
-        if fmt == FORMAT:
-            return _load_sealed(header, tensors)
-        if fmt == SET_FORMAT_1:
-            return _load_set_1(header, tensors)
-        return _load_single(header, tensors)
+        return _load_sealed(header, tensors)
     except EditError as e:
         raise EditError(f"{path}: {e}") from None
 
@@ -224,11 +262,32 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise EditError(f"cannot read edit file {path}: {str(e).splitlines()[0]}") from None
 
 
+#: How deeply the JSON values of an edit file's header may nest (clipedit writes at most a few levels).
+MAX_HEADER_DEPTH = 32
+
+
+def _loads(key: str, text: str) -> Any:
+    """``text`` parsed as JSON; a ValueError for text that is not JSON, an EditError for JSON nested more
+    than :data:`MAX_HEADER_DEPTH` levels (which would exhaust the recursion of what reads it)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise EditError(f"its header's {key!r} is nested too deeply") from None
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_HEADER_DEPTH:
+                raise EditError(f"its header's {key!r} is nested more than {MAX_HEADER_DEPTH} levels deep")
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return value
+
+
 def _json_field(header: dict[str, str], key: str, kind: type) -> Any:
     if key not in header:
         raise EditError(f"its header has no {key!r}")
     try:
-        value = json.loads(header[key])
+        value = _loads(key, header[key])
     except ValueError:
         raise EditError(f"its header's {key!r} is not JSON") from None
     if not isinstance(value, kind):
@@ -260,7 +319,7 @@ def _check_all_claimed(tensors: dict[str, torch.Tensor], n_members: int) -> None
 
 
 def _set_meta(header: dict[str, str], skip: tuple[str, ...]) -> dict:
-    return {k: _json_or_text(v) for k, v in header.items() if k not in skip}
+    return {k: _json_or_text(k, v) for k, v in header.items() if k not in skip}
 
 
 def _load_sealed(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> EditSet:
@@ -291,32 +350,8 @@ def _load_sealed(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> Ed
     return EditSet(members, _set_meta(header, ("format", "members", "seal")))
 
 
-def _load_set_1(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> EditSet:
-    sites = _json_field(header, "sites", list)
-    if not sites:
-        raise EditError("its header lists no sites")
-    layers = [_entry(i, site) for i, site in enumerate(sites)]
-    _check_all_claimed(tensors, len(sites))
-    edits = []
-    for i, (site, layer) in enumerate(zip(sites, layers)):
-        meta = {k: v for k, v in site.items() if k != "layer"}
-        edits.append(LayerEdit.from_tensors(layer, _member_tensors(tensors, i), meta))
-    return EditSet(edits, _set_meta(header, ("format", "sites")))
-
-
-def _load_single(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> EditSet:
-    layer = header.get("layer")
-    if not layer:
-        raise EditError("its header names no layer")
-    stray = sorted(set(tensors) - {"lambda", "directions", "orig_weight"})
-    if stray:
-        raise EditError(f"it holds tensors an edit does not have (first: {stray[0]})")
-    meta = {k: _json_or_text(v) for k, v in header.items() if k not in ("format", "layer")}
-    return EditSet([LayerEdit.from_tensors(layer, tensors, meta)])
-
-
-def _json_or_text(value: str):
+def _json_or_text(key: str, value: str):
     try:
-        return json.loads(value)
+        return _loads(key, value)
     except ValueError:
         return value

@@ -18,10 +18,28 @@ from torch import nn
 from clipedit.core.sites import site_weight
 from clipedit.errors import EditError, SiteError, check_argument
 
-#: The format tag of files written by clipedit before edit sets were sealed (a single LayerEdit);
-#: :func:`clipedit.core.edit_sets.load_edits` still reads them.
-FORMAT = "clipedit-edit/1"
 TENSOR_NAMES = ("lambda", "directions", "orig_weight")
+
+
+#: Values of each tensor that :func:`model_identity` reads (evenly strided; all of a smaller tensor).
+IDENTITY_SAMPLE = 4096
+
+
+@torch.no_grad()
+def model_identity(module: nn.Module) -> str:
+    """SHA-256 over every parameter's and buffer's name, dtype and shape and up to :data:`IDENTITY_SAMPLE`
+    evenly strided values of it: which weights a hook edit was made on. Exact bytes, so the same on any
+    device; a sample, so cheap on a large model (a model trained or fine-tuned differently differs in the
+    sampled values of every tensor it changed)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        flat = t.detach().reshape(-1)
+        if flat.numel() > IDENTITY_SAMPLE:
+            index = torch.arange(IDENTITY_SAMPLE, dtype=torch.int64) * (flat.numel() - 1) // (IDENTITY_SAMPLE - 1)
+            flat = flat[index.to(flat.device)]  # integer strides: the same values read on any device
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -87,8 +105,15 @@ class LayerEdit:
         ``orig_sha256`` must be the digest of ``orig_weight`` and ``edited_sha256`` that of
         ``orig_weight + Λ Dᵀ``: a tampered Λ, D or original weight is caught before it is used.
         """
+        wrong = [n for n, t in self.to_tensors().items()
+                 if not isinstance(t, torch.Tensor) or not t.is_floating_point()]
+        if wrong:
+            raise EditError(f"the edit of {self.layer} has a {wrong[0]} that is not a floating-point tensor")
         self.check_finite()
-        out, key_dim = self.orig_weight.shape[0], self.orig_weight[0].numel() if self.orig_weight.ndim else 0
+        if self.orig_weight.ndim < 2 or self.orig_weight.numel() == 0:
+            raise EditError(f"the edit of {self.layer} has an orig_weight of shape {tuple(self.orig_weight.shape)}; "
+                            "a layer's weight has at least two dimensions")
+        out, key_dim = self.orig_weight.shape[0], self.orig_weight[0].numel()
         if (self.lam.ndim != 2 or self.directions.ndim != 2 or self.lam.shape[0] != out
                 or self.directions.shape != (key_dim, self.lam.shape[1])):
             raise EditError(f"the edit of {self.layer} has inconsistent shapes: lambda {tuple(self.lam.shape)}, "
@@ -153,7 +178,7 @@ def apply_edit(model: nn.Module, edit: LayerEdit, check_weights: bool = True) ->
     Args:
         check_weights: refuse unless the layer holds exactly the weight the edit was made on.
     """
-    check_argument(model, nn.Module, "model", "apply_edit")  # issue 21
+    check_argument(model, nn.Module, "model", "apply_edit")  # a wrong type is one line, not an AttributeError
     check_argument(edit, LayerEdit, "edit", "apply_edit")
     edit.verify()
     w = _weight(model, edit)
@@ -171,7 +196,7 @@ def revert_edit(model: nn.Module, edit: LayerEdit) -> None:
     Raises:
         EditError: the layer does not hold what this edit made (not applied, or another edit on top).
     """
-    check_argument(model, nn.Module, "model", "revert_edit")  # issue 21
+    check_argument(model, nn.Module, "model", "revert_edit")  # a wrong type is one line, not an AttributeError
     check_argument(edit, LayerEdit, "edit", "revert_edit")
     edit.verify()
     w = _weight(model, edit)

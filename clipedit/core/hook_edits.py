@@ -10,7 +10,9 @@ the module's output at token 0. Because the output projection is linear, that eq
 heads' result there; every other token's output is left as it was.
 
 A hook member cannot be folded into plain weights (``exportable`` is False). ``apply`` registers its
-hook (refused when already on), ``revert`` removes it (refused when not on).
+hook (refused when already on, or on a model other than the one it was made on: the member records that
+model's :func:`~clipedit.core.edits.model_identity`, which an edit file must carry), ``revert`` removes it
+(refused when not on).
 
 Where the heads write through a projection called as a module (``clipedit.core.heads``: timm ``attn.proj``
 of a ViT or EVA, Hugging Face ``self_attn.out_proj``), the same edit is a forward *pre*-hook on that
@@ -32,7 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipedit.core.edit_sets import register_edit_kind
+from clipedit.core.edit_sets import (
+    MODEL_IDENTITY,
+    check_made_on,
+    identity_meta,
+    recorded_identity,
+    register_edit_kind,
+    require_identity,
+)
 from clipedit.core.heads import HeadSpec, head_specs
 from clipedit.core.nethook import get_module
 from clipedit.errors import EditError
@@ -58,36 +67,50 @@ class ClsHeadAblation:
     Attributes:
         layer: dotted name of an attention module whose token 0 is the class token: an
             ``nn.MultiheadAttention``, or one that ``head_specs`` lists as hookable with a query token.
-        heads: head indices (sorted, unique).
-        meta: free metadata (model, method, scores …).
+        heads: head indices (sorted, unique, >= 0).
+        meta: free metadata (model, method, scores …) and, when made with ``model``, that model's identity
+            (needed to save the member; checked when it is applied).
     """
 
     kind = "cls-head-ablation"
     exportable = False
 
-    def __init__(self, layer: str, heads: Sequence[int], meta: Optional[dict] = None) -> None:
+    def __init__(self, layer: str, heads: Sequence[int], meta: Optional[dict] = None,
+                 model: Optional[nn.Module] = None) -> None:
+        if not isinstance(layer, str) or not layer:
+            raise EditError(f"a {self.kind} edit needs the dotted name of an attention module, got {layer!r}")
         self.layer = layer
-        self.heads = sorted({int(h) for h in heads})
+        self.heads = sorted(set(head_indices(heads, f"a {self.kind} edit of {layer}")))
         if not self.heads:
             raise EditError(f"a {self.kind} edit of {layer} needs at least one head")
-        self.meta = dict(meta or {})
+        self.meta = identity_meta(meta, model)
 
     def __repr__(self) -> str:
         return f"ClsHeadAblation({self.layer!r}, heads={self.heads})"
 
     # -- content -------------------------------------------------------------------------------------
     def to_tensors(self) -> dict[str, torch.Tensor]:
+        require_identity(self.kind, self.layer, self.meta)
         return {"heads": torch.tensor(self.heads, dtype=torch.int64)}
 
     @classmethod
     def from_tensors(cls, layer: str, tensors: dict[str, torch.Tensor], meta: dict) -> ClsHeadAblation:
-        if "heads" not in tensors:
-            raise EditError(f"{cls.kind} edit of {layer} has no 'heads' tensor")
-        return cls(layer, tensors["heads"].tolist(), meta)
+        """The member stored as ``tensors`` (``heads``: a non-empty 1-D integer tensor of head indices >= 0)
+        with ``meta`` (which must record the model it was made on)."""
+        heads = tensors.get("heads")
+        if heads is None or set(tensors) != {"heads"}:
+            raise EditError(f"{cls.kind} edit of {layer} holds tensors {sorted(tensors)}; it needs 'heads' alone")
+        if heads.ndim != 1 or heads.numel() == 0 or heads.is_floating_point() or heads.is_complex() \
+                or heads.dtype == torch.bool:
+            raise EditError(f"{cls.kind} edit of {layer}: its 'heads' must be a non-empty 1-D integer tensor "
+                            f"(got {heads.dtype}, shape {tuple(heads.shape)})")
+        recorded_identity(cls.kind, layer, meta)
+        return cls(layer, heads.tolist(), meta)
 
     def digest(self) -> str:
-        """sha256 over the kind, the layer and the heads (what the hook does)."""
-        payload = json.dumps({"kind": self.kind, "layer": self.layer, "heads": self.heads}, sort_keys=True)
+        """sha256 over the kind, the layer, the heads (what the hook does) and the model it was made on."""
+        payload = json.dumps({"kind": self.kind, "layer": self.layer, "heads": self.heads,
+                              "model": self.meta.get(MODEL_IDENTITY)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def export_error(self) -> str:
@@ -119,6 +142,7 @@ class ClsHeadAblation:
 
     def apply(self, model: nn.Module) -> None:
         module, spec = self._module(model)
+        check_made_on(self.kind, self.layer, self.meta, model)
         handles = _handles(model)
         if self.digest() in handles:
             raise EditError(f"the {self.kind} edit of {self.layer} (heads {self.heads}) is already applied")
@@ -136,6 +160,25 @@ class ClsHeadAblation:
         if handle is None:
             raise EditError(f"the {self.kind} edit of {self.layer} (heads {self.heads}) is not applied")
         handle.remove()
+
+
+def head_indices(heads: Sequence[Any], what: str) -> list[int]:
+    """``heads`` as Python ints, refusing anything that is not a whole number >= 0 (NaN, 1.5, -1, "x", True)."""
+    if isinstance(heads, (str, bytes)) or not hasattr(heads, "__iter__"):
+        raise EditError(f"{what} needs a list of head indices, got {type(heads).__name__}")
+    out = []
+    for h in heads:
+        if isinstance(h, bool) or not isinstance(h, (int, torch.Tensor)) and not hasattr(h, "__index__"):
+            raise EditError(f"{what} names head {h!r}; heads are whole numbers >= 0")
+        try:
+            value = int(h.__index__()) if not isinstance(h, torch.Tensor) else int(h.item()) if \
+                h.numel() == 1 and not h.is_floating_point() else None
+        except (TypeError, ValueError, RuntimeError):
+            value = None
+        if value is None or value < 0:
+            raise EditError(f"{what} names head {h!r}; heads are whole numbers >= 0")
+        out.append(value)
+    return out
 
 
 def _inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

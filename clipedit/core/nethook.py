@@ -17,11 +17,27 @@ from clipedit.errors import SiteError
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
-    """Return the submodule called ``name`` (dotted path), or raise ``SiteError``."""
-    for n, m in model.named_modules():
-        if n == name:
-            return m
-    raise SiteError(f"no module named {name!r} in {type(model).__name__}")
+    """Return the submodule called ``name`` (dotted path), or raise ``SiteError`` naming the modules that
+    exist where the path stops matching."""
+    modules = dict(model.named_modules())
+    if name in modules:
+        return modules[name]
+    parts = name.split(".")
+    cut = next(i for i in range(len(parts), -1, -1) if ".".join(parts[:i]) in modules)
+    parent = ".".join(parts[:cut])
+    where = f"{parent!r} has" if parent else f"{type(model).__name__}'s top level has"
+    raise SiteError(f"no module named {name!r} in {type(model).__name__}; {where}: "
+                    f"{_children_text(modules[parent])}")
+
+
+def _children_text(module: nn.Module, limit: int = 24) -> str:
+    """A module's children by name, runs of numbered ones as ``0-11``: ``conv1, layer1, resblocks.0-11``."""
+    names = [n for n, _ in module.named_children()]
+    numbered = [int(n) for n in names if n.isdigit()]
+    words = [n for n in names if not n.isdigit()]
+    if numbered:
+        words.append(f"{min(numbered)}-{max(numbered)}" if len(numbered) > 1 else str(numbered[0]))
+    return ", ".join(words[:limit]) + (", …" if len(words) > limit else "") if words else "no submodules"
 
 
 @contextlib.contextmanager

@@ -25,7 +25,14 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from clipedit.core.edit_sets import register_edit_kind
+from clipedit.core.edit_sets import (
+    MODEL_IDENTITY,
+    check_made_on,
+    identity_meta,
+    recorded_identity,
+    register_edit_kind,
+    require_identity,
+)
 from clipedit.core.nethook import get_module
 from clipedit.errors import EditError, SiteError
 
@@ -102,40 +109,62 @@ class ClassPrefix:
         vector: the learnt embedding (1, width).
         token_id: the placeholder's token id.
         placeholder: the placeholder text written before class names.
-        meta: free metadata (model, method, training record …).
+        meta: free metadata (model, method, training record …) and, when made with ``model``, that model's
+            identity (the vector is trained against the whole model: needed to save the member, checked
+            when it is applied).
     """
 
     kind = "class-prefix"
     exportable = False
 
     def __init__(self, layer: str, vector: torch.Tensor, token_id: int, placeholder: str = PLACEHOLDER,
-                 meta: Optional[dict] = None) -> None:
-        vector = torch.as_tensor(vector).detach().float().cpu().reshape(1, -1)
+                 meta: Optional[dict] = None, model: Optional[nn.Module] = None) -> None:
+        if not isinstance(layer, str) or not layer:
+            raise EditError(f"a class-prefix edit needs the dotted name of a token embedding, got {layer!r}")
+        try:
+            vector = torch.as_tensor(vector).detach()
+        except (TypeError, ValueError, RuntimeError):
+            raise EditError(f"the class-prefix vector for {layer} is a {type(vector).__name__}, not a tensor") from None
+        if vector.numel() == 0 or not vector.is_floating_point() or vector.ndim > 2 or (
+                vector.ndim == 2 and vector.shape[0] != 1):
+            raise EditError(f"the class-prefix vector for {layer} must be a non-empty float tensor of shape "
+                            f"(width,) or (1, width) (got {vector.dtype}, shape {tuple(vector.shape)})")
+        vector = vector.float().cpu().reshape(1, -1)
         if not torch.isfinite(vector).all():
             raise EditError(f"the class-prefix vector for {layer} holds NaN or inf")
-        self.layer, self.vector, self.token_id = layer, vector.contiguous(), int(token_id)
+        if isinstance(token_id, bool) or not hasattr(token_id, "__index__") or int(token_id.__index__()) < 0:
+            raise EditError(f"the class-prefix token id for {layer} must be a whole number >= 0, got {token_id!r}")
+        self.layer, self.vector, self.token_id = layer, vector.contiguous(), int(token_id.__index__())
         self.placeholder = placeholder
-        self.meta = {**dict(meta or {}), "placeholder": placeholder}
+        self.meta = {**identity_meta(meta, model), "placeholder": placeholder}
 
     def __repr__(self) -> str:
         return f"ClassPrefix({self.layer!r}, width={self.vector.shape[1]}, token {self.token_id})"
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
+        require_identity(self.kind, self.layer, self.meta)
         return {"vector": self.vector, "token_id": torch.tensor([self.token_id], dtype=torch.int64)}
 
     @classmethod
     def from_tensors(cls, layer: str, tensors: dict[str, torch.Tensor], meta: dict) -> ClassPrefix:
-        if "vector" not in tensors or "token_id" not in tensors:
-            raise EditError(f"{cls.kind} edit of {layer} lacks its 'vector' or 'token_id' tensor")
+        if set(tensors) != {"vector", "token_id"}:
+            raise EditError(f"{cls.kind} edit of {layer} holds tensors {sorted(tensors)}; it needs 'vector' "
+                            "and 'token_id'")
+        token = tensors["token_id"]
+        if token.numel() != 1 or token.is_floating_point() or token.is_complex() or token.dtype == torch.bool:
+            raise EditError(f"{cls.kind} edit of {layer}: its 'token_id' must be one integer (got {token.dtype}, "
+                            f"shape {tuple(token.shape)})")
         placeholder = meta.get("placeholder", PLACEHOLDER)
         if not isinstance(placeholder, str) or not placeholder.strip():
             raise EditError(f"{cls.kind} edit of {layer} has no placeholder text")
-        return cls(layer, tensors["vector"], int(tensors["token_id"].reshape(-1)[0]), placeholder, meta)
+        recorded_identity(cls.kind, layer, meta)
+        return cls(layer, tensors["vector"], int(token.reshape(-1)[0]), placeholder, meta)
 
     def digest(self) -> str:
-        """sha256 over the kind, layer, placeholder, token id and the vector's bytes."""
+        """sha256 over the kind, layer, placeholder, token id, the vector's bytes and the model it was made on."""
         head = json.dumps({"kind": self.kind, "layer": self.layer, "placeholder": self.placeholder,
-                           "token_id": self.token_id, "shape": list(self.vector.shape)}, sort_keys=True)
+                           "token_id": self.token_id, "shape": list(self.vector.shape),
+                           "model": self.meta.get(MODEL_IDENTITY)}, sort_keys=True)
         return hashlib.sha256(head.encode() + self.vector.numpy().tobytes()).hexdigest()
 
     def export_error(self) -> str:
@@ -158,6 +187,7 @@ class ClassPrefix:
 
     def apply(self, model: nn.Module) -> None:
         module = self._module(model)
+        check_made_on(self.kind, self.layer, self.meta, model)
         if getattr(model, PREFIX_ATTR, None):
             raise EditError(f"a class-prefix edit is already applied to {self.layer}")
         handle = module.register_forward_hook(prefix_hook(self.vector, self.token_id))

@@ -10,7 +10,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clipedit.core.cache import cache_key, cached_tensors, module_fingerprint
-from clipedit.core.distributed import all_reduce_sum, is_distributed, is_main_process, shard_iterable
+from clipedit.core.distributed import (
+    agree_on_model,
+    all_reduce_sum,
+    is_distributed,
+    is_main_process,
+    shard_iterable,
+)
 from clipedit.core.nethook import Trace
 from clipedit.core.sites import Site
 from clipedit.errors import EditError
@@ -30,6 +36,7 @@ def key_second_moment(model: nn.Module, site: Site, batches: Iterable[torch.Tens
         (C, n): the second moment (key_dim x key_dim, float64, on CPU) and the number of keys.
     """
     forward = forward or model
+    agree_on_model(model)  # under torch.distributed: every rank's share is of the same weights
     d = site.key_dim
     total = torch.zeros(d, d, dtype=torch.float64)
     count = 0

@@ -57,12 +57,17 @@ def image_paths(folder: str | os.PathLike, what: str = "folder", required: bool 
 
 
 def files_key(paths: Sequence[Path]) -> str:
-    """A cache key for files: their resolved paths, sizes and modification times."""
-    h = hashlib.blake2b(digest_size=12)
+    """A cache key for files: a digest of their contents, in order (not of their names, sizes or times, which
+    a file replaced by another of the same size and modification time keeps)."""
+    h = hashlib.blake2b(digest_size=16)
     for p in paths:
-        st = p.stat()
-        h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()
+        try:
+            with open(p, "rb") as f:
+                h.update(hashlib.file_digest(f, "blake2b").digest())
+        except OSError as e:
+            raise ClipeditError(f"cannot read {p}: {e.strerror or e}") from None
+    h.update(str(len(paths)).encode())
+    return "files:" + h.hexdigest()
 
 
 def load_image_folder(root: str | os.PathLike, check: bool = True) -> LabeledImages:

@@ -67,9 +67,9 @@ def default_reference(per_image: int = REFERENCE_VIEWS, seed: int = 0) -> list[I
 
 
 def images_key(images: Sequence[Image.Image]) -> str:
-    """A cache key for a list of images (their sizes and downscaled pixels)."""
-    h = hashlib.blake2b(digest_size=12)
+    """A cache key for a list of images: a digest of their sizes and every pixel (as RGB), in order."""
+    h = hashlib.blake2b(digest_size=16)
     for im in images:
-        h.update(f"{im.size}".encode())
-        h.update(np.asarray(im.convert("RGB").resize((32, 32))).tobytes())
+        h.update(f"{im.size};".encode())
+        h.update(np.asarray(im.convert("RGB")).tobytes())
     return h.hexdigest()

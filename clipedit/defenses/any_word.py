@@ -23,16 +23,19 @@ WORDS_PER_BATCH = 8
 
 
 def vocabulary_of(bundle: ModelBundle, config: DefenseConfig) -> Vocabulary:
-    """``"*"``'s vocabulary for a resolved ``config`` (its exemplar and held-out words)."""
+    """``"*"``'s vocabulary for a resolved ``config`` (its exemplar and held-out words); words the model's
+    world holds out of every method (``world.heldout_words``, :mod:`clipedit.defenses.word_split`) are in
+    neither."""
+    withheld = tuple(getattr(bundle.world, "heldout_words", ()) or ())
     return build_vocabulary(bundle.classnames or (), n_words=config.vocab_words, words_file=config.vocab,
-                            seed=config.seed)
+                            seed=config.seed, exclude=withheld)
 
 
 def any_word_data(bundle: ModelBundle, config: DefenseConfig) -> DefenseData:
     """The exemplars of ``"*"``: ``config.renders`` renders of each exemplar word, in batches."""
     vocabulary = vocabulary_of(bundle, config)
     return DefenseData([ANY_WORD], exemplar_requests(bundle, vocabulary.exemplar_words, config),
-                       vocabulary=vocabulary)
+                       vocabulary=vocabulary, n_images=len(vocabulary.exemplar_words) * config.renders)
 
 
 def exemplar_requests(bundle: ModelBundle, words: Sequence[str], config: DefenseConfig

@@ -1,4 +1,4 @@
-"""Argument checks of the public defense API (issue 21): a wrong type or an empty word is one
+"""Argument checks of the public defense API: a wrong type or an empty word is one
 ``ClipeditError`` (``ArgumentError``), not an AttributeError deep inside."""
 from __future__ import annotations
 

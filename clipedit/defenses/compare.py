@@ -1,12 +1,25 @@
-"""Every defense on the same budget, tuned on validation only, scored on the same test scenes.
+"""Every defense tuned on validation only, scored on the same test scenes, its budget beside it.
 
-For each seed and defended word, each method defends a fresh copy of the model: the rewrite and the
-fine-tuning baselines from the same rendered exemplars of the word (``DefenseConfig.seed`` = the seed);
-the word-agnostic peers (Dyslexify, PAINT) from the same typographic training split of that seed
-(:mod:`clipedit.defenses.typo_train`), once per seed, scored on every word. Every method's own tuning
-uses the validation split; all are scored on the test split: the defended word's notes, other words'
-notes (unseen), clean, blank note and signs (reading kept). Every cell carries n and a 95% interval
-(:mod:`clipedit.eval.intervals`: Wilson for one seed; over several seeds, the mean with a t interval).
+Every method runs through the method table (:func:`clipedit.defenses.methods.run_defense`); its
+properties (word-specific or word-agnostic, which towers it applies to) come from its
+:class:`~clipedit.defenses.methods.MethodSpec`. For each seed and defended word, each word-specific
+method defends a fresh copy of the model from the same rendered exemplars of the word
+(``DefenseConfig.seed`` = the seed); each word-agnostic method (the peers, and the rewrite against any
+word, ``edit-any-word``) defends once per seed from the same typographic training split of that seed
+(:mod:`clipedit.defenses.typo_train`) or ``"*"``'s vocabulary, scored on every word. Every method that
+selects anything selects on the same validation sets (the validation split's leave-out factors,
+``n_val`` scenes); all are scored on the test split: the defended word's notes, unseen words' notes,
+clean, blank note and signs (reading kept). Each run's budget (images seen, optimizer steps, settings
+tried, the offline grid behind its defaults, seconds) is in the record under ``budget``.
+
+Word-disjoint split (:mod:`clipedit.defenses.word_split`, on the model's world): the class words are
+split by a seeded hash (``word_seed``) into words any method may train or render on and held-out
+words no method sees; the "unseen words" cells write held-out words only, for every method.
+
+The record keeps every method's per-image outcomes (``raw``), from which :mod:`clipedit.eval.compare_stats`
+computes every cell (n = distinct images; one seed: Wilson; several: a bootstrap over images and seeds),
+per-word, per-seed and strata cells, and every method against ``unedited`` and ``edit`` as a paired
+difference (exact McNemar, Holm).
 
 On a user's labelled data (``CompareSettings.data``: ``KIND:PATH`` as ``audit --dataset`` reads it, or
 an ImageFolder ``DIR``) the validation/test split is :func:`clipedit.data.splits.split_data`'s seeded
@@ -27,15 +40,14 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
+from clipedit.attacks.factors import size_band
+from clipedit.data.classnames import class_index
 from clipedit.data.splits import FOLDER, DataSplit, split_data
-from clipedit.defenses.defense_prefix import check_text_tower, defense_prefix
-from clipedit.defenses.dyslexify import class_token_sites, dyslexify
-from clipedit.defenses.paint import paint, supported_task, validation_sets
+from clipedit.defenses.methods import METHODS, method_spec, run_defense
+from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import HeldoutData, heldout_data
-from clipedit.defenses.typo_train import typographic_training_set
-from clipedit.defenses.typographic import DefenseConfig, defend
+from clipedit.defenses.typographic import DefenseConfig, defense_data, reference_statistics
 from clipedit.defenses.user_data import (
     BenchmarkTest,
     benchmark_counts,
@@ -43,31 +55,31 @@ from clipedit.defenses.user_data import (
     scoring_sets,
     with_validation_world,
 )
+from clipedit.defenses.vocabulary import ANY_WORD
+from clipedit.defenses.word_split import WordSplit, WordSplitWorld, word_split
 from clipedit.errors import ClipeditError
+from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
 from clipedit.eval.heldout import SCENE_OFFSET
-from clipedit.eval.intervals import cell
 from clipedit.eval.metrics import evaluate_attacks, evaluate_images
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
-#: Methods compare knows, in table order.
-COMPARE_METHODS: tuple[str, ...] = ("edit", "dyslexify", "head-ablation-weights", "paint", "defense-prefix",
-                                    "finetune-local", "finetune-global")
-#: Methods trained on the word-agnostic typographic split (one run per seed serves every word).
-WORD_AGNOSTIC = frozenset({"dyslexify", "paint", "defense-prefix"})
-#: The selection record of a method with nothing to tune (the rewrite and the fine-tuning baselines here).
-FIXED_SETTINGS = "none: the model's default settings (defaults.json); nothing is tuned, so no tolerance applies"
+
+def compare_methods() -> tuple[str, ...]:
+    """The methods of compare: the table's (:data:`~clipedit.defenses.methods.METHODS`) marked ``in_compare``,
+    in table order (registered methods included)."""
+    return tuple(m for m, spec in METHODS.items() if spec.in_compare)
+
+
+#: compare's methods as the table held them at import (the CLI's help text); :func:`compare_methods` is live.
+COMPARE_METHODS: tuple[str, ...] = compare_methods()
 #: Defended words on the model's own world when none are given.
 WORLD_WORDS: tuple[str, ...] = ("ipod", "mug", "apple")
 #: Why a metric can be missing on a user's data (left out of the table, said in the notes).
 MISSING = {"other_text_acc": "no test-side image carries a word other than the defended ones",
            "clean_acc": "the dataset has no clean photos", "blank_acc": "the dataset has no blank-note photos",
            "reading_acc": "no signs were asked for (--n-signs 0)"}
-#: Table rows: label, metric key.
-METRICS: tuple[tuple[str, str], ...] = (("defended word", "text_acc"), ("unseen words", "other_text_acc"),
-                                        ("clean", "clean_acc"), ("blank note", "blank_acc"),
-                                        ("reading kept", "reading_acc"))
 
 
 @dataclass
@@ -86,7 +98,9 @@ class CompareSettings:
             ``defense-prefix`` schedule; recorded with the results.
         data: a user's labelled data (``KIND:PATH`` or an ImageFolder), split by ``split_seed``; ``classes``
             its class names (default: the benchmark's or the folder names).
-        supported, supported_classes: PAINT's supported task (an ImageFolder) and its class names.
+        supported, supported_classes: the supported task (an ImageFolder) and its class names, for the
+            methods whose selection rule has one (PAINT, Defense-Prefix).
+        word_seed: seed of the word-disjoint split of the class words (model's world only).
     """
 
     methods: Optional[tuple[str, ...]] = None
@@ -102,38 +116,12 @@ class CompareSettings:
     split_seed: int = 0
     supported: Optional[str] = None
     supported_classes: Optional[tuple[str, ...]] = None
+    word_seed: int = 0
 
 
-def not_applicable(bundle: ModelBundle, method: str) -> Optional[str]:
-    """Why ``method`` does not apply to the model (None when it does)."""
-    if method == "dyslexify":
-        try:
-            class_token_sites(bundle)
-        except ClipeditError as e:
-            return str(e)
-    if method == "defense-prefix":
-        try:
-            check_text_tower(bundle)
-        except ClipeditError as e:
-            return str(e)
-    if method == "finetune-local":
-        from clipedit.core.sites import resolve_site
-        from clipedit.defenses.defaults import default_layer
-
-        site = resolve_site(bundle.model, default_layer(bundle))
-        if not isinstance(site.weight, torch.nn.Parameter):
-            return f"its default layer ({site.layer}) is part of a weight; finetune-local trains whole weights"
-    if method in WORD_AGNOSTIC | {"head-ablation-weights"} and (bundle.world is None or not bundle.world.classnames):
-        return f"{method} needs a labelled world to draw its training/validation splits from"
-    return None
-
-
-def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str, ...]:
-    """The methods to run; refuses unknown or inapplicable methods, empty seeds/words, empty sets.
-
-    Raises:
-        ClipeditError: one line saying what is wrong.
-    """
+def check_given(settings: CompareSettings) -> None:
+    """What :func:`check_settings` refuses without the model (run before it loads): empty seeds or words,
+    counts below 1, unknown methods, and --hparams for unknown methods or with unknown fields."""
     if not settings.seeds:
         raise ClipeditError("--seeds is empty: give at least one seed, e.g. --seeds 0,1,2")
     if settings.words is not None and not settings.words:
@@ -141,24 +129,37 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
     for name in ("n_test", "n_train", "n_val", "n_signs"):
         if getattr(settings, name) < (0 if name == "n_signs" else 1):
             raise ClipeditError(f"{name} must be >= {0 if name == 'n_signs' else 1}, got {getattr(settings, name)}")
+    known = compare_methods()
+    stray = sorted(set(settings.hparams) - set(known))
+    if stray:
+        raise ClipeditError(f"--hparams names unknown method {stray[0]!r} (choose from {', '.join(known)})")
+    for m, given in settings.hparams.items():  # unknown fields: one line, before any work
+        if not isinstance(given, dict):
+            raise ClipeditError(f"--hparams: the settings of {m} must be a JSON object")
+        METHODS[m].hparams_cls.from_dict(dict(given))
+    unknown = [m for m in settings.methods or () if m not in known]
+    if unknown:
+        raise ClipeditError(f"unknown method {unknown[0]!r} (choose from {', '.join(known)})")
+    if settings.methods is not None and not settings.methods:
+        raise ClipeditError("--methods is empty")
+
+
+def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str, ...]:
+    """The methods to run; refuses unknown or inapplicable methods, empty seeds/words, empty sets
+    (:func:`check_given`, then what needs the model).
+
+    Raises:
+        ClipeditError: one line saying what is wrong.
+    """
+    check_given(settings)
     if bundle.world is None or not bundle.world.classnames:
         raise ClipeditError(f"{bundle.name} has no labelled world to compare on (give --data KIND:PATH)")
-    stray = sorted(set(settings.hparams) - set(COMPARE_METHODS))
-    if stray:
-        raise ClipeditError(f"--hparams names unknown method {stray[0]!r} (choose from {', '.join(COMPARE_METHODS)})")
-    for m, given in settings.hparams.items():
-        method_hparams(m, given, {})  # unknown fields: one line, before any work
     if settings.methods is None:
-        return tuple(m for m in COMPARE_METHODS if not_applicable(bundle, m) is None)
-    unknown = [m for m in settings.methods if m not in COMPARE_METHODS]
-    if unknown:
-        raise ClipeditError(f"unknown method {unknown[0]!r} (choose from {', '.join(COMPARE_METHODS)})")
+        return tuple(m for m in compare_methods() if METHODS[m].not_applicable(bundle, m) is None)
     for m in settings.methods:
-        why = not_applicable(bundle, m)
+        why = METHODS[m].not_applicable(bundle, m)
         if why:
             raise ClipeditError(f"{m} does not apply to {bundle.name}: {why}")
-    if not settings.methods:
-        raise ClipeditError("--methods is empty")
     return tuple(settings.methods)
 
 
@@ -171,52 +172,87 @@ def images_key(images: Sequence, labels: Sequence[int]) -> str:
     return digest.hexdigest()[:16]
 
 
-def counts(data: HeldoutData | BenchmarkTest, bundle: ModelBundle) -> dict[str, tuple[int, int, str]]:
-    """(hits, n, images key) of each metric of ``bundle`` on the held-out data (test split; a benchmark's test
-    side: :func:`~clipedit.defenses.user_data.benchmark_counts`). The key names the images behind the metric,
-    so that a cell pooled over words counts shared images once (:func:`table_cells`)."""
+def counts(data: HeldoutData | BenchmarkTest, bundle: ModelBundle) -> dict[str, list]:
+    """``[hits, n, images key, bits]`` of each metric of ``bundle`` on the held-out data (test split; a
+    benchmark's test side: :func:`~clipedit.defenses.user_data.benchmark_counts`). The key names the images
+    behind the metric, so that a cell pooled over words counts shared images once; ``bits`` is the per-image
+    outcome (``"1"`` correct; for attack success, ``"1"`` = the prediction is the written word), in the set's
+    order, from which :mod:`clipedit.eval.compare_stats` computes every statistic."""
     if isinstance(data, BenchmarkTest):  # the defended word's photos are its own; every other set is shared
         own = ",".join(sorted(data.words))
-        return {k: (h, n, f"benchmark:{k}:{own}" if k == "text_acc" else f"benchmark:{k}")
-                for k, (h, n) in benchmark_counts(data, bundle).items()}
+        return {k: [h, n, f"benchmark:{k}:{own}" if k in ("text_acc", "attack_success_rate") else f"benchmark:{k}", b]
+                for k, (h, n, b) in benchmark_counts(data, bundle).items()}
     held = dataclasses.replace(data.bundle, model=bundle.model)
     predictor = data.predictor.with_bundle(held)
     attacks, labels = data.sets.edited
     ed = evaluate_attacks(held, predictor, attacks, labels, progress=False, batch_size=256)
-    out = {"text_acc": (round(ed["text_acc"] * ed["n_text"]), ed["n_text"],
-                        images_key([a.attacked for a in attacks], labels)),
-           "clean_acc": (round(ed["clean_acc"] * ed["n"]), ed["n"], images_key([a.clean for a in attacks], labels)),
-           "blank_acc": (round(ed["blank_acc"] * ed["n"]), ed["n"], images_key([a.blank for a in attacks], labels))}
+    key = images_key([a.attacked for a in attacks], labels)
+    out = {**_text_entries(ed, attacks, labels, predictor.classnames, key),
+           "clean_acc": _entry(ed["predictions"]["clean"], labels, images_key([a.clean for a in attacks], labels)),
+           "blank_acc": _entry(ed["predictions"]["blank"], labels, images_key([a.blank for a in attacks], labels))}
     if data.sets.other is not None:
         other, other_labels = data.sets.other
         ot = evaluate_attacks(held, predictor, other, other_labels, progress=False, batch_size=256)
-        out["other_text_acc"] = (round(ot["text_acc"] * ot["n_text"]), ot["n_text"],
-                                 images_key([a.attacked for a in other], other_labels))
+        out["other_text_acc"] = _text_entries(ot, other, other_labels, predictor.classnames,
+                                              images_key([a.attacked for a in other], other_labels))["text_acc"]
     if data.signs is not None:
         r = evaluate_images(held, predictor, data.signs.images, data.signs.labels, 256, progress=False)
-        out["reading_acc"] = (round(r["top1"] * r["n"]), r["n"], images_key(data.signs.images, data.signs.labels))
+        out["reading_acc"] = _entry(r["predictions"], data.signs.labels,
+                                    images_key(data.signs.images, data.signs.labels))
     return out
 
 
-def method_hparams(method: str, given: dict, fixed: dict[str, Any]):
-    """``method``'s settings: its defaults, then ``fixed`` (compare's budget: n_train, seed …), then ``given``."""
-    from clipedit.defenses.methods import method_spec
-
-    spec = method_spec(method)
-    if not isinstance(given, dict):
-        raise ClipeditError(f"--hparams: the settings of {method} must be a JSON object")
-    base = spec.hparams_cls().to_dict()
-    return spec.hparams_cls.from_dict({**base, **{k: v for k, v in fixed.items() if k in base}, **given})
+def _entry(predicted: Sequence[int], wanted: Sequence[int], key: str) -> list:
+    flags = [int(p) == int(w) for p, w in zip(predicted, wanted)]
+    return [sum(flags), len(flags), key, bits(flags)]
 
 
-def patch_validation(base: ModelBundle, settings: CompareSettings, shared: dict[str, Any]):
-    """The patching task's validation sets (notes, clean, signs, a ``--supported`` task), rendered once per
-    comparison and shared by the word-agnostic methods that tune on them (PAINT, Defense-Prefix)."""
-    if "patch-val" not in shared:
-        task = supported_task(base, settings.supported, settings.supported_classes) if settings.supported else None
-        shared["patch-val"] = validation_sets(base, settings.n_val, min(settings.n_signs, settings.n_val),
-                                              supported=task)
-    return shared["patch-val"]
+def _text_rows(attacks: Sequence, labels: Sequence[int], classnames: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Rows of notes not naming the true class (text accuracy) and, of those, rows naming another class
+    (attack success), as :func:`~clipedit.eval.metrics.score_attacks` counts them."""
+    words = [class_index(a.text, classnames) for a in attacks]
+    counted = [i for i, (w, y) in enumerate(zip(words, labels)) if w != y]
+    return counted, [i for i in counted if words[i] is not None]
+
+
+def _text_entries(ev: dict, attacks: Sequence, labels: Sequence[int], classnames: Sequence[str],
+                  key: str) -> dict[str, list]:
+    counted, targeted = _text_rows(attacks, labels, classnames)
+    pred = ev["predictions"]["text"]
+    out = {"text_acc": _entry([pred[i] for i in counted], [labels[i] for i in counted], f"{key}:text")}
+    if targeted:
+        out["attack_success_rate"] = _entry([pred[i] for i in targeted],
+                                            [class_index(attacks[i].text, classnames) for i in targeted],
+                                            f"{key}:targeted")
+    return out
+
+
+def image_strata(tests: dict[str, Any]) -> dict[str, list[list[Optional[str]]]]:
+    """``{images key: [[kind, size band], …]}`` of every note set of the world's test data, aligned with
+    :func:`counts`' bits, for the strata cells (a benchmark's photos have no rendered kinds: none)."""
+    out: dict[str, list[list[Optional[str]]]] = {}
+    for data in tests.values():
+        if isinstance(data, BenchmarkTest):
+            continue
+        sets = [data.sets.edited] + ([data.sets.other] if data.sets.other is not None else [])
+        for attacks, labels in sets:
+            key = images_key([a.attacked for a in attacks], labels)
+            counted, targeted = _text_rows(attacks, labels, data.predictor.classnames)
+            for suffix, rows in ((":text", counted), (":targeted", targeted)):
+                out[key + suffix] = [[attacks[i].style.kind, size_band(attacks[i].style.font_size)]
+                                     for i in rows]
+    return out
+
+
+def fixed_settings(settings: CompareSettings, seed: int) -> dict[str, Any]:
+    """compare's protocol, laid over each method's defaults where its settings class has the field: the
+    training split's size and seed, the validation size (every method selects on the same sets), the
+    validation signs and the supported task."""
+    fixed = {"n_train": settings.n_train, "n_val": settings.n_val, "seed": seed,
+             "n_signs": min(settings.n_signs, settings.n_val)}
+    if settings.supported:
+        fixed.update(supported=settings.supported, supported_classes=settings.supported_classes)
+    return fixed
 
 
 def _copy(bundle: ModelBundle) -> ModelBundle:
@@ -225,45 +261,23 @@ def _copy(bundle: ModelBundle) -> ModelBundle:
 
 def run_method(base: ModelBundle, method: str, word: Optional[str], seed: int, settings: CompareSettings,
                shared: dict[str, Any]) -> tuple[ModelBundle, dict[str, Any], float]:
-    """Defend a copy of ``base`` with ``method``; returns (bundle, details, seconds incl. its own data)."""
+    """Defend a copy of ``base`` with ``method`` through the method table (``word`` None: a word-agnostic
+    method, once for every word); returns (bundle, details with ``budget``, seconds incl. its own data)."""
+    spec = method_spec(method)
     bundle = _copy(base)
+    fixed = fixed_settings(settings, seed)
+    peers = {m: METHODS[m].settings(settings.hparams.get(m, {}), fixed) for m in compare_methods()}
     start = time.perf_counter()
-    details: dict[str, Any] = {}
-    extra = 0.0
-    given, fixed = settings.hparams.get(method, {}), {"n_train": settings.n_train, "seed": seed}
-    if method in WORD_AGNOSTIC:
-        key = f"train:{seed}"
-        if key not in shared:
-            t0 = time.perf_counter()
-            shared[key] = typographic_training_set(base, settings.n_train, seed)
-            shared[key + ":seconds"] = time.perf_counter() - t0
-        train = shared[key]
-        extra = shared[key + ":seconds"]  # each method that uses the split pays for rendering it
-        start = time.perf_counter()
-        if method == "dyslexify":
-            r = dyslexify(bundle, method_hparams(method, given, fixed), train=train)
-            details = {"heads": [list(h) for h in r.heads], "scores": r.scores, "steps": r.steps, "base": r.base,
-                       "rule": r.rule, "selection": r.details["selection"]}
-        elif method == "defense-prefix":  # scores the patching task's notes and clean scenes of the shared set
-            r = defense_prefix(bundle, method_hparams(method, given, {**fixed, "n_val": settings.n_val}),
-                               train=train, val=patch_validation(base, settings, shared))
-            details = {**r.summary(), "selection": {"rule": r.rule, "tolerance": None}}
-        else:
-            supported = {"supported": settings.supported, "supported_classes": settings.supported_classes} \
-                if settings.supported else {}
-            r = paint(bundle, method_hparams(method, given, {**fixed, **supported}), train=train,
-                      val=patch_validation(base, settings, shared))
-            details = {"alpha": r.alpha, "alpha_curve": r.rows, "rule": r.rule, "loss": r.loss,
-                       "selection": r.details["selection"]}
-    else:
-        defense = defend(bundle, word, DefenseConfig(method=method, seed=seed, method_hparams=given or None))
-        details = {"layer": defense.layer}
-        if method == "head-ablation-weights":
-            details["heads"] = [list(h) for h in defense.details["heads"]]
-            details["selection"] = defense.details["selection"]
-        else:
-            details["selection"] = {"rule": FIXED_SETTINGS, "tolerance": None}
-    return bundle, details, time.perf_counter() - start + extra
+    config = resolve_config(bundle, DefenseConfig(method=method, seed=seed, method_hparams=peers[method] or None))
+    words = [ANY_WORD] if config.any_word else [word] if word is not None else list(settings.words)
+    data = defense_data(bundle, words, config)
+    result = run_defense(bundle, data, config, lambda layer: reference_statistics(bundle, layer, config),
+                         shared=shared, peers=peers)
+    details = {"layer": result.layer, **result.details, "word_agnostic": spec.word_agnostic,
+               "plain_weights": spec.plain_weights}
+    seconds = time.perf_counter() - start + details.get("budget", {}).get("data_seconds", 0.0)
+    details["budget"] = {**details.get("budget", {}), "seconds": round(seconds, 3)}
+    return bundle, details, seconds
 
 
 def resolved(settings: CompareSettings, split: Optional[DataSplit] = None) -> CompareSettings:
@@ -289,12 +303,16 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
     settings = resolved(settings, split)
     methods = check_settings(base, settings)
     t_all = time.perf_counter()
+    words_apart = None
     if split is not None:
         tests = scoring_sets(base, split, settings.words, settings.n_test, settings.n_signs)
     else:
+        words_apart = word_split(base.world.classnames, settings.words, settings.word_seed)
         tests = {w: heldout_data(base, [w], settings.n_test, settings.n_signs or None, split="test",
-                                 offset=i * SCENE_OFFSET)  # each word its own scenes and signs
+                                 offset=i * SCENE_OFFSET,  # each word its own scenes and signs
+                                 other_words=words_apart.heldout)  # unseen words: held out of every method
                  for i, w in enumerate(settings.words)}
+        base = dataclasses.replace(base, world=WordSplitWorld(base.world, words_apart))  # what methods see
     raw: dict[str, dict[str, dict[str, dict]]] = {"unedited": {"-": {w: counts(tests[w], base)
                                                                     for w in settings.words}}}
     seconds: dict[str, list[float]] = {}
@@ -302,9 +320,10 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
     shared: dict[str, Any] = {}
     for method in methods:
         raw[method], seconds[method], details[method] = {}, [], {}
+        progress(f"{method}: started ({len(settings.seeds)} seed(s) x {len(settings.words)} word(s))")
         for seed in settings.seeds:
             raw[method][str(seed)] = {}
-            if method in WORD_AGNOSTIC:
+            if METHODS[method].word_agnostic:
                 bundle, det, secs = run_method(base, method, None, seed, settings, shared)
                 seconds[method].append(secs)
                 details[method][str(seed)] = det
@@ -317,18 +336,45 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
                     details[method][f"{seed}:{w}"] = det
                     raw[method][str(seed)][w] = counts(tests[w], bundle)
             progress(f"{method} seed {seed}: {sum(seconds[method]):.0f} s so far")
+        progress(f"{method}: done in {sum(seconds[method]):.0f} s")
         if on_method is not None:
-            on_method(_record(methods, settings, raw, seconds, details, t_all, split))
-    return _record(methods, settings, raw, seconds, details, t_all, split)
+            on_method(_record(methods, settings, raw, seconds, details, t_all, split, words_apart, final=False))
+    return _record(methods, settings, raw, seconds, details, t_all, split, words_apart, strata=image_strata(tests))
 
 
-def _record(methods, settings, raw, seconds, details, t_all, split=None) -> dict[str, Any]:
-    cells = {m: table_cells(raw[m]) for m in raw}
+def budgets(details: dict[str, dict[str, dict]]) -> dict[str, dict[str, Any]]:
+    """Each method's budget beside the others: per run (a seed, or a seed and word), the mean of images
+    seen, optimizer steps, settings tried on validation and seconds, the offline settings behind its
+    defaults, the number of runs, and whether it is word-agnostic (one run serves every word)."""
+    out = {}
+    for method, runs in details.items():
+        spent = [d["budget"] for d in runs.values() if d.get("budget")]
+        if not spent:
+            continue
+
+        def mean(key: str, spent=spent) -> float:
+            return sum(b.get(key, 0) for b in spent) / len(spent)
+
+        out[method] = {"images_seen": mean("images_seen"), "optimizer_steps": mean("optimizer_steps"),
+                       "settings_tried": mean("settings_tried"), "seconds": mean("seconds"),
+                       "offline_settings": max(b.get("offline_settings", 0) for b in spent), "runs": len(spent),
+                       "word_agnostic": bool(next(iter(runs.values())).get("word_agnostic")),
+                       "unit": "per run (mean); offline_settings: the grid behind the defaults, once"}
+    return out
+
+
+
+def _record(methods, settings, raw, seconds, details, t_all, split=None, words_apart: Optional[WordSplit] = None,
+            strata=None, final: bool = True) -> dict[str, Any]:
+    """The record; its statistics from the per-image outcomes in ``raw`` (a partial record: the cells only)."""
+    stats = statistics(raw, methods, strata) if final else {"cells": {m: method_cells(raw[m]) for m in raw}}
     record = {"methods": list(methods), "words": list(settings.words), "seeds": list(settings.seeds),
-              "settings": dataclasses.asdict(settings), "cells": cells, "raw": raw,
+              "settings": dataclasses.asdict(settings), **stats, "raw": raw,
               "seconds": {m: {"mean_per_defense": sum(s) / len(s), "runs": len(s), "total": sum(s)}
                           for m, s in seconds.items()},
-              "details": details, "wall_seconds": time.perf_counter() - t_all}
+              "details": details, "budget": budgets(details), "wall_seconds": time.perf_counter() - t_all}
+    if words_apart is not None:
+        record["word_split"] = words_apart.record()
     if split is not None:
         record["data"] = split.record()
     record["notes"] = data_notes(record, split)
@@ -352,31 +398,18 @@ def data_notes(record: dict[str, Any], split: Optional[DataSplit] = None) -> lis
             notes.append("reading kept: clipedit's signs of the data's class names on plain canvases (rendered, "
                          "not the data's photos)")
     if record["settings"].get("supported"):
-        notes.append(f"PAINT's supported task: {record['settings']['supported']}")
+        notes.append(f"supported task (PAINT, Defense-Prefix): {record['settings']['supported']}")
+    if record.get("word_split"):
+        notes.append(f"unseen words: {', '.join(record['word_split']['heldout'])}, held out of every method's "
+                     "training, rendering and validation")
+    elif split is not None:
+        notes.append("unseen words: the data's own written words; no word-disjoint split on --data")
     return notes
 
 
-def table_cells(per_seed: dict[str, dict[str, dict[str, Sequence]]]) -> dict[str, dict]:
-    """Cells of one method: per metric, the accuracy pooled over words within each seed, its n the number of
-    *distinct* images behind it (sets that several words share, by their images key, count once: the
-    same clean scenes scored for three words are n scenes, not 3n), then :func:`cell`."""
-    out = {}
-    for _, key in METRICS:
-        seeds = []
-        for words in per_seed.values():
-            entries = [c[key] for c in words.values() if key in c]
-            if not entries:
-                continue
-            hits, total = sum(e[0] for e in entries), sum(e[1] for e in entries)
-            distinct = {(e[2] if len(e) > 2 else i): e[1] for i, e in enumerate(entries)}
-            n = sum(distinct.values())
-            seeds.append((round(hits * n / total) if total else 0, n))
-        out[key] = cell(seeds)
-    return out
-
-
 def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
-    """clip_benchmark-style flat scalars: ``{method}/{metric}``, ``…_lo``, ``…_hi``, ``…_n``, seconds."""
+    """clip_benchmark-style flat scalars: ``{method}/{metric}``, ``…_lo``, ``…_hi``, ``…_n``, seconds; and each
+    paired comparison's ``{method}/vs_{reference}/{metric}_diff`` (``…_lo``, ``…_hi``) and ``…_p_holm``."""
     flat: dict[str, Any] = {}
     for method, cells in record["cells"].items():
         for key, c in cells.items():
@@ -388,6 +421,11 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
             flat[f"{method}/{key}_n"] = c["n"]
         if method in record["seconds"]:
             flat[f"{method}/seconds"] = record["seconds"][method]["mean_per_defense"]
+    for c in record.get("comparisons", []):
+        if c.get("diff") is not None:
+            stem = f"{c['method']}/vs_{c['reference']}/{c['metric']}"
+            flat.update({f"{stem}_diff": c["diff"], f"{stem}_lo": c["lo"], f"{stem}_hi": c["hi"],
+                         f"{stem}_p_holm": c["p_holm"]})
     return flat
 
 
@@ -404,15 +442,3 @@ def pareto_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
             for m, c in record["cells"].items() if m != "unedited"]
 
 
-def table_rows(record: dict[str, Any], fmt: Callable[[dict], str]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): one column per method (unedited first), one row per metric, then seconds."""
-    methods = list(record["cells"])
-    rows = [[label, *(fmt(record["cells"][m][key]) for m in methods)] for label, key in METRICS
-            if record["cells"]["unedited"][key]["n"]]  # a metric the data cannot give: left out (notes)
-    rows.append(["seconds per defense", *("" if m == "unedited" else f"{record['seconds'][m]['mean_per_defense']:.1f}"
-                                          for m in methods)])
-    return ["", *methods], rows
-
-
-def words_label(words: Sequence[str]) -> str:
-    return ", ".join(words)

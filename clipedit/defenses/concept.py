@@ -146,6 +146,11 @@ def concept_request(preprocess, pairs: Sequence[ConceptPair],
 
 
 # -- the edit ------------------------------------------------------------------------------------
+#: The methods that learn from an arbitrary exemplar pair (the typographic peers need words, a text
+#: tower or a labelled world, which a concept edit does not have).
+CONCEPT_METHODS = ("edit", "finetune-local", "finetune-global")
+
+
 @dataclass
 class ConceptConfig:
     """How to make the concept edit.
@@ -156,7 +161,7 @@ class ConceptConfig:
         finetune: the baselines' steps, learning rate and loss.
     """
 
-    method: Literal["edit", "finetune-local", "finetune-global"] = "edit"
+    method: Literal["edit", "finetune-local", "finetune-global"] = "edit"  # CONCEPT_METHODS
     hparams: RewriteHParams = field(default_factory=lambda: RewriteHParams(rank=1))
     finetune: FinetuneHParams = field(default_factory=lambda: FinetuneHParams(steps=200, lr=1e-4, loss="kl"))
 

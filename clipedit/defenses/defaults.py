@@ -95,3 +95,17 @@ def expand_layer(image_module: nn.Module, template: str) -> str:
         container = template[:match.start()].rstrip(".")
         index += len(get_module(image_module, container))
     return template[:match.start()] + str(index) + template[match.end():]
+
+
+@lru_cache(maxsize=1)
+def offline_grid_table() -> dict:
+    """The parsed ``defaults_grid.json``: the settings the offline grids behind the defaults scored."""
+    return json.loads(resources.files(__package__).joinpath("defaults_grid.json").read_text())
+
+
+def offline_settings(bundle: ModelBundle, any_word: bool = False) -> dict:
+    """How many settings an offline validation grid tried before ``bundle``'s defaults were chosen (the
+    model's entry, or for ``"*"`` its architecture's), with the files it was counted from; 0: untuned."""
+    table = offline_grid_table()
+    entry = table["any_word"].get(bundle.architecture) if any_word else table["models"].get(bundle.name)
+    return dict(entry) if entry else {"settings": 0, "sources": [], "split": None}

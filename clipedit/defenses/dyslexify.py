@@ -11,9 +11,8 @@ Published details reproduced (lowlorenz/dyslexify at cd031a3):
   tokens, of the *mean* attention pattern (``experiments/typographic_score/typographic_score.py``:
   ``pattern[:, -2:, :]`` over ``pattern`` with the class token dropped; ``position="bottom"``).
 * **Greedy search** — heads in descending score order; each candidate is evaluated together with the
-  heads kept so far on a typographic *training* split (every image carries a random other class's
-  name at a random position: ``dyslexify/dataset/utils.py``, ``ImageNet100(split="train",
-  position="random")``); it is skipped when typographic accuracy rises by less than ``eps = 0.001``;
+  heads kept so far on typographic scenes (every image carries a random other class's name); it is
+  skipped when typographic accuracy rises by less than ``eps = 0.001``;
   the search stops when more than 10 skips in a row have been counted (checked after evaluating the
   next candidate, before it could be kept), or right after keeping a head that brings clean accuracy
   more than ``stop_at_delta = 0.01`` below the unablated model's — that head stays kept
@@ -26,11 +25,17 @@ Published details reproduced (lowlorenz/dyslexify at cd031a3):
 
 Differences kept, and why:
 
+* The search's scenes (``experiments/greedy_selection/greedy_selection.py`` runs it on ImageNet-100's
+  *training* split, ``ImageNet100(split="train", position="random")``) are the validation split's
+  (:func:`clipedit.defenses.typo_train.validation_sets`: the split's leave-out factors, ``n_val``
+  scenes, and the clean copies of the same scenes for the clean budget), the one set every method of
+  ``clipedit compare`` selects on; the test split stays unseen.
+
 * The scoring images are scenes of the model's world (mini: objects on backgrounds) with a random
   class name rendered in the band, not Unsplash photos with Unsplash captions: clipedit ships no photo
   set of that size; the band is the last ``band_rows`` rows of the *model's* token grid (8x8 on
   mini-vit, so 2 rows = the bottom quarter, as 2 of 14 rows is on ViT-B/16 a seventh).
-* Training-split sizes are ``n_train`` scenes (default 1000), not ImageNet-100's 126k; so ``eps`` =
+* The search runs on ``n_val`` scenes (default 500), not ImageNet-100's 126k; so ``eps`` =
   0.001 is one scene at n = 1000 and the keep rule is applied to counts (a rise of at least
   ``ceil(eps * n)`` scenes; the published float comparison would drop exact one-scene gains to
   rounding). A clean budget below one scene (``stop_at_delta * n < 1``) is widened to one scene with a
@@ -50,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from clipedit.attacks import StyleSampler
 from clipedit.core.heads import head_specs
@@ -59,7 +65,7 @@ from clipedit.core.nethook import get_module
 from clipedit.data.images import to_batches
 from clipedit.defenses.head_ablation import query_row_hook
 from clipedit.defenses.selection import scene_tolerance
-from clipedit.defenses.typo_train import TRAIN_SEED, TypoSet, correct, typographic_training_set
+from clipedit.defenses.typo_train import TRAIN_SEED, TypoValidation, correct, validation_sets
 from clipedit.errors import ClipeditError
 from clipedit.eval.predictor import Predictor, make_predictor
 from clipedit.models.bundle import ModelBundle
@@ -76,17 +82,17 @@ class DyslexifyHParams(HParams):
 
     Attributes:
         n_score: word-agnostic images the head scores are averaged over.
-        n_train: scenes of the typographic training split the greedy search evaluates on.
+        n_val: validation scenes the greedy search evaluates on.
         band_rows: rows at the bottom of the token grid that hold the scoring images' text (published 2).
         eps: smallest rise of typographic accuracy for a head to be kept (published 0.001).
         patience: the search stops once more than this many skips in a row are counted (published 10).
         stop_at_delta: the search stops after keeping a head that costs more clean accuracy (published 0.01).
         max_heads: most heads kept (None: no limit; not in the published search).
-        seed: seeds the training split and the scoring images.
+        seed: seeds the scoring images.
     """
 
     n_score: int = 256
-    n_train: int = 1000
+    n_val: int = 500
     band_rows: int = 2
     eps: float = 0.001
     patience: int = 10
@@ -120,10 +126,12 @@ def class_token_sites(bundle: ModelBundle) -> list[tuple[str, int]]:
     specs = head_specs(bundle.image_module, bundle.image_prefix)
     sites = [(s.attention, s.n_heads) for s in specs if not s.pooling and s.query == 0]
     if not sites:
-        why = ("its blocks pool no class token" if any(not s.pooling for s in specs)
-               else "it has no attention blocks")
-        raise ClipeditError(f"dyslexify needs an image tower with a class token; {bundle.name}'s has none "
-                            f"({why}; use head-ablation-weights, which also ablates an attention pool's heads)")
+        if specs:  # attention without a class token (a ResNet's attnpool): head ablation reaches its heads
+            raise ClipeditError(f"dyslexify needs an image tower with a class token; {bundle.name}'s has none "
+                                "(its blocks pool no class token; use head-ablation-weights, which also ablates an "
+                                "attention pool's heads)")
+        raise ClipeditError(f"dyslexify ablates attention heads; {bundle.name}'s image tower has none (use --method "
+                            "edit or a fine-tuning baseline)")
     return sites
 
 
@@ -187,7 +195,7 @@ def greedy_selection(order: Sequence[Any], evaluate: Callable[[list[Any]], tuple
     """The published greedy search (greedy_selection.py) over ``order``.
 
     Args:
-        evaluate: ``heads -> (clean correct, typographic correct)`` counts on the ``n`` training scenes
+        evaluate: ``heads -> (clean correct, typographic correct)`` counts on the ``n`` validation scenes
             with exactly those heads ablated.
 
     Returns:
@@ -232,7 +240,7 @@ def selection_record(hp: DyslexifyHParams, n: int) -> dict[str, Any]:
     """What the search's thresholds allow at ``n`` training scenes: the keep rule's rise and the clean
     budget (:func:`~clipedit.defenses.selection.scene_tolerance`: widened to one scene when below one)."""
     budget = scene_tolerance(hp.stop_at_delta, n, "dyslexify's clean budget (stop_at_delta)", warn=False)
-    return {"split": "typographic training", "n": n, "keep_scenes": keep_scenes(hp.eps, n), "eps": hp.eps,
+    return {"split": "validation", "n": n, "keep_scenes": keep_scenes(hp.eps, n), "eps": hp.eps,
             "tolerance": budget.to_dict(), "rule": rule_text(hp, n)}
 
 
@@ -241,28 +249,29 @@ def rule_text(hp: DyslexifyHParams, n: int) -> str:
     need = keep_scenes(hp.eps, n)
     budget = scene_tolerance(hp.stop_at_delta, n, "dyslexify's clean budget (stop_at_delta)", warn=False)
     widened = f", widened from {hp.stop_at_delta:g}: below one scene" if budget.widened else ""
-    return (f"keep a head when typographic accuracy on the training split rises by >= {hp.eps:g} "
+    return (f"keep a head when typographic accuracy on the validation split rises by >= {hp.eps:g} "
             f"(>= {need} of {n} scenes); stop after more than {hp.patience} skips in a row, or once clean "
             f"accuracy has fallen by more than {budget.applied:g} ({budget.scenes:g} of {n} scenes{widened})")
 
 
-def members_for(heads: Sequence[tuple[str, int]], meta: Optional[dict] = None) -> list[ClsHeadAblation]:
-    """One hook member per attention module, in block order."""
+def members_for(heads: Sequence[tuple[str, int]], meta: Optional[dict] = None,
+                model: Optional[nn.Module] = None) -> list[ClsHeadAblation]:
+    """One hook member per attention module, in block order (tied to ``model`` when given)."""
     by_site: dict[str, list[int]] = {}
     for name, h in heads:
         by_site.setdefault(name, []).append(h)
-    return [ClsHeadAblation(name, hs, meta) for name, hs in by_site.items()]
+    return [ClsHeadAblation(name, hs, meta, model) for name, hs in by_site.items()]
 
 
 def dyslexify(bundle: ModelBundle, hparams: Optional[DyslexifyHParams] = None,
-              train: Optional[TypoSet] = None, predictor: Optional[Predictor] = None,
+              val: Optional[TypoValidation] = None, predictor: Optional[Predictor] = None,
               meta: Optional[dict] = None) -> DyslexifyResult:
-    """Score heads, run the greedy search on the training split, leave the kept heads' hooks applied."""
+    """Score heads, run the greedy search on the validation split, leave the kept heads' hooks applied."""
     start = time.perf_counter()
     hp = hparams or DyslexifyHParams()
     sites = class_token_sites(bundle)
-    train = train or typographic_training_set(bundle, hp.n_train, hp.seed)
-    predictor = predictor or make_predictor(bundle, train.classnames)
+    val = val or validation_sets(bundle, hp.n_val)
+    predictor = predictor or make_predictor(bundle, list(bundle.world.classnames))
     scores = typographic_scores(bundle, sites, scoring_images(bundle, hp.n_score, hp.band_rows, hp.seed),
                                 hp.band_rows)
     order = sorted(((name, h) for name, _ in sites for h in range(len(scores[name]))),
@@ -273,22 +282,25 @@ def dyslexify(bundle: ModelBundle, hparams: Optional[DyslexifyHParams] = None,
         for m in members:
             m.apply(bundle.model)
         try:
-            return (correct(predictor, train.clean, train.labels), correct(predictor, train.attacked, train.labels))
+            return (correct(predictor, val.clean, val.labels), correct(predictor, val.typo, val.labels))
         finally:
             for m in reversed(members):
                 m.revert(bundle.model)
 
-    kept, steps, base = greedy_selection(order, evaluate, train.n, hp.eps, hp.patience, hp.stop_at_delta,
+    kept, steps, base = greedy_selection(order, evaluate, val.n, hp.eps, hp.patience, hp.stop_at_delta,
                                          hp.max_heads)
     for row in steps:
         row["score"] = float(scores[row["head"][0]][row["head"][1]])
         row["head"] = list(row["head"])
     info = {"model": bundle.name, "pretrained": bundle.pretrained, **(meta or {}), "method": "dyslexify",
             "hparams": hp.to_dict()}
-    members = members_for(kept, info)
+    members = members_for(kept, info, bundle.model)
     for m in members:
         m.apply(bundle.model)
     log.info("dyslexify: %d heads kept of %d: %s", len(kept), len(order), kept)
     return DyslexifyResult(members, [tuple(k) for k in kept], {k: v.tolist() for k, v in scores.items()}, steps,
-                           base, rule_text(hp, train.n), time.perf_counter() - start,
-                           {"selection": selection_record(hp, train.n)})
+                           base, rule_text(hp, val.n), time.perf_counter() - start,
+                           {"selection": selection_record(hp, val.n),
+                            "budget": {"images_seen": hp.n_score, "optimizer_steps": 0,
+                                       "settings_tried": len(steps) + 1, "train_images": hp.n_score,
+                                       "validation_images": 2 * val.n}})

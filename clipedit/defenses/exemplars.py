@@ -32,7 +32,7 @@ def world_of(bundle: ModelBundle, photos: Optional[Sequence[Image.Image]] = None
     return bundle.world or PhotoWorld()
 
 
-@render_errors()  # issue 21: a ClipeditError from the public API
+@render_errors()  # a word that cannot be rendered: a ClipeditError from the public API, not an AttackError
 def text_exemplars(bundle: ModelBundle, word: str, n: int, seed: int = 0,
                    photos: Optional[Sequence[Image.Image]] = None) -> list[Attack]:
     """``n`` varied renders of ``word`` in exemplar styles (never the evaluation's held-out ones),

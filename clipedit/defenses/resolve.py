@@ -36,6 +36,7 @@ def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, 
     """
     config, given = (overrides, {}) if isinstance(overrides, DefenseConfig) else _from_mapping(overrides or {})
     spec = method_spec(config.method)
+    any_word = any_word or spec.any_word
     d = defaults_for(bundle, any_word=any_word)
     if config.hparams is not None:
         hp = dataclasses.replace(config.hparams, **given)
@@ -45,7 +46,7 @@ def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, 
                                "keep_targets": d.keep_targets if closed_form else 0.0, **given})
     sites = tuple(config.sites) if config.sites else (hp.layer,) if hp.layer else None
     if sites is None:
-        default_sites = d.sites if config.method == "edit" and hp.solver == "closed-form" else None
+        default_sites = d.sites if spec.config_field == "hparams" and hp.solver == "closed-form" else None
         if default_sites is None and d.layer is None:
             raise no_default_layer(bundle)
         sites = default_sites or (d.layer,)
@@ -73,15 +74,18 @@ def _from_mapping(values: Mapping[str, Any]) -> tuple[DefenseConfig, dict[str, A
     if unknown:
         raise ClipeditError(f"unknown defense setting(s): {', '.join(unknown)}")
     layer = values.pop("layer", None)
-    if isinstance(layer, str):
-        layer = [s.strip() for s in layer.split(",")]
+    if isinstance(layer, str):  # 'A+B': one joint edit over A then B (',' lists alternatives: sweep's)
+        if "," in layer:
+            raise ClipeditError(f"layer {layer!r}: one joint edit over several sites is written "
+                                f"{'+'.join(s.strip() for s in layer.split(','))!r} (',' lists alternatives)")
+        layer = [s.strip() for s in layer.split("+")]
     if layer is not None:
         if not layer or any(not s for s in layer):
-            raise ClipeditError(f"--layer takes dotted layer names, comma-separated; got {','.join(layer)!r}")
+            raise ClipeditError(f"--layer takes dotted layer names joined by '+'; got {'+'.join(layer)!r}")
         values.setdefault("sites", tuple(layer))
     given = {k: values.pop(k) for k in REWRITE_KEYS if k in values}
     if isinstance(values.get("hparams"), Mapping):  # the method's settings as a dict (the rewrite's: under the flags)
-        if values.get("method", "edit") == "edit":
+        if method_spec(values.get("method", "edit")).config_field == "hparams":  # the rewrite's settings
             given = {**values.pop("hparams"), **given}
         else:
             values["method_hparams"] = values.pop("hparams")

@@ -20,7 +20,7 @@ class DefenseResult:
 
     Attributes:
         method: the method's name.
-        layer: the layers it acted on, comma-separated (``none`` when it changed nothing).
+        layer: the layers it acted on, joined by ``+`` (``none`` when it changed nothing).
         words: the defended word(s) (``["*"]``: any word).
         edit_set: the edit (weight or hook members), or None for methods that change whole weights
             (fine-tuning, PAINT: the edited model itself is the output).
@@ -68,9 +68,9 @@ class DefenseResult:
 
     def hparams_used(self) -> Any:
         """The method's settings as used: an edit's rank clamped to its exemplar keys is recorded as the
-        rank used, with ``rank_requested`` beside it (issue 21; each member's metadata says the same)."""
+        rank used, with ``rank_requested`` beside it (each member's metadata says the same)."""
         hp = self.config.get("method_hparams")
-        if self.method != "edit" or self.edit_set is None or not isinstance(hp, dict):
+        if self.edit_set is None or not isinstance(hp, dict) or "rank" not in hp:
             return hp
         ranks = {m.rank for m in self.edit_set.edits if isinstance(m, LayerEdit)}
         if len(ranks) == 1 and hp.get("rank") not in ranks:
@@ -94,6 +94,3 @@ class DefenseResult:
         if self.edit_set is None:
             raise ClipeditError(f"{self.method} leaves no edit to save (it changes the weights directly)")
         return save_edits(path, self.edit_set)
-
-
-Defense = DefenseResult  # the name of earlier releases

@@ -153,9 +153,11 @@ class HeldoutData:
 
 
 def heldout_data(bundle: ModelBundle, words: Sequence[str], n: int, n_signs: Optional[int] = None,
-                    split: str = "validation", offset: int = 0) -> HeldoutData:
+                    split: str = "validation", offset: int = 0, other_words: Optional[Sequence[str]] = None
+                 ) -> HeldoutData:
     """Held-out scenes of the model's world on ``split`` (``n`` per set, ``n_signs`` signs; tuning uses
-    the validation split, reports the test split); ``offset``: other scenes and signs of the split.
+    the validation split, reports the test split); ``offset``: other scenes and signs of the split;
+    ``other_words``: what the other-words set writes (default: every other class name).
 
     Raises:
         ClipeditError: the model's world has no labelled scenes, or ``n`` < 1 (an empty split).
@@ -166,7 +168,7 @@ def heldout_data(bundle: ModelBundle, words: Sequence[str], n: int, n_signs: Opt
     if world is None or not world.classnames:
         raise ClipeditError(f"{bundle.name} has no labelled world to draw a {split} split from")
     memo = dataclasses.replace(bundle, preprocess=MemoPreprocess(bundle.preprocess))
-    sets = world_eval_sets(world, list(words), n, split, offset=offset)
+    sets = world_eval_sets(world, list(words), n, split, offset=offset, other_words=other_words)
     if not sets.edited[0]:
         raise ClipeditError(f"the {split} split is empty: no scenes with {', '.join(words)}")
     signs = sign_set(world, n_signs, split, offset=offset) if n_signs else None

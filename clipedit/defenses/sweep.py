@@ -39,7 +39,7 @@ from clipedit.core.sites import candidate_sites
 from clipedit.core.subspace import regularise
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
-from clipedit.defenses.methods import run_defense
+from clipedit.defenses.methods import METHODS, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import (
     PICK_TOLERANCE,
@@ -199,6 +199,11 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
     if not words:
         raise ClipeditError("no words to defend against")
     config = resolve_config(bundle, config)
+    if not method_spec(config.method).sweepable or config.any_word:
+        swept = ", ".join(m for m, spec in METHODS.items() if spec.sweepable)
+        what = f"{config.method}{' against any word' if config.any_word else ''}"
+        raise ClipeditError(f"the sweep chooses the sites and rank of a method that acts on sites ({swept}) for "
+                            f"named words; {what} is not swept")
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     data = data or heldout_data(bundle, words, settings.n_val, settings.n_signs)
@@ -218,7 +223,7 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
         figures = score(data)
         seconds["evaluate"] += time.perf_counter() - clock
         name = "+".join(candidate.sites)
-        row = {"method": "edit", "site": name, "sites": list(candidate.sites), "rank": candidate.rank,
+        row = {"method": config.method, "site": name, "sites": list(candidate.sites), "rank": candidate.rank,
                "seconds": round(candidate.seconds, 3), **{k: figures.get(k) for k in SCORED}}
         row.update(gains(row, baseline))
         row["admissible"] = admissible(row, baseline, tol)
@@ -239,11 +244,14 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
     ``config`` is resolved; each candidate is what ``defend`` with ``config`` at that site (or sites) and
     rank applies (same solver, same settings, same exemplars).
     """
-    if config.hparams.solver != "closed-form":
-        raise ClipeditError("the sweep scores closed-form edits; --solver optimize is not swept")
     pairs, site_sets = _candidates(bundle, settings)
     exemplars = defense_data(bundle, words, config)
     hp = config.hparams
+    if not method_spec(config.method).closed_form:  # every candidate is one run of the method
+        site_sets = [(name,) for name, _ in pairs] + list(site_sets)
+        pairs = []
+    elif hp.solver != "closed-form":
+        raise ClipeditError("the sweep scores closed-form edits; --solver optimize is not swept")
     clock = time.perf_counter()
     sites = [resolve_site(bundle.model, name) for name, _ in pairs]
     all_sums = accumulate_exemplar_sums_at(bundle.model, sites, exemplars.requests(), bundle.encode_images,
@@ -267,14 +275,17 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
             finally:
                 revert_edit_set(bundle.model, edit_set)
             setup = 0.0
+    single = {name: ranks for name, ranks in _candidates(bundle, settings)[0]}
     for site_set in site_sets:
-        for rank in settings.ranks or [config.hparams.rank]:
+        for rank in (single[site_set[0]] if len(site_set) == 1 else None) or settings.ranks or [config.hparams.rank]:
             clock = time.perf_counter()
             candidate = dataclasses.replace(config, sites=tuple(site_set),
                                             hparams=dataclasses.replace(hp, layer=None, rank=rank),
                                             method_hparams=None)
             result = run_defense(bundle, exemplars, resolve_config(bundle, candidate),
                                  lambda layer: reference_statistics(bundle, layer, config))
+            if result.edit_set is None:
+                raise ClipeditError(f"{config.method} returned no edit set to score and revert")
             try:
                 yield Candidate(tuple(site_set), rank, result.edit_set, time.perf_counter() - clock)
             finally:
@@ -312,8 +323,9 @@ def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig
     """``--layer auto`` / ``--rank auto`` (``auto`` names which): sweep on the validation split (at most
     ``n_val`` scenes per set) and take the pick rule's setting; returns (the config to defend with, what was
     chosen and by which rule). No admissible setting: ``config`` unchanged."""
-    if config.method != "edit" or config.any_word:
-        raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
+    if not method_spec(config.method).sweepable or config.any_word:
+        raise ClipeditError("--layer/--rank auto go with a method that acts on sites (--method edit) and rendered "
+                            "exemplars of named words")
     auto_layer, auto_rank = "layer" in auto, "rank" in auto
     hp, single = config.hparams, len(config.sites) == 1
     settings = SweepSettings(sites=None if auto_layer else list(config.sites) if single else [],
@@ -326,7 +338,7 @@ def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig
                  "candidates": len(result.rows),
                  "auto": list(auto), "picked": picked, "baseline": result.baseline}
     if picked is None:
-        log.warning("no setting met the pick rule on validation; keeping %s rank %d", ",".join(config.sites), hp.rank)
+        log.warning("no setting met the pick rule on validation; keeping %s rank %d", "+".join(config.sites), hp.rank)
         return config, selection
     chosen = dataclasses.replace(config, hparams=dataclasses.replace(hp, layer=None, rank=picked["rank"]),
                                  sites=tuple(picked["sites"]), method_hparams=None)
@@ -346,6 +358,21 @@ def cost(row: dict[str, Any]) -> float:
     return max(row["clean_loss"], row["blank_loss"])
 
 
+def rank_labels(rows: Sequence[dict[str, Any]], points: Sequence[tuple[float, float]], near: float = 1.5
+                ) -> list[tuple[tuple[float, float], str, int]]:
+    """The rank annotations of a trade-off plot: ranks on the same spot (to 0.1 point) joined in one label
+    (``4, 16, 32``), and a label within ``near`` points of an earlier one raised a line (its stack index)."""
+    spots: dict[tuple[float, float], list[str]] = {}
+    for r, (x, y) in zip(rows, points):
+        if r.get("rank") is not None:
+            spots.setdefault((round(x, 1), round(y, 1)), []).append(str(r["rank"]))
+    out: list[tuple[tuple[float, float], str, int]] = []
+    for (x, y), ranks in spots.items():
+        stack = sum(abs(x - px) < near and abs(y - py) < near for (px, py), _, _ in out)
+        out.append(((x, y), ", ".join(dict.fromkeys(ranks)), stack))
+    return out
+
+
 def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", tolerance: float = PICK_TOLERANCE,
                   picked: Optional[dict[str, Any]] = None) -> None:
     """Gain (defended-word text-note accuracy) vs cost (clean/blank loss), one marker per method,
@@ -357,8 +384,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
 
     from clipedit.io import atomic_path
 
-    markers = dict(zip(["edit", "dyslexify", "head-ablation-weights", "paint", "finetune-local", "finetune-global",
-                        "defense-prefix"], "o*s^DvP"))
+    markers = dict(zip(METHODS, "o*s^DvPXhp<>"))  # one marker a method of the table, in table order
     labels = sorted({r.get("site") or r["method"] for r in rows}, key=lambda s: [r.get("site") or r["method"]
                                                                                    for r in rows].index(s))
     colours = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
@@ -369,10 +395,10 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
         lab = r.get("site") or r["method"]
         legend = f"{r['method']}: {lab.removeprefix('visual.')}" if r.get("site") else r["method"]
         ax.scatter(x, y, marker=markers.get(r["method"].split(" ")[0], "X"), color=colours[lab], s=36,
-                   label=None if legend in seen else legend, zorder=3)
+                   label=None if legend in seen else legend, zorder=3, clip_on=False)  # whole at the frame
         seen.add(legend)
-        if r.get("rank") is not None:
-            ax.annotate(str(r["rank"]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    for (x, y), ranks, stack in rank_labels(rows, points):  # one label per spot, stacked where spots crowd
+        ax.annotate(ranks, (x, y), textcoords="offset points", xytext=(4, 3 + 8 * stack), fontsize=7)
     front = pareto_front(points)
     # the front as a staircase through its points, each ringed: visible even when it is a single point
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k-", lw=1.2, drawstyle="steps-post",
@@ -384,6 +410,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
         ax.scatter(100 * cost(picked), 100 * picked["gain"], s=160, facecolors="none", edgecolors="red",
                    label="pick", zorder=4)
     ax.set_xscale("symlog", linthresh=1.0)  # costs under a point stay readable beside large ones
+    ax.margins(0.06)  # markers and rings on the extreme settings are not cut by the frame
     from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
 
     # ticks at 1, 2, 5 x 10^k (and the linear part): a narrow range of costs still gets labelled ticks

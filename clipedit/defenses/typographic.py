@@ -24,9 +24,9 @@ from clipedit.defenses.arguments import check_defend_arguments
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, text_exemplars, world_of
-from clipedit.defenses.methods import DefenseData, run_defense
+from clipedit.defenses.methods import DefenseData, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.result import Defense, DefenseResult
+from clipedit.defenses.result import DefenseResult
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
@@ -35,11 +35,11 @@ from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Defense", "DefenseConfig", "DefenseResult", "defend", "defense_data", "reference_statistics",
+__all__ = ["DefenseConfig", "DefenseResult", "defend", "defense_data", "reference_statistics",
            "text_exemplars", "world_of"]
 
 
-@render_errors()  # an attack that cannot be rendered is a ClipeditError here (issue 21)
+@render_errors()  # an attack that cannot be rendered is a ClipeditError here, one line at the CLI
 def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
            config: Optional[DefenseConfig | dict] = None, exemplars: Optional[Sequence[Attack]] = None,
            request: Optional[EditRequest] = None, evaluate: bool | EvalOptions = False,
@@ -62,6 +62,8 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
     """
     words = check_defend_arguments(bundle, words, config, exemplars, request, evaluate)
     config = resolve_config(bundle, config, any_word=words == [ANY_WORD] and request is None and exemplars is None)
+    if config.any_word:
+        words = [ANY_WORD]  # a method that is the rewrite against any word defends against any word
     timer = timer if timer is not None else StageTimer()
     evaluation = None
     if evaluate is not False:
@@ -90,11 +92,14 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
 def defense_data(bundle: ModelBundle, words: list[str], config: DefenseConfig,
                  exemplars: Optional[Sequence[Attack]] = None, request: Optional[EditRequest] = None) -> DefenseData:
     """The exemplars of a defense (resolved ``config``): a given request, given attacks, ``"*"``'s
-    vocabulary renders, or ``config.renders`` renders of each word."""
+    vocabulary renders, or ``config.renders`` renders of each word; none for a method that draws its own
+    training split (``MethodSpec.exemplars`` False)."""
     if request is not None:
         return DefenseData.of(words, request)
     if config.any_word:
         return any_word_data(bundle, config)
+    if not method_spec(config.method).exemplars and exemplars is None:
+        return DefenseData(list(words), lambda: [], n_images=0)
     if exemplars is None:
         exemplars = [a for w in words for a in text_exemplars(bundle, w, config.renders, config.seed, config.photos)]
     exemplars = list(exemplars)

@@ -141,8 +141,12 @@ def scoring_sets(bundle: ModelBundle, split: DataSplit, words: Sequence[str], n:
 
 
 @torch.no_grad()
-def benchmark_counts(test: BenchmarkTest, bundle: ModelBundle, batch_size: int = 256) -> dict[str, tuple[int, int]]:
-    """(hits, n) per metric of ``bundle`` (its model) on a benchmark's test side; metrics it cannot give are absent."""
+def benchmark_counts(test: BenchmarkTest, bundle: ModelBundle,
+                     batch_size: int = 256) -> dict[str, tuple[int, int, str]]:
+    """(hits, n, per-image bits) per metric of ``bundle`` (its model) on a benchmark's test side, the bits one
+    ``"0"``/``"1"`` per scored photo in the records' order; metrics it cannot give are absent.
+    ``attack_success_rate``: of the defended word's photos whose word is another class, those predicted as
+    the word."""
     from clipedit.eval.metrics import evaluate_images
 
     held = dataclasses.replace(test.bundle, model=bundle.model)
@@ -150,15 +154,17 @@ def benchmark_counts(test: BenchmarkTest, bundle: ModelBundle, batch_size: int =
     pred = torch.cat([predictor(test.images[i:i + batch_size]).argmax(1).cpu()
                       for i in range(0, test.images.shape[0], batch_size)])
     defended = {normalize_name(w) for w in test.words}
-    out: dict[str, list[int]] = {}
+    out: dict[str, list[bool]] = {}
     for record, p in zip(test.records, pred.tolist()):
         key = metric_of(record, defended)
         if key is not None:
-            hits = out.setdefault(key, [0, 0])
-            hits[0] += int(p == class_index(record.true_class, predictor.classnames))
-            hits[1] += 1
-    counts = {k: (h, n) for k, (h, n) in out.items()}
+            out.setdefault(key, []).append(p == class_index(record.true_class, predictor.classnames))
+        word = class_index(record.word, predictor.classnames) if key == "text_acc" else None
+        if word is not None:
+            out.setdefault("attack_success_rate", []).append(p == word)
+    counts = {k: (sum(f), len(f), "".join("1" if x else "0" for x in f)) for k, f in out.items()}
     if test.signs is not None:
         r = evaluate_images(held, predictor, test.signs.images, test.signs.labels, batch_size, progress=False)
-        counts["reading_acc"] = (round(r["top1"] * r["n"]), r["n"])
+        flags = [p == y for p, y in zip(r["predictions"], test.signs.labels)]
+        counts["reading_acc"] = (sum(flags), len(flags), "".join("1" if x else "0" for x in flags))
     return counts

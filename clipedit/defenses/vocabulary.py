@@ -107,7 +107,7 @@ def read_word_list(path: str | Path) -> list[str]:
 
 def build_vocabulary(classnames: Sequence[str] = (), *, n_words: int = 512, random_share: float = 0.125,
                      words_file: Optional[str | Path] = None, seed: int = 0,
-                     heldout_fraction: float = HELDOUT_FRACTION) -> Vocabulary:
+                     heldout_fraction: float = HELDOUT_FRACTION, exclude: Sequence[str] = ()) -> Vocabulary:
     """The exemplar/held-out vocabulary of a '*' defense.
 
     Args:
@@ -117,12 +117,14 @@ def build_vocabulary(classnames: Sequence[str] = (), *, n_words: int = 512, rand
         words_file: a user's word list replacing the tokenizer words and random strings.
         seed: which tokenizer words and random strings are drawn.
         heldout_fraction: share of words held out (by :func:`is_heldout`).
+        exclude: words left out of both sides (e.g. a comparison's held-out class words).
     """
     if n_words < 1:
         raise ClipeditError(f"the vocabulary needs at least one exemplar word, got {n_words}")
     if not 0 <= heldout_fraction < 1:
         raise ClipeditError(f"the held-out fraction must be in [0, 1), got {heldout_fraction}")
-    names = list(dict.fromkeys(c.strip() for c in classnames if c.strip()))
+    banned = {w.strip().lower() for w in exclude}
+    names = list(dict.fromkeys(c.strip() for c in classnames if c.strip() and c.strip().lower() not in banned))
     if words_file is not None:
         pool, source = read_word_list(words_file), str(words_file)
         n_random = 0
@@ -131,7 +133,7 @@ def build_vocabulary(classnames: Sequence[str] = (), *, n_words: int = 512, rand
         rng = np.random.default_rng([seed, 0x70c])
         pool = [pool[i] for i in rng.permutation(len(pool))]
         n_random = int(round(random_share * max(0, n_words - len(names))))
-    taken = {n.lower() for n in names}
+    taken = {n.lower() for n in names} | banned
     pool = [w for w in pool if w.lower() not in taken]
     rand = [w for w in random_strings(4 * n_random + 16, seed) if w.lower() not in taken]
 

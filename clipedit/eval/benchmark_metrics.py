@@ -98,5 +98,5 @@ def kind_rows(metrics: dict[str, Any], after: Optional[dict[str, Any]] = None) -
             label, n_key = "all photos (top-1; none attacked)", "n"
         if key in metrics:
             values = [metrics[key]] if after is None else [metrics[key], after.get(key)]
-            rows.append([label, *values, metrics.get(n_key) or metrics["n"]])
+            rows.append([label, *values, metrics.get(n_key, metrics["n"])])
     return rows

@@ -27,8 +27,7 @@ def evaluate_defense(bundle: ModelBundle, predictor: Predictor, sets: EvalSets |
         out = {"figures": BENCHMARK, **evaluate_benchmark(bundle, predictor, sets, batch_size=batch_size)}
         return out if keep_predictions else drop_predictions(out)
     ed = evaluate_attacks(bundle, predictor, *sets.edited, batch_size=batch_size)
-    out = {"figures": SCENES, "clean_acc": ed["clean_acc"], "blank_acc": ed["blank_acc"],
-           "text_acc": ed["text_acc"], "attack_success_rate": ed["attack_success_rate"], "n": ed["n"],
+    out = {"figures": SCENES, **{k: ed.get(k) for k in SCENE_KEYS if k in ed},
            "strata": strata(sets.edited[0], sets.edited[1], ed["predictions"], predictor.classnames)}
     if keep_predictions:
         out["predictions"] = ed["predictions"]["text"]
@@ -36,27 +35,45 @@ def evaluate_defense(bundle: ModelBundle, predictor: Predictor, sets: EvalSets |
         ot = evaluate_attacks(bundle, predictor, *sets.other, batch_size=batch_size)
         out.update({"other_text_acc": ot["text_acc"], "other_attack_success_rate": ot["attack_success_rate"],
                     "other_clean_acc": ot["clean_acc"], "other_blank_acc": ot["blank_acc"], "n_other": ot["n"],
+                    "n_other_text": ot["n_text"], "n_other_word_in_classes": ot["n_word_in_classes"],
                     "other_strata": strata(sets.other[0], sets.other[1], ot["predictions"], predictor.classnames)})
     return out
 
 
-ROWS = (("clean", "clean_acc"), ("blank note", "blank_acc"), ("text note (defended words)", "text_acc"),
-        ("attack success (defended words)", "attack_success_rate"),
-        ("text note (other words)", "other_text_acc"), ("attack success (other words)", "other_attack_success_rate"))
+#: The figures of the defended words' set a defense records: the three accuracies, attack success, their
+#: counts (n: scenes; n_clean: distinct clean photos; n_text, n_word_in_classes: the notes each rate is
+#: over), and clip_benchmark's acc1 / acc5 / mean_per_class_recall on the text-note images.
+SCENE_KEYS = ("clean_acc", "blank_acc", "text_acc", "attack_success_rate", "n", "n_clean", "n_text",
+              "n_word_in_classes", "acc1", "acc5", "mean_per_class_recall")
+
+
+#: (row label, figure, the count it is over; a missing count falls back to ``n``).
+ROWS = (("clean", "clean_acc", "n_clean"), ("blank note", "blank_acc", "n"),
+        ("text note (defended words)", "text_acc", "n_text"),
+        ("attack success (defended words)", "attack_success_rate", "n_word_in_classes"),
+        ("text note (other words)", "other_text_acc", "n_other_text"),
+        ("attack success (other words)", "other_attack_success_rate", "n_other_word_in_classes"))
 
 
 KIND_ROWS = ("notes + stickers", "bare text")
 
 
 def comparison_rows(before: dict, after: dict) -> list[list]:
-    """Table rows: metric, before, after, then text-note accuracy by kind (notes + stickers, bare text;
-    a benchmark's: per image kind, see ``kind_rows``)."""
+    """Table rows: metric, before, after, n (the images the figure is over, the same before and after),
+    then text-note accuracy by kind (notes + stickers, bare text; a benchmark's: per image kind, see
+    ``kind_rows``). An undefined figure (n = 0) is None."""
     if before.get("figures") == BENCHMARK:
-        return [row[:3] for row in kind_rows(before, after)]
-    rows = [[label, before.get(key), after.get(key)] for label, key in ROWS if key in before]
+        return kind_rows(before, after)
+    default_n = before.get("n")
+    rows = []
+    for label, key, n_key in ROWS:
+        if key in before:
+            fallback = before.get("n_other") if key.startswith("other_") else default_n
+            rows.append([label, before.get(key), after.get(key), before.get(n_key, fallback)])
     for key, words in (("strata", "defended words"), ("other_strata", "other words")):
         for group in KIND_ROWS:  # the headline (notes + stickers) apart from bare text
             if group in before.get(key, {}):
-                rows.append([f"text note, {group} ({words})", before[key][group]["text_acc"]["acc"],
-                             after[key][group]["text_acc"]["acc"]])
+                figure = before[key][group]["text_acc"]
+                rows.append([f"text note, {group} ({words})", figure["acc"], after[key][group]["text_acc"]["acc"],
+                             figure["n"]])
     return rows

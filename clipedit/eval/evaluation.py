@@ -29,7 +29,7 @@ class EvalOptions:
     Attributes:
         data: ``KIND:PATH`` (a benchmark as published), an ImageFolder directory, or None (the
             model's world's held-out scenes).
-        classes: class names for ``data`` (default: the benchmark's, the folder's or the model's).
+        classes: class names for ``data`` (default: the benchmark's or the folder names).
         n: held-out scenes per set (a world's).
         keep_predictions: keep the per-image predictions (for a report).
     """
@@ -46,7 +46,8 @@ def evaluation_sets(bundle: ModelBundle, words: Sequence[str], options: EvalOpti
     if options.data is not None and looks_like_spec(options.data):
         return load_benchmark_images(read_benchmark(options.data), names)
     if options.data is not None:
-        return folder_eval_sets(Path(options.data), list(words), names or bundle.classnames, per_image=1)
+        # classes: --classes, else the folder names (as audit does), never the model's own class list
+        return folder_eval_sets(Path(options.data), list(words), names, per_image=1)
     if bundle.world is not None and bundle.world.classnames:
         if names is not None:
             raise ClipeditError(f"--classes goes with --data: {bundle.world.name}'s held-out scenes have "

@@ -65,15 +65,16 @@ def world_attack_set(world: World, n: int, split: str = "test", words: str | Seq
 
 
 def world_eval_sets(world: World, words: Sequence[str], n: int, split: str = "test",
-                    factors: bool = True, offset: int = 0) -> EvalSets:
+                    factors: bool = True, offset: int = 0, other_words: Optional[Sequence[str]] = None) -> EvalSets:
     """Held-out scenes of a world that has them (``n`` per set); ``factors`` False: the world's own
     held-out styles (for the mini world: matplotlib's STIX / Computer Modern fonts, sizes 0.19-0.22,
     as every figure before the leave-out factors) instead of the split's leave-out factors. ``offset``
-    (a multiple of :data:`SCENE_OFFSET`) draws other scenes of the same split (e.g. one set per word)."""
+    (a multiple of :data:`SCENE_OFFSET`) draws other scenes of the same split (e.g. one set per word);
+    ``other_words``: the words of the other-words set (default: every class name but ``words``)."""
     if not world.classnames:
         raise ClipeditError(f"{world.name} has no classes to evaluate on")
     seed = split_seed(split) + offset
-    others = _other_words(world.classnames, words)
+    others = _other_words(world.classnames if other_words is None else other_words, words)
     styles = split if factors else None
     edited = world.attack_set(n, seed, list(words), split=styles)
     other = world.attack_set(n, seed + 1, others, split=styles) if others else None
@@ -86,7 +87,9 @@ def folder_eval_sets(folder: Path, words: Sequence[str], classnames: Optional[Se
     data = load_image_folder(folder)
     names = list(classnames or data.classnames)
     if len(names) != len(data.classnames):
-        raise ClipeditError(f"{len(names)} class names given for {len(data.classnames)} folders")
+        raise ClipeditError(f"{len(names)} class names given (--classes) for the {len(data.classnames)} class "
+                            f"folders of {folder}; give one per folder, or leave --classes out to use the "
+                            "folder names")
     seed = split_seed(split)
     others = _other_words(names, words)
     sampler = split_sampler(split)

@@ -1,6 +1,7 @@
 """Accuracy of a predictor on images, and on typographic attacks (clean / blank note / text note)."""
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -68,12 +69,14 @@ def evaluate_attacks(bundle: ModelBundle, predictor: Predictor, attacks: Sequenc
             default: ``attack.text`` looked up in ``predictor.classnames`` (case-insensitive).
 
     Returns:
-        clean_acc, blank_acc, n (all attacks); text_acc and n_text over attacks whose word is not
-        the photo's class; attack_success_rate (prediction == written word) and n_word_in_classes
-        over those whose word is another class (None when there are none); clean_top5 (>= 5 classes),
-        clean_mean_per_class_recall; acc1, acc5 (>= 5 classes), mean_per_class_recall on every
-        text-note image (clip_benchmark's names); by_word {word: {text_acc, attack_success_rate, n,
-        in_classes}}; by_class {class: {clean_acc, blank_acc, text_acc, n_clean, n_blank, n_text}};
+        clean_acc, clean_mean_per_class_recall, clean_top5 (>= 5 classes) and n_clean over the
+        distinct clean photos (a photo written on with several words counts once); blank_acc and n
+        over all attacks; text_acc and n_text over attacks whose word is not the photo's class;
+        attack_success_rate (prediction == written word) and n_word_in_classes over those whose word
+        is another class (None when there are none); acc1, acc5 (>= 5 classes), mean_per_class_recall
+        on every text-note image (clip_benchmark's names); by_word {word: {text_acc,
+        attack_success_rate, n, in_classes}}; by_class {class: {clean_acc, blank_acc, text_acc,
+        n_clean, n_blank, n_text}};
         predictions {clean, blank, text}.
     """
     _check_labels(labels, len(attacks), len(predictor.classnames))
@@ -94,6 +97,7 @@ def score_attacks(logits: dict[str, torch.Tensor], attacks: Sequence[Attack], la
     """:func:`evaluate_attacks`' figures from logits already computed (``clean``/``blank``/``text``, each
     (n, classes) in the order of ``attacks``): however they were computed, e.g. sharded over ranks."""
     n = len(attacks)
+    distinct = torch.tensor(first_occurrences([a.clean for a in attacks]), dtype=torch.bool)
     target = _check_labels(labels, n, len(classnames))
     if word_indices is None:
         word_indices = [class_index(a.text, classnames) for a in attacks]
@@ -101,7 +105,8 @@ def score_attacks(logits: dict[str, torch.Tensor], attacks: Sequence[Attack], la
         raise ClipeditError(f"got {len(word_indices)} word indices for {n} attacks")
     words = torch.tensor([-1 if w is None else int(w) for w in word_indices])
     pred = {k: v.argmax(dim=1) for k, v in logits.items()}
-    clean = classification_metrics(logits["clean"], labels)
+    clean = classification_metrics(logits["clean"][distinct], target[distinct].tolist()) if n else \
+        classification_metrics(logits["clean"], labels)
 
     counted = words != target              # text notes that do not name the true class
     targeted = counted & (words >= 0)      # … and name another class
@@ -113,6 +118,7 @@ def score_attacks(logits: dict[str, torch.Tensor], attacks: Sequence[Attack], la
         "text_acc": _mean(correct[counted]),
         "attack_success_rate": _mean(success[targeted]),
         "n": n,
+        "n_clean": int(distinct.sum()),
         "n_text": int(counted.sum()),
         "n_word_in_classes": int(targeted.sum()),
         "clean_mean_per_class_recall": clean["mean_per_class_recall"],
@@ -123,11 +129,24 @@ def score_attacks(logits: dict[str, torch.Tensor], attacks: Sequence[Attack], la
     result["by_word"] = by_word([a.text for a in attacks], words, counted, correct, success)
     result["by_class"] = by_class(target, classnames,
                                   {k: pred[k] == target for k in ("clean", "blank")} | {"text": correct},
-                                  {"text": counted})
+                                  {"clean": distinct, "text": counted})
     result["predictions"] = {k: v.tolist() for k, v in pred.items()}
     if result["n_text"] < n:
         log.info("%d of %d notes name the true class and are left out of text_acc", n - result["n_text"], n)
     return result
+
+
+def first_occurrences(images: Sequence[Image.Image]) -> list[bool]:
+    """Whether each image is the first of its pixels in ``images`` (a photo attacked with several words
+    is one clean image, counted once)."""
+    seen: set[bytes] = set()
+    out = []
+    for image in images:
+        key = hashlib.blake2b(image.tobytes(), digest_size=16, person=f"{image.mode}{image.size}".encode()[:16])
+        digest = key.digest()
+        out.append(digest not in seen)
+        seen.add(digest)
+    return out
 
 
 def by_word(texts: Sequence[str], words: torch.Tensor, counted: torch.Tensor,

@@ -11,6 +11,7 @@ import datetime
 import html
 import io
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from PIL import Image
 
 from clipedit.data.benchmarks import LoadedBenchmark
 from clipedit.eval.heldout import EvalSets
-from clipedit.eval.results import format_value
+from clipedit.eval.results import UNDEFINED, format_value
 from clipedit.io import atomic_path
 
 THUMB_PX = 200  # longest side of an image in the grid
@@ -117,10 +118,10 @@ def bar_chart(rows: Sequence[Sequence[Any]], series: Sequence[str], title: str =
         offsets = y + (s - (len(series) - 1) / 2) * height
         bars = ax.barh(offsets, [100 * v for v in values], height=height * 0.92,
                        color=[colour(s, low) for low in lower])
-        for bar, v in zip(bars, values):
-            if not np.isnan(v):
-                ax.text(bar.get_width() + 1, bar.get_y() + bar.get_height() / 2, f"{100 * v:.1f}%",
-                        va="center", fontsize=8)
+        for bar, v in zip(bars, values):  # an undefined figure (n = 0) is written n/a, not drawn as 0
+            ax.text(bar.get_width() + 1 if not np.isnan(v) else 1, bar.get_y() + bar.get_height() / 2,
+                    f"{100 * v:.1f}%" if not np.isnan(v) else UNDEFINED, va="center", fontsize=8,
+                    color="black" if not np.isnan(v) else "#7b8794")
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
     ax.set_xlim(0, 112)
@@ -132,8 +133,8 @@ def bar_chart(rows: Sequence[Sequence[Any]], series: Sequence[str], title: str =
             handles += [Patch(color=colour(s, low), label=f"{what}, {name}" if len(series) > 1 else what)
                         for s, name in enumerate(series)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 2), frameon=False, fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
+    if title:  # over the whole figure, wrapped to its width (not cut at the right edge by long row labels)
+        fig.suptitle(textwrap.fill(title, 100), fontsize=10)
     fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -221,7 +222,8 @@ figcaption{font-size:12px;line-height:1.45;margin-top:4px} .ok{color:#1f7a3d} .b
 def render_report(*, title: str, facts: Sequence[tuple[str, str]], header: Sequence[str],
                   rows: Sequence[Sequence[Any]], chart: Optional[bytes], grid: Sequence[GridItem],
                   exemplar: Optional[dict[str, Image.Image | np.ndarray]] = None,
-                  notes: Sequence[str] = ()) -> str:
+                  notes: Sequence[str] = (),
+                  tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[Any]]]] = ()) -> str:
     """The report as one HTML string.
 
     Args:
@@ -232,17 +234,20 @@ def render_report(*, title: str, facts: Sequence[tuple[str, str]], header: Seque
         grid: attacked images with their predictions.
         exemplar: named images of a defense's exemplar (``attacked``, ``blank``, ``mask``).
         notes: short remarks printed at the end (e.g. skipped images).
+        tables: further (title, header, rows) tables, each under its own heading after the figures
+            (an empty ``header`` leaves the figures table out).
     """
     esc = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{esc(title)}</title><style>{_CSS}</style></head><body><main>",
            f"<h1>{esc(title)}</h1>"]
     out += [f'<p class="facts"><b>{esc(k)}</b>: {esc(v)}</p>' for k, v in facts]
-    out.append("<h2>Figures</h2><table><thead><tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in header)
-               + "</tr></thead><tbody>")
-    for row in rows:
-        out.append("<tr>" + "".join(f"<td>{esc(format_value(c))}</td>" for c in row) + "</tr>")
-    out.append("</tbody></table>")
+    for name, head, body in ([("Figures", header, rows)] if header else []) + list(tables):
+        out.append(f"<h2>{esc(name)}</h2><table><thead><tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in head)
+                   + "</tr></thead><tbody>")
+        for row in body:
+            out.append("<tr>" + "".join(f"<td>{esc(format_value(c))}</td>" for c in row) + "</tr>")
+        out.append("</tbody></table>")
     if chart is not None:
         out.append(f'<h2>Chart</h2><img class="chart" alt="bar chart of the figures" src="{data_uri(chart)}">')
     if grid:
@@ -262,7 +267,8 @@ def render_report(*, title: str, facts: Sequence[tuple[str, str]], header: Seque
         out.append("</div>")
     created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     out += [f'<p class="note">{esc(n)}</p>' for n in notes]
-    out.append(f'<p class="note">clipedit report, {esc(created)}. A red frame marks a wrong final prediction.</p>')
+    frames = " A red frame marks a wrong final prediction." if grid else ""  # only where images are shown
+    out.append(f'<p class="note">clipedit report, {esc(created)}.{frames}</p>')
     out.append("</main></body></html>")
     return "\n".join(out)
 

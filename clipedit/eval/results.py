@@ -80,6 +80,7 @@ def before_after_metrics(before: dict[str, Any], after: dict[str, Any]) -> dict[
     images before and after, and the ``figures`` tag appear once."""
     flat_before, _ = split_metrics(before)
     flat_after, _ = split_metrics(after)
+    flat_before.pop("figures", None)  # a tag, not a number: the record's top-level ``figures``
     return {**flat_before, **{f"after_{k}": v for k, v in flat_after.items() if not _is_count(k) and k != "figures"}}
 
 
@@ -93,13 +94,39 @@ def write_results(path: str | os.PathLike, record: dict[str, Any]) -> Path:
     return write_json(path, record)
 
 
+#: How an undefined figure (a rate over n = 0) is shown on screen, in tables and in charts; JSON has null.
+UNDEFINED = "n/a"
+
+
 def format_value(value: Any, percent: bool = True) -> str:
-    """A table cell: floats as percentages (or 4 digits), None as ``-``."""
+    """A table cell: floats as percentages (or 4 digits), None (an undefined figure) as ``n/a``."""
     if value is None:
-        return "-"
+        return UNDEFINED
     if isinstance(value, float):
         return f"{100 * value:.1f}%" if percent else f"{value:.4f}"
     return str(value)
+
+
+def rate_with_interval(value: Optional[float], n: Optional[int]) -> str:
+    """``"45.0% [38.1, 52.1]"``: a rate over ``n`` images with its Wilson 95% interval (``n/a`` when undefined)."""
+    from clipedit.eval.intervals import wilson
+
+    if value is None or not n:
+        return UNDEFINED
+    lo, hi = wilson(round(value * n), n)
+    return f"{100 * value:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def undefined_reasons(rows: Sequence[Sequence[Any]]) -> list[str]:
+    """One line per table row with an undefined figure (``[label, value…, n]``), saying why it is n/a."""
+    lines = []
+    for row in rows:
+        if any(v is None for v in row[1:-1]) or (len(row) == 2 and row[1] is None):
+            label = str(row[0])
+            why = ("none of the written words is one of the classes, so no note can pull the prediction to its "
+                   "word" if "attack success" in label else "no image counts towards it")
+            lines.append(f"{label}: {UNDEFINED} (n = {row[-1]}: {why})")
+    return lines
 
 
 def format_table(rows: Sequence[Sequence[Any]], header: Optional[Sequence[str]] = None,

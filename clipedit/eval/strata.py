@@ -1,23 +1,18 @@
 """Figures of an attack set by kind (notes, stickers, bare text) and size band, with 95% Wilson intervals."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Optional
 
 from clipedit.attacks import Attack
 from clipedit.attacks.factors import KIND_GROUPS, SIZE_BANDS, size_band
 from clipedit.data.classnames import class_index
+from clipedit.eval import intervals
 
 
-def wilson(hits: int, n: int, z: float = 1.96) -> Optional[tuple[float, float]]:
+def wilson(hits: int, n: int) -> Optional[tuple[float, float]]:
     """The 95% Wilson score interval of ``hits`` successes in ``n`` trials (None when n is 0)."""
-    if n <= 0:
-        return None
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return intervals.wilson(hits, n) if n > 0 else None
 
 
 def proportion(flags: Sequence[bool]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from clipedit.attacks import Attack, StyleSampler, render_attack
 from clipedit.attacks.factors import split_sampler
 from clipedit.data.classnames import normalize_name
+from clipedit.data.reference import images_key
 from clipedit.data.scene_cache import cached_attacks, cached_images
 from clipedit.errors import ClipeditError
 from clipedit.mini.shapes import OBJECTS, background, random_colour
@@ -163,6 +164,10 @@ def _render_attack_set(n: int, seed: int, vocab: Optional[list[str]], sampler: S
     return attacks, true_labels
 
 
+#: How many of the mini world's reference images its cache key digests (every kind of scene, fonts included).
+REFERENCE_KEY_SAMPLE = 24
+
+
 def reference_images(n: int = 256, seed: int = 12345, size: int = IMAGE_SIZE) -> list[Image.Image]:
     """A fixed mix of clean, blank-note and text-note scenes (for a layer's key statistics)."""
     rng = np.random.default_rng(seed)
@@ -203,7 +208,10 @@ class MiniWorld:
         return reference_images(n)
 
     def reference_key(self, n: int) -> str:
-        return f"mini-world-reference:n={n}"
+        """The count and a digest of the first :data:`REFERENCE_KEY_SAMPLE` reference images (drawn in
+        sequence, so they are the first of any ``n``): a change of the scenes, the styles or the installed
+        fonts changes the key, without rendering all ``n`` on a cache hit."""
+        return f"mini-world-reference:n={n}:{images_key(reference_images(min(n, REFERENCE_KEY_SAMPLE)))}"
 
     def attack_set(self, n: int, seed: int, words: str | Sequence[str] = "other", split: Optional[str] = None,
                    fonts: Optional[tuple[str, ...]] = None, sampler: StyleSampler | None = None

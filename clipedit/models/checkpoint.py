@@ -11,11 +11,13 @@ from typing import Optional
 import torch
 
 from clipedit.errors import ModelLoadError
-from clipedit.io import read_safetensors_metadata, save_state_dict
+from clipedit.io import guard_output, read_safetensors_metadata, save_state_dict
 
 SOURCE_DTYPES = "source_dtypes"  # ModelBundle.extra key: the checkpoint's dtype of every tensor
 PRETRAINED_EXPORT = "hf_export"  # ModelBundle.extra key (Hugging Face): fn(bundle, folder) -> save_pretrained
 PRETRAINED_WEIGHTS = "model.safetensors"  # the name save_pretrained gives the weights
+SOURCE_METADATA = "source_metadata"  # ModelBundle.extra key: the original checkpoint's safetensors metadata
+ORIGINAL_METADATA = "clipedit.original_metadata"  # file metadata key: the same, carried by edited checkpoints
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -123,6 +125,22 @@ def checkpoint_dtypes(path: str | os.PathLike, state: dict[str, torch.Tensor]) -
     return dtypes
 
 
+def original_metadata(path: Optional[str | os.PathLike]) -> Optional[dict[str, str]]:
+    """The metadata of the original checkpoint behind ``path``: what an edited checkpoint recorded of its
+    source (:data:`ORIGINAL_METADATA`), else the file's own; None without a ``.safetensors`` file."""
+    if path is None or Path(path).suffix != ".safetensors":
+        return None
+    meta = read_safetensors_metadata(path)
+    if ORIGINAL_METADATA in meta:
+        try:
+            recorded = json.loads(meta[ORIGINAL_METADATA])
+        except json.JSONDecodeError:
+            recorded = None
+        if isinstance(recorded, dict) and all(isinstance(v, str) for v in recorded.values()):
+            return recorded
+    return meta
+
+
 def stored_dtypes(bundle, layers) -> dict[str, dict[str, str]]:
     """For each edited layer's weight whose source dtype cannot hold the edit (fp16/bf16 sources): its
     source dtype and the dtype :func:`save_model_weights` stores it in, for the edit's metadata."""
@@ -137,7 +155,8 @@ def stored_dtypes(bundle, layers) -> dict[str, dict[str, str]]:
     return out
 
 
-def save_model_weights(path: str | os.PathLike, bundle, metadata: Optional[dict] = None) -> Path:
+def save_model_weights(path: str | os.PathLike, bundle, metadata: Optional[dict] = None,
+                       original: bool = False) -> Path:
     """Write a ``ModelBundle``'s weights in its source checkpoint's dtypes, atomically.
 
     Unchanged weights of an fp16 checkpoint are written in fp16 again (bit-exact with the source). A
@@ -147,7 +166,12 @@ def save_model_weights(path: str | os.PathLike, bundle, metadata: Optional[dict]
     A Hugging Face model's ``model.safetensors`` is written by ``save_pretrained``, with its config,
     image processor and tokenizer beside it: the folder loads with ``transformers`` alone. Under any other
     name its state dict is written (transformers' own names), for ``--model hf:ID --checkpoint FILE``.
+
+    The source checkpoint's own metadata goes into the file (:data:`ORIGINAL_METADATA`); with ``original``
+    (a revert) the file gets that metadata alone instead of ``metadata``, so that a checkpoint whose edits
+    were all reverted is byte-identical to its source.
     """
+    guard_output(path)  # the folder an export writes into is guarded with it
     export = bundle.extra.get(PRETRAINED_EXPORT)
     if export is not None and Path(path).name == PRETRAINED_WEIGHTS:
         return export(bundle, Path(path).parent)
@@ -164,5 +188,10 @@ def save_model_weights(path: str | os.PathLike, bundle, metadata: Optional[dict]
             else:
                 kept[name] = str(dtype).removeprefix("torch.")
         state[name] = t
+    source_meta = bundle.extra.get(SOURCE_METADATA)
+    if original and source_meta is not None and not kept:
+        return save_state_dict(path, state, metadata=dict(source_meta))
     meta = {**(metadata or {}), **({SOURCE_DTYPES: kept} if kept else {})}
+    if source_meta is not None:
+        meta[ORIGINAL_METADATA] = json.dumps(source_meta, sort_keys=True)
     return save_state_dict(path, state, metadata=meta)

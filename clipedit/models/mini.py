@@ -11,7 +11,14 @@ import torch
 from clipedit.errors import ModelLoadError
 from clipedit.mini.world import MiniWorld
 from clipedit.models.bundle import ModelBundle
-from clipedit.models.checkpoint import SOURCE_DTYPES, checkpoint_dtypes, load_state_dict_file, load_state_into
+from clipedit.models.checkpoint import (
+    SOURCE_DTYPES,
+    SOURCE_METADATA,
+    checkpoint_dtypes,
+    load_state_dict_file,
+    load_state_into,
+    original_metadata,
+)
 
 REGEN = "rebuild it with `clipedit train-mini --out DIR` and point $CLIPEDIT_MINI_DIR at DIR"
 
@@ -67,4 +74,5 @@ def load_mini(tag: str, checkpoint, device: torch.device) -> ModelBundle:
     return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name="mini",
                        pretrained=str(checkpoint) if checkpoint else "bundled", kind="clip",
                        classnames=list(cfg["classnames"]), templates=list(cfg["templates"]),
-                       world=MiniWorld(), extra={"config": cfg, SOURCE_DTYPES: checkpoint_dtypes(weights, state)})
+                       world=MiniWorld(), extra={"config": cfg, SOURCE_DTYPES: checkpoint_dtypes(weights, state),
+                                                    SOURCE_METADATA: original_metadata(weights)})

@@ -23,7 +23,13 @@ from torch import nn
 from clipedit.errors import ModelLoadError
 from clipedit.mini.world import MiniWorld
 from clipedit.models.bundle import ModelBundle
-from clipedit.models.checkpoint import SOURCE_DTYPES, checkpoint_dtypes, load_state_dict_file
+from clipedit.models.checkpoint import (
+    SOURCE_DTYPES,
+    SOURCE_METADATA,
+    checkpoint_dtypes,
+    load_state_dict_file,
+    original_metadata,
+)
 from clipedit.models.mini import bundled_asset_dir, mini_asset_dir
 
 NAME = "mini-vit"
@@ -156,7 +162,8 @@ def load_mini_vit(tag: str, checkpoint, device: torch.device, name: str = NAME) 
     return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name,
                        pretrained=str(checkpoint) if checkpoint else "bundled", kind="clip",
                        classnames=list(cfg["classnames"]), templates=list(cfg["templates"]),
-                       world=MiniWorld(), extra={"config": cfg, SOURCE_DTYPES: checkpoint_dtypes(weights, state)})
+                       world=MiniWorld(), extra={"config": cfg, SOURCE_DTYPES: checkpoint_dtypes(weights, state),
+                                                    SOURCE_METADATA: original_metadata(weights)})
 
 
 #: The deeper ViT mini (``assets/mini-vit-deep``).

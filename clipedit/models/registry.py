@@ -26,8 +26,9 @@ import torch
 
 from clipedit.core.edit_sets import apply_edit_set, load_edits
 from clipedit.errors import ClipeditError, ModelLoadError, check_argument
+from clipedit.io import note_source
 from clipedit.models.bundle import ModelBundle
-from clipedit.models.checkpoint import SOURCE_DTYPES, load_weights_into
+from clipedit.models.checkpoint import SOURCE_DTYPES, SOURCE_METADATA, load_weights_into, original_metadata
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
     if checkpoint is not None and Path(checkpoint).is_dir() and name not in FOLDER_CHECKPOINTS:
         raise ModelLoadError(f"checkpoint {checkpoint} is a folder; a weights file is needed (a save_pretrained "
                              "folder goes with --model hf)")
+    if checkpoint is not None:
+        note_source(checkpoint)  # no writer of this process replaces it
     by_prefix = _prefix_loader(name)
     if name in LOADERS:
         bundle = LOADERS[name](tag, checkpoint, dev)
@@ -246,7 +249,8 @@ def _create_open_clip(name: str, tag: str, checkpoint, device: torch.device) -> 
             pretrained = str(checkpoint)
     tokenizer = _open_clip_tokenizer(name)
     return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name,
-                       pretrained=pretrained, kind="clip", extra={SOURCE_DTYPES: dtypes})
+                       pretrained=pretrained, kind="clip",
+                       extra={SOURCE_DTYPES: dtypes, SOURCE_METADATA: original_metadata(checkpoint)})
 
 
 class UnavailableTokenizer:
@@ -308,7 +312,8 @@ def _load_config_model(name: str, tag: str, checkpoint, device: torch.device) ->
     preprocess = open_clip.image_transform(cfg["vision_cfg"]["image_size"], is_train=False)
     tokenizer = SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
     return ModelBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name, pretrained=pretrained,
-                       kind="clip", extra={SOURCE_DTYPES: dtypes})
+                       kind="clip",
+                       extra={SOURCE_DTYPES: dtypes, SOURCE_METADATA: original_metadata(checkpoint)})
 
 
 @functools.cache
