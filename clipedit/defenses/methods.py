@@ -441,8 +441,9 @@ def run_defense(bundle: ModelBundle, data: DefenseData, config: DefenseConfig,
         ClipeditError: the method does not apply to the model.
     """
     spec = method_spec(config.method)
-    if spec.needs_world and (bundle.world is None or not bundle.world.classnames):  # ``applies`` is the run's own
-        raise ClipeditError(f"{config.method} does not apply to {bundle.name}: {_no_world(bundle, config.method)}")
+    why = spec.not_applicable(bundle, config.method)  # what the model lacks first (a text tower), then the world
+    if why:
+        raise ClipeditError(f"{config.method} does not apply to {bundle.name}: {why}")
     if data.vocabulary is not None:
         meta = {"vocabulary": data.vocabulary.source, "n_words": len(data.vocabulary.exemplar_words), **(meta or {})}
     context = MethodContext(sites=tuple(config.sites), statistics=statistics, config=config,
