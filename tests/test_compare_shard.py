@@ -14,8 +14,6 @@ from clipedit import cli
 from clipedit.defenses import compare as compare_module
 from clipedit.defenses.compare_units import UNEDITED, grid_units, partial_files, unit_key
 
-pytestmark = pytest.mark.slow  # three small compare runs (one under torchrun): about a minute on a CPU
-
 
 def argv(out: Path, hparams: Path) -> list[str]:
     return ["compare", "--model", "mini", "--methods", "edit,finetune-local", "--words", "ipod", "--seeds", "0,1",
@@ -44,6 +42,7 @@ def test_grid_units_are_one_unedited_and_one_per_method_seed_word():
     assert ("edit", "1", "mug") in units and ("paint", "0", None) in units
 
 
+@pytest.mark.slow  # two small compare runs, one under torchrun: about 40 s on a CPU
 def test_two_gloo_ranks_give_the_one_process_cells(tmp_path, hparams, one_process):
     out = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -64,6 +63,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow  # three small compare runs: about 25 s on a CPU
 def test_a_killed_ranks_partial_file_makes_the_next_run_redo_only_the_missing_units(tmp_path, hparams,
                                                                                      one_process, monkeypatch):
     out = tmp_path / "cmp"
@@ -104,5 +104,7 @@ def test_a_partial_file_from_other_settings_is_not_reused(tmp_path, hparams, mon
     assert read_partials(tmp_path, "mine", [UNEDITED]) == {}
     (tmp_path / "compare.rank0.partial.json").write_text(json.dumps(
         {"digest": "mine", "units": {unit_key(UNEDITED): {"raw": {}, "seconds": 0, "details": None},
-                                     unit_key(("edit", "9", "x")): {}}}))
-    assert list(read_partials(tmp_path, "mine", [UNEDITED])) == [unit_key(UNEDITED)]  # units of the grid only
+                                     unit_key(("edit", "9", "x")): {}, unit_key(("edit", "0", "x")): {"raw": 1}}}))
+    edit = ("edit", "0", "x")
+    # units of the grid only, and only well-formed ones
+    assert list(read_partials(tmp_path, "mine", [UNEDITED, edit])) == [unit_key(UNEDITED)]

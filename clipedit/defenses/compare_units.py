@@ -87,8 +87,16 @@ def read_partials(folder: Optional[Path], digest: str, units: Sequence[Unit]) ->
         if not isinstance(doc, dict) or doc.get("digest") != digest or not isinstance(doc.get("units"), dict):
             log.warning("%s: made with other settings; its units are run again", path)
             continue
-        found.update({k: v for k, v in doc["units"].items() if k in wanted})
+        found.update({k: v for k, v in doc["units"].items() if k in wanted and _well_formed(v)})
     return found
+
+
+def _well_formed(result: Any) -> bool:
+    """A unit's result as :func:`write_partial` wrote it (anything else is run again)."""
+    return (isinstance(result, dict) and isinstance(result.get("raw"), dict)
+            and all(isinstance(v, dict) for v in result["raw"].values())
+            and isinstance(result.get("seconds"), (int, float))
+            and isinstance(result.get("details"), (dict, type(None))))
 
 
 def done_everywhere(own: dict[str, dict]) -> set[str]:
