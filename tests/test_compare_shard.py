@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from clipedit import cli
+from clipedit.core.distributed import all_gather_objects
 from clipedit.defenses import compare as compare_module
-from clipedit.defenses.compare_units import UNEDITED, grid_units, partial_files, unit_key
+from clipedit.defenses.compare_units import UNEDITED, grid_units, my_units, partial_files, unit_key
 
 
 def argv(out: Path, hparams: Path) -> list[str]:
@@ -40,6 +41,8 @@ def test_grid_units_are_one_unedited_and_one_per_method_seed_word():
     units = grid_units(["edit", "paint"], [0, 1], ["ipod", "mug"], {"edit": False, "paint": True})
     assert units[0] == UNEDITED and len(units) == 1 + 2 * 2 + 2
     assert ("edit", "1", "mug") in units and ("paint", "0", None) in units
+    assert my_units(units, {unit_key(UNEDITED)}) == units[1:]  # one process: every unit not done
+    assert all_gather_objects({"a": 1}) == [{"a": 1}]  # outside a process group: this rank's value only
 
 
 @pytest.mark.slow  # two small compare runs, one under torchrun: about 40 s on a CPU
