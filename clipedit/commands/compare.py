@@ -1,6 +1,7 @@
 """``clipedit compare --model mini-vit``: every defense on the same budget, scored on the test split."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -15,6 +16,7 @@ from clipedit.commands.options import (
     read_json_file,
     split_list,
 )
+from clipedit.core.distributed import init_from_environment, is_main_process, rank_and_world
 from clipedit.data.benchmarks import LAYOUTS, data_path
 from clipedit.data.splits import MIN_PER_SIDE, split_data
 from clipedit.defenses.compare import (
@@ -28,6 +30,7 @@ from clipedit.defenses.compare import (
     pareto_rows,
     resolved,
 )
+from clipedit.defenses.compare_units import partial_name, remove_partials
 from clipedit.defenses.paint import check_supported
 from clipedit.defenses.sweep import plot_tradeoff
 from clipedit.defenses.user_data import with_validation_world
@@ -39,7 +42,7 @@ from clipedit.eval.results import make_record, write_results
 from clipedit.io import atomic_output_set
 from clipedit.outputs import OutputSet, check_outputs
 
-COMPARE_FILES = ("compare.json", "compare.png", "compare.partial.json")  # one set; the partial only while running
+COMPARE_FILES = ("compare.json", "compare.png")  # one set; each rank's partial record only while running
 
 DEFAULTS = CompareSettings()
 
@@ -54,8 +57,9 @@ DEFAULTS = CompareSettings()
 @click.option("--seeds", default=",".join(map(str, DEFAULTS.seeds)), show_default=True, metavar="S,…",
               help="Seeds (exemplars, training splits, training order); over seeds: the mean, with a bootstrap "
                    "interval over test images and seeds.")
-@click.option("--n", "n_test", type=int, default=DEFAULTS.n_test, show_default=True,
-              help="Test scenes per set (defended word; other words).")
+@click.option("--n", "--n-test", "n_test", type=int, default=DEFAULTS.n_test, show_default=True,
+              help="Test scenes per set (defended word; other words); under torchrun spell it --n-test (torchrun "
+                   "reads a bare --n as one of its own options).")
 @click.option("--n-signs", type=int, default=DEFAULTS.n_signs, show_default=True, help="Test signs (reading kept).")
 @click.option("--n-train", type=int, default=DEFAULTS.n_train, show_default=True,
               help="Typographic training scenes (dyslexify, paint, defense-prefix).")
@@ -119,7 +123,8 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                                supported=str(supported) if supported is not None else None,
                                supported_classes=tuple(support_names) if support_names else None)
     out = check_out_dir(out or Path("runs") / f"compare-{model.spec.replace(':', '-')}")
-    check_outputs({"--out": OutputSet(out, COMPARE_FILES),
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    check_outputs({"--out": OutputSet(out, (*COMPARE_FILES, *(partial_name(r) for r in range(max(world, 1))))),
                    "--report": report},
                   inputs={"--checkpoint": model.checkpoint, "--data": data_path(data), "--supported": supported,
                           "--hparams": hparams_file})
@@ -127,18 +132,20 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
         check_supported(supported, support_names)
         _distinct(supported, data)
     check_given(settings)  # what needs no model, before it loads
+    # under torchrun the ranks share the grid's units (all ranks with the same arguments); rank 0 writes
+    init_from_environment(agree_on=click.get_current_context().params)
     split = split_data(data, split_seed, names) if data is not None else None
     bundle = model.load()
     settings = resolved(settings, split)
     check_settings(with_validation_world(bundle, split) if split is not None else bundle, settings)  # before work
     start = time.perf_counter()
-    partial = out / "compare.partial.json"  # the methods done so far, while the rest run; removed at the end
-
-    def keep(so_far: dict) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_results(partial, {"partial": True, "compare": so_far})
-
-    record = compare(bundle, settings, progress=lambda m: click.echo(m, err=True), on_method=keep, split=split)
+    rank = rank_and_world()[0]
+    # each rank keeps its finished units in out/compare.rank{R}.partial.json; a restart redoes only the rest
+    record = compare(bundle, settings, progress=lambda m: click.echo(m if rank == 0 else f"[rank {rank}] {m}",
+                                                                      err=True),
+                     split=split, partial_dir=out)
+    if not is_main_process():
+        return
     seconds = time.perf_counter() - start
     n = len(split.test) if split is not None else settings.n_test  # test-side images, or scenes a set
     result = make_record(dataset=split.dataset if split else bundle.world.name, bundle=bundle,
@@ -147,7 +154,7 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                          templates=bundle.templates, words=settings.words, seed=None, n=n,
                          split="test", total_seconds=round(seconds, 1), compare=record,
                          **({"data_split": record["data"]} if split else {}))
-    with atomic_output_set(out, replaces=COMPARE_FILES) as stage:  # record and chart together; the partial gone
+    with atomic_output_set(out, replaces=COMPARE_FILES) as stage:  # record and chart together
         write_results(stage / "compare.json", result)
         plot_tradeoff(pareto_rows(record), stage / "compare.png",
                       f"{bundle.name}: defenses vs {', '.join(settings.words)} (test split, n={n}"
@@ -165,6 +172,7 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                             "a bootstrap over test images and seeds (at least the Wilson width).",
                             f"Verdicts: paired on the same images, beats/loses when the Holm-adjusted exact McNemar "
                             f"(sign test over seeds) p < {ALPHA}, else ties.", *record["notes"]])
+    remove_partials(out)  # the record is whole
     click.echo(render(record))
     click.echo(f"{len(record['methods'])} methods x {len(settings.seeds)} seeds x {len(settings.words)} words in "
                f"{seconds:.0f} s; wrote {out}/compare.json, compare.png" + (f", {report}" if report else ""))

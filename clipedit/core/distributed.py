@@ -145,3 +145,12 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def is_main_process() -> bool:
     """Rank 0 (or a single process): the one that writes files and prints."""
     return rank_and_world()[0] == 0
+
+
+def all_gather_objects(value: T) -> list[T]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank; ``[value]`` outside a group."""
+    if not is_distributed():
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out

@@ -33,17 +33,33 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from clipedit.attacks.factors import size_band
+from clipedit.core.distributed import agree, digest_of, rank_and_world
 from clipedit.data.classnames import class_index
 from clipedit.data.splits import FOLDER, DataSplit, split_data
+from clipedit.defenses.compare_units import (
+    UNEDITED,
+    Unit,
+    as_json,
+    done_everywhere,
+    gather_units,
+    grid_units,
+    my_units,
+    read_partials,
+    seed_unit,
+    unit_key,
+    write_partial,
+)
 from clipedit.defenses.methods import METHODS, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import HeldoutData, heldout_data
@@ -289,12 +305,17 @@ def resolved(settings: CompareSettings, split: Optional[DataSplit] = None) -> Co
 
 def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[str], None] = log.info,
             on_method: Optional[Callable[[dict[str, Any]], None]] = None,
-            split: Optional[DataSplit] = None) -> dict[str, Any]:
+            split: Optional[DataSplit] = None, partial_dir: Optional[Path] = None) -> dict[str, Any]:
     """Run every method of ``settings`` and score it; returns the record (cells, raw counts, details).
 
+    Under ``torchrun`` (an initialised process group) the units of the grid are shared over the ranks and
+    every rank returns the whole record, equal to one process's (:mod:`clipedit.defenses.compare_units`).
+
     Args:
-        on_method: called with the record so far after each method (e.g. to keep a partial file).
+        on_method: called with this rank's record so far after each unit it runs.
         split: ``settings.data`` already split (default: split here).
+        partial_dir: where each rank keeps its finished units (``compare.rank{R}.partial.json``) and a
+            restarted run takes them from (None: no partial files).
     """
     split = split if split is not None or settings.data is None else \
         split_data(settings.data, settings.split_seed, settings.classes)
@@ -313,33 +334,73 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
                                  other_words=words_apart.heldout)  # unseen words: held out of every method
                  for i, w in enumerate(settings.words)}
         base = dataclasses.replace(base, world=WordSplitWorld(base.world, words_apart))  # what methods see
-    raw: dict[str, dict[str, dict[str, dict]]] = {"unedited": {"-": {w: counts(tests[w], base)
-                                                                    for w in settings.words}}}
+    digest = settings_digest(base, settings, methods)
+    agree(digest, "compare settings")
+    units = grid_units(methods, settings.seeds, settings.words, {m: METHODS[m].word_agnostic for m in methods})
+    own = read_partials(partial_dir, digest, units)
+    mine = my_units(units, done_everywhere(own))
+    rank, world = rank_and_world()
+    if own or len(mine) < len(units):
+        progress(f"rank {rank}/{world}: {len(mine)} of {len(units)} units to run here"
+                 f"{f', {len(own)} taken from partial files' if own else ''}")
+    shared: dict[str, Any] = {}
+    for i, unit in enumerate(mine):
+        method, seed, word = unit
+        if unit != UNEDITED and (i == 0 or mine[i - 1][0] != method):
+            progress(f"{method}: started ({len(settings.seeds)} seed(s) x {len(settings.words)} word(s))")
+        own[unit_key(unit)] = run_unit(base, unit, settings, tests, shared)
+        progress("unedited: scored" if unit == UNEDITED else
+                 f"{method} seed {seed}{f' {word}' if word else ''}: {own[unit_key(unit)]['seconds']:.0f} s")
+        write_partial(partial_dir, digest, own)
+        if unit != UNEDITED and (i + 1 == len(mine) or mine[i + 1][0] != method):
+            spent = sum(r["seconds"] for k, r in own.items() if json.loads(k)[0] == method)
+            progress(f"{method}: done in {spent:.0f} s")
+        if on_method is not None:
+            on_method(_record(*_assemble(units, own), methods, settings, t_all, split, words_apart, final=False))
+    done = gather_units(own)
+    return _record(*_assemble(units, done), methods, settings, t_all, split, words_apart,
+                   strata=image_strata(tests))
+
+
+def settings_digest(base: ModelBundle, settings: CompareSettings, methods: Sequence[str]) -> str:
+    """What a unit's results depend on: the settings, the methods and the model (a partial file made with
+    other ones is not reused)."""
+    return digest_of({"settings": dataclasses.asdict(settings), "methods": list(methods), "model": base.name,
+                      "pretrained": base.pretrained, "source": base.source}).hex()
+
+
+def run_unit(base: ModelBundle, unit: Unit, settings: CompareSettings, tests: dict[str, Any],
+             shared: dict[str, Any]) -> dict[str, Any]:
+    """One unit of the grid (:mod:`clipedit.defenses.compare_units`): ``raw`` ({word: counts}), ``seconds``
+    and ``details`` (None for the unedited model), seeded from the unit alone."""
+    method, seed, word = unit
+    seed_unit(unit)
+    if unit == UNEDITED:
+        return as_json({"raw": {w: counts(tests[w], base) for w in settings.words}, "seconds": 0.0,
+                        "details": None})
+    bundle, det, secs = run_method(base, method, word, int(seed), settings, shared)
+    scored = [word] if word is not None else list(settings.words)
+    return as_json({"raw": {w: counts(tests[w], bundle) for w in scored}, "seconds": secs, "details": det})
+
+
+def _assemble(units: Sequence[Unit], done: dict[str, dict]) -> tuple[dict, dict, dict]:
+    """(raw, seconds, details) of the finished units, in the one-process order of ``units``."""
+    raw: dict[str, dict[str, dict[str, dict]]] = {}
     seconds: dict[str, list[float]] = {}
     details: dict[str, dict] = {}
-    shared: dict[str, Any] = {}
-    for method in methods:
-        raw[method], seconds[method], details[method] = {}, [], {}
-        progress(f"{method}: started ({len(settings.seeds)} seed(s) x {len(settings.words)} word(s))")
-        for seed in settings.seeds:
-            raw[method][str(seed)] = {}
-            if METHODS[method].word_agnostic:
-                bundle, det, secs = run_method(base, method, None, seed, settings, shared)
-                seconds[method].append(secs)
-                details[method][str(seed)] = det
-                for w in settings.words:
-                    raw[method][str(seed)][w] = counts(tests[w], bundle)
-            else:
-                for w in settings.words:
-                    bundle, det, secs = run_method(base, method, w, seed, settings, shared)
-                    seconds[method].append(secs)
-                    details[method][f"{seed}:{w}"] = det
-                    raw[method][str(seed)][w] = counts(tests[w], bundle)
-            progress(f"{method} seed {seed}: {sum(seconds[method]):.0f} s so far")
-        progress(f"{method}: done in {sum(seconds[method]):.0f} s")
-        if on_method is not None:
-            on_method(_record(methods, settings, raw, seconds, details, t_all, split, words_apart, final=False))
-    return _record(methods, settings, raw, seconds, details, t_all, split, words_apart, strata=image_strata(tests))
+    for unit in units:
+        result = done.get(unit_key(unit))
+        if result is None:
+            continue
+        method, seed, word = unit
+        raw.setdefault(method, {}).setdefault(seed, {}).update(result["raw"])
+        if unit == UNEDITED:
+            continue
+        seconds.setdefault(method, []).append(result["seconds"])
+        details.setdefault(method, {})[seed if word is None else f"{seed}:{word}"] = result["details"]
+    return raw, seconds, details
+
+
 
 
 def budgets(details: dict[str, dict[str, dict]]) -> dict[str, dict[str, Any]]:
@@ -364,7 +425,7 @@ def budgets(details: dict[str, dict[str, dict]]) -> dict[str, dict[str, Any]]:
 
 
 
-def _record(methods, settings, raw, seconds, details, t_all, split=None, words_apart: Optional[WordSplit] = None,
+def _record(raw, seconds, details, methods, settings, t_all, split=None, words_apart: Optional[WordSplit] = None,
             strata=None, final: bool = True) -> dict[str, Any]:
     """The record; its statistics from the per-image outcomes in ``raw`` (a partial record: the cells only)."""
     stats = statistics(raw, methods, strata) if final else {"cells": {m: method_cells(raw[m]) for m in raw}}
