@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from clipedit.commands.defense_options import keep_reading_option
 from clipedit.commands.options import (
     check_out_dir,
     class_list,
@@ -50,10 +51,11 @@ from clipedit.outputs import OutputSet, check_outputs
 @click.option("--classes", default=None, help="Class names for --data (comma-separated).")
 @click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of --data's validation/test split.")
+@keep_reading_option()
 @seed_option()
 @out_dir_option(required=False, help="Output directory [default: runs/sweep-WORDS].")
-def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, data, classes, split_seed, seed,
-              out) -> None:
+def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, data, classes, split_seed, keep_reading,
+              seed, out) -> None:
     """Rank every candidate site x rank of the rewrite on the validation split; write sweep.json and
     sweep.png (gain vs cost, Pareto front) and print the ranking and the pick."""
     words = [w for t in texts for w in (split_list(t) or [])]
@@ -75,7 +77,7 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, da
     if split is not None:  # exemplars, reference views and the scored scenes: the validation side only
         bundle = with_validation_world(bundle, split)
     start = time.perf_counter()
-    config = resolve_config(bundle, {"renders": renders, "seed": seed})
+    config = resolve_config(bundle, {"renders": renders, "seed": seed, "keep_reading": keep_reading})
     result = sweep(bundle, words, settings, config)
     seconds = time.perf_counter() - start
     source = split.dataset if split is not None else bundle.world.name if bundle.world else bundle.name

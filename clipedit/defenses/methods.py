@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 
 from clipedit.attacks import Attack
-from clipedit.core import EditRequest, KeyStatistics, RewriteHParams, resolve_site
+from clipedit.core import EditRequest, KeepRequest, KeyStatistics, RewriteHParams, resolve_site
 from clipedit.core.edit_sets import EditSet
 from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.defenses.config import DefenseConfig
@@ -52,12 +52,14 @@ class DefenseData:
             exemplars may be rendered on the fly and never held all at once).
         exemplars: the rendered attacks behind them (empty for ``"*"`` and real photo pairs).
         vocabulary: ``"*"``'s vocabulary (the exemplar words are drawn from it).
+        keep: returns a fresh iterable of signs the rewrite keeps as they are (``keep_reading``; None: none).
     """
 
     words: list[str]
     requests: Callable[[], Iterable[EditRequest]]
     exemplars: list[Attack] = field(default_factory=list)
     vocabulary: Optional[Vocabulary] = None
+    keep: Optional[Callable[[], Iterable[KeepRequest]]] = None
 
     @classmethod
     def of(cls, words: list[str], request: EditRequest, exemplars: Optional[list[Attack]] = None) -> DefenseData:
@@ -134,7 +136,7 @@ def run_edit(bundle: ModelBundle, data: DefenseData, hparams: RewriteHParams, co
              ) -> DefenseResult:
     """The rank-r rewrite of ``context.sites`` (one site, or several solved in order): one edit set."""
     edit_set = apply_multisite_rewrite(bundle.model, data.requests, hparams, context.sites, context.statistics,
-                                       forward=bundle.encode_images, meta=_meta(bundle, context))
+                                       forward=bundle.encode_images, meta=_meta(bundle, context), keep=data.keep)
     return DefenseResult("edit", ",".join(context.sites), edit_set=edit_set)
 
 

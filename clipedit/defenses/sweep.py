@@ -34,7 +34,12 @@ from typing import Any, Optional
 from tqdm.auto import tqdm
 
 from clipedit.core import EditSet, apply_edit_set, resolve_site, revert_edit_set
-from clipedit.core.exemplar_sums import accumulate_exemplar_sums_at, closed_form_edit, directions_from_sums
+from clipedit.core.exemplar_sums import (
+    accumulate_exemplar_sums_at,
+    accumulate_kept_sums,
+    closed_form_edit,
+    directions_from_sums,
+)
 from clipedit.core.sites import candidate_sites
 from clipedit.core.subspace import regularise
 from clipedit.defenses.config import DefenseConfig
@@ -248,6 +253,9 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
     sites = [resolve_site(bundle.model, name) for name, _ in pairs]
     all_sums = accumulate_exemplar_sums_at(bundle.model, sites, exemplars.requests(), bundle.encode_images,
                                            hp.mask_threshold, with_targets=hp.keep_targets > 0) if sites else {}
+    if sites and hp.keep_reading > 0:  # the signs' keys, kept as they are (what defend's solve keeps)
+        accumulate_kept_sums(bundle.model, sites, all_sums, exemplars.keep(), bundle.encode_images,
+                             hp.mask_threshold)
     shared = (time.perf_counter() - clock) / max(len(sites), 1)
     for site, (name, site_ranks) in zip(sites, pairs):
         clock = time.perf_counter()
@@ -259,7 +267,7 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
             clock = time.perf_counter()
             edit = closed_form_edit(site, all_sums[name], C, rank, hp.keep_targets,
                                     {"hparams": dataclasses.replace(hp, layer=name, rank=rank).to_dict()},
-                                    directions=directions[:, :rank])
+                                    directions=directions[:, :rank], keep_reading=hp.keep_reading)
             edit_set = EditSet([edit])
             apply_edit_set(bundle.model, edit_set)
             try:
