@@ -3,6 +3,7 @@ keep term — validated, recorded, moving the signs' outputs less, and nothing a
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -15,8 +16,9 @@ from clipedit.core.subspace import regularise
 from clipedit.defenses.edit_requests import keep_request_from_attacks, request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, sign_exemplars, text_exemplars
 from clipedit.defenses.resolve import resolve_config
+from clipedit.defenses.sweep import plot_tradeoff
 from clipedit.errors import ClipeditError, EditError
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_ok
 
 LAYER = "visual.layer3.0.conv3"
 NAMES = ["ipod", "mug", "apple", "ball"]
@@ -149,3 +151,50 @@ def test_defend_keeps_reading_on_multisite_and_any_word(capsys):
     assert all(e.meta["reading"]["keep_reading"] == 1.0 for e in star.edit_set.edits)
     with pytest.raises(ClipeditError, match="keep_reading"):
         resolve_config(bundle, {"keep_reading": -1.0})
+
+
+# -- the sweep: reading scored beside the other figures, and drawn ------------------------------------------
+@pytest.mark.slow  # one sweep command on mini (its 512 reference images): ~15-20 s on a loaded CPU
+def test_sweep_records_reading_with_n_and_interval_and_takes_keep_reading(tmp_path, capsys):
+    from PIL import Image
+
+    from clipedit.eval.intervals import wilson
+
+    out = tmp_path / "s"
+    run_ok(capsys, "sweep", "--model", "mini", "--text", "ipod", "--sites", "visual.layer3.0.conv3", "--ranks", "8",
+           "--n-val", "8", "--n-signs", "10", "--renders", "6", "--keep-reading", "2", "--out", out)
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["config"]["hparams"]["keep_reading"] == 2.0
+    for figures in (record["baseline"], *record["rows"]):
+        reading = figures["reading"]
+        assert reading["n"] == 10 and reading["acc"] == pytest.approx(figures["reading_acc"])
+        assert reading["hits"] == round(10 * figures["reading_acc"])
+        assert reading["ci"] == pytest.approx(list(wilson(reading["hits"], 10)))
+        assert figures["intervals"]["text_acc"]["n"] == record["baseline"]["intervals"]["clean_acc"]["n"]
+    two_panels = Image.open(out / "sweep.png").size
+    rows = [{k: v for k, v in r.items() if k not in ("reading_acc", "reading")} for r in record["rows"]]
+    plot_tradeoff(rows, tmp_path / "one.png", "no signs", picked=rows[0], baseline=record["baseline"])
+    assert Image.open(tmp_path / "one.png").size[0] < two_panels[0]  # no reading: the one gain-vs-cost panel
+
+
+def test_sweep_keep_reading_candidate_is_what_defend_applies():
+    """The sweep's single-site candidate and defend's edit are the same solve, signs included."""
+    from clipedit.core import revert_edit_set
+    from clipedit.defenses.sweep import SweepSettings, candidate_edits
+    from clipedit.defenses.typographic import defend
+    from clipedit.models import load_model
+
+    bundle = load_model("mini", device="cpu")
+    overrides = {"layer": LAYER, "rank": 4, "renders": 4, "n_reference": 32, "keep_reading": 3.0}
+    config = resolve_config(bundle, overrides)
+    settings = SweepSettings(sites=[LAYER], ranks=[4], site_sets=())
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    candidates = candidate_edits(bundle, ["ipod"], settings, config)
+    swept = next(candidates).edit_set.edits[0]
+    delta = swept.delta().clone()
+    assert swept.meta["reading"]["keep_reading"] == 3.0
+    candidates.close()  # reverts the candidate
+    assert all(torch.equal(before[k], v) for k, v in bundle.model.state_dict().items())
+    result = defend(bundle, "ipod", overrides)
+    torch.testing.assert_close(result.edit_set.edits[0].delta(), delta, rtol=1e-5, atol=1e-7)
+    revert_edit_set(bundle.model, result.edit_set)

@@ -89,7 +89,7 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, da
                          **{k: v for k, v in result.to_dict().items() if k != "words"})
     write_results(out / "sweep.json", record)
     plot_tradeoff(result.rows, out / "sweep.png", f"{bundle.name}: rewrite against {', '.join(words)} (validation)",
-                  result.tolerance, result.picked)
+                  result.tolerance, result.picked, result.baseline)
     click.echo(format_table(_table(result), header=["site", "rank", "defended", "other words", "clean", "blank",
                                                      "reading", "ok", "s"]))
     pick = result.picked

@@ -174,10 +174,12 @@ def heldout_data(bundle: ModelBundle, words: Sequence[str], n: int, n_signs: Opt
 
 
 def score(data: HeldoutData, batch_size: int = 256) -> dict[str, Any]:
-    """The model's current figures on the held-out data: evaluate_defense's, plus ``reading_acc``."""
+    """The model's current figures on the held-out data: evaluate_defense's, plus ``reading_acc`` and the
+    number of signs it is over (``reading_n``, each a distinct image)."""
     out = evaluate_defense(data.bundle, data.predictor, data.sets, batch_size=batch_size)
     if data.signs is not None:
         out["reading_acc"] = reading_accuracy(data.bundle, data.predictor, data.signs, batch_size)
+        out["reading_n"] = len(data.signs.images)
     return out
 
 

@@ -61,12 +61,34 @@ from clipedit.defenses.selection import (
 )
 from clipedit.defenses.typographic import defense_data, reference_statistics
 from clipedit.errors import ClipeditError, SiteError
+from clipedit.eval.intervals import wilson
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RANKS: tuple[int, ...] = (1, 4, 16, 32, 64)
 SCORED = ("text_acc", "other_text_acc", "clean_acc", "blank_acc", "reading_acc", "attack_success_rate")
+#: The scene count each scored figure is over (``score``'s keys): defended words' scenes, other words', signs.
+COUNTS = {"text_acc": "n", "clean_acc": "n", "blank_acc": "n", "attack_success_rate": "n",
+          "other_text_acc": "n_other", "reading_acc": "reading_n"}
+
+
+def with_intervals(figures: dict[str, Any]) -> dict[str, Any]:
+    """The scored figures of ``figures`` (``score``'s), plus ``intervals``: for each, the accuracy, its n
+    (distinct images), hits and 95% Wilson interval; and ``reading``, the reading-kept one alone (None without
+    signs)."""
+    out = {k: figures.get(k) for k in SCORED}
+    intervals = {}
+    for key, count in COUNTS.items():
+        acc, n = figures.get(key), figures.get(count)
+        if acc is None or not n:
+            continue
+        hits = int(round(float(acc) * int(n)))
+        lo, hi = wilson(hits, int(n))
+        intervals[key] = {"acc": float(acc), "n": int(n), "hits": hits, "ci": [lo, hi]}
+    out["intervals"] = intervals
+    out["reading"] = intervals.get("reading_acc")
+    return out
 
 
 @dataclass
@@ -224,14 +246,14 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
         seconds["evaluate"] += time.perf_counter() - clock
         name = "+".join(candidate.sites)
         row = {"method": "edit", "site": name, "sites": list(candidate.sites), "rank": candidate.rank,
-               "seconds": round(candidate.seconds, 3), **{k: figures.get(k) for k in SCORED}}
+               "seconds": round(candidate.seconds, 3), **with_intervals(figures)}
         row.update(gains(row, baseline))
         row["admissible"] = admissible(row, baseline, tol)
         rows.append(row)
         log.info("%s rank %d: defended %.3f other %s clean %.3f blank %.3f", name, candidate.rank, row["text_acc"],
                  row["other_text_acc"], row["clean_acc"], row["blank_acc"])
     best = pick(rows, baseline, tol)
-    base = {k: baseline.get(k) for k in SCORED}
+    base = with_intervals(baseline)
     return SweepResult(words, base, rows, rows[best] if best is not None else None, tol.applied,
                        {k: round(v, 3) for k, v in seconds.items()}, n_scenes, settings.tolerance)
 
@@ -354,10 +376,43 @@ def cost(row: dict[str, Any]) -> float:
     return max(row["clean_loss"], row["blank_loss"])
 
 
+def _plot_reading(ax, rows: Sequence[dict[str, Any]], colours: dict, markers: dict,
+                  baseline: Optional[dict[str, Any]], picked: Optional[dict[str, Any]]) -> None:
+    """Defended-word text-note accuracy vs reading kept (signs), each candidate with its reading interval."""
+    for r in rows:
+        lab = r.get("site") or r["method"]
+        x, y = 100 * r["reading_acc"], 100 * r["text_acc"]
+        ci = (r.get("reading") or {}).get("ci")
+        if ci:
+            ax.errorbar(x, y, xerr=[[x - 100 * ci[0]], [100 * ci[1] - x]], fmt="none", ecolor=colours[lab],
+                        alpha=0.35, lw=0.8, zorder=2)
+        ax.scatter(x, y, marker=markers.get(r["method"].split(" ")[0], "X"), color=colours[lab], s=36, zorder=3)
+        if r.get("rank") is not None:
+            ax.annotate(str(r["rank"]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if baseline is not None and baseline.get("reading_acc") is not None and baseline.get("text_acc") is not None:
+        bx, by = 100 * baseline["reading_acc"], 100 * baseline["text_acc"]
+        ax.scatter(bx, by, marker="x", color="black", s=60, zorder=4, label="unedited")
+        ax.axvline(bx, color="black", lw=0.7, ls="--", alpha=0.6)
+        if baseline.get("blank_acc") is not None:
+            ax.axhline(100 * baseline["blank_acc"], color="grey", lw=0.8, ls=":", label="unedited blank note")
+    if picked is not None and picked.get("reading_acc") is not None:
+        ax.scatter(100 * picked["reading_acc"], 100 * picked["text_acc"], s=160, facecolors="none",
+                   edgecolors="red", label="pick", zorder=4)
+    n = (rows[0].get("reading") or {}).get("n")
+    ax.set_xlabel(f"reading kept: signs read correctly, %{f' (n={n})' if n else ''}")
+    ax.set_ylabel("defended-word text-note accuracy, %")
+    ax.set_title("attack removed vs reading kept (up and right is better)", fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+
+
 def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", tolerance: float = PICK_TOLERANCE,
-                  picked: Optional[dict[str, Any]] = None) -> None:
+                  picked: Optional[dict[str, Any]] = None, baseline: Optional[dict[str, Any]] = None) -> None:
     """Gain (defended-word text-note accuracy) vs cost (clean/blank loss), one marker per method,
-    one colour per site, the Pareto front drawn; written as a PNG at ``path``."""
+    one colour per site, the Pareto front drawn; written as a PNG at ``path``. When the rows carry reading
+    (``reading_acc`` and ``text_acc``), a second panel beside it: defended-word text-note accuracy vs
+    reading kept, with the reading's 95% interval and the unedited model (``baseline``) marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -371,7 +426,11 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
                                                                                    for r in rows].index(s))
     colours = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
     points = [(100 * cost(r), 100 * r["gain"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    reading = [r for r in rows if r.get("reading_acc") is not None and r.get("text_acc") is not None]
+    if reading:
+        fig, (ax, ax_read) = plt.subplots(1, 2, figsize=(12.5, 4.8), dpi=120, gridspec_kw={"width_ratios": [7, 5]})
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     seen = set()
     for r, (x, y) in zip(rows, points):
         lab = r.get("site") or r["method"]
@@ -402,6 +461,8 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    if reading:
+        _plot_reading(ax_read, reading, colours, markers, baseline, picked)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
