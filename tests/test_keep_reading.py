@@ -131,7 +131,7 @@ def test_signs_use_exemplar_styles_and_seeds(setup):
     assert all(s.style.font in exemplar_fonts and s.style.font not in heldout_fonts for s in signs)
 
 
-def test_defend_keeps_reading_on_multisite_and_any_word(capsys):
+def test_defend_keeps_reading_on_multisite_and_any_word(tmp_path):
     from clipedit.models import load_model
 
     bundle = load_model("mini", device="cpu")
@@ -144,6 +144,11 @@ def test_defend_keeps_reading_on_multisite_and_any_word(capsys):
     assert [e.layer for e in edits] == sites.split(",")
     assert all(e.meta["reading"]["keep_reading"] == 1.5 and e.meta["reading"]["n_signs"] > 0 for e in edits)
     assert result.edit_set.meta["config"]["hparams"]["keep_reading"] == 1.5
+    from clipedit.core import load_edits
+
+    loaded = load_edits(result.save(tmp_path / "kept.safetensors"))  # the record survives the file
+    assert [e.meta["reading"]["keep_reading"] for e in loaded.edits] == [1.5, 1.5]
+    assert loaded.edits[1].meta["hparams"]["keep_reading"] == 1.5
     from clipedit.core import revert_edit_set
 
     revert_edit_set(bundle.model, result.edit_set)
