@@ -18,7 +18,7 @@ from clipedit.defenses.exemplars import reference_statistics, sign_exemplars, te
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.sweep import plot_tradeoff
 from clipedit.errors import ClipeditError, EditError
-from tests.conftest import run_cli, run_ok
+from tests.conftest import run_cli, run_error, run_ok
 
 LAYER = "visual.layer3.0.conv3"
 NAMES = ["ipod", "mug", "apple", "ball"]
@@ -167,9 +167,12 @@ def test_sweep_records_reading_with_n_and_interval_and_takes_keep_reading(tmp_pa
 
     out = tmp_path / "s"
     run_ok(capsys, "sweep", "--model", "mini", "--text", "ipod", "--sites", "visual.layer3.0.conv3", "--ranks", "8",
-           "--n-val", "8", "--n-signs", "10", "--renders", "6", "--keep-reading", "2", "--out", out)
+           "--n-val", "8", "--n-signs", "10", "--renders", "6", "--keep-reading", "2", "--reading-tolerance", "100",
+           "--out", out)
     record = json.loads((out / "sweep.json").read_text())
     assert record["config"]["hparams"]["keep_reading"] == 2.0
+    assert "reading kept (signs) loss <= 100 point" in record["rule"]
+    assert record["selection"]["reading_tolerance"]["n"] == 10
     for figures in (record["baseline"], *record["rows"]):
         reading = figures["reading"]
         assert reading["n"] == 10 and reading["acc"] == pytest.approx(figures["reading_acc"])
@@ -203,3 +206,31 @@ def test_sweep_keep_reading_candidate_is_what_defend_applies():
     result = defend(bundle, "ipod", overrides)
     torch.testing.assert_close(result.edit_set.edits[0].delta(), delta, rtol=1e-5, atol=1e-7)
     revert_edit_set(bundle.model, result.edit_set)
+
+
+def test_reading_tolerance_enters_the_pick_only_when_asked():
+    from clipedit.defenses.selection import Tolerance, pick
+
+    base = {"text_acc": 0.3, "other_text_acc": 0.3, "clean_acc": 1.0, "blank_acc": 0.9, "reading_acc": 0.9}
+    blind = {**base, "text_acc": 0.8, "reading_acc": 0.5}      # removes more of the attack, reads far less
+    reads = {**base, "text_acc": 0.6, "reading_acc": 0.88}
+    unread = {k: v for k, v in {**base, "text_acc": 0.9}.items() if k != "reading_acc"}  # no signs scored
+    rows = [blind, reads, unread]
+    assert pick(rows, base) == 2
+    assert pick(rows, base, reading=Tolerance(0.05, 0.05, 100)) == 1
+    assert pick(rows[:1], base, reading=Tolerance(0.05, 0.05, 100)) is None
+    assert pick(rows[:2], base, reading=Tolerance(0.5, 0.5, 100)) == 0
+
+
+def test_sweep_refuses_a_reading_tolerance_without_signs(capsys, tmp_path):
+    err = run_error(capsys, "sweep", "--model", "mini", "--n-signs", "0", "--reading-tolerance", "5",
+                    "--out", tmp_path / "s")
+    assert "--reading-tolerance needs signs" in err and not (tmp_path / "s").exists()
+
+
+def test_signs_need_class_names(tiny_rn):
+    from clipedit.defenses.typographic import defense_data
+
+    config = resolve_config(tiny_rn, {"layer": LAYER, "renders": 2, "keep_reading": 1.0})
+    with pytest.raises(ClipeditError, match="keep_reading writes the class names"):
+        defense_data(tiny_rn, ["ipod"], config)

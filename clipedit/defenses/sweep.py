@@ -7,6 +7,10 @@ Pick rule (:mod:`clipedit.defenses.selection`): among settings whose clean and b
 each lose at most 0.5 point against the unedited model on the validation split, the largest gain in
 text-note accuracy on the defended word(s); ties go to the larger gain on unseen words, then to the
 earlier row (sites in forward order, ranks ascending). ``defend --layer auto`` / ``--rank auto`` use it.
+Reading kept (signs, :mod:`clipedit.eval.reading`) is scored and recorded for every candidate (n and 95%
+Wilson interval) and drawn against the defended word; it enters the rule only when asked
+(``SweepSettings.reading_tolerance``, ``sweep --reading-tolerance``): a candidate must then also lose at most
+that much reading against the unedited model (the default pick does not use it yet).
 
 What is scored is what ``defend`` applies: every candidate is built by the one closed-form solver
 (:func:`clipedit.core.exemplar_sums.closed_form_edit`) with the resolved settings (``keep_targets``,
@@ -104,6 +108,8 @@ class SweepSettings:
         n_val: validation scenes per set (defended words; other words).
         n_signs: validation signs for the reading-kept figure (0: none).
         tolerance: the pick rule's largest clean / blank-note loss (a fraction).
+        reading_tolerance: the largest reading-kept loss (a fraction) a pick may also cost (None: reading is
+            recorded but not in the rule).
     """
 
     sites: Optional[Sequence[str]] = None
@@ -112,6 +118,7 @@ class SweepSettings:
     n_val: int = 240
     n_signs: int = 120
     tolerance: float = PICK_TOLERANCE
+    reading_tolerance: Optional[float] = None
 
 
 @dataclass
@@ -126,6 +133,7 @@ class SweepResult:
     seconds: dict[str, float] = field(default_factory=dict)
     n_scenes: int = 0
     asked_tolerance: Optional[float] = None
+    reading: Optional[Tolerance] = None
 
     def ranking(self) -> list[dict[str, Any]]:
         """Rows best first: admissible ones by defended-word gain, then the rest by gain."""
@@ -133,13 +141,17 @@ class SweepResult:
 
     def rule(self) -> str:
         """The pick rule as applied: the tolerance and the scenes it allows."""
-        return pick_rule_text(self.tolerance, self.n_scenes, self.asked_tolerance)
+        text = pick_rule_text(self.tolerance, self.n_scenes, self.asked_tolerance)
+        if self.reading is None:
+            return text
+        return f"{text}; reading kept (signs) loss <= {self.reading.text()}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"words": self.words, "baseline": self.baseline, "rows": self.rows, "picked": self.picked,
                 "tolerance": self.tolerance, "n_scenes": self.n_scenes,
                 "tolerance_scenes": tolerance_in_scenes(self.tolerance, self.n_scenes),
-                "selection": {"rule": self.rule(), "tolerance": self.tolerance_record()},
+                "selection": {"rule": self.rule(), "tolerance": self.tolerance_record(),
+                              "reading_tolerance": self.reading.to_dict() if self.reading is not None else None},
                 "rule": self.rule(), "seconds": self.seconds}
 
     def tolerance_record(self) -> dict[str, Any]:
@@ -233,6 +245,12 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
     seconds["baseline"] = time.perf_counter() - clock
     n_scenes = int(baseline["n"])  # clean and blank-note accuracy are over the defended words' scenes
     tol = scene_tolerance(settings.tolerance, n_scenes, "the sweep's pick-rule tolerance")
+    reading_tol = None
+    if settings.reading_tolerance is not None:
+        if data.signs is None:
+            raise ClipeditError("a reading tolerance needs signs to score reading on (n_signs > 0)")
+        reading_tol = scene_tolerance(settings.reading_tolerance, len(data.signs.images),
+                                      "the sweep's reading tolerance")
     rows: list[dict[str, Any]] = []
     seconds["solve"] = seconds["evaluate"] = 0.0
     pairs, site_sets = _candidates(bundle, settings)
@@ -248,14 +266,14 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
         row = {"method": "edit", "site": name, "sites": list(candidate.sites), "rank": candidate.rank,
                "seconds": round(candidate.seconds, 3), **with_intervals(figures)}
         row.update(gains(row, baseline))
-        row["admissible"] = admissible(row, baseline, tol)
+        row["admissible"] = admissible(row, baseline, tol, reading_tol)
         rows.append(row)
         log.info("%s rank %d: defended %.3f other %s clean %.3f blank %.3f", name, candidate.rank, row["text_acc"],
                  row["other_text_acc"], row["clean_acc"], row["blank_acc"])
-    best = pick(rows, baseline, tol)
+    best = pick(rows, baseline, tol, reading_tol)
     base = with_intervals(baseline)
     return SweepResult(words, base, rows, rows[best] if best is not None else None, tol.applied,
-                       {k: round(v, 3) for k, v in seconds.items()}, n_scenes, settings.tolerance)
+                       {k: round(v, 3) for k, v in seconds.items()}, n_scenes, settings.tolerance, reading_tol)
 
 
 def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettings, config: DefenseConfig
