@@ -9,7 +9,7 @@ import click
 
 from clipedit.commands.options import GreedyOption, class_list, option_group, read_json_file
 from clipedit.commands.params import JOIN, LAYERS, count, finite
-from clipedit.core.hparams import SOLVERS
+from clipedit.core.hparams import MAX_KEEP_TARGETS, SOLVERS
 from clipedit.data.benchmarks import LAYOUTS
 from clipedit.data.images import load_image, load_mask, load_photos
 from clipedit.defenses.edit_requests import request_from_images
@@ -30,6 +30,7 @@ class SettingsOptions:
     solver: str = "closed-form"
     cov_reg: Optional[float] = None
     keep_targets: Optional[float] = None
+    keep_reading: Optional[float] = None
     steps: Optional[int] = None
     lr: Optional[float] = None
     renders: Optional[int] = None
@@ -56,7 +57,8 @@ class SettingsOptions:
             raise ClipeditError(f"--method {self.method} trains one layer; --layer names {len(layer)} "
                                 f"({', '.join(layer)})")
         given = {"method": self.method, "layer": layer, "rank": _rank(self.rank), "solver": self.solver,
-                 "cov_reg": self.cov_reg, "keep_targets": self.keep_targets, "renders": self.renders,
+                 "cov_reg": self.cov_reg, "keep_targets": self.keep_targets,
+                 "keep_reading": self.keep_reading, "renders": self.renders,
                  "mask": self.mask_kind, "seed": self.seed, "reference": self.reference, "vocab": self.vocab,
                  "photos": load_photos(self.photos) if self.photos else None,
                  "hparams": self.supported_hparams(read_json_file(self.hparams_file, "--hparams")),
@@ -92,6 +94,15 @@ def _rank(rank: Optional[str]) -> Optional[int]:
     return int(rank)
 
 
+def keep_reading_option():
+    """``--keep-reading BETA`` (defend and sweep): the rewrite's ``keep_reading``."""
+    return click.option("--keep-reading", "keep_reading", type=finite(min=0, max=MAX_KEEP_TARGETS), default=None,
+                        metavar="BETA",
+                        help="Weight of keeping reading: signs (class names written alone, in exemplar styles) "
+                             "kept as they are in the closed-form solve, BETA times the exemplars' weight "
+                             "(0: no signs) [default: 0].")
+
+
 settings_options = option_group(
     "settings", SettingsOptions,
     click.option("--vocab", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -115,6 +126,7 @@ settings_options = option_group(
     click.option("--keep-blank", "keep_targets", type=finite(min=0), default=None,
                  help="Weight of keeping the blank exemplars' own outputs in the solve (0: the paper's solve) "
                       "[default: per model]."),
+    keep_reading_option(),
     click.option("--steps", type=click.IntRange(min=1), default=None,
                  help="Steps of the optimize solver / fine-tuning baselines."),
     click.option("--lr", type=finite(min=0, min_open=True), default=None, help="Their learning rate."),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from clipedit.commands.defense_options import keep_reading_option
 from clipedit.commands.options import (
     check_out_dir,
     class_list,
@@ -45,6 +46,9 @@ SWEEP_FILES = ("sweep.json", "sweep.png")
               help="Validation signs for the reading-kept figure (0: skip).")
 @click.option("--tolerance", type=finite(min=0, max=100), default=100 * PICK_TOLERANCE, show_default=True,
               help="Pick rule: largest clean / blank-note loss, in points.")
+@click.option("--reading-tolerance", type=finite(min=0, max=100), default=None, metavar="POINTS",
+              help="Pick rule: also lose at most this much reading kept (signs) [default: reading recorded, not "
+                   "in the rule].")
 @click.option("--renders", type=click.IntRange(min=1), default=None,
               help="Rendered exemplars per word [default: per architecture, defaults.json].")
 @click.option("--data", default=None, metavar="DIR|KIND:PATH",
@@ -53,12 +57,14 @@ SWEEP_FILES = ("sweep.json", "sweep.png")
 @click.option("--classes", default=None, help="Class names for --data (comma-separated).")
 @click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of --data's validation/test split.")
+@keep_reading_option()
 @seed_option()
 @out_dir_option(required=False, help="Output directory [default: runs/sweep-WORDS].")
-def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, data, classes, split_seed, seed,
-              out) -> None:
+def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, reading_tolerance, renders, data, classes,
+              split_seed, keep_reading, seed, out) -> None:
     """Rank every candidate site x rank of the rewrite on the validation split; write sweep.json and
-    sweep.png (gain vs cost, Pareto front) and print the ranking and the pick."""
+    sweep.png (gain vs cost with its Pareto front; beside it, defended word vs reading kept) and print the
+    ranking and the pick."""
     words = [w for t in texts for w in (split_list(t) or [])]
     if not words:
         raise ClipeditError("no word to defend against (--text)")
@@ -68,8 +74,11 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, da
     check_outputs({"--out": OutputSet(out, SWEEP_FILES)},
                   inputs={"--checkpoint": model.checkpoint, "--data": data_path(data)})
     singles, sets = _candidates(sites)
+    if reading_tolerance is not None and not n_signs:
+        raise ClipeditError("--reading-tolerance needs signs to score reading on (--n-signs > 0)")
     settings = SweepSettings(sites=singles, ranks=_ranks(ranks), site_sets=sets, n_val=n_val, n_signs=n_signs,
-                             tolerance=tolerance / 100)
+                             tolerance=tolerance / 100,
+                             reading_tolerance=None if reading_tolerance is None else reading_tolerance / 100)
     names = class_list(classes, None)
     if names is not None and data is None:
         raise ClipeditError("--classes goes with --data")
@@ -78,7 +87,7 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, da
     if split is not None:  # exemplars, reference views and the scored scenes: the validation side only
         bundle = with_validation_world(bundle, split)
     start = time.perf_counter()
-    config = resolve_config(bundle, {"renders": renders, "seed": seed})
+    config = resolve_config(bundle, {"renders": renders, "seed": seed, "keep_reading": keep_reading})
     result = sweep(bundle, words, settings, config)
     seconds = time.perf_counter() - start
     source = split.dataset if split is not None else bundle.world.name if bundle.world else bundle.name
@@ -92,12 +101,13 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, renders, da
         write_results(stage / "sweep.json", record)
         plot_tradeoff(result.rows, stage / "sweep.png",
                       f"{bundle.name}: rewrite against {', '.join(words)} (validation)", result.tolerance,
-                      result.picked)
+                      result.picked, result.baseline)
     click.echo(format_table(_table(result), header=["site", "rank", "defended", "other words", "clean", "blank",
                                                      "reading", "ok", "s"]))
     pick = result.picked
     allowed = tolerance_text(result.tolerance, result.n_scenes, result.asked_tolerance)
-    click.echo(f"pick rule: clean and blank-note loss each <= {allowed}")
+    click.echo(f"pick rule: clean and blank-note loss each <= {allowed}"
+               + (f"; reading kept loss <= {result.reading.text()}" if result.reading is not None else ""))
     click.echo(f"pick: {pick['site']} rank {pick['rank']}" if pick else
                f"pick: none (every setting costs more than {allowed} clean or blank-note)")
     click.echo(f"{len(result.rows)} settings in {seconds:.0f} s; wrote {out}/sweep.json, sweep.png")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from clipedit.core.edits import LayerEdit, apply_edit
-from clipedit.core.exemplar_sums import accumulate_exemplar_sums, closed_form_edit
+from clipedit.core.exemplar_sums import accumulate_exemplar_sums, accumulate_kept_sums, closed_form_edit
 from clipedit.core.hparams import RewriteHParams
 from clipedit.core.keys_values import collect_exemplars
 from clipedit.core.sites import resolve_site
@@ -39,6 +39,20 @@ class EditRequest:
 
     attacked: torch.Tensor
     target: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class KeepRequest:
+    """Images whose outputs at the masked locations the edit keeps as they are (``keep_reading``: signs, a
+    class name written alone).
+
+    Attributes:
+        images: (batch, 3, H, W) preprocessed images.
+        mask: (batch, H, W) masks in [0, 1] at the same resolution (e.g. the signs' labels).
+    """
+
+    images: torch.Tensor
     mask: torch.Tensor
 
 
@@ -70,7 +84,8 @@ def _merge(requests: EditRequest | Sequence[EditRequest]) -> EditRequest:
 
 def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditRequest],
                     hparams: RewriteHParams, stats: KeyStatistics,
-                    forward: Optional[Callable] = None, meta: Optional[dict] = None) -> LayerEdit:
+                    forward: Optional[Callable] = None, meta: Optional[dict] = None,
+                    keep: Optional[KeepRequest | Iterable[KeepRequest]] = None) -> LayerEdit:
     """Compute (without applying) the rank-r edit of ``hparams.layer``.
 
     The closed-form solver accumulates its sums over batches of exemplars (memory flat in their
@@ -79,6 +94,8 @@ def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditReque
     Args:
         forward: runs the model on a batch of images (default ``model``; e.g. ``model.encode_image``).
         meta: extra metadata stored with the edit (model name, words …).
+        keep: images to keep as they are at their masks (signs), weighed by ``hparams.keep_reading``; required
+            when it is above 0 and ignored at 0.
     """
     if hparams.layer is None:
         raise EditError("no layer given")
@@ -90,7 +107,13 @@ def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditReque
     if hparams.solver == "closed-form":
         sums = accumulate_exemplar_sums(model, site, [requests] if isinstance(requests, EditRequest) else requests,
                                         forward, hparams.mask_threshold, with_targets=hparams.keep_targets > 0)
-        edit = closed_form_edit(site, sums, C, hparams.rank, hparams.keep_targets, meta)
+        if hparams.keep_reading > 0:
+            if keep is None:
+                raise EditError("keep_reading needs images to keep (signs, KeepRequest); none were given")
+            accumulate_kept_sums(model, [site], {site.layer: sums}, [keep] if isinstance(keep, KeepRequest) else keep,
+                                 forward, hparams.mask_threshold)
+        edit = closed_form_edit(site, sums, C, hparams.rank, hparams.keep_targets, meta,
+                                keep_reading=hparams.keep_reading)
     else:
         req = _merge(requests)
         ex = collect_exemplars(model, site, req.attacked, req.target, req.mask, forward, hparams.mask_threshold)
@@ -110,18 +133,20 @@ def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditReque
 
 def apply_rewrite(model: nn.Module, requests: EditRequest | Sequence[EditRequest],
                   hparams: RewriteHParams, stats: KeyStatistics, forward: Optional[Callable] = None,
-                  copy: bool = False, return_orig_weights: bool = True, meta: Optional[dict] = None
+                  copy: bool = False, return_orig_weights: bool = True, meta: Optional[dict] = None,
+                  keep: Optional[KeepRequest | Iterable[KeepRequest]] = None
                   ) -> tuple[nn.Module, Optional[dict[str, torch.Tensor]], LayerEdit]:
     """Compute the edit and apply it (ROME's calling convention).
 
     Args:
         copy: edit a deep copy and leave ``model`` untouched.
         return_orig_weights: also return ``{weight name: original weight}``.
+        keep: signs to keep (``hparams.keep_reading``), as in :func:`compute_rewrite`.
 
     Returns:
         (edited model, original weights or None, the edit).
     """
-    edit = compute_rewrite(model, requests, hparams, stats, forward, meta)
+    edit = compute_rewrite(model, requests, hparams, stats, forward, meta, keep)
     if copy:
         model = copy_module.deepcopy(model)
     orig = {f"{edit.layer}.weight": edit.orig_weight.clone()} if return_orig_weights else None

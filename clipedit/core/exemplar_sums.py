@@ -18,7 +18,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clipedit.core.edits import LayerEdit
-from clipedit.core.keys_values import EmptyMaskError, Exemplars, collect_exemplars, collect_exemplars_at
+from clipedit.core.keys_values import (
+    EmptyMaskError,
+    Exemplars,
+    collect_exemplars,
+    collect_exemplars_at,
+    collect_kept_keys_at,
+)
 from clipedit.core.sites import Site
 from clipedit.core.subspace import clamp_rank, edit_directions
 from clipedit.errors import EditError
@@ -26,6 +32,14 @@ from clipedit.errors import EditError
 log = logging.getLogger(__name__)
 
 EXEMPLAR_BATCH = 32  # exemplar pairs per forward pass when the sums are accumulated
+
+
+class KeptBatch(Protocol):
+    """Images whose site outputs the edit keeps as they are, and the masks of where (e.g. signs at their labels;
+    ``clipedit.core.KeepRequest``)."""
+
+    images: torch.Tensor
+    mask: torch.Tensor
 
 
 class ExemplarBatch(Protocol):
@@ -49,6 +63,11 @@ class ExemplarSums:
         n_exemplars: exemplar pairs summed over.
         weighted_keys: the rows √m_i k_i (float64, CPU) while there are at most ``max_kept_keys``; else None.
         max_kept_keys: how many weighted keys to keep (default: the key dimension).
+        exemplar_weight: Σ m_i over the exemplars' edited locations.
+        kept_gram: SᵀMS over the keys of images kept as they are (signs, ``keep_reading``; None when not
+            accumulated, :meth:`add_kept`).
+        kept_weight: Σ m_j over those keys.
+        n_kept_keys, n_kept_images: locations and images summed into ``kept_gram``.
     """
 
     keys_gram: torch.Tensor
@@ -58,6 +77,11 @@ class ExemplarSums:
     n_exemplars: int = 0
     weighted_keys: Optional[torch.Tensor] = None
     max_kept_keys: int = 0
+    exemplar_weight: float = 0.0
+    kept_gram: Optional[torch.Tensor] = None
+    kept_weight: float = 0.0
+    n_kept_keys: int = 0
+    n_kept_images: int = 0
 
     @classmethod
     def zeros(cls, site: Site, with_targets: bool = False) -> ExemplarSums:
@@ -81,11 +105,22 @@ class ExemplarSums:
         if self.target_gram is not None and ex.target_keys is not None:
             T = ex.target_keys.to(torch.float64)
             self.target_gram += ((T * m).T @ T).cpu()
+        self.exemplar_weight += float(m.sum())
         self.n_keys += K.shape[0]
         self.n_exemplars += n_exemplars
         if self.weighted_keys is not None:
             kept = self.n_keys <= self.max_kept_keys
             self.weighted_keys = torch.cat([self.weighted_keys, (K * m.sqrt()).cpu()]) if kept else None
+
+    def add_kept(self, keys: torch.Tensor, weights: torch.Tensor, n_images: int) -> None:
+        """Add keys whose outputs stay as they are (their residual is zero: only SᵀMS is needed)."""
+        S = keys.to(torch.float64)
+        m = weights.to(S.device, torch.float64)[:, None]
+        gram = ((S * m).T @ S).cpu()
+        self.kept_gram = gram if self.kept_gram is None else self.kept_gram + gram
+        self.kept_weight += float(m.sum())
+        self.n_kept_keys += S.shape[0]
+        self.n_kept_images += n_images
 
 
 def split_batches(requests: Iterable[ExemplarBatch], batch_size: int = EXEMPLAR_BATCH
@@ -161,6 +196,37 @@ def _accumulate(sites: Sequence[Site], collect: Callable, requests: Iterable[Exe
     return all_sums
 
 
+@torch.no_grad()
+def accumulate_kept_sums(model: nn.Module, sites: Sequence[Site], all_sums: dict[str, ExemplarSums],
+                         kept: Iterable[KeptBatch], forward: Optional[Callable] = None, threshold: float = 0.0,
+                         batch_size: int = EXEMPLAR_BATCH) -> None:
+    """Add the keys of ``kept`` images (e.g. signs) at their masks to each site's sums (``add_kept``), one
+    traced pass per batch for all sites. Batches whose masks cover no location add nothing; it is an error if
+    all do.
+    """
+    if batch_size < 1:
+        raise EditError(f"batch size must be >= 1, got {batch_size}")
+    empty: Optional[EmptyMaskError] = None
+    n_images = 0
+    for batch in kept:
+        for start in range(0, batch.images.shape[0], batch_size):
+            images, masks = batch.images[start:start + batch_size], batch.mask[start:start + batch_size]
+            n_images += images.shape[0]
+            try:
+                collected = collect_kept_keys_at(model, sites, images, masks, forward, threshold)
+            except EmptyMaskError as e:
+                empty = e
+                continue
+            for site in sites:
+                keys, weights = collected[site.layer]
+                all_sums[site.layer].add_kept(keys, weights, images.shape[0])
+    if n_images == 0:
+        raise EditError("no images given to keep (signs)")
+    for site in sites:
+        if all_sums[site.layer].n_kept_keys == 0:
+            raise empty or EditError("the masks of the kept images cover no location of the site")
+
+
 def directions_from_sums(sums: ExemplarSums, C: torch.Tensor, rank: int) -> torch.Tensor:
     """D = L⁻ᵀ U_r with U_r the top-r eigenvectors of L⁻¹ (KᵀMK) L⁻ᵀ: ``subspace.edit_directions`` from sums.
 
@@ -182,10 +248,21 @@ def directions_from_sums(sums: ExemplarSums, C: torch.Tensor, rank: int) -> torc
     return torch.linalg.solve_triangular(L.T, top, upper=True)
 
 
-def solve_closed_form_from_sums(sums: ExemplarSums, D: torch.Tensor, keep_targets: float = 0.0) -> torch.Tensor:
-    """Λ from the normal equations (Dᵀ (KᵀMK + β TᵀMT) D) Λᵀ = Dᵀ KᵀMR, i.e. the least squares
-    min Σ_i m_i ‖(W + Λ Dᵀ) k_i + b − v_i‖² + β Σ_i m_i ‖Λ Dᵀ t_i‖² (β = ``keep_targets``: the target keys
-    T fitted to their current outputs).
+def kept_scale(sums: ExemplarSums, keep_reading: float) -> float:
+    """The factor on SᵀMS for ``keep_reading`` β: β x (exemplars' total mask weight / kept keys' total), so
+    that β = 1 weighs the kept images as much as the exemplars, however many of each there are."""
+    if sums.kept_gram is None or sums.kept_weight <= 0:
+        raise EditError("keep_reading needs the keys of the signs to keep, which these sums lack")
+    return keep_reading * sums.exemplar_weight / sums.kept_weight
+
+
+def solve_closed_form_from_sums(sums: ExemplarSums, D: torch.Tensor, keep_targets: float = 0.0,
+                                keep_reading: float = 0.0) -> torch.Tensor:
+    """Λ from the normal equations (Dᵀ (KᵀMK + β TᵀMT + β' s SᵀMS) D) Λᵀ = Dᵀ KᵀMR, i.e. the least squares
+    min Σ_i m_i ‖(W + Λ Dᵀ) k_i + b − v_i‖² + β Σ_i m_i ‖Λ Dᵀ t_i‖² + β' s Σ_j m_j ‖Λ Dᵀ s_j‖²
+    (β = ``keep_targets``: the target keys T fitted to their current outputs; β' = ``keep_reading``: the
+    kept keys S, e.g. signs, fitted to theirs, s = :func:`kept_scale`'s normalisation). One keep term:
+    each weight adds its gram to it; at 0 a term is left out entirely.
 
     Returns:
         Λ, (out, r) float64.
@@ -196,6 +273,8 @@ def solve_closed_form_from_sums(sums: ExemplarSums, D: torch.Tensor, keep_target
         if sums.target_gram is None:
             raise EditError("keep_targets needs the target keys' sums, which these sums lack")
         gram_keys = gram_keys + keep_targets * sums.target_gram
+    if keep_reading > 0:
+        gram_keys = gram_keys + kept_scale(sums, keep_reading) * sums.kept_gram
     gram = D.T @ gram_keys @ D
     rhs = D.T @ sums.keys_residuals
     lam_t = torch.linalg.lstsq(gram, rhs, driver="gelsd").solution
@@ -203,7 +282,8 @@ def solve_closed_form_from_sums(sums: ExemplarSums, D: torch.Tensor, keep_target
 
 
 def closed_form_edit(site: Site, sums: ExemplarSums, C: torch.Tensor, rank: int, keep_targets: float = 0.0,
-                     meta: Optional[dict] = None, directions: Optional[torch.Tensor] = None) -> LayerEdit:
+                     meta: Optional[dict] = None, directions: Optional[torch.Tensor] = None,
+                     keep_reading: float = 0.0) -> LayerEdit:
     """The closed-form edit of ``site`` from exemplar sums: the one solver of every closed-form path (a
     defense, each site of a multi-site edit, ``'*'``, every candidate of the sweep, the bench).
 
@@ -211,11 +291,14 @@ def closed_form_edit(site: Site, sums: ExemplarSums, C: torch.Tensor, rank: int,
         C: the regularised key statistics of the site.
         rank: r of the update (clamped to the exemplar keys).
         keep_targets: β of :func:`solve_closed_form_from_sums`.
-        meta: stored with the edit (``n_keys`` and ``n_exemplars`` are added).
+        meta: stored with the edit (``n_keys`` and ``n_exemplars`` are added; with ``keep_reading``, ``reading``:
+            β, the signs and keys kept and the scale on their gram).
         directions: D computed already (e.g. the first r of a larger rank's, which are the top-r
             directions); default: :func:`directions_from_sums`.
     """
     D = directions if directions is not None else directions_from_sums(sums, C, rank)
-    lam = solve_closed_form_from_sums(sums, D, keep_targets)
+    lam = solve_closed_form_from_sums(sums, D, keep_targets, keep_reading)
+    extra = {"reading": {"keep_reading": keep_reading, "n_signs": sums.n_kept_images, "n_keys": sums.n_kept_keys,
+                         "scale": kept_scale(sums, keep_reading)}} if keep_reading > 0 else {}
     return LayerEdit.create(site.layer, lam, D, site.weight,
-                            {**(meta or {}), "n_keys": sums.n_keys, "n_exemplars": sums.n_exemplars})
+                            {**(meta or {}), "n_keys": sums.n_keys, "n_exemplars": sums.n_exemplars, **extra})

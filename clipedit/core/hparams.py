@@ -59,6 +59,10 @@ class RewriteHParams(HParams):
         keep_targets: weight β of keeping the targets as they are: the closed form also fits the target
             (blank) exemplars' keys at the same locations to their current outputs, with weight β relative
             to the attacked ones (0: the paper's solve). The edit directions still come from the attacked keys.
+        keep_reading: weight β of keeping reading as it is: the closed form also fits the keys of signs (class
+            names written alone, no object, in exemplar styles; given to the solve as ``KeepRequest``) at their
+            labels to the site's current outputs there, the signs' total mask weight scaled to β times the
+            exemplars' (0: no signs; the solve is then today's, bit for bit). Directions as for keep_targets.
         steps, lr, project_every: the ``optimize`` solver (paper: 20000 steps, lr 1e-4).
     """
 
@@ -68,6 +72,7 @@ class RewriteHParams(HParams):
     cov_reg: float = 1e-3
     mask_threshold: float = 0.0
     keep_targets: float = 0.0
+    keep_reading: float = 0.0
     steps: int = 20000
     lr: float = 1e-4
     project_every: int = 10
@@ -77,7 +82,7 @@ class RewriteHParams(HParams):
 
         if self.solver not in SOLVERS:
             raise EditError(f"unknown solver {self.solver!r} (choose from {', '.join(SOLVERS)})")
-        for name in ("cov_reg", "mask_threshold", "keep_targets", "lr"):
+        for name in ("cov_reg", "mask_threshold", "keep_targets", "keep_reading", "lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise EditError(f"{name} must be a finite number, got {value!r}")
@@ -90,6 +95,9 @@ class RewriteHParams(HParams):
         if self.keep_targets > MAX_KEEP_TARGETS:
             raise EditError(f"keep_targets {self.keep_targets:g} is above {MAX_KEEP_TARGETS:g}: the kept blank outputs "
                             "would outweigh the edit until it changes nothing")
+        if self.keep_reading > MAX_KEEP_TARGETS:
+            raise EditError(f"keep_reading {self.keep_reading:g} is above {MAX_KEEP_TARGETS:g}: the kept signs would "
+                            "outweigh the edit until it changes nothing")
         if self.rank < 1:
             raise EditError(f"rank must be >= 1, got {self.rank}")
         if self.cov_reg < 0:
@@ -98,6 +106,11 @@ class RewriteHParams(HParams):
             raise EditError(f"keep_targets must be >= 0, got {self.keep_targets}")
         if self.keep_targets > 0 and self.solver != "closed-form":
             raise EditError("keep_targets (keeping the blank exemplars) is part of the closed-form solve; "
+                            "the optimize solver does not take it")
+        if self.keep_reading < 0:
+            raise EditError(f"keep_reading must be >= 0, got {self.keep_reading}")
+        if self.keep_reading > 0 and self.solver != "closed-form":
+            raise EditError("keep_reading (keeping the signs' outputs) is part of the closed-form solve; "
                             "the optimize solver does not take it")
         if not 0 <= self.mask_threshold < 1:
             raise EditError(f"mask_threshold must be in [0, 1), got {self.mask_threshold}")

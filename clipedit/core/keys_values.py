@@ -99,6 +99,40 @@ def collect_exemplars_at(model: nn.Module, sites: Sequence[Site], attacked: torc
     return {site.layer: _exemplars_from_traces(model, site, att, tgt, masks.to(dev), threshold) for site in sites}
 
 
+@torch.no_grad()
+def collect_kept_keys_at(model: nn.Module, sites: Sequence[Site], images: torch.Tensor, masks: torch.Tensor,
+                         forward: Optional[Callable] = None, threshold: float = 0.0
+                         ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Keys of images whose site outputs are to stay as they are (e.g. signs): ``(keys, weights)`` at the
+    locations ``masks`` cover, for each site from one traced pass; keyed by site name. Their values are the
+    sites' current outputs, so the closed form needs only their weighted gram (the keep term).
+
+    Raises:
+        EmptyMaskError: the masks cover no location of a site.
+    """
+    if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+        raise EditError(f"mask size {tuple(masks.shape)} does not match the images {tuple(images.shape)}")
+    if not (masks > 0).any():
+        raise EmptyMaskError("the mask is empty: no pixel of the label lies inside the image")
+    forward = forward or model
+    dev = next(model.parameters()).device
+    with TraceDict(model, list(dict.fromkeys(site.hook_name for site in sites)), retain_input=True, clone=True) as td:
+        forward(images.to(dev))
+    out = {}
+    for site in sites:
+        if td[site.hook_name].output is None:
+            raise SiteError(f"{site.layer}: the forward pass never calls {site.hook_name} as a module, so the "
+                            "site's keys are not defined")
+        keys = site.keys(site.input_of(td[site.hook_name]))
+        loc = site.location_weights(masks.to(dev), keys.shape[1], site.grid_hw(site.output_of(td[site.hook_name])),
+                                    threshold)
+        if not (loc > 0).any():
+            raise EmptyMaskError("the mask covers no location of the site (label too small for the grid?)")
+        sel = loc > 0
+        out[site.layer] = (keys[sel], loc[sel].float())
+    return out
+
+
 def _check_pairs(attacked: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> None:
     if attacked.shape != target.shape:
         raise EditError(f"attacked and blank exemplars differ in size: {tuple(attacked.shape)} "

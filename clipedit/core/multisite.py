@@ -15,7 +15,7 @@ from typing import Optional
 
 from torch import nn
 
-from clipedit.core.api import EditRequest, KeyStatistics, compute_rewrite
+from clipedit.core.api import EditRequest, KeepRequest, KeyStatistics, compute_rewrite
 from clipedit.core.edit_sets import EditSet, revert_edit_set
 from clipedit.core.edits import apply_edit
 from clipedit.core.hparams import RewriteHParams
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 def apply_multisite_rewrite(model: nn.Module, requests: Callable[[], Iterable[EditRequest]],
                             hparams: RewriteHParams, layers: Sequence[str],
                             statistics: Callable[[str], KeyStatistics], forward: Optional[Callable] = None,
-                            meta: Optional[dict] = None) -> EditSet:
+                            meta: Optional[dict] = None,
+                            keep: Optional[Callable[[], Iterable[KeepRequest]]] = None) -> EditSet:
     """Edit ``layers`` of ``model`` in place, in order, and return the edits as one set.
 
     Args:
@@ -37,6 +38,8 @@ def apply_multisite_rewrite(model: nn.Module, requests: Callable[[], Iterable[Ed
         layers: the sites, in the order they are solved (usually input to output).
         statistics: ``layer -> KeyStatistics`` of the model as it is when called (earlier sites edited).
         meta: stored with every site's edit and with the set.
+        keep: returns a fresh iterable of images to keep as they are (signs, ``hparams.keep_reading``); called
+            once per site, each site keeping their outputs as they are when it is solved.
 
     If a site fails, the sites already edited are reverted and the error is raised.
     """
@@ -49,7 +52,8 @@ def apply_multisite_rewrite(model: nn.Module, requests: Callable[[], Iterable[Ed
         for i, layer in enumerate(layers):
             hp = dataclasses.replace(hparams, layer=layer)
             site_meta = {**(meta or {}), "site": i, "sites": len(layers)}
-            edit = compute_rewrite(model, requests(), hp, statistics(layer), forward, site_meta)
+            edit = compute_rewrite(model, requests(), hp, statistics(layer), forward, site_meta,
+                                   keep() if keep is not None else None)
             apply_edit(model, edit)
             edit_set.edits.append(edit)
             log.info("site %d/%d: %s edited", i + 1, len(layers), layer)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipedit.core import EditRequest
+from clipedit.core import EditRequest, KeepRequest
 from clipedit.errors import EditError
 
 
@@ -55,3 +55,12 @@ def request_from_attacks(preprocess: Callable, attacks: Sequence, use_text_mask:
     """An ``EditRequest`` from rendered attacks: attacked -> blank at the glyphs (or the whole label)."""
     return request_from_images(preprocess, [a.attacked for a in attacks], [a.blank for a in attacks],
                                [a.text_mask if use_text_mask else a.mask for a in attacks])
+
+
+def keep_request_from_attacks(preprocess: Callable, attacks: Sequence, use_text_mask: bool = True) -> KeepRequest:
+    """A ``KeepRequest`` from rendered signs: their written images, kept at the glyphs (or the whole label)."""
+    if not attacks:
+        raise EditError("no signs to keep")
+    return KeepRequest(images=torch.stack([preprocess(a.attacked) for a in attacks]),
+                       mask=torch.stack([preprocess_mask(preprocess, a.text_mask if use_text_mask else a.mask)
+                                         for a in attacks]))

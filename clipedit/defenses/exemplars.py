@@ -9,20 +9,23 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from clipedit.attacks import Attack
+from clipedit.attacks import Attack, StyleSampler, render_attack
 from clipedit.core import KeyStatistics, key_statistics
 from clipedit.data.folders import files_key, image_paths
 from clipedit.data.images import LazyImages, to_batches
 from clipedit.data.worlds import PhotoWorld, World
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
-from clipedit.errors import render_errors
+from clipedit.errors import ClipeditError, render_errors
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
 
 EXEMPLAR_SEED_OFFSET = 1_000  # exemplar renders never share a seed with evaluation sets
+#: Signs a ``keep_reading`` edit keeps (every class name in turn); their weight is normalised to the exemplars'.
+N_SIGNS = 128
+SIGN_CANVAS = 224  # side of the flat canvases signs are written on when the world draws none
 
 
 def world_of(bundle: ModelBundle, photos: Optional[Sequence[Image.Image]] = None) -> World:
@@ -39,6 +42,37 @@ def text_exemplars(bundle: ModelBundle, word: str, n: int, seed: int = 0,
     drawn from the model's world (or on ``photos``)."""
     rng = np.random.default_rng([seed + EXEMPLAR_SEED_OFFSET, _word_seed(word)])
     return world_of(bundle, photos).exemplars(word, n, rng)
+
+
+@render_errors()
+def sign_exemplars(bundle: ModelBundle, n: int = N_SIGNS, seed: int = 0,
+                   photos: Optional[Sequence[Image.Image]] = None) -> list[Attack]:
+    """``n`` signs for ``keep_reading``: the model's class names written alone (no object) in exemplar styles,
+    never the evaluation's held-out ones, from an exemplar seed (never an evaluation sign's): drawn by the
+    world when it can (``world.sign_exemplars``, e.g. on the mini world's backgrounds), else on flat grey
+    canvases. Classes balanced.
+
+    Raises:
+        ClipeditError: the model has no class names to write.
+    """
+    world = world_of(bundle, photos)
+    names = list(bundle.classnames or getattr(world, "classnames", None) or [])
+    if not names:
+        raise ClipeditError(f"keep_reading writes the class names as signs; {bundle.name} has none (give "
+                            "class names, e.g. --data or --classes)")
+    if n < 1:
+        raise ClipeditError(f"the number of signs must be >= 1, got {n}")
+    rng = np.random.default_rng([seed + EXEMPLAR_SEED_OFFSET, _word_seed("\0signs")])
+    if hasattr(world, "sign_exemplars"):
+        return world.sign_exemplars(names, n, rng)
+    sampler = StyleSampler.exemplar(position="random")
+    labels = rng.permutation(np.arange(n) % len(names)).tolist()
+    out = []
+    for label in labels:
+        shade = int(rng.integers(90, 240))
+        canvas = Image.new("RGB", (SIGN_CANVAS, SIGN_CANVAS), (shade, shade, shade))
+        out.append(render_attack(canvas, names[label], sampler.sample(rng), seed=int(rng.integers(2**31))))
+    return out
 
 
 def _word_seed(word: str) -> int:

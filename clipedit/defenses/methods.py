@@ -34,7 +34,7 @@ from typing import Any, Optional
 import torch
 
 from clipedit.attacks import Attack
-from clipedit.core import EditRequest, KeyStatistics, RewriteHParams, resolve_site
+from clipedit.core import EditRequest, KeepRequest, KeyStatistics, RewriteHParams, resolve_site
 from clipedit.core.edit_sets import EditSet
 from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.defenses import defense_prefix as dp
@@ -65,6 +65,7 @@ class DefenseData:
         exemplars: the rendered attacks behind them (empty for ``"*"`` and real photo pairs).
         vocabulary: ``"*"``'s vocabulary (the exemplar words are drawn from it).
         n_images: how many exemplar images ``requests`` yields (None: counted when asked).
+        keep: returns a fresh iterable of signs the rewrite keeps as they are (``keep_reading``; None: none).
     """
 
     words: list[str]
@@ -72,6 +73,7 @@ class DefenseData:
     exemplars: list[Attack] = field(default_factory=list)
     vocabulary: Optional[Vocabulary] = None
     n_images: Optional[int] = None
+    keep: Optional[Callable[[], Iterable[KeepRequest]]] = None
 
     @property
     def images(self) -> int:
@@ -231,7 +233,7 @@ def run_edit(bundle: ModelBundle, data: DefenseData, hparams: RewriteHParams, co
              ) -> DefenseResult:
     """The rank-r rewrite of ``context.sites`` (one site, or several solved in order): one edit set."""
     edit_set = apply_multisite_rewrite(bundle.model, data.requests, hparams, context.sites, context.statistics,
-                                       forward=bundle.encode_images, meta=_meta(bundle, context))
+                                       forward=bundle.encode_images, meta=_meta(bundle, context), keep=data.keep)
     any_word = context.config.any_word
     offline = offline_settings(bundle, any_word)
     steps = hparams.steps * len(context.sites) if hparams.solver == "optimize" else 0

@@ -15,7 +15,8 @@ from clipedit.errors import ClipeditError
 from clipedit.models.bundle import ModelBundle
 
 #: Flat override keys that set a field of the rewrite's :class:`RewriteHParams`.
-REWRITE_KEYS = ("rank", "solver", "cov_reg", "keep_targets", "mask_threshold", "steps", "lr", "project_every")
+REWRITE_KEYS = ("rank", "solver", "cov_reg", "keep_targets", "keep_reading", "mask_threshold", "steps", "lr",
+                "project_every")
 
 
 def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, Any] | None = None,
@@ -26,7 +27,7 @@ def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, 
         overrides: a :class:`DefenseConfig` (its ``None`` fields are filled) or a mapping of flat keys:
             any field of DefenseConfig, ``layer`` (a name, ``"a,b"`` or a list: several are one edit
             over those sites, in order) and the rewrite's ``rank``, ``solver``, ``cov_reg``,
-            ``keep_targets``, ``mask_threshold``, ``steps``, ``lr`` (given ones override the model's
+            ``keep_targets``, ``keep_reading``, ``mask_threshold``, ``steps``, ``lr`` (given ones override the model's
             defaults, the rest stay). ``hparams`` may be a dict (the method's settings).
         any_word: ``"*"``: the ``any_word`` defaults on top of the model's.
 

@@ -176,10 +176,12 @@ def heldout_data(bundle: ModelBundle, words: Sequence[str], n: int, n_signs: Opt
 
 
 def score(data: HeldoutData, batch_size: int = 256) -> dict[str, Any]:
-    """The model's current figures on the held-out data: evaluate_defense's, plus ``reading_acc``."""
+    """The model's current figures on the held-out data: evaluate_defense's, plus ``reading_acc`` and the
+    number of signs it is over (``reading_n``, each a distinct image)."""
     out = evaluate_defense(data.bundle, data.predictor, data.sets, batch_size=batch_size)
     if data.signs is not None:
         out["reading_acc"] = reading_accuracy(data.bundle, data.predictor, data.signs, batch_size)
+        out["reading_n"] = len(data.signs.images)
     return out
 
 
@@ -193,20 +195,28 @@ def gains(row: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
             "clean_loss": -delta("clean_acc"), "blank_loss": -delta("blank_acc")}
 
 
-def admissible(row: dict[str, Any], base: dict[str, Any], tolerance: Tolerance | float = PICK_TOLERANCE) -> bool:
+def admissible(row: dict[str, Any], base: dict[str, Any], tolerance: Tolerance | float = PICK_TOLERANCE,
+               reading: Optional[Tolerance] = None) -> bool:
     """Whether ``row`` costs at most ``tolerance`` of clean and of blank-note accuracy (a :class:`Tolerance`;
-    a bare fraction is applied as it is)."""
+    a bare fraction is applied as it is); with ``reading``, also at most that much reading kept (signs; a row
+    or baseline without reading is not admissible then)."""
     tol = tolerance if isinstance(tolerance, Tolerance) else Tolerance(tolerance, tolerance, 0)
     g = gains(row, base)
+    if reading is not None:
+        if row.get("reading_acc") is None or base.get("reading_acc") is None:
+            return False
+        if not reading.allows(float(base["reading_acc"]) - float(row["reading_acc"])):
+            return False
     return tol.allows(g["clean_loss"]) and tol.allows(g["blank_loss"])
 
 
-def pick(rows: Sequence[dict[str, Any]], base: dict[str, Any], tolerance: Tolerance | float = PICK_TOLERANCE
-         ) -> Optional[int]:
-    """Index of the row the pick rule (module docstring) chooses, or None when none is admissible."""
+def pick(rows: Sequence[dict[str, Any]], base: dict[str, Any], tolerance: Tolerance | float = PICK_TOLERANCE,
+         reading: Optional[Tolerance] = None) -> Optional[int]:
+    """Index of the row the pick rule (module docstring) chooses, or None when none is admissible
+    (``reading``: the reading-kept bound of :func:`admissible` as well)."""
     best, best_key = None, None
     for i, row in enumerate(rows):
-        if not admissible(row, base, tolerance):
+        if not admissible(row, base, tolerance, reading):
             continue
         g = gains(row, base)
         key = (round(g["gain"], 9), round(g["other_gain"], 9))

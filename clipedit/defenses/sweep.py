@@ -7,6 +7,10 @@ Pick rule (:mod:`clipedit.defenses.selection`): among settings whose clean and b
 each lose at most 0.5 point against the unedited model on the validation split, the largest gain in
 text-note accuracy on the defended word(s); ties go to the larger gain on unseen words, then to the
 earlier row (sites in forward order, ranks ascending). ``defend --layer auto`` / ``--rank auto`` use it.
+Reading kept (signs, :mod:`clipedit.eval.reading`) is scored and recorded for every candidate (n and 95%
+Wilson interval) and drawn against the defended word; it enters the rule only when asked
+(``SweepSettings.reading_tolerance``, ``sweep --reading-tolerance``): a candidate must then also lose at most
+that much reading against the unedited model (the default pick does not use it yet).
 
 What is scored is what ``defend`` applies: every candidate is built by the one closed-form solver
 (:func:`clipedit.core.exemplar_sums.closed_form_edit`) with the resolved settings (``keep_targets``,
@@ -34,7 +38,12 @@ from typing import Any, Optional
 from tqdm.auto import tqdm
 
 from clipedit.core import EditSet, apply_edit_set, resolve_site, revert_edit_set
-from clipedit.core.exemplar_sums import accumulate_exemplar_sums_at, closed_form_edit, directions_from_sums
+from clipedit.core.exemplar_sums import (
+    accumulate_exemplar_sums_at,
+    accumulate_kept_sums,
+    closed_form_edit,
+    directions_from_sums,
+)
 from clipedit.core.sites import candidate_sites
 from clipedit.core.subspace import regularise
 from clipedit.defenses.config import DefenseConfig
@@ -56,12 +65,34 @@ from clipedit.defenses.selection import (
 )
 from clipedit.defenses.typographic import defense_data, reference_statistics
 from clipedit.errors import ClipeditError, SiteError
+from clipedit.eval.intervals import wilson
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RANKS: tuple[int, ...] = (1, 4, 16, 32, 64)
 SCORED = ("text_acc", "other_text_acc", "clean_acc", "blank_acc", "reading_acc", "attack_success_rate")
+#: The scene count each scored figure is over (``score``'s keys): defended words' scenes, other words', signs.
+COUNTS = {"text_acc": "n", "clean_acc": "n", "blank_acc": "n", "attack_success_rate": "n",
+          "other_text_acc": "n_other", "reading_acc": "reading_n"}
+
+
+def with_intervals(figures: dict[str, Any]) -> dict[str, Any]:
+    """The scored figures of ``figures`` (``score``'s), plus ``intervals``: for each, the accuracy, its n
+    (distinct images), hits and 95% Wilson interval; and ``reading``, the reading-kept one alone (None without
+    signs)."""
+    out = {k: figures.get(k) for k in SCORED}
+    intervals = {}
+    for key, count in COUNTS.items():
+        acc, n = figures.get(key), figures.get(count)
+        if acc is None or not n:
+            continue
+        hits = int(round(float(acc) * int(n)))
+        lo, hi = wilson(hits, int(n))
+        intervals[key] = {"acc": float(acc), "n": int(n), "hits": hits, "ci": [lo, hi]}
+    out["intervals"] = intervals
+    out["reading"] = intervals.get("reading_acc")
+    return out
 
 
 @dataclass
@@ -77,6 +108,8 @@ class SweepSettings:
         n_val: validation scenes per set (defended words; other words).
         n_signs: validation signs for the reading-kept figure (0: none).
         tolerance: the pick rule's largest clean / blank-note loss (a fraction).
+        reading_tolerance: the largest reading-kept loss (a fraction) a pick may also cost (None: reading is
+            recorded but not in the rule).
     """
 
     sites: Optional[Sequence[str]] = None
@@ -85,6 +118,7 @@ class SweepSettings:
     n_val: int = 240
     n_signs: int = 120
     tolerance: float = PICK_TOLERANCE
+    reading_tolerance: Optional[float] = None
 
 
 @dataclass
@@ -99,6 +133,7 @@ class SweepResult:
     seconds: dict[str, float] = field(default_factory=dict)
     n_scenes: int = 0
     asked_tolerance: Optional[float] = None
+    reading: Optional[Tolerance] = None
 
     def ranking(self) -> list[dict[str, Any]]:
         """Rows best first: admissible ones by defended-word gain, then the rest by gain."""
@@ -106,13 +141,17 @@ class SweepResult:
 
     def rule(self) -> str:
         """The pick rule as applied: the tolerance and the scenes it allows."""
-        return pick_rule_text(self.tolerance, self.n_scenes, self.asked_tolerance)
+        text = pick_rule_text(self.tolerance, self.n_scenes, self.asked_tolerance)
+        if self.reading is None:
+            return text
+        return f"{text}; reading kept (signs) loss <= {self.reading.text()}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"words": self.words, "baseline": self.baseline, "rows": self.rows, "picked": self.picked,
                 "tolerance": self.tolerance, "n_scenes": self.n_scenes,
                 "tolerance_scenes": tolerance_in_scenes(self.tolerance, self.n_scenes),
-                "selection": {"rule": self.rule(), "tolerance": self.tolerance_record()},
+                "selection": {"rule": self.rule(), "tolerance": self.tolerance_record(),
+                              "reading_tolerance": self.reading.to_dict() if self.reading is not None else None},
                 "rule": self.rule(), "seconds": self.seconds}
 
     def tolerance_record(self) -> dict[str, Any]:
@@ -211,6 +250,12 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
     seconds["baseline"] = time.perf_counter() - clock
     n_scenes = int(baseline["n"])  # clean and blank-note accuracy are over the defended words' scenes
     tol = scene_tolerance(settings.tolerance, n_scenes, "the sweep's pick-rule tolerance")
+    reading_tol = None
+    if settings.reading_tolerance is not None:
+        if data.signs is None:
+            raise ClipeditError("a reading tolerance needs signs to score reading on (n_signs > 0)")
+        reading_tol = scene_tolerance(settings.reading_tolerance, len(data.signs.images),
+                                      "the sweep's reading tolerance")
     rows: list[dict[str, Any]] = []
     seconds["solve"] = seconds["evaluate"] = 0.0
     pairs, site_sets = _candidates(bundle, settings)
@@ -224,16 +269,16 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
         seconds["evaluate"] += time.perf_counter() - clock
         name = "+".join(candidate.sites)
         row = {"method": config.method, "site": name, "sites": list(candidate.sites), "rank": candidate.rank,
-               "seconds": round(candidate.seconds, 3), **{k: figures.get(k) for k in SCORED}}
+               "seconds": round(candidate.seconds, 3), **with_intervals(figures)}
         row.update(gains(row, baseline))
-        row["admissible"] = admissible(row, baseline, tol)
+        row["admissible"] = admissible(row, baseline, tol, reading_tol)
         rows.append(row)
         log.info("%s rank %d: defended %.3f other %s clean %.3f blank %.3f", name, candidate.rank, row["text_acc"],
                  row["other_text_acc"], row["clean_acc"], row["blank_acc"])
-    best = pick(rows, baseline, tol)
-    base = {k: baseline.get(k) for k in SCORED}
+    best = pick(rows, baseline, tol, reading_tol)
+    base = with_intervals(baseline)
     return SweepResult(words, base, rows, rows[best] if best is not None else None, tol.applied,
-                       {k: round(v, 3) for k, v in seconds.items()}, n_scenes, settings.tolerance)
+                       {k: round(v, 3) for k, v in seconds.items()}, n_scenes, settings.tolerance, reading_tol)
 
 
 def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettings, config: DefenseConfig
@@ -256,6 +301,9 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
     sites = [resolve_site(bundle.model, name) for name, _ in pairs]
     all_sums = accumulate_exemplar_sums_at(bundle.model, sites, exemplars.requests(), bundle.encode_images,
                                            hp.mask_threshold, with_targets=hp.keep_targets > 0) if sites else {}
+    if sites and hp.keep_reading > 0:  # the signs' keys, kept as they are (what defend's solve keeps)
+        accumulate_kept_sums(bundle.model, sites, all_sums, exemplars.keep(), bundle.encode_images,
+                             hp.mask_threshold)
     shared = (time.perf_counter() - clock) / max(len(sites), 1)
     for site, (name, site_ranks) in zip(sites, pairs):
         clock = time.perf_counter()
@@ -267,7 +315,7 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
             clock = time.perf_counter()
             edit = closed_form_edit(site, all_sums[name], C, rank, hp.keep_targets,
                                     {"hparams": dataclasses.replace(hp, layer=name, rank=rank).to_dict()},
-                                    directions=directions[:, :rank])
+                                    directions=directions[:, :rank], keep_reading=hp.keep_reading)
             edit_set = EditSet([edit])
             apply_edit_set(bundle.model, edit_set)
             try:
@@ -373,10 +421,43 @@ def rank_labels(rows: Sequence[dict[str, Any]], points: Sequence[tuple[float, fl
     return out
 
 
+def _plot_reading(ax, rows: Sequence[dict[str, Any]], colours: dict, markers: dict,
+                  baseline: Optional[dict[str, Any]], picked: Optional[dict[str, Any]]) -> None:
+    """Defended-word text-note accuracy vs reading kept (signs), each candidate with its reading interval."""
+    for r in rows:
+        lab = r.get("site") or r["method"]
+        x, y = 100 * r["reading_acc"], 100 * r["text_acc"]
+        ci = (r.get("reading") or {}).get("ci")
+        if ci:
+            ax.errorbar(x, y, xerr=[[x - 100 * ci[0]], [100 * ci[1] - x]], fmt="none", ecolor=colours[lab],
+                        alpha=0.35, lw=0.8, zorder=2)
+        ax.scatter(x, y, marker=markers.get(r["method"].split(" ")[0], "X"), color=colours[lab], s=36, zorder=3)
+        if r.get("rank") is not None:
+            ax.annotate(str(r["rank"]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if baseline is not None and baseline.get("reading_acc") is not None and baseline.get("text_acc") is not None:
+        bx, by = 100 * baseline["reading_acc"], 100 * baseline["text_acc"]
+        ax.scatter(bx, by, marker="x", color="black", s=60, zorder=4, label="unedited")
+        ax.axvline(bx, color="black", lw=0.7, ls="--", alpha=0.6)
+        if baseline.get("blank_acc") is not None:
+            ax.axhline(100 * baseline["blank_acc"], color="grey", lw=0.8, ls=":", label="unedited blank note")
+    if picked is not None and picked.get("reading_acc") is not None:
+        ax.scatter(100 * picked["reading_acc"], 100 * picked["text_acc"], s=160, facecolors="none",
+                   edgecolors="red", label="pick", zorder=4)
+    n = (rows[0].get("reading") or {}).get("n")
+    ax.set_xlabel(f"reading kept: signs read correctly, %{f' (n={n})' if n else ''}")
+    ax.set_ylabel("defended-word text-note accuracy, %")
+    ax.set_title("attack removed vs reading kept (up and right is better)", fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+
+
 def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", tolerance: float = PICK_TOLERANCE,
-                  picked: Optional[dict[str, Any]] = None) -> None:
+                  picked: Optional[dict[str, Any]] = None, baseline: Optional[dict[str, Any]] = None) -> None:
     """Gain (defended-word text-note accuracy) vs cost (clean/blank loss), one marker per method,
-    one colour per site, the Pareto front drawn; written as a PNG at ``path``."""
+    one colour per site, the Pareto front drawn; written as a PNG at ``path``. When the rows carry reading
+    (``reading_acc`` and ``text_acc``), a second panel beside it: defended-word text-note accuracy vs
+    reading kept, with the reading's 95% interval and the unedited model (``baseline``) marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,7 +470,11 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
                                                                                    for r in rows].index(s))
     colours = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
     points = [(100 * cost(r), 100 * r["gain"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    reading = [r for r in rows if r.get("reading_acc") is not None and r.get("text_acc") is not None]
+    if reading:
+        fig, (ax, ax_read) = plt.subplots(1, 2, figsize=(12.5, 4.8), dpi=120, gridspec_kw={"width_ratios": [7, 5]})
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     seen = set()
     for r, (x, y) in zip(rows, points):
         lab = r.get("site") or r["method"]
@@ -421,6 +506,8 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    if reading:
+        _plot_reading(ax_read, reading, colours, markers, baseline, picked)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

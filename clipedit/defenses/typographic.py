@@ -14,16 +14,16 @@ exemplars rendered from a broad vocabulary (:mod:`clipedit.defenses.any_word`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 from clipedit.attacks import Attack
-from clipedit.core import EditRequest
+from clipedit.core import EditRequest, KeepRequest
 from clipedit.defenses.any_word import any_word_data, evaluation_words
 from clipedit.defenses.arguments import check_defend_arguments
 from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.edit_requests import request_from_attacks
-from clipedit.defenses.exemplars import reference_statistics, text_exemplars, world_of
+from clipedit.defenses.edit_requests import keep_request_from_attacks, request_from_attacks
+from clipedit.defenses.exemplars import N_SIGNS, reference_statistics, sign_exemplars, text_exemplars, world_of
 from clipedit.defenses.methods import DefenseData, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.result import DefenseResult
@@ -93,15 +93,30 @@ def defense_data(bundle: ModelBundle, words: list[str], config: DefenseConfig,
                  exemplars: Optional[Sequence[Attack]] = None, request: Optional[EditRequest] = None) -> DefenseData:
     """The exemplars of a defense (resolved ``config``): a given request, given attacks, ``"*"``'s
     vocabulary renders, or ``config.renders`` renders of each word; none for a method that draws its own
-    training split (``MethodSpec.exemplars`` False)."""
+    training split (``MethodSpec.exemplars`` False); with the rewrite's ``keep_reading``, the signs it keeps
+    (:func:`sign_requests`)."""
+    spec = method_spec(config.method)
     if request is not None:
-        return DefenseData.of(words, request)
-    if config.any_word:
-        return any_word_data(bundle, config)
-    if not method_spec(config.method).exemplars and exemplars is None:
-        return DefenseData(list(words), lambda: [], n_images=0)
-    if exemplars is None:
-        exemplars = [a for w in words for a in text_exemplars(bundle, w, config.renders, config.seed, config.photos)]
-    exemplars = list(exemplars)
-    req = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=config.mask == "text")
-    return DefenseData.of(words, req, exemplars)
+        data = DefenseData.of(words, request)
+    elif config.any_word:
+        data = any_word_data(bundle, config)
+    elif not spec.exemplars and exemplars is None:
+        data = DefenseData(list(words), lambda: [], n_images=0)
+    else:
+        if exemplars is None:
+            exemplars = [a for w in words
+                         for a in text_exemplars(bundle, w, config.renders, config.seed, config.photos)]
+        exemplars = list(exemplars)
+        req = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=config.mask == "text")
+        data = DefenseData.of(words, req, exemplars)
+    if spec.config_field == "hparams" and config.hparams is not None and config.hparams.keep_reading > 0:
+        data.keep = sign_requests(bundle, config)
+    return data
+
+
+def sign_requests(bundle: ModelBundle, config: DefenseConfig) -> Callable[[], list[KeepRequest]]:
+    """The signs a ``keep_reading`` rewrite keeps (:func:`~clipedit.defenses.exemplars.sign_exemplars`, at the
+    same mask as the exemplars: glyphs or whole label), rendered once and handed to every site."""
+    signs = sign_exemplars(bundle, N_SIGNS, config.seed, config.photos)
+    request = keep_request_from_attacks(bundle.preprocess, signs, use_text_mask=config.mask == "text")
+    return lambda: [request]

@@ -223,6 +223,14 @@ class MiniWorld:
             sampler = split_sampler(split, note_sampler(), fonts=fonts)
         return attack_set(n, seed, words=words, sampler=sampler)
 
+    def sign_exemplars(self, classnames: Sequence[str], n: int, rng: np.random.Generator) -> list[Attack]:
+        """``n`` signs to keep as they are (``keep_reading``): class names written on bare backgrounds (no
+        object), anywhere in the picture, in exemplar styles (never the held-out ones), classes balanced."""
+        sampler = StyleSampler.exemplar(position="random")
+        labels = rng.permutation(np.arange(n) % len(classnames)).tolist()
+        return [render_attack(background(rng, IMAGE_SIZE), classnames[label], sampler.sample(rng),
+                              seed=int(rng.integers(2**31))) for label in labels]
+
     def signs(self, n: int, seed: int) -> tuple[list[Image.Image], list[int]]:
         """``n`` signs: a class name written on a bare background (no object), in held-out note
         styles anywhere in the picture; labelled by the written class (balanced)."""
