@@ -135,13 +135,13 @@ def test_defend_keeps_reading_on_multisite_and_any_word(tmp_path):
     from clipedit.models import load_model
 
     bundle = load_model("mini", device="cpu")
-    sites = "visual.layer2.0.conv3,visual.layer3.0.conv3"
+    sites = "visual.layer2.0.conv3+visual.layer3.0.conv3"
     from clipedit.defenses.typographic import defend
 
     result = defend(bundle, "ipod", {"layer": sites, "rank": 2, "renders": 4, "n_reference": 32,
                                      "keep_reading": 1.5})
     edits = result.edit_set.edits
-    assert [e.layer for e in edits] == sites.split(",")
+    assert [e.layer for e in edits] == sites.split("+")
     assert all(e.meta["reading"]["keep_reading"] == 1.5 and e.meta["reading"]["n_signs"] > 0 for e in edits)
     assert result.edit_set.meta["config"]["hparams"]["keep_reading"] == 1.5
     from clipedit.core import load_edits
