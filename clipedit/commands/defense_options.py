@@ -8,7 +8,7 @@ from typing import Any, Optional
 import click
 
 from clipedit.commands.options import GreedyOption, class_list, option_group, read_json_file, split_list
-from clipedit.commands.params import LAYERS, count, finite
+from clipedit.commands.params import IMAGE_FILE, JSON_FILE, LAYERS, TEXT_FILE, count, finite
 from clipedit.core.hparams import SOLVERS
 from clipedit.data.benchmarks import LAYOUTS
 from clipedit.data.images import load_image, load_mask, load_photos
@@ -93,12 +93,12 @@ def _rank(rank: Optional[str]) -> Optional[int]:
 
 settings_options = option_group(
     "settings", SettingsOptions,
-    click.option("--vocab", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--vocab", type=TEXT_FILE, default=None,
                  help="Word list (one or more per line) for --text '*' [default: open_clip's tokenizer words, "
                       "the class names and random letter strings]."),
     click.option("--method", type=click.Choice(list(METHODS)), default="edit", show_default=True,
                  help="The rewrite, a fine-tuning baseline or a peer defense, on the same exemplars."),
-    click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--hparams", "hparams_file", type=JSON_FILE, default=None,
                  metavar="FILE.json", help="The method's settings (its hparams class's fields) as a JSON object; "
                                            "the options below override them."),
     click.option("--layer", type=LAYERS, default=None,
@@ -121,7 +121,7 @@ settings_options = option_group(
                  help="Rendered exemplars per word [default: per architecture, defaults.json]."),
     click.option("--mask-kind", type=click.Choice(["text", "label"]), default=None,
                  help="Edit the glyphs' locations or the whole label's."),
-    click.option("--photos", cls=GreedyOption, type=click.Path(dir_okay=False, path_type=Path),
+    click.option("--photos", cls=GreedyOption, type=IMAGE_FILE,
                  help="Photos to render exemplars on instead of the model's world "
                       "(default: the model's world, e.g. mini's; else scikit-image samples)."),
     click.option("--reference", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -164,11 +164,11 @@ class PhotoExemplar:
 
 photo_options = option_group(
     "photo", PhotoExemplar,
-    click.option("--exemplar", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--exemplar", type=IMAGE_FILE, default=None,
                  help="A real attacked photo (with --blank and --mask) instead of rendered exemplars."),
-    click.option("--blank", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--blank", type=IMAGE_FILE, default=None,
                  help="The same photo with a blank note."),
-    click.option("--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--mask", "mask_path", type=IMAGE_FILE, default=None,
                  help="Mask image of the text (white = text)."),
 )
 

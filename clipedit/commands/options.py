@@ -10,7 +10,7 @@ from typing import Optional
 
 import click
 
-from clipedit.commands.params import DEVICE
+from clipedit.commands.params import DEVICE, EDIT_FILE
 from clipedit.errors import ClipeditError
 
 
@@ -54,7 +54,7 @@ def model_options(default: Optional[str] = None, edits: bool = False) -> Callabl
 
         if edits:
             wrapper = click.option("--edit", "edit_files", multiple=True, metavar="FILE",
-                                   type=click.Path(dir_okay=False, path_type=Path),
+                                   type=EDIT_FILE,
                                    help="An edit file to apply on load (repeatable, in order; weight and hook "
                                         "edits alike).")(wrapper)
         return wrapper
@@ -132,13 +132,9 @@ def split_list(text: Optional[str]) -> Optional[list[str]]:
 
 def read_lines(path: str | os.PathLike, what: str) -> list[str]:
     """Non-empty, non-comment (``#``) lines of a text file; ``what`` names it in errors."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ClipeditError(f"{what} file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ClipeditError(f"cannot read {what} file {path}: {e}") from None
+    from clipedit.inputs import read_input_text
+
+    text = read_input_text(path, f"{what} file")
     return [s.strip() for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")]
 
 
@@ -231,14 +227,10 @@ def option_group(name: str, cls: type, *options: Callable) -> Callable:
 
 
 def read_json_file(path: Optional[Path], what: str):
-    """The parsed JSON of ``path`` (None stays None); a missing or malformed file is one line."""
-    import json
+    """The parsed JSON of ``path`` (None stays None); a missing, special, huge, too deeply nested or
+    malformed file is one line."""
+    from clipedit.inputs import read_input_json
 
     if path is None:
         return None
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClipeditError(f"{what} file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ClipeditError(f"cannot read {what} file {path}: {str(e).splitlines()[0]}") from None
+    return read_input_json(path, f"{what} file")
