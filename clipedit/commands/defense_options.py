@@ -12,6 +12,7 @@ from clipedit.commands.params import IMAGE_FILE, JSON_FILE, LAYERS, TEXT_FILE, c
 from clipedit.core.hparams import SOLVERS
 from clipedit.data.benchmarks import LAYOUTS
 from clipedit.data.images import load_image, load_mask, load_photos
+from clipedit.defenses.config import MAX_RENDERS
 from clipedit.defenses.edit_requests import request_from_images
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
@@ -117,7 +118,7 @@ settings_options = option_group(
     click.option("--steps", type=click.IntRange(min=1), default=None,
                  help="Steps of the optimize solver / fine-tuning baselines."),
     click.option("--lr", type=finite(min=0, min_open=True), default=None, help="Their learning rate."),
-    click.option("--renders", type=count(max=100_000), default=None,
+    click.option("--renders", type=count(max=MAX_RENDERS), default=None,
                  help="Rendered exemplars per word [default: per architecture, defaults.json]."),
     click.option("--mask-kind", type=click.Choice(["text", "label"]), default=None,
                  help="Edit the glyphs' locations or the whole label's."),

@@ -75,8 +75,10 @@ def out_file_option(default: Optional[str] = None, help: str = "Output file.") -
 
 
 def seed_option(default: int = 0) -> Callable:
-    """Decorator: ``--seed S`` (non-negative int)."""
-    return click.option("--seed", type=click.IntRange(min=0), default=default, show_default=True,
+    """Decorator: ``--seed S`` (a whole number in ``[0, 2**32 - 1]``, what NumPy's generators take)."""
+    from clipedit.core.hparams import MAX_SEED
+
+    return click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=default, show_default=True,
                         help="Random seed.")
 
 

@@ -49,7 +49,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from clipedit.core.hparams import HParams
+from clipedit.core.hparams import COUNT, NONNEGATIVE, POSITIVE, SEED, HParams
 from clipedit.core.prompt_edits import (
     ClassPrefix,
     placeholder_token_id,
@@ -90,6 +90,9 @@ class DefensePrefixHParams(HParams):
     n_train: int = 1000
     n_val: int = 500
     seed: int = 0
+
+    BOUNDS = {"lrs": POSITIVE, "steps": COUNT, "batch_size": COUNT, "gamma": NONNEGATIVE, "seta": NONNEGATIVE,
+              "eta_min": NONNEGATIVE, "init_std": NONNEGATIVE, "n_train": COUNT, "n_val": COUNT, "seed": SEED}
 
 
 @dataclass

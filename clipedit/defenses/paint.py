@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from clipedit.core.hparams import HParams
+from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, SEED, HParams
 from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
 from clipedit.data.images import to_batches
 from clipedit.defenses.selection import scene_tolerance
@@ -101,11 +101,14 @@ class PaintHParams(HParams):
     supported: Optional[str] = None
     supported_classes: Optional[tuple[str, ...]] = None
 
+    BOUNDS = {"alphas": FRACTION, "n_train": COUNT, "epochs": COUNT, "batch_size": COUNT, "lr": POSITIVE,
+              "wd": NONNEGATIVE, "warmup": FRACTION, "clip": POSITIVE, "n_val": COUNT,
+              "n_signs": COUNT0, "seed": SEED}
+
     def __post_init__(self) -> None:
-        if self.supported is not None:
+        if isinstance(self.supported, os.PathLike):
             self.supported = str(self.supported)
-        if self.supported_classes is not None:
-            self.supported_classes = tuple(self.supported_classes)
+        super().__post_init__()
 
 
 @dataclass

@@ -7,11 +7,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from clipedit.core import RewriteHParams
+from clipedit.core import RewriteHParams, resolve_site
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for, no_default_layer
 from clipedit.defenses.methods import method_spec
-from clipedit.errors import ClipeditError
+from clipedit.errors import ClipeditError, SettingsError
 from clipedit.models.bundle import ModelBundle
 
 #: Flat override keys that set a field of the rewrite's :class:`RewriteHParams`.
@@ -34,8 +34,13 @@ def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, 
     none given: the model's default sites for a closed-form edit (several for some models, e.g.
     mini-vit), else its single default layer.
     """
+    if overrides is not None and not isinstance(overrides, (DefenseConfig, Mapping)):
+        raise SettingsError(f"resolve_config: overrides must be a DefenseConfig or a dict, got "
+                            f"{type(overrides).__name__}")
     config, given = (overrides, {}) if isinstance(overrides, DefenseConfig) else _from_mapping(overrides or {})
     spec = method_spec(config.method)
+    if spec.config_field == "hparams" and isinstance(config.method_hparams, Mapping):
+        config, given = _rewrite_settings(config, given)  # the rewrite's settings as a dict: as the flags are
     d = defaults_for(bundle, any_word=any_word)
     if config.hparams is not None:
         hp = dataclasses.replace(config.hparams, **given)
@@ -43,7 +48,12 @@ def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, 
         closed_form = given.get("solver", "closed-form") == "closed-form"
         hp = RewriteHParams(**{"rank": d.rank, "cov_reg": d.cov_reg,
                                "keep_targets": d.keep_targets if closed_form else 0.0, **given})
+    if config.sites and hp.layer and tuple(config.sites) != (hp.layer,):
+        raise SettingsError(f"the rewrite's layer {hp.layer!r} and the sites {', '.join(config.sites)} disagree: "
+                            "give the layer(s) once (sites, or hparams.layer)")
     sites = tuple(config.sites) if config.sites else (hp.layer,) if hp.layer else None
+    for site in sites or ():  # a named layer that is not in the model: one line now, before any work
+        resolve_site(bundle.model, site)
     if sites is None:
         default_sites = d.sites if config.method == "edit" and hp.solver == "closed-form" else None
         if default_sites is None and d.layer is None:
@@ -73,16 +83,32 @@ def _from_mapping(values: Mapping[str, Any]) -> tuple[DefenseConfig, dict[str, A
     if unknown:
         raise ClipeditError(f"unknown defense setting(s): {', '.join(unknown)}")
     layer = values.pop("layer", None)
-    if isinstance(layer, str):
-        layer = [s.strip() for s in layer.split(",")]
     if layer is not None:
-        if not layer or any(not s for s in layer):
-            raise ClipeditError(f"--layer takes dotted layer names, comma-separated; got {','.join(layer)!r}")
-        values.setdefault("sites", tuple(layer))
+        values.setdefault("sites", _layers(layer))
     given = {k: values.pop(k) for k in REWRITE_KEYS if k in values}
     if isinstance(values.get("hparams"), Mapping):  # the method's settings as a dict (the rewrite's: under the flags)
-        if values.get("method", "edit") == "edit":
-            given = {**values.pop("hparams"), **given}
-        else:
-            values["method_hparams"] = values.pop("hparams")
+        values["method_hparams"] = values.pop("hparams")
     return DefenseConfig(**values), given
+
+
+def _layers(layer: Any) -> tuple[str, ...]:
+    """``"a,b"`` or a list of names -> the sites, in order; anything else is one line."""
+    if isinstance(layer, str):
+        layer = [s.strip() for s in layer.split(",")]
+    if not isinstance(layer, (list, tuple)) or not layer or any(not isinstance(s, str) or not s for s in layer):
+        shown = ",".join(map(str, layer)) if isinstance(layer, (list, tuple)) else repr(layer)
+        raise SettingsError(f"--layer takes dotted layer names, comma-separated; got {shown!r}")
+    return tuple(layer)
+
+
+def _rewrite_settings(config: DefenseConfig, given: dict[str, Any]) -> tuple[DefenseConfig, dict[str, Any]]:
+    """The rewrite's settings given as a dict (``--hparams`` of ``defend`` and ``compare``): its fields are
+    overrides like the flags (which win), its ``layer`` the sites unless they are given."""
+    values = dict(config.method_hparams)
+    known = [f.name for f in dataclasses.fields(RewriteHParams)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise SettingsError(f"unknown setting(s) of RewriteHParams: {', '.join(unknown)} (known: {', '.join(known)})")
+    layer = values.pop("layer", None)
+    sites = config.sites or (_layers(layer) if layer is not None else None)
+    return dataclasses.replace(config, method_hparams=None, sites=sites), {**values, **given}
