@@ -125,6 +125,10 @@ def _check(value: Any, hint: Any, bound: Optional[Bound]) -> Any:
         except _Wrong:
             raise _Wrong(wanted) from None
         return items if items != tuple(value) or not isinstance(value, tuple) else value
+    if origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return value
+        raise _Wrong("an object (a dict)")
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -157,7 +161,7 @@ def _check(value: Any, hint: Any, bound: Optional[Bound]) -> Any:
 
 
 def _with(bound: Optional[Bound], what: str) -> str:
-    return f"{what} {bound}" if bound is not None and str(bound) else what
+    return f"{bound} ({what})" if bound is not None and str(bound) else what
 
 
 def _name(hint: Any) -> str:

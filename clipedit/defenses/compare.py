@@ -24,15 +24,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
 
+from clipedit.core.hparams import COUNT, COUNT0, SEED, Bound, check_fields
 from clipedit.data.splits import FOLDER, DataSplit, split_data
 from clipedit.defenses.defense_prefix import check_text_tower, defense_prefix
 from clipedit.defenses.dyslexify import class_token_sites, dyslexify
 from clipedit.defenses.paint import paint, supported_task, validation_sets
+from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import HeldoutData, heldout_data
 from clipedit.defenses.typo_train import typographic_training_set
 from clipedit.defenses.typographic import DefenseConfig, defend
@@ -43,7 +45,7 @@ from clipedit.defenses.user_data import (
     scoring_sets,
     with_validation_world,
 )
-from clipedit.errors import ClipeditError
+from clipedit.errors import ClipeditError, SettingsError
 from clipedit.eval.heldout import SCENE_OFFSET
 from clipedit.eval.intervals import cell
 from clipedit.eval.metrics import evaluate_attacks, evaluate_images
@@ -103,6 +105,13 @@ class CompareSettings:
     supported: Optional[str] = None
     supported_classes: Optional[tuple[str, ...]] = None
 
+    #: The schema's ranges (types: the annotations), checked on construction (CLI and Python alike).
+    BOUNDS: ClassVar[dict[str, Bound]] = {"seeds": SEED, "n_test": COUNT, "n_signs": COUNT0, "n_train": COUNT,
+                                          "n_val": COUNT, "split_seed": SEED}
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.BOUNDS, SettingsError)
+
 
 def not_applicable(bundle: ModelBundle, method: str) -> Optional[str]:
     """Why ``method`` does not apply to the model (None when it does)."""
@@ -146,20 +155,30 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
     stray = sorted(set(settings.hparams) - set(COMPARE_METHODS))
     if stray:
         raise ClipeditError(f"--hparams names unknown method {stray[0]!r} (choose from {', '.join(COMPARE_METHODS)})")
-    for m, given in settings.hparams.items():
-        method_hparams(m, given, {})  # unknown fields: one line, before any work
+    for m, given in settings.hparams.items():  # wrong fields or values: one line, before any work
+        if m in WORD_AGNOSTIC:
+            method_hparams(m, given, {})
+        else:  # what defend receives, checked as defend checks it (a layer not in the model included)
+            if not isinstance(given, dict):
+                raise ClipeditError(f"--hparams: the settings of {m} must be a JSON object")
+            resolve_config(bundle, DefenseConfig(method=m, method_hparams=given or None))
     if settings.methods is None:
-        return tuple(m for m in COMPARE_METHODS if not_applicable(bundle, m) is None)
-    unknown = [m for m in settings.methods if m not in COMPARE_METHODS]
-    if unknown:
-        raise ClipeditError(f"unknown method {unknown[0]!r} (choose from {', '.join(COMPARE_METHODS)})")
-    for m in settings.methods:
-        why = not_applicable(bundle, m)
-        if why:
-            raise ClipeditError(f"{m} does not apply to {bundle.name}: {why}")
-    if not settings.methods:
-        raise ClipeditError("--methods is empty")
-    return tuple(settings.methods)
+        chosen = tuple(m for m in COMPARE_METHODS if not_applicable(bundle, m) is None)
+    else:
+        unknown = [m for m in settings.methods if m not in COMPARE_METHODS]
+        if unknown:
+            raise ClipeditError(f"unknown method {unknown[0]!r} (choose from {', '.join(COMPARE_METHODS)})")
+        for m in settings.methods:
+            why = not_applicable(bundle, m)
+            if why:
+                raise ClipeditError(f"{m} does not apply to {bundle.name}: {why}")
+        if not settings.methods:
+            raise ClipeditError("--methods is empty")
+        chosen = tuple(settings.methods)
+    if settings.supported is not None and "paint" not in chosen:
+        raise ClipeditError("--supported is PAINT's supported task, and paint is not among the methods run "
+                            f"({', '.join(chosen)}): add paint to --methods or leave --supported out")
+    return chosen
 
 
 def images_key(images: Sequence, labels: Sequence[int]) -> str:
