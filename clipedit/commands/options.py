@@ -50,6 +50,9 @@ def model_options(default: Optional[str] = None, edits: bool = False) -> Callabl
         @click.option("--device", type=DEVICE, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
         @functools.wraps(f)
         def wrapper(*args, model_spec: str, checkpoint: Optional[Path], device: str, edit_files=(), **kwargs):
+            if model_spec is None or not str(model_spec).strip():  # click 8.5 lets a required option through
+                raise ClipeditError("--model is required: name the model to load (e.g. --model mini, "
+                                    "--model ViT-B-32:openai; `clipedit models` lists them)")
             return f(*args, model=ModelOptions(model_spec, checkpoint, device, tuple(edit_files)), **kwargs)
 
         if edits:
@@ -97,9 +100,38 @@ def batch_size_option(default: int = 64) -> Callable:
                         help="Images per forward pass.")
 
 
+def check_name_lengths(path: str | os.PathLike) -> Path:
+    """Refuse (one line) an output path with a name longer than the file system takes (255 bytes on most)
+    or longer than a path may be, before anything is computed or written."""
+    path = Path(path)
+    if not str(path).strip():
+        raise ClipeditError("the output path is empty")
+    ancestor = path.absolute()
+    while ancestor != ancestor.parent and not _exists(ancestor):
+        ancestor = ancestor.parent
+    try:
+        name_max, path_max = os.pathconf(ancestor, "PC_NAME_MAX"), os.pathconf(ancestor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise ClipeditError(f"output name {part[:24]}… is {len(os.fsencode(part))} bytes long; names on this file "
+                                f"system are at most {name_max} bytes")
+    if len(os.fsencode(str(path.absolute()))) >= path_max:
+        raise ClipeditError(f"output path {str(path)[:24]}… is longer than the {path_max} bytes a path may be")
+    return path
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to look up
+        return False
+
+
 def check_out_dir(path: str | os.PathLike) -> Path:
     """Fail now (creating nothing) if directory ``path`` could not be created or written to later."""
-    path = Path(path)
+    path = check_name_lengths(path)
     if path.exists():
         if not path.is_dir():
             raise ClipeditError(f"output directory {path} is a file")
@@ -118,7 +150,7 @@ def check_out_dir(path: str | os.PathLike) -> Path:
 
 def check_out_file(path: str | os.PathLike) -> Path:
     """Fail now (creating nothing) if file ``path`` could not be written later."""
-    path = Path(path)
+    path = check_name_lengths(path)
     if path.is_dir():
         raise ClipeditError(f"output file {path} is a directory")
     check_out_dir(path.parent)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from clipedit.commands.options import seed_option
+from clipedit.commands.options import check_out_dir, seed_option
 from clipedit.commands.params import count
 from clipedit.errors import ClipeditError
 from clipedit.mini.training.train import CHECKPOINT_FILES, DEFAULT_OUT, MAX_POOL, TrainOptions, train
@@ -47,13 +47,13 @@ def train_cmd(ctx: click.Context, arch: str, out: Path, steps: int, batch_size: 
 
         if ctx.get_parameter_source("out") is click.core.ParameterSource.DEFAULT:
             out = Path("runs") / ARCHES[arch]["name"]
-        check_outputs({"--out": OutputSet(out, ("config.json", WEIGHTS_FILE))})
+        check_outputs({"--out": OutputSet(check_out_dir(out), ("config.json", WEIGHTS_FILE))})
         given = {k: v for k, v in dict(arch=arch, steps=steps, batch_size=batch_size, seed=seed,
                                        threads=threads, pool_size=pool_size, precision=precision).items()
                  if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
         click.echo(f"held-out figures: {distill(DistillOptions(out=out, **given))['heldout']}")
         return
-    check_outputs({"--out": OutputSet(out, CHECKPOINT_FILES)})
+    check_outputs({"--out": OutputSet(check_out_dir(out), CHECKPOINT_FILES)})
     config = train(TrainOptions(out=out, steps=steps, batch_size=batch_size, seed=seed, threads=threads,
                                 pool_size=pool_size, precision=precision,
                                 warmstart_steps=warmstart_steps))
