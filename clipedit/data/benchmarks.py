@@ -55,6 +55,7 @@ from clipedit.data.folders import image_paths
 from clipedit.data.images import LazyImages, load_image
 from clipedit.errors import ClipeditError
 from clipedit.inputs import read_input_json
+from clipedit.io import require_file
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +384,8 @@ def write_manifest(path: str | os.PathLike, records: Sequence[BenchmarkImage]) -
 
 def _read_csv(path: Path, required: Sequence[str]) -> Iterator[dict[str, str]]:
     """Rows of a CSV file with a header, one at a time (a million-row file is never held whole);
-    raises naming the required columns it lacks."""
+    raises naming the required columns it lacks (a FIFO or a device is refused before it is opened)."""
+    require_file(path, "CSV file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)

@@ -48,8 +48,8 @@ def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, 
         closed_form = given.get("solver", "closed-form") == "closed-form"
         hp = RewriteHParams(**{"rank": d.rank, "cov_reg": d.cov_reg,
                                "keep_targets": d.keep_targets if closed_form else 0.0, **given})
-    if config.sites and hp.layer and tuple(config.sites) != (hp.layer,):
-        raise SettingsError(f"the rewrite's layer {hp.layer!r} and the sites {', '.join(config.sites)} disagree: "
+    if config.sites and hp.layer and hp.layer not in config.sites:  # never dropped without a word
+        raise SettingsError(f"the rewrite's layer {hp.layer!r} is not among the sites {', '.join(config.sites)}: "
                             "give the layer(s) once (sites, or hparams.layer)")
     sites = tuple(config.sites) if config.sites else (hp.layer,) if hp.layer else None
     for site in sites or ():  # a named layer that is not in the model: one line now, before any work
@@ -86,8 +86,8 @@ def _from_mapping(values: Mapping[str, Any]) -> tuple[DefenseConfig, dict[str, A
     if layer is not None:
         values.setdefault("sites", _layers(layer))
     given = {k: values.pop(k) for k in REWRITE_KEYS if k in values}
-    if isinstance(values.get("hparams"), Mapping):  # the method's settings as a dict (the rewrite's: under the flags)
-        values["method_hparams"] = values.pop("hparams")
+    if "hparams" in values and not isinstance(values["hparams"], RewriteHParams):
+        values["method_hparams"] = values.pop("hparams")  # the method's settings as a dict (or wrong: said there)
     return DefenseConfig(**values), given
 
 

@@ -26,6 +26,7 @@ import torch
 
 from clipedit.core.edit_sets import apply_edit_set, load_edits
 from clipedit.errors import ClipeditError, ModelLoadError, check_argument
+from clipedit.io import require_file
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import SOURCE_DTYPES, load_weights_into
 
@@ -162,6 +163,8 @@ def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
     dev = resolve_device(device)
     if checkpoint is not None and not Path(checkpoint).exists():
         raise ModelLoadError(f"checkpoint not found: {checkpoint}")
+    if checkpoint is not None and not Path(checkpoint).is_dir():  # a FIFO or a device would block or never end
+        require_file(checkpoint, "checkpoint", ModelLoadError)
     if checkpoint is not None and Path(checkpoint).is_dir() and name not in FOLDER_CHECKPOINTS:
         raise ModelLoadError(f"checkpoint {checkpoint} is a folder; a weights file is needed (a save_pretrained "
                              "folder goes with --model hf)")
