@@ -128,7 +128,7 @@ def test_paint_picks_an_alpha_on_validation_and_leaves_the_model_there(tiny_rn):
     assert result.alpha in (0.0, 1.0)
     assert all({"patch_acc", "supported_acc", "clean_acc", "reading_acc"} <= set(r) for r in result.rows)
     assert result.rows[0]["n"] == 6 and result.rows[0]["n_signs"] == 6
-    with pytest.raises(EditError, match="alphas must lie in"):
+    with pytest.raises(ClipeditError, match="alphas must"):  # refused by PaintHParams's schema, before training
         paint(bundle, PaintHParams(alphas=(1.5,)))
 
 
