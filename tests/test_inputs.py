@@ -75,6 +75,12 @@ def test_defend_refuses_hparams_that_train_nothing_or_are_mistyped(tmp_path, cap
     assert not out.exists()
 
 
+def test_a_flags_default_does_not_hide_the_hparams_file(tmp_path, capsys):
+    line = run_error(capsys, "defend", "--model", "tiny-vit", "--no-eval", "--renders", "2", "--out", tmp_path / "o",
+                     "--hparams", write_json(tmp_path / "h.json", {"solver": "evil"}))
+    assert "solver must be one of 'closed-form', 'optimize'" in line
+
+
 def test_non_finite_numbers_in_hparams_json_are_refused(tmp_path, capsys):
     path = tmp_path / "h.json"
     for text in ('{"lr": NaN}', '{"eps": Infinity}'):
@@ -314,7 +320,14 @@ def test_a_huge_texture_scale_is_refused(photos):
 def test_an_output_name_over_255_bytes_is_one_line(tmp_path, capsys, image_folder, photo_files, command):
     long = str(tmp_path / ("a" * 300))
     argv = [a.format(long=long, data=image_folder, photo=photo_files["cat"]) for a in command]
-    assert "names on this file system are at most" in run_error(capsys, *argv)
+    assert "names on this file system are at most 255 bytes" in run_error(capsys, *argv)
+
+
+def test_an_output_name_leaves_room_for_its_temporary(tmp_path, capsys):
+    line = run_error(capsys, "defend", "--model", "tiny-vit", "--no-eval", "--renders", "2",
+                     "--out", tmp_path / ("b" * 250))
+    assert "an output's at most" in line
+    assert not list(tmp_path.iterdir())
 
 
 # -- messages ---------------------------------------------------------------------------------------------
@@ -322,6 +335,11 @@ def test_an_output_name_over_255_bytes_is_one_line(tmp_path, capsys, image_folde
 def test_a_missing_model_is_named(capsys, image_folder, command):
     line = run_error(capsys, *[a.format(data=image_folder) for a in command])
     assert "--model is required" in line and "NoneType" not in line
+
+
+def test_a_fifo_as_reference_folder_is_not_called_missing(capsys, fifo):
+    line = run_error(capsys, "stats", "--model", "tiny-vit", "--reference", fifo)
+    assert "is not a folder" in line and "not found" not in line
 
 
 def test_a_missing_input_file_is_not_found_and_a_fifo_is_a_fifo(tmp_path, capsys, fifo):

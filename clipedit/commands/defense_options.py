@@ -28,7 +28,7 @@ class SettingsOptions:
     method: str = "edit"
     layer: Optional[str] = None
     rank: Optional[str] = None
-    solver: str = "closed-form"
+    solver: Optional[str] = None
     cov_reg: Optional[float] = None
     keep_targets: Optional[float] = None
     steps: Optional[int] = None
@@ -109,7 +109,8 @@ settings_options = option_group(
     click.option("--rank", default=None, metavar="INTEGER|auto",
                  help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json]; 'auto': "
                       "the sweep's pick on the validation split."),
-    click.option("--solver", type=click.Choice(SOLVERS), default="closed-form", show_default=True),
+    click.option("--solver", type=click.Choice(SOLVERS), default=None,
+                 help="How the rewrite is solved [default: closed-form, or --hparams' solver]."),
     click.option("--cov-reg", type=finite(min=0, min_open=True), default=None,
                  help="Ridge added to the key statistics, times their mean variance [default: per architecture]."),
     click.option("--keep-blank", "keep_targets", type=finite(min=0), default=None,

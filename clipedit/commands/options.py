@@ -100,6 +100,10 @@ def batch_size_option(default: int = 64) -> Callable:
                         help="Images per forward pass.")
 
 
+#: Bytes a temporary's name adds to its output's (``.NAME.<pid>-<start>.<random>.tmp.png``).
+TEMPORARY_ROOM = 48
+
+
 def check_name_lengths(path: str | os.PathLike) -> Path:
     """Refuse (one line) an output path with a name longer than the file system takes (255 bytes on most)
     or longer than a path may be, before anything is computed or written."""
@@ -113,10 +117,13 @@ def check_name_lengths(path: str | os.PathLike) -> Path:
         name_max, path_max = os.pathconf(ancestor, "PC_NAME_MAX"), os.pathconf(ancestor, "PC_PATH_MAX")
     except (OSError, ValueError):
         name_max, path_max = 255, 4096
-    for part in path.parts:
-        if len(os.fsencode(part)) > name_max:
+    for i, part in enumerate(path.parts):
+        # the last name also gets a temporary beside it while written: .NAME.<pid>-<start>.<random>.tmp…
+        limit = name_max - (TEMPORARY_ROOM if i == len(path.parts) - 1 else 0)
+        if len(os.fsencode(part)) > limit:
             raise ClipeditError(f"output name {part[:24]}… is {len(os.fsencode(part))} bytes long; names on this file "
-                                f"system are at most {name_max} bytes")
+                                f"system are at most {name_max} bytes, and an output's at most {limit} (its "
+                                "temporary adds to it while it is written)")
     if len(os.fsencode(str(path.absolute()))) >= path_max:
         raise ClipeditError(f"output path {str(path)[:24]}… is longer than the {path_max} bytes a path may be")
     return path

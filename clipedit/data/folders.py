@@ -49,7 +49,8 @@ def image_paths(folder: str | os.PathLike, what: str = "folder", required: bool 
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ClipeditError(f"{what} not found: {folder}")
+        raise ClipeditError(f"{what} {folder} is not a folder" if os.path.lexists(folder) else
+                            f"{what} not found: {folder}")
     paths = sorted(p for p in folder.rglob("*") if is_image_file(p))
     if required and not paths:
         raise ClipeditError(f"no images in {what} {folder}")
