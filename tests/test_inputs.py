@@ -148,6 +148,14 @@ def test_resolve_config_and_defend_refuse_invalid_values(tiny_vit, overrides, me
             call()
 
 
+def test_nested_settings_take_a_dict_checked_by_their_own_schema(tiny_vit):
+    from clipedit.defenses.resolve import resolve_config
+
+    assert resolve_config(tiny_vit, {"method": "finetune-local", "finetune": {"steps": 3}}).method_hparams.steps == 3
+    with pytest.raises(SettingsError, match="FinetuneHParams: steps must be >= 1"):
+        resolve_config(tiny_vit, {"method": "finetune-local", "finetune": {"steps": 0}})
+
+
 def test_a_rewrite_layer_and_other_sites_are_refused_not_dropped(tiny_vit):
     from clipedit.defenses.config import DefenseConfig
     from clipedit.defenses.resolve import resolve_config

@@ -156,6 +156,8 @@ def _check(value: Any, hint: Any, bound: Optional[Bound]) -> Any:
     if isinstance(hint, type):
         if isinstance(value, hint):
             return value
+        if issubclass(hint, HParams) and isinstance(value, dict):  # nested settings given as a dict
+            return hint.from_dict(value)
         raise _Wrong(f"a {hint.__name__}")
     return value  # a form the schema does not describe (a Sequence of images …): its users check it
 
