@@ -77,4 +77,4 @@ def check_glyphs(text: str, path: str) -> None:
     if missing:
         shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in missing[:3])
         raise AttackError(f"font {os.path.basename(path)} has no glyph for {shown}; "
-                          "pick a font that covers the text (--font)")
+                          "pick a font that covers the text (attack and audit take one with --font)")

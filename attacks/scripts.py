@@ -109,4 +109,5 @@ def script_font(script: str) -> str:
         logger.info("no catalogue font writes %s: using DejaVu Sans", script)
         return default_font_path()
     raise AttackError(f"no installed font writes {script}: apt-get install -y "
-                      f"{'fonts-noto-cjk' if script == 'cjk' else 'fonts-noto-core'} (or give --font)")
+                      f"{'fonts-noto-cjk' if script == 'cjk' else 'fonts-noto-core'} (attack and audit also take a "
+                      "font file with --font)")

@@ -27,6 +27,11 @@ class EditError(ClipeditError):
     """An edit that cannot be computed, saved or applied."""
 
 
+class SettingsError(ClipeditError, ValueError):
+    """A setting of a settings class (a method's hyperparameters, a defense's configuration) that is of
+    the wrong type or out of its declared range."""
+
+
 class ArgumentError(ClipeditError, TypeError):
     """A public function called with an argument of the wrong type or an empty value."""
 

@@ -298,20 +298,25 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: Optional[str] = No
     return removed
 
 
-def require_file(path: str | os.PathLike, what: str, error: type[ClipeditError] = ClipeditError) -> Path:
-    """``path`` if it names a regular file (through symlinks); else ``error`` saying it is missing, a
-    folder, or a device / FIFO (``/dev/zero`` is no edit file, and reading one never ends)."""
+def require_file(path: str | os.PathLike, what: str, error: type[ClipeditError] = ClipeditError,
+                 max_bytes: Optional[int] = None) -> Path:
+    """``path`` if it names a regular file (through symlinks) of at most ``max_bytes``; else ``error``
+    saying it is missing, a folder, a device / FIFO (``/dev/zero`` is no input file: reading one never
+    ends, opening a FIFO waits for a writer) or too large. Every file a user names goes through here
+    (:mod:`clipedit.inputs` reads them; the CLI's file options check them as they are parsed)."""
     path = Path(path)
     try:
-        mode = os.stat(path).st_mode
+        info = os.stat(path)
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
-    except OSError as e:
-        raise error(f"cannot read {what} {path}: {e.strerror}") from None
-    if stat.S_ISDIR(mode):
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        raise error(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e}") from None
+    if stat.S_ISDIR(info.st_mode):
         raise error(f"{what} {path} is a directory")
-    if not stat.S_ISREG(mode):
-        raise error(f"{what} {path} is {_kind(mode)}, not a regular file")
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} {path} is {_kind(info.st_mode)}, not a regular file")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise error(f"{what} {path} is {info.st_size:,} bytes, more than the {max_bytes:,} such a file may have")
     return path
 
 

@@ -58,7 +58,7 @@ def test_attack_bad_inputs(capsys, tmp_path, photo_files, corrupt_jpg):
     assert "broken.jpg" in run_error(capsys, "attack", cat, corrupt_jpg, "--text", "x", "--out", out)
     assert "does not fit" in run_error(capsys, "attack", cat, "--text", "iPod", "--font-size", "400",
                                        "--out", out)
-    assert "cannot read font" in run_error(capsys, "attack", cat, "--text", "x", "--font", tmp_path / "no.ttf",
+    assert "--font file not found" in run_error(capsys, "attack", cat, "--text", "x", "--font", tmp_path / "no.ttf",
                                            "--out", out)
     (tmp_path / "other").mkdir()
     twin = tmp_path / "other" / cat.name

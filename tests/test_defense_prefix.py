@@ -164,7 +164,7 @@ def test_bad_hparams_are_one_line(tmp_path, capsys):
     hp.write_text(json.dumps({"lrs": [-1.0], "steps": 2, "n_train": 8, "n_val": 8}))
     line = run_error(capsys, "defend", "--model", "mini", "--text", "ipod", "--method", "defense-prefix",
                      "--hparams", str(hp), "--no-eval", "--out", str(tmp_path / "run"))
-    assert "learning rates must be finite and > 0" in line
+    assert "lrs must be a non-empty list of finite numbers, each > 0" in line
     assert not (tmp_path / "run").exists()
 
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Layers, lowest first: a module may import from its own layer and the ones before it, never after.
 LAYERS = [
     ("clipedit.attacks",),  # the attack generator (attacks/ in the repository), below everything
-    ("clipedit.errors", "clipedit.io", "clipedit.outputs"),
+    ("clipedit.errors", "clipedit.io", "clipedit.inputs", "clipedit.outputs"),
     ("clipedit.core",),
     ("clipedit.data",),
     ("clipedit.mini", "clipedit.mini.world", "clipedit.mini.shapes"),

@@ -141,9 +141,9 @@ def test_paint_picks_lr_checkpoint_and_alpha_on_validation_and_leaves_the_model_
     assert budget["images_seen"] == 16 and budget["optimizer_steps"] == 4 and budget["settings_tried"] == 12
     changed = any(not torch.equal(tower.state_dict()[k], theta0[k]) for k in theta0)
     assert changed == (result.alpha > 0)  # the tower stays at θ₀ exactly when α = 0 was chosen
-    with pytest.raises(EditError, match="alphas must lie in"):
+    with pytest.raises(ClipeditError, match="alphas must"):  # refused by PaintHParams's schema, before training
         paint(bundle, PaintHParams(alphas=(1.5,)))
-    with pytest.raises(EditError, match="learning rates"):
+    with pytest.raises(ClipeditError, match="lrs must"):
         paint(bundle, PaintHParams(lrs=(0.0,)))
 
 

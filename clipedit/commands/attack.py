@@ -14,7 +14,7 @@ from PIL import Image
 from clipedit.attacks import Attack, LabelStyle, render_attack
 from clipedit.attacks.scripts import writing
 from clipedit.commands.options import check_out_dir, out_dir_option, script_option, seed_option
-from clipedit.commands.params import TEXT, count, finite
+from clipedit.commands.params import FONT_FILE, TEXT, count, finite
 from clipedit.data.images import load_image
 from clipedit.errors import ClipeditError
 from clipedit.io import atomic_output_set, save_image
@@ -82,7 +82,7 @@ def save_attack(out: Path, stem: str, attack: Attack) -> list[Path]:
 @out_dir_option(help="Directory for <stem>_<word>[_<k>]_{attacked,blank,mask}.png.")
 @click.option("--kind", type=click.Choice(["note", "sticker", "text"]), default="note", show_default=True,
               help="A paper note, a sticker, or bare text.")
-@click.option("--font", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--font", type=FONT_FILE, default=None,
               help="TTF/OTF font file (default DejaVu Sans).")
 @click.option("--font-size", type=finite(min=0, min_open=True), default=0.12, show_default=True,
               help="Below 1: fraction of the image's shorter side; else pixels.")

@@ -25,7 +25,7 @@ from clipedit.commands.options import (
     split_list,
     template_list,
 )
-from clipedit.commands.params import TEXT, count
+from clipedit.commands.params import FONT_FILE, TEXT, TEXT_FILE, count
 from clipedit.core.distributed import init_from_environment, is_main_process
 from clipedit.data.benchmarks import LAYOUTS, data_path
 from clipedit.data.classnames import check_classnames
@@ -104,14 +104,14 @@ audit_input_options = option_group(
                  help="Class name of each photo (space- or comma-separated)."),
     click.option("--classes", default=None, metavar="a,b,c",
                  help="Class list (default: folder names, labels, or a dataset's classes and written words)."),
-    click.option("--classes-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--classes-file", type=TEXT_FILE, default=None,
                  help="Class list, one name per line."),
-    click.option("--templates-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--templates-file", type=TEXT_FILE, default=None,
                  help="Prompt templates with '{}', one per line (default: the model's)."),
     click.option("--words", type=TEXT, default=None, metavar="w1,w2",
                  help="Words to write (default: the other class names)."),
     script_option(),
-    click.option("--font", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--font", type=FONT_FILE, default=None,
                  help="TTF/OTF font file to write every word in (default: the held-out styles' fonts)."),
     click.option("--n", "--scenes", "n", type=count(), default=None,
                  help=f"World scenes (default {WORLD_SCENES}). Photos: random words each (default: every word)."),

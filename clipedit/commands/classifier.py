@@ -9,7 +9,7 @@ from typing import Optional
 import click
 
 from clipedit.commands.options import batch_size_option, check_out_dir, model_options, out_dir_option, seed_option
-from clipedit.commands.params import LAYERS, finite
+from clipedit.commands.params import IMAGE_FILE, LAYERS, finite
 from clipedit.core import save_edits
 from clipedit.core.hparams import SOLVERS
 from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
@@ -48,19 +48,19 @@ TASK = "concept_edit"
 
 @click.command("edit-classifier")
 @model_options(default="efficientnet-lite0")
-@click.option("--exemplar", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.option("--exemplar", type=IMAGE_FILE, required=True,
               help="The exemplar photo (e.g. a clear road).")
-@click.option("--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--mask", "mask_path", type=IMAGE_FILE, default=None,
               help="Mask image of the region to transform (white = region).")
 @click.option("--mask-band", default=None, metavar="TOP[:BOTTOM]",
               help="Or a horizontal band as fractions of the height, e.g. 0.6 (the lower 40%).")
 @click.option("--mask-polygon", default=None, metavar="'x,y x,y x,y'",
               help="Or a polygon with vertices as fractions of the width and height.")
-@click.option("--texture", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--texture", type=IMAGE_FILE, default=None,
               help="Image pasted (tiled) on the masked region, e.g. snow_texture.jpg.")
 @click.option("--texture-scale", type=finite(min=0, min_open=True), default=1.0, show_default=True,
               help="Resize the texture by this factor before tiling.")
-@click.option("--edited", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--edited", type=IMAGE_FILE, default=None,
               help="Or a real edited version of the exemplar (same size) instead of --texture.")
 @click.option("--direction", type=click.Choice(DIRECTIONS), default="to-original", show_default=True,
               help="to-original: the transformed region is treated like the original (snowy road = road).")

@@ -16,6 +16,7 @@ from clipedit.commands.options import (
     read_json_file,
     split_list,
 )
+from clipedit.commands.params import JSON_FILE
 from clipedit.core.distributed import init_from_environment, is_main_process, rank_and_world
 from clipedit.data.benchmarks import LAYOUTS, data_path
 from clipedit.data.splits import MIN_PER_SIDE, split_data
@@ -65,7 +66,7 @@ DEFAULTS = CompareSettings()
               help="Typographic training scenes (dyslexify, paint, defense-prefix).")
 @click.option("--n-val", type=int, default=DEFAULTS.n_val, show_default=True,
               help="Validation scenes per set for the methods' own tuning.")
-@click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--hparams", "hparams_file", type=JSON_FILE, default=None,
               metavar="FILE.json", help='Methods\' settings over their defaults: {"METHOD": {FIELD: VALUE, …}, …} '
                                         '(e.g. {"defense-prefix": {"steps": 500}}); recorded in compare.json.')
 @click.option("--data", default=None, metavar="DIR|KIND:PATH",

@@ -8,10 +8,11 @@ from typing import Any, Optional
 import click
 
 from clipedit.commands.options import GreedyOption, class_list, option_group, read_json_file
-from clipedit.commands.params import JOIN, LAYERS, count, finite
+from clipedit.commands.params import IMAGE_FILE, JOIN, JSON_FILE, LAYERS, TEXT_FILE, count, finite
 from clipedit.core.hparams import MAX_KEEP_TARGETS, SOLVERS
 from clipedit.data.benchmarks import LAYOUTS
 from clipedit.data.images import load_image, load_mask, load_photos
+from clipedit.defenses.config import MAX_RENDERS
 from clipedit.defenses.edit_requests import request_from_images
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
@@ -27,7 +28,7 @@ class SettingsOptions:
     method: str = "edit"
     layer: Optional[str] = None
     rank: Optional[str] = None
-    solver: str = "closed-form"
+    solver: Optional[str] = None
     cov_reg: Optional[float] = None
     keep_targets: Optional[float] = None
     keep_reading: Optional[float] = None
@@ -105,12 +106,12 @@ def keep_reading_option():
 
 settings_options = option_group(
     "settings", SettingsOptions,
-    click.option("--vocab", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--vocab", type=TEXT_FILE, default=None,
                  help="Word list (one or more per line) for --text '*' [default: open_clip's tokenizer words, "
                       "the class names and random letter strings]."),
     click.option("--method", type=click.Choice(list(METHODS)), default="edit", show_default=True,
                  help="The rewrite, a fine-tuning baseline or a peer defense, on the same exemplars."),
-    click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--hparams", "hparams_file", type=JSON_FILE, default=None,
                  metavar="FILE.json", help="The method's settings (its hparams class's fields) as a JSON object; "
                                            "the options below override them."),
     click.option("--layer", type=LAYERS, default=None,
@@ -120,7 +121,8 @@ settings_options = option_group(
     click.option("--rank", default=None, metavar="INTEGER|auto",
                  help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json]; 'auto': "
                       "the sweep's pick on the validation split."),
-    click.option("--solver", type=click.Choice(SOLVERS), default="closed-form", show_default=True),
+    click.option("--solver", type=click.Choice(SOLVERS), default=None,
+                 help="How the rewrite is solved [default: closed-form, or --hparams' solver]."),
     click.option("--cov-reg", type=finite(min=0, min_open=True), default=None,
                  help="Ridge added to the key statistics, times their mean variance [default: per architecture]."),
     click.option("--keep-blank", "keep_targets", type=finite(min=0), default=None,
@@ -130,11 +132,11 @@ settings_options = option_group(
     click.option("--steps", type=click.IntRange(min=1), default=None,
                  help="Steps of the optimize solver / fine-tuning baselines."),
     click.option("--lr", type=finite(min=0, min_open=True), default=None, help="Their learning rate."),
-    click.option("--renders", type=count(max=100_000), default=None,
+    click.option("--renders", type=count(max=MAX_RENDERS), default=None,
                  help="Rendered exemplars per word [default: per architecture, defaults.json]."),
     click.option("--mask-kind", type=click.Choice(["text", "label"]), default=None,
                  help="Edit the glyphs' locations or the whole label's."),
-    click.option("--photos", cls=GreedyOption, type=click.Path(dir_okay=False, path_type=Path),
+    click.option("--photos", cls=GreedyOption, type=IMAGE_FILE,
                  help="Photos to render exemplars on instead of the model's world "
                       "(default: the model's world, e.g. mini's; else scikit-image samples)."),
     click.option("--reference", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -177,11 +179,11 @@ class PhotoExemplar:
 
 photo_options = option_group(
     "photo", PhotoExemplar,
-    click.option("--exemplar", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--exemplar", type=IMAGE_FILE, default=None,
                  help="A real attacked photo (with --blank and --mask) instead of rendered exemplars."),
-    click.option("--blank", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--blank", type=IMAGE_FILE, default=None,
                  help="The same photo with a blank note."),
-    click.option("--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    click.option("--mask", "mask_path", type=IMAGE_FILE, default=None,
                  help="Mask image of the text (white = text)."),
 )
 

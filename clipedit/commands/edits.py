@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from clipedit.commands.options import check_out_file, model_options
+from clipedit.commands.params import EDIT_FILE
 from clipedit.core.edit_sets import apply_edit_set, load_edits, revert_edit_set
 from clipedit.errors import ClipeditError
 from clipedit.models.checkpoint import save_model_weights
@@ -22,7 +23,7 @@ def _target(out: Path, checkpoint, edits) -> Path:
 
 @click.command("apply")
 @model_options(default="mini")
-@click.argument("edits", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("edits", nargs=-1, required=True, type=EDIT_FILE)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the edited weights (.safetensors).")
 @click.option("--force", is_flag=True, help="Apply even if the layer's weights differ from the edit's original.")
@@ -53,7 +54,7 @@ def _weights_only(paths, loaded, why: str) -> None:
 
 @click.command("revert")
 @model_options(default="mini")
-@click.argument("edits", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("edits", nargs=-1, required=True, type=EDIT_FILE)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the restored weights (.safetensors).")
 def revert_cmd(model, edits, out) -> None:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import click
 
-from clipedit.commands.params import DEVICE
+from clipedit.commands.params import DEVICE, EDIT_FILE
 from clipedit.errors import ClipeditError
 from clipedit.io import check_replaceable
 
@@ -51,6 +51,9 @@ def model_options(default: Optional[str] = None, edits: bool = False) -> Callabl
         @click.option("--device", type=DEVICE, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
         @functools.wraps(f)
         def wrapper(*args, model_spec: str, checkpoint: Optional[Path], device: str, edit_files=(), **kwargs):
+            if model_spec is None or not str(model_spec).strip():  # click 8.5 lets a required option through
+                raise ClipeditError("--model is required: name the model to load (e.g. --model mini, "
+                                    "--model ViT-B-32:openai; `clipedit models` lists them)")
             # missing files are refused before anything loads (a model takes seconds to minutes)
             if checkpoint is not None and not checkpoint.exists():
                 raise ClipeditError(f"checkpoint not found: {checkpoint}")
@@ -61,7 +64,7 @@ def model_options(default: Optional[str] = None, edits: bool = False) -> Callabl
 
         if edits:
             wrapper = click.option("--edit", "edit_files", multiple=True, metavar="FILE",
-                                   type=click.Path(dir_okay=False, path_type=Path),
+                                   type=EDIT_FILE,
                                    help="An edit file to apply on load (repeatable, in order; weight and hook "
                                         "edits alike).")(wrapper)
         return wrapper
@@ -82,8 +85,10 @@ def out_file_option(default: Optional[str] = None, help: str = "Output file.") -
 
 
 def seed_option(default: int = 0) -> Callable:
-    """Decorator: ``--seed S`` (non-negative int)."""
-    return click.option("--seed", type=click.IntRange(min=0), default=default, show_default=True,
+    """Decorator: ``--seed S`` (a whole number in ``[0, 2**32 - 1]``, what NumPy's generators take)."""
+    from clipedit.core.hparams import MAX_SEED
+
+    return click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=default, show_default=True,
                         help="Random seed.")
 
 
@@ -102,12 +107,48 @@ def batch_size_option(default: int = 64) -> Callable:
                         help="Images per forward pass.")
 
 
+#: Bytes a temporary's name adds to its output's (``.NAME.<pid>-<start>.<random>.tmp.png``).
+TEMPORARY_ROOM = 48
+
+
+def check_name_lengths(path: str | os.PathLike) -> Path:
+    """Refuse (one line) an output path with a name longer than the file system takes (255 bytes on most)
+    or longer than a path may be, before anything is computed or written."""
+    path = Path(path)
+    if not str(path).strip():
+        raise ClipeditError("the output path is empty")
+    ancestor = path.absolute()
+    while ancestor != ancestor.parent and not _exists(ancestor):
+        ancestor = ancestor.parent
+    try:
+        name_max, path_max = os.pathconf(ancestor, "PC_NAME_MAX"), os.pathconf(ancestor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for i, part in enumerate(path.parts):
+        # the last name also gets a temporary beside it while written: .NAME.<pid>-<start>.<random>.tmp…
+        limit = name_max - (TEMPORARY_ROOM if i == len(path.parts) - 1 else 0)
+        if len(os.fsencode(part)) > limit:
+            raise ClipeditError(f"output name {part[:24]}… is {len(os.fsencode(part))} bytes long; names on this file "
+                                f"system are at most {name_max} bytes, and an output's at most {limit} (its "
+                                "temporary adds to it while it is written)")
+    if len(os.fsencode(str(path.absolute()))) >= path_max:
+        raise ClipeditError(f"output path {str(path)[:24]}… is longer than the {path_max} bytes a path may be")
+    return path
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to look up
+        return False
+
+
 def check_out_dir(path: str | os.PathLike) -> Path:
     """Fail now (creating nothing) if directory ``path`` could not be created or written to later."""
-    path = Path(path)
+    path = check_name_lengths(path)
     try:
         exists = path.exists()
-    except OSError as e:  # a name too long, a symlink loop …
+    except OSError as e:  # a symlink loop …
         raise ClipeditError(f"cannot use output directory {str(path)[:80]}: {e.strerror}") from None
     if exists:
         check_replaceable(path, directory=True)  # a file, a device, a FIFO: each named as what it is
@@ -126,10 +167,10 @@ def check_out_dir(path: str | os.PathLike) -> Path:
 
 def check_out_file(path: str | os.PathLike) -> Path:
     """Fail now (creating nothing) if file ``path`` could not be written later."""
-    path = Path(path)
+    path = check_name_lengths(path)
     try:
         is_dir = path.is_dir()
-    except OSError as e:  # a name too long, a symlink loop …
+    except OSError as e:  # a symlink loop …
         raise ClipeditError(f"cannot use output file {str(path)[:80]}: {e.strerror}") from None
     if is_dir:
         raise ClipeditError(f"output file {path} is a directory")
@@ -146,13 +187,9 @@ def split_list(text: Optional[str]) -> Optional[list[str]]:
 
 def read_lines(path: str | os.PathLike, what: str) -> list[str]:
     """Non-empty, non-comment (``#``) lines of a text file; ``what`` names it in errors."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ClipeditError(f"{what} file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ClipeditError(f"cannot read {what} file {path}: {e}") from None
+    from clipedit.inputs import read_input_text
+
+    text = read_input_text(path, f"{what} file")
     return [s.strip() for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")]
 
 
@@ -245,14 +282,10 @@ def option_group(name: str, cls: type, *options: Callable) -> Callable:
 
 
 def read_json_file(path: Optional[Path], what: str):
-    """The parsed JSON of ``path`` (None stays None); a missing or malformed file is one line."""
-    import json
+    """The parsed JSON of ``path`` (None stays None); a missing, special, huge, too deeply nested or
+    malformed file is one line."""
+    from clipedit.inputs import read_input_json
 
     if path is None:
         return None
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClipeditError(f"{what} file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ClipeditError(f"cannot read {what} file {path}: {str(e).splitlines()[0]}") from None
+    return read_input_json(path, f"{what} file")

@@ -1,12 +1,17 @@
 """Click parameter types that refuse what the library cannot take, in one line, before anything runs:
-finite numbers (no NaN/inf), bounded counts, devices this machine has, layer lists, valid UTF-8 text."""
+finite numbers (no NaN/inf), bounded counts, devices this machine has, layer lists, valid UTF-8 text,
+input files that are regular files of bounded size."""
 from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any, Optional
 
 import click
+
+from clipedit.data.images import MAX_IMAGE_BYTES
+from clipedit.inputs import MAX_JSON_BYTES, MAX_TEXT_BYTES
 
 # Upper bounds of counts a run materialises (scenes rendered, images held): far above any real use,
 # far below what exhausts memory before the first image is made.
@@ -109,6 +114,36 @@ class Text(click.ParamType):
         return text
 
 
+class InputFile(click.Path):
+    """An input file: an existing regular file (through symlinks) of at most ``max_bytes`` (None: any
+    size), checked as the option is parsed, before any model loads (:func:`clipedit.io.require_file`:
+    a FIFO would block the read forever, ``/dev/zero`` would fill the memory). A refusal is one
+    ``Error:`` line naming the option."""
+
+    def __init__(self, max_bytes: Optional[int] = None) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+        self.max_bytes = max_bytes
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        from clipedit.io import require_file
+
+        path = super().convert(value, param, ctx)
+        name = (param.opts[0] if param.opts and param.opts[0].startswith("-") else param.human_readable_name) \
+            if param is not None else "input"
+        return require_file(path, f"{name} file", max_bytes=self.max_bytes)
+
+
+#: Upper bounds of input files by kind (far above any real one; a bound keeps a stray multi-gigabyte file
+#: or a device from being read into memory).
+MAX_FONT_BYTES = 256 * 2**20
+
 DEVICE = Device()
 LAYERS = LayerList()
 TEXT = Text()
+#: A text list (classes, templates, words) and a settings JSON: bounded as :mod:`clipedit.inputs` reads them.
+TEXT_FILE = InputFile(max_bytes=MAX_TEXT_BYTES)
+JSON_FILE = InputFile(max_bytes=MAX_JSON_BYTES)
+IMAGE_FILE = InputFile(max_bytes=MAX_IMAGE_BYTES)
+FONT_FILE = InputFile(max_bytes=MAX_FONT_BYTES)
+#: Edit files (their size follows the model's): regular files of any size.
+EDIT_FILE = InputFile()

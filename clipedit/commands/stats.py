@@ -6,12 +6,15 @@ sums are all-reduced (nccl on GPUs, gloo on CPUs):
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from clipedit.commands.options import ModelOptions, batch_size_option, model_options
+from clipedit.commands.options import ModelOptions, batch_size_option, check_out_file, model_options
 from clipedit.commands.params import JOIN, LAYERS
 from clipedit.errors import ClipeditError
 
@@ -39,6 +42,8 @@ def stats_cmd(model: ModelOptions, reference: Path, layer: Optional[str], batch_
     from clipedit.io import save_state_dict
     from clipedit.outputs import check_outputs
 
+    if out is not None:
+        check_out_file(out)
     check_outputs({"--out": out}, inputs={"--checkpoint": model.checkpoint, "--reference": reference})
     paths = image_paths(reference, "reference folder")  # before the model loads
     init_from_environment(agree_on=click.get_current_context().params)
@@ -54,10 +59,31 @@ def stats_cmd(model: ModelOptions, reference: Path, layer: Optional[str], batch_
     agree(data_key, "reference images (the folder holds other files, or other bytes, on some rank)", "read different")
     batches = lambda: IndexedBatches(LazyImages(paths), bundle.preprocess, batch_size)  # noqa: E731
     for site in layers:
-        stats = key_statistics(bundle.model, site, batches, data_key=data_key, forward=bundle.encode_images)
+        with _cache_write_failures() as failures:
+            stats = key_statistics(bundle.model, site, batches, data_key=data_key, forward=bundle.encode_images)
         if not is_main_process():
             continue
         if out is not None:
             save_state_dict(out, {"C": stats.C.contiguous(), "n_keys": torch.tensor(stats.n_keys)})
+        cached = (f"not cached ({failures[0]})" if failures else f"cached for defend --reference {reference}")
         click.echo(f"key statistics of {site}: {stats.n_keys} keys from {len(paths)} images "
-                   f"on {rank_and_world()[1]} rank(s); cached for defend --reference {reference}")
+                   f"on {rank_and_world()[1]} rank(s); {cached}")
+
+
+@contextlib.contextmanager
+def _cache_write_failures() -> Iterator[list[str]]:
+    """The cache's warnings of entries it could not write while the block ran (caching is best effort:
+    the command then says the statistics were not cached, instead of claiming they were)."""
+    failures: list[str] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "could not write" in record.getMessage():
+                failures.append(record.getMessage())
+
+    logger, handler = logging.getLogger("clipedit.core.cache"), Seen(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield failures
+    finally:
+        logger.removeHandler(handler)

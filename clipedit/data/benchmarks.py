@@ -41,7 +41,6 @@ thousand should not cost a run; a set where every image fails stops with an erro
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +54,8 @@ from clipedit.data.classnames import normalize_name
 from clipedit.data.folders import image_paths
 from clipedit.data.images import LazyImages, load_image
 from clipedit.errors import ClipeditError
+from clipedit.inputs import read_input_json
+from clipedit.io import require_file
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ SCAM_COLUMNS = ("file_name", "type", "object_label", "attack_word")
 BLANK_SUFFIXES = frozenset({"white", "blank"})
 UNCONFINED = frozenset({"manifest"})  # clipedit's own index: it may point at a dataset stored elsewhere
 MAX_LISTED = 20  # skipped or refused files named in the results (the rest are counted)
-MAX_JSON_DEPTH = 64  # annotations.json nesting deeper than this is no annotation file
 
 
 @dataclass(frozen=True)
@@ -182,26 +182,8 @@ def read_disentangling(root: Path) -> list[BenchmarkImage]:
 
 
 def _read_json(path: Path):
-    """A JSON file of bounded nesting; a too deep file or a number too long for Python is one line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ClipeditError(f"cannot read {path}: {e}") from None
-    depth = deepest = 0
-    for char in text:  # brackets inside strings count too: a bound, not a parser
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_JSON_DEPTH:
-                raise ClipeditError(f"cannot read {path}: nested deeper than {MAX_JSON_DEPTH} levels")
-        elif char in "]}":
-            depth -= 1
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ClipeditError(f"cannot read {path}: {e}") from None
-    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits
-        raise ClipeditError(f"cannot read {path}: {str(e).splitlines()[0][:120]}") from None
+    """A JSON file of bounded size and nesting; a too deep file or a number too long for Python is one line."""
+    return read_input_json(path, "annotations")
 
 
 def read_scam(root: Path) -> list[BenchmarkImage]:
@@ -402,7 +384,8 @@ def write_manifest(path: str | os.PathLike, records: Sequence[BenchmarkImage]) -
 
 def _read_csv(path: Path, required: Sequence[str]) -> Iterator[dict[str, str]]:
     """Rows of a CSV file with a header, one at a time (a million-row file is never held whole);
-    raises naming the required columns it lacks."""
+    raises naming the required columns it lacks (a FIFO or a device is refused before it is opened)."""
+    require_file(path, "CSV file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)

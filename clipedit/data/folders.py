@@ -49,7 +49,8 @@ def image_paths(folder: str | os.PathLike, what: str = "folder", required: bool 
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ClipeditError(f"{what} not found: {folder}")
+        raise ClipeditError(f"{what} {folder} is not a folder" if os.path.lexists(folder) else
+                            f"{what} not found: {folder}")
     paths = sorted(p for p in folder.rglob("*") if is_image_file(p))
     if required and not paths:
         raise ClipeditError(f"no images in {what} {folder}")
@@ -78,7 +79,9 @@ def load_image_folder(root: str | os.PathLike, check: bool = True) -> LabeledIma
         check: open every image now so that a corrupt file fails before any work is done.
 
     Raises:
-        ClipeditError: missing directory, no class folders or images, or (with ``check``) a corrupt image.
+        ClipeditError: missing directory, no class folders or images, (with ``check``) a corrupt image, a
+            class folder that links back to the root or above it, or one image file reached twice (through
+            links): each image counts once, under one class.
     """
     root = Path(root)
     if not root.is_dir():
@@ -87,8 +90,19 @@ def load_image_folder(root: str | os.PathLike, check: bool = True) -> LabeledIma
     paths: list[Path] = []
     labels: list[int] = []
     classnames: list[str] = []
+    real_root = root.resolve()
+    seen: dict[Path, Path] = {}  # resolved file -> the path it was first reached by
     for folder in folders:
+        real = folder.resolve()
+        if real == real_root or real in real_root.parents:
+            raise ClipeditError(f"class folder {folder} links back to {real} (a link loop): it would add every "
+                                "image again as a class; remove the link")
         files = image_paths(folder, required=False)
+        for f in files:
+            first = seen.setdefault(f.resolve(), f)
+            if first is not f:
+                raise ClipeditError(f"{f} and {first} are the same image file (a link): each image may appear "
+                                    "once, under one class")
         if not files:
             log.warning("skipping %s: no images", folder)
             continue

@@ -12,9 +12,12 @@ import torch
 from PIL import Image
 
 from clipedit.errors import ClipeditError
+from clipedit.io import require_file
 
 log = logging.getLogger(__name__)
 
+#: Largest image file read (far above any photo; a bound keeps a stray huge file out of memory).
+MAX_IMAGE_BYTES = 512 * 2**20
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 
 
@@ -24,11 +27,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     Raises:
         ClipeditError: the file is missing, a directory, or not a readable image.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ClipeditError(f"image not found: {path}")
-    if not path.is_file():
-        raise ClipeditError(f"not an image file: {path}")
+    path = require_file(path, "image", max_bytes=MAX_IMAGE_BYTES)  # never a FIFO, a device or a folder
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on some truncated files before failing

@@ -39,12 +39,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 
 from clipedit.attacks.factors import size_band
 from clipedit.core.distributed import agree, digest_of, rank_and_world
+from clipedit.core.hparams import COUNT, COUNT0, SEED, Bound, check_fields
 from clipedit.data.classnames import class_index
 from clipedit.data.splits import FOLDER, DataSplit, split_data
 from clipedit.defenses.compare_units import (
@@ -73,7 +74,7 @@ from clipedit.defenses.user_data import (
 )
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.defenses.word_split import WordSplit, WordSplitWorld, word_split
-from clipedit.errors import ClipeditError
+from clipedit.errors import ClipeditError, SettingsError
 from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
 from clipedit.eval.heldout import SCENE_OFFSET
 from clipedit.eval.metrics import evaluate_attacks, evaluate_images
@@ -134,6 +135,13 @@ class CompareSettings:
     supported_classes: Optional[tuple[str, ...]] = None
     word_seed: int = 0
 
+    #: The schema's ranges (types: the annotations), checked on construction (CLI and Python alike).
+    BOUNDS: ClassVar[dict[str, Bound]] = {"seeds": SEED, "n_test": COUNT, "n_signs": COUNT0, "n_train": COUNT,
+                                          "n_val": COUNT, "split_seed": SEED, "word_seed": SEED}
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.BOUNDS, SettingsError)
+
 
 def check_given(settings: CompareSettings) -> None:
     """What :func:`check_settings` refuses without the model (run before it loads): empty seeds or words,
@@ -170,13 +178,23 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
     check_given(settings)
     if bundle.world is None or not bundle.world.classnames:
         raise ClipeditError(f"{bundle.name} has no labelled world to compare on (give --data KIND:PATH)")
+    for m, given in settings.hparams.items():  # what defend receives, checked as defend checks it
+        if METHODS[m].config_field is not None:  # (a layer not in the model included)
+            resolve_config(bundle, DefenseConfig(method=m, method_hparams=dict(given) or None))
     if settings.methods is None:
-        return tuple(m for m in compare_methods() if METHODS[m].not_applicable(bundle, m) is None)
-    for m in settings.methods:
-        why = METHODS[m].not_applicable(bundle, m)
-        if why:
-            raise ClipeditError(f"{m} does not apply to {bundle.name}: {why}")
-    return tuple(settings.methods)
+        chosen = tuple(m for m in compare_methods() if METHODS[m].not_applicable(bundle, m) is None)
+    else:
+        for m in settings.methods:
+            why = METHODS[m].not_applicable(bundle, m)
+            if why:
+                raise ClipeditError(f"{m} does not apply to {bundle.name}: {why}")
+        chosen = tuple(settings.methods)
+    takes_supported = [m for m in chosen
+                       if "supported" in {f.name for f in dataclasses.fields(METHODS[m].hparams_cls)}]
+    if settings.supported is not None and not takes_supported:
+        raise ClipeditError("--supported is a supported task (PAINT's), and no method run takes one "
+                            f"({', '.join(chosen)}): add paint to --methods or leave --supported out")
+    return chosen
 
 
 def images_key(images: Sequence, labels: Sequence[int]) -> str:

@@ -11,6 +11,7 @@ map to the original's (or the other way round):
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Optional
@@ -70,13 +71,21 @@ def parse_points(text: str) -> list[tuple[float, float]]:
 
 
 # -- transformations ------------------------------------------------------------------------------
+#: Largest texture after ``scale`` (a photo-sized texture is a few million pixels).
+MAX_TEXTURE_PIXELS = 64 * 2**20
+
+
 def tile_texture(texture: Image.Image, size: tuple[int, int], scale: float = 1.0) -> Image.Image:
     """``texture`` (resized by ``scale``) repeated to cover ``size`` (W, H); larger textures are cropped."""
-    if scale <= 0:
-        raise ClipeditError(f"texture scale must be > 0, got {scale}")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ClipeditError(f"texture scale must be a finite number > 0, got {scale}")
     tex = texture.convert("RGB")
     if scale != 1.0:
-        tex = tex.resize((max(1, round(tex.width * scale)), max(1, round(tex.height * scale))), Image.BICUBIC)
+        width, height = max(1, round(tex.width * scale)), max(1, round(tex.height * scale))
+        if width * height > MAX_TEXTURE_PIXELS:
+            raise ClipeditError(f"texture scale {scale:g} makes the {tex.width}x{tex.height} texture {width}x{height} "
+                                f"pixels, more than {MAX_TEXTURE_PIXELS:,}; choose a smaller --texture-scale")
+        tex = tex.resize((width, height), Image.BICUBIC)
     w, h = size
     canvas = Image.new("RGB", (w, h))
     for y in range(0, h, tex.height):

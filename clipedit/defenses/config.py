@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from PIL import Image
 
 from clipedit.core import RewriteHParams
+from clipedit.core.hparams import COUNT, SEED, Bound, check_fields
 from clipedit.defenses.finetune import FinetuneHParams
+
+#: Most exemplars rendered per word.
+MAX_RENDERS = 100_000
 
 
 @dataclass
@@ -41,7 +45,7 @@ class DefenseConfig:
     hparams: Optional[RewriteHParams] = None
     renders: Optional[int] = None
     seed: int = 0
-    mask: Optional[str] = None
+    mask: Optional[Literal["text", "label"]] = None
     reference: Optional[Path] = None
     n_reference: Optional[int] = None
     photos: Optional[Sequence[Image.Image]] = None
@@ -51,6 +55,18 @@ class DefenseConfig:
     sites: Optional[tuple[str, ...]] = None
     method_hparams: Any = None
     any_word: bool = False
+
+    #: The schema's ranges (types: the annotations), checked on every construction, Python and CLI alike.
+    BOUNDS: ClassVar[dict[str, Bound]] = {"renders": Bound(1, MAX_RENDERS), "seed": SEED, "n_reference": COUNT,
+                                          "vocab_words": COUNT}
+
+    def __post_init__(self) -> None:
+        from clipedit.errors import SettingsError
+
+        check_fields(self, self.BOUNDS, SettingsError)
+        if self.photos is not None and (isinstance(self.photos, (str, bytes)) or not all(
+                isinstance(p, Image.Image) for p in self.photos)):
+            raise SettingsError("DefenseConfig: photos must be a list of PIL images")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-able data (recorded in results and edit metadata; photos as a count)."""

@@ -52,7 +52,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from clipedit.core.hparams import HParams
+from clipedit.core.hparams import COUNT, NONNEGATIVE, POSITIVE, SEED, HParams
 from clipedit.core.prompt_edits import (
     ClassPrefix,
     placeholder_token_id,
@@ -104,6 +104,9 @@ class DefensePrefixHParams(HParams):
     supported: Optional[str] = None
     supported_classes: Optional[tuple[str, ...]] = None
 
+    BOUNDS = {"lrs": POSITIVE, "steps": COUNT, "batch_size": COUNT, "gamma": NONNEGATIVE, "seta": NONNEGATIVE,
+              "eta_min": NONNEGATIVE, "init_std": NONNEGATIVE, "n_train": COUNT, "n_val": COUNT, "seed": SEED}
+
 
 def schedule_steps(n_train: int, hp: DefensePrefixHParams) -> int:
     """SGD steps of one token: ``hp.steps``, else 2480 x ``n_train`` / 1000 rounded, at least one pass."""
@@ -119,6 +122,7 @@ def images_seen(n_train: int, hp: DefensePrefixHParams) -> int:
     per_pass = math.ceil(n_train / batch)
     full, rest = divmod(steps, per_pass)
     return full * n_train + min(rest * batch, n_train)
+
 
 
 @dataclass

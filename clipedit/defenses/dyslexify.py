@@ -60,7 +60,7 @@ from torch import nn
 from clipedit.attacks import StyleSampler
 from clipedit.core.heads import head_specs
 from clipedit.core.hook_edits import ClsHeadAblation
-from clipedit.core.hparams import HParams
+from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, SEED, HParams
 from clipedit.core.nethook import get_module
 from clipedit.data.images import to_batches
 from clipedit.defenses.head_ablation import query_row_hook
@@ -99,6 +99,9 @@ class DyslexifyHParams(HParams):
     stop_at_delta: float = 0.01
     max_heads: Optional[int] = None
     seed: int = 0
+
+    BOUNDS = {"n_score": COUNT, "n_val": COUNT, "band_rows": COUNT, "eps": NONNEGATIVE, "patience": COUNT0,
+              "stop_at_delta": FRACTION, "max_heads": COUNT, "seed": SEED}
 
 
 @dataclass

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import trange
 
 from clipedit.core.api import EditRequest
-from clipedit.core.hparams import HParams
+from clipedit.core.hparams import COUNT, POSITIVE, HParams
 from clipedit.core.nethook import FrozenBelow, training_only
 from clipedit.errors import EditError
 
@@ -37,6 +37,8 @@ class FinetuneHParams(HParams):
     steps: int = 200
     lr: float = 1e-4
     loss: Literal["cosine", "kl"] = "cosine"
+
+    BOUNDS = {"steps": COUNT, "lr": POSITIVE}
 
 
 def _distance(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:

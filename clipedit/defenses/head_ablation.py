@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from clipedit.core import EditRequest, LayerEdit
 from clipedit.core.edit_sets import EditSet, apply_edit_set
-from clipedit.core.hparams import HParams
+from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, HParams
 from clipedit.core.nethook import get_module
 from clipedit.defenses.selection import PICK_TOLERANCE, HeldoutData, admissible, heldout_data, scene_tolerance, score
 from clipedit.errors import ClipeditError
@@ -61,6 +61,9 @@ class HeadAblationHParams(HParams):
     patience: int = 10
     n_val: int = 160
     max_heads: Optional[int] = None
+
+    BOUNDS = {"tolerance": FRACTION, "min_gain": NONNEGATIVE, "patience": COUNT0, "n_val": COUNT,
+              "max_heads": COUNT}
 
 
 @dataclass(frozen=True)

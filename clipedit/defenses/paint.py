@@ -60,7 +60,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from clipedit.core.hparams import HParams
+from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, SEED, HParams
 from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
 from clipedit.data.images import to_batches
 from clipedit.defenses.selection import scene_tolerance
@@ -125,9 +125,14 @@ class PaintHParams(HParams):
     supported: Optional[str] = None
     supported_classes: Optional[tuple[str, ...]] = None
 
+    BOUNDS = {"alphas": FRACTION, "lrs": POSITIVE, "n_train": COUNT, "epochs": COUNT, "min_images": NONNEGATIVE,
+              "steps": COUNT, "checkpoints": COUNT, "batch_size": COUNT, "wd": NONNEGATIVE, "warmup": COUNT0,
+              "clip": POSITIVE, "n_val": COUNT, "n_signs": COUNT0, "seed": SEED}
+
     def __post_init__(self) -> None:
-        if self.supported is not None:
+        if isinstance(self.supported, os.PathLike):
             self.supported = str(self.supported)
+        super().__post_init__()  # the values as given (a string is not a list of class names)
         if self.supported_classes is not None:
             self.supported_classes = tuple(self.supported_classes)
         self.alphas, self.lrs = tuple(self.alphas), tuple(self.lrs)

@@ -7,11 +7,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from clipedit.core import RewriteHParams
+from clipedit.core import RewriteHParams, resolve_site
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for, no_default_layer
 from clipedit.defenses.methods import method_spec
-from clipedit.errors import ClipeditError
+from clipedit.errors import ClipeditError, SettingsError
 from clipedit.models.bundle import ModelBundle
 
 #: Flat override keys that set a field of the rewrite's :class:`RewriteHParams`.
@@ -35,9 +35,14 @@ def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, 
     none given: the model's default sites for a closed-form edit (several for some models, e.g.
     mini-vit), else its single default layer.
     """
+    if overrides is not None and not isinstance(overrides, (DefenseConfig, Mapping)):
+        raise SettingsError(f"resolve_config: overrides must be a DefenseConfig or a dict, got "
+                            f"{type(overrides).__name__}")
     config, given = (overrides, {}) if isinstance(overrides, DefenseConfig) else _from_mapping(overrides or {})
     spec = method_spec(config.method)
     any_word = any_word or spec.any_word
+    if spec.config_field == "hparams" and isinstance(config.method_hparams, Mapping):
+        config, given = _rewrite_settings(config, given)  # the rewrite's settings as a dict: as the flags are
     d = defaults_for(bundle, any_word=any_word)
     if config.hparams is not None:
         hp = dataclasses.replace(config.hparams, **given)
@@ -45,7 +50,12 @@ def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, 
         closed_form = given.get("solver", "closed-form") == "closed-form"
         hp = RewriteHParams(**{"rank": d.rank, "cov_reg": d.cov_reg,
                                "keep_targets": d.keep_targets if closed_form else 0.0, **given})
+    if config.sites and hp.layer and hp.layer not in config.sites:  # never dropped without a word
+        raise SettingsError(f"the rewrite's layer {hp.layer!r} is not among the sites {', '.join(config.sites)}: "
+                            "give the layer(s) once (sites, or hparams.layer)")
     sites = tuple(config.sites) if config.sites else (hp.layer,) if hp.layer else None
+    for site in sites or ():  # a named layer that is not in the model: one line now, before any work
+        resolve_site(bundle.model, site)
     if sites is None:
         default_sites = d.sites if spec.config_field == "hparams" and hp.solver == "closed-form" else None
         if default_sites is None and d.layer is None:
@@ -75,19 +85,36 @@ def _from_mapping(values: Mapping[str, Any]) -> tuple[DefenseConfig, dict[str, A
     if unknown:
         raise ClipeditError(f"unknown defense setting(s): {', '.join(unknown)}")
     layer = values.pop("layer", None)
-    if isinstance(layer, str):  # 'A+B': one joint edit over A then B (',' lists alternatives: sweep's)
+    if layer is not None:
+        values.setdefault("sites", _layers(layer))
+    given = {k: values.pop(k) for k in REWRITE_KEYS if k in values}
+    if "hparams" in values and not isinstance(values["hparams"], RewriteHParams):
+        values["method_hparams"] = values.pop("hparams")  # the method's settings as a dict (or wrong: said there)
+    return DefenseConfig(**values), given
+
+
+def _layers(layer: Any) -> tuple[str, ...]:
+    """``"A+B"`` (one joint edit over A then B) or a list of names -> the sites, in order; anything else is one
+    line (``,`` lists alternatives, as the sweep's candidates do: not one edit)."""
+    if isinstance(layer, str):
         if "," in layer:
-            raise ClipeditError(f"layer {layer!r}: one joint edit over several sites is written "
+            raise SettingsError(f"layer {layer!r}: one joint edit over several sites is written "
                                 f"{'+'.join(s.strip() for s in layer.split(','))!r} (',' lists alternatives)")
         layer = [s.strip() for s in layer.split("+")]
-    if layer is not None:
-        if not layer or any(not s for s in layer):
-            raise ClipeditError(f"--layer takes dotted layer names joined by '+'; got {'+'.join(layer)!r}")
-        values.setdefault("sites", tuple(layer))
-    given = {k: values.pop(k) for k in REWRITE_KEYS if k in values}
-    if isinstance(values.get("hparams"), Mapping):  # the method's settings as a dict (the rewrite's: under the flags)
-        if method_spec(values.get("method", "edit")).config_field == "hparams":  # the rewrite's settings
-            given = {**values.pop("hparams"), **given}
-        else:
-            values["method_hparams"] = values.pop("hparams")
-    return DefenseConfig(**values), given
+    if not isinstance(layer, (list, tuple)) or not layer or any(not isinstance(s, str) or not s for s in layer):
+        shown = "+".join(map(str, layer)) if isinstance(layer, (list, tuple)) else repr(layer)
+        raise SettingsError(f"--layer takes dotted layer names joined by '+'; got {shown!r}")
+    return tuple(layer)
+
+
+def _rewrite_settings(config: DefenseConfig, given: dict[str, Any]) -> tuple[DefenseConfig, dict[str, Any]]:
+    """The rewrite's settings given as a dict (``--hparams`` of ``defend`` and ``compare``): its fields are
+    overrides like the flags (which win), its ``layer`` the sites unless they are given."""
+    values = dict(config.method_hparams)
+    known = [f.name for f in dataclasses.fields(RewriteHParams)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise SettingsError(f"unknown setting(s) of RewriteHParams: {', '.join(unknown)} (known: {', '.join(known)})")
+    layer = values.pop("layer", None)
+    sites = config.sites or (_layers(layer) if layer is not None else None)
+    return dataclasses.replace(config, method_hparams=None, sites=sites), {**values, **given}

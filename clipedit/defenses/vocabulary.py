@@ -92,13 +92,10 @@ def random_strings(n: int, seed: int = 0, min_letters: int = MIN_LETTERS,
 
 def read_word_list(path: str | Path) -> list[str]:
     """Words from a text file: one or more per line, whitespace- or comma-separated; ``#`` starts a comment."""
+    from clipedit.inputs import read_input_text
+
     path = Path(path)
-    if not path.is_file():
-        raise ClipeditError(f"vocabulary file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ClipeditError(f"cannot read vocabulary file {path}: {e}") from None
+    text = read_input_text(path, "vocabulary file")
     words = [w for line in text.splitlines() for w in line.split("#", 1)[0].replace(",", " ").split()]
     if not words:
         raise ClipeditError(f"vocabulary file {path} holds no words")

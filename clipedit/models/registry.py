@@ -26,7 +26,7 @@ import torch
 
 from clipedit.core.edit_sets import apply_edit_set, load_edits
 from clipedit.errors import ClipeditError, ModelLoadError, check_argument
-from clipedit.io import note_source
+from clipedit.io import note_source, require_file
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import SOURCE_DTYPES, SOURCE_METADATA, load_weights_into, original_metadata
 
@@ -43,6 +43,9 @@ BUILTIN_LOADERS: dict[str, str] = {
     "efficientnet-lite0": "clipedit.models.classifiers:load_efficientnet_lite0",
     "hf": "clipedit.models.hf:load_hf",  # hf:ORG/NAME[:none]: CLIPModel / SiglipModel through transformers
 }
+# The bundled minis: their own weights only (no tag but ``bundled``; other weights with --checkpoint).
+BUNDLED_TAGS = {"", "bundled"}
+BUNDLED_MODELS = ("mini", "mini-vit", "mini-vit-deep")
 # Loaders that take a checkpoint folder (a save_pretrained folder) instead of a weights file.
 FOLDER_CHECKPOINTS = {"hf"}
 BUILTIN_PREFIX_LOADERS: dict[str, str] = {
@@ -76,15 +79,23 @@ def _prefix_loader(name: str) -> Optional[tuple[str, Callable[..., ModelBundle]]
 
 
 def resolve_device(device: Optional[str] = None) -> torch.device:
-    """``device`` if given, else CUDA when present, else CPU."""
+    """``device`` if given, else CUDA when present, else CPU. Only devices a model can run on here: ``cpu``,
+    a CUDA GPU this machine has, ``mps`` where available (``meta`` holds no weights; ``xla`` … are not
+    supported)."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ModelLoadError(f"unknown device {device!r}") from None
+        dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
+    except (RuntimeError, ValueError):
+        raise ModelLoadError(f"unknown device {device!r} (choose cpu, cuda, cuda:N or auto)") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"{str(device)!r} is not a device clipedit runs on (choose cpu, cuda, cuda:N or auto)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} asked for, but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {device!r}: mps is not available on this machine")
     return dev
 
 
@@ -93,7 +104,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
     Each loader reads an empty tag as its default: random init for open_clip, timm and torchvision
     names (as open_clip does), the shipped weights for ``mini`` and ``efficientnet-lite0``.
-    ``none`` always means random init.
+    ``none`` means random init, except for the bundled minis (``mini``, ``mini-vit``, ``mini-vit-deep``),
+    which have their bundled weights only: a tag other than ``bundled`` is refused there.
     """
     name, _, tag = spec.strip().partition(":")
     if not name:
@@ -145,9 +157,14 @@ def load_model(spec: str, checkpoint: Optional[str | os.PathLike] = None,
     check_argument(edits, (list, tuple), "edits", "load_model")  # a list of files (one path is a list of one)
     _register_builtin_loaders()
     name, tag = parse_spec(spec)
+    if name in BUNDLED_MODELS and tag.lower() not in BUNDLED_TAGS:
+        raise ModelLoadError(f"{name} has its bundled weights only; there is no {name}:{tag} (use {name}, or "
+                             "--checkpoint FILE for other weights)")
     dev = resolve_device(device)
     if checkpoint is not None and not Path(checkpoint).exists():
         raise ModelLoadError(f"checkpoint not found: {checkpoint}")
+    if checkpoint is not None and not Path(checkpoint).is_dir():  # a FIFO or a device would block or never end
+        require_file(checkpoint, "checkpoint", ModelLoadError)
     if checkpoint is not None and Path(checkpoint).is_dir() and name not in FOLDER_CHECKPOINTS:
         raise ModelLoadError(f"checkpoint {checkpoint} is a folder; a weights file is needed (a save_pretrained "
                              "folder goes with --model hf)")

@@ -13,17 +13,27 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from clipedit.core.hparams import check_fields
+from clipedit.errors import SettingsError
 from clipedit.eval.heldout import split_seed
 from clipedit.io import ensure_writable_dir, save_state_dict, write_json
 from clipedit.mini.training.figures import HELDOUT_N, HELDOUT_SEED, heldout_figures
 from clipedit.mini.training.pool import PoolMix, build_pool
-from clipedit.mini.training.train import IMAGE_MEAN, IMAGE_STD, image_batch, make_preprocess, param_groups
+from clipedit.mini.training.train import (
+    IMAGE_MEAN,
+    IMAGE_STD,
+    TRAINING_BOUNDS,
+    image_batch,
+    make_preprocess,
+    param_groups,
+)
 from clipedit.mini.world import CLASSNAMES, IMAGE_SIZE, TEMPLATES
 from clipedit.models.mini import mini_asset_dir
 from clipedit.models.mini_vit import IMAGE_PREFIX, WEIGHTS_FILE, build_mini_vit, file_sha256
@@ -63,8 +73,13 @@ class DistillOptions:
     temperature: float = 1.0
     eval_every: int = 300
     shift: int = 4
-    precision: str = "bf16"
+    precision: Literal["bf16", "fp32"] = "bf16"
     pool_mix: PoolMix = PoolMix()
+
+    def __post_init__(self) -> None:
+        check_fields(self, TRAINING_BOUNDS, SettingsError)
+        if self.arch not in ARCHES:
+            raise SettingsError(f"DistillOptions: arch must be one of {', '.join(ARCHES)}, got {self.arch!r}")
 
 
 def student_config(teacher_cfg: dict, arch: str = "vit") -> dict:

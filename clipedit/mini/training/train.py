@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from clipedit.core.hparams import COUNT, COUNT0, NONNEGATIVE, POSITIVE, SEED, Bound, check_fields
+from clipedit.errors import SettingsError
 from clipedit.io import atomic_output_set, atomic_path, ensure_writable_dir, write_json
 from clipedit.mini.training.captions import CaptionMix
 from clipedit.mini.training.figures import HELDOUT_N, HELDOUT_SEED, heldout_figures
@@ -42,9 +46,19 @@ MODEL_CFG = {
 }
 
 
+#: Most pre-rendered training images (each about 12 KB held in memory; the default is 30000).
+MAX_POOL = 200_000
+#: The ranges of the training runs' options (their types: the annotations), for the mini and the ViTs alike.
+TRAINING_BOUNDS: dict[str, Bound] = {
+    "steps": COUNT, "batch_size": Bound(2, 65_536), "seed": SEED, "threads": Bound(1, os.cpu_count() or 1),
+    "pool_size": Bound(1, MAX_POOL), "lr": POSITIVE, "weight_decay": NONNEGATIVE, "warmup": COUNT0,
+    "warmstart_steps": COUNT0, "eval_every": COUNT, "shift": Bound(0, 32), "kl_weight": NONNEGATIVE,
+    "temperature": POSITIVE}
+
+
 @dataclass
 class TrainOptions:
-    """Options of one training run (all seeded by ``seed``)."""
+    """Options of one training run (all seeded by ``seed``); checked on construction (CLI and Python)."""
 
     out: Path = DEFAULT_OUT
     steps: int = 1500
@@ -58,9 +72,12 @@ class TrainOptions:
     warmstart_steps: int = 600
     eval_every: int = 300
     shift: int = 4
-    precision: str = "bf16"
+    precision: Literal["bf16", "fp32"] = "bf16"
     caption_mix: CaptionMix = CaptionMix()
     pool_mix: PoolMix = PoolMix()
+
+    def __post_init__(self) -> None:
+        check_fields(self, TRAINING_BOUNDS, SettingsError)
 
 
 def build_model(seed: int):
