@@ -14,7 +14,7 @@ from clipedit.eval.intervals import wilson
 from clipedit.eval.paired import mcnemar_exact
 
 ROOT = Path(__file__).resolve().parents[1]
-OLD = sorted((ROOT / "bench" / "results").glob("compare_*.json"))
+OLD = sorted((ROOT / "bench" / "results").glob("compare_mini*.json"))  # the compare records (not compare_speed)
 
 
 def run_cli(args):
