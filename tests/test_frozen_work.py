@@ -101,8 +101,6 @@ def test_defense_prefix_batched_lrs_learn_the_separate_runs_tokens(tiny_vit):
         # float rounding of the wider batch only: within 1e-5 of how far the token moved (measured ~1e-6)
         assert float((vb - vs).abs().max()) <= 1e-5 * float((vs - init).abs().max())
         assert lb == pytest.approx(ls, rel=1e-5, abs=1e-6)
-    alone = train_prefixes(tiny_vit, train, templates, hp.lrs[1:2], hp, layer, token)[0]
-    assert torch.equal(alone[0], separate[1][0])  # one lr alone: bit for bit the separate run
     assert not torch.allclose(batched[0][0], batched[2][0])  # each lr learnt its own token
     assert all(torch.equal(v, weights[k]) for k, v in tiny_vit.model.state_dict().items())
     assert all(p.requires_grad for p in tiny_vit.model.parameters())

@@ -165,56 +165,14 @@ def _text_features(bundle: ModelBundle, classnames: list[str], template: str, pr
 
 def train_prefix(bundle: ModelBundle, train: TypoSet, templates: list[str], lr: float, hp: DefensePrefixHParams,
                  layer: str, token_id: int) -> tuple[torch.Tensor, float]:
-    """Learn the prefix vector with ``lr`` (the model is not changed); returns (vector, last loss)."""
-    module = bundle.model.get_submodule(layer)
-    gen = torch.Generator().manual_seed(hp.seed)
-    vector = torch.empty(1, module.embedding_dim).normal_(0.0, hp.init_std, generator=gen).to(bundle.device)
-    vector.requires_grad_(True)
-    opt = torch.optim.SGD([vector], lr=lr)
-    steps = schedule_steps(train.n, hp)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=hp.eta_min)
-    typo, orig = _image_features(bundle, train.attacked), _image_features(bundle, train.clean)
-    labels = train.labels.to(bundle.device)
-    scale = float(bundle.model.logit_scale.detach().exp()) if hasattr(bundle.model, "logit_scale") else 100.0
-    classnames = list(train.classnames)
-    with torch.no_grad():
-        originals = {t: _text_features(bundle, classnames, t, prefix=False) for t in templates}
-    draw = random.Random(hp.seed)
-    saved = {p: p.requires_grad for p in bundle.model.parameters()}
-    for p in bundle.model.parameters():
-        p.requires_grad_(False)
-    handle = module.register_forward_hook(prefix_hook(vector, token_id))
-    loss = torch.tensor(float("nan"))
-    order, pos = torch.randperm(train.n, generator=gen), 0
-    try:
-        with torch.enable_grad():
-            for _ in range(steps):
-                if pos >= train.n:
-                    order, pos = torch.randperm(train.n, generator=gen), 0
-                idx = order[pos:pos + hp.batch_size].to(bundle.device)
-                pos += hp.batch_size
-                template = draw.choice(templates)
-                text = _text_features(bundle, classnames, template, prefix=True)
-                ce = F.cross_entropy(scale * typo[idx] @ text.T, labels[idx])
-                kl = F.kl_div(F.log_softmax(scale * orig[idx] @ text.T, dim=-1),
-                              F.softmax(scale * orig[idx] @ originals[template].T, dim=-1), reduction="batchmean")
-                loss = hp.seta * ce + hp.gamma * kl
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-    finally:
-        handle.remove()
-        for p, flag in saved.items():
-            p.requires_grad_(flag)
-    if not torch.isfinite(vector).all():
-        raise EditError(f"defense-prefix training at lr {lr} produced NaN or inf")
-    return vector.detach().cpu(), float(loss.item())
+    """Learn the prefix vector with ``lr`` alone (the model is not changed); returns (vector, last loss): one
+    learning rate's separate run, the twin :func:`train_prefixes` is measured against."""
+    return train_prefixes(bundle, train, templates, (lr,), hp, layer, token_id)[0]
 
 
 def train_prefixes(bundle: ModelBundle, train: TypoSet, templates: list[str], lrs: tuple[float, ...],
                    hp: DefensePrefixHParams, layer: str, token_id: int) -> list[tuple[torch.Tensor, float]]:
-    """:func:`train_prefix` for every lr of ``lrs`` in one pass: (vector, last loss) per lr, as the separate runs.
+    """Learn one prefix vector per lr of ``lrs`` in one pass: (vector, last loss) per lr, as separate runs give.
 
     Each lr's token is its own tensor in its own SGD parameter group (its lr on its own cosine schedule);
     all start from the one initialisation and see the same batches and templates, as separate runs of one
