@@ -33,6 +33,17 @@ def cache_dir(tmp_path_factory, monkeypatch) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def loaded_checkpoints(monkeypatch) -> set:
+    """Each test starts as a fresh process would: no checkpoint loaded yet (the writers' guard refuses to write
+    over one this process loaded, so loads by earlier tests or module fixtures must not change its message)."""
+    import clipedit.io
+
+    fresh: set = set()
+    monkeypatch.setattr(clipedit.io, "_SOURCES", fresh)
+    return fresh
+
+
 def _load_tiny(name: str):
     from clipedit.models import load_model
 
