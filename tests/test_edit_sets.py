@@ -13,7 +13,6 @@ import torch
 from conftest import VIT_SITE, defend_args, run_cli, run_error, run_ok
 from safetensors.torch import load_file, save_file
 
-import clipedit
 from clipedit.core import (
     EditSet,
     LayerEdit,
@@ -242,7 +241,7 @@ def test_mini_vit_keeps_fp16_and_reverts_bit_exactly(tmp_path, capsys):
     assert set(edited) == set(source)
     wider = {k for k in source if edited[k].dtype != source[k].dtype}
     assert wider == {f"{layer}.weight"}  # every other tensor keeps the source's fp16
-    meta = clipedit.load_edit(out / "edit.safetensors").meta
+    meta = load_edit(out / "edit.safetensors").meta
     assert meta["stored_dtypes"] == {f"{layer}.weight": {"source": "float16", "stored": "float32"}}
     restored_path = tmp_path / "restored.safetensors"
     run_ok(capsys, "revert", out / "edit.safetensors", "--model", "mini-vit", "--checkpoint",
@@ -255,7 +254,7 @@ def test_mini_vit_keeps_fp16_and_reverts_bit_exactly(tmp_path, capsys):
 def test_the_rank_recorded_is_the_rank_used(edit_files, tmp_path, capsys):
     out = tmp_path / "run"
     run_ok(capsys, *defend_args(edit_files[0], out, "--rank", "100000"))
-    edit = clipedit.load_edit(out / "edit.safetensors")
+    edit = load_edit(out / "edit.safetensors")
     assert edit.meta["hparams"]["rank"] == edit.rank < 100000
     assert edit.meta["hparams"]["rank_requested"] == 100000
     assert json.loads((out / "results.json").read_text())["hparams"]["rank"] == edit.rank

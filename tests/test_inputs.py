@@ -18,7 +18,10 @@ from conftest import VIT_SITE, defend_args, run_cli, run_error, run_ok
 from PIL import Image
 
 import clipedit
-from clipedit.errors import ClipeditError, ModelLoadError, SettingsError
+from clipedit.attacks import AttackError
+from clipedit.core import RewriteHParams, apply_edit, load_edit
+from clipedit.defenses.typographic import text_exemplars
+from clipedit.errors import ClipeditError, ModelLoadError, SettingsError, SiteError
 
 
 def refusal(capsys, *args) -> str:
@@ -164,8 +167,8 @@ def test_a_rewrite_layer_and_other_sites_are_refused_not_dropped(tiny_vit):
 
     a, b = "visual.transformer.resblocks.0.mlp.c_proj", "visual.transformer.resblocks.1.mlp.c_proj"
     with pytest.raises(SettingsError, match="is not among the sites"):
-        resolve_config(tiny_vit, DefenseConfig(hparams=clipedit.RewriteHParams(layer=a), sites=(b,)))
-    agreed = resolve_config(tiny_vit, DefenseConfig(hparams=clipedit.RewriteHParams(layer=a), sites=(a,)))
+        resolve_config(tiny_vit, DefenseConfig(hparams=RewriteHParams(layer=a), sites=(b,)))
+    agreed = resolve_config(tiny_vit, DefenseConfig(hparams=RewriteHParams(layer=a), sites=(a,)))
     assert agreed.sites == (a,)
     assert resolve_config(tiny_vit, agreed).sites == (a,)  # a resolved config resolves to itself
 
@@ -179,7 +182,7 @@ def test_the_rewrites_dict_settings_name_its_layer(tiny_vit):
     get_module(tiny_vit.model, layer)
     config = resolve_config(tiny_vit, DefenseConfig(method="edit", method_hparams={"layer": layer, "rank": 2}))
     assert config.sites == (layer,) and config.hparams.rank == 2
-    with pytest.raises(clipedit.SiteError, match="no module named 'nope.layer'"):
+    with pytest.raises(SiteError, match="no module named 'nope.layer'"):
         resolve_config(tiny_vit, DefenseConfig(method="edit", method_hparams={"layer": "nope.layer"}))
 
 
@@ -458,7 +461,7 @@ def test_hparams_refuse_non_finite_numbers():
 
     for bad in ({"keep_targets": float("nan")}, {"cov_reg": float("inf")}, {"rank": 2.5}, {"layer": ""}):
         with pytest.raises(EditError):
-            clipedit.RewriteHParams(**bad)
+            RewriteHParams(**bad)
 
 
 def test_sweep_refuses_a_nan_tolerance(capsys, tmp_path):
@@ -554,12 +557,12 @@ def test_the_public_api_checks_its_arguments(tiny_vit, edit_files):
     for call in (lambda: clipedit.defend(tiny_vit, ""), lambda: clipedit.defend(None, "ipod"),
                  lambda: clipedit.defend(tiny_vit, 5), lambda: clipedit.defend(tiny_vit, ["ipod", None]),
                  lambda: clipedit.load_model(None),
-                 lambda: clipedit.apply_edit(None, clipedit.load_edit(edit_files[2])),
+                 lambda: apply_edit(None, load_edit(edit_files[2])),
                  lambda: clipedit.save_edits(tiny_vit.model, "not an edit")):
         with pytest.raises(ArgumentError):
             call()
     with pytest.raises(RenderError) as info:
-        clipedit.text_exemplars(tiny_vit, "", 2)
+        text_exemplars(tiny_vit, "", 2)
     assert isinstance(info.value, clipedit.ClipeditError)
-    assert isinstance(info.value.__cause__, clipedit.AttackError)
-    assert issubclass(clipedit.AttackError, clipedit.USER_ERRORS)
+    assert isinstance(info.value.__cause__, AttackError)
+    assert issubclass(AttackError, clipedit.USER_ERRORS)

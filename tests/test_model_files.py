@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import clipedit
-from clipedit.core import EditSet, LayerEdit, key_statistics, load_edits, save_edits
+from clipedit.core import EditSet, LayerEdit, apply_edit, key_statistics, load_edit, load_edits, save_edits
 from clipedit.core import statistics as stats_module
 from clipedit.core.cache import cache_dir
 from clipedit.errors import EditError
@@ -753,10 +753,10 @@ def test_a_device_symlink_as_edit_file_says_what_it_is(edit_files, tmp_path, cap
 def test_readme_says_digests_are_no_signature(edit_files, tmp_path):
     from clipedit.core.edits import edited_digest
 
-    edit = clipedit.load_edit(edit_files[2])
+    edit = load_edit(edit_files[2])
     edit.lam = edit.lam * 100  # a forger re-digests the scaled edit: it applies, as the README says
     edit.meta["edited_sha256"] = edited_digest(edit)
     model = clipedit.load_model("tiny-vit", checkpoint=edit_files[0], device="cpu").model
-    clipedit.apply_edit(model, edit)
+    apply_edit(model, edit)
     readme = (ROOT / "README.md").read_text()
     assert "not forgery" in readme and "sha256sum" in readme

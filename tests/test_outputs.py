@@ -23,6 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import clipedit
+from clipedit.core import load_edit
 from clipedit.core.cache import cache_dir
 from clipedit.errors import ClipeditError
 from clipedit.io import (
@@ -710,7 +711,7 @@ def test_library_writers_refuse_a_fifo_and_a_device(edit_files, tmp_path):
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     if Path("/dev/full").exists():
         with pytest.raises(clipedit.ClipeditError, match="character device"):
-            clipedit.save_edits("/dev/full", clipedit.load_edit(edit_files[2]))
+            clipedit.save_edits("/dev/full", load_edit(edit_files[2]))
         assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
 
 
