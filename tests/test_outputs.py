@@ -419,7 +419,7 @@ def test_an_output_name_too_long_or_a_special_file_is_one_line(tmp_path, capsys,
         os.mkfifo(out)
     out = {"long name": tmp_path / ("x" * 300), "fifo": tmp_path / "fifo", "device": Path("/dev/null")}[kind]
     line = run_error(capsys, *_defend(out))
-    assert {"long name": "too long", "fifo": "FIFO", "device": "character device"}[kind] in line
+    assert {"long name": "bytes long", "fifo": "FIFO", "device": "character device"}[kind] in line
     with pytest.raises(ClipeditError, match="bytes long"):
         write_json(tmp_path / ("y" * 220 + ".json"), {})
 
