@@ -6,6 +6,10 @@
     print(defense.figures["before"]["text_acc"], defense.figures["after"]["text_acc"])
     clipedit.save_edits("ipod-edit.safetensors", defense.edit_set)
 
+The names below are the public API (load, defend, evaluate, audit, compare, edits, settings, results, the
+method table, errors); everything else is imported from its module (``clipedit.core``, ``clipedit.defenses``,
+``clipedit.eval``, ``clipedit.models``, ``clipedit.errors``, ...).
+
 Layers, lowest first (each imports only from those before it): ``errors``/``io``, ``core`` (the
 rewrite, independent of CLIP), ``data``, ``mini`` (the generated world), ``models``, ``eval``,
 ``defenses``, ``commands``. The attack generator is the separate package ``attacks/`` of the repository,
@@ -16,45 +20,23 @@ from clipedit.
 import logging
 
 from clipedit.attacks import AttackError
-from clipedit.core import (
-    EditRequest,
-    EditSet,
-    LayerEdit,
-    RewriteHParams,
-    apply_edit,
-    apply_edit_set,
-    apply_rewrite,
-    compute_rewrite,
-    key_statistics,
-    load_edit,
-    load_edits,
-    register_edit_kind,
-    revert_edit,
-    revert_edit_set,
-    save_edits,
-)
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import defaults_for
-from clipedit.defenses.methods import METHODS, MethodSpec
+from clipedit.core import apply_edit_set, load_edits, revert_edit_set, save_edits
+from clipedit.defenses.compare import CompareSettings, compare
+from clipedit.defenses.methods import METHODS, MethodSpec, register_method
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.result import DefenseResult
 from clipedit.defenses.run_files import save_run
-from clipedit.defenses.typographic import defend, text_exemplars
-from clipedit.errors import ArgumentError, ClipeditError, EditError, ModelLoadError, RenderError, SiteError
-from clipedit.eval.audit import AuditOutcome, audit
+from clipedit.defenses.typographic import defend
+from clipedit.errors import ClipeditError
+from clipedit.eval.audit import audit
 from clipedit.eval.evaluation import EvalOptions, evaluate
-from clipedit.eval.predictor import make_predictor
-from clipedit.models import ModelBundle, list_models, load_model
+from clipedit.models import list_models, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 #: Every one-line error of clipedit and of the attack generator beneath it: ``except clipedit.USER_ERRORS``.
 USER_ERRORS = (ClipeditError, AttackError)
 
-__all__ = ["USER_ERRORS", "ArgumentError", "AttackError", "AuditOutcome", "ClipeditError", "DefenseConfig",
-           "DefenseResult", "EditError", "EditRequest", "EditSet", "EvalOptions", "LayerEdit", "METHODS",
-           "MethodSpec", "ModelBundle", "ModelLoadError", "RenderError", "RewriteHParams", "SiteError",
-           "apply_edit", "apply_edit_set", "apply_rewrite", "audit", "compute_rewrite", "defaults_for", "defend",
-           "evaluate", "key_statistics", "list_models", "load_edit", "load_edits", "load_model", "make_predictor",
-           "register_edit_kind", "resolve_config", "revert_edit", "revert_edit_set", "save_edits",
-           "save_run", "text_exemplars"]
+__all__ = ["METHODS", "USER_ERRORS", "ClipeditError", "CompareSettings", "DefenseResult", "EvalOptions",
+           "MethodSpec", "apply_edit_set", "audit", "compare", "defend", "evaluate", "list_models", "load_edits",
+           "load_model", "register_method", "resolve_config", "revert_edit_set", "save_edits", "save_run"]

@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated cache, tiny random-init models, small photos and an ImageFolder."""
 from __future__ import annotations
 
+import copy
 import os
 
 # Before anything imports huggingface_hub (it reads this once): no test may wait on a download.
@@ -15,6 +16,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from clipedit import cli  # noqa: E402
+from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_statistics, save_edits  # noqa: E402
+from clipedit.models import save_state_dict  # noqa: E402
 from clipedit.models.hf import write_config_folder  # noqa: E402
 
 # skimage's bundled photos (no download), by the class name they show.
@@ -28,6 +31,17 @@ def cache_dir(tmp_path_factory, monkeypatch) -> Path:
     path = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("CLIPEDIT_CACHE", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def loaded_checkpoints(monkeypatch) -> set:
+    """Each test starts as a fresh process would: no checkpoint loaded yet (the writers' guard refuses to write
+    over one this process loaded, so loads by earlier tests or module fixtures must not change its message)."""
+    import clipedit.io
+
+    fresh: set = set()
+    monkeypatch.setattr(clipedit.io, "_SOURCES", fresh)
+    return fresh
 
 
 def _load_tiny(name: str):
@@ -166,3 +180,89 @@ def hf_folders(tmp_path_factory) -> dict[str, str]:
     """Config-only folders (config, image processor, tokenizer) of a toy CLIPModel and SiglipModel."""
     root = tmp_path_factory.mktemp("hf")
     return {fam: str(write_config_folder(root / fam, fam)) for fam in ("clip", "siglip")}
+
+
+# -- a rank-2 tiny-vit edit and one defend run of it, shared by the outputs, inputs and model-file tests --
+VIT_SITE = "visual.transformer.resblocks.1.mlp.c_proj"
+
+
+def reference_batches(model, n_batches: int = 2):
+    g = torch.Generator().manual_seed(7)
+    ref = [torch.randn(8, 3, 64, 64, generator=g) for _ in range(n_batches)]
+    return lambda: ref
+
+
+@pytest.fixture(scope="module")
+def edit_files(tmp_path_factory):
+    """(base checkpoint, edited checkpoint, edit file) of a rank-2 edit of tiny-vit."""
+    from test_rewrite import _pair
+
+    from clipedit.models import load_model
+
+    folder = tmp_path_factory.mktemp("edit")
+    torch.manual_seed(0)
+    model = load_model("tiny-vit", device="cpu").model
+    stats = key_statistics(model, VIT_SITE, reference_batches(model), forward=model.encode_image)
+    edit = compute_rewrite(model, _pair(), RewriteHParams(layer=VIT_SITE, rank=2), stats,
+                           forward=model.encode_image, meta={"model": "tiny-vit"})
+    base = save_state_dict(folder / "base.safetensors", model.state_dict())
+    edited_model = copy.deepcopy(model)
+    apply_edit(edited_model, edit)
+    edited = save_state_dict(folder / "edited.safetensors", edited_model.state_dict())
+    return base, edited, save_edits(folder / "edit.safetensors", edit)
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One statistics cache for this module's defend runs (they all edit the same weights)."""
+    return tmp_path_factory.mktemp("shared-cache")
+
+
+@pytest.fixture
+def base(edit_files, shared_cache, monkeypatch) -> Path:
+    """The tiny-vit base checkpoint, with the module's shared cache in use."""
+    monkeypatch.setenv("CLIPEDIT_CACHE", str(shared_cache))
+    return edit_files[0]
+
+
+@pytest.fixture(scope="module")
+def defended(edit_files, shared_cache, tmp_path_factory) -> Path:
+    """A completed ``defend --cov-reg 0.25`` run (umask 022) of the base checkpoint: the "previous run"."""
+    out = tmp_path_factory.mktemp("defended") / "run"
+    old_mask, old_cache = os.umask(0o022), os.environ.get("CLIPEDIT_CACHE")
+    os.environ["CLIPEDIT_CACHE"] = str(shared_cache)
+    try:
+        cli.main([str(a) for a in defend_args(edit_files[0], out, "--cov-reg", "0.25")])
+    except SystemExit as e:
+        assert not e.code, f"defend failed: exit {e.code}"
+    finally:
+        os.umask(old_mask)
+        if old_cache is None:
+            os.environ.pop("CLIPEDIT_CACHE")
+        else:
+            os.environ["CLIPEDIT_CACHE"] = old_cache
+    return out
+
+
+def defend_args(base, out, *extra):
+    return ["defend", "--model", "tiny-vit", "--checkpoint", base, "--text", "ipod", "--renders", "2", "--rank", "2",
+            "--layer", VIT_SITE, "--no-eval", "--out", out, *extra]
+
+
+# -- forked runs: a second process that shares only the disk -------------------------------------------
+def fork_run(work) -> int:
+    """Run ``work()`` in a forked copy of this process (a run of its own: its own pid, nothing shared but
+    the disk); returns its pid. The child ends with ``os._exit``: 0 when ``work`` returned, 1 if it raised."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def exit_code_of(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import skimage.data
+from conftest import run_cli, run_error
 from PIL import Image
 
 from clipedit.attacks import (
@@ -229,3 +230,47 @@ def test_default_font_is_matplotlibs_dejavu():
     path = default_font_path()
     assert os.path.isfile(path) and os.path.basename(path) == "DejaVuSans.ttf"
     assert "mpl-data" in path
+
+
+def test_a_very_long_attack_word_gets_a_short_file_name(tmp_path, capsys):
+    word = "ipod" * 75  # 300 characters: more than a file name may hold
+    photo = tmp_path / "cat.png"
+    Image.new("RGB", (3000, 120), "white").save(photo)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["attack", photo, "--text", word, "--font-size", "12", "--position", "center",
+                                 "--out", out], capsys)
+    assert code == 0, err
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 3 and all(len(n.encode()) < 120 for n in names)
+    assert all(n.startswith("cat_ipodipod") for n in names)
+
+
+@pytest.mark.parametrize("words", [("ipod!", "ipod?"), ("a/b", "a-b")])
+def test_words_with_the_same_file_name_do_not_overwrite_each_other(tmp_path, capsys, photo_files, words):
+    out = tmp_path / "out"
+    args = ["attack", photo_files["cat"], "--out", out, "--font-size", "0.2"]
+    for w in words:
+        args += ["--text", w]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert len(list(out.iterdir())) == 6 == len(set(stdout.split()))
+
+
+def test_characters_the_font_lacks_are_refused(tmp_path, capsys, photo_files):
+    from clipedit.attacks import AttackError, render_attack
+
+    with pytest.raises(AttackError, match="U[+]1F4F1"):
+        render_attack(Image.new("RGB", (96, 96), "white"), "ipod\N{MOBILE PHONE}", seed=0)
+    out = tmp_path / "out"
+    line = run_error(capsys, "attack", photo_files["cat"], "--text", "\N{MOBILE PHONE}", "--out", out)
+    assert "no glyph for" in line and "--font" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--font", "/dev/zero"), "not a regular file"),
+    (("--font-size", "1e9"), "font_size"),
+])
+def test_attack_font_messages(tmp_path, capsys, photo_files, args, message):
+    line = run_error(capsys, "attack", photo_files["cat"], "--text", "ipod", "--out", tmp_path / "o", *args)
+    assert message in line and "Pillow" not in line and "no such file" not in line

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import pytest
 import torch
-from conftest import run_error, run_ok
+from conftest import VIT_SITE, defend_args, run_cli, run_error, run_ok
 from safetensors.torch import load_file, save_file
 
 from clipedit.core import (
@@ -26,7 +26,7 @@ from clipedit.core import (
 )
 from clipedit.core.nethook import get_module
 from clipedit.errors import EditError
-from clipedit.io import read_safetensors_metadata
+from clipedit.io import bundled_assets, read_safetensors_metadata
 from clipedit.models import load_model, save_state_dict
 
 SITES = ("visual.layer2.0.conv3", "visual.layer3.0.conv3")
@@ -207,3 +207,54 @@ def test_an_edit_set_applied_by_audit_edit(tiny_rn, tmp_path, capsys, image_fold
     run_ok(capsys, "audit", "--model", "tiny-rn", "--checkpoint", base, "--edit", path, "--data", image_folder,
            "--n", "2", "--out", out)
     assert json.loads(out.read_text())["edits"] == [str(path)]
+
+
+def test_fp16_sources_stay_fp16_and_revert_bit_exactly(tiny_vit, tmp_path, capsys):
+    state = {k: v.half() if v.is_floating_point() else v for k, v in tiny_vit.model.state_dict().items()}
+    base = save_state_dict(tmp_path / "base16.safetensors", state)
+    out = tmp_path / "run"
+    code, _, err = run_cli(defend_args(base, out), capsys)
+    assert code == 0, err
+    source, edited = load_file(str(base)), load_file(str(out / "model.safetensors"))
+    changed = {k for k in source if not torch.equal(source[k], edited[k])}
+    assert changed == {f"{VIT_SITE}.weight"}  # every other tensor: the source's fp16 bytes
+    assert edited[f"{VIT_SITE}.weight"].dtype == torch.float32  # the edit itself is not rounded away
+    restored_path = tmp_path / "restored.safetensors"
+    code, _, err = run_cli(["revert", out / "edit.safetensors", "--model", "tiny-vit", "--checkpoint",
+                            out / "model.safetensors", "--out", restored_path], capsys)
+    assert code == 0, err
+    restored = load_file(str(restored_path))
+    assert all(restored[k].dtype == source[k].dtype and torch.equal(restored[k], source[k]) for k in source)
+    assert restored_path.stat().st_size < 1.1 * base.stat().st_size
+
+
+@pytest.mark.slow
+def test_mini_vit_keeps_fp16_and_reverts_bit_exactly(tmp_path, capsys):
+    out = tmp_path / "run"
+    layer = "visual.transformer.resblocks.0.mlp.c_proj"
+    run_ok(capsys, "defend", "--model", "mini-vit", "--layer", layer, "--rank", "2", "--renders", "2",
+           "--no-eval", "--out", out)
+    source = {**{k: v for k, v in load_file(str(bundled_assets() / "mini" / "model.safetensors")).items()
+                 if not k.startswith("visual.")},
+              **load_file(str(bundled_assets() / "mini-vit" / "visual.safetensors"))}
+    edited = load_file(str(out / "model.safetensors"))
+    assert set(edited) == set(source)
+    wider = {k for k in source if edited[k].dtype != source[k].dtype}
+    assert wider == {f"{layer}.weight"}  # every other tensor keeps the source's fp16
+    meta = load_edit(out / "edit.safetensors").meta
+    assert meta["stored_dtypes"] == {f"{layer}.weight": {"source": "float16", "stored": "float32"}}
+    restored_path = tmp_path / "restored.safetensors"
+    run_ok(capsys, "revert", out / "edit.safetensors", "--model", "mini-vit", "--checkpoint",
+           out / "model.safetensors", "--out", restored_path)
+    restored = load_file(str(restored_path))
+    assert all(restored[k].dtype == source[k].dtype and torch.equal(restored[k], source[k]) for k in source)
+
+
+@pytest.mark.slow
+def test_the_rank_recorded_is_the_rank_used(edit_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    run_ok(capsys, *defend_args(edit_files[0], out, "--rank", "100000"))
+    edit = load_edit(out / "edit.safetensors")
+    assert edit.meta["hparams"]["rank"] == edit.rank < 100000
+    assert edit.meta["hparams"]["rank_requested"] == 100000
+    assert json.loads((out / "results.json").read_text())["hparams"]["rank"] == edit.rank

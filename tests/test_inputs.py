@@ -13,10 +13,15 @@ import typing
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, run_error, run_ok
+import torch
+from conftest import VIT_SITE, defend_args, run_cli, run_error, run_ok
+from PIL import Image
 
 import clipedit
-from clipedit.errors import ClipeditError, ModelLoadError, SettingsError
+from clipedit.attacks import AttackError
+from clipedit.core import RewriteHParams, apply_edit, load_edit
+from clipedit.defenses.typographic import text_exemplars
+from clipedit.errors import ClipeditError, ModelLoadError, SettingsError, SiteError
 
 
 def refusal(capsys, *args) -> str:
@@ -162,8 +167,8 @@ def test_a_rewrite_layer_and_other_sites_are_refused_not_dropped(tiny_vit):
 
     a, b = "visual.transformer.resblocks.0.mlp.c_proj", "visual.transformer.resblocks.1.mlp.c_proj"
     with pytest.raises(SettingsError, match="is not among the sites"):
-        resolve_config(tiny_vit, DefenseConfig(hparams=clipedit.RewriteHParams(layer=a), sites=(b,)))
-    agreed = resolve_config(tiny_vit, DefenseConfig(hparams=clipedit.RewriteHParams(layer=a), sites=(a,)))
+        resolve_config(tiny_vit, DefenseConfig(hparams=RewriteHParams(layer=a), sites=(b,)))
+    agreed = resolve_config(tiny_vit, DefenseConfig(hparams=RewriteHParams(layer=a), sites=(a,)))
     assert agreed.sites == (a,)
     assert resolve_config(tiny_vit, agreed).sites == (a,)  # a resolved config resolves to itself
 
@@ -177,7 +182,7 @@ def test_the_rewrites_dict_settings_name_its_layer(tiny_vit):
     get_module(tiny_vit.model, layer)
     config = resolve_config(tiny_vit, DefenseConfig(method="edit", method_hparams={"layer": layer, "rank": 2}))
     assert config.sites == (layer,) and config.hparams.rank == 2
-    with pytest.raises(clipedit.SiteError, match="no module named 'nope.layer'"):
+    with pytest.raises(SiteError, match="no module named 'nope.layer'"):
         resolve_config(tiny_vit, DefenseConfig(method="edit", method_hparams={"layer": "nope.layer"}))
 
 
@@ -375,3 +380,189 @@ def test_stats_says_not_cached_when_the_cache_write_fails(tmp_path, capsys, imag
     monkeypatch.setenv("CLIPEDIT_CACHE", str(tmp_path / "cache"))
     assert "cached for defend --reference" in run_ok(capsys, "stats", "--model", "tiny-vit", "--reference",
                                                      image_folder)
+
+
+@pytest.mark.parametrize("model, layer, reason", [
+    ("tiny-rn", "visual.attnpool.c_proj", "attention pooling"),
+    ("tiny-rn", "visual.attnpool.q_proj", "attention pooling"),
+    ("tiny-vit", "visual.transformer.resblocks.0.attn.out_proj", "MultiheadAttention"),
+    ("tiny-vit", "transformer.resblocks.0.mlp.c_proj", "never called by the image forward pass"),
+])
+def test_unsupported_sites_say_which_are_supported(tmp_path, capsys, model, layer, reason):
+    out = tmp_path / "run"
+    line = run_error(capsys, "defend", "--model", model, "--layer", layer, "--text", "ipod", "--renders", "2",
+                     "--rank", "1", "--no-eval", "--out", out)
+    assert reason in line and "supported sites are" in line and "mlp.c_proj" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--keep-blank", "inf"), "'inf' is not a finite number"),
+    (("--keep-blank", "nan"), "'nan' is not a finite number"),
+    (("--text", "ab\udcff"), "is not valid UTF-8 text"),
+    (("--device", "meta"), "'meta' is not a device clipedit runs on"),
+    (("--layer", "+++"), "'+++' names no layer"),
+    (("--layer", "visual.a++visual.b"), "has an empty layer name"),
+    (("--layer", "visual.a,visual.b"), "is written 'visual.a+visual.b'"),
+])
+def test_defend_refuses_bad_options_in_one_line(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    line = refusal(capsys, "defend", "--model", "tiny-vit", "--renders", "2", "--no-eval", "--out", out, *args)
+    assert message in line
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has mps")
+def test_device_mps_is_refused_where_there_is_none(capsys):
+    assert "mps is not available" in refusal(capsys, "audit", "--model", "mini", "--device", "mps", "--n", "2")
+
+
+@pytest.mark.parametrize("n, message", [("1000000000000", "not in the range"), ("1e26", "not a valid integer")])
+def test_audit_refuses_absurd_scene_counts(capsys, n, message):
+    assert message in refusal(capsys, "audit", "--model", "mini", "--n", n)
+
+
+@pytest.mark.parametrize("template", ["a photo of {1} {}.", "a {x} photo of a {}.", "{0.__class__} of a {}."])
+@pytest.mark.slow
+def test_templates_are_filled_by_plain_substitution(tmp_path, capsys, template):
+    from clipedit.eval.zeroshot import fill_template
+
+    assert fill_template(template, "cat") == template.replace("{}", "cat")
+    path = tmp_path / "templates.txt"
+    path.write_text(template + "\n")
+    out = run_ok(capsys, "audit", "--model", "mini", "--n", "4", "--templates-file", path)
+    assert "attack success" in out
+
+
+def _disentangling(root: Path, annotations: str) -> Path:
+    root.mkdir()
+    (root / "annotations.json").write_text(annotations)
+    return root
+
+
+@pytest.mark.parametrize("annotations, message", [
+    ("[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),
+    ('{"a.jpg": {"true object": "cup", "n": ' + "9" * 5001 + "}}", "cannot read"),
+])
+def test_hostile_annotations_are_one_line(tmp_path, capsys, annotations, message):
+    root = _disentangling(tmp_path / "dis", annotations)
+    assert message in run_error(capsys, "audit", "--model", "mini", "--dataset", f"disentangling:{root}")
+
+
+def test_keep_blank_so_large_the_edit_is_a_no_op_is_refused(edit_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    line = run_error(capsys, *defend_args(edit_files[0], out, "--keep-blank", "1e300"))
+    assert "keep_targets 1e+300 is above 1e+06" in line
+    assert not out.exists()
+
+
+def test_hparams_refuse_non_finite_numbers():
+    from clipedit.errors import EditError
+
+    for bad in ({"keep_targets": float("nan")}, {"cov_reg": float("inf")}, {"rank": 2.5}, {"layer": ""}):
+        with pytest.raises(EditError):
+            RewriteHParams(**bad)
+
+
+def test_sweep_refuses_a_nan_tolerance(capsys, tmp_path):
+    assert "not a finite number" in refusal(capsys, "sweep", "--tolerance", "nan", "--out", tmp_path / "s")
+
+
+def test_finetune_local_refuses_several_layers(edit_files, tmp_path, capsys):
+    line = run_error(capsys, *defend_args(edit_files[0], tmp_path / "run", "--method", "finetune-local",
+                                           "--layer", f"{VIT_SITE}+visual.transformer.resblocks.0.mlp.c_proj"))
+    assert "--method finetune-local trains one layer; --layer names 2" in line
+
+
+def test_triples_refuse_rta_style_names(tmp_path, capsys):
+    folder = tmp_path / "rta"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), "white").save(folder / "label=cat_text=dog.png")
+    line = run_error(capsys, "audit", "--model", "mini", "--dataset", f"triples:{folder}")
+    assert "named as RTA-100/PAINT photos are" in line and "rta100:" in line
+
+
+def test_disentangling_refuses_files_outside_its_folder(tmp_path, capsys):
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64), "red").save(secret)
+    root = tmp_path / "dis"
+    root.mkdir()
+    Image.new("RGB", (64, 64), "white").save(root / "ok.png")
+    annotations = {"ok.png": {"true object": "cup", "typographic attack label": "ipod"},
+                   str(secret): {"true object": "cup", "typographic attack label": "ipod"},
+                   "../secret.png": {"true object": "cup", "typographic attack label": "ipod"}}
+    (root / "annotations.json").write_text(json.dumps(annotations))
+    results, report = tmp_path / "r.json", tmp_path / "r.html"
+    out = run_ok(capsys, "audit", "--model", "mini", "--dataset", f"disentangling:{root}", "--out", results,
+                 "--report", report)
+    assert "skipped 2 images" in out
+    record = json.loads(results.read_text())
+    assert record["metrics"]["n"] == 1 and record["metrics"]["n_skipped"] == 2
+    assert {reason for _, reason in record["skipped"]} == {"outside the dataset folder: not read"}
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    Image.open(secret).save(buffer, format="PNG")
+    assert base64.b64encode(buffer.getvalue()).decode()[:200] not in report.read_text()
+
+
+def test_scam_never_opens_a_row_outside_its_folder(tmp_path, capsys):
+    root = tmp_path / "scam"
+    root.mkdir()
+    Image.new("RGB", (64, 64), "white").save(root / "a.png")
+    (root / "metadata.csv").write_text("file_name,type,object_label,attack_word\n"
+                                       "a.png,SCAM,cup,ipod\n/etc/shadow,SCAM,cup,ipod\n")
+    from clipedit.data.benchmarks import load_benchmark_images, read_benchmark
+
+    bench = read_benchmark(f"scam:{root}")
+    assert [r.path.name for r in bench.records] == ["a.png"] and bench.outside == ["/etc/shadow"]
+    loaded = load_benchmark_images(bench)
+    assert loaded.n_skipped == 1 and loaded.skipped == [("/etc/shadow", "outside the dataset folder: not read")]
+
+
+def test_a_long_list_of_missing_files_is_counted_not_listed(tmp_path, capsys):
+    root = tmp_path / "m"
+    root.mkdir()
+    Image.new("RGB", (64, 64), "white").save(root / "real.png")
+    rows = ["image,class,word", "real.png,cup,ipod"] + [f"missing{i}.png,cup,ipod" for i in range(5000)]
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    results = tmp_path / "r.json"
+    run_ok(capsys, "audit", "--model", "mini", "--dataset", f"manifest:{root}", "--out", results)
+    record = json.loads(results.read_text())
+    assert record["metrics"]["n_skipped"] == 5000 and len(record["skipped"]) == 20
+    assert results.stat().st_size < 50_000
+
+
+def test_an_empty_scam_object_label_is_refused(tmp_path, capsys):
+    root = tmp_path / "scam"
+    root.mkdir()
+    Image.new("RGB", (64, 64), "white").save(root / "a.png")
+    (root / "metadata.csv").write_text("file_name,type,object_label,attack_word\na.png,SCAM, ,ipod\n")
+    assert "line 2: empty object_label" in run_error(capsys, "audit", "--model", "mini", "--dataset", f"scam:{root}")
+
+
+def test_an_rta_set_without_attacked_photos_prints_no_attacked_line(tmp_path, capsys):
+    root = tmp_path / "rta"
+    root.mkdir()
+    for name in ("cup", "dog"):
+        Image.new("RGB", (64, 64), "white").save(root / f"label={name}_text=.png")
+    out = run_ok(capsys, "audit", "--model", "mini", "--dataset", f"rta100:{root}", "--classes", "cup,dog")
+    assert "attacked photos" not in out and "all photos (top-1; none attacked)" in out
+
+
+def test_the_public_api_checks_its_arguments(tiny_vit, edit_files):
+    from clipedit.errors import ArgumentError, RenderError
+
+    for call in (lambda: clipedit.defend(tiny_vit, ""), lambda: clipedit.defend(None, "ipod"),
+                 lambda: clipedit.defend(tiny_vit, 5), lambda: clipedit.defend(tiny_vit, ["ipod", None]),
+                 lambda: clipedit.load_model(None),
+                 lambda: apply_edit(None, load_edit(edit_files[2])),
+                 lambda: clipedit.save_edits(tiny_vit.model, "not an edit")):
+        with pytest.raises(ArgumentError):
+            call()
+    with pytest.raises(RenderError) as info:
+        text_exemplars(tiny_vit, "", 2)
+    assert isinstance(info.value, clipedit.ClipeditError)
+    assert isinstance(info.value.__cause__, AttackError)
+    assert issubclass(AttackError, clipedit.USER_ERRORS)

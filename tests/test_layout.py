@@ -153,6 +153,34 @@ def test_public_names_do_not_shadow_submodules():
     assert callable(clipedit.defend) and clipedit.defend.__module__ == "clipedit.defenses.typographic"
 
 
+#: The public API, name -> the module that defines it; everything else is imported from its module.
+PUBLIC_API = {
+    "load_model": "clipedit.models.registry", "list_models": "clipedit.models.registry",
+    "defend": "clipedit.defenses.typographic", "evaluate": "clipedit.eval.evaluation",
+    "EvalOptions": "clipedit.eval.evaluation", "audit": "clipedit.eval.audit",
+    "compare": "clipedit.defenses.compare", "CompareSettings": "clipedit.defenses.compare",
+    "load_edits": "clipedit.core.edit_sets", "save_edits": "clipedit.core.edit_sets",
+    "apply_edit_set": "clipedit.core.edit_sets", "revert_edit_set": "clipedit.core.edit_sets",
+    "resolve_config": "clipedit.defenses.resolve", "DefenseResult": "clipedit.defenses.result",
+    "save_run": "clipedit.defenses.run_files", "METHODS": None, "MethodSpec": "clipedit.defenses.methods",
+    "register_method": "clipedit.defenses.methods", "ClipeditError": "clipedit.errors", "USER_ERRORS": None,
+}
+
+
+def test_the_public_api_is_these_names_and_each_resolves():
+    import clipedit
+    from clipedit.attacks import AttackError
+    from clipedit.defenses.methods import METHODS
+
+    assert sorted(clipedit.__all__) == sorted(PUBLIC_API)
+    for name, module in PUBLIC_API.items():
+        value = getattr(clipedit, name)
+        if module is not None:
+            assert value.__module__ == module, name
+    assert clipedit.METHODS is METHODS and clipedit.USER_ERRORS == (clipedit.ClipeditError, AttackError)
+    assert "load_edit" not in dir(clipedit) and "EditSet" not in dir(clipedit)  # edits: the set API only
+
+
 def _pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 

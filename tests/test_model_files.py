@@ -5,13 +5,23 @@ data torchrun ranks read (the same on every rank). Every refusal is one ``Error:
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_error
+from conftest import VIT_SITE, exit_code_of, fork_run, reference_batches, run_error
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from clipedit.core import EditSet, LayerEdit, load_edits, save_edits
+import clipedit
+from clipedit.core import EditSet, LayerEdit, apply_edit, key_statistics, load_edit, load_edits, save_edits
+from clipedit.core import statistics as stats_module
+from clipedit.core.cache import cache_dir
 from clipedit.errors import EditError
 from clipedit.io import read_safetensors_metadata, save_state_dict
 
@@ -524,3 +534,229 @@ def test_revert_refuses_a_hook_edit_file_saying_why(tiny_vit, tmp_path, capsys):
                      "--out", tmp_path / "r.safetensors")
     assert "cls-head-ablation member(s) are hooks, never written into weights" in line
     assert not (tmp_path / "r.safetensors").exists()
+
+
+def _tamper(path: Path, out: Path, name: str, change) -> Path:
+    """A copy of edit file ``path`` with tensor ``name`` changed in place by ``change``; metadata kept."""
+    tensors = load_file(str(path))
+    change(tensors[f"0.{name}"])  # the only member of the set the file holds
+    save_file(tensors, str(out), metadata=read_safetensors_metadata(path))
+    return out
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.view(-1)[0].add_(1e-3), "orig_weight does not match its orig_sha256"),
+    (lambda t: t.view(-1)[0].fill_(float("nan")), "NaN or inf in its orig_weight"),
+])
+def test_revert_refuses_an_edit_whose_original_weight_was_altered(edit_files, tmp_path, capsys, change, message):
+    _, edited, edit = edit_files
+    bad = _tamper(edit, tmp_path / "bad.safetensors", "orig_weight", change)
+    out = tmp_path / "restored.safetensors"
+    line = run_error(capsys, "revert", bad, "--model", "tiny-vit", "--checkpoint", edited, "--out", out)
+    assert message in line and str(bad) in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["lambda", "directions"])
+def test_apply_refuses_an_edit_whose_factors_were_altered(edit_files, tmp_path, capsys, name):
+    base, _, edit = edit_files
+    bad = _tamper(edit, tmp_path / "bad.safetensors", name, lambda t: t.mul_(1.5))
+    out = tmp_path / "applied.safetensors"
+    line = run_error(capsys, "apply", bad, "--model", "tiny-vit", "--checkpoint", base, "--out", out)
+    assert "does not match its edited_sha256" in line
+    assert not out.exists()
+
+
+def test_nan_in_a_checkpoint_is_refused_on_load(tiny_rn, tmp_path, capsys):
+    state = tiny_rn.model.state_dict()
+    state["visual.layer3.0.bn3.running_var"][0] = float("nan")
+    bad = save_state_dict(tmp_path / "nan.safetensors", state)
+    out = tmp_path / "run"
+    line = run_error(capsys, "defend", "--model", "tiny-rn", "--checkpoint", bad, "--text", "ipod",
+                     "--renders", "2", "--rank", "1", "--no-eval", "--out", out)
+    assert "visual.layer3.0.bn3.running_var contains NaN or inf" in line
+    assert not out.exists()
+
+
+def test_nan_weights_are_refused_before_solving(tiny_rn):
+    from clipedit.core import resolve_site
+    from clipedit.errors import SiteError
+
+    with torch.no_grad():
+        tiny_rn.model.visual.layer3[0].bn3.running_var[0] = float("nan")
+    with pytest.raises(SiteError, match="bn3.running_var contains NaN or inf"):
+        resolve_site(tiny_rn.model, "visual.layer3.0.conv3")
+
+
+def _stats_entries() -> list[Path]:
+    return sorted((cache_dir() / "stats").glob("*.safetensors"))
+
+
+def _count_computations(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = stats_module.key_second_moment
+    monkeypatch.setattr(stats_module, "key_second_moment", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("alter", [
+    lambda t: t["C"].mul_(3.0),                        # altered values: a different, still valid C
+    lambda t: t["C"].diagonal().fill_(-1.0),           # corrupt but parseable: not positive definite
+])
+def test_an_altered_cache_entry_is_recomputed_with_a_warning(tiny_vit, monkeypatch, caplog, alter):
+    model = tiny_vit.model
+    calls = _count_computations(monkeypatch)
+    ref = reference_batches(model)
+    true = key_statistics(model, VIT_SITE, ref, data_key="ref-a", forward=model.encode_image)
+    (entry,) = _stats_entries()
+    tensors = load_file(str(entry))
+    alter(tensors)
+    save_file(tensors, str(entry), metadata=read_safetensors_metadata(entry))
+    with caplog.at_level("WARNING"):
+        again = key_statistics(model, VIT_SITE, ref, data_key="ref-a", forward=model.encode_image)
+    assert torch.equal(again.C, true.C) and len(calls) == 2
+    assert "does not match its digest" in caplog.text
+    key_statistics(model, VIT_SITE, ref, data_key="ref-a", forward=model.encode_image)
+    assert len(calls) == 2  # the rewritten entry is sound
+
+
+def test_a_cache_entry_made_by_other_arguments_is_recomputed(tiny_vit, monkeypatch, caplog):
+    model = tiny_vit.model
+    calls = _count_computations(monkeypatch)
+    ref = reference_batches(model)
+    key_statistics(model, VIT_SITE, ref, data_key="ref-a", forward=model.encode_image)
+    b = key_statistics(model, VIT_SITE, lambda: ref()[:1], data_key="ref-b", forward=model.encode_image)
+    a_entry, b_entry = sorted(_stats_entries(), key=lambda p: p.stat().st_mtime_ns)
+    shutil.copyfile(a_entry, b_entry)  # entry of ref-a under ref-b's name
+    with caplog.at_level("WARNING"):
+        again = key_statistics(model, VIT_SITE, lambda: ref()[:1], data_key="ref-b", forward=model.encode_image)
+    assert "made by other arguments" in caplog.text
+    assert torch.equal(again.C, b.C) and len(calls) == 3
+
+
+def test_wrong_architecture_names_the_first_missing_and_unexpected_keys(tiny_rn, tmp_path, capsys, image_folder):
+    ckpt = save_state_dict(tmp_path / "rn.safetensors", tiny_rn.model.state_dict())
+    line = run_error(capsys, "audit", "--model", "tiny-vit", "--checkpoint", ckpt, "--data", image_folder)
+    assert "missing 31 key(s), first: visual.class_embedding" in line
+    assert "unexpected 122 key(s), first: visual.bn1" in line and "wrong shape" in line
+
+
+def test_a_bad_user_checkpoint_for_mini_is_not_told_to_retrain(tiny_vit, tmp_path, capsys):
+    ckpt = save_state_dict(tmp_path / "vit.safetensors", tiny_vit.model.state_dict())
+    line = run_error(capsys, "audit", "--model", "mini", "--checkpoint", ckpt, "--n", "4")
+    assert "does not fit" in line and "missing" in line
+    assert "train-mini" not in line
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_ranks(args_of_rank, tmp_path) -> list[subprocess.Popen]:
+    """Launch two ranks by hand (as torchrun would), each with its own arguments."""
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WORLD_SIZE": "2", "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "CLIPEDIT_CACHE": str(tmp_path / "cache")}
+        procs.append(subprocess.Popen([sys.executable, "-m", "clipedit", *map(str, args_of_rank(rank))], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
+    return procs
+
+
+@pytest.mark.slow
+def test_ranks_started_with_different_references_stop_in_one_line(tmp_path, image_folder):
+    """Before: both ranks exited 0 and rank 0 cached C from a mix of the two folders under its own key."""
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (64, 64), "white").save(other / "white.png")
+    procs = _two_ranks(lambda r: ["stats", "--model", "tiny-vit", "--device", "cpu",
+                                  "--reference", image_folder if r == 0 else other], tmp_path)
+    for p in procs:
+        _, stderr = p.communicate(timeout=300)
+        lines = stderr.strip().splitlines()
+        assert p.returncode == 1, stderr[-2000:]
+        assert "Traceback" not in stderr and [x for x in lines if x.startswith("Error: ")] == lines[-1:], stderr
+        assert "torchrun ranks were started with different arguments" in lines[-1]
+    stats = tmp_path / "cache" / "stats"
+    assert not stats.exists() or not any(stats.iterdir())  # nothing cached from a mix of folders
+
+
+@pytest.mark.parametrize("values", [({"n": 2}, {"n": 3}), ({"layer": "a"}, {"layer": "b"}), ({"n": 2}, {"n": 2})])
+def test_agree_compares_every_ranks_arguments_first(tmp_path, values):
+    """``audit --scenes`` or ``--layer`` differing per rank crashed in gloo before; now every rank stops
+    with the same one line (two gloo ranks forked from this process), and equal arguments pass."""
+    from clipedit.core.distributed import agree
+
+    store = tmp_path / "store"
+
+    def rank(r):
+        def work():
+            import torch.distributed as dist
+
+            dist.init_process_group("gloo", init_method=f"file://{store}", rank=r, world_size=2)
+            try:
+                agree(values[r])
+            except clipedit.ClipeditError as e:
+                (tmp_path / f"rank{r}.txt").write_text(str(e))
+                assert not dist.is_initialized()  # the group is left, so that the process exits cleanly
+            else:
+                dist.destroy_process_group()
+        return work
+
+    pids = [fork_run(rank(r)) for r in range(2)]
+    assert [exit_code_of(pid) for pid in pids] == [0, 0]
+    said = [(tmp_path / f"rank{r}.txt").read_text() if (tmp_path / f"rank{r}.txt").exists() else None
+            for r in range(2)]
+    if values[0] == values[1]:
+        assert said == [None, None]
+    else:
+        assert all("2 torchrun ranks were started with different arguments" in x for x in said)
+
+
+def test_a_cache_entry_of_the_wrong_shape_is_recomputed(tiny_vit, caplog):
+    from safetensors.torch import save_file
+
+    from clipedit.core import key_statistics
+    from clipedit.core.cache import cache_dir, tensors_digest
+    from clipedit.io import read_safetensors_metadata
+
+    model = tiny_vit.model
+    ref = [torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))]
+    true = key_statistics(model, VIT_SITE, lambda: ref, data_key="ref", forward=model.encode_image)
+    (entry,) = sorted((cache_dir() / "stats").glob("*.safetensors"))
+    tensors = load_file(str(entry))
+    tensors["C"] = tensors["C"][:-1, :-1].contiguous()  # a smaller C, re-digested: the digest alone passes it
+    meta = read_safetensors_metadata(entry)
+    meta["digest"] = tensors_digest(tensors)
+    save_file(tensors, str(entry), metadata=meta)
+    with caplog.at_level("WARNING"):
+        again = key_statistics(model, VIT_SITE, lambda: ref, data_key="ref", forward=model.encode_image)
+    assert "has the wrong shape: C" in caplog.text
+    assert torch.equal(again.C, true.C)
+
+
+def test_a_device_symlink_as_edit_file_says_what_it_is(edit_files, tmp_path, capsys):
+    link = tmp_path / "edit.safetensors"
+    link.symlink_to("/dev/zero")
+    line = run_error(capsys, "apply", link, "--model", "tiny-vit", "--checkpoint", edit_files[0], "--out",
+                     tmp_path / "o.safetensors")
+    assert "is a character device, not a regular file" in line and "not found" not in line
+
+
+def test_readme_says_digests_are_no_signature(edit_files, tmp_path):
+    from clipedit.core.edits import edited_digest
+
+    edit = load_edit(edit_files[2])
+    edit.lam = edit.lam * 100  # a forger re-digests the scaled edit: it applies, as the README says
+    edit.meta["edited_sha256"] = edited_digest(edit)
+    model = clipedit.load_model("tiny-vit", checkpoint=edit_files[0], device="cpu").model
+    apply_edit(model, edit)
+    readme = (ROOT / "README.md").read_text()
+    assert "not forgery" in readme and "sha256sum" in readme

@@ -1,6 +1,10 @@
 """Model loading: tiny random-init CLIPs, local checkpoints, devices and clear load errors."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -137,3 +141,39 @@ def test_models_marks_the_families_clipedit_cannot_defend(capsys):
     assert "not supported" in lines["MobileCLIP2-S0"] and "not supported" in lines["coca_ViT-B-32"]
     assert "not supported" in lines["swin_base_patch4_window7_224"]
     assert "(" not in lines["ViT-B-32"] and "(" not in lines["MobileCLIP-B"]
+
+
+@pytest.mark.slow  # a fresh process: open_clip's imports alone take seconds
+def test_offline_download_fails_at_once_with_one_line(tmp_path, image_folder):
+    # A fresh process, as a user runs it: the hub is not marked offline, its address resolves nowhere.
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="https://hub.clipedit-test.invalid", HF_HOME=str(tmp_path / "hf"))
+    done = subprocess.run([sys.executable, "-m", "clipedit", "audit", "--model", "ViT-B-32:openai", "--data",
+                           str(image_folder), "--out", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1
+    assert len(lines) == 1, done.stderr  # no retry warnings before the error
+    assert lines[0].startswith("Error: ") and "no network" in lines[0] and "--checkpoint" in lines[0]
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_efficientnet_lite0_refuses_unknown_tags():
+    from clipedit.errors import ModelLoadError
+    from clipedit.models import load_model
+
+    with pytest.raises(ModelLoadError, match="unknown pretrained tag 'laion2b' for efficientnet-lite0"):
+        load_model("efficientnet-lite0:laion2b", device="cpu")
+
+
+def test_efficientnet_lite0_none_is_random_init_as_elsewhere():
+    from clipedit.models import load_model
+
+    shipped = load_model("efficientnet-lite0", device="cpu")
+    shipped_again = load_model("efficientnet-lite0:imagenet", device="cpu")
+    torch.manual_seed(0)
+    random = load_model("efficientnet-lite0:none", device="cpu")
+    assert random.pretrained == "none" and shipped.pretrained.startswith("imagenet")
+    w = "conv_stem.weight"
+    assert torch.equal(shipped.model.state_dict()[w], shipped_again.model.state_dict()[w])
+    assert not torch.equal(shipped.model.state_dict()[w], random.model.state_dict()[w])

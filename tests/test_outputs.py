@@ -4,16 +4,27 @@ every writer, CLI or Python, goes through one guard; a multi-file output is one 
 concurrent writers, that a kill -9 leaves whole (old or new, finished by the next writer)."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, run_error
+from conftest import defend_args, exit_code_of, fork_run, run_cli, run_error
+from PIL import Image
+from safetensors.torch import load_file
 
 import clipedit
+from clipedit.core import load_edit
+from clipedit.core.cache import cache_dir
 from clipedit.errors import ClipeditError
 from clipedit.io import (
     _journal_path,
@@ -22,9 +33,11 @@ from clipedit.io import (
     _write_journal,
     atomic_file_set,
     atomic_output_set,
+    read_safetensors_metadata,
     remove_stale_temporaries,
     write_json,
 )
+from clipedit.models import save_state_dict
 from clipedit.outputs import bundled_assets
 
 VIT_SITE = "visual.transformer.resblocks.1.mlp.c_proj"
@@ -406,7 +419,7 @@ def test_an_output_name_too_long_or_a_special_file_is_one_line(tmp_path, capsys,
         os.mkfifo(out)
     out = {"long name": tmp_path / ("x" * 300), "fifo": tmp_path / "fifo", "device": Path("/dev/null")}[kind]
     line = run_error(capsys, *_defend(out))
-    assert {"long name": "too long", "fifo": "FIFO", "device": "character device"}[kind] in line
+    assert {"long name": "bytes long", "fifo": "FIFO", "device": "character device"}[kind] in line
     with pytest.raises(ClipeditError, match="bytes long"):
         write_json(tmp_path / ("y" * 220 + ".json"), {})
 
@@ -436,3 +449,426 @@ def test_audit_in_python_matches_the_cli(tmp_path, capsys, photo_files):
     cli_record, py_record = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("cli", "py"))
     assert set(cli_record) - {"checkpoint", "edits"} <= set(py_record)  # the same record, less the CLI's inputs
     assert py_record["metrics"]["n"] == cli_record["metrics"]["n"] > 0 and py_record["task"] == "typographic_audit"
+
+
+def _copy_run(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+def _temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".tmp" in p.name]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+class DiskFull:
+    """Writers that fill the disk: the ``fail_at``-th file written fails with ENOSPC after half its bytes."""
+
+    def __init__(self, monkeypatch, fail_at: int) -> None:
+        import safetensors.torch
+
+        self.count, self.fail_at = 0, fail_at
+        real_save_file, real_image_save = safetensors.torch.save_file, Image.Image.save
+
+        def save_file_(tensors, filename, metadata=None):
+            real_save_file(tensors, filename, metadata=metadata)
+            self._maybe_fail(filename)
+
+        def image_save(image, fp, format=None, **params):
+            real_image_save(image, fp, format=format, **params)
+            self._maybe_fail(fp)
+
+        monkeypatch.setattr(safetensors.torch, "save_file", save_file_)
+        monkeypatch.setattr(Image.Image, "save", image_save)
+
+    def _maybe_fail(self, filename) -> None:
+        if cache_dir() in Path(filename).parents:  # the statistics cache is best effort: not counted
+            return
+        self.count += 1
+        if self.count == self.fail_at:
+            path = Path(filename)
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+
+
+def _mount_tmpfs(path: Path, size_bytes: int) -> bool:
+    """Mount a tmpfs of ``size_bytes`` at ``path`` when this process may (root, a kernel that allows it)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``mount(size) -> folder or None``: a tmpfs of that size (None where none can be mounted)."""
+    mounted = []
+
+    def mount(size_bytes: int):
+        folder = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+        if _mount_tmpfs(folder, size_bytes):
+            mounted.append(folder)
+            return folder
+        return None
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])  # the model fails / the model fits but the edit file does not
+def test_defend_on_a_full_disk_keeps_the_previous_run(base, defended, tmp_path, capsys, monkeypatch, fail_at):
+    out = _copy_run(defended, tmp_path / "run")
+    previous = _snapshot(out)
+    DiskFull(monkeypatch, fail_at)
+    line = run_error(capsys, *defend_args(base, out, "--rank", "1"))
+    assert "No space left on device" in line
+    assert _snapshot(out) == previous
+    assert _temporaries(tmp_path) == []
+
+
+def test_defend_on_a_full_disk_creates_nothing(base, tmp_path, capsys, monkeypatch):
+    DiskFull(monkeypatch, fail_at=1)
+    out = tmp_path / "run"
+    line = run_error(capsys, *defend_args(base, out))
+    assert "No space left on device" in line
+    assert not out.exists() and _temporaries(tmp_path) == []
+
+
+def test_defend_on_a_real_small_disk_leaves_nothing(base, defended, tmp_path, capsys, monkeypatch, small_disk):
+    sizes = {p.name: p.stat().st_size for p in defended.iterdir()}
+    # Room for the new model, not for the edit file as well.
+    disk = small_disk(sizes["model.safetensors"] + sizes["edit.safetensors"] // 2)
+    if disk is None:  # no tmpfs here: the same fault through the patched writer
+        disk = tmp_path / "disk"
+        DiskFull(monkeypatch, fail_at=2)
+    out = disk / "run"
+    line = run_error(capsys, *defend_args(base, out))
+    assert "No space left on device" in line
+    assert not out.exists() and _temporaries(disk) == []
+
+
+def test_defend_replaces_an_older_run_whole_and_cleans_stale_temporaries(base, defended, tmp_path, capsys):
+    out = _copy_run(defended, tmp_path / "run")
+    from clipedit.io import _temp_name  # left by a killed run (a process that is gone): authenticated names
+
+    killed = [out / _temp_name("model.safetensors", ".safetensors", owner="999999999-1"),
+              tmp_path / _temp_name("run", owner="999999999-1")]
+    killed[0].write_bytes(b"\0" * 1000)
+    killed[1].mkdir()
+    (killed[1] / "model.safetensors").write_bytes(b"\0" * 1000)
+    code, _, err = run_cli(defend_args(base, out, "--method", "finetune-local", "--steps", "1"), capsys)
+    assert code == 0, err
+    # The fine-tuned run has no edit file: the older run's must not stay beside its model.
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "results.json"}
+    assert json.loads((out / "results.json").read_text())["method"] == "finetune-local"
+    assert _temporaries(tmp_path) == []
+
+
+def test_attack_on_a_full_disk_writes_nothing(tmp_path, capsys, monkeypatch, photo_files):
+    out = tmp_path / "out"
+    DiskFull(monkeypatch, fail_at=5)  # the second render's blank image
+    line = run_error(capsys, "attack", photo_files["cat"], photo_files["coffee"], "--text", "ipod", "--out", out)
+    assert "No space left on device" in line
+    assert not out.exists() or not any(out.iterdir())
+    assert _temporaries(tmp_path) == []
+
+
+def test_attack_on_a_real_small_disk_writes_nothing(tmp_path, capsys, monkeypatch, photo_files, small_disk):
+    disk = small_disk(64 * 1024)  # about two renders' images
+    if disk is None:
+        disk = tmp_path / "disk"
+        DiskFull(monkeypatch, fail_at=5)
+    out = disk / "out"
+    args = ["attack", *photo_files.values(), "--text", "ipod", "--n", "3", "--out", out]
+    line = run_error(capsys, *args)
+    assert "No space left on device" in line
+    assert not out.exists() or not any(out.iterdir())
+    assert _temporaries(disk) == []
+
+
+def test_defend_takes_cov_reg(defended):
+    meta = read_safetensors_metadata(defended / "edit.safetensors")
+    assert json.loads(meta["hparams"])["cov_reg"] == 0.25
+
+
+def test_outputs_have_the_usual_mode(defended, tmp_path, capsys, photo_files):
+    old = os.umask(0o022)
+    try:
+        code, _, err = run_cli(["attack", photo_files["cat"], "--text", "ipod", "--out", tmp_path / "att"], capsys)
+        assert code == 0, err
+    finally:
+        os.umask(old)
+    files = [*defended.iterdir(), *(tmp_path / "att").iterdir()]
+    assert len(files) == 6 and {p.stat().st_mode & 0o777 for p in files} == {0o644}
+    assert {d.stat().st_mode & 0o777 for d in (defended, tmp_path / "att")} == {0o755}
+
+
+def test_train_mini_never_writes_the_shipped_checkpoint_by_default():
+    from clipedit.commands.train_mini import train_cmd
+    from clipedit.models.mini import bundled_asset_dir
+
+    default = next(p.default for p in train_cmd.params if p.name == "out")
+    assert Path(default) == Path("runs") / "mini"
+    assert Path(default).resolve() != bundled_asset_dir("mini").resolve()
+
+
+def _audit_args(base, *extra):
+    return ["audit", "--model", "tiny-vit", "--checkpoint", base, *extra]
+
+
+def test_audit_refuses_out_equal_to_its_checkpoint(edit_files, tmp_path, capsys, image_folder):
+    base = tmp_path / "model.safetensors"
+    base.write_bytes(edit_files[0].read_bytes())
+    before = base.read_bytes()
+    line = run_error(capsys, *_audit_args(base, "--data", image_folder, "--out", base))
+    assert "would overwrite the input --checkpoint" in line
+    assert base.read_bytes() == before
+
+
+def test_stats_refuses_out_equal_to_its_checkpoint(edit_files, tmp_path, capsys, image_folder):
+    base = edit_files[0]
+    before = base.read_bytes()
+    line = run_error(capsys, "stats", "--model", "tiny-vit", "--checkpoint", base, "--reference", image_folder,
+                     "--out", tmp_path / ".." / tmp_path.name / ".." / base.parent.name / base.name)
+    assert "would overwrite the input --checkpoint" in line
+    assert base.read_bytes() == before
+
+
+def test_defend_refuses_an_out_folder_that_holds_its_checkpoint(edit_files, tmp_path, capsys):
+    run = tmp_path / "d"
+    run.mkdir()
+    checkpoint = run / "model.safetensors"
+    checkpoint.write_bytes(edit_files[0].read_bytes())
+    line = run_error(capsys, *defend_args(checkpoint, run))
+    assert "--out" in line and "would overwrite the input --checkpoint" in line
+    assert checkpoint.read_bytes() == edit_files[0].read_bytes()
+
+
+def test_apply_refuses_out_equal_to_the_edit_file(edit_files, tmp_path, capsys):
+    base, _, edit = edit_files
+    copy = tmp_path / "edit.safetensors"
+    copy.write_bytes(edit.read_bytes())
+    line = run_error(capsys, "apply", copy, "--model", "tiny-vit", "--checkpoint", base, "--out", copy)
+    assert "would overwrite the input EDITS" in line
+    assert copy.read_bytes() == edit.read_bytes()
+
+
+def test_apply_refuses_to_write_into_the_bundled_assets(edit_files, capsys):
+    mini = bundled_assets() / "mini" / "model.safetensors"
+    before = mini.stat().st_mtime_ns, mini.stat().st_size
+    sneaky = bundled_assets() / "mini" / ".." / "mini" / "model.safetensors"
+    line = run_error(capsys, "apply", edit_files[2], "--model", "tiny-vit", "--checkpoint", edit_files[0],
+                     "--out", sneaky)
+    assert "bundled assets" in line
+    assert (mini.stat().st_mtime_ns, mini.stat().st_size) == before
+
+
+def test_defend_refuses_a_report_over_its_own_model(edit_files, tmp_path, capsys):
+    run = tmp_path / "D"
+    line = run_error(capsys, *defend_args(edit_files[0], run, "--report", run / "model.safetensors"))
+    assert "--report" in line and "same file" in line
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("outputs, message", [
+    (("--out", "a.json", "--report", "a.json"), "--out and --report are the same file"),
+    (("--out", "a.png"), "--out and the chart beside --out are the same file"),
+    (("--out", "a.json", "--report", "a.png"), "the chart beside --out and --report are the same file"),
+])
+def test_audit_outputs_never_collide(edit_files, tmp_path, capsys, image_folder, outputs, message):
+    args = [str(tmp_path / a) if not a.startswith("--") else a for a in outputs]
+    line = run_error(capsys, *_audit_args(edit_files[0], "--data", image_folder, *args))
+    assert message in line
+    assert not any(tmp_path.glob("a.*"))
+
+
+def test_a_symlinked_out_is_compared_by_what_it_names(edit_files, tmp_path, capsys, image_folder):
+    link = tmp_path / "results.json"
+    link.symlink_to(edit_files[0])
+    line = run_error(capsys, *_audit_args(edit_files[0], "--data", image_folder, "--out", link))
+    assert "would overwrite the input --checkpoint" in line
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="this system has no /dev/full")
+@pytest.mark.parametrize("option", ["--out", "--report"])
+def test_audit_refuses_to_replace_dev_full(edit_files, capsys, image_folder, option):
+    line = run_error(capsys, *_audit_args(edit_files[0], "--data", image_folder, option, "/dev/full"))
+    assert "/dev/full" in line and "character device, not a regular file" in line
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+def test_library_writers_refuse_a_fifo_and_a_device(edit_files, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(clipedit.ClipeditError, match="FIFO, not a regular file"):
+        write_json(fifo, {"a": 1})
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    if Path("/dev/full").exists():
+        with pytest.raises(clipedit.ClipeditError, match="character device"):
+            clipedit.save_edits("/dev/full", load_edit(edit_files[2]))
+        assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+def _start_time(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc for process start times")
+def test_only_temporaries_of_gone_runs_are_removed(tmp_path):
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+        from clipedit.io import _temp_name  # names as clipedit makes them (authenticated), for other owners
+
+        mine = tmp_path / _temp_name("out", owner=f"{live.pid}-{_start_time(live.pid)}")
+        stale = tmp_path / _temp_name("out", owner=f"{gone}-123")
+        reused = tmp_path / _temp_name("out", owner=f"{live.pid}-{_start_time(live.pid) + 1}")  # pid reused
+        for folder in (mine, stale, reused):
+            folder.mkdir()
+            (folder / "model.safetensors").write_bytes(b"\0" * 10)
+        removed = remove_stale_temporaries(tmp_path, "out")
+        assert sorted(removed) == sorted([stale, reused])
+        assert (mine / "model.safetensors").is_file()
+    finally:
+        live.kill()
+        live.wait()
+    assert remove_stale_temporaries(tmp_path, "out") == [mine]
+
+
+SET = ("model.safetensors", "edit.safetensors", "results.json")
+
+
+def test_two_runs_on_one_out_take_turns_and_leave_one_whole_set(tmp_path):
+    import logging
+
+    out = tmp_path / "tr5"
+    staged_r, staged_w = os.pipe()
+    go_r, go_w = os.pipe()
+    told_r, told_w = os.pipe()
+
+    def slow_writer():  # stages one file, then waits (a slow writer) until the parent says go
+        with atomic_output_set(out, replaces=SET) as stage:
+            (stage / "model.safetensors").write_text("first")
+            os.write(staged_w, b"1")
+            os.read(go_r, 1)
+            for name in SET[1:]:
+                (stage / name).write_text("first")
+
+    def second_writer():  # tells the parent (through the pipe) when it is made to wait
+        handler = logging.StreamHandler(os.fdopen(told_w, "w", buffering=1))
+        logging.getLogger("clipedit.io").addHandler(handler)
+        with atomic_output_set(out, replaces=SET) as stage:
+            for name in SET:
+                (stage / name).write_text("second")
+
+    first = fork_run(slow_writer)
+    assert os.read(staged_r, 1) == b"1"
+    second = fork_run(second_writer)
+    os.close(told_w)
+    told = os.fdopen(told_r).readline()  # the second run's warning, or "" when it ended without waiting
+    os.write(go_w, b"1")
+    assert exit_code_of(first) == 0 and exit_code_of(second) == 0
+    assert "another run is writing" in told and "waiting for it to finish" in told
+    assert {p.name: p.read_text() for p in out.iterdir()} == dict.fromkeys(SET, "second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tr5"]  # no staging folder, no lock file
+
+
+def _killed_writer(out: Path, kill_at: int, monkeypatch):
+    """A run writing a new set into ``out`` that is killed (SIGKILL) at its ``kill_at``-th rename."""
+    import clipedit.io as io
+
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(1)
+        if len(calls) == kill_at:
+            os.kill(os.getpid(), 9)  # nothing after this rename runs
+        real(src, dst)
+
+    def work():
+        monkeypatch.setattr(io.os, "replace", replace)
+        with io.atomic_output_set(out, replaces=SET) as stage:
+            (stage / "model.safetensors").write_text("new")
+            (stage / "results.json").write_text("new")
+
+    pid = fork_run(work)
+    status = os.waitpid(pid, 0)[1]
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
+
+
+def _old_run_with_edit(out: Path) -> None:
+    out.mkdir()
+    for name in ("model.safetensors", "edit.safetensors", "results.json", "notes.txt"):
+        (out / name).write_text("old" if name != "notes.txt" else "the user's")
+
+
+OLD = {"model.safetensors": "old", "edit.safetensors": "old", "results.json": "old", "notes.txt": "the user's"}
+
+
+# renames of a swap: 1 the journal, 2 the old set aside, 3 the new set in, 4 the user's file back in
+@pytest.mark.parametrize("kill_at, outcome, expected", [
+    (2, None, OLD),
+    (3, "rolled back", OLD),
+    (4, "finished", {"model.safetensors": "new", "results.json": "new", "notes.txt": "the user's"}),
+])
+def test_a_swap_killed_between_renames_is_rolled_back_or_finished(tmp_path, monkeypatch, kill_at, outcome,
+                                                                  expected):
+    from clipedit.io import recover_interrupted_swap
+
+    out = tmp_path / "run"
+    _old_run_with_edit(out)
+    _killed_writer(out, kill_at, monkeypatch)
+    assert recover_interrupted_swap(out) == outcome
+    assert {p.name: p.read_text() for p in out.iterdir()} == expected
+    with atomic_output_set(out, replaces=SET) as stage:
+        (stage / "model.safetensors").write_text("next")
+        (stage / "edit.safetensors").write_text("next")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"model.safetensors": "next", "edit.safetensors": "next",
+                                                             "notes.txt": "the user's"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # staging, aside and journal all gone
+
+
+def test_the_next_run_recovers_a_swap_by_itself(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _old_run_with_edit(out)
+    _killed_writer(out, 3, monkeypatch)
+    assert not out.exists()  # killed with the old set aside and the new one not yet in
+    with atomic_output_set(out, replaces=SET) as stage:
+        (stage / "model.safetensors").write_text("next")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"model.safetensors": "next", "notes.txt": "the user's"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_json_is_always_strict(tmp_path):
+    path = write_json(tmp_path / "r.json", {"acc": float("nan"), "rows": [1.0, float("inf")], "n": 3})
+
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"acc": None, "rows": [1.0, None], "n": 3}
+
+
+def test_save_state_dict_through_a_symlink_writes_the_file_it_names(tmp_path):
+    target = tmp_path / "real.safetensors"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(target)
+    save_state_dict(link, {"x": torch.zeros(2)})
+    assert link.is_symlink() and torch.equal(load_file(str(target))["x"], torch.zeros(2))
+
+
+def test_stale_lock_files_do_not_block(tmp_path):
+    out = tmp_path / "run"
+    (tmp_path / ".run.lock").write_text("")  # left by a killed run: a lock is held only by a live process
+    start = time.perf_counter()
+    with atomic_output_set(out) as stage:
+        (stage / "a.txt").write_text("x")
+    assert time.perf_counter() - start < 30 and (out / "a.txt").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

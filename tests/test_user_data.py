@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from clipedit.data.splits import FOLDER, MIN_PER_SIDE, hash_fraction, read_labelled, split_data, split_records
 from clipedit.defenses.selection import scene_tolerance
@@ -298,3 +299,16 @@ def test_defend_paint_with_supported_records_the_folder_and_its_alpha_curve(supp
     assert all(r["n_supported"] == 12 and r["n"] == 6 for r in rows)
     assert record["details"]["selection"]["supported"] == str(supported)
     assert record["details"]["selection"]["tolerance"]["n"] == 12
+
+
+def test_16_bit_greyscale_images_keep_their_tones(tmp_path):
+    from clipedit.data.images import load_image
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (32, 1))
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    rgb = np.asarray(load_image(path))
+    assert rgb.shape == (32, 64, 3)
+    assert abs(rgb.mean() - 127.5) < 2 and rgb[:, 0].max() == 0 and rgb[:, -1].min() == 255
+    assert np.all(np.diff(rgb[0, :, 0].astype(int)) >= 0)
