@@ -228,10 +228,10 @@ def test_attack_help_shows_no_empty_range(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["audit", "--font", "no-such.ttf"], "cannot read font no-such.ttf"),
+    (["audit", "--font", "no-such.ttf"], "--font file not found: no-such.ttf"),
     (["audit", "--edit", "no-such.safetensors"], "edit file not found"),
     (["defend", "--checkpoint", "no-such.safetensors", "--no-eval"], "checkpoint not found"),
-    (["stats", "--reference", "no/such/folder"], "reference folder not found"),
+    (["stats", "--model", "mini", "--reference", "no/such/folder"], "reference folder not found"),
     (["compare", "--methods", "bogus"], "unknown method 'bogus'"),
     (["compare", "--seeds", ","], "--seeds is empty"),
 ])

@@ -166,5 +166,7 @@ def test_refusals_come_before_the_model_loads(monkeypatch, tmp_path, capsys, ext
     from clipedit.commands.options import ModelOptions
 
     monkeypatch.setattr(ModelOptions, "load", lambda self: pytest.fail("the model was loaded before the check"))
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8)).save("x.png")  # an exemplar that exists, given without its blank and mask
     code, _, err = run_cli(["defend", "--out", str(tmp_path / "run"), *extra], capsys)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
