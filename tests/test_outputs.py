@@ -336,14 +336,7 @@ def test_two_writers_of_one_file_set_leave_one_writers_whole_pair(tmp_path):
             os.read(go_r, 1)
             chart.write_text("slow")
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            slow()
-            code = 0
-        finally:
-            os._exit(code)
+    pid = fork_run(slow)
     try:
         assert os.read(staged_r, 1) == b"1"
         assert _in_child(_write_pair(folder, "fast")) == 0
