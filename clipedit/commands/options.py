@@ -143,14 +143,19 @@ def _exists(path: Path) -> bool:
         return False
 
 
+def _looked_up(path: Path, test: Callable[[], bool], what: str) -> bool:
+    """``test()`` of ``path`` (exists, is a folder …); a path the system cannot look up (a symlink loop …)
+    is one line naming ``what`` it was to be."""
+    try:
+        return test()
+    except OSError as e:
+        raise ClipeditError(f"cannot use {what} {str(path)[:80]}: {e.strerror}") from None
+
+
 def check_out_dir(path: str | os.PathLike) -> Path:
     """Fail now (creating nothing) if directory ``path`` could not be created or written to later."""
     path = check_name_lengths(path)
-    try:
-        exists = path.exists()
-    except OSError as e:  # a symlink loop …
-        raise ClipeditError(f"cannot use output directory {str(path)[:80]}: {e.strerror}") from None
-    if exists:
+    if _looked_up(path, path.exists, "output directory"):
         check_replaceable(path, directory=True)  # a file, a device, a FIFO: each named as what it is
         if not os.access(path, os.W_OK | os.X_OK):
             raise ClipeditError(f"output directory {path} is not writable")
@@ -168,11 +173,7 @@ def check_out_dir(path: str | os.PathLike) -> Path:
 def check_out_file(path: str | os.PathLike) -> Path:
     """Fail now (creating nothing) if file ``path`` could not be written later."""
     path = check_name_lengths(path)
-    try:
-        is_dir = path.is_dir()
-    except OSError as e:  # a symlink loop …
-        raise ClipeditError(f"cannot use output file {str(path)[:80]}: {e.strerror}") from None
-    if is_dir:
+    if _looked_up(path, path.is_dir, "output file"):
         raise ClipeditError(f"output file {path} is a directory")
     check_out_dir(path.parent)
     return path
