@@ -113,6 +113,15 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def exit_code(args) -> int:
+    """Run ``clipedit ARGS`` in-process and return its exit code; its output stays for ``capsys`` to read."""
+    try:
+        cli.main([str(a) for a in args])
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
 def run_ok(capsys, *args) -> str:
     """Run ``clipedit ARGS`` and return its stdout (a failure shows stderr)."""
     code, out, err = run_cli(args, capsys)

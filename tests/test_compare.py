@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import exit_code
 
 from clipedit import cli
 from clipedit.eval.compare_stats import bits, method_cells, seed_cells, strata_cells, word_cells
@@ -34,14 +35,6 @@ def test_several_seed_cells_count_distinct_images_not_seeds_times_images():
     assert set(seeds) == {"0", "1", "2"} and seeds["0"]["text_acc"]["interval"] == "wilson"
 
 
-def run_cli(args):
-    try:
-        cli.main(args)
-    except SystemExit as e:
-        return e.code
-    return 0
-
-
 @pytest.mark.parametrize("args, message", [
     (["--methods", "edit,bogus"], "unknown method 'bogus'"),
     (["--model", "mini", "--methods", "dyslexify"], "dyslexify does not apply to mini"),
@@ -51,7 +44,7 @@ def run_cli(args):
 def test_bad_input_is_one_error_line_and_writes_nothing(args, message, tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["compare", "--model", "mini-vit", *args, "--out", str(out)]
-    assert run_cli(argv) == 1
+    assert exit_code(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("Error: ") and message in err[-1]
     assert not out.exists()
@@ -63,7 +56,7 @@ def test_compare_end_to_end_at_tiny_n(tmp_path, capsys):
     argv = ["compare", "--model", "mini-vit", "--methods", "dyslexify,head-ablation-weights", "--words", "ipod",
             "--seeds", "0", "--n", "8", "--n-signs", "6", "--n-train", "12", "--n-val", "6", "--out", str(out),
             "--report", str(tmp_path / "r.html")]
-    assert run_cli(argv) == 0
+    assert exit_code(argv) == 0
     record = json.loads((out / "compare.json").read_text())
     assert record["task"] == "typographic_defense_compare" and record["model"] == "mini-vit"
     assert all(not isinstance(v, (dict, list)) for v in record["metrics"].values())  # flat, clip_benchmark-style
@@ -101,7 +94,7 @@ def test_compare_end_to_end_at_tiny_n(tmp_path, capsys):
     assert compare["by_word"]["dyslexify"]["ipod"]["clean_acc"]["n"] == 8 and "0" in compare["by_seed"]["dyslexify"]
     assert compare["strata"]["unedited"] and all(c["text_acc"]["n"] > 0 for c in compare["strata"]["unedited"].values()
                                                  if "text_acc" in c)
-    assert run_cli(["compare", "--table", str(out / "compare.json")]) == 0
+    assert exit_code(["compare", "--table", str(out / "compare.json")]) == 0
     again = capsys.readouterr().out
     assert again.split("\n\n")[:6] == table.split("\n\n")[:6]  # the tables regenerate from the record
     page = (tmp_path / "r.html").read_text()
@@ -116,7 +109,7 @@ def test_compare_runs_defense_prefix_with_its_settings_from_hparams(tmp_path, ca
     out = tmp_path / "cmp"
     argv = ["compare", "--model", "mini", "--methods", "defense-prefix", "--words", "ipod", "--seeds", "0",
             "--n", "8", "--n-signs", "6", "--n-train", "16", "--n-val", "8", "--hparams", str(hp), "--out", str(out)]
-    assert run_cli(argv) == 0
+    assert exit_code(argv) == 0
     record = json.loads((out / "compare.json").read_text())["compare"]
     assert record["settings"]["hparams"] == {"defense-prefix": {"steps": 40, "lrs": [0.02], "batch_size": 32}}
     details = record["details"]["defense-prefix"]["0"]
@@ -134,7 +127,7 @@ def test_bad_hparams_are_one_error_line(content, message, tmp_path, capsys):
     hp = tmp_path / "hp.json"
     hp.write_text(json.dumps(content))
     out = tmp_path / "cmp"
-    assert run_cli(["compare", "--model", "mini", "--hparams", str(hp), "--out", str(out)]) == 1
+    assert exit_code(["compare", "--model", "mini", "--hparams", str(hp), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("Error: ") and message in err[-1]
     assert not out.exists()

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import exit_code
 
-from clipedit import cli
 from clipedit.eval.compare_stats import bits, statistics
 from clipedit.eval.compare_table import RERUN, cell_text, compare_record, markdown, render
 from clipedit.eval.intervals import wilson
@@ -15,14 +15,6 @@ from clipedit.eval.paired import mcnemar_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = sorted((ROOT / "bench" / "results").glob("compare_mini*.json"))  # the compare records (not compare_speed)
-
-
-def run_cli(args):
-    try:
-        cli.main(args)
-    except SystemExit as e:
-        return e.code
-    return 0
 
 
 def small_record() -> dict:
@@ -79,7 +71,7 @@ def test_markdown_alignment():
 def test_committed_records_print_their_cells_and_paired_verdicts_where_they_can(path, capsys):
     """Records written before compare kept per-image outcomes print their cells and ask for a re-run; newer
     ones print the paired tables."""
-    assert run_cli(["compare", "--table", str(path)]) == 0
+    assert exit_code(["compare", "--table", str(path)]) == 0
     out = capsys.readouterr().out
     record = compare_record(json.loads(path.read_text()))
     assert cell_text(record["cells"]["unedited"]["text_acc"]) in out
@@ -98,13 +90,13 @@ def test_table_of_a_bad_file_is_one_error_line(content, message, tmp_path, capsy
     path = tmp_path / "x.json"
     if content is not None:
         path.write_text(json.dumps(content))
-    assert run_cli(["compare", "--table", str(path)]) == 1
+    assert exit_code(["compare", "--table", str(path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("Error: ") and message in err[-1]
 
 
 def test_help_states_the_defaults_duration_and_a_small_command(capsys):
-    assert run_cli(["compare", "--help"]) == 0
+    assert exit_code(["compare", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "about a day on a CPU" in text and "--seeds 0 --n 100" in text and "--table" in text
 
