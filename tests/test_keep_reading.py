@@ -209,7 +209,7 @@ def test_sweep_keep_reading_candidate_is_what_defend_applies():
 
 
 def test_reading_tolerance_enters_the_pick_only_when_asked():
-    from clipedit.defenses.selection import Tolerance, pick
+    from clipedit.eval.pick import Tolerance, pick
 
     base = {"text_acc": 0.3, "other_text_acc": 0.3, "clean_acc": 1.0, "blank_acc": 0.9, "reading_acc": 0.9}
     blind = {**base, "text_acc": 0.8, "reading_acc": 0.5}      # removes more of the attack, reads far less

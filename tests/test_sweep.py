@@ -12,10 +12,10 @@ from clipedit.core import resolve_site
 from clipedit.core.keys_values import collect_exemplars, collect_exemplars_at
 from clipedit.core.sites import candidate_sites
 from clipedit.defenses.edit_requests import request_from_attacks
-from clipedit.defenses.selection import heldout_data, pick
 from clipedit.defenses.sweep import SweepSettings, pareto_front, plan, plot_tradeoff, sweep
 from clipedit.defenses.typographic import DefenseConfig, text_exemplars
 from clipedit.errors import ClipeditError, SiteError
+from clipedit.eval.pick import heldout_data, pick
 from clipedit.mini.world import CLASSNAMES, MiniWorld
 
 SMALL = DefenseConfig(renders=6, n_reference=24)
@@ -176,7 +176,7 @@ def test_defend_auto_bad_input(args, message, capsys, tmp_path):
 
 
 def test_a_tolerance_below_one_scene_is_widened_to_one_scene_with_a_warning(caplog):
-    from clipedit.defenses.selection import effective_tolerance, tolerance_in_scenes, tolerance_text
+    from clipedit.eval.pick import effective_tolerance, tolerance_in_scenes, tolerance_text
 
     assert tolerance_in_scenes(0.005, 120) == 0 and tolerance_in_scenes(0.005, 240) == 1
     assert tolerance_in_scenes(0.005, 1000) == 5 and tolerance_in_scenes(0.01, 100) == 1  # no float shortfall

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from clipedit.data.splits import FOLDER, MIN_PER_SIDE, hash_fraction, read_labelled, split_data, split_records
-from clipedit.defenses.selection import scene_tolerance
 from clipedit.errors import ClipeditError
+from clipedit.eval.pick import scene_tolerance
 from clipedit.mini.world import CLASSNAMES, attack_set, draw_scene
 from tests.conftest import run_error, run_ok
 

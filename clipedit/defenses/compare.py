@@ -63,7 +63,6 @@ from clipedit.defenses.compare_units import (
 )
 from clipedit.defenses.methods import METHODS, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.selection import HeldoutData, heldout_data
 from clipedit.defenses.typographic import DefenseConfig, defense_data, reference_statistics
 from clipedit.defenses.user_data import (
     BenchmarkTest,
@@ -78,6 +77,7 @@ from clipedit.errors import ClipeditError, SettingsError
 from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
 from clipedit.eval.heldout import SCENE_OFFSET
 from clipedit.eval.metrics import evaluate_attacks, evaluate_images
+from clipedit.eval.pick import HeldoutData, heldout_data
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ Differences kept, and why:
   0.001 is one scene at n = 1000 and the keep rule is applied to counts (a rise of at least
   ``ceil(eps * n)`` scenes; the published float comparison would drop exact one-scene gains to
   rounding). A clean budget below one scene (``stop_at_delta * n < 1``) is widened to one scene with a
-  warning (:func:`clipedit.defenses.selection.scene_tolerance`); the selection record
+  warning (:func:`clipedit.eval.pick.scene_tolerance`); the selection record
   (``details["selection"]``) says how many scenes each threshold allows.
 * Styles are clipedit's exemplar styles (fonts, inks, notes) instead of three MS core fonts and eight
   colours; validation/test use the held-out styles.
@@ -64,9 +64,9 @@ from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, SEED, HP
 from clipedit.core.nethook import get_module
 from clipedit.data.images import to_batches
 from clipedit.defenses.head_ablation import query_row_hook
-from clipedit.defenses.selection import scene_tolerance
 from clipedit.defenses.typo_train import TRAIN_SEED, TypoValidation, correct, validation_sets
 from clipedit.errors import ClipeditError
+from clipedit.eval.pick import scene_tolerance
 from clipedit.eval.predictor import Predictor, make_predictor
 from clipedit.models.bundle import ModelBundle
 
@@ -241,7 +241,7 @@ def keep_scenes(eps: float, n: int) -> int:
 
 def selection_record(hp: DyslexifyHParams, n: int) -> dict[str, Any]:
     """What the search's thresholds allow at ``n`` training scenes: the keep rule's rise and the clean
-    budget (:func:`~clipedit.defenses.selection.scene_tolerance`: widened to one scene when below one)."""
+    budget (:func:`~clipedit.eval.pick.scene_tolerance`: widened to one scene when below one)."""
     budget = scene_tolerance(hp.stop_at_delta, n, "dyslexify's clean budget (stop_at_delta)", warn=False)
     return {"split": "validation", "n": n, "keep_scenes": keep_scenes(hp.eps, n), "eps": hp.eps,
             "tolerance": budget.to_dict(), "rule": rule_text(hp, n)}

@@ -38,8 +38,8 @@ from clipedit.core import EditRequest, LayerEdit
 from clipedit.core.edit_sets import EditSet, apply_edit_set
 from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, HParams
 from clipedit.core.nethook import get_module
-from clipedit.defenses.selection import PICK_TOLERANCE, HeldoutData, admissible, heldout_data, scene_tolerance, score
 from clipedit.errors import ClipeditError
+from clipedit.eval.pick import PICK_TOLERANCE, HeldoutData, admissible, heldout_data, scene_tolerance, score
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

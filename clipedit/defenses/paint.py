@@ -63,7 +63,6 @@ import torch.nn.functional as F
 from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, SEED, HParams
 from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
 from clipedit.data.images import to_batches
-from clipedit.defenses.selection import scene_tolerance
 from clipedit.defenses.typo_train import (
     SupportedTask,
     TypoSet,
@@ -73,6 +72,7 @@ from clipedit.defenses.typo_train import (
     validation_sets,
 )
 from clipedit.errors import ClipeditError, EditError
+from clipedit.eval.pick import scene_tolerance
 from clipedit.eval.predictor import Predictor, make_predictor
 from clipedit.models.bundle import ModelBundle
 

@@ -3,7 +3,7 @@
     result = sweep(bundle, ["ipod"])            # every candidate site of the image tower x ranks
     result.picked                               # the row the pick rule chose (or None)
 
-Pick rule (:mod:`clipedit.defenses.selection`): among settings whose clean and blank-note accuracy
+Pick rule (:mod:`clipedit.eval.pick`): among settings whose clean and blank-note accuracy
 each lose at most 0.5 point against the unedited model on the validation split, the largest gain in
 text-note accuracy on the defended word(s); ties go to the larger gain on unseen words, then to the
 earlier row (sites in forward order, ranks ascending). ``defend --layer auto`` / ``--rank auto`` use it.
@@ -50,7 +50,10 @@ from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.methods import METHODS, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.selection import (
+from clipedit.defenses.typographic import defense_data, reference_statistics
+from clipedit.errors import ClipeditError, SiteError
+from clipedit.eval.intervals import wilson
+from clipedit.eval.pick import (
     PICK_TOLERANCE,
     HeldoutData,
     Tolerance,
@@ -63,9 +66,6 @@ from clipedit.defenses.selection import (
     tolerance_in_scenes,
     tolerance_text,
 )
-from clipedit.defenses.typographic import defense_data, reference_statistics
-from clipedit.errors import ClipeditError, SiteError
-from clipedit.eval.intervals import wilson
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

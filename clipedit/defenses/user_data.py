@@ -39,8 +39,8 @@ from clipedit.data.classnames import class_index, normalize_name
 from clipedit.data.images import LazyImages, to_batches
 from clipedit.data.splits import FOLDER, MIN_PER_SIDE, DataSplit
 from clipedit.data.worlds import LabelledPhotoWorld
-from clipedit.defenses.selection import HeldoutData, MemoPreprocess, heldout_data
 from clipedit.errors import ClipeditError
+from clipedit.eval.pick import HeldoutData, MemoPreprocess, heldout_data
 from clipedit.eval.predictor import Predictor, make_predictor
 from clipedit.eval.reading import SignSet, sign_set
 from clipedit.models.bundle import ModelBundle
