@@ -39,10 +39,10 @@ from bench.measure import out_options, result_path
 from clipedit import load_model
 from clipedit.attacks.factors import split_sampler
 from clipedit.core import RewriteHParams
+from clipedit.data.prepare.vocabulary import build_vocabulary
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import defend
-from clipedit.defenses.vocabulary import build_vocabulary
 from clipedit.eval.heldout import split_seed
 from clipedit.eval.metrics import evaluate_attacks
 from clipedit.eval.predictor import make_predictor

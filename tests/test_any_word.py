@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from clipedit.core import RewriteHParams
 from clipedit.core.edit_sets import EditSet, apply_edit_set, load_edits, revert_edit_set, save_edits
+from clipedit.data.prepare.vocabulary import build_vocabulary, is_heldout, random_strings, read_word_list
 from clipedit.defenses.typographic import DefenseConfig, defend
-from clipedit.defenses.vocabulary import build_vocabulary, is_heldout, random_strings, read_word_list
 from clipedit.errors import ClipeditError, EditError
 from clipedit.io import read_safetensors_metadata
 from clipedit.models import save_state_dict

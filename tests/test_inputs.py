@@ -230,7 +230,7 @@ def test_special_files_as_inputs_are_refused_at_once(tmp_path, capsys, fifo, pho
 
 def test_the_library_readers_share_the_check_and_the_bound(tmp_path, fifo):
     from clipedit.data.images import load_image
-    from clipedit.defenses.vocabulary import read_word_list
+    from clipedit.data.prepare.vocabulary import read_word_list
     from clipedit.inputs import read_input_json, read_input_text
 
     big = tmp_path / "big.txt"

@@ -1,7 +1,7 @@
 """``defend(bundle, "*")``: one edit against any written word.
 
 Exemplars are rendered from the exemplar side of a broad vocabulary
-(:func:`clipedit.defenses.vocabulary.build_vocabulary`), a few words at a time and again for every
+(:func:`clipedit.data.prepare.vocabulary.build_vocabulary`), a few words at a time and again for every
 site, so memory stays flat in their number (the closed form needs only KᵀMK and KᵀMR sums). The
 edit may span several sites. Settings left unset come from the ``any_word`` entry of
 ``defaults.json`` (through :func:`~clipedit.defenses.config.resolve_config` with ``any_word=True``).
@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from clipedit.core import EditRequest
+from clipedit.data.prepare.vocabulary import ANY_WORD, Vocabulary, build_vocabulary
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import text_exemplars
 from clipedit.defenses.methods import DefenseData
-from clipedit.defenses.vocabulary import ANY_WORD, Vocabulary, build_vocabulary
 from clipedit.models.bundle import ModelBundle
 
 #: Words rendered per exemplar batch (their renders are the one batch held in memory).

@@ -47,6 +47,7 @@ from clipedit.attacks.factors import size_band
 from clipedit.core.distributed import agree, digest_of, rank_and_world
 from clipedit.core.hparams import COUNT, COUNT0, SEED, Bound, check_fields
 from clipedit.data.classnames import class_index
+from clipedit.data.prepare.vocabulary import ANY_WORD
 from clipedit.data.splits import FOLDER, DataSplit, split_data
 from clipedit.defenses.compare_units import (
     UNEDITED,
@@ -71,7 +72,6 @@ from clipedit.defenses.user_data import (
     scoring_sets,
     with_validation_world,
 )
-from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.defenses.word_split import WordSplit, WordSplitWorld, word_split
 from clipedit.errors import ClipeditError, SettingsError
 from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics

@@ -37,6 +37,7 @@ from clipedit.attacks import Attack
 from clipedit.core import EditRequest, KeepRequest, KeyStatistics, RewriteHParams, resolve_site
 from clipedit.core.edit_sets import EditSet
 from clipedit.core.multisite import apply_multisite_rewrite
+from clipedit.data.prepare.vocabulary import Vocabulary
 from clipedit.defenses import defense_prefix as dp
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import default_layer, offline_settings
@@ -47,7 +48,6 @@ from clipedit.defenses.head_ablation import HeadAblationHParams, ablate_heads
 from clipedit.defenses.paint import PaintHParams, paint, supported_task
 from clipedit.defenses.result import DefenseResult
 from clipedit.defenses.typo_train import shared_training_set, shared_validation
-from clipedit.defenses.vocabulary import Vocabulary
 from clipedit.errors import ClipeditError, EditError
 from clipedit.models.bundle import ModelBundle
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from clipedit.attacks import Attack
 from clipedit.core import EditSet, LayerEdit, save_edits
-from clipedit.defenses.vocabulary import Vocabulary
+from clipedit.data.prepare.vocabulary import Vocabulary
 from clipedit.errors import ClipeditError
 from clipedit.eval.defense_metrics import comparison_rows
 from clipedit.eval.results import before_after_metrics, drop_predictions, make_record

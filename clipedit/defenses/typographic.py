@@ -19,6 +19,7 @@ from typing import Optional
 
 from clipedit.attacks import Attack
 from clipedit.core import EditRequest, KeepRequest
+from clipedit.data.prepare.vocabulary import ANY_WORD
 from clipedit.defenses.any_word import any_word_data, evaluation_words
 from clipedit.defenses.arguments import check_defend_arguments
 from clipedit.defenses.config import DefenseConfig
@@ -27,7 +28,6 @@ from clipedit.defenses.exemplars import N_SIGNS, reference_statistics, sign_exem
 from clipedit.defenses.methods import DefenseData, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.result import DefenseResult
-from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
 from clipedit.eval.timing import StageTimer
