@@ -24,7 +24,7 @@ WORDS_PER_BATCH = 8
 
 def vocabulary_of(bundle: ModelBundle, config: DefenseConfig) -> Vocabulary:
     """``"*"``'s vocabulary for a resolved ``config`` (its exemplar and held-out words); words the model's
-    world holds out of every method (``world.heldout_words``, :mod:`clipedit.defenses.word_split`) are in
+    world holds out of every method (``world.heldout_words``, :mod:`clipedit.data.prepare.word_split`) are in
     neither."""
     withheld = tuple(getattr(bundle.world, "heldout_words", ()) or ())
     return build_vocabulary(bundle.classnames or (), n_words=config.vocab_words, words_file=config.vocab,

@@ -12,7 +12,7 @@ selects anything selects on the same validation sets (the validation split's lea
 clean, blank note and signs (reading kept). Each run's budget (images seen, optimizer steps, settings
 tried, the offline grid behind its defaults, seconds) is in the record under ``budget``.
 
-Word-disjoint split (:mod:`clipedit.defenses.word_split`, on the model's world): the class words are
+Word-disjoint split (:mod:`clipedit.data.prepare.word_split`, on the model's world): the class words are
 split by a seeded hash (``word_seed``) into words any method may train or render on and held-out
 words no method sees; the "unseen words" cells write held-out words only, for every method.
 
@@ -48,6 +48,7 @@ from clipedit.core.distributed import agree, digest_of, rank_and_world
 from clipedit.core.hparams import COUNT, COUNT0, SEED, Bound, check_fields
 from clipedit.data.classnames import class_index
 from clipedit.data.prepare.vocabulary import ANY_WORD
+from clipedit.data.prepare.word_split import WordSplit, WordSplitWorld, word_split
 from clipedit.data.splits import FOLDER, DataSplit, split_data
 from clipedit.defenses.compare_units import (
     UNEDITED,
@@ -72,7 +73,6 @@ from clipedit.defenses.user_data import (
     scoring_sets,
     with_validation_world,
 )
-from clipedit.defenses.word_split import WordSplit, WordSplitWorld, word_split
 from clipedit.errors import ClipeditError, SettingsError
 from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
 from clipedit.eval.heldout import SCENE_OFFSET
