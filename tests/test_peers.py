@@ -10,8 +10,8 @@ import torch
 
 from clipedit.core.edit_sets import EditSet, apply_edit_set, load_edits, revert_edit_set, save_edits
 from clipedit.core.nethook import get_module
+from clipedit.data.prepare.edit_requests import request_from_attacks
 from clipedit.defenses.defense_prefix import DefensePrefixHParams
-from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.head_ablation import (
     HeadAblationHParams,

@@ -21,9 +21,9 @@ from PIL import Image, ImageDraw
 
 from clipedit.core import EditRequest, RewriteHParams, key_statistics
 from clipedit.data.images import to_batches
+from clipedit.data.prepare.edit_requests import request_from_images
 from clipedit.data.reference import default_reference, images_key
 from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.edit_requests import request_from_images
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import DefenseData, run_defense
 from clipedit.defenses.resolve import resolve_config

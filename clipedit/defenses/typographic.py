@@ -19,11 +19,11 @@ from typing import Optional
 
 from clipedit.attacks import Attack
 from clipedit.core import EditRequest, KeepRequest
+from clipedit.data.prepare.edit_requests import keep_request_from_attacks, request_from_attacks
 from clipedit.data.prepare.vocabulary import ANY_WORD
 from clipedit.defenses.any_word import any_word_data, evaluation_words
 from clipedit.defenses.arguments import check_defend_arguments
 from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.edit_requests import keep_request_from_attacks, request_from_attacks
 from clipedit.defenses.exemplars import N_SIGNS, reference_statistics, sign_exemplars, text_exemplars, world_of
 from clipedit.defenses.methods import DefenseData, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
