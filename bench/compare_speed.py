@@ -24,9 +24,9 @@ from clipedit.core.api import EditRequest
 from clipedit.core.nethook import get_module
 from clipedit.core.prompt_edits import placeholder_token_id
 from clipedit.data.images import to_batches
+from clipedit.data.prepare.exemplars import text_exemplars
 from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, train_prefix, train_prefixes
-from clipedit.defenses.exemplars import text_exemplars
 from clipedit.defenses.finetune import FinetuneHParams, finetune
 from clipedit.defenses.typo_train import typographic_training_set
 from clipedit.eval.heldout import world_eval_sets

@@ -14,7 +14,7 @@ from clipedit.core.exemplar_sums import accumulate_exemplar_sums, accumulate_kep
 from clipedit.core.keys_values import collect_kept_keys_at
 from clipedit.core.subspace import regularise
 from clipedit.data.prepare.edit_requests import keep_request_from_attacks, request_from_attacks
-from clipedit.defenses.exemplars import reference_statistics, sign_exemplars, text_exemplars
+from clipedit.data.prepare.exemplars import reference_statistics, sign_exemplars, text_exemplars
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.sweep import plot_tradeoff
 from clipedit.errors import ClipeditError, EditError

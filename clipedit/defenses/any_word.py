@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 from clipedit.core import EditRequest
 from clipedit.data.prepare.edit_requests import request_from_attacks
+from clipedit.data.prepare.exemplars import text_exemplars
 from clipedit.data.prepare.vocabulary import ANY_WORD, Vocabulary, build_vocabulary
 from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.exemplars import text_exemplars
 from clipedit.defenses.methods import DefenseData
 from clipedit.models.bundle import ModelBundle
 

@@ -20,11 +20,11 @@ from typing import Optional
 from clipedit.attacks import Attack
 from clipedit.core import EditRequest, KeepRequest
 from clipedit.data.prepare.edit_requests import keep_request_from_attacks, request_from_attacks
+from clipedit.data.prepare.exemplars import N_SIGNS, reference_statistics, sign_exemplars, text_exemplars, world_of
 from clipedit.data.prepare.vocabulary import ANY_WORD
 from clipedit.defenses.any_word import any_word_data, evaluation_words
 from clipedit.defenses.arguments import check_defend_arguments
 from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.exemplars import N_SIGNS, reference_statistics, sign_exemplars, text_exemplars, world_of
 from clipedit.defenses.methods import DefenseData, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.result import DefenseResult
@@ -115,7 +115,7 @@ def defense_data(bundle: ModelBundle, words: list[str], config: DefenseConfig,
 
 
 def sign_requests(bundle: ModelBundle, config: DefenseConfig) -> Callable[[], list[KeepRequest]]:
-    """The signs a ``keep_reading`` rewrite keeps (:func:`~clipedit.defenses.exemplars.sign_exemplars`, at the
+    """The signs a ``keep_reading`` rewrite keeps (:func:`~clipedit.data.prepare.exemplars.sign_exemplars`, at the
     same mask as the exemplars: glyphs or whole label), rendered once and handed to every site."""
     signs = sign_exemplars(bundle, N_SIGNS, config.seed, config.photos)
     request = keep_request_from_attacks(bundle.preprocess, signs, use_text_mask=config.mask == "text")
