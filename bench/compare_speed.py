@@ -25,10 +25,10 @@ from clipedit.core.nethook import get_module
 from clipedit.core.prompt_edits import placeholder_token_id
 from clipedit.data.images import to_batches
 from clipedit.data.prepare.exemplars import text_exemplars
+from clipedit.data.prepare.typo_train import typographic_training_set
 from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, train_prefix, train_prefixes
 from clipedit.defenses.finetune import FinetuneHParams, finetune
-from clipedit.defenses.typo_train import typographic_training_set
 from clipedit.eval.heldout import world_eval_sets
 from clipedit.eval.reading import sign_set
 from clipedit.eval.zeroshot import DEFAULT_TEMPLATES

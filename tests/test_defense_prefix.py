@@ -16,8 +16,8 @@ from clipedit.core.prompt_edits import (
     prefixed,
     token_embedding_name,
 )
+from clipedit.data.prepare.typo_train import correct, typographic_training_set, validation_sets
 from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, defense_prefix
-from clipedit.defenses.typo_train import correct, typographic_training_set, validation_sets
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.zeroshot import zero_shot_weights

@@ -83,8 +83,8 @@ def test_frozen_below_refuses_a_trained_parameter_below_and_a_site_that_never_ru
 def test_defense_prefix_batched_lrs_learn_the_separate_runs_tokens(tiny_vit):
     """One batched pass over K learning rates gives each lr the token (and loss) of its own run."""
     from clipedit.core.prompt_edits import placeholder_token_id, token_embedding_name
+    from clipedit.data.prepare.typo_train import TypoSet
     from clipedit.defenses.defense_prefix import DefensePrefixHParams, train_prefix, train_prefixes
-    from clipedit.defenses.typo_train import TypoSet
 
     gen = torch.Generator().manual_seed(3)
     clean = torch.randn(10, 3, 64, 64, generator=gen)
@@ -124,7 +124,7 @@ def test_scene_sets_and_signs_render_once_then_come_from_the_cache(cache_dir, mo
 
     import clipedit.mini.world as world_module
     from clipedit.attacks import StyleSampler
-    from clipedit.defenses.typo_train import typographic_training_set
+    from clipedit.data.prepare.typo_train import typographic_training_set
     from clipedit.models.bundle import ModelBundle
 
     world = world_module.MiniWorld()

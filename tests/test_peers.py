@@ -11,6 +11,7 @@ import torch
 from clipedit.core.edit_sets import EditSet, apply_edit_set, load_edits, revert_edit_set, save_edits
 from clipedit.core.nethook import get_module
 from clipedit.data.prepare.edit_requests import request_from_attacks
+from clipedit.data.prepare.typo_train import typographic_training_set, validation_sets
 from clipedit.defenses.defense_prefix import DefensePrefixHParams
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.head_ablation import (
@@ -23,7 +24,6 @@ from clipedit.defenses.head_ablation import (
 from clipedit.defenses.methods import METHODS
 from clipedit.defenses.paint import ALPHAS, PaintHParams, choose_alpha, cosine_lr, interpolate_, paint, schedule
 from clipedit.defenses.paint import images_seen as paint_images
-from clipedit.defenses.typo_train import typographic_training_set, validation_sets
 from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor

@@ -6,7 +6,7 @@ properties (word-specific or word-agnostic, which towers it applies to) come fro
 method defends a fresh copy of the model from the same rendered exemplars of the word
 (``DefenseConfig.seed`` = the seed); each word-agnostic method (the peers, and the rewrite against any
 word, ``edit-any-word``) defends once per seed from the same typographic training split of that seed
-(:mod:`clipedit.defenses.typo_train`) or ``"*"``'s vocabulary, scored on every word. Every method that
+(:mod:`clipedit.data.prepare.typo_train`) or ``"*"``'s vocabulary, scored on every word. Every method that
 selects anything selects on the same validation sets (the validation split's leave-out factors,
 ``n_val`` scenes); all are scored on the test split: the defended word's notes, unseen words' notes,
 clean, blank note and signs (reading kept). Each run's budget (images seen, optimizer steps, settings

@@ -21,7 +21,7 @@ Published details reproduced (azuma164/Defense-Prefix at 0405ceb):
   ``optim.SGD``, ``CosineAnnealingLR(optimizer, args.latent_ep, eta_min=0.00005)``, ``--batch_size 512``).
 
 The training set is the typographic training split every word-agnostic peer shares
-(:mod:`clipedit.defenses.typo_train`: scenes with a random other class's name; the "original" image of
+(:mod:`clipedit.data.prepare.typo_train`: scenes with a random other class's name; the "original" image of
 a pair is the same scene without the note), in place of ImageNet-100 with rendered words
 (``datasets/ImageNet100.py``). Evaluation writes one template set's prompts with the prefix, as every
 clipedit evaluator does (``eval.py`` uses the single template "a photo of a {}.").
@@ -34,7 +34,7 @@ Differences kept, and why:
   count at compare's default split of 1000 scenes, proportionally fewer on a smaller one, at least one
   pass), and the cosine anneals per step instead of per epoch. ``eval.py``'s default token is a
   100-epoch run.
-* The learning rate is chosen on the validation split (:mod:`clipedit.defenses.typo_train`: the
+* The learning rate is chosen on the validation split (:mod:`clipedit.data.prepare.typo_train`: the
   split's leave-out factors, ``n_val`` scenes) from ``lrs`` (default: the published 0.002 and two larger
   values) by PAINT's rule: the highest mean of patching-task (notes) and supported-task (clean scenes
   of a disjoint seed) accuracy; ties go to the published value. The published code fixes it
@@ -60,8 +60,8 @@ from clipedit.core.prompt_edits import (
     token_embedding_name,
     with_placeholder,
 )
+from clipedit.data.prepare.typo_train import TypoSet, TypoValidation, correct, typographic_training_set, validation_sets
 from clipedit.defenses.paint import choose_alpha
-from clipedit.defenses.typo_train import TypoSet, TypoValidation, correct, typographic_training_set, validation_sets
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.zeroshot import DEFAULT_TEMPLATES, fill_template

@@ -27,7 +27,7 @@ Differences kept, and why:
 
 * The search's scenes (``experiments/greedy_selection/greedy_selection.py`` runs it on ImageNet-100's
   *training* split, ``ImageNet100(split="train", position="random")``) are the validation split's
-  (:func:`clipedit.defenses.typo_train.validation_sets`: the split's leave-out factors, ``n_val``
+  (:func:`clipedit.data.prepare.typo_train.validation_sets`: the split's leave-out factors, ``n_val``
   scenes, and the clean copies of the same scenes for the clean budget), the one set every method of
   ``clipedit compare`` selects on; the test split stays unseen.
 
@@ -63,8 +63,8 @@ from clipedit.core.hook_edits import ClsHeadAblation
 from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, SEED, HParams
 from clipedit.core.nethook import get_module
 from clipedit.data.images import to_batches
+from clipedit.data.prepare.typo_train import TRAIN_SEED, TypoValidation, correct, validation_sets
 from clipedit.defenses.head_ablation import query_row_hook
-from clipedit.defenses.typo_train import TRAIN_SEED, TypoValidation, correct, validation_sets
 from clipedit.errors import ClipeditError
 from clipedit.eval.pick import scene_tolerance
 from clipedit.eval.predictor import Predictor, make_predictor

@@ -37,6 +37,7 @@ from clipedit.attacks import Attack
 from clipedit.core import EditRequest, KeepRequest, KeyStatistics, RewriteHParams, resolve_site
 from clipedit.core.edit_sets import EditSet
 from clipedit.core.multisite import apply_multisite_rewrite
+from clipedit.data.prepare.typo_train import shared_training_set, shared_validation
 from clipedit.data.prepare.vocabulary import Vocabulary
 from clipedit.defenses import defense_prefix as dp
 from clipedit.defenses.config import DefenseConfig
@@ -47,7 +48,6 @@ from clipedit.defenses.finetune import FinetuneHParams, finetune
 from clipedit.defenses.head_ablation import HeadAblationHParams, ablate_heads
 from clipedit.defenses.paint import PaintHParams, paint, supported_task
 from clipedit.defenses.result import DefenseResult
-from clipedit.defenses.typo_train import shared_training_set, shared_validation
 from clipedit.errors import ClipeditError, EditError
 from clipedit.models.bundle import ModelBundle
 
@@ -108,7 +108,7 @@ class MethodContext:
         split: the split a method may tune on (always ``validation``; tests are for reporting).
         meta: stored with the edit (model, words …).
         shared: a cache of typographic splits a caller shares between the methods it runs
-            (:func:`~clipedit.defenses.typo_train.shared_training_set`); each run is charged their seconds.
+            (:func:`~clipedit.data.prepare.typo_train.shared_training_set`); each run is charged their seconds.
         peers: other methods' settings as the caller gives them (method -> dict over their defaults), for a
             budget set from a peer's (PAINT's); missing: their defaults.
     """

@@ -17,8 +17,8 @@ Published details reproduced (mlfoundations/patching at 3ca8622):
   reader). The supported task is not the patch data. Ties go to the smaller α (nearer θ₀).
 
 The patching task here is typographic attack: the training set is the typographic training split
-(:mod:`clipedit.defenses.typo_train`: many words, random positions, exemplar styles; the labels are
-the scenes' true classes). Validation (:func:`~clipedit.defenses.typo_train.validation_sets`, the
+(:mod:`clipedit.data.prepare.typo_train`: many words, random positions, exemplar styles; the labels are
+the scenes' true classes). Validation (:func:`~clipedit.data.prepare.typo_train.validation_sets`, the
 validation split's leave-out factors, ``n_val`` scenes): the patching task = scenes with another
 class's name; the supported task = clean scenes of a *disjoint* seed of the split, or
 ``PaintHParams.supported`` (``--supported DIR``: an ImageFolder, class names from its folders or
@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, SEED, HParams
 from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
 from clipedit.data.images import to_batches
-from clipedit.defenses.typo_train import (
+from clipedit.data.prepare.typo_train import (
     SupportedTask,
     TypoSet,
     TypoValidation,

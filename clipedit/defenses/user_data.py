@@ -9,7 +9,7 @@ What comes from which side (``clipedit compare --data`` and ``clipedit sweep --d
 * **Validation side** -> the model's world (:class:`~clipedit.data.worlds.LabelledPhotoWorld`): the
   rewrite's and the fine-tuning baselines' exemplars are clipedit's renders of the defended word on its
   photos (exemplar styles), the key statistics use views of them, the word-agnostic peers' typographic
-  training split (Dyslexify, PAINT: :mod:`clipedit.defenses.typo_train`) is rendered on them, and every
+  training split (Dyslexify, PAINT: :mod:`clipedit.data.prepare.typo_train`) is rendered on them, and every
   method's own tuning (the sweep, head ablation's keep rule, PAINT's α) scores notes rendered on them in
   the validation split's held-out styles. Of a benchmark's validation side, its clean photos are used
   when it has at least ``MIN_PER_SIDE`` of them, else all its photos (then some carry their own writing).
