@@ -99,7 +99,7 @@ def test_a_scene_s_clean_blank_and_written_photos_stay_on_one_side(triples):
 
 def test_the_validation_world_holds_validation_photos_only(folder):
     import clipedit
-    from clipedit.defenses.user_data import with_validation_world
+    from clipedit.data.prepare.user_data import with_validation_world
 
     split = split_data(str(folder))
     bundle = with_validation_world(clipedit.load_model("mini"), split)

@@ -19,6 +19,7 @@ from clipedit.commands.options import (
 from clipedit.commands.params import JSON_FILE
 from clipedit.core.distributed import init_from_environment, is_main_process, rank_and_world
 from clipedit.data.benchmarks import LAYOUTS, data_path
+from clipedit.data.prepare.user_data import with_validation_world
 from clipedit.data.splits import MIN_PER_SIDE, split_data
 from clipedit.defenses.compare import (
     COMPARE_METHODS,
@@ -34,7 +35,6 @@ from clipedit.defenses.compare import (
 from clipedit.defenses.compare_units import partial_name, remove_partials
 from clipedit.defenses.paint import check_supported
 from clipedit.defenses.sweep import plot_tradeoff
-from clipedit.defenses.user_data import with_validation_world
 from clipedit.errors import ClipeditError
 from clipedit.eval.compare_table import compare_record, render, report_tables
 from clipedit.eval.paired import ALPHA

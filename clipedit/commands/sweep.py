@@ -17,10 +17,10 @@ from clipedit.commands.options import (
 )
 from clipedit.commands.params import TEXT, count, finite
 from clipedit.data.benchmarks import data_path
+from clipedit.data.prepare.user_data import with_validation_world
 from clipedit.data.splits import split_data
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
-from clipedit.defenses.user_data import with_validation_world
 from clipedit.errors import ClipeditError
 from clipedit.eval.pick import PICK_TOLERANCE, tolerance_text
 from clipedit.eval.results import format_table, make_record, write_results

@@ -25,7 +25,7 @@ On a user's labelled data (``CompareSettings.data``: ``KIND:PATH`` as ``audit --
 an ImageFolder ``DIR``) the validation/test split is :func:`clipedit.data.splits.split_data`'s seeded
 hash of file names (``split_seed``; recorded under ``data``): every method's exemplars, training split
 and tuning come from the validation side, every cell from the test side, as
-:mod:`clipedit.defenses.user_data` defines them; a metric the data cannot give is left out of the
+:mod:`clipedit.data.prepare.user_data` defines them; a metric the data cannot give is left out of the
 table and named in ``notes``, never filled in. ``supported``: PAINT's supported task (an ImageFolder).
 """
 from __future__ import annotations
@@ -47,6 +47,13 @@ from clipedit.attacks.factors import size_band
 from clipedit.core.distributed import agree, digest_of, rank_and_world
 from clipedit.core.hparams import COUNT, COUNT0, SEED, Bound, check_fields
 from clipedit.data.classnames import class_index
+from clipedit.data.prepare.user_data import (
+    BenchmarkTest,
+    benchmark_counts,
+    default_words,
+    scoring_sets,
+    with_validation_world,
+)
 from clipedit.data.prepare.vocabulary import ANY_WORD
 from clipedit.data.prepare.word_split import WordSplit, WordSplitWorld, word_split
 from clipedit.data.splits import FOLDER, DataSplit, split_data
@@ -66,13 +73,6 @@ from clipedit.defenses.compare_units import (
 from clipedit.defenses.methods import METHODS, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import DefenseConfig, defense_data, reference_statistics
-from clipedit.defenses.user_data import (
-    BenchmarkTest,
-    benchmark_counts,
-    default_words,
-    scoring_sets,
-    with_validation_world,
-)
 from clipedit.errors import ClipeditError, SettingsError
 from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
 from clipedit.eval.heldout import SCENE_OFFSET
@@ -106,7 +106,7 @@ class CompareSettings:
     Attributes:
         methods: methods to run (None: every method that applies to the model).
         words: defended words (each defended separately; None: ``WORLD_WORDS`` on the model's world,
-            :func:`~clipedit.defenses.user_data.default_words` on ``data``).
+            :func:`~clipedit.data.prepare.user_data.default_words` on ``data``).
         seeds: seeds of exemplars, training splits and training order.
         n_test: test scenes per set (defended word, other words); ``n_signs`` test signs.
         n_train: scenes of the typographic training split (Dyslexify, PAINT).
@@ -208,7 +208,7 @@ def images_key(images: Sequence, labels: Sequence[int]) -> str:
 
 def counts(data: HeldoutData | BenchmarkTest, bundle: ModelBundle) -> dict[str, list]:
     """``[hits, n, images key, bits]`` of each metric of ``bundle`` on the held-out data (test split; a
-    benchmark's test side: :func:`~clipedit.defenses.user_data.benchmark_counts`). The key names the images
+    benchmark's test side: :func:`~clipedit.data.prepare.user_data.benchmark_counts`). The key names the images
     behind the metric, so that a cell pooled over words counts shared images once; ``bits`` is the per-image
     outcome (``"1"`` correct; for attack success, ``"1"`` = the prediction is the written word), in the set's
     order, from which :mod:`clipedit.eval.compare_stats` computes every statistic."""
