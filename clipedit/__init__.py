@@ -22,7 +22,6 @@ import logging
 from clipedit.attacks import AttackError
 from clipedit.core import apply_edit_set, load_edits, revert_edit_set, save_edits
 from clipedit.defenses.compare import CompareSettings, compare
-from clipedit.defenses.methods import METHODS, MethodSpec, register_method
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.result import DefenseResult
 from clipedit.defenses.run_files import save_run
@@ -30,6 +29,7 @@ from clipedit.defenses.typographic import defend
 from clipedit.errors import ClipeditError
 from clipedit.eval.audit import audit
 from clipedit.eval.evaluation import EvalOptions, evaluate
+from clipedit.methods.registry import METHODS, MethodSpec, register_method
 from clipedit.models import list_models, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

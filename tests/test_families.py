@@ -368,7 +368,7 @@ def test_fine_tuning_methods_change_only_the_image_tower(fam, method, hf_folders
     from clipedit.defenses.paint import PaintHParams
     from clipedit.defenses.typographic import DefenseConfig, defend
 
-    monkeypatch.setattr("clipedit.defenses.methods.PaintHParams", functools.partial(
+    monkeypatch.setattr("clipedit.methods.registry.PaintHParams", functools.partial(
         PaintHParams, alphas=(1.0,), lrs=(1e-2,), n_val=4, n_signs=0, n_train=8, steps=2, checkpoints=1))
     bundle = _with_world(_load(FAMILIES[fam][0](hf_folders)))
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}

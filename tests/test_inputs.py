@@ -115,7 +115,7 @@ def test_every_settings_class_checks_its_fields_in_python(cls, values, message):
 
 
 def test_every_number_of_every_method_has_a_declared_bound():
-    from clipedit.defenses.methods import METHODS
+    from clipedit.methods.registry import METHODS
 
     for spec in METHODS.values():
         cls = spec.hparams_cls

@@ -162,15 +162,15 @@ PUBLIC_API = {
     "load_edits": "clipedit.core.edit_sets", "save_edits": "clipedit.core.edit_sets",
     "apply_edit_set": "clipedit.core.edit_sets", "revert_edit_set": "clipedit.core.edit_sets",
     "resolve_config": "clipedit.defenses.resolve", "DefenseResult": "clipedit.defenses.result",
-    "save_run": "clipedit.defenses.run_files", "METHODS": None, "MethodSpec": "clipedit.defenses.methods",
-    "register_method": "clipedit.defenses.methods", "ClipeditError": "clipedit.errors", "USER_ERRORS": None,
+    "save_run": "clipedit.defenses.run_files", "METHODS": None, "MethodSpec": "clipedit.methods.registry",
+    "register_method": "clipedit.methods.registry", "ClipeditError": "clipedit.errors", "USER_ERRORS": None,
 }
 
 
 def test_the_public_api_is_these_names_and_each_resolves():
     import clipedit
     from clipedit.attacks import AttackError
-    from clipedit.defenses.methods import METHODS
+    from clipedit.methods.registry import METHODS
 
     assert sorted(clipedit.__all__) == sorted(PUBLIC_API)
     for name, module in PUBLIC_API.items():

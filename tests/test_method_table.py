@@ -11,10 +11,10 @@ from clipedit.core import LayerEdit, RewriteHParams, resolve_site
 from clipedit.core.edit_sets import EditSet, apply_edit_set
 from clipedit.core.hparams import HParams
 from clipedit.defenses.compare import CompareSettings, compare, compare_methods
-from clipedit.defenses.methods import METHODS, DefenseResult, MethodSpec, budget, register_method
 from clipedit.defenses.sweep import SweepSettings, sweep
 from clipedit.defenses.typographic import defend
 from clipedit.errors import ClipeditError
+from clipedit.methods.registry import METHODS, DefenseResult, MethodSpec, budget, register_method
 from clipedit.mini.world import CLASSNAMES, MiniWorld
 
 

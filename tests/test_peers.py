@@ -21,13 +21,13 @@ from clipedit.defenses.head_ablation import (
     attention_sites,
     head_scores,
 )
-from clipedit.defenses.methods import METHODS
 from clipedit.defenses.paint import ALPHAS, PaintHParams, choose_alpha, cosine_lr, interpolate_, paint, schedule
 from clipedit.defenses.paint import images_seen as paint_images
 from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.reading import plain_signs, reading_accuracy, sign_set
+from clipedit.methods.registry import METHODS
 from clipedit.mini.world import CLASSNAMES, IMAGE_SIZE, MiniWorld
 
 
@@ -201,8 +201,8 @@ def test_peers_run_through_the_dispatcher(tiny_rn, monkeypatch):
     assert {"head-ablation-weights", "paint", "dyslexify"} <= set(METHODS)
     small = functools.partial(PaintHParams, alphas=(0.0, 1.0), lrs=(1e-3,), n_val=6, n_signs=6, n_train=8,
                               epochs=1, batch_size=4, checkpoints=1)
-    monkeypatch.setattr("clipedit.defenses.methods.PaintHParams", small)  # a small validation grid
-    monkeypatch.setattr("clipedit.defenses.methods.DefensePrefixHParams",
+    monkeypatch.setattr("clipedit.methods.registry.PaintHParams", small)  # a small validation grid
+    monkeypatch.setattr("clipedit.methods.registry.DefensePrefixHParams",
                         functools.partial(DefensePrefixHParams, steps=3))  # the peer budget PAINT must reach
     bundle = with_world(tiny_rn)
     original = state(bundle)
@@ -218,7 +218,7 @@ def test_peers_run_through_the_dispatcher(tiny_rn, monkeypatch):
     changed = not same(state(bundle), original)
     assert changed == (defense.details["alpha"] > 0)
     few = functools.partial(HeadAblationHParams, n_val=6, patience=1)
-    monkeypatch.setattr("clipedit.defenses.methods.HeadAblationHParams", few)
+    monkeypatch.setattr("clipedit.methods.registry.HeadAblationHParams", few)
     ablated = defend(with_world(tiny_rn), "ipod", DefenseConfig(method="head-ablation-weights", renders=4))
     assert ablated.method == "head-ablation-weights"
     assert (ablated.edit_set is None) == (not ablated.details["heads"])

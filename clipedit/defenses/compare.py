@@ -1,8 +1,8 @@
 """Every defense tuned on validation only, scored on the same test scenes, its budget beside it.
 
-Every method runs through the method table (:func:`clipedit.defenses.methods.run_defense`); its
+Every method runs through the method table (:func:`clipedit.methods.registry.run_defense`); its
 properties (word-specific or word-agnostic, which towers it applies to) come from its
-:class:`~clipedit.defenses.methods.MethodSpec`. For each seed and defended word, each word-specific
+:class:`~clipedit.methods.registry.MethodSpec`. For each seed and defended word, each word-specific
 method defends a fresh copy of the model from the same rendered exemplars of the word
 (``DefenseConfig.seed`` = the seed); each word-agnostic method (the peers, and the rewrite against any
 word, ``edit-any-word``) defends once per seed from the same typographic training split of that seed
@@ -70,7 +70,6 @@ from clipedit.defenses.compare_units import (
     unit_key,
     write_partial,
 )
-from clipedit.defenses.methods import METHODS, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import DefenseConfig, defense_data, reference_statistics
 from clipedit.errors import ClipeditError, SettingsError
@@ -78,13 +77,14 @@ from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
 from clipedit.eval.heldout import SCENE_OFFSET
 from clipedit.eval.metrics import evaluate_attacks, evaluate_images
 from clipedit.eval.pick import HeldoutData, heldout_data
+from clipedit.methods.registry import METHODS, method_spec, run_defense
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
 
 def compare_methods() -> tuple[str, ...]:
-    """The methods of compare: the table's (:data:`~clipedit.defenses.methods.METHODS`) marked ``in_compare``,
+    """The methods of compare: the table's (:data:`~clipedit.methods.registry.METHODS`) marked ``in_compare``,
     in table order (registered methods included)."""
     return tuple(m for m, spec in METHODS.items() if spec.in_compare)
 

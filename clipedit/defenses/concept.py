@@ -25,10 +25,10 @@ from clipedit.data.prepare.edit_requests import request_from_images
 from clipedit.data.reference import default_reference, images_key
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.finetune import FinetuneHParams
-from clipedit.defenses.methods import DefenseData, run_defense
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.result import DefenseResult
 from clipedit.errors import ClipeditError
+from clipedit.methods.registry import DefenseData, run_defense
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ class DefenseConfig:
     ``None`` is filled from ``defaults.json`` for the model, once, there.
 
     Attributes:
-        method: a name in :data:`clipedit.defenses.methods.METHODS` (``edit``: the rewrite).
+        method: a name in :data:`clipedit.methods.registry.METHODS` (``edit``: the rewrite).
         hparams: the rewrite's settings, as given in full (None: the model's defaults; its ``layer`` None:
             the model's default site(s)).
         renders: exemplars rendered per word (varied font, size, colour, position, object).

@@ -30,7 +30,7 @@ Differences kept, and why (each against the file named):
 * Training length and learning rate (``src/args.py`` ``--epochs 10``, ``--lr 0.001``; README examples
   ``--lr=1e-5``): the published runs are thousands of steps over full datasets; the split here is
   ``n_train`` scenes. So the schedule is counted in images seen: at least ``epochs`` passes and at
-  least ``min_images`` images (:func:`clipedit.defenses.methods.run_paint` sets it to the budget of
+  least ``min_images`` images (:func:`clipedit.methods.registry.run_paint` sets it to the budget of
   finetune-global and of Defense-Prefix at the same settings, so PAINT is never the shorter-trained
   peer); both published learning rates are tried (``lrs``), and θ₁ is scored at ``checkpoints``
   evenly spaced points of each schedule (as ``--eval-every-epoch`` does). The (lr, checkpoint, α)

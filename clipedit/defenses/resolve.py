@@ -10,8 +10,8 @@ from typing import Any
 from clipedit.core import RewriteHParams, resolve_site
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for, no_default_layer
-from clipedit.defenses.methods import method_spec
 from clipedit.errors import ClipeditError, SettingsError
+from clipedit.methods.registry import method_spec
 from clipedit.models.bundle import ModelBundle
 
 #: Flat override keys that set a field of the rewrite's :class:`RewriteHParams`.

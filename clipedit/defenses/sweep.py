@@ -48,7 +48,6 @@ from clipedit.core.sites import candidate_sites
 from clipedit.core.subspace import regularise
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
-from clipedit.defenses.methods import METHODS, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import defense_data, reference_statistics
 from clipedit.errors import ClipeditError, SiteError
@@ -66,6 +65,7 @@ from clipedit.eval.pick import (
     tolerance_in_scenes,
     tolerance_text,
 )
+from clipedit.methods.registry import METHODS, method_spec, run_defense
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@
     defense.save("ipod.safetensors")                   # the edit set (one site, or the model's default sites)
 
 One path: :func:`~clipedit.defenses.config.resolve_config` fills the settings from ``defaults.json``,
-the exemplars become :class:`~clipedit.defenses.methods.DefenseData`, the method table runs the method
-(:func:`~clipedit.defenses.methods.run_defense`), and the edit is an
+the exemplars become :class:`~clipedit.methods.registry.DefenseData`, the method table runs the method
+(:func:`~clipedit.methods.registry.run_defense`), and the edit is an
 :class:`~clipedit.core.edit_sets.EditSet`. ``defend(bundle, "*")`` defends against any written word:
 exemplars rendered from a broad vocabulary (:mod:`clipedit.defenses.any_word`).
 """
@@ -25,12 +25,12 @@ from clipedit.data.prepare.vocabulary import ANY_WORD
 from clipedit.defenses.any_word import any_word_data, evaluation_words
 from clipedit.defenses.arguments import check_defend_arguments
 from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.methods import DefenseData, method_spec, run_defense
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.result import DefenseResult
 from clipedit.errors import render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
 from clipedit.eval.timing import StageTimer
+from clipedit.methods.registry import DefenseData, method_spec, run_defense
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
