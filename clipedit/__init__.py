@@ -23,13 +23,13 @@ from clipedit.attacks import AttackError
 from clipedit.core import apply_edit_set, load_edits, revert_edit_set, save_edits
 from clipedit.defenses.compare import CompareSettings, compare
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.result import DefenseResult
 from clipedit.defenses.run_files import save_run
 from clipedit.defenses.typographic import defend
 from clipedit.errors import ClipeditError
 from clipedit.eval.audit import audit
 from clipedit.eval.evaluation import EvalOptions, evaluate
 from clipedit.methods.registry import METHODS, MethodSpec, register_method
+from clipedit.methods.result import DefenseResult
 from clipedit.models import list_models, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

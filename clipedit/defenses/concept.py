@@ -26,9 +26,9 @@ from clipedit.data.reference import default_reference, images_key
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.result import DefenseResult
 from clipedit.errors import ClipeditError
 from clipedit.methods.registry import DefenseData, run_defense
+from clipedit.methods.result import DefenseResult
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

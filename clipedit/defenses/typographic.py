@@ -26,11 +26,11 @@ from clipedit.defenses.any_word import any_word_data, evaluation_words
 from clipedit.defenses.arguments import check_defend_arguments
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.result import DefenseResult
 from clipedit.errors import render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
 from clipedit.eval.timing import StageTimer
 from clipedit.methods.registry import DefenseData, method_spec, run_defense
+from clipedit.methods.result import DefenseResult
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

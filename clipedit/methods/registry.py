@@ -47,8 +47,8 @@ from clipedit.defenses.dyslexify import DyslexifyHParams, class_token_sites, dys
 from clipedit.defenses.finetune import FinetuneHParams, finetune
 from clipedit.defenses.head_ablation import HeadAblationHParams, ablate_heads
 from clipedit.defenses.paint import PaintHParams, paint, supported_task
-from clipedit.defenses.result import DefenseResult
 from clipedit.errors import ClipeditError, EditError
+from clipedit.methods.result import DefenseResult
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
