@@ -21,12 +21,12 @@ from clipedit import load_model
 from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_statistics
 from clipedit.data.images import to_batches
 from clipedit.data.prepare.edit_requests import request_from_attacks
-from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import text_exemplars
 from clipedit.eval.defense_metrics import evaluate_defense
 from clipedit.eval.heldout import world_eval_sets
 from clipedit.eval.predictor import make_predictor
+from clipedit.methods.finetune import FinetuneHParams
 from clipedit.methods.registry import DefenseData, run_defense
 from clipedit.models.bundle import ModelBundle
 

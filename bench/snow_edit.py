@@ -49,9 +49,9 @@ from clipedit.defenses.concept import (
     polygon_mask,
     texture_pair,
 )
-from clipedit.defenses.finetune import FinetuneHParams  # noqa: E402
 from clipedit.eval.results import format_table  # noqa: E402
 from clipedit.io import save_image, write_json  # noqa: E402
+from clipedit.methods.finetune import FinetuneHParams  # noqa: E402
 from clipedit.models import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

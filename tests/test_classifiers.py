@@ -25,8 +25,8 @@ from clipedit.defenses.concept import (
     texture_pair,
 )
 from clipedit.defenses.defaults import default_layer
-from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.errors import ClipeditError, ModelLoadError, SiteError
+from clipedit.methods.finetune import FinetuneHParams
 from clipedit.models import load_model
 from clipedit.models.classifiers import imagenet_class_index, imagenet_classnames, load_by_key_order, map_folder_classes
 

@@ -13,7 +13,6 @@ from clipedit.core.nethook import get_module
 from clipedit.data.prepare.edit_requests import request_from_attacks
 from clipedit.data.prepare.typo_train import typographic_training_set, validation_sets
 from clipedit.defenses.defense_prefix import DefensePrefixHParams
-from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.head_ablation import (
     HeadAblationHParams,
     ablate_heads,
@@ -27,6 +26,7 @@ from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.reading import plain_signs, reading_accuracy, sign_set
+from clipedit.methods.finetune import FinetuneHParams
 from clipedit.methods.registry import METHODS
 from clipedit.mini.world import CLASSNAMES, IMAGE_SIZE, MiniWorld
 

@@ -27,13 +27,13 @@ from clipedit.defenses.concept import (
     texture_pair,
 )
 from clipedit.defenses.defaults import defaults_for
-from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.eval.metrics import evaluate_images
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.results import before_after_metrics, format_table, make_record, write_results
 from clipedit.io import atomic_output_set, save_image
+from clipedit.methods.finetune import FinetuneHParams
 from clipedit.methods.registry import METHODS
 from clipedit.models.checkpoint import save_model_weights
 from clipedit.outputs import OutputSet, check_outputs

@@ -24,9 +24,9 @@ from clipedit.data.images import to_batches
 from clipedit.data.prepare.edit_requests import request_from_images
 from clipedit.data.reference import default_reference, images_key
 from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError
+from clipedit.methods.finetune import FinetuneHParams
 from clipedit.methods.registry import DefenseData, run_defense
 from clipedit.methods.result import DefenseResult
 from clipedit.models.bundle import ModelBundle

@@ -11,7 +11,7 @@ from PIL import Image
 
 from clipedit.core import RewriteHParams
 from clipedit.core.hparams import COUNT, SEED, Bound, check_fields
-from clipedit.defenses.finetune import FinetuneHParams
+from clipedit.methods.finetune import FinetuneHParams
 
 #: Most exemplars rendered per word.
 MAX_RENDERS = 100_000
