@@ -12,7 +12,7 @@ notes + stickers.
 
 Columns: the unedited model; the single-word edit ("ipod"); the joint edit of every exemplar class
 name; '*' (the vocabulary edit, at the setting picked on validation); finetune-global on vocabulary
-exemplars; head-ablation when ``clipedit/defenses/head_ablation.py`` exists. Rows: clean, blank note,
+exemplars; head-ablation when ``clipedit/methods/head_ablation.py`` exists. Rows: clean, blank note,
 text notes writing the exemplar class names (defended), class names held out of every exemplar,
 held-out vocabulary words (never exemplars), the held-out class names in fonts the mini world never
 uses (Debian's TeX Gyre / Carlito / Noto: tuned on some, reported on others), and reading kept (signs
@@ -172,7 +172,7 @@ def methods(base: ModelBundle, vocab) -> dict[str, Callable[[ModelBundle], Any]]
     try:
         from clipedit.defenses import head_ablation  # noqa: F401  (another issue's defense)
     except ImportError:
-        log.warning("clipedit/defenses/head_ablation.py is absent: no head-ablation column")
+        log.warning("clipedit/methods/head_ablation.py is absent: no head-ablation column")
     else:
         ablate = getattr(head_ablation, "defend_head_ablation", None) or getattr(head_ablation, "ablate", None)
         if ablate is not None:

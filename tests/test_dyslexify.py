@@ -228,7 +228,7 @@ def test_pre_hook_zeroes_the_heads_slice_at_the_class_token_only():
 
 
 def test_timm_attention_row_is_the_softmax_of_its_q_and_k():
-    from clipedit.defenses.head_ablation import query_row_hook
+    from clipedit.methods.head_ablation import query_row_hook
 
     vit = timm_vit()
     attn = vit.blocks[0].attn

@@ -13,13 +13,6 @@ from clipedit.core.nethook import get_module
 from clipedit.data.prepare.edit_requests import request_from_attacks
 from clipedit.data.prepare.typo_train import typographic_training_set, validation_sets
 from clipedit.defenses.defense_prefix import DefensePrefixHParams
-from clipedit.defenses.head_ablation import (
-    HeadAblationHParams,
-    ablate_heads,
-    ablation_edits,
-    attention_sites,
-    head_scores,
-)
 from clipedit.defenses.paint import ALPHAS, PaintHParams, choose_alpha, cosine_lr, interpolate_, paint, schedule
 from clipedit.defenses.paint import images_seen as paint_images
 from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
@@ -27,6 +20,13 @@ from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.reading import plain_signs, reading_accuracy, sign_set
 from clipedit.methods.finetune import FinetuneHParams
+from clipedit.methods.head_ablation import (
+    HeadAblationHParams,
+    ablate_heads,
+    ablation_edits,
+    attention_sites,
+    head_scores,
+)
 from clipedit.methods.registry import METHODS
 from clipedit.mini.world import CLASSNAMES, IMAGE_SIZE, MiniWorld
 

@@ -213,7 +213,7 @@ def test_dyslexify_clean_budget_below_one_scene_is_widened():
 
 
 def test_head_ablation_records_the_scenes_its_tolerance_allows(tiny_rn):
-    from clipedit.defenses.head_ablation import HeadAblationHParams, ablate_heads
+    from clipedit.methods.head_ablation import HeadAblationHParams, ablate_heads
     from tests.test_peers import exemplar_request, with_world
 
     bundle = with_world(tiny_rn)

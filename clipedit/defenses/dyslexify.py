@@ -64,10 +64,10 @@ from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, SEED, HP
 from clipedit.core.nethook import get_module
 from clipedit.data.images import to_batches
 from clipedit.data.prepare.typo_train import TRAIN_SEED, TypoValidation, correct, validation_sets
-from clipedit.defenses.head_ablation import query_row_hook
 from clipedit.errors import ClipeditError
 from clipedit.eval.pick import scene_tolerance
 from clipedit.eval.predictor import Predictor, make_predictor
+from clipedit.methods.head_ablation import query_row_hook
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
