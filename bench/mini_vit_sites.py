@@ -242,7 +242,7 @@ def main(args: argparse.Namespace) -> None:
 
     heads: dict[str, list[float]] = {}
     if "heads" in parts:
-        from clipedit.defenses.dyslexify import class_token_sites, scoring_images, typographic_scores
+        from clipedit.methods.dyslexify import class_token_sites, scoring_images, typographic_scores
 
         band = 2
         sites = class_token_sites(base)

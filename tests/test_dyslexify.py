@@ -13,7 +13,8 @@ from clipedit.core import EditSet, apply_edit_set, load_edits, revert_edit_set, 
 from clipedit.core.heads import head_specs
 from clipedit.core.hook_edits import ClsHeadAblation
 from clipedit.core.nethook import get_module
-from clipedit.defenses.dyslexify import (
+from clipedit.errors import ClipeditError, EditError
+from clipedit.methods.dyslexify import (
     DyslexifyHParams,
     class_token_sites,
     dyslexify,
@@ -21,7 +22,6 @@ from clipedit.defenses.dyslexify import (
     rule_text,
     typographic_scores,
 )
-from clipedit.errors import ClipeditError, EditError
 from clipedit.mini.world import CLASSNAMES, MiniWorld
 
 ATTN = "visual.transformer.resblocks.0.attn"
@@ -320,7 +320,7 @@ def test_a_tower_without_attention_is_not_sent_to_head_ablation(tiny_rn):
     CLIP's) is offered head ablation, which reaches its heads."""
     from types import SimpleNamespace
 
-    from clipedit.defenses.dyslexify import class_token_sites
+    from clipedit.methods.dyslexify import class_token_sites
 
     convs = SimpleNamespace(image_module=nn.Sequential(nn.Conv2d(3, 4, 3)), image_prefix="", name="convnet")
     with pytest.raises(ClipeditError, match="has none") as info:

@@ -36,7 +36,7 @@ def figures(deep) -> dict:
 def test_it_is_an_open_clip_vit_with_six_blocks_of_four_heads_and_the_minis_text_tower(deep):
     import open_clip
 
-    from clipedit.defenses.dyslexify import class_token_sites
+    from clipedit.methods.dyslexify import class_token_sites
 
     visual = deep.model.visual
     assert isinstance(visual, open_clip.transformer.VisionTransformer)

@@ -202,7 +202,7 @@ def test_scene_tolerance_widens_below_one_scene_refuses_nonsense_and_says_the_sc
 
 
 def test_dyslexify_clean_budget_below_one_scene_is_widened():
-    from clipedit.defenses.dyslexify import DyslexifyHParams, greedy_selection, selection_record
+    from clipedit.methods.dyslexify import DyslexifyHParams, greedy_selection, selection_record
 
     n = 50  # stop_at_delta 0.01 = half a scene: a one-scene loss would stop the published search
     table = {(): (40, 10), ("a",): (39, 20), ("a", "b"): (37, 30), ("a", "b", "c"): (36, 40)}
