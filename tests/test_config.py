@@ -12,12 +12,12 @@ from clipedit.core import RewriteHParams
 from clipedit.defenses import defaults
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import defaults_for
-from clipedit.defenses.paint import PaintHParams
 from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.eval.results import drop_predictions
 from clipedit.methods.finetune import FinetuneHParams
 from clipedit.methods.head_ablation import HeadAblationHParams
+from clipedit.methods.paint import PaintHParams
 from clipedit.methods.registry import METHODS, MethodSpec
 
 VIT_C_PROJ = "visual.transformer.resblocks.0.mlp.c_proj"

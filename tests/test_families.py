@@ -364,9 +364,9 @@ def test_sweep_scores_every_candidate_of_each_family(fam, hf_folders):
 def test_fine_tuning_methods_change_only_the_image_tower(fam, method, hf_folders, monkeypatch):
     import functools
 
-    from clipedit.defenses.paint import PaintHParams
     from clipedit.defenses.typographic import DefenseConfig, defend
     from clipedit.methods.finetune import FinetuneHParams
+    from clipedit.methods.paint import PaintHParams
 
     monkeypatch.setattr("clipedit.methods.registry.PaintHParams", functools.partial(
         PaintHParams, alphas=(1.0,), lrs=(1e-2,), n_val=4, n_signs=0, n_train=8, steps=2, checkpoints=1))

@@ -13,8 +13,6 @@ from clipedit.core.nethook import get_module
 from clipedit.data.prepare.edit_requests import request_from_attacks
 from clipedit.data.prepare.typo_train import typographic_training_set, validation_sets
 from clipedit.defenses.defense_prefix import DefensePrefixHParams
-from clipedit.defenses.paint import ALPHAS, PaintHParams, choose_alpha, cosine_lr, interpolate_, paint, schedule
-from clipedit.defenses.paint import images_seen as paint_images
 from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
@@ -27,6 +25,8 @@ from clipedit.methods.head_ablation import (
     attention_sites,
     head_scores,
 )
+from clipedit.methods.paint import ALPHAS, PaintHParams, choose_alpha, cosine_lr, interpolate_, paint, schedule
+from clipedit.methods.paint import images_seen as paint_images
 from clipedit.methods.registry import METHODS
 from clipedit.mini.world import CLASSNAMES, IMAGE_SIZE, MiniWorld
 

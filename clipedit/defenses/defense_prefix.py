@@ -61,10 +61,10 @@ from clipedit.core.prompt_edits import (
     with_placeholder,
 )
 from clipedit.data.prepare.typo_train import TypoSet, TypoValidation, correct, typographic_training_set, validation_sets
-from clipedit.defenses.paint import choose_alpha
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.zeroshot import DEFAULT_TEMPLATES, fill_template
+from clipedit.methods.paint import choose_alpha
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

@@ -43,11 +43,11 @@ from clipedit.defenses import defense_prefix as dp
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import default_layer, offline_settings
 from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, defense_prefix
-from clipedit.defenses.paint import PaintHParams, paint, supported_task
 from clipedit.errors import ClipeditError, EditError
 from clipedit.methods.dyslexify import DyslexifyHParams, class_token_sites, dyslexify
 from clipedit.methods.finetune import FinetuneHParams, finetune
 from clipedit.methods.head_ablation import HeadAblationHParams, ablate_heads
+from clipedit.methods.paint import PaintHParams, paint, supported_task
 from clipedit.methods.result import DefenseResult
 from clipedit.models.bundle import ModelBundle
 
