@@ -27,10 +27,10 @@ from clipedit.data.images import to_batches
 from clipedit.data.prepare.exemplars import text_exemplars
 from clipedit.data.prepare.typo_train import typographic_training_set
 from clipedit.defenses.defaults import defaults_for
-from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, train_prefix, train_prefixes
 from clipedit.eval.heldout import world_eval_sets
 from clipedit.eval.reading import sign_set
 from clipedit.eval.zeroshot import DEFAULT_TEMPLATES
+from clipedit.methods.defense_prefix import DefensePrefixHParams, check_text_tower, train_prefix, train_prefixes
 from clipedit.methods.finetune import FinetuneHParams, finetune
 
 MODEL = "mini"  # the ResNet mini: its default site is layer3.0.conv3

@@ -17,10 +17,10 @@ from clipedit.core.prompt_edits import (
     token_embedding_name,
 )
 from clipedit.data.prepare.typo_train import correct, typographic_training_set, validation_sets
-from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, defense_prefix
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.zeroshot import zero_shot_weights
+from clipedit.methods.defense_prefix import DefensePrefixHParams, check_text_tower, defense_prefix
 from clipedit.models import load_model
 
 FAST = {"steps": 150, "lrs": [0.02], "n_train": 96, "n_val": 48, "batch_size": 64}
@@ -179,7 +179,7 @@ def test_apply_refuses_to_export_a_prefix_edit_as_weights(mini, tmp_path, capsys
 
 
 def test_the_schedule_is_the_published_one_at_the_default_split_and_scales_with_it():
-    from clipedit.defenses.defense_prefix import images_seen, schedule_steps
+    from clipedit.methods.defense_prefix import images_seen, schedule_steps
 
     hp = DefensePrefixHParams()
     assert schedule_steps(1000, hp) == 2480 and schedule_steps(300, hp) == 744 and schedule_steps(10, hp) == 25

@@ -84,7 +84,7 @@ def test_defense_prefix_batched_lrs_learn_the_separate_runs_tokens(tiny_vit):
     """One batched pass over K learning rates gives each lr the token (and loss) of its own run."""
     from clipedit.core.prompt_edits import placeholder_token_id, token_embedding_name
     from clipedit.data.prepare.typo_train import TypoSet
-    from clipedit.defenses.defense_prefix import DefensePrefixHParams, train_prefix, train_prefixes
+    from clipedit.methods.defense_prefix import DefensePrefixHParams, train_prefix, train_prefixes
 
     gen = torch.Generator().manual_seed(3)
     clean = torch.randn(10, 3, 64, 64, generator=gen)

@@ -12,11 +12,11 @@ from clipedit.core.edit_sets import EditSet, apply_edit_set, load_edits, revert_
 from clipedit.core.nethook import get_module
 from clipedit.data.prepare.edit_requests import request_from_attacks
 from clipedit.data.prepare.typo_train import typographic_training_set, validation_sets
-from clipedit.defenses.defense_prefix import DefensePrefixHParams
 from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.reading import plain_signs, reading_accuracy, sign_set
+from clipedit.methods.defense_prefix import DefensePrefixHParams
 from clipedit.methods.finetune import FinetuneHParams
 from clipedit.methods.head_ablation import (
     HeadAblationHParams,

@@ -39,11 +39,11 @@ from clipedit.core.edit_sets import EditSet
 from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.data.prepare.typo_train import shared_training_set, shared_validation
 from clipedit.data.prepare.vocabulary import Vocabulary
-from clipedit.defenses import defense_prefix as dp
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.defaults import default_layer, offline_settings
-from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, defense_prefix
 from clipedit.errors import ClipeditError, EditError
+from clipedit.methods import defense_prefix as dp
+from clipedit.methods.defense_prefix import DefensePrefixHParams, check_text_tower, defense_prefix
 from clipedit.methods.dyslexify import DyslexifyHParams, class_token_sites, dyslexify
 from clipedit.methods.finetune import FinetuneHParams, finetune
 from clipedit.methods.head_ablation import HeadAblationHParams, ablate_heads
