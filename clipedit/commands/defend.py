@@ -18,7 +18,6 @@ from clipedit.data.benchmarks import data_path
 from clipedit.data.classnames import case_note
 from clipedit.data.folders import image_paths
 from clipedit.data.prepare.vocabulary import ANY_WORD
-from clipedit.defenses.any_word import evaluation_words
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.run_files import OUTPUT_SET, run_outputs, save_run
 from clipedit.defenses.sweep import choose_by_sweep
@@ -26,6 +25,7 @@ from clipedit.defenses.typographic import defend
 from clipedit.errors import ClipeditError
 from clipedit.eval.results import format_table, undefined_reasons
 from clipedit.eval.timing import StageTimer
+from clipedit.methods.any_word import evaluation_words
 from clipedit.methods.registry import method_spec
 from clipedit.outputs import check_outputs
 

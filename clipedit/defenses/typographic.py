@@ -9,7 +9,7 @@ One path: :func:`~clipedit.defenses.config.resolve_config` fills the settings fr
 the exemplars become :class:`~clipedit.methods.registry.DefenseData`, the method table runs the method
 (:func:`~clipedit.methods.registry.run_defense`), and the edit is an
 :class:`~clipedit.core.edit_sets.EditSet`. ``defend(bundle, "*")`` defends against any written word:
-exemplars rendered from a broad vocabulary (:mod:`clipedit.defenses.any_word`).
+exemplars rendered from a broad vocabulary (:mod:`clipedit.methods.any_word`).
 """
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ from clipedit.core import EditRequest, KeepRequest
 from clipedit.data.prepare.edit_requests import keep_request_from_attacks, request_from_attacks
 from clipedit.data.prepare.exemplars import N_SIGNS, reference_statistics, sign_exemplars, text_exemplars, world_of
 from clipedit.data.prepare.vocabulary import ANY_WORD
-from clipedit.defenses.any_word import any_word_data, evaluation_words
 from clipedit.defenses.arguments import check_defend_arguments
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
 from clipedit.eval.timing import StageTimer
+from clipedit.methods.any_word import any_word_data, evaluation_words
 from clipedit.methods.registry import DefenseData, method_spec, run_defense
 from clipedit.methods.result import DefenseResult
 from clipedit.models.bundle import ModelBundle
@@ -49,7 +49,7 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
     Args:
         bundle: the model to defend (edited in place).
         words: the word(s) to defend against; several words make one joint edit; ``"*"``: any word
-            (exemplars from a broad vocabulary, :mod:`clipedit.defenses.any_word`).
+            (exemplars from a broad vocabulary, :mod:`clipedit.methods.any_word`).
         config: method, layer, rank, renders … (a DefenseConfig or a dict of overrides, see
             :func:`~clipedit.defenses.config.resolve_config`); the rest from the model's defaults.
         exemplars: rendered attacks to use instead of generating ``config.renders`` per word.

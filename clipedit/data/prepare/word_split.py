@@ -5,7 +5,7 @@ The split is a seeded hash of each word alone (:func:`word_split`): a word's sid
 which other words are listed. The defended words are always on the trainable side (the word-specific
 methods render them). :class:`WordSplitWorld` is the model's world as methods see it: every scene it
 draws with "another class's name" writes a trainable word, and ``"*"``'s vocabulary leaves the held-out
-words out (``heldout_words``, read by :func:`clipedit.defenses.any_word.vocabulary_of`). The test sets
+words out (``heldout_words``, read by :func:`clipedit.methods.any_word.vocabulary_of`). The test sets
 of "unseen words" write held-out words only.
 
 Not covered: the reference images of a layer's key statistics (unlabelled scenes, some with a random
