@@ -170,7 +170,7 @@ def methods(base: ModelBundle, vocab) -> dict[str, Callable[[ModelBundle], Any]]
             method="finetune-global", vocab_words=128, renders=1)),
     }
     try:
-        from clipedit.defenses import head_ablation  # noqa: F401  (another issue's defense)
+        from clipedit.methods import head_ablation  # noqa: F401  (another issue's defense)
     except ImportError:
         log.warning("clipedit/methods/head_ablation.py is absent: no head-ablation column")
     else:

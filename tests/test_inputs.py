@@ -104,7 +104,7 @@ def test_non_finite_numbers_in_hparams_json_are_refused(tmp_path, capsys):
     ("HeadAblationHParams", {"max_heads": True}, "max_heads must be >= 1"),
 ])
 def test_every_settings_class_checks_its_fields_in_python(cls, values, message):
-    from clipedit.defenses import defense_prefix, dyslexify, finetune, head_ablation, paint
+    from clipedit.methods import defense_prefix, dyslexify, finetune, head_ablation, paint
 
     modules = (defense_prefix, dyslexify, finetune, head_ablation, paint)
     settings = next(getattr(m, cls) for m in modules if hasattr(m, cls))
