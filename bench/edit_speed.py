@@ -27,7 +27,8 @@ from clipedit.eval.defense_metrics import evaluate_defense
 from clipedit.eval.heldout import world_eval_sets
 from clipedit.eval.predictor import make_predictor
 from clipedit.methods.finetune import FinetuneHParams
-from clipedit.methods.registry import DefenseData, run_defense
+from clipedit.methods.registry import run_defense
+from clipedit.methods.spec import DefenseData
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,9 @@ from clipedit.defenses.typographic import defend
 from clipedit.errors import ClipeditError
 from clipedit.eval.audit import audit
 from clipedit.eval.evaluation import EvalOptions, evaluate
-from clipedit.methods.registry import METHODS, MethodSpec, register_method
+from clipedit.methods.registry import METHODS, register_method
 from clipedit.methods.result import DefenseResult
+from clipedit.methods.spec import MethodSpec
 from clipedit.models import list_models, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -18,7 +18,8 @@ from clipedit.eval.results import drop_predictions
 from clipedit.methods.finetune import FinetuneHParams
 from clipedit.methods.head_ablation import HeadAblationHParams
 from clipedit.methods.paint import PaintHParams
-from clipedit.methods.registry import METHODS, MethodSpec
+from clipedit.methods.registry import METHODS
+from clipedit.methods.spec import MethodSpec
 
 VIT_C_PROJ = "visual.transformer.resblocks.0.mlp.c_proj"
 

@@ -14,7 +14,9 @@ from clipedit.defenses.compare import CompareSettings, compare, compare_methods
 from clipedit.defenses.sweep import SweepSettings, sweep
 from clipedit.defenses.typographic import defend
 from clipedit.errors import ClipeditError
-from clipedit.methods.registry import METHODS, DefenseResult, MethodSpec, budget, register_method
+from clipedit.methods.registry import METHODS, register_method
+from clipedit.methods.result import DefenseResult
+from clipedit.methods.spec import MethodSpec, budget
 from clipedit.mini.world import CLASSNAMES, MiniWorld
 
 

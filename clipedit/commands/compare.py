@@ -19,6 +19,7 @@ from clipedit.commands.options import (
 from clipedit.commands.params import JSON_FILE
 from clipedit.core.distributed import init_from_environment, is_main_process, rank_and_world
 from clipedit.data.benchmarks import LAYOUTS, data_path
+from clipedit.data.prepare.typo_train import check_supported
 from clipedit.data.prepare.user_data import with_validation_world
 from clipedit.data.splits import MIN_PER_SIDE, split_data
 from clipedit.defenses.compare import (
@@ -40,7 +41,6 @@ from clipedit.eval.paired import ALPHA
 from clipedit.eval.report import write_report
 from clipedit.eval.results import make_record, write_results
 from clipedit.io import atomic_output_set
-from clipedit.methods.paint import check_supported
 from clipedit.outputs import OutputSet, check_outputs
 
 COMPARE_FILES = ("compare.json", "compare.png")  # one set; each rank's partial record only while running

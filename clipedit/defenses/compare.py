@@ -2,7 +2,7 @@
 
 Every method runs through the method table (:func:`clipedit.methods.registry.run_defense`); its
 properties (word-specific or word-agnostic, which towers it applies to) come from its
-:class:`~clipedit.methods.registry.MethodSpec`. For each seed and defended word, each word-specific
+:class:`~clipedit.methods.spec.MethodSpec`. For each seed and defended word, each word-specific
 method defends a fresh copy of the model from the same rendered exemplars of the word
 (``DefenseConfig.seed`` = the seed); each word-agnostic method (the peers, and the rewrite against any
 word, ``edit-any-word``) defends once per seed from the same typographic training split of that seed

@@ -27,8 +27,9 @@ from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.methods.finetune import FinetuneHParams
-from clipedit.methods.registry import DefenseData, run_defense
+from clipedit.methods.registry import run_defense
 from clipedit.methods.result import DefenseResult
+from clipedit.methods.spec import DefenseData
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@
     defense.save("ipod.safetensors")                   # the edit set (one site, or the model's default sites)
 
 One path: :func:`~clipedit.defenses.config.resolve_config` fills the settings from ``defaults.json``,
-the exemplars become :class:`~clipedit.methods.registry.DefenseData`, the method table runs the method
+the exemplars become :class:`~clipedit.methods.spec.DefenseData`, the method table runs the method
 (:func:`~clipedit.methods.registry.run_defense`), and the edit is an
 :class:`~clipedit.core.edit_sets.EditSet`. ``defend(bundle, "*")`` defends against any written word:
 exemplars rendered from a broad vocabulary (:mod:`clipedit.methods.any_word`).
@@ -29,8 +29,9 @@ from clipedit.errors import render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
 from clipedit.eval.timing import StageTimer
 from clipedit.methods.any_word import any_word_data, evaluation_words
-from clipedit.methods.registry import DefenseData, method_spec, run_defense
+from clipedit.methods.registry import method_spec, run_defense
 from clipedit.methods.result import DefenseResult
+from clipedit.methods.spec import DefenseData
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

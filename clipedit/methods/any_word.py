@@ -15,7 +15,7 @@ from clipedit.data.prepare.edit_requests import request_from_attacks
 from clipedit.data.prepare.exemplars import text_exemplars
 from clipedit.data.prepare.vocabulary import ANY_WORD, Vocabulary, build_vocabulary
 from clipedit.defenses.config import DefenseConfig
-from clipedit.methods.registry import DefenseData
+from clipedit.methods.spec import DefenseData
 from clipedit.models.bundle import ModelBundle
 
 #: Words rendered per exemplar batch (their renders are the one batch held in memory).

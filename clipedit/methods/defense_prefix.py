@@ -52,6 +52,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from clipedit.core.edit_sets import EditSet
 from clipedit.core.hparams import COUNT, NONNEGATIVE, POSITIVE, SEED, HParams
 from clipedit.core.prompt_edits import (
     ClassPrefix,
@@ -60,11 +61,21 @@ from clipedit.core.prompt_edits import (
     token_embedding_name,
     with_placeholder,
 )
-from clipedit.data.prepare.typo_train import TypoSet, TypoValidation, correct, typographic_training_set, validation_sets
+from clipedit.data.prepare.typo_train import (
+    TypoSet,
+    TypoValidation,
+    correct,
+    shared_training_set,
+    typographic_training_set,
+    validation_for,
+    validation_sets,
+)
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.zeroshot import DEFAULT_TEMPLATES, fill_template
 from clipedit.methods.paint import choose_alpha
+from clipedit.methods.result import DefenseResult
+from clipedit.methods.spec import DefenseData, MethodContext, budget, charged, run_meta
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -285,3 +296,15 @@ def defense_prefix(bundle: ModelBundle, hparams: Optional[DefensePrefixHParams] 
                  "reported_not_selected": ["clean_acc (the patching scenes without their notes)"]}
     return DefensePrefixResult(members[best], rows[best]["lr"], rows, rule, rows[best]["loss"],
                                time.perf_counter() - start, {"selection": selection, "budget": budget})
+
+
+def run_defense_prefix(bundle: ModelBundle, data: DefenseData, hparams: DefensePrefixHParams,
+                       context: MethodContext) -> DefenseResult:
+    """The table's run: a learnt token before every class name (a class-prefix member; the weights stay)."""
+    train, t1 = shared_training_set(bundle, hparams.n_train, hparams.seed, context.shared)
+    val, t2 = validation_for(bundle, hparams, context.shared)
+    result = defense_prefix(bundle, hparams, train=train, val=val, meta=run_meta(bundle, context))
+    edit_set = EditSet.of([result.member], {"method": "defense-prefix", "lr": result.lr})
+    details = result.summary()
+    details["budget"] = budget(**details["budget"])
+    return DefenseResult("defense-prefix", result.member.layer, edit_set=edit_set, details=charged(details, t1 + t2))

@@ -58,16 +58,19 @@ import torch
 from torch import nn
 
 from clipedit.attacks import StyleSampler
+from clipedit.core.edit_sets import EditSet
 from clipedit.core.heads import head_specs
 from clipedit.core.hook_edits import ClsHeadAblation
 from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, SEED, HParams
 from clipedit.core.nethook import get_module
 from clipedit.data.images import to_batches
-from clipedit.data.prepare.typo_train import TRAIN_SEED, TypoValidation, correct, validation_sets
+from clipedit.data.prepare.typo_train import TRAIN_SEED, TypoValidation, correct, validation_for, validation_sets
 from clipedit.errors import ClipeditError
 from clipedit.eval.pick import scene_tolerance
 from clipedit.eval.predictor import Predictor, make_predictor
 from clipedit.methods.head_ablation import query_row_hook
+from clipedit.methods.result import DefenseResult
+from clipedit.methods.spec import DefenseData, MethodContext, budget, charged, run_meta
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -307,3 +310,17 @@ def dyslexify(bundle: ModelBundle, hparams: Optional[DyslexifyHParams] = None,
                             "budget": {"images_seen": hp.n_score, "optimizer_steps": 0,
                                        "settings_tried": len(steps) + 1, "train_images": hp.n_score,
                                        "validation_images": 2 * val.n}})
+
+
+def run_dyslexify(bundle: ModelBundle, data: DefenseData, hparams: DyslexifyHParams, context: MethodContext
+                  ) -> DefenseResult:
+    """The table's run: class-token head ablation (hook members), searched on the validation split."""
+    val, secs = validation_for(bundle, hparams, context.shared)
+    result = dyslexify(bundle, hparams, val=val, meta=run_meta(bundle, context))
+    edit_set = EditSet.of(result.members, {"method": "dyslexify", "heads": [list(h) for h in result.heads]}) \
+        if result.members else None
+    details = {"heads": [list(h) for h in result.heads], "scores": result.scores, "steps": result.steps,
+               "base": result.base, "rule": result.rule, "selection": result.details.get("selection"),
+               "budget": budget(**result.details["budget"])}
+    return DefenseResult("dyslexify", "+".join(m.layer for m in result.members) or "none", edit_set=edit_set,
+                         details=charged(details, secs))

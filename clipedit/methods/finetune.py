@@ -9,7 +9,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,15 @@ from tqdm.auto import trange
 from clipedit.core.api import EditRequest
 from clipedit.core.hparams import COUNT, POSITIVE, HParams
 from clipedit.core.nethook import FrozenBelow, training_only
-from clipedit.errors import EditError
+from clipedit.core.sites import resolve_site
+from clipedit.defenses.defaults import default_layer
+from clipedit.errors import ClipeditError, EditError
+from clipedit.methods.result import DefenseResult
+from clipedit.methods.spec import DefenseData, MethodContext, budget, fixed_selection
+from clipedit.models.bundle import ModelBundle
+
+if TYPE_CHECKING:  # DefenseConfig carries this module's settings class (a type, not a runtime import)
+    from clipedit.defenses.config import DefenseConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +91,46 @@ def finetune(model: nn.Module, params: Iterable[nn.Parameter], request: EditRequ
             opt.step()
     log.info("fine-tuning: final loss %.4g", loss.item())
     return float(loss.item())
+
+
+def run_finetune(local: bool) -> Callable:
+    """The table's run of ``finetune-local`` (one site's weight) or ``finetune-global`` (the image tower)."""
+    def run(bundle: ModelBundle, data: DefenseData, hparams: FinetuneHParams, context: MethodContext
+            ) -> DefenseResult:
+        method = "finetune-local" if local else "finetune-global"
+        if local:
+            if len(context.sites) != 1:
+                raise ClipeditError(f"finetune-local trains one layer; got {len(context.sites)}: "
+                                    f"{', '.join(context.sites)}")
+            site = resolve_site(bundle.model, context.sites[0])
+            if not isinstance(site.weight, torch.nn.Parameter):
+                raise ClipeditError(f"finetune-local trains a whole weight; {site.layer} is part of one (pass a "
+                                    "module's layer, e.g. an mlp.c_proj)")
+            params = [site.weight]
+        else:
+            params = list(bundle.image_module.parameters())
+        request = data.merged()
+        finetune(bundle.model, params, request, hparams, forward=bundle.encode_images,
+                 frozen_below=site.layer if local else None)
+        for name, p in bundle.model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise EditError(f"fine-tuning produced NaN or inf in {name}")
+        n = int(request.attacked.shape[0])
+        details = {"selection": fixed_selection("the paper's baseline settings"),
+                   "budget": budget(hparams.steps * n, hparams.steps, 1, train_images=n)}
+        return DefenseResult(method, context.sites[0] if local else bundle.image_prefix.rstrip(".") or "model",
+                             details=details)
+    return run
+
+
+def finetune_images(hparams: FinetuneHParams, config: DefenseConfig, n_train: int) -> int:
+    """Training images one ``finetune-global`` run sees: one word's exemplars, every one in every step."""
+    return hparams.steps * (config.renders or 1)
+
+
+def finetune_local_applies(bundle: ModelBundle) -> None:
+    """Raises ClipeditError when the model's default layer is part of a weight (finetune-local trains whole ones)."""
+    site = resolve_site(bundle.model, default_layer(bundle))
+    if not isinstance(site.weight, torch.nn.Parameter):
+        raise ClipeditError(f"its default layer ({site.layer}) is part of a weight; finetune-local trains whole "
+                            "weights")

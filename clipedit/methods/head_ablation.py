@@ -40,6 +40,8 @@ from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, HParams
 from clipedit.core.nethook import get_module
 from clipedit.errors import ClipeditError
 from clipedit.eval.pick import PICK_TOLERANCE, HeldoutData, admissible, heldout_data, scene_tolerance, score
+from clipedit.methods.result import DefenseResult
+from clipedit.methods.spec import DefenseData, MethodContext, budget, run_meta
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -278,3 +280,15 @@ def ablation_edits(bundle: ModelBundle, sites: Sequence[AttentionSite], heads: S
                                       {"model": bundle.name, **(meta or {}), "method": "head-ablation-weights",
                                        "heads": chosen}))
     return edits
+
+
+def run_head_ablation(bundle: ModelBundle, data: DefenseData, hparams: HeadAblationHParams,
+                      context: MethodContext) -> DefenseResult:
+    """The table's run: greedy ablation of the heads that read the text, tuned on the validation split."""
+    ablation = ablate_heads(bundle, data.merged(), data.words, hparams, meta=run_meta(bundle, context))
+    layers = "+".join(ablation.edit_set.layers) if ablation.edit_set is not None else "none"
+    details = {"heads": [list(h) for h in ablation.heads], "scores": ablation.scores, "steps": ablation.steps,
+               "selection": ablation.selection,
+               "budget": budget(data.images, 0, len(ablation.steps) + 1, train_images=data.images,
+                                validation_images=ablation.selection.get("n", 0))}
+    return DefenseResult("head-ablation-weights", layers, edit_set=ablation.edit_set, details=details)

@@ -30,7 +30,7 @@ Differences kept, and why (each against the file named):
 * Training length and learning rate (``src/args.py`` ``--epochs 10``, ``--lr 0.001``; README examples
   ``--lr=1e-5``): the published runs are thousands of steps over full datasets; the split here is
   ``n_train`` scenes. So the schedule is counted in images seen: at least ``epochs`` passes and at
-  least ``min_images`` images (:func:`clipedit.methods.registry.run_paint` sets it to the budget of
+  least ``min_images`` images (:func:`run_paint` sets it to the budget of
   finetune-global and of Defense-Prefix at the same settings, so PAINT is never the shorter-trained
   peer); both published learning rates are tried (``lrs``), and θ₁ is scored at ``checkpoints``
   evenly spaced points of each schedule (as ``--eval-every-epoch`` does). The (lr, checkpoint, α)
@@ -48,32 +48,33 @@ drawn for both validation sets, which may then share photos: give ``--supported`
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
 from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, POSITIVE, SEED, HParams
-from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
-from clipedit.data.images import to_batches
 from clipedit.data.prepare.typo_train import (
-    SupportedTask,
     TypoSet,
     TypoValidation,
     correct,
+    shared_training_set,
+    supported_task,
     typographic_training_set,
+    validation_for,
     validation_sets,
 )
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.pick import scene_tolerance
 from clipedit.eval.predictor import Predictor, make_predictor
+from clipedit.methods.result import DefenseResult
+from clipedit.methods.spec import DefenseData, MethodContext, budget, charged, peer_floor
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -136,38 +137,6 @@ class PaintHParams(HParams):
         if self.supported_classes is not None:
             self.supported_classes = tuple(self.supported_classes)
         self.alphas, self.lrs = tuple(self.alphas), tuple(self.lrs)
-
-
-def check_supported(path: str | os.PathLike, classes: Optional[Sequence[str]] = None) -> LabeledImages:
-    """The ``--supported`` folder's images and classes, checked before any work.
-
-    Raises:
-        ClipeditError: not a folder, no images, images but no class folders, or ``classes`` not one per folder.
-    """
-    root = Path(path)
-    if not root.is_dir():
-        raise ClipeditError(f"--supported {root}: not a folder (give an ImageFolder: DIR/<class>/<image>)")
-    if not image_paths(root, "--supported folder", required=False):
-        raise ClipeditError(f"--supported {root} holds no images (expected {root}/<class>/<image>)")
-    if not any(image_paths(d, required=False) for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
-        raise ClipeditError(f"--supported {root} has no class folders (expected {root}/<class>/<image>)")
-    data = load_image_folder(root)
-    if classes is not None and len(classes) != len(data.classnames):
-        raise ClipeditError(f"--supported-classes gives {len(classes)} names for the {len(data.classnames)} "
-                            f"class folders of {root} ({', '.join(data.classnames)})")
-    if len(data.classnames) < 2:
-        raise ClipeditError(f"--supported {root} has one class ({data.classnames[0]}): a task needs two or more")
-    if classes is not None:
-        data.classnames = list(classes)
-    return data
-
-
-def supported_task(bundle: ModelBundle, path: str | os.PathLike, classes: Optional[Sequence[str]] = None
-                   ) -> SupportedTask:
-    """The ``--supported`` folder, preprocessed for ``bundle``."""
-    data = check_supported(path, classes)
-    images = torch.cat(list(to_batches(data.images, bundle.preprocess, 256)))
-    return SupportedTask(str(path), images, torch.tensor(data.labels), list(data.classnames))
 
 
 @dataclass
@@ -382,3 +351,21 @@ def interpolate_(module: torch.nn.Module, theta0: dict[str, torch.Tensor], theta
     state = {k: ((1 - alpha) * v + alpha * theta1[k]).to(v.dtype) if v.is_floating_point() else v
              for k, v in theta0.items()}
     module.load_state_dict(state)
+
+
+def run_paint(bundle: ModelBundle, data: DefenseData, hparams: PaintHParams, context: MethodContext
+              ) -> DefenseResult:
+    """The table's run: fine-tune the image tower at least as long as its peers train, interpolate back with
+    the (lr, checkpoint, α) chosen on validation."""
+    floor = peer_floor(context.methods, context.config, hparams.n_train, context.peers, exclude="paint")
+    need = max(floor.values(), default=0)
+    hp = hparams if hparams.min_images else dataclasses.replace(hparams, min_images=need)
+    train, t1 = shared_training_set(bundle, hp.n_train, hp.seed, context.shared)
+    val, t2 = validation_for(bundle, hp, context.shared, hp.n_signs)
+    result = paint(bundle, hp, train=train, val=val)
+    summary = result.summary()
+    meets = summary["budget"]["per_lr"]["images_seen"] >= need
+    if hp.steps is None and not hparams.min_images and not meets:  # the schedule rule guarantees it
+        raise EditError(f"PAINT's schedule sees fewer training images than its peers ({floor})")
+    summary["budget"] = budget(**summary["budget"], peer_images=floor, meets_peers=meets)
+    return DefenseResult("paint", bundle.image_prefix.rstrip(".") or "model", details=charged(summary, t1 + t2))

@@ -15,17 +15,22 @@ the split, or a given ImageFolder). Signs (a class name alone) are kept beside t
 
 A caller that runs several methods passes one ``shared`` dict to :func:`shared_training_set` and
 :func:`shared_validation`: each split is rendered once, and every method that uses it is charged the
-seconds it took.
+seconds it took. :func:`validation_for` is the one call of a method's run (a ``supported`` ImageFolder,
+checked by :func:`check_supported`, stands for the supported task when given).
 """
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from clipedit.attacks import StyleSampler
+from clipedit.data.folders import LabeledImages, image_paths, load_image_folder
 from clipedit.data.images import to_batches
 from clipedit.errors import ClipeditError
 from clipedit.eval.heldout import SPLITS, split_seed
@@ -167,6 +172,53 @@ def shared_validation(bundle: ModelBundle, n: int, n_signs: int = 0, supported: 
 
 
 @torch.no_grad()
+def check_supported(path: str | os.PathLike, classes: Optional[Sequence[str]] = None) -> LabeledImages:
+    """The ``--supported`` folder's images and classes, checked before any work.
+
+    Raises:
+        ClipeditError: not a folder, no images, images but no class folders, or ``classes`` not one per folder.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ClipeditError(f"--supported {root}: not a folder (give an ImageFolder: DIR/<class>/<image>)")
+    if not image_paths(root, "--supported folder", required=False):
+        raise ClipeditError(f"--supported {root} holds no images (expected {root}/<class>/<image>)")
+    if not any(image_paths(d, required=False) for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        raise ClipeditError(f"--supported {root} has no class folders (expected {root}/<class>/<image>)")
+    data = load_image_folder(root)
+    if classes is not None and len(classes) != len(data.classnames):
+        raise ClipeditError(f"--supported-classes gives {len(classes)} names for the {len(data.classnames)} "
+                            f"class folders of {root} ({', '.join(data.classnames)})")
+    if len(data.classnames) < 2:
+        raise ClipeditError(f"--supported {root} has one class ({data.classnames[0]}): a task needs two or more")
+    if classes is not None:
+        data.classnames = list(classes)
+    return data
+
+
+def supported_task(bundle: ModelBundle, path: str | os.PathLike, classes: Optional[Sequence[str]] = None
+                   ) -> SupportedTask:
+    """The ``--supported`` folder, preprocessed for ``bundle``."""
+    data = check_supported(path, classes)
+    images = torch.cat(list(to_batches(data.images, bundle.preprocess, 256)))
+    return SupportedTask(str(path), images, torch.tensor(data.labels), list(data.classnames))
+
+
+def validation_for(bundle: ModelBundle, hparams: Any, shared: Optional[dict[str, Any]] = None, n_signs: int = 0
+                   ) -> tuple[TypoValidation, float]:
+    """The shared validation sets at ``hparams.n_val`` (a ``hparams.supported`` folder: the supported task) and
+    the seconds they took (0 when ``shared`` held them)."""
+    path = getattr(hparams, "supported", None)
+    task = None
+    if path is not None:
+        key = f"supported:{path}:{getattr(hparams, 'supported_classes', None)}"
+        cache = shared if shared is not None else {}
+        if key not in cache:
+            cache[key] = supported_task(bundle, path, getattr(hparams, "supported_classes", None))
+        task = cache[key]
+    return shared_validation(bundle, hparams.n_val, n_signs, task, shared)
+
+
 def correct(predictor: Predictor, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> int:
     """How many of ``images`` the predictor classifies as ``labels``."""
     hits = 0
