@@ -13,7 +13,7 @@ import pytest
 from clipedit import cli
 from clipedit.core.distributed import all_gather_objects
 from clipedit.defenses import compare as compare_module
-from clipedit.defenses.compare_units import UNEDITED, grid_units, my_units, partial_files, unit_key
+from clipedit.selection.compare_units import UNEDITED, grid_units, my_units, partial_files, unit_key
 
 
 def argv(out: Path, hparams: Path) -> list[str]:
@@ -99,7 +99,7 @@ def test_a_killed_ranks_partial_file_makes_the_next_run_redo_only_the_missing_un
 
 
 def test_a_partial_file_from_other_settings_is_not_reused(tmp_path, hparams, monkeypatch):
-    from clipedit.defenses.compare_units import read_partials
+    from clipedit.selection.compare_units import read_partials
 
     (tmp_path / "compare.rank0.partial.json").write_text(json.dumps(
         {"digest": "other", "units": {unit_key(UNEDITED): {"raw": {}, "seconds": 0, "details": None}}}))

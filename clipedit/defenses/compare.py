@@ -57,7 +57,16 @@ from clipedit.data.prepare.user_data import (
 from clipedit.data.prepare.vocabulary import ANY_WORD
 from clipedit.data.prepare.word_split import WordSplit, WordSplitWorld, word_split
 from clipedit.data.splits import FOLDER, DataSplit, split_data
-from clipedit.defenses.compare_units import (
+from clipedit.defenses.resolve import resolve_config
+from clipedit.defenses.typographic import DefenseConfig, defense_data, reference_statistics
+from clipedit.errors import ClipeditError, SettingsError
+from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
+from clipedit.eval.heldout import SCENE_OFFSET
+from clipedit.eval.metrics import evaluate_attacks, evaluate_images
+from clipedit.eval.pick import HeldoutData, heldout_data
+from clipedit.methods.registry import METHODS, method_spec, run_defense
+from clipedit.models.bundle import ModelBundle
+from clipedit.selection.compare_units import (
     UNEDITED,
     Unit,
     as_json,
@@ -70,15 +79,6 @@ from clipedit.defenses.compare_units import (
     unit_key,
     write_partial,
 )
-from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.typographic import DefenseConfig, defense_data, reference_statistics
-from clipedit.errors import ClipeditError, SettingsError
-from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
-from clipedit.eval.heldout import SCENE_OFFSET
-from clipedit.eval.metrics import evaluate_attacks, evaluate_images
-from clipedit.eval.pick import HeldoutData, heldout_data
-from clipedit.methods.registry import METHODS, method_spec, run_defense
-from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
     """Run every method of ``settings`` and score it; returns the record (cells, raw counts, details).
 
     Under ``torchrun`` (an initialised process group) the units of the grid are shared over the ranks and
-    every rank returns the whole record, equal to one process's (:mod:`clipedit.defenses.compare_units`).
+    every rank returns the whole record, equal to one process's (:mod:`clipedit.selection.compare_units`).
 
     Args:
         on_method: called with this rank's record so far after each unit it runs.
@@ -389,7 +389,7 @@ def settings_digest(base: ModelBundle, settings: CompareSettings, methods: Seque
 
 def run_unit(base: ModelBundle, unit: Unit, settings: CompareSettings, tests: dict[str, Any],
              shared: dict[str, Any]) -> dict[str, Any]:
-    """One unit of the grid (:mod:`clipedit.defenses.compare_units`): ``raw`` ({word: counts}), ``seconds``
+    """One unit of the grid (:mod:`clipedit.selection.compare_units`): ``raw`` ({word: counts}), ``seconds``
     and ``details`` (None for the unedited model), seeded from the unit alone."""
     method, seed, word = unit
     seed_unit(unit)
