@@ -346,8 +346,8 @@ def _with_world(bundle):
 @pytest.mark.filterwarnings("ignore:only .* reference keys")
 @pytest.mark.parametrize("fam", list(FAMILIES))
 def test_sweep_scores_every_candidate_of_each_family(fam, hf_folders):
-    from clipedit.defenses.sweep import SweepSettings, sweep
     from clipedit.defenses.typographic import DefenseConfig
+    from clipedit.selection.sweep import SweepSettings, sweep
 
     bundle = _with_world(_load(FAMILIES[fam][0](hf_folders)))
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}

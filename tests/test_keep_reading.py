@@ -16,8 +16,8 @@ from clipedit.core.subspace import regularise
 from clipedit.data.prepare.edit_requests import keep_request_from_attacks, request_from_attacks
 from clipedit.data.prepare.exemplars import reference_statistics, sign_exemplars, text_exemplars
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.sweep import plot_tradeoff
 from clipedit.errors import ClipeditError, EditError
+from clipedit.selection.sweep import plot_tradeoff
 from tests.conftest import run_cli, run_error, run_ok
 
 LAYER = "visual.layer3.0.conv3"
@@ -188,9 +188,9 @@ def test_sweep_records_reading_with_n_and_interval_and_takes_keep_reading(tmp_pa
 def test_sweep_keep_reading_candidate_is_what_defend_applies():
     """The sweep's single-site candidate and defend's edit are the same solve, signs included."""
     from clipedit.core import revert_edit_set
-    from clipedit.defenses.sweep import SweepSettings, candidate_edits
     from clipedit.defenses.typographic import defend
     from clipedit.models import load_model
+    from clipedit.selection.sweep import SweepSettings, candidate_edits
 
     bundle = load_model("mini", device="cpu")
     overrides = {"layer": LAYER, "rank": 4, "renders": 4, "n_reference": 32, "keep_reading": 3.0}

@@ -12,11 +12,11 @@ from clipedit.core import resolve_site
 from clipedit.core.keys_values import collect_exemplars, collect_exemplars_at
 from clipedit.core.sites import candidate_sites
 from clipedit.data.prepare.edit_requests import request_from_attacks
-from clipedit.defenses.sweep import SweepSettings, pareto_front, plan, plot_tradeoff, sweep
 from clipedit.defenses.typographic import DefenseConfig, text_exemplars
 from clipedit.errors import ClipeditError, SiteError
 from clipedit.eval.pick import heldout_data, pick
 from clipedit.mini.world import CLASSNAMES, MiniWorld
+from clipedit.selection.sweep import SweepSettings, pareto_front, plan, plot_tradeoff, sweep
 
 SMALL = DefenseConfig(renders=6, n_reference=24)
 
@@ -214,8 +214,8 @@ def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_
 
     from clipedit.core import RewriteHParams
     from clipedit.defenses.resolve import resolve_config
-    from clipedit.defenses.sweep import candidate_edits
     from clipedit.defenses.typographic import defend
+    from clipedit.selection.sweep import candidate_edits
 
     bundle = with_world(tiny_vit)
     c_proj, v_proj = "visual.transformer.resblocks.0.mlp.c_proj", "visual.transformer.resblocks.1.attn.v_proj"
@@ -239,7 +239,7 @@ def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_
 
 
 def test_ranks_on_one_spot_share_one_label_and_crowded_labels_stack():
-    from clipedit.defenses.sweep import rank_labels
+    from clipedit.selection.sweep import rank_labels
 
     rows = [{"rank": r} for r in (4, 16, 32, 8, 2)] + [{"method": "paint"}]
     points = [(0.0, 50.0)] * 3 + [(0.5, 50.5), (20.0, 10.0), (0.0, 50.0)]

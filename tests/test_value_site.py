@@ -169,7 +169,7 @@ def test_cli_refuses_several_sites_with_the_optimizer(capsys, tmp_path):
 def test_sweep_scores_a_value_site_and_leaves_the_model(tiny_vit, cache_dir):
     from test_sweep import SMALL, with_world
 
-    from clipedit.defenses.sweep import SweepSettings, sweep
+    from clipedit.selection.sweep import SweepSettings, sweep
 
     bundle = with_world(tiny_vit)
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}

@@ -33,7 +33,6 @@ from clipedit.defenses.compare import (
     pareto_rows,
     resolved,
 )
-from clipedit.defenses.sweep import plot_tradeoff
 from clipedit.errors import ClipeditError
 from clipedit.eval.compare_table import compare_record, render, report_tables
 from clipedit.eval.paired import ALPHA
@@ -42,6 +41,7 @@ from clipedit.eval.results import make_record, write_results
 from clipedit.io import atomic_output_set
 from clipedit.outputs import OutputSet, check_outputs
 from clipedit.selection.compare_units import partial_name, remove_partials
+from clipedit.selection.sweep import plot_tradeoff
 
 COMPARE_FILES = ("compare.json", "compare.png")  # one set; each rank's partial record only while running
 

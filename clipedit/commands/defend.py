@@ -20,7 +20,6 @@ from clipedit.data.folders import image_paths
 from clipedit.data.prepare.vocabulary import ANY_WORD
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.run_files import OUTPUT_SET, run_outputs, save_run
-from clipedit.defenses.sweep import choose_by_sweep
 from clipedit.defenses.typographic import defend
 from clipedit.errors import ClipeditError
 from clipedit.eval.results import format_table, undefined_reasons
@@ -28,6 +27,7 @@ from clipedit.eval.timing import StageTimer
 from clipedit.methods.any_word import evaluation_words
 from clipedit.methods.registry import method_spec
 from clipedit.outputs import check_outputs
+from clipedit.selection.sweep import choose_by_sweep
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from clipedit.data.benchmarks import data_path
 from clipedit.data.prepare.user_data import with_validation_world
 from clipedit.data.splits import split_data
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
 from clipedit.errors import ClipeditError
 from clipedit.eval.pick import PICK_TOLERANCE, tolerance_text
 from clipedit.eval.results import format_table, make_record, write_results
 from clipedit.io import atomic_output_set
 from clipedit.outputs import OutputSet, check_outputs
+from clipedit.selection.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
 
 SWEEP_FILES = ("sweep.json", "sweep.png")
 
