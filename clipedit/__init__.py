@@ -21,7 +21,6 @@ import logging
 
 from clipedit.attacks import AttackError
 from clipedit.core import apply_edit_set, load_edits, revert_edit_set, save_edits
-from clipedit.defenses.compare import CompareSettings, compare
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.run_files import save_run
 from clipedit.defenses.typographic import defend
@@ -32,6 +31,7 @@ from clipedit.methods.registry import METHODS, register_method
 from clipedit.methods.result import DefenseResult
 from clipedit.methods.spec import MethodSpec
 from clipedit.models import list_models, load_model
+from clipedit.selection.compare import CompareSettings, compare
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -182,7 +182,7 @@ PUBLIC_API = {
     "load_model": "clipedit.models.registry", "list_models": "clipedit.models.registry",
     "defend": "clipedit.defenses.typographic", "evaluate": "clipedit.eval.evaluation",
     "EvalOptions": "clipedit.eval.evaluation", "audit": "clipedit.eval.audit",
-    "compare": "clipedit.defenses.compare", "CompareSettings": "clipedit.defenses.compare",
+    "compare": "clipedit.selection.compare", "CompareSettings": "clipedit.selection.compare",
     "load_edits": "clipedit.core.edit_sets", "save_edits": "clipedit.core.edit_sets",
     "apply_edit_set": "clipedit.core.edit_sets", "revert_edit_set": "clipedit.core.edit_sets",
     "resolve_config": "clipedit.defenses.resolve", "DefenseResult": "clipedit.methods.result",

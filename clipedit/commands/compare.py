@@ -22,7 +22,14 @@ from clipedit.data.benchmarks import LAYOUTS, data_path
 from clipedit.data.prepare.typo_train import check_supported
 from clipedit.data.prepare.user_data import with_validation_world
 from clipedit.data.splits import MIN_PER_SIDE, split_data
-from clipedit.defenses.compare import (
+from clipedit.errors import ClipeditError
+from clipedit.eval.compare_table import compare_record, render, report_tables
+from clipedit.eval.paired import ALPHA
+from clipedit.eval.report import write_report
+from clipedit.eval.results import make_record, write_results
+from clipedit.io import atomic_output_set
+from clipedit.outputs import OutputSet, check_outputs
+from clipedit.selection.compare import (
     COMPARE_METHODS,
     WORLD_WORDS,
     CompareSettings,
@@ -33,13 +40,6 @@ from clipedit.defenses.compare import (
     pareto_rows,
     resolved,
 )
-from clipedit.errors import ClipeditError
-from clipedit.eval.compare_table import compare_record, render, report_tables
-from clipedit.eval.paired import ALPHA
-from clipedit.eval.report import write_report
-from clipedit.eval.results import make_record, write_results
-from clipedit.io import atomic_output_set
-from clipedit.outputs import OutputSet, check_outputs
 from clipedit.selection.compare_units import partial_name, remove_partials
 from clipedit.selection.sweep import plot_tradeoff
 
