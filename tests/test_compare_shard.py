@@ -12,7 +12,7 @@ import pytest
 
 from clipedit import cli
 from clipedit.core.distributed import all_gather_objects
-from clipedit.defenses import compare as compare_module
+from clipedit.selection import compare as compare_module
 from clipedit.selection.compare_units import UNEDITED, grid_units, my_units, partial_files, unit_key
 
 
