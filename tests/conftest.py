@@ -37,10 +37,10 @@ def cache_dir(tmp_path_factory, monkeypatch) -> Path:
 def loaded_checkpoints(monkeypatch) -> set:
     """Each test starts as a fresh process would: no checkpoint loaded yet (the writers' guard refuses to write
     over one this process loaded, so loads by earlier tests or module fixtures must not change its message)."""
-    import clipedit.io
+    import clipedit.io.guard
 
     fresh: set = set()
-    monkeypatch.setattr(clipedit.io, "_SOURCES", fresh)
+    monkeypatch.setattr(clipedit.io.guard, "_SOURCES", fresh)
     return fresh
 
 

@@ -27,16 +27,14 @@ from clipedit.core import load_edit
 from clipedit.core.cache import cache_dir
 from clipedit.errors import ClipeditError
 from clipedit.io import (
-    _journal_path,
-    _set_journal_path,
-    _temp_name,
-    _write_journal,
     atomic_file_set,
     atomic_output_set,
     read_safetensors_metadata,
     remove_stale_temporaries,
     write_json,
 )
+from clipedit.io.journals import _journal_path, _set_journal_path, _write_journal
+from clipedit.io.owners import _temp_name
 from clipedit.models import save_state_dict
 from clipedit.outputs import bundled_assets
 
@@ -548,7 +546,6 @@ def test_defend_on_a_real_small_disk_leaves_nothing(base, defended, tmp_path, ca
 
 def test_defend_replaces_an_older_run_whole_and_cleans_stale_temporaries(base, defended, tmp_path, capsys):
     out = _copy_run(defended, tmp_path / "run")
-    from clipedit.io import _temp_name  # left by a killed run (a process that is gone): authenticated names
 
     killed = [out / _temp_name("model.safetensors", ".safetensors", owner="999999999-1"),
               tmp_path / _temp_name("run", owner="999999999-1")]
@@ -718,7 +715,6 @@ def test_only_temporaries_of_gone_runs_are_removed(tmp_path):
     try:
         gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout.strip()
-        from clipedit.io import _temp_name  # names as clipedit makes them (authenticated), for other owners
 
         mine = tmp_path / _temp_name("out", owner=f"{live.pid}-{_start_time(live.pid)}")
         stale = tmp_path / _temp_name("out", owner=f"{gone}-123")
@@ -786,7 +782,7 @@ def _killed_writer(out: Path, kill_at: int, monkeypatch):
         real(src, dst)
 
     def work():
-        monkeypatch.setattr(io.os, "replace", replace)
+        monkeypatch.setattr(os, "replace", replace)  # every writer of clipedit.io renames through it
         with io.atomic_output_set(out, replaces=SET) as stage:
             (stage / "model.safetensors").write_text("new")
             (stage / "results.json").write_text("new")
