@@ -183,7 +183,7 @@ def test_each_word_of_a_world_comparison_gets_its_own_test_scenes():
     from clipedit.eval.heldout import SCENE_OFFSET
     from clipedit.eval.pick import heldout_data
     from clipedit.models import load_model
-    from clipedit.selection.compare import counts
+    from clipedit.selection.compare_scoring import counts
 
     bundle = load_model("mini", device="cpu")
     a = heldout_data(bundle, ["ipod"], 6, 4, split="test")

@@ -17,7 +17,7 @@ from clipedit.data.prepare.edit_requests import keep_request_from_attacks, reque
 from clipedit.data.prepare.exemplars import reference_statistics, sign_exemplars, text_exemplars
 from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError, EditError
-from clipedit.selection.sweep import plot_tradeoff
+from clipedit.selection.tradeoff import plot_tradeoff
 from tests.conftest import run_cli, run_error, run_ok
 
 LAYER = "visual.layer3.0.conv3"

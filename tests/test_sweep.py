@@ -16,7 +16,8 @@ from clipedit.defenses.typographic import DefenseConfig, text_exemplars
 from clipedit.errors import ClipeditError, SiteError
 from clipedit.eval.pick import heldout_data, pick
 from clipedit.mini.world import CLASSNAMES, MiniWorld
-from clipedit.selection.sweep import SweepSettings, pareto_front, plan, plot_tradeoff, sweep
+from clipedit.selection.sweep import SweepSettings, plan, sweep
+from clipedit.selection.tradeoff import pareto_front, plot_tradeoff
 
 SMALL = DefenseConfig(renders=6, n_reference=24)
 
@@ -239,7 +240,7 @@ def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_
 
 
 def test_ranks_on_one_spot_share_one_label_and_crowded_labels_stack():
-    from clipedit.selection.sweep import rank_labels
+    from clipedit.selection.tradeoff import rank_labels
 
     rows = [{"rank": r} for r in (4, 16, 32, 8, 2)] + [{"method": "paint"}]
     points = [(0.0, 50.0)] * 3 + [(0.5, 50.5), (20.0, 10.0), (0.0, 50.0)]

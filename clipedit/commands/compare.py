@@ -36,12 +36,11 @@ from clipedit.selection.compare import (
     check_given,
     check_settings,
     compare,
-    flat_metrics,
-    pareto_rows,
     resolved,
 )
+from clipedit.selection.compare_results import flat_metrics, pareto_rows
 from clipedit.selection.compare_units import partial_name, remove_partials
-from clipedit.selection.sweep import plot_tradeoff
+from clipedit.selection.tradeoff import plot_tradeoff
 
 COMPARE_FILES = ("compare.json", "compare.png")  # one set; each rank's partial record only while running
 

@@ -25,7 +25,8 @@ from clipedit.eval.pick import PICK_TOLERANCE, tolerance_text
 from clipedit.eval.results import format_table, make_record, write_results
 from clipedit.io import atomic_output_set
 from clipedit.outputs import OutputSet, check_outputs
-from clipedit.selection.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
+from clipedit.selection.sweep import DEFAULT_RANKS, SweepSettings, sweep
+from clipedit.selection.tradeoff import plot_tradeoff
 
 SWEEP_FILES = ("sweep.json", "sweep.png")
 

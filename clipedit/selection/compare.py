@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -41,31 +40,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-import numpy as np
-
-from clipedit.attacks.factors import size_band
 from clipedit.core.distributed import agree, digest_of, rank_and_world
 from clipedit.core.hparams import COUNT, COUNT0, SEED, Bound, check_fields
-from clipedit.data.classnames import class_index
 from clipedit.data.prepare.user_data import (
-    BenchmarkTest,
-    benchmark_counts,
     default_words,
     scoring_sets,
     with_validation_world,
 )
 from clipedit.data.prepare.vocabulary import ANY_WORD
-from clipedit.data.prepare.word_split import WordSplit, WordSplitWorld, word_split
-from clipedit.data.splits import FOLDER, DataSplit, split_data
+from clipedit.data.prepare.word_split import WordSplitWorld, word_split
+from clipedit.data.splits import DataSplit, split_data
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import DefenseConfig, defense_data, reference_statistics
 from clipedit.errors import ClipeditError, SettingsError
-from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
 from clipedit.eval.heldout import SCENE_OFFSET
-from clipedit.eval.metrics import evaluate_attacks, evaluate_images
-from clipedit.eval.pick import HeldoutData, heldout_data
+from clipedit.eval.pick import heldout_data
 from clipedit.methods.registry import METHODS, method_spec, run_defense
 from clipedit.models.bundle import ModelBundle
+from clipedit.selection.compare_results import assemble_units, build_record
+from clipedit.selection.compare_scoring import counts, image_strata
 from clipedit.selection.compare_units import (
     UNEDITED,
     Unit,
@@ -91,12 +84,10 @@ def compare_methods() -> tuple[str, ...]:
 
 #: compare's methods as the table held them at import (the CLI's help text); :func:`compare_methods` is live.
 COMPARE_METHODS: tuple[str, ...] = compare_methods()
+
+
 #: Defended words on the model's own world when none are given.
 WORLD_WORDS: tuple[str, ...] = ("ipod", "mug", "apple")
-#: Why a metric can be missing on a user's data (left out of the table, said in the notes).
-MISSING = {"other_text_acc": "no test-side image carries a word other than the defended ones",
-           "clean_acc": "the dataset has no clean photos", "blank_acc": "the dataset has no blank-note photos",
-           "reading_acc": "no signs were asked for (--n-signs 0)"}
 
 
 @dataclass
@@ -197,87 +188,6 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
     return chosen
 
 
-def images_key(images: Sequence, labels: Sequence[int]) -> str:
-    """A short digest naming a set of images (a sample of their pixels, their count and labels): two words'
-    sets that share it are the same images, counted once in a pooled cell."""
-    digest = hashlib.sha1(f"{len(images)}:{list(labels)}".encode())
-    for im in list(images[:4]) + list(images[-2:]):
-        digest.update(np.asarray(im).tobytes()[:65536])
-    return digest.hexdigest()[:16]
-
-
-def counts(data: HeldoutData | BenchmarkTest, bundle: ModelBundle) -> dict[str, list]:
-    """``[hits, n, images key, bits]`` of each metric of ``bundle`` on the held-out data (test split; a
-    benchmark's test side: :func:`~clipedit.data.prepare.user_data.benchmark_counts`). The key names the images
-    behind the metric, so that a cell pooled over words counts shared images once; ``bits`` is the per-image
-    outcome (``"1"`` correct; for attack success, ``"1"`` = the prediction is the written word), in the set's
-    order, from which :mod:`clipedit.eval.compare_stats` computes every statistic."""
-    if isinstance(data, BenchmarkTest):  # the defended word's photos are its own; every other set is shared
-        own = ",".join(sorted(data.words))
-        return {k: [h, n, f"benchmark:{k}:{own}" if k in ("text_acc", "attack_success_rate") else f"benchmark:{k}", b]
-                for k, (h, n, b) in benchmark_counts(data, bundle).items()}
-    held = dataclasses.replace(data.bundle, model=bundle.model)
-    predictor = data.predictor.with_bundle(held)
-    attacks, labels = data.sets.edited
-    ed = evaluate_attacks(held, predictor, attacks, labels, progress=False, batch_size=256)
-    key = images_key([a.attacked for a in attacks], labels)
-    out = {**_text_entries(ed, attacks, labels, predictor.classnames, key),
-           "clean_acc": _entry(ed["predictions"]["clean"], labels, images_key([a.clean for a in attacks], labels)),
-           "blank_acc": _entry(ed["predictions"]["blank"], labels, images_key([a.blank for a in attacks], labels))}
-    if data.sets.other is not None:
-        other, other_labels = data.sets.other
-        ot = evaluate_attacks(held, predictor, other, other_labels, progress=False, batch_size=256)
-        out["other_text_acc"] = _text_entries(ot, other, other_labels, predictor.classnames,
-                                              images_key([a.attacked for a in other], other_labels))["text_acc"]
-    if data.signs is not None:
-        r = evaluate_images(held, predictor, data.signs.images, data.signs.labels, 256, progress=False)
-        out["reading_acc"] = _entry(r["predictions"], data.signs.labels,
-                                    images_key(data.signs.images, data.signs.labels))
-    return out
-
-
-def _entry(predicted: Sequence[int], wanted: Sequence[int], key: str) -> list:
-    flags = [int(p) == int(w) for p, w in zip(predicted, wanted)]
-    return [sum(flags), len(flags), key, bits(flags)]
-
-
-def _text_rows(attacks: Sequence, labels: Sequence[int], classnames: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Rows of notes not naming the true class (text accuracy) and, of those, rows naming another class
-    (attack success), as :func:`~clipedit.eval.metrics.score_attacks` counts them."""
-    words = [class_index(a.text, classnames) for a in attacks]
-    counted = [i for i, (w, y) in enumerate(zip(words, labels)) if w != y]
-    return counted, [i for i in counted if words[i] is not None]
-
-
-def _text_entries(ev: dict, attacks: Sequence, labels: Sequence[int], classnames: Sequence[str],
-                  key: str) -> dict[str, list]:
-    counted, targeted = _text_rows(attacks, labels, classnames)
-    pred = ev["predictions"]["text"]
-    out = {"text_acc": _entry([pred[i] for i in counted], [labels[i] for i in counted], f"{key}:text")}
-    if targeted:
-        out["attack_success_rate"] = _entry([pred[i] for i in targeted],
-                                            [class_index(attacks[i].text, classnames) for i in targeted],
-                                            f"{key}:targeted")
-    return out
-
-
-def image_strata(tests: dict[str, Any]) -> dict[str, list[list[Optional[str]]]]:
-    """``{images key: [[kind, size band], …]}`` of every note set of the world's test data, aligned with
-    :func:`counts`' bits, for the strata cells (a benchmark's photos have no rendered kinds: none)."""
-    out: dict[str, list[list[Optional[str]]]] = {}
-    for data in tests.values():
-        if isinstance(data, BenchmarkTest):
-            continue
-        sets = [data.sets.edited] + ([data.sets.other] if data.sets.other is not None else [])
-        for attacks, labels in sets:
-            key = images_key([a.attacked for a in attacks], labels)
-            counted, targeted = _text_rows(attacks, labels, data.predictor.classnames)
-            for suffix, rows in ((":text", counted), (":targeted", targeted)):
-                out[key + suffix] = [[attacks[i].style.kind, size_band(attacks[i].style.font_size)]
-                                     for i in rows]
-    return out
-
-
 def fixed_settings(settings: CompareSettings, seed: int) -> dict[str, Any]:
     """compare's protocol, laid over each method's defaults where its settings class has the field: the
     training split's size and seed, the validation size (every method selects on the same sets), the
@@ -374,9 +284,10 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
             spent = sum(r["seconds"] for k, r in own.items() if json.loads(k)[0] == method)
             progress(f"{method}: done in {spent:.0f} s")
         if on_method is not None:
-            on_method(_record(*_assemble(units, own), methods, settings, t_all, split, words_apart, final=False))
+            on_method(build_record(*assemble_units(units, own), methods, settings, t_all, split, words_apart,
+                                   final=False))
     done = gather_units(own)
-    return _record(*_assemble(units, done), methods, settings, t_all, split, words_apart,
+    return build_record(*assemble_units(units, done), methods, settings, t_all, split, words_apart,
                    strata=image_strata(tests))
 
 
@@ -399,125 +310,3 @@ def run_unit(base: ModelBundle, unit: Unit, settings: CompareSettings, tests: di
     bundle, det, secs = run_method(base, method, word, int(seed), settings, shared)
     scored = [word] if word is not None else list(settings.words)
     return as_json({"raw": {w: counts(tests[w], bundle) for w in scored}, "seconds": secs, "details": det})
-
-
-def _assemble(units: Sequence[Unit], done: dict[str, dict]) -> tuple[dict, dict, dict]:
-    """(raw, seconds, details) of the finished units, in the one-process order of ``units``."""
-    raw: dict[str, dict[str, dict[str, dict]]] = {}
-    seconds: dict[str, list[float]] = {}
-    details: dict[str, dict] = {}
-    for unit in units:
-        result = done.get(unit_key(unit))
-        if result is None:
-            continue
-        method, seed, word = unit
-        raw.setdefault(method, {}).setdefault(seed, {}).update(result["raw"])
-        if unit == UNEDITED:
-            continue
-        seconds.setdefault(method, []).append(result["seconds"])
-        details.setdefault(method, {})[seed if word is None else f"{seed}:{word}"] = result["details"]
-    return raw, seconds, details
-
-
-
-
-def budgets(details: dict[str, dict[str, dict]]) -> dict[str, dict[str, Any]]:
-    """Each method's budget beside the others: per run (a seed, or a seed and word), the mean of images
-    seen, optimizer steps, settings tried on validation and seconds, the offline settings behind its
-    defaults, the number of runs, and whether it is word-agnostic (one run serves every word)."""
-    out = {}
-    for method, runs in details.items():
-        spent = [d["budget"] for d in runs.values() if d.get("budget")]
-        if not spent:
-            continue
-
-        def mean(key: str, spent=spent) -> float:
-            return sum(b.get(key, 0) for b in spent) / len(spent)
-
-        out[method] = {"images_seen": mean("images_seen"), "optimizer_steps": mean("optimizer_steps"),
-                       "settings_tried": mean("settings_tried"), "seconds": mean("seconds"),
-                       "offline_settings": max(b.get("offline_settings", 0) for b in spent), "runs": len(spent),
-                       "word_agnostic": bool(next(iter(runs.values())).get("word_agnostic")),
-                       "unit": "per run (mean); offline_settings: the grid behind the defaults, once"}
-    return out
-
-
-
-def _record(raw, seconds, details, methods, settings, t_all, split=None, words_apart: Optional[WordSplit] = None,
-            strata=None, final: bool = True) -> dict[str, Any]:
-    """The record; its statistics from the per-image outcomes in ``raw`` (a partial record: the cells only)."""
-    stats = statistics(raw, methods, strata) if final else {"cells": {m: method_cells(raw[m]) for m in raw}}
-    record = {"methods": list(methods), "words": list(settings.words), "seeds": list(settings.seeds),
-              "settings": dataclasses.asdict(settings), **stats, "raw": raw,
-              "seconds": {m: {"mean_per_defense": sum(s) / len(s), "runs": len(s), "total": sum(s)}
-                          for m, s in seconds.items()},
-              "details": details, "budget": budgets(details), "wall_seconds": time.perf_counter() - t_all}
-    if words_apart is not None:
-        record["word_split"] = words_apart.record()
-    if split is not None:
-        record["data"] = split.record()
-    record["notes"] = data_notes(record, split)
-    return record
-
-
-def data_notes(record: dict[str, Any], split: Optional[DataSplit] = None) -> list[str]:
-    """What the table leaves out and why, and where each figure comes from on a user's data."""
-    base = record["cells"]["unedited"]
-    notes = [f"{label}: left out ({MISSING.get(key, 'not measured')})" for label, key in METRICS
-             if not base.get(key, {}).get("n")]
-    if split is not None:
-        notes.append(f"split: {split.record()['rule']} (seed {split.seed}); methods tuned on the validation side "
-                     f"({len(split.validation)} images), cells from the test side ({len(split.test)} images)")
-        if split.layout == FOLDER:
-            notes.append("notes rendered by clipedit on the test photos (test split's held-out styles), one scene "
-                         "a photo and set")
-        else:
-            notes.append("the benchmark's own test photos; synthetic (rendered) photos are not scored")
-        if base.get("reading_acc", {}).get("n"):
-            notes.append("reading kept: clipedit's signs of the data's class names on plain canvases (rendered, "
-                         "not the data's photos)")
-    if record["settings"].get("supported"):
-        notes.append(f"supported task (PAINT, Defense-Prefix): {record['settings']['supported']}")
-    if record.get("word_split"):
-        notes.append(f"unseen words: {', '.join(record['word_split']['heldout'])}, held out of every method's "
-                     "training, rendering and validation")
-    elif split is not None:
-        notes.append("unseen words: the data's own written words; no word-disjoint split on --data")
-    return notes
-
-
-def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
-    """clip_benchmark-style flat scalars: ``{method}/{metric}``, ``…_lo``, ``…_hi``, ``…_n``, seconds; and each
-    paired comparison's ``{method}/vs_{reference}/{metric}_diff`` (``…_lo``, ``…_hi``) and ``…_p_holm``."""
-    flat: dict[str, Any] = {}
-    for method, cells in record["cells"].items():
-        for key, c in cells.items():
-            if not c["n"]:
-                continue  # not measured on this data: left out, never filled in
-            flat[f"{method}/{key}"] = c["value"]
-            flat[f"{method}/{key}_lo"] = c["lo"]
-            flat[f"{method}/{key}_hi"] = c["hi"]
-            flat[f"{method}/{key}_n"] = c["n"]
-        if method in record["seconds"]:
-            flat[f"{method}/seconds"] = record["seconds"][method]["mean_per_defense"]
-    for c in record.get("comparisons", []):
-        if c.get("diff") is not None:
-            stem = f"{c['method']}/vs_{c['reference']}/{c['metric']}"
-            flat.update({f"{stem}_diff": c["diff"], f"{stem}_lo": c["lo"], f"{stem}_hi": c["hi"],
-                         f"{stem}_p_holm": c["p_holm"]})
-    return flat
-
-
-def pareto_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """Gain vs cost of each method against the unedited model (means), for the trade-off plot."""
-    base = record["cells"]["unedited"]
-
-    def delta(c: dict, key: str) -> float:
-        a, b = c.get(key, {}).get("value"), base.get(key, {}).get("value")
-        return 0.0 if a is None or b is None else a - b
-
-    return [{"method": m, "gain": delta(c, "text_acc"), "other_gain": delta(c, "other_text_acc"),
-             "clean_loss": -delta(c, "clean_acc"), "blank_loss": -delta(c, "blank_acc")}
-            for m, c in record["cells"].items() if m != "unedited"]
-
-

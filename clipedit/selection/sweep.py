@@ -70,8 +70,13 @@ from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
+
 DEFAULT_RANKS: tuple[int, ...] = (1, 4, 16, 32, 64)
+
+
 SCORED = ("text_acc", "other_text_acc", "clean_acc", "blank_acc", "reading_acc", "attack_success_rate")
+
+
 #: The scene count each scored figure is over (``score``'s keys): defended words' scenes, other words', signs.
 COUNTS = {"text_acc": "n", "clean_acc": "n", "blank_acc": "n", "attack_success_rate": "n",
           "other_text_acc": "n_other", "reading_acc": "reading_n"}
@@ -391,124 +396,3 @@ def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig
     chosen = dataclasses.replace(config, hparams=dataclasses.replace(hp, layer=None, rank=picked["rank"]),
                                  sites=tuple(picked["sites"]), method_hparams=None)
     return resolve_config(bundle, chosen), selection
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both axes (cost lower-or-equal, gain higher-or-equal,
-    one strictly), ordered by cost."""
-    front = [i for i, (c, g) in enumerate(points)
-             if not any((c2 <= c and g2 >= g) and (c2 < c or g2 > g) for c2, g2 in points)]
-    return sorted(front, key=lambda i: (points[i][0], points[i][1]))
-
-
-def cost(row: dict[str, Any]) -> float:
-    """A row's cost on the trade-off plot: the larger of its clean and blank-note losses."""
-    return max(row["clean_loss"], row["blank_loss"])
-
-
-def rank_labels(rows: Sequence[dict[str, Any]], points: Sequence[tuple[float, float]], near: float = 1.5
-                ) -> list[tuple[tuple[float, float], str, int]]:
-    """The rank annotations of a trade-off plot: ranks on the same spot (to 0.1 point) joined in one label
-    (``4, 16, 32``), and a label within ``near`` points of an earlier one raised a line (its stack index)."""
-    spots: dict[tuple[float, float], list[str]] = {}
-    for r, (x, y) in zip(rows, points):
-        if r.get("rank") is not None:
-            spots.setdefault((round(x, 1), round(y, 1)), []).append(str(r["rank"]))
-    out: list[tuple[tuple[float, float], str, int]] = []
-    for (x, y), ranks in spots.items():
-        stack = sum(abs(x - px) < near and abs(y - py) < near for (px, py), _, _ in out)
-        out.append(((x, y), ", ".join(dict.fromkeys(ranks)), stack))
-    return out
-
-
-def _plot_reading(ax, rows: Sequence[dict[str, Any]], colours: dict, markers: dict,
-                  baseline: Optional[dict[str, Any]], picked: Optional[dict[str, Any]]) -> None:
-    """Defended-word text-note accuracy vs reading kept (signs), each candidate with its reading interval."""
-    for r in rows:
-        lab = r.get("site") or r["method"]
-        x, y = 100 * r["reading_acc"], 100 * r["text_acc"]
-        ci = (r.get("reading") or {}).get("ci")
-        if ci:
-            ax.errorbar(x, y, xerr=[[x - 100 * ci[0]], [100 * ci[1] - x]], fmt="none", ecolor=colours[lab],
-                        alpha=0.35, lw=0.8, zorder=2)
-        ax.scatter(x, y, marker=markers.get(r["method"].split(" ")[0], "X"), color=colours[lab], s=36, zorder=3)
-        if r.get("rank") is not None:
-            ax.annotate(str(r["rank"]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    if baseline is not None and baseline.get("reading_acc") is not None and baseline.get("text_acc") is not None:
-        bx, by = 100 * baseline["reading_acc"], 100 * baseline["text_acc"]
-        ax.scatter(bx, by, marker="x", color="black", s=60, zorder=4, label="unedited")
-        ax.axvline(bx, color="black", lw=0.7, ls="--", alpha=0.6)
-        if baseline.get("blank_acc") is not None:
-            ax.axhline(100 * baseline["blank_acc"], color="grey", lw=0.8, ls=":", label="unedited blank note")
-    if picked is not None and picked.get("reading_acc") is not None:
-        ax.scatter(100 * picked["reading_acc"], 100 * picked["text_acc"], s=160, facecolors="none",
-                   edgecolors="red", label="pick", zorder=4)
-    n = (rows[0].get("reading") or {}).get("n")
-    ax.set_xlabel(f"reading kept: signs read correctly, %{f' (n={n})' if n else ''}")
-    ax.set_ylabel("defended-word text-note accuracy, %")
-    ax.set_title("attack removed vs reading kept (up and right is better)", fontsize=10)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
-
-
-def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", tolerance: float = PICK_TOLERANCE,
-                  picked: Optional[dict[str, Any]] = None, baseline: Optional[dict[str, Any]] = None) -> None:
-    """Gain (defended-word text-note accuracy) vs cost (clean/blank loss), one marker per method,
-    one colour per site, the Pareto front drawn; written as a PNG at ``path``. When the rows carry reading
-    (``reading_acc`` and ``text_acc``), a second panel beside it: defended-word text-note accuracy vs
-    reading kept, with the reading's 95% interval and the unedited model (``baseline``) marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from clipedit.io import atomic_path
-
-    markers = dict(zip(METHODS, "o*s^DvPXhp<>"))  # one marker a method of the table, in table order
-    labels = sorted({r.get("site") or r["method"] for r in rows}, key=lambda s: [r.get("site") or r["method"]
-                                                                                   for r in rows].index(s))
-    colours = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
-    points = [(100 * cost(r), 100 * r["gain"]) for r in rows]
-    reading = [r for r in rows if r.get("reading_acc") is not None and r.get("text_acc") is not None]
-    if reading:
-        fig, (ax, ax_read) = plt.subplots(1, 2, figsize=(12.5, 4.8), dpi=120, gridspec_kw={"width_ratios": [7, 5]})
-    else:
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    seen = set()
-    for r, (x, y) in zip(rows, points):
-        lab = r.get("site") or r["method"]
-        legend = f"{r['method']}: {lab.removeprefix('visual.')}" if r.get("site") else r["method"]
-        ax.scatter(x, y, marker=markers.get(r["method"].split(" ")[0], "X"), color=colours[lab], s=36,
-                   label=None if legend in seen else legend, zorder=3, clip_on=False)  # whole at the frame
-        seen.add(legend)
-    for (x, y), ranks, stack in rank_labels(rows, points):  # one label per spot, stacked where spots crowd
-        ax.annotate(ranks, (x, y), textcoords="offset points", xytext=(4, 3 + 8 * stack), fontsize=7)
-    front = pareto_front(points)
-    # the front as a staircase through its points, each ringed: visible even when it is a single point
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k-", lw=1.2, drawstyle="steps-post",
-            marker="o", ms=11, mfc="none", mec="black", mew=1.0,
-            label=f"Pareto front ({len(front)} setting{'s' if len(front) != 1 else ''})",
-            zorder=4)
-    ax.axvline(100 * tolerance, color="grey", lw=0.8, ls=":", label=f"tolerance {100 * tolerance:.3g} pt")
-    if picked is not None:
-        ax.scatter(100 * cost(picked), 100 * picked["gain"], s=160, facecolors="none", edgecolors="red",
-                   label="pick", zorder=4)
-    ax.set_xscale("symlog", linthresh=1.0)  # costs under a point stay readable beside large ones
-    ax.margins(0.06)  # markers and rings on the extreme settings are not cut by the frame
-    from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
-
-    # ticks at 1, 2, 5 x 10^k (and the linear part): a narrow range of costs still gets labelled ticks
-    ax.xaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1.0, subs=[1.0, 2.0, 5.0]))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("cost: max(clean loss, blank-note loss), points (symlog scale)")
-    ax.set_ylabel("gain: defended-word text-note accuracy, points")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    if reading:
-        _plot_reading(ax_read, reading, colours, markers, baseline, picked)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
