@@ -20,7 +20,7 @@ from bench.measure import add_update_option, device, ratio_line, results_dir, sa
 from clipedit import load_model
 from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_statistics
 from clipedit.data.images import to_batches
-from clipedit.data.prepare.edit_requests import request_from_attacks
+from clipedit.data.prepare.exemplars import request_from_attacks
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import text_exemplars
 from clipedit.eval.defense_metrics import evaluate_defense

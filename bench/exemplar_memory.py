@@ -24,7 +24,7 @@ from clipedit import load_model
 from clipedit.core import EditRequest, resolve_site
 from clipedit.core.exemplar_sums import EXEMPLAR_BATCH, accumulate_exemplar_sums
 from clipedit.core.keys_values import collect_exemplars
-from clipedit.data.prepare.edit_requests import request_from_attacks
+from clipedit.data.prepare.exemplars import request_from_attacks
 from clipedit.data.worlds import PhotoWorld
 from clipedit.defenses.defaults import default_layer
 from clipedit.models.bundle import ModelBundle

@@ -35,7 +35,7 @@ from clipedit import load_model
 from clipedit.core import RewriteHParams
 from clipedit.core.nethook import Trace
 from clipedit.core.sites import resolve_site
-from clipedit.data.prepare.edit_requests import preprocess_mask
+from clipedit.data.prepare.exemplars import preprocess_mask
 from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
 from clipedit.eval.defense_metrics import evaluate_defense
 from clipedit.eval.heldout import world_eval_sets

@@ -22,7 +22,7 @@ from bench.fonts import ensure_fonts
 from bench.measure import out_options, result_path
 from clipedit import load_model
 from clipedit.core.nethook import Trace
-from clipedit.data.prepare.edit_requests import preprocess_mask
+from clipedit.data.prepare.exemplars import preprocess_mask
 from clipedit.defenses.typographic import defend
 from clipedit.eval.heldout import world_eval_sets
 from clipedit.eval.predictor import make_predictor

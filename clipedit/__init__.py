@@ -28,8 +28,7 @@ from clipedit.errors import ClipeditError
 from clipedit.eval.audit import audit
 from clipedit.eval.evaluation import EvalOptions, evaluate
 from clipedit.methods.registry import METHODS, register_method
-from clipedit.methods.result import DefenseResult
-from clipedit.methods.spec import MethodSpec
+from clipedit.methods.spec import DefenseResult, MethodSpec
 from clipedit.models import list_models, load_model
 from clipedit.selection.compare import CompareSettings, compare
 

@@ -13,8 +13,13 @@ from clipedit.core import RewriteHParams, compute_rewrite, resolve_site
 from clipedit.core.exemplar_sums import accumulate_exemplar_sums, accumulate_kept_sums, solve_closed_form_from_sums
 from clipedit.core.keys_values import collect_kept_keys_at
 from clipedit.core.subspace import regularise
-from clipedit.data.prepare.edit_requests import keep_request_from_attacks, request_from_attacks
-from clipedit.data.prepare.exemplars import reference_statistics, sign_exemplars, text_exemplars
+from clipedit.data.prepare.exemplars import (
+    keep_request_from_attacks,
+    reference_statistics,
+    request_from_attacks,
+    sign_exemplars,
+    text_exemplars,
+)
 from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError, EditError
 from clipedit.selection.tradeoff import plot_tradeoff

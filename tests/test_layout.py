@@ -185,7 +185,7 @@ PUBLIC_API = {
     "compare": "clipedit.selection.compare", "CompareSettings": "clipedit.selection.compare",
     "load_edits": "clipedit.core.edit_sets", "save_edits": "clipedit.core.edit_sets",
     "apply_edit_set": "clipedit.core.edit_sets", "revert_edit_set": "clipedit.core.edit_sets",
-    "resolve_config": "clipedit.defenses.resolve", "DefenseResult": "clipedit.methods.result",
+    "resolve_config": "clipedit.defenses.resolve", "DefenseResult": "clipedit.methods.spec",
     "save_run": "clipedit.defenses.run_files", "METHODS": None, "MethodSpec": "clipedit.methods.spec",
     "register_method": "clipedit.methods.registry", "ClipeditError": "clipedit.errors", "USER_ERRORS": None,
 }

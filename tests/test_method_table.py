@@ -13,8 +13,7 @@ from clipedit.core.hparams import HParams
 from clipedit.defenses.typographic import defend
 from clipedit.errors import ClipeditError
 from clipedit.methods.registry import METHODS, register_method
-from clipedit.methods.result import DefenseResult
-from clipedit.methods.spec import MethodSpec, budget
+from clipedit.methods.spec import DefenseResult, MethodSpec, budget
 from clipedit.mini.world import CLASSNAMES, MiniWorld
 from clipedit.selection.compare import CompareSettings, compare, compare_methods
 from clipedit.selection.sweep import SweepSettings, sweep

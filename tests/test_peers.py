@@ -10,7 +10,7 @@ import torch
 
 from clipedit.core.edit_sets import EditSet, apply_edit_set, load_edits, revert_edit_set, save_edits
 from clipedit.core.nethook import get_module
-from clipedit.data.prepare.edit_requests import request_from_attacks
+from clipedit.data.prepare.exemplars import request_from_attacks
 from clipedit.data.prepare.typo_train import typographic_training_set, validation_sets
 from clipedit.defenses.typographic import DefenseConfig, defend, text_exemplars
 from clipedit.errors import ClipeditError, EditError

@@ -11,7 +11,7 @@ from conftest import run_error, run_ok
 from clipedit.core import resolve_site
 from clipedit.core.keys_values import collect_exemplars, collect_exemplars_at
 from clipedit.core.sites import candidate_sites
-from clipedit.data.prepare.edit_requests import request_from_attacks
+from clipedit.data.prepare.exemplars import request_from_attacks
 from clipedit.defenses.typographic import DefenseConfig, text_exemplars
 from clipedit.errors import ClipeditError, SiteError
 from clipedit.eval.pick import heldout_data, pick

@@ -12,7 +12,7 @@ from clipedit.commands.params import IMAGE_FILE, JOIN, JSON_FILE, LAYERS, TEXT_F
 from clipedit.core.hparams import MAX_KEEP_TARGETS, SOLVERS
 from clipedit.data.benchmarks import LAYOUTS
 from clipedit.data.images import load_image, load_mask, load_photos
-from clipedit.data.prepare.edit_requests import request_from_images
+from clipedit.data.prepare.exemplars import request_from_images
 from clipedit.data.prepare.typo_train import check_supported
 from clipedit.defenses.config import MAX_RENDERS
 from clipedit.errors import ClipeditError

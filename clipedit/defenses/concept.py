@@ -21,15 +21,14 @@ from PIL import Image, ImageDraw
 
 from clipedit.core import EditRequest, RewriteHParams, key_statistics
 from clipedit.data.images import to_batches
-from clipedit.data.prepare.edit_requests import request_from_images
+from clipedit.data.prepare.exemplars import request_from_images
 from clipedit.data.reference import default_reference, images_key
 from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.methods.finetune import FinetuneHParams
 from clipedit.methods.registry import run_defense
-from clipedit.methods.result import DefenseResult
-from clipedit.methods.spec import DefenseData
+from clipedit.methods.spec import DefenseData, DefenseResult
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

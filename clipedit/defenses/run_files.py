@@ -21,7 +21,7 @@ from clipedit.defenses.typographic import text_exemplars
 from clipedit.eval.report import bar_chart, evaluation_grid, exemplars_fact, write_chart, write_report
 from clipedit.eval.results import rate_with_interval, undefined_reasons, write_results
 from clipedit.io import atomic_output_set
-from clipedit.methods.result import DefenseResult
+from clipedit.methods.spec import DefenseResult
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import save_model_weights, stored_dtypes
 from clipedit.outputs import OutputSet, check_outputs

@@ -19,8 +19,15 @@ from typing import Optional
 
 from clipedit.attacks import Attack
 from clipedit.core import EditRequest, KeepRequest
-from clipedit.data.prepare.edit_requests import keep_request_from_attacks, request_from_attacks
-from clipedit.data.prepare.exemplars import N_SIGNS, reference_statistics, sign_exemplars, text_exemplars, world_of
+from clipedit.data.prepare.exemplars import (
+    N_SIGNS,
+    keep_request_from_attacks,
+    reference_statistics,
+    request_from_attacks,
+    sign_exemplars,
+    text_exemplars,
+    world_of,
+)
 from clipedit.data.prepare.vocabulary import ANY_WORD
 from clipedit.defenses.arguments import check_defend_arguments
 from clipedit.defenses.config import DefenseConfig
@@ -30,8 +37,7 @@ from clipedit.eval.evaluation import EvalOptions, Evaluation
 from clipedit.eval.timing import StageTimer
 from clipedit.methods.any_word import any_word_data, evaluation_words
 from clipedit.methods.registry import method_spec, run_defense
-from clipedit.methods.result import DefenseResult
-from clipedit.methods.spec import DefenseData
+from clipedit.methods.spec import DefenseData, DefenseResult
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from clipedit.core import EditRequest
-from clipedit.data.prepare.edit_requests import request_from_attacks
-from clipedit.data.prepare.exemplars import text_exemplars
+from clipedit.data.prepare.exemplars import request_from_attacks, text_exemplars
 from clipedit.data.prepare.vocabulary import ANY_WORD, Vocabulary, build_vocabulary
 from clipedit.defenses.config import DefenseConfig
 from clipedit.methods.spec import DefenseData

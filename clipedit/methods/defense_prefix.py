@@ -74,8 +74,7 @@ from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.zeroshot import DEFAULT_TEMPLATES, fill_template
 from clipedit.methods.paint import choose_alpha
-from clipedit.methods.result import DefenseResult
-from clipedit.methods.spec import DefenseData, MethodContext, budget, charged, run_meta
+from clipedit.methods.spec import DefenseData, DefenseResult, MethodContext, budget, charged, run_meta
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

@@ -69,8 +69,7 @@ from clipedit.errors import ClipeditError
 from clipedit.eval.pick import scene_tolerance
 from clipedit.eval.predictor import Predictor, make_predictor
 from clipedit.methods.head_ablation import query_row_hook
-from clipedit.methods.result import DefenseResult
-from clipedit.methods.spec import DefenseData, MethodContext, budget, charged, run_meta
+from clipedit.methods.spec import DefenseData, DefenseResult, MethodContext, budget, charged, run_meta
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

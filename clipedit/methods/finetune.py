@@ -22,8 +22,7 @@ from clipedit.core.nethook import FrozenBelow, training_only
 from clipedit.core.sites import resolve_site
 from clipedit.defenses.defaults import default_layer
 from clipedit.errors import ClipeditError, EditError
-from clipedit.methods.result import DefenseResult
-from clipedit.methods.spec import DefenseData, MethodContext, budget, fixed_selection
+from clipedit.methods.spec import DefenseData, DefenseResult, MethodContext, budget, fixed_selection
 from clipedit.models.bundle import ModelBundle
 
 if TYPE_CHECKING:  # DefenseConfig carries this module's settings class (a type, not a runtime import)

@@ -40,8 +40,7 @@ from clipedit.core.hparams import COUNT, COUNT0, FRACTION, NONNEGATIVE, HParams
 from clipedit.core.nethook import get_module
 from clipedit.errors import ClipeditError
 from clipedit.eval.pick import PICK_TOLERANCE, HeldoutData, admissible, heldout_data, scene_tolerance, score
-from clipedit.methods.result import DefenseResult
-from clipedit.methods.spec import DefenseData, MethodContext, budget, run_meta
+from clipedit.methods.spec import DefenseData, DefenseResult, MethodContext, budget, run_meta
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

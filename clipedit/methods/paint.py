@@ -73,8 +73,7 @@ from clipedit.data.prepare.typo_train import (
 from clipedit.errors import ClipeditError, EditError
 from clipedit.eval.pick import scene_tolerance
 from clipedit.eval.predictor import Predictor, make_predictor
-from clipedit.methods.result import DefenseResult
-from clipedit.methods.spec import DefenseData, MethodContext, budget, charged, peer_floor
+from clipedit.methods.spec import DefenseData, DefenseResult, MethodContext, budget, charged, peer_floor
 from clipedit.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

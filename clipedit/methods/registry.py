@@ -2,7 +2,7 @@
 place a method's properties live, and :func:`run_defense`, the one dispatcher of every caller.
 
 Every method takes the same exemplars (:class:`~clipedit.methods.spec.DefenseData`) and returns a
-:class:`~clipedit.methods.result.DefenseResult`:
+:class:`~clipedit.methods.spec.DefenseResult`:
 
     spec = METHODS["edit"]
     result = spec.run(bundle, data, hparams, context)     # hparams: a spec.hparams_cls
@@ -37,9 +37,8 @@ from clipedit.methods.dyslexify import DyslexifyHParams, class_token_sites, run_
 from clipedit.methods.finetune import FinetuneHParams, finetune_images, finetune_local_applies, run_finetune
 from clipedit.methods.head_ablation import HeadAblationHParams, run_head_ablation
 from clipedit.methods.paint import PaintHParams, run_paint
-from clipedit.methods.result import DefenseResult
 from clipedit.methods.rewrite import run_edit
-from clipedit.methods.spec import DefenseData, MethodContext, MethodSpec
+from clipedit.methods.spec import DefenseData, DefenseResult, MethodContext, MethodSpec
 from clipedit.models.bundle import ModelBundle
 
 #: The table, in ``clipedit compare``'s column order.

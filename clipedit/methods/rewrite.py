@@ -5,8 +5,7 @@ from __future__ import annotations
 from clipedit.core import RewriteHParams
 from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.defenses.defaults import offline_settings
-from clipedit.methods.result import DefenseResult
-from clipedit.methods.spec import DefenseData, MethodContext, budget, fixed_selection, run_meta
+from clipedit.methods.spec import DefenseData, DefenseResult, MethodContext, budget, fixed_selection, run_meta
 from clipedit.models.bundle import ModelBundle
 
 
