@@ -273,3 +273,81 @@ def test_a_users_own_attacks_and_cli_do_not_stand_in_for_clipedits(tmp_path):
                        env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "defend" in r.stdout
+
+
+@pytest.mark.parametrize("home, never", [
+    ("clipedit.core", ("clipedit.data", "clipedit.models", "clipedit.eval", "clipedit.methods", "clipedit.defenses",
+                       "clipedit.selection", "clipedit.commands")),
+    ("clipedit.data", ("clipedit.methods", "clipedit.selection", "clipedit.defenses", "clipedit.commands")),
+    ("clipedit.eval", ("clipedit.data.prepare", "clipedit.methods", "clipedit.selection", "clipedit.defenses",
+                       "clipedit.commands")),
+    ("clipedit.methods", ("clipedit.selection", "clipedit.commands", "clipedit.defenses.resolve",
+                          "clipedit.defenses.typographic", "clipedit.defenses.run_files")),
+    ("clipedit.defenses", ("clipedit.selection", "clipedit.commands")),
+    ("clipedit.selection", ("clipedit.commands",)),
+])
+def test_a_home_imports_nothing_above_it(home, never):
+    """Each home by job, read as a reader would: data preparation never reaches for a method, a method never
+    for the drivers that choose between methods, nothing of the library for the command line."""
+    base = ROOT / home.replace(".", "/")
+    files = sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
+    wrong = [f"{module_name(p)} -> {t}" for p in files for t in imported_modules(p)
+             if t.startswith(never) and (home != "clipedit.data" or not module_name(p).startswith("clipedit.data"))]
+    assert not wrong, "\n".join(wrong)
+
+
+#: Calls on the defend path from a layer into one above it: each a function the caller was handed, never an import.
+CALLBACKS = {
+    ("clipedit.core.keys_values", "clipedit.models.bundle"): "the forward function handed to the core",
+    ("clipedit.core.statistics", "clipedit.models.bundle"): "the forward function handed to the core",
+    ("clipedit.core.statistics", "clipedit.data.prepare.exemplars"): "the reference image batches",
+    ("clipedit.core.multisite", "clipedit.defenses.typographic"): "key statistics of the model as it is when each "
+                                                                   "site is solved (sites are solved in order)",
+    ("clipedit.core.multisite", "clipedit.methods.spec"): "the exemplar batches (DefenseData.requests)",
+}
+#: The most orchestration modules (settings, data preparation, methods, the defense entry, selection, commands)
+#: whose functions run on ``clipedit defend`` from the command to the saved files.
+DEFEND_PATH_MODULES = 14
+
+
+def test_the_defend_path_is_short_and_calls_back_up_only_through_callbacks(tiny_vit, tmp_path, capsys):
+    """``clipedit defend`` on a tiny model, profiled from the command's function to the written files: the
+    orchestration modules it runs are few (the engine, ``clipedit.core`` and the attack renderer, and the
+    services below the settings, ``io``/``models``/``eval``/``data``, are not counted), and a lower layer calls
+    a higher one only through a function it was handed."""
+    from conftest import run_cli
+
+    from clipedit.models import save_state_dict
+
+    base = save_state_dict(tmp_path / "base.safetensors", tiny_vit.model.state_dict())
+    seen: set[str] = set()
+    upward: set[tuple[str, str]] = set()
+    started = []
+
+    def profile(frame, event, arg):
+        if event != "call" or not frame.f_code.co_flags & 1:  # functions only (not module or class bodies)
+            return
+        me = frame.f_globals.get("__name__", "")
+        if me == "clipedit.commands.defend" and frame.f_code.co_name == "defend_cmd":
+            started.append(True)
+        if not started or not me.startswith("clipedit.") or frame.f_code.co_name == "__create_fn__":
+            return
+        seen.add(me)
+        caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back is not None else ""
+        if caller.startswith("clipedit.") and layer_of(me) > layer_of(caller):
+            upward.add((caller, me))
+
+    args = ["defend", "--model", "tiny-vit", "--checkpoint", str(base), "--text", "ipod", "--renders", "2",
+            "--rank", "2", "--layer", "visual.transformer.resblocks.1.mlp.c_proj", "--no-eval",
+            "--out", str(tmp_path / "run")]
+    sys.setprofile(profile)
+    try:
+        code, _, err = run_cli(args, capsys)
+    finally:
+        sys.setprofile(None)
+    assert code == 0, err
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {"edit.safetensors", "model.safetensors", "results.json"}
+    orchestration = sorted(m for m in seen if layer_of(m) >= layer_of("clipedit.defenses.config"))
+    assert "clipedit.commands.defend" in orchestration and "clipedit.defenses.run_files" in orchestration
+    assert len(orchestration) <= DEFEND_PATH_MODULES, orchestration
+    assert upward <= set(CALLBACKS), sorted(upward - set(CALLBACKS))
