@@ -7,15 +7,17 @@
     clipedit.save_edits("ipod-edit.safetensors", defense.edit_set)
 
 The names below are the public API (load, defend, evaluate, audit, compare, edits, settings, results, the
-method table, errors); everything else is imported from its module (``clipedit.core``, ``clipedit.defenses``,
-``clipedit.eval``, ``clipedit.models``, ``clipedit.errors``, ...).
+method table, errors); everything else is imported from its module (``clipedit.core``, ``clipedit.methods``,
+``clipedit.defenses``, ``clipedit.selection``, ``clipedit.eval``, ``clipedit.models``, ``clipedit.errors``, ...).
 
 Layers, lowest first (each imports only from those before it): ``errors``/``io``, ``core`` (the
-rewrite, independent of CLIP), ``data``, ``mini`` (the generated world), ``models``, ``eval``,
-``defenses``, ``commands``. The attack generator is the separate package ``attacks/`` of the repository,
-installed as ``clipedit.attacks`` by the package-dir mapping of ``pyproject.toml`` (a wheel and an editable
-install alike; clipedit runs installed, as its bundled minis are package data too). It imports nothing
-from clipedit.
+rewrite, independent of CLIP), ``data``, ``mini`` (the generated world), ``models``, ``eval``, the settings
+(``defenses.config``/``defaults``), ``data.prepare`` (what a defense learns from and is scored on),
+``methods`` (one module per method, the table), ``defenses`` (``defend()``, its settings resolved and its
+files), ``selection`` (sweep, compare), ``commands``. The attack generator is the separate package ``attacks/``
+of the repository, installed as ``clipedit.attacks`` by the package-dir mapping of ``pyproject.toml`` (a wheel
+and an editable install alike; clipedit runs installed, as its bundled minis are package data too). It imports
+nothing from clipedit.
 """
 import logging
 

@@ -1,3 +1,5 @@
-"""Defenses: the settings (``config``, ``resolve``: defaults as data in ``defaults.json``), the method table
-(``methods``: the rewrite, fine-tuning baselines, peer defenses) and its one result type (``result``), the
-typographic defense (``typographic``, ``any_word``), the sweep and selection, concept edits."""
+"""Defenses: ``defend()`` from settings to saved files. Its settings (``config``, ``resolve``: defaults as data
+in ``defaults.json``; ``arguments``: the checks of its Python arguments), its entry (``typographic``: exemplars
+built, a method of the table run, the effect measured), the files of a run (``run_files``: ``save_run``), and
+concept edits of classifiers (``concept``). The methods are in ``clipedit.methods``, the drivers that choose
+and compare them in ``clipedit.selection``."""
