@@ -36,7 +36,7 @@ from clipedit.defenses.paint import check_supported
 from clipedit.defenses.sweep import plot_tradeoff
 from clipedit.defenses.user_data import with_validation_world
 from clipedit.errors import ClipeditError
-from clipedit.eval.compare_table import compare_record, render, report_tables
+from clipedit.eval.compare_table import compare_record, plane_rows, render, report_tables
 from clipedit.eval.paired import ALPHA
 from clipedit.eval.report import write_report
 from clipedit.eval.results import make_record, write_results
@@ -93,7 +93,8 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                 word_seed, supported, supported_classes, report, table_file, out) -> None:
     """Run every method on the same exemplars / typographic training split, each tuned on validation only,
     and score all on the test split; writes compare.json (clip_benchmark fields, flat metrics, per-image
-    outcomes) and compare.png (gain vs cost), and prints the tables (every cell: value [95% interval], n
+    outcomes) and compare.png (gain vs cost; beside it, every method on the defended word vs reading kept plane
+    with its intervals), and prints the tables (every cell: value [95% interval], n
     distinct images; every method against unedited and edit as a paired difference with a Holm-corrected
     exact McNemar p and its verdict).
 
@@ -160,7 +161,7 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
         plot_tradeoff(pareto_rows(record), stage / "compare.png",
                       f"{bundle.name}: defenses vs {', '.join(settings.words)} (test split, n={n}"
                       f"{'' if split else ' a set'}, "
-                      f"{len(settings.seeds)} seed(s))")
+                      f"{len(settings.seeds)} seed(s))", baseline=plane_rows(record)[0], unseen=True)
         chart = (stage / "compare.png").read_bytes()
     if report is not None:
         write_report(report, title=f"clipedit compare: {bundle.name}",

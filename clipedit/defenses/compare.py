@@ -509,14 +509,19 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def pareto_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """Gain vs cost of each method against the unedited model (means), for the trade-off plot."""
+    """Gain vs cost of each method against the unedited model (means), for the trade-off plot; with each
+    method's place on the defended word vs reading plane (:func:`clipedit.eval.compare_table.plane_rows`:
+    text-note and reading accuracies with their intervals, and the flags), for the plot's second panel."""
+    from clipedit.eval.compare_table import plane_rows
+
     base = record["cells"]["unedited"]
+    plane = {r["method"]: r for r in plane_rows(record)}
 
     def delta(c: dict, key: str) -> float:
         a, b = c.get(key, {}).get("value"), base.get(key, {}).get("value")
         return 0.0 if a is None or b is None else a - b
 
-    return [{"method": m, "gain": delta(c, "text_acc"), "other_gain": delta(c, "other_text_acc"),
+    return [{**plane[m], "method": m, "gain": delta(c, "text_acc"), "other_gain": delta(c, "other_text_acc"),
              "clean_loss": -delta(c, "clean_acc"), "blank_loss": -delta(c, "blank_acc")}
             for m, c in record["cells"].items() if m != "unedited"]
 
