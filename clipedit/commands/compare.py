@@ -77,8 +77,9 @@ DEFAULTS = CompareSettings()
 @click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of --data's validation/test split.")
 @click.option("--word-seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the word-disjoint split: the class words no method trains or renders on, which the "
-                   "'unseen words' cells write (the model's world).")
+              help="Seed of the word-disjoint split: the class words (the model's world's, or --data's classes) "
+                   "no method trains or renders on, which alone the 'unseen words' cells write (or, on a "
+                   "benchmark, show); recorded in compare.json's word_split.")
 @click.option("--supported", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="PAINT's supported task: an ImageFolder distinct from the patch data [default: clean "
                    "validation scenes and signs of the model's world].")

@@ -12,9 +12,10 @@ selects anything selects on the same validation sets (the validation split's lea
 clean, blank note and signs (reading kept). Each run's budget (images seen, optimizer steps, settings
 tried, the offline grid behind its defaults, seconds) is in the record under ``budget``.
 
-Word-disjoint split (:mod:`clipedit.defenses.word_split`, on the model's world): the class words are
-split by a seeded hash (``word_seed``) into words any method may train or render on and held-out
-words no method sees; the "unseen words" cells write held-out words only, for every method.
+Word-disjoint split (:mod:`clipedit.defenses.word_split`; class words: the model's world's, or the
+classes of ``data``): the class words are split by a seeded hash (``word_seed``) into words any method
+may train or render on and held-out words no method sees; the "unseen words" cells write (or, on a
+benchmark, show) held-out words only, for every method; recorded under ``word_split``.
 
 The record keeps every method's per-image outcomes (``raw``), from which :mod:`clipedit.eval.compare_stats`
 computes every cell (n = distinct images; one seed: Wilson; several: a bootstrap over images and seeds),
@@ -94,7 +95,7 @@ COMPARE_METHODS: tuple[str, ...] = compare_methods()
 #: Defended words on the model's own world when none are given.
 WORLD_WORDS: tuple[str, ...] = ("ipod", "mug", "apple")
 #: Why a metric can be missing on a user's data (left out of the table, said in the notes).
-MISSING = {"other_text_acc": "no test-side image carries a word other than the defended ones",
+MISSING = {"other_text_acc": "no test-side image carries a held-out class word (the word-disjoint split's)",
            "clean_acc": "the dataset has no clean photos", "blank_acc": "the dataset has no blank-note photos",
            "reading_acc": "no signs were asked for (--n-signs 0)"}
 
@@ -117,7 +118,8 @@ class CompareSettings:
             its class names (default: the benchmark's or the folder names).
         supported, supported_classes: the supported task (an ImageFolder) and its class names, for the
             methods whose selection rule has one (PAINT, Defense-Prefix).
-        word_seed: seed of the word-disjoint split of the class words (model's world only).
+        word_seed: seed of the word-disjoint split of the class words (the model's world's, or ``data``'s
+            classes).
     """
 
     methods: Optional[tuple[str, ...]] = None
@@ -342,15 +344,25 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
     settings = resolved(settings, split)
     methods = check_settings(base, settings)
     t_all = time.perf_counter()
-    words_apart = None
+    # the class words (the world's, or the data's classes) split: held-out words no method trains, renders or
+    # validates on; the unseen-words cells write (an ImageFolder) or show (a benchmark) held-out words only.
+    # On data with fewer than two class words besides the defended ones nothing can be held out: no split,
+    # and no unseen-words cell (said in the notes)
+    try:
+        words_apart: Optional[WordSplit] = word_split(base.world.classnames, settings.words, settings.word_seed)
+    except ClipeditError:
+        if split is None:
+            raise
+        words_apart = None
     if split is not None:
-        tests = scoring_sets(base, split, settings.words, settings.n_test, settings.n_signs)
+        tests = scoring_sets(base, split, settings.words, settings.n_test, settings.n_signs,
+                             unseen=words_apart.heldout if words_apart is not None else ())
     else:
-        words_apart = word_split(base.world.classnames, settings.words, settings.word_seed)
         tests = {w: heldout_data(base, [w], settings.n_test, settings.n_signs or None, split="test",
                                  offset=i * SCENE_OFFSET,  # each word its own scenes and signs
                                  other_words=words_apart.heldout)  # unseen words: held out of every method
                  for i, w in enumerate(settings.words)}
+    if words_apart is not None:
         base = dataclasses.replace(base, world=WordSplitWorld(base.world, words_apart))  # what methods see
     digest = settings_digest(base, settings, methods)
     agree(digest, "compare settings")
@@ -480,9 +492,13 @@ def data_notes(record: dict[str, Any], split: Optional[DataSplit] = None) -> lis
         notes.append(f"supported task (PAINT, Defense-Prefix): {record['settings']['supported']}")
     if record.get("word_split"):
         notes.append(f"unseen words: {', '.join(record['word_split']['heldout'])}, held out of every method's "
-                     "training, rendering and validation")
+                     "training, rendering and validation" + ("; a benchmark's photos written with any other "
+                                                             "word count in neither word cell"
+                                                             if split is not None and split.layout != FOLDER
+                                                             else ""))
     elif split is not None:
-        notes.append("unseen words: the data's own written words; no word-disjoint split on --data")
+        notes.append("unseen words: fewer than two class words besides the defended ones, so none can be held "
+                     "out of the methods: no word-disjoint split, no unseen-words cell")
     return notes
 
 
