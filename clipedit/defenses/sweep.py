@@ -368,9 +368,10 @@ def _site_sets(bundle: ModelBundle, settings: SweepSettings) -> list[tuple[str, 
 
 def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig, auto: Sequence[str],
                     n_val: int = SweepSettings.n_val) -> tuple[DefenseConfig, dict[str, Any]]:
-    """``--layer auto`` / ``--rank auto`` (``auto`` names which): sweep on the validation split (at most
-    ``n_val`` scenes per set) and take the pick rule's setting; returns (the config to defend with, what was
-    chosen and by which rule). No admissible setting: ``config`` unchanged."""
+    """``--layer auto`` / ``--rank auto`` (``auto`` names which): sweep on the validation split at ``n_val``
+    scenes per set (``defend --n-val``, the meaning of sweep's and compare's ``--n-val``; signs: at most
+    ``SweepSettings.n_signs``) and take the pick rule's setting; returns (the config to defend with, what was
+    chosen and by which rule, with ``n`` and ``n_signs``). No admissible setting: ``config`` unchanged."""
     if not method_spec(config.method).sweepable or config.any_word:
         raise ClipeditError("--layer/--rank auto go with a method that acts on sites (--method edit) and rendered "
                             "exemplars of named words")
@@ -379,10 +380,11 @@ def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig
     settings = SweepSettings(sites=None if auto_layer else list(config.sites) if single else [],
                              ranks=None if auto_rank else [hp.rank],
                              site_sets=None if auto_layer or single else [config.sites],
-                             n_val=min(n_val, SweepSettings.n_val), n_signs=min(n_val, SweepSettings.n_signs))
+                             n_val=n_val, n_signs=min(n_val, SweepSettings.n_signs))
     result = sweep(bundle, words, settings, config)
     picked = result.picked
-    selection = {"split": "validation", "rule": result.rule(), "tolerance": result.tolerance_record(),
+    selection = {"split": "validation", "n": settings.n_val, "n_signs": settings.n_signs,
+                 "rule": result.rule(), "tolerance": result.tolerance_record(),
                  "candidates": len(result.rows),
                  "auto": list(auto), "picked": picked, "baseline": result.baseline}
     if picked is None:
