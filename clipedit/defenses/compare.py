@@ -492,8 +492,9 @@ def data_notes(record: dict[str, Any], split: Optional[DataSplit] = None) -> lis
         notes.append(f"supported task (PAINT, Defense-Prefix): {record['settings']['supported']}")
     if record.get("word_split"):
         notes.append(f"unseen words: {', '.join(record['word_split']['heldout'])}, held out of every method's "
-                     "training, rendering and validation" + ("; a benchmark's photos written with any other "
-                                                             "word count in neither word cell"
+                     "training, rendering and validation" + ("; the benchmark's photos written with any other "
+                                                             "word (a trainable class word, or no class name) "
+                                                             "count in no word cell"
                                                              if split is not None and split.layout != FOLDER
                                                              else ""))
     elif split is not None:

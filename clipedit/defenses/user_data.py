@@ -13,7 +13,8 @@ What comes from which side (``clipedit compare --data`` and ``clipedit sweep --d
   method's own tuning (the sweep, head ablation's keep rule, PAINT's α) scores notes rendered on them in
   the validation split's held-out styles. In ``compare``, every note drawn with "another class's name"
   writes a trainable word of the word-disjoint split (:class:`~clipedit.defenses.word_split.WordSplitWorld`):
-  no method renders a held-out class word. Of a benchmark's validation side, its clean photos are used
+  no method renders a held-out class word (a benchmark's validation photos, when they are not all clean, may
+  still carry one in their own writing). Of a benchmark's validation side, its clean photos are used
   when it has at least ``MIN_PER_SIDE`` of them, else all its photos (then some carry their own writing).
 * **Test side** -> what compare scores, never seen by any method:
   an ImageFolder's test photos with notes rendered in the test split's held-out styles, one scene per
