@@ -171,6 +171,10 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                             ("seconds", f"{seconds:.0f}")],
                      header=[], rows=[], chart=chart, grid=[],
                      tables=report_tables(record),
+                     chart_caption="Left: gain (defended-word text-note accuracy) vs cost (clean / blank-note loss). "
+                                   "Right: every method on the defended word vs reading kept plane: text-note "
+                                   "accuracy (filled: defended word, hollow: unseen words) against signs read, "
+                                   "bars: 95% intervals both ways, x: the unedited model.",
                      notes=["Cells: percent [95% interval], n = distinct test images; one seed: Wilson; several: "
                             "a bootstrap over test images and seeds (at least the Wilson width).",
                             f"Verdicts: paired on the same images, beats/loses when the Holm-adjusted exact McNemar "
