@@ -54,7 +54,8 @@ DEFAULTS = CompareSettings()
               help=f"Methods to run [default: every one that applies; known: {', '.join(COMPARE_METHODS)}].")
 @click.option("--words", default=None, metavar="W,…",
               help=f"Defended words (each defended separately) [default: {','.join(WORLD_WORDS)}; with --data: a "
-                   "benchmark's three most frequent written words, an ImageFolder's first three classes].")
+                   "benchmark's three most frequent written words, an ImageFolder's first three classes, leaving "
+                   "two undefended for the word-disjoint split].")
 @click.option("--seeds", default=",".join(map(str, DEFAULTS.seeds)), show_default=True, metavar="S,…",
               help="Seeds (exemplars, training splits, training order); over seeds: the mean, with a bootstrap "
                    "interval over test images and seeds.")
