@@ -93,7 +93,7 @@ def reference_statistics(bundle: ModelBundle, layer: str, config: DefenseConfig)
         data_key = world.reference_key(n) + repr(preprocess)
         batches = lambda: to_batches(world.reference_images(n), preprocess, 64)  # noqa: E731
     stats = key_statistics(bundle.model, layer, batches, data_key=data_key, forward=bundle.encode_images)
-    if config.reference is None and isinstance(world, PhotoWorld):  # said once the site has proved usable
+    if config.reference is None and getattr(world, "from_photos", False):  # said once the site has proved usable
         log.warning("no --reference images: key statistics from views of %s; pass --reference "
                     "for a real model", "the given photos" if config.photos else world.source)
     return stats

@@ -65,11 +65,7 @@ def word_split(classnames: Sequence[str], defended: Sequence[str], seed: int = 0
 
 class WordSplitWorld:
     """A world whose "other class's name" is always a trainable word; everything else is the world's own
-    (``isinstance`` included: a split photo world is still a photo world to code that asks)."""
-
-    @property
-    def __class__(self):  # isinstance(x, PhotoWorld) consults this after the real type
-        return type(self._world)
+    (attributes such as ``from_photos`` are read through to it)."""
 
     def __init__(self, world, split: WordSplit) -> None:
         self._world = world
