@@ -332,7 +332,6 @@ def _spy_methods(monkeypatch) -> dict:
 
 
 def test_compare_data_unseen_words_are_held_out_class_words_for_every_method(tmp_path, tiny_vit, monkeypatch):
-    from clipedit.data.worlds import LabelledPhotoWorld
     from clipedit.defenses.compare import CompareSettings, compare, images_key
     from clipedit.defenses.user_data import scoring_sets, with_validation_world
     from clipedit.defenses.word_split import WordSplitWorld, word_split
@@ -350,7 +349,7 @@ def test_compare_data_unseen_words_are_held_out_class_words_for_every_method(tmp
     assert set(seen) == {"edit", "edit-any-word"}  # a word-specific and a word-agnostic method
     for method, got in seen.items():
         assert isinstance(got["world"], WordSplitWorld) and got["world"].heldout_words == expected.heldout
-        assert isinstance(got["world"], LabelledPhotoWorld)  # still the data's photo world to code that asks
+        assert got["world"].from_photos  # still the data's photo world to code that asks
         assert got["written"] and got["written"] <= set(expected.trainable), method
     # the unseen-words cells: notes on the test photos writing held-out words only, the same set compare scored
     tests = scoring_sets(with_validation_world(tiny_vit, split), split, words, 12, 0, unseen=expected.heldout)
