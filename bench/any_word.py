@@ -39,8 +39,8 @@ from bench.measure import out_options, result_path
 from clipedit import load_model
 from clipedit.attacks.factors import split_sampler
 from clipedit.core import RewriteHParams
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.resolve import resolve_config
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.resolve import resolve_config
 from clipedit.defenses.typographic import defend
 from clipedit.defenses.vocabulary import build_vocabulary
 from clipedit.eval.heldout import split_seed

@@ -24,7 +24,7 @@ from clipedit.core.api import EditRequest
 from clipedit.core.nethook import get_module
 from clipedit.core.prompt_edits import placeholder_token_id
 from clipedit.data.images import to_batches
-from clipedit.defenses.defaults import defaults_for
+from clipedit.settings.defaults import defaults_for
 from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, train_prefix, train_prefixes
 from clipedit.defenses.exemplars import text_exemplars
 from clipedit.defenses.finetune import FinetuneHParams, finetune

@@ -18,9 +18,9 @@ import time
 from bench.fonts import ensure_fonts
 from bench.measure import out_options, result_path
 from clipedit import load_model
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import defaults_for
-from clipedit.defenses.resolve import resolve_config
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.defaults import defaults_for
+from clipedit.settings.resolve import resolve_config
 from clipedit.defenses.typographic import defend
 from clipedit.eval.defense_metrics import ROWS, evaluate_defense
 from clipedit.eval.heldout import world_eval_sets

@@ -24,7 +24,7 @@ from clipedit.defenses.concept import (
     polygon_mask,
     texture_pair,
 )
-from clipedit.defenses.defaults import default_layer
+from clipedit.settings.defaults import default_layer
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.errors import ClipeditError, ModelLoadError, SiteError
 from clipedit.models import load_model

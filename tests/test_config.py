@@ -9,14 +9,14 @@ from conftest import run_error, run_ok
 
 import clipedit
 from clipedit.core import RewriteHParams
-from clipedit.defenses import defaults
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import defaults_for
+from clipedit.settings import defaults
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.defaults import defaults_for
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.head_ablation import HeadAblationHParams
 from clipedit.defenses.methods import METHODS, MethodSpec
 from clipedit.defenses.paint import PaintHParams
-from clipedit.defenses.resolve import resolve_config
+from clipedit.settings.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.eval.results import drop_predictions
 

@@ -9,7 +9,7 @@ import torch
 
 from clipedit.core.api import EditRequest
 from clipedit.core.nethook import FrozenBelow, get_module
-from clipedit.defenses.defaults import default_layer
+from clipedit.settings.defaults import default_layer
 from clipedit.defenses.finetune import FinetuneHParams, finetune
 from clipedit.errors import SiteError
 

@@ -213,7 +213,7 @@ def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_
     import copy
 
     from clipedit.core import RewriteHParams
-    from clipedit.defenses.resolve import resolve_config
+    from clipedit.settings.resolve import resolve_config
     from clipedit.defenses.sweep import candidate_edits
     from clipedit.defenses.typographic import defend
 

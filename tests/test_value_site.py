@@ -197,7 +197,7 @@ def test_defense_save_writes_an_edit_or_an_edit_set(tiny_vit, tmp_path):
     from test_sweep import with_world
 
     from clipedit.core.edit_sets import load_edits
-    from clipedit.defenses.config import DefenseConfig
+    from clipedit.settings.config import DefenseConfig
     from clipedit.defenses.typographic import defend
     from clipedit.errors import ClipeditError
 

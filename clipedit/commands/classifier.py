@@ -26,10 +26,10 @@ from clipedit.defenses.concept import (
     polygon_mask,
     texture_pair,
 )
-from clipedit.defenses.defaults import defaults_for
+from clipedit.settings.defaults import defaults_for
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
-from clipedit.defenses.resolve import resolve_config
+from clipedit.settings.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.eval.metrics import evaluate_images
 from clipedit.eval.predictor import make_predictor
@@ -69,7 +69,7 @@ TASK = "concept_edit"
 @click.option("--layer", type=LAYERS, default=None,
               help="Dotted name of the layer to rewrite (default per architecture).")
 @click.option("--rank", type=click.IntRange(min=1), default=None,
-              help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json].")
+              help="Rank of the update [default: per architecture, clipedit/settings/defaults.json].")
 @click.option("--solver", type=click.Choice(SOLVERS), default="closed-form", show_default=True)
 @click.option("--mask-threshold", type=finite(0, 1, max_open=True), default=0.0, show_default=True,
               help="Edit feature-map locations covered more than this fraction by the mask.")

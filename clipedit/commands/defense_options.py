@@ -12,7 +12,7 @@ from clipedit.commands.params import IMAGE_FILE, JOIN, JSON_FILE, LAYERS, TEXT_F
 from clipedit.core.hparams import MAX_KEEP_TARGETS, SOLVERS
 from clipedit.data.benchmarks import LAYOUTS
 from clipedit.data.images import load_image, load_mask, load_photos
-from clipedit.defenses.config import MAX_RENDERS
+from clipedit.settings.config import MAX_RENDERS
 from clipedit.defenses.edit_requests import request_from_images
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
@@ -119,7 +119,7 @@ settings_options = option_group(
                       "several joined by '+' (A+B): one edit over those sites, solved in order; 'auto': the "
                       "sweep's pick on the validation split (clipedit sweep)."),
     click.option("--rank", default=None, metavar="INTEGER|auto",
-                 help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json]; 'auto': "
+                 help="Rank of the update [default: per architecture, clipedit/settings/defaults.json]; 'auto': "
                       "the sweep's pick on the validation split."),
     click.option("--solver", type=click.Choice(SOLVERS), default=None,
                  help="How the rewrite is solved [default: closed-form, or --hparams' solver]."),

@@ -18,7 +18,7 @@ from clipedit.commands.options import (
 from clipedit.commands.params import TEXT, count, finite
 from clipedit.data.benchmarks import data_path
 from clipedit.data.splits import split_data
-from clipedit.defenses.resolve import resolve_config
+from clipedit.settings.resolve import resolve_config
 from clipedit.defenses.selection import PICK_TOLERANCE, tolerance_text
 from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
 from clipedit.defenses.user_data import with_validation_world

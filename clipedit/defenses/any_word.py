@@ -4,14 +4,14 @@ Exemplars are rendered from the exemplar side of a broad vocabulary
 (:func:`clipedit.defenses.vocabulary.build_vocabulary`), a few words at a time and again for every
 site, so memory stays flat in their number (the closed form needs only KᵀMK and KᵀMR sums). The
 edit may span several sites. Settings left unset come from the ``any_word`` entry of
-``defaults.json`` (through :func:`~clipedit.defenses.config.resolve_config` with ``any_word=True``).
+``defaults.json`` (through :func:`~clipedit.settings.resolve.resolve_config` with ``any_word=True``).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
 from clipedit.core import EditRequest
-from clipedit.defenses.config import DefenseConfig
+from clipedit.settings.config import DefenseConfig
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import text_exemplars
 from clipedit.defenses.methods import DefenseData

@@ -62,7 +62,7 @@ from clipedit.defenses.compare_units import (
     write_partial,
 )
 from clipedit.defenses.methods import METHODS, method_spec, run_defense
-from clipedit.defenses.resolve import resolve_config
+from clipedit.settings.resolve import resolve_config
 from clipedit.defenses.selection import HeldoutData, heldout_data
 from clipedit.defenses.typographic import DefenseConfig, defense_data, reference_statistics
 from clipedit.defenses.user_data import (

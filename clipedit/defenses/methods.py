@@ -2,7 +2,7 @@
 properties live.
 
 Every method takes the same exemplars (:class:`DefenseData`) and returns a
-:class:`~clipedit.defenses.config.DefenseResult`:
+:class:`~clipedit.settings.config.DefenseResult`:
 
     spec = METHODS["edit"]
     result = spec.run(bundle, data, hparams, context)     # hparams: a spec.hparams_cls
@@ -38,8 +38,8 @@ from clipedit.core import EditRequest, KeepRequest, KeyStatistics, RewriteHParam
 from clipedit.core.edit_sets import EditSet
 from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.defenses import defense_prefix as dp
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import default_layer, offline_settings
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.defaults import default_layer, offline_settings
 from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, defense_prefix
 from clipedit.defenses.dyslexify import DyslexifyHParams, class_token_sites, dyslexify
 from clipedit.defenses.finetune import FinetuneHParams, finetune

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from clipedit.core import LayerEdit, save_edits
-from clipedit.defenses.config import DefenseConfig
+from clipedit.settings.config import DefenseConfig
 from clipedit.defenses.result import DefenseResult
 from clipedit.defenses.typographic import text_exemplars
 from clipedit.eval.report import bar_chart, evaluation_grid, exemplars_fact, write_chart, write_report

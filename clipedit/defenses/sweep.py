@@ -46,10 +46,10 @@ from clipedit.core.exemplar_sums import (
 )
 from clipedit.core.sites import candidate_sites
 from clipedit.core.subspace import regularise
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import defaults_for
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.defaults import defaults_for
 from clipedit.defenses.methods import METHODS, method_spec, run_defense
-from clipedit.defenses.resolve import resolve_config
+from clipedit.settings.resolve import resolve_config
 from clipedit.defenses.selection import (
     PICK_TOLERANCE,
     HeldoutData,

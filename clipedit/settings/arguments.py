@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from clipedit.attacks import Attack
 from clipedit.core import EditRequest
-from clipedit.defenses.config import DefenseConfig
+from clipedit.settings.config import DefenseConfig
 from clipedit.errors import ArgumentError, check_argument
 from clipedit.eval.evaluation import EvalOptions
 from clipedit.models.bundle import ModelBundle

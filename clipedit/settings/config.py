@@ -1,5 +1,5 @@
 """What a defense is asked to do: :class:`DefenseConfig` (filled in one place,
-:func:`clipedit.defenses.resolve.resolve_config`)."""
+:func:`clipedit.settings.resolve.resolve_config`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence

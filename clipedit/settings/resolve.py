@@ -1,5 +1,5 @@
 """The one place a defense's settings are filled: :func:`resolve_config` reads ``defaults.json`` (once,
-:func:`~clipedit.defenses.defaults.defaults_table`) and lays the caller's overrides on top. The CLI, the
+:func:`~clipedit.settings.defaults.defaults_table`) and lays the caller's overrides on top. The CLI, the
 Python API, the sweep and the bench all pass their overrides here."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from clipedit.core import RewriteHParams, resolve_site
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import defaults_for, no_default_layer
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.defaults import defaults_for, no_default_layer
 from clipedit.defenses.methods import method_spec
 from clipedit.errors import ClipeditError, SettingsError
 from clipedit.models.bundle import ModelBundle
