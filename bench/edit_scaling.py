@@ -24,9 +24,9 @@ from clipedit.core.solvers import solve_optimize
 from clipedit.core.subspace import edit_directions, regularise
 from clipedit.data.images import to_batches
 from clipedit.data.worlds import PhotoWorld
-from clipedit.settings.defaults import default_layer, defaults_for
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.typographic import text_exemplars
+from clipedit.settings.defaults import default_layer, defaults_for
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from clipedit.data.images import to_batches
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import DefenseData, run_defense
-from clipedit.settings.resolve import resolve_config
 from clipedit.defenses.typographic import text_exemplars
 from clipedit.eval.defense_metrics import evaluate_defense
 from clipedit.eval.heldout import world_eval_sets
 from clipedit.eval.predictor import make_predictor
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 

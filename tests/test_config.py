@@ -9,16 +9,16 @@ from conftest import run_error, run_ok
 
 import clipedit
 from clipedit.core import RewriteHParams
-from clipedit.settings import defaults
-from clipedit.settings.config import DefenseConfig
-from clipedit.settings.defaults import defaults_for
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.head_ablation import HeadAblationHParams
 from clipedit.defenses.methods import METHODS, MethodSpec
 from clipedit.defenses.paint import PaintHParams
-from clipedit.settings.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.eval.results import drop_predictions
+from clipedit.settings import defaults
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.defaults import defaults_for
+from clipedit.settings.resolve import resolve_config
 
 VIT_C_PROJ = "visual.transformer.resblocks.0.mlp.c_proj"
 

@@ -19,10 +19,10 @@ from clipedit.core.heads import head_specs
 from clipedit.core.keys_values import collect_exemplars
 from clipedit.core.nethook import Trace, TraceDict, get_module
 from clipedit.core.sites import QKVValueSite, candidate_sites, resolve_site
-from clipedit.settings.defaults import defaults_for
 from clipedit.errors import ModelLoadError
 from clipedit.models import load_model, save_state_dict
 from clipedit.models.hf import export_pretrained
+from clipedit.settings.defaults import defaults_for
 
 
 def _load(spec: str):
@@ -286,8 +286,8 @@ def test_open_clip_hf_tokenizer_is_one_line_when_missing_or_offline(monkeypatch)
 
 
 def test_a_tower_without_a_default_names_the_supported_families():
-    from clipedit.settings.defaults import default_layer
     from clipedit.errors import SiteError
+    from clipedit.settings.defaults import default_layer
 
     bundle = _load("tiny-siglip:none")
     bundle.image_module.trunk.__class__ = type("FastVit", (bundle.image_module.trunk.__class__,), {})

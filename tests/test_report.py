@@ -116,8 +116,8 @@ def test_report_escapes_names_and_marks_the_final_prediction():
 def test_any_word_report_names_its_rendered_vocabulary_exemplars(capsys, tmp_path, triples_dir, monkeypatch):  # noqa: F811
     import copy
 
-    from clipedit.settings import defaults
     from clipedit.defenses.vocabulary import build_vocabulary
+    from clipedit.settings import defaults
 
     table = copy.deepcopy(defaults.defaults_table())  # '*' small: 6 exemplar words x 2 renders, rank 2
     table["any_word"] = {"default": {"words": 6, "renders": 2, "rank": 2, "mask": "text", "cov_reg": 1e-3},

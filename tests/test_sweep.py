@@ -213,9 +213,9 @@ def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_
     import copy
 
     from clipedit.core import RewriteHParams
-    from clipedit.settings.resolve import resolve_config
     from clipedit.defenses.sweep import candidate_edits
     from clipedit.defenses.typographic import defend
+    from clipedit.settings.resolve import resolve_config
 
     bundle = with_world(tiny_vit)
     c_proj, v_proj = "visual.transformer.resblocks.0.mlp.c_proj", "visual.transformer.resblocks.1.attn.v_proj"

@@ -197,9 +197,9 @@ def test_defense_save_writes_an_edit_or_an_edit_set(tiny_vit, tmp_path):
     from test_sweep import with_world
 
     from clipedit.core.edit_sets import load_edits
-    from clipedit.settings.config import DefenseConfig
     from clipedit.defenses.typographic import defend
     from clipedit.errors import ClipeditError
+    from clipedit.settings.config import DefenseConfig
 
     sites = (V_SITE, "visual.transformer.resblocks.0.mlp.c_proj")
     for config, n_edits in ((DefenseConfig(hparams=RewriteHParams(layer=V_SITE, rank=2), renders=2), 1),

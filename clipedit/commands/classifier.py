@@ -26,10 +26,8 @@ from clipedit.defenses.concept import (
     polygon_mask,
     texture_pair,
 )
-from clipedit.settings.defaults import defaults_for
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
-from clipedit.settings.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.eval.metrics import evaluate_images
 from clipedit.eval.predictor import make_predictor
@@ -37,6 +35,8 @@ from clipedit.eval.results import before_after_metrics, format_table, make_recor
 from clipedit.io import atomic_output_set, save_image
 from clipedit.models.checkpoint import save_model_weights
 from clipedit.outputs import OutputSet, check_outputs
+from clipedit.settings.defaults import defaults_for
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 

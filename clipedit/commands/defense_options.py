@@ -12,13 +12,13 @@ from clipedit.commands.params import IMAGE_FILE, JOIN, JSON_FILE, LAYERS, TEXT_F
 from clipedit.core.hparams import MAX_KEEP_TARGETS, SOLVERS
 from clipedit.data.benchmarks import LAYOUTS
 from clipedit.data.images import load_image, load_mask, load_photos
-from clipedit.settings.config import MAX_RENDERS
 from clipedit.defenses.edit_requests import request_from_images
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
 from clipedit.defenses.paint import check_supported
 from clipedit.errors import ClipeditError
 from clipedit.eval.evaluation import EvalOptions
+from clipedit.settings.config import MAX_RENDERS
 
 
 @dataclass

@@ -38,9 +38,9 @@ def stats_cmd(model: ModelOptions, reference: Path, layer: Optional[str], batch_
     from clipedit.core.distributed import IndexedBatches, agree, init_from_environment, is_main_process, rank_and_world
     from clipedit.data.folders import files_key, image_paths
     from clipedit.data.images import LazyImages
-    from clipedit.settings.defaults import default_layer, defaults_for
     from clipedit.io import save_state_dict
     from clipedit.outputs import check_outputs
+    from clipedit.settings.defaults import default_layer, defaults_for
 
     if out is not None:
         check_out_file(out)

@@ -18,7 +18,6 @@ from clipedit.commands.options import (
 from clipedit.commands.params import TEXT, count, finite
 from clipedit.data.benchmarks import data_path
 from clipedit.data.splits import split_data
-from clipedit.settings.resolve import resolve_config
 from clipedit.defenses.selection import PICK_TOLERANCE, tolerance_text
 from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
 from clipedit.defenses.user_data import with_validation_world
@@ -26,6 +25,7 @@ from clipedit.errors import ClipeditError
 from clipedit.eval.results import format_table, make_record, write_results
 from clipedit.io import atomic_output_set
 from clipedit.outputs import OutputSet, check_outputs
+from clipedit.settings.resolve import resolve_config
 
 SWEEP_FILES = ("sweep.json", "sweep.png")
 

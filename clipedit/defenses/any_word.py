@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from clipedit.core import EditRequest
-from clipedit.settings.config import DefenseConfig
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import text_exemplars
 from clipedit.defenses.methods import DefenseData
 from clipedit.defenses.vocabulary import ANY_WORD, Vocabulary, build_vocabulary
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
 
 #: Words rendered per exemplar batch (their renders are the one batch held in memory).
 WORDS_PER_BATCH = 8

@@ -62,7 +62,6 @@ from clipedit.defenses.compare_units import (
     write_partial,
 )
 from clipedit.defenses.methods import METHODS, method_spec, run_defense
-from clipedit.settings.resolve import resolve_config
 from clipedit.defenses.selection import HeldoutData, heldout_data
 from clipedit.defenses.typographic import DefenseConfig, defense_data, reference_statistics
 from clipedit.defenses.user_data import (
@@ -79,6 +78,7 @@ from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
 from clipedit.eval.heldout import SCENE_OFFSET
 from clipedit.eval.metrics import evaluate_attacks, evaluate_images
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 

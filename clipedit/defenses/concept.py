@@ -22,14 +22,14 @@ from PIL import Image, ImageDraw
 from clipedit.core import EditRequest, RewriteHParams, key_statistics
 from clipedit.data.images import to_batches
 from clipedit.data.reference import default_reference, images_key
-from clipedit.settings.config import DefenseConfig
 from clipedit.defenses.edit_requests import request_from_images
 from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import DefenseData, run_defense
-from clipedit.settings.resolve import resolve_config
 from clipedit.defenses.result import DefenseResult
 from clipedit.errors import ClipeditError
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 

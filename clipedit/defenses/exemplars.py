@@ -14,10 +14,10 @@ from clipedit.core import KeyStatistics, key_statistics
 from clipedit.data.folders import files_key, image_paths
 from clipedit.data.images import LazyImages, to_batches
 from clipedit.data.worlds import PhotoWorld, World
-from clipedit.settings.config import DefenseConfig
-from clipedit.settings.defaults import defaults_for
 from clipedit.errors import ClipeditError, render_errors
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.defaults import defaults_for
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,6 @@ from clipedit.core import EditRequest, KeepRequest, KeyStatistics, RewriteHParam
 from clipedit.core.edit_sets import EditSet
 from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.defenses import defense_prefix as dp
-from clipedit.settings.config import DefenseConfig
-from clipedit.settings.defaults import default_layer, offline_settings
 from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, defense_prefix
 from clipedit.defenses.dyslexify import DyslexifyHParams, class_token_sites, dyslexify
 from clipedit.defenses.finetune import FinetuneHParams, finetune
@@ -50,6 +48,8 @@ from clipedit.defenses.typo_train import shared_training_set, shared_validation
 from clipedit.defenses.vocabulary import Vocabulary
 from clipedit.errors import ClipeditError, EditError
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.defaults import default_layer, offline_settings
 
 log = logging.getLogger(__name__)
 

@@ -46,10 +46,7 @@ from clipedit.core.exemplar_sums import (
 )
 from clipedit.core.sites import candidate_sites
 from clipedit.core.subspace import regularise
-from clipedit.settings.config import DefenseConfig
-from clipedit.settings.defaults import defaults_for
 from clipedit.defenses.methods import METHODS, method_spec, run_defense
-from clipedit.settings.resolve import resolve_config
 from clipedit.defenses.selection import (
     PICK_TOLERANCE,
     HeldoutData,
@@ -67,6 +64,9 @@ from clipedit.defenses.typographic import defense_data, reference_statistics
 from clipedit.errors import ClipeditError, SiteError
 from clipedit.eval.intervals import wilson
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.defaults import defaults_for
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 

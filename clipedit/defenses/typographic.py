@@ -20,18 +20,18 @@ from typing import Optional
 from clipedit.attacks import Attack
 from clipedit.core import EditRequest, KeepRequest
 from clipedit.defenses.any_word import any_word_data, evaluation_words
-from clipedit.settings.arguments import check_defend_arguments
-from clipedit.settings.config import DefenseConfig
 from clipedit.defenses.edit_requests import keep_request_from_attacks, request_from_attacks
 from clipedit.defenses.exemplars import N_SIGNS, reference_statistics, sign_exemplars, text_exemplars, world_of
 from clipedit.defenses.methods import DefenseData, method_spec, run_defense
-from clipedit.settings.resolve import resolve_config
 from clipedit.defenses.result import DefenseResult
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
 from clipedit.eval.timing import StageTimer
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.arguments import check_defend_arguments
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 

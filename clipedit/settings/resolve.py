@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from clipedit.core import RewriteHParams, resolve_site
-from clipedit.settings.config import DefenseConfig
-from clipedit.settings.defaults import defaults_for, no_default_layer
 from clipedit.defenses.methods import method_spec
 from clipedit.errors import ClipeditError, SettingsError
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.defaults import defaults_for, no_default_layer
 
 #: Flat override keys that set a field of the rewrite's :class:`RewriteHParams`.
 REWRITE_KEYS = ("rank", "solver", "cov_reg", "keep_targets", "keep_reading", "mask_threshold", "steps", "lr",
