@@ -59,7 +59,7 @@ def measure(spec: str, renders: int) -> dict[str, Any]:
     log.info("%s: key statistics of %s (d=%d) from %d images, %.1f s", spec, layer, site.key_dim, n_ref, t_stats)
     exemplars = text_exemplars(bundle, "ipod", renders)
     request = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=True)
-    hp = RewriteHParams(layer=layer, rank=d.rank, cov_reg=d.cov_reg)
+    hp = RewriteHParams(layer=layer, rank=d.rank)
 
     def edit(hparams: RewriteHParams):
         return compute_rewrite(bundle.model, request, hparams, stats, forward=bundle.encode_images)

@@ -82,7 +82,7 @@ def run(quick: bool = False, steps: int | None = None) -> dict[str, Any]:
     for method in ("finetune-local", "finetune-global"):
         log.info("%s", method)
         bundle = _copy(base)
-        tuned = resolve_config(base, {"method": method, "finetune": ft})
+        tuned = resolve_config(base, {"method": method, "hparams": ft})
         data = DefenseData.of([WORD], request)
         t, _ = seconds(lambda b=bundle, c=tuned, d=data: run_defense(b, d, c, lambda layer: stats))
         # fewer steps than the default are run, and the time scaled to the default's (accuracy as run)

@@ -103,9 +103,8 @@ def test_cli_any_word_multisite_revert_is_bit_exact(tiny_rn, word_file, image_fo
     from clipedit.settings import defaults
 
     table = copy.deepcopy(defaults.defaults_table())
-    table["any_word"]["architectures"]["ModifiedResNet"] = {
-        "words": 6, "renders": 2, "rank": 4, "mask": "text", "cov_reg": 1e-3,
-        "sites": [s.removeprefix("visual.") for s in RN_SITES]}
+    table["edit-any-word"]["families"]["ModifiedResNet"] = defaults.AnyWordDefaults(
+        words=6, renders=2, rank=4, mask="text", sites=[s.removeprefix("visual.") for s in RN_SITES])
     monkeypatch.setattr(defaults, "defaults_table", lambda: table)
     out = tmp_path / "run"
     code, stdout, err = run_cli(["defend", "--model", "tiny-rn", "--checkpoint", base, "--text", "*", "--vocab",

@@ -372,7 +372,7 @@ def test_fine_tuning_methods_change_only_the_image_tower(fam, method, hf_folders
         PaintHParams, alphas=(1.0,), lrs=(1e-2,), n_val=4, n_signs=0, n_train=8, steps=2, checkpoints=1))
     bundle = _with_world(_load(FAMILIES[fam][0](hf_folders)))
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-    defend(bundle, "ipod", DefenseConfig(method=method, renders=3, finetune=FinetuneHParams(steps=1, lr=1e-2)))
+    defend(bundle, "ipod", DefenseConfig(method=method, renders=3, hparams=FinetuneHParams(steps=1, lr=1e-2)))
     changed = {k for k, v in bundle.model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and all(k.startswith(bundle.image_prefix) for k in changed)
     if method == "finetune-local":

@@ -156,9 +156,11 @@ def test_resolve_config_and_defend_refuse_invalid_values(tiny_vit, overrides, me
 def test_nested_settings_take_a_dict_checked_by_their_own_schema(tiny_vit):
     from clipedit.settings.resolve import resolve_config
 
-    assert resolve_config(tiny_vit, {"method": "finetune-local", "finetune": {"steps": 3}}).method_hparams.steps == 3
+    assert resolve_config(tiny_vit, {"method": "finetune-local", "hparams": {"steps": 3}}).hparams.steps == 3
     with pytest.raises(SettingsError, match="FinetuneHParams: steps must be >= 1"):
-        resolve_config(tiny_vit, {"method": "finetune-local", "finetune": {"steps": 0}})
+        resolve_config(tiny_vit, {"method": "finetune-local", "hparams": {"steps": 0}})
+    with pytest.raises(SettingsError, match="FinetuneHParams: steps must be >= 1"):
+        resolve_config(tiny_vit, {"method": "finetune-local", "steps": 0})  # flat, as the CLI gives it
 
 
 def test_a_rewrite_layer_and_other_sites_are_refused_not_dropped(tiny_vit):
@@ -180,10 +182,10 @@ def test_the_rewrites_dict_settings_name_its_layer(tiny_vit):
 
     layer = "visual.transformer.resblocks.0.mlp.c_proj"
     get_module(tiny_vit.model, layer)
-    config = resolve_config(tiny_vit, DefenseConfig(method="edit", method_hparams={"layer": layer, "rank": 2}))
+    config = resolve_config(tiny_vit, DefenseConfig(method="edit", hparams={"layer": layer, "rank": 2}))
     assert config.sites == (layer,) and config.hparams.rank == 2
     with pytest.raises(SiteError, match="no module named 'nope.layer'"):
-        resolve_config(tiny_vit, DefenseConfig(method="edit", method_hparams={"layer": "nope.layer"}))
+        resolve_config(tiny_vit, DefenseConfig(method="edit", hparams={"layer": "nope.layer"}))
 
 
 def test_compare_refuses_a_bad_edit_layer_as_defend_does(tmp_path, capsys):

@@ -203,7 +203,8 @@ def test_every_package_is_in_the_wheel():
     ("clipedit.assets", "assets", ["mini/config.json", "mini/model.safetensors"]),
     ("clipedit.assets.mini", "assets/mini", ["config.json", "model.safetensors"]),
     ("clipedit.models.configs", "clipedit/models/configs", ["tiny-vit.json", "tiny-rn.json"]),
-    ("clipedit.settings", "clipedit/settings", ["defaults.json"]),
+    ("clipedit.settings", "clipedit/settings", ["defaults_grid.json", "hparams/edit/default.json",
+                                                "hparams/edit/families/ResNet.json", "hparams/edit/models/mini.json"]),
     ("clipedit", "clipedit", ["py.typed"]),
 ])
 def test_package_data_globs_cover_the_files_runtime_reads(package, folder, required):

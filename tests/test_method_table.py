@@ -51,7 +51,7 @@ def word_agnostic_toy(bundle, data, hparams: NoSettings, context) -> DefenseResu
 
 @pytest.fixture
 def toys():
-    specs = {"toy": MethodSpec(RewriteHParams, zero_columns, config_field="hparams", sweepable=True),
+    specs = {"toy": MethodSpec(RewriteHParams, zero_columns, model_defaults=True, sweepable=True),
              "toy-any": MethodSpec(NoSettings, word_agnostic_toy, word_agnostic=True, exemplars=False,
                                    needs_world=True)}
     CALLS.clear()

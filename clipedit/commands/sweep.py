@@ -50,7 +50,7 @@ SWEEP_FILES = ("sweep.json", "sweep.png")
               help="Pick rule: also lose at most this much reading kept (signs) [default: reading recorded, not "
                    "in the rule].")
 @click.option("--renders", type=click.IntRange(min=1), default=None,
-              help="Rendered exemplars per word [default: per architecture, defaults.json].")
+              help="Rendered exemplars per word [default: per architecture and model, clipedit/settings/hparams].")
 @click.option("--data", default=None, metavar="DIR|KIND:PATH",
               help="A labelled dataset of yours, split as clipedit compare --data splits it (a seeded hash of "
                    "file names); the sweep renders its exemplars and scores on the validation side only.")

@@ -3,8 +3,8 @@
 Exemplars are rendered from the exemplar side of a broad vocabulary
 (:func:`clipedit.defenses.vocabulary.build_vocabulary`), a few words at a time and again for every
 site, so memory stays flat in their number (the closed form needs only KᵀMK and KᵀMR sums). The
-edit may span several sites. Settings left unset come from the ``any_word`` entry of
-``defaults.json`` (through :func:`~clipedit.settings.resolve.resolve_config` with ``any_word=True``).
+edit may span several sites. Settings left unset come from the model's
+``edit-any-word`` default file (through :func:`~clipedit.settings.resolve.resolve_config` with ``any_word=True``).
 """
 from __future__ import annotations
 

@@ -178,9 +178,8 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
     check_given(settings)
     if bundle.world is None or not bundle.world.classnames:
         raise ClipeditError(f"{bundle.name} has no labelled world to compare on (give --data KIND:PATH)")
-    for m, given in settings.hparams.items():  # what defend receives, checked as defend checks it
-        if METHODS[m].config_field is not None:  # (a layer not in the model included)
-            resolve_config(bundle, DefenseConfig(method=m, method_hparams=dict(given) or None))
+    for m, given in settings.hparams.items():  # what defend receives, checked as defend checks it (a layer
+        resolve_config(bundle, DefenseConfig(method=m, hparams=dict(given) or None))  # not in the model included)
     if settings.methods is None:
         chosen = tuple(m for m in compare_methods() if METHODS[m].not_applicable(bundle, m) is None)
     else:
@@ -302,7 +301,7 @@ def run_method(base: ModelBundle, method: str, word: Optional[str], seed: int, s
     fixed = fixed_settings(settings, seed)
     peers = {m: METHODS[m].settings(settings.hparams.get(m, {}), fixed) for m in compare_methods()}
     start = time.perf_counter()
-    config = resolve_config(bundle, DefenseConfig(method=method, seed=seed, method_hparams=peers[method] or None))
+    config = resolve_config(bundle, DefenseConfig(method=method, seed=seed, hparams=peers[method] or None))
     words = [ANY_WORD] if config.any_word else [word] if word is not None else list(settings.words)
     data = defense_data(bundle, words, config)
     result = run_defense(bundle, data, config, lambda layer: reference_statistics(bundle, layer, config),

@@ -5,7 +5,7 @@
     defense = clipedit.defend(bundle, "ipod")          # edits bundle.model in place
     defense.save("ipod.safetensors")                   # the edit set (one site, or the model's default sites)
 
-One path: :func:`~clipedit.settings.resolve.resolve_config` fills the settings from ``defaults.json``,
+One path: :func:`~clipedit.settings.resolve.resolve_config` fills the settings from the model's default file,
 the exemplars become :class:`~clipedit.defenses.methods.DefenseData`, the method table runs the method
 (:func:`~clipedit.defenses.methods.run_defense`), and the edit is an
 :class:`~clipedit.core.edit_sets.EditSet`. ``defend(bundle, "*")`` defends against any written word:
@@ -109,7 +109,7 @@ def defense_data(bundle: ModelBundle, words: list[str], config: DefenseConfig,
         exemplars = list(exemplars)
         req = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=config.mask == "text")
         data = DefenseData.of(words, req, exemplars)
-    if spec.config_field == "hparams" and config.hparams is not None and config.hparams.keep_reading > 0:
+    if getattr(config.hparams, "keep_reading", 0) > 0:  # the rewrite keeps reading
         data.keep = sign_requests(bundle, config)
     return data
 

@@ -1,96 +1,132 @@
-"""The one place a defense's settings are filled: :func:`resolve_config` reads ``defaults.json`` (once,
-:func:`~clipedit.settings.defaults.defaults_table`) and lays the caller's overrides on top. The CLI, the
-Python API, the sweep and the bench all pass their overrides here."""
+"""The one place a defense's settings are filled: :func:`resolve_config` lays the caller's overrides on top of
+the model's default file (read once, :func:`~clipedit.settings.defaults.defaults_table`). The CLI (its options
+as one mapping), the Python API (``clipedit.defend(bundle, word, {...})``), the sweep and the bench all pass
+their overrides here; a resolved config passes through again unchanged."""
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from clipedit.core import RewriteHParams, resolve_site
-from clipedit.defenses.methods import method_spec
+from clipedit.core import resolve_site
+from clipedit.defenses.methods import MethodSpec, method_spec
 from clipedit.errors import ClipeditError, SettingsError
 from clipedit.models.bundle import ModelBundle
 from clipedit.settings.config import DefenseConfig
-from clipedit.settings.defaults import defaults_for, no_default_layer
-
-#: Flat override keys that set a field of the rewrite's :class:`RewriteHParams`.
-REWRITE_KEYS = ("rank", "solver", "cov_reg", "keep_targets", "keep_reading", "mask_threshold", "steps", "lr",
-                "project_every")
+from clipedit.settings.defaults import ModelDefaults, defaults_for, no_default_layer
 
 
 def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, Any] | None = None,
                    any_word: bool = False) -> DefenseConfig:
-    """The one place defaults are filled: ``overrides`` on top of ``defaults.json`` for ``bundle``.
+    """The one place defaults are filled: ``overrides`` on top of the model's default file for ``bundle``.
 
     Args:
         overrides: a :class:`DefenseConfig` (its ``None`` fields are filled) or a mapping of flat keys:
-            any field of DefenseConfig, ``layer`` (a name, ``"a,b"`` or a list: several are one edit
-            over those sites, in order) and the rewrite's ``rank``, ``solver``, ``cov_reg``,
-            ``keep_targets``, ``keep_reading``, ``mask_threshold``, ``steps``, ``lr`` (given ones override the model's
-            defaults, the rest stay). ``hparams`` may be a dict (the method's settings).
-        any_word: ``"*"``: the ``any_word`` defaults on top of the model's.
+            any field of DefenseConfig, ``layer`` (a name, ``"A+B"`` or a list: several are one edit over
+            those sites, in order) and any field of the method's settings class (the rewrite's ``rank``,
+            ``solver``, ``cov_reg``, ``keep_targets``, ``keep_reading``, ``mask_threshold``, ``steps``, ``lr``;
+            a fine-tuning baseline's ``steps``, ``lr``, ``loss`` …): given ones override the defaults, the rest
+            stay. ``hparams`` may be a dict of the method's settings (``--hparams FILE.json``), under the
+            flat keys.
+        any_word: ``"*"``: the ``edit-any-word`` defaults on top of the model's.
 
     Sites, one rule for every method and caller: the sites given (``sites``, or ``layer``) in order;
     none given: the model's default sites for a closed-form edit (several for some models, e.g.
     mini-vit), else its single default layer.
+
+    A config this returned for ``bundle`` is returned as it is (``defend`` and the CLI share it; nothing is
+    resolved twice).
     """
     if overrides is not None and not isinstance(overrides, (DefenseConfig, Mapping)):
         raise SettingsError(f"resolve_config: overrides must be a DefenseConfig or a dict, got "
                             f"{type(overrides).__name__}")
+    if isinstance(overrides, DefenseConfig) and overrides.resolved_for == _key(bundle) and (
+            overrides.any_word or not any_word):
+        return overrides
     config, given = (overrides, {}) if isinstance(overrides, DefenseConfig) else _from_mapping(overrides or {})
     spec = method_spec(config.method)
     any_word = any_word or spec.any_word
-    if spec.config_field == "hparams" and isinstance(config.method_hparams, Mapping):
-        config, given = _rewrite_settings(config, given)  # the rewrite's settings as a dict: as the flags are
     d = defaults_for(bundle, any_word=any_word)
-    if config.hparams is not None:
-        hp = dataclasses.replace(config.hparams, **given)
-    else:
-        closed_form = given.get("solver", "closed-form") == "closed-form"
-        hp = RewriteHParams(**{"rank": d.rank, "cov_reg": d.cov_reg,
-                               "keep_targets": d.keep_targets if closed_form else 0.0, **given})
-    if config.sites and hp.layer and hp.layer not in config.sites:  # never dropped without a word
-        raise SettingsError(f"the rewrite's layer {hp.layer!r} is not among the sites {', '.join(config.sites)}: "
-                            "give the layer(s) once (sites, or hparams.layer)")
-    sites = tuple(config.sites) if config.sites else (hp.layer,) if hp.layer else None
+    hp, sites = _settings(spec, config, given, d)
     for site in sites or ():  # a named layer that is not in the model: one line now, before any work
         resolve_site(bundle.model, site)
+    closed_form = getattr(hp, "solver", "closed-form") == "closed-form"
     if sites is None:
-        default_sites = d.sites if spec.config_field == "hparams" and hp.solver == "closed-form" else None
+        default_sites = d.sites if spec.model_defaults and closed_form else None
         if default_sites is None and d.layer is None:
             raise no_default_layer(bundle)
         sites = default_sites or (d.layer,)
     if len(sites) != len(set(sites)):
         raise ClipeditError(f"a layer is listed twice among the sites: {', '.join(sites)}")
-    if len(sites) > 1 and hp.solver != "closed-form":
+    if len(sites) > 1 and not closed_form:
         raise ClipeditError(f"a multi-site edit ({', '.join(sites)}) is solved in closed form; pass one --layer "
                             "for --solver optimize")
-    hp = dataclasses.replace(hp, layer=sites[0] if len(sites) == 1 else None)
+    caution = d.caution if spec.model_defaults and not any_word and hp.rank == d.rank and sites in (
+        d.sites, (d.layer,)) else None
     resolved = dataclasses.replace(config, hparams=hp, sites=sites, renders=config.renders or d.renders,
                                    mask=config.mask or d.mask, n_reference=config.n_reference or d.n_reference,
-                                   vocab_words=config.vocab_words or d.vocab_words, any_word=any_word)
-    if spec.config_field and config.method_hparams is getattr(config, spec.config_field):
-        resolved = dataclasses.replace(resolved, method_hparams=None)  # resolved before: the field is the truth
-    method_hparams = spec.resolve_hparams(resolved)
-    synced = {spec.config_field: method_hparams} if spec.config_field else {}
-    return dataclasses.replace(resolved, method_hparams=method_hparams, **synced)
+                                   vocab_words=config.vocab_words or d.vocab_words, any_word=any_word,
+                                   caution=caution)
+    resolved.resolved_for = _key(bundle)
+    return resolved
+
+
+def _key(bundle: ModelBundle) -> tuple[str, str]:
+    return bundle.name, bundle.architecture
+
+
+def _settings(spec: MethodSpec, config: DefenseConfig, given: dict[str, Any], d: ModelDefaults
+              ) -> tuple[Any, tuple[str, ...] | None]:
+    """(the method's settings, the sites given or None): ``config.hparams`` (an instance as given in full, or
+    a dict of its fields under the flat keys ``given``) over the defaults (the model's file for the rewrite,
+    else the settings class's own), its ``layer`` moved to the sites."""
+    cls, hp = spec.hparams_cls, config.hparams
+    known = [f.name for f in dataclasses.fields(cls)]
+    if isinstance(hp, Mapping):
+        unknown = sorted(set(hp) - set(known))
+        if unknown:
+            raise SettingsError(f"unknown setting(s) of {cls.__name__}: {', '.join(unknown)} (known: "
+                                f"{', '.join(known)})")
+        given, hp = {**hp, **given}, None
+    elif hp is not None and not isinstance(hp, cls):
+        raise ClipeditError(f"settings of {config.method} must be a {cls.__name__} or a dict, got "
+                            f"{type(hp).__name__}")
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise SettingsError(f"unknown defense setting(s): {', '.join(unknown)} (a DefenseConfig field, layer or "
+                            f"a setting of {config.method}'s {cls.__name__}: {', '.join(known)})")
+    layer = given.pop("layer", None)  # a settings file's layer: the sites unless they are given
+    if hp is not None:
+        if getattr(hp, "layer", None) is not None:  # given in full: its layer is one of the sites given
+            layer = hp.layer
+            if config.sites and any(s not in config.sites for s in _layers(layer)):  # never dropped without a word
+                raise SettingsError(f"the settings' layer {layer!r} is not among the sites "
+                                    f"{', '.join(config.sites)}: give the layer(s) once (sites, or hparams.layer)")
+        hp = dataclasses.replace(hp, **given) if given else hp
+    elif spec.model_defaults:
+        closed_form = given.get("solver", "closed-form") == "closed-form"
+        model = {"rank": d.rank, "keep_targets": d.keep_targets if closed_form else 0.0,
+                 "keep_reading": d.keep_reading if closed_form else 0.0}
+        hp = cls.from_dict({**model, **given})
+    else:
+        hp = cls.from_dict(given) if given else cls()
+    sites = tuple(config.sites) if config.sites else _layers(layer) if layer is not None else None
+    if "layer" in known and hp.layer is not None:
+        hp = dataclasses.replace(hp, layer=None)  # the sites say where it acts
+    return hp, sites
 
 
 def _from_mapping(values: Mapping[str, Any]) -> tuple[DefenseConfig, dict[str, Any]]:
-    """(the DefenseConfig of the flat keys, the rewrite settings given) — see :func:`resolve_config`."""
+    """(the DefenseConfig of the flat keys, the method's settings given) — see :func:`resolve_config`."""
     values = {k: v for k, v in values.items() if v is not None}
-    fields = {f.name for f in dataclasses.fields(DefenseConfig)}
-    unknown = sorted(set(values) - fields - set(REWRITE_KEYS) - {"layer"})
-    if unknown:
-        raise ClipeditError(f"unknown defense setting(s): {', '.join(unknown)}")
-    layer = values.pop("layer", None)
-    if layer is not None:
-        values.setdefault("sites", _layers(layer))
-    given = {k: values.pop(k) for k in REWRITE_KEYS if k in values}
-    if "hparams" in values and not isinstance(values["hparams"], RewriteHParams):
-        values["method_hparams"] = values.pop("hparams")  # the method's settings as a dict (or wrong: said there)
-    return DefenseConfig(**values), given
+    fields = {f.name for f in dataclasses.fields(DefenseConfig) if f.init}
+    config = DefenseConfig(**{k: v for k, v in values.items() if k in fields and k != "layer"})
+    given = {k: v for k, v in values.items() if k not in fields}
+    if "layer" in given:
+        if "sites" not in values:
+            config = dataclasses.replace(config, sites=_layers(given["layer"]))
+        del given["layer"]
+    return config, given
 
 
 def _layers(layer: Any) -> tuple[str, ...]:
@@ -105,16 +141,3 @@ def _layers(layer: Any) -> tuple[str, ...]:
         shown = "+".join(map(str, layer)) if isinstance(layer, (list, tuple)) else repr(layer)
         raise SettingsError(f"--layer takes dotted layer names joined by '+'; got {shown!r}")
     return tuple(layer)
-
-
-def _rewrite_settings(config: DefenseConfig, given: dict[str, Any]) -> tuple[DefenseConfig, dict[str, Any]]:
-    """The rewrite's settings given as a dict (``--hparams`` of ``defend`` and ``compare``): its fields are
-    overrides like the flags (which win), its ``layer`` the sites unless they are given."""
-    values = dict(config.method_hparams)
-    known = [f.name for f in dataclasses.fields(RewriteHParams)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise SettingsError(f"unknown setting(s) of RewriteHParams: {', '.join(unknown)} (known: {', '.join(known)})")
-    layer = values.pop("layer", None)
-    sites = config.sites or (_layers(layer) if layer is not None else None)
-    return dataclasses.replace(config, method_hparams=None, sites=sites), {**values, **given}
