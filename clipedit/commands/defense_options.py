@@ -17,7 +17,7 @@ from clipedit.defenses.finetune import FinetuneHParams
 from clipedit.defenses.methods import METHODS
 from clipedit.defenses.paint import check_supported
 from clipedit.errors import ClipeditError
-from clipedit.eval.evaluation import EvalOptions
+from clipedit.eval.evaluation import N_EVAL, EvalOptions
 from clipedit.settings.defaults import MAX_RENDERS
 
 
@@ -195,7 +195,7 @@ class EvalChoice:
 
     data: Optional[str] = None
     classes: Optional[str] = None
-    n_eval: int = 1000
+    n_eval: int = N_EVAL
     no_eval: bool = False
 
     def options(self, keep_predictions: bool) -> Optional[EvalOptions]:
@@ -212,7 +212,7 @@ eval_options = option_group(
                  help="ImageFolder to render notes on, or a typographic benchmark as published (KIND: "
                       f"{', '.join(LAYOUTS)}) to evaluate on (default: the model's world's held-out scenes)."),
     click.option("--classes", default=None, help="Class names for --data (comma-separated)."),
-    click.option("--n-eval", type=count(), default=1000, show_default=True,
+    click.option("--n-eval", type=count(), default=N_EVAL, show_default=True,
                  help="Held-out scenes per set (models whose world generates them, e.g. mini)."),
     click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation."),
 )

@@ -75,6 +75,7 @@ from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.defenses.word_split import WordSplit, WordSplitWorld, word_split
 from clipedit.errors import ClipeditError, SettingsError
 from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
+from clipedit.eval.evaluation import N_EVAL
 from clipedit.eval.heldout import SCENE_OFFSET
 from clipedit.eval.metrics import evaluate_attacks, evaluate_images
 from clipedit.models.bundle import ModelBundle
@@ -123,7 +124,7 @@ class CompareSettings:
     methods: Optional[tuple[str, ...]] = None
     words: Optional[tuple[str, ...]] = None
     seeds: tuple[int, ...] = (0, 1, 2)
-    n_test: int = 1000
+    n_test: int = N_EVAL
     n_signs: int = 1000
     n_train: int = 1000
     n_val: int = 500
