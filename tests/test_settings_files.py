@@ -128,3 +128,27 @@ def test_an_incomplete_default_file_is_one_line(tmp_path):
     path.write_text(json.dumps({"rank": 1}))
     with pytest.raises(ClipeditError, match="leaves out layer, sites"):
         defaults._read(path, DEFAULT_FILES["edit"], "edit/models")
+
+
+def test_the_cli_options_are_the_python_overrides(tiny_vit):
+    """``defend``'s options become one mapping; the same keys from Python resolve to the same config."""
+    from clipedit.commands.defense_options import SettingsOptions
+
+    cli = SettingsOptions(layer="visual.transformer.resblocks.1.mlp.c_proj", rank="4", keep_reading=0.5, renders=3,
+                          steps=7).overrides(any_word=False)
+    python = {"layer": "visual.transformer.resblocks.1.mlp.c_proj", "rank": 4, "keep_reading": 0.5, "renders": 3}
+    assert resolve_config(tiny_vit, cli).to_dict() == resolve_config(tiny_vit, python).to_dict()
+    tuned = SettingsOptions(method="finetune-local", steps=7, lr=0.01, rank="4").overrides(any_word=False)
+    assert resolve_config(tiny_vit, tuned).hparams == resolve_config(
+        tiny_vit, {"method": "finetune-local", "steps": 7, "lr": 0.01}).hparams
+
+
+def test_defend_does_not_resolve_a_resolved_config_again(tiny_rn, monkeypatch):
+    config = resolve_config(tiny_rn, {"layer": "visual.layer3.0.conv3", "rank": 2, "renders": 2, "n_reference": 8})
+    calls = []
+    monkeypatch.setattr("clipedit.settings.resolve.defaults_for",
+                        lambda *a, **k: calls.append(a) or defaults_for(*a, **k))
+    defense = clipedit.defend(tiny_rn, "ipod", config)
+    assert not calls and defense.config == config.to_dict()
+    clipedit.defend(tiny_rn, "ipod", {"layer": "visual.layer3.0.conv3", "rank": 2, "renders": 2, "n_reference": 8})
+    assert len(calls) == 1  # overrides from Python: resolved once, there
