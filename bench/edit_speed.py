@@ -52,7 +52,7 @@ def run(quick: bool = False, steps: int | None = None) -> dict[str, Any]:
     n_eval = 100 if quick else 300
     base = load_model("mini", device=device())
     config = resolve_config(base)
-    hp = config.hparams
+    hp = dataclasses.replace(config.hparams, layer=config.sites[0])  # mini's one default site
     sets = world_eval_sets(base.world, [WORD], n_eval, split="test")
     predictor = make_predictor(base, sets.classnames)
     exemplars = text_exemplars(base, WORD, config.renders, config.seed)
