@@ -24,7 +24,6 @@ from clipedit.core.api import EditRequest
 from clipedit.core.nethook import get_module
 from clipedit.core.prompt_edits import placeholder_token_id
 from clipedit.data.images import to_batches
-from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, train_prefix, train_prefixes
 from clipedit.defenses.exemplars import text_exemplars
 from clipedit.defenses.finetune import FinetuneHParams, finetune
@@ -32,6 +31,7 @@ from clipedit.defenses.typo_train import typographic_training_set
 from clipedit.eval.heldout import world_eval_sets
 from clipedit.eval.reading import sign_set
 from clipedit.eval.zeroshot import DEFAULT_TEMPLATES
+from clipedit.settings.defaults import defaults_for
 
 MODEL = "mini"  # the ResNet mini: its default site is layer3.0.conv3
 TARGETS = {"finetune_local": 3.0, "defense_prefix": 2.0, "scene_render": 2.0}

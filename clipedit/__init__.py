@@ -23,7 +23,6 @@ from clipedit.attacks import AttackError
 from clipedit.core import apply_edit_set, load_edits, revert_edit_set, save_edits
 from clipedit.defenses.compare import CompareSettings, compare
 from clipedit.defenses.methods import METHODS, MethodSpec, register_method
-from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.result import DefenseResult
 from clipedit.defenses.run_files import save_run
 from clipedit.defenses.typographic import defend
@@ -31,6 +30,7 @@ from clipedit.errors import ClipeditError
 from clipedit.eval.audit import audit
 from clipedit.eval.evaluation import EvalOptions, evaluate
 from clipedit.models import list_models, load_model
+from clipedit.settings.resolve import resolve_config
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

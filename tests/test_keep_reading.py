@@ -15,9 +15,9 @@ from clipedit.core.keys_values import collect_kept_keys_at
 from clipedit.core.subspace import regularise
 from clipedit.defenses.edit_requests import keep_request_from_attacks, request_from_attacks
 from clipedit.defenses.exemplars import reference_statistics, sign_exemplars, text_exemplars
-from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.sweep import plot_tradeoff
 from clipedit.errors import ClipeditError, EditError
+from clipedit.settings.resolve import resolve_config
 from tests.conftest import run_cli, run_error, run_ok
 
 LAYER = "visual.layer3.0.conv3"

@@ -21,7 +21,7 @@ LAYERS = [
     ("clipedit.mini", "clipedit.mini.world", "clipedit.mini.shapes"),
     ("clipedit.models",),
     ("clipedit.eval",),
-    ("clipedit.defenses",),
+    ("clipedit.defenses", "clipedit.settings"),  # settings and methods use each other's modules
     ("clipedit.mini.training",),
     ("clipedit.commands", "clipedit.cli"),
 ]
@@ -161,7 +161,7 @@ PUBLIC_API = {
     "compare": "clipedit.defenses.compare", "CompareSettings": "clipedit.defenses.compare",
     "load_edits": "clipedit.core.edit_sets", "save_edits": "clipedit.core.edit_sets",
     "apply_edit_set": "clipedit.core.edit_sets", "revert_edit_set": "clipedit.core.edit_sets",
-    "resolve_config": "clipedit.defenses.resolve", "DefenseResult": "clipedit.defenses.result",
+    "resolve_config": "clipedit.settings.resolve", "DefenseResult": "clipedit.defenses.result",
     "save_run": "clipedit.defenses.run_files", "METHODS": None, "MethodSpec": "clipedit.defenses.methods",
     "register_method": "clipedit.defenses.methods", "ClipeditError": "clipedit.errors", "USER_ERRORS": None,
 }
@@ -203,7 +203,8 @@ def test_every_package_is_in_the_wheel():
     ("clipedit.assets", "assets", ["mini/config.json", "mini/model.safetensors"]),
     ("clipedit.assets.mini", "assets/mini", ["config.json", "model.safetensors"]),
     ("clipedit.models.configs", "clipedit/models/configs", ["tiny-vit.json", "tiny-rn.json"]),
-    ("clipedit.defenses", "clipedit/defenses", ["defaults.json"]),
+    ("clipedit.settings", "clipedit/settings", ["defaults_grid.json", "hparams/edit/default.json",
+                                                "hparams/edit/families/ResNet.json", "hparams/edit/models/mini.json"]),
     ("clipedit", "clipedit", ["py.typed"]),
 ])
 def test_package_data_globs_cover_the_files_runtime_reads(package, folder, required):

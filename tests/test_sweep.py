@@ -152,13 +152,18 @@ def test_sweep_cli_bad_input_is_one_line(args, message, capsys, tmp_path):
 
 
 @pytest.mark.slow  # a sweep of five ranks, then the defense and its evaluation
-def test_defend_rank_auto_records_the_pick_in_results_and_edit(tmp_path, capsys):
+def test_defend_rank_auto_records_the_pick_in_results_and_edit(tmp_path, capsys, monkeypatch):
     from clipedit.core import load_edit
+    from clipedit.settings import resolve
 
+    resolved = []  # the settings are resolved once from the options, once more for the pick: never again
+    monkeypatch.setattr(resolve, "defaults_for", lambda *a, _f=resolve.defaults_for, **k: resolved.append(a) or _f(
+        *a, **k))
     run_ok(capsys, "defend", "--model", "mini", "--text", "ipod", "--layer", "visual.layer3.0.conv3", "--rank",
            "auto", "--renders", "6", "--n-val", "6", "--n-eval", "8", "--out", tmp_path / "d")
     record = json.loads((tmp_path / "d" / "results.json").read_text())
     selection = record["selection"]
+    assert len(resolved) == (1 if selection["picked"] is None else 2)
     assert selection["split"] == "validation" and selection["auto"] == ["rank"] and selection["candidates"] == 5
     assert selection["n"] == 6 and selection["n_signs"] == 6  # --n-val, not --n-eval
     assert selection["baseline"]["intervals"]["clean_acc"]["n"] == 6  # what the sweep scored on
@@ -261,9 +266,9 @@ def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_
     import copy
 
     from clipedit.core import RewriteHParams
-    from clipedit.defenses.resolve import resolve_config
     from clipedit.defenses.sweep import candidate_edits
     from clipedit.defenses.typographic import defend
+    from clipedit.settings.resolve import resolve_config
 
     bundle = with_world(tiny_vit)
     c_proj, v_proj = "visual.transformer.resblocks.0.mlp.c_proj", "visual.transformer.resblocks.1.attn.v_proj"

@@ -19,7 +19,6 @@ from clipedit.data.classnames import case_note
 from clipedit.data.folders import image_paths
 from clipedit.defenses.any_word import evaluation_words
 from clipedit.defenses.methods import method_spec
-from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.run_files import OUTPUT_SET, run_outputs, save_run
 from clipedit.defenses.sweep import SweepSettings, choose_by_sweep
 from clipedit.defenses.typographic import defend
@@ -28,6 +27,7 @@ from clipedit.errors import ClipeditError
 from clipedit.eval.results import format_table, undefined_reasons
 from clipedit.eval.timing import StageTimer
 from clipedit.outputs import check_outputs
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 

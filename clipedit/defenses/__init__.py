@@ -1,3 +1,3 @@
-"""Defenses: the settings (``config``, ``resolve``: defaults as data in ``defaults.json``), the method table
-(``methods``: the rewrite, fine-tuning baselines, peer defenses) and its one result type (``result``), the
-typographic defense (``typographic``, ``any_word``), the sweep and selection, concept edits."""
+"""Defenses: the method table (``methods``: the rewrite, fine-tuning baselines, peer defenses) and its one
+result type (``result``), the typographic defense (``typographic``, ``any_word``), the sweep and selection,
+concept edits. Their settings live in :mod:`clipedit.settings`."""

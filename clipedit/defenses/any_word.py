@@ -3,20 +3,20 @@
 Exemplars are rendered from the exemplar side of a broad vocabulary
 (:func:`clipedit.defenses.vocabulary.build_vocabulary`), a few words at a time and again for every
 site, so memory stays flat in their number (the closed form needs only KᵀMK and KᵀMR sums). The
-edit may span several sites. Settings left unset come from the ``any_word`` entry of
-``defaults.json`` (through :func:`~clipedit.defenses.config.resolve_config` with ``any_word=True``).
+edit may span several sites. Settings left unset come from the model's
+``edit-any-word`` default file (through :func:`~clipedit.settings.resolve.resolve_config` with ``any_word=True``).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
 from clipedit.core import EditRequest
-from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.edit_requests import request_from_attacks
 from clipedit.defenses.exemplars import text_exemplars
 from clipedit.defenses.methods import DefenseData
 from clipedit.defenses.vocabulary import ANY_WORD, Vocabulary, build_vocabulary
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
 
 #: Words rendered per exemplar batch (their renders are the one batch held in memory).
 WORDS_PER_BATCH = 8

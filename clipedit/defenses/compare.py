@@ -63,7 +63,6 @@ from clipedit.defenses.compare_units import (
     write_partial,
 )
 from clipedit.defenses.methods import METHODS, method_spec, run_defense
-from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import HeldoutData, heldout_data
 from clipedit.defenses.typographic import DefenseConfig, defense_data, reference_statistics
 from clipedit.defenses.user_data import (
@@ -77,9 +76,11 @@ from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.defenses.word_split import WordSplit, WordSplitWorld, word_split
 from clipedit.errors import ClipeditError, SettingsError
 from clipedit.eval.compare_stats import METRICS, bits, method_cells, statistics
+from clipedit.eval.evaluation import N_EVAL
 from clipedit.eval.heldout import SCENE_OFFSET
 from clipedit.eval.metrics import evaluate_attacks, evaluate_images
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class CompareSettings:
     methods: Optional[tuple[str, ...]] = None
     words: Optional[tuple[str, ...]] = None
     seeds: tuple[int, ...] = (0, 1, 2)
-    n_test: int = 1000
+    n_test: int = N_EVAL
     n_signs: int = 1000
     n_train: int = 1000
     n_val: int = 500
@@ -180,9 +181,8 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
     check_given(settings)
     if bundle.world is None or not bundle.world.classnames:
         raise ClipeditError(f"{bundle.name} has no labelled world to compare on (give --data KIND:PATH)")
-    for m, given in settings.hparams.items():  # what defend receives, checked as defend checks it
-        if METHODS[m].config_field is not None:  # (a layer not in the model included)
-            resolve_config(bundle, DefenseConfig(method=m, method_hparams=dict(given) or None))
+    for m, given in settings.hparams.items():  # what defend receives, checked as defend checks it (a layer
+        resolve_config(bundle, DefenseConfig(method=m, hparams=dict(given) or None))  # not in the model included)
     if settings.methods is None:
         chosen = tuple(m for m in compare_methods() if METHODS[m].not_applicable(bundle, m) is None)
     else:
@@ -304,7 +304,7 @@ def run_method(base: ModelBundle, method: str, word: Optional[str], seed: int, s
     fixed = fixed_settings(settings, seed)
     peers = {m: METHODS[m].settings(settings.hparams.get(m, {}), fixed) for m in compare_methods()}
     start = time.perf_counter()
-    config = resolve_config(bundle, DefenseConfig(method=method, seed=seed, method_hparams=peers[method] or None))
+    config = resolve_config(bundle, DefenseConfig(method=method, seed=seed, hparams=peers[method] or None))
     words = [ANY_WORD] if config.any_word else [word] if word is not None else list(settings.words)
     data = defense_data(bundle, words, config)
     result = run_defense(bundle, data, config, lambda layer: reference_statistics(bundle, layer, config),

@@ -14,10 +14,9 @@ from clipedit.core import KeyStatistics, key_statistics
 from clipedit.data.folders import files_key, image_paths
 from clipedit.data.images import LazyImages, to_batches
 from clipedit.data.worlds import PhotoWorld, World
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import defaults_for
 from clipedit.errors import ClipeditError, render_errors
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,9 @@ def reference_statistics(bundle: ModelBundle, layer: str, config: DefenseConfig)
         batches = lambda: to_batches(LazyImages(paths), preprocess, 64)  # noqa: E731
     else:
         world = world_of(bundle, config.photos)
-        n = config.n_reference or defaults_for(bundle).n_reference
+        n = config.n_reference
+        if n is None:
+            raise ClipeditError("reference_statistics: n_reference is unset (resolve_config fills it)")
         data_key = world.reference_key(n) + repr(preprocess)
         batches = lambda: to_batches(world.reference_images(n), preprocess, 64)  # noqa: E731
     stats = key_statistics(bundle.model, layer, batches, data_key=data_key, forward=bundle.encode_images)

@@ -2,10 +2,10 @@
 properties live.
 
 Every method takes the same exemplars (:class:`DefenseData`) and returns a
-:class:`~clipedit.defenses.config.DefenseResult`:
+:class:`~clipedit.settings.config.DefenseResult`:
 
     spec = METHODS["edit"]
-    result = spec.run(bundle, data, hparams, context)     # hparams: a spec.hparams_cls
+    result = spec.run(bundle, data, config.hparams, context)     # a resolved config's hparams: a spec.hparams_cls
 
 ``run(bundle, data, hparams, context)`` changes ``bundle.model`` in place. ``context`` gives the sites,
 the key statistics, the words, the split a method may tune on (validation only), a cache of the
@@ -38,8 +38,6 @@ from clipedit.core import EditRequest, KeepRequest, KeyStatistics, RewriteHParam
 from clipedit.core.edit_sets import EditSet
 from clipedit.core.multisite import apply_multisite_rewrite
 from clipedit.defenses import defense_prefix as dp
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import default_layer, offline_settings
 from clipedit.defenses.defense_prefix import DefensePrefixHParams, check_text_tower, defense_prefix
 from clipedit.defenses.dyslexify import DyslexifyHParams, class_token_sites, dyslexify
 from clipedit.defenses.finetune import FinetuneHParams, finetune
@@ -50,6 +48,8 @@ from clipedit.defenses.typo_train import shared_training_set, shared_validation
 from clipedit.defenses.vocabulary import Vocabulary
 from clipedit.errors import ClipeditError, EditError
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.defaults import default_layer, offline_settings
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +130,14 @@ class MethodSpec:
         hparams_cls: a dataclass with ``to_dict()`` / ``from_dict()``.
         run: ``run(bundle, data, hparams, context) -> DefenseResult``; its ``details`` carry ``selection``
             (what it chose and by which rule on which split) and ``budget`` (:func:`budget`).
-        config_field: the DefenseConfig field that holds its settings (``hparams``: the rewrite's;
-            ``finetune``), if any.
-        defaults: its settings from a resolved config when none are given (default: ``config_field``'s
-            value, else ``hparams_cls()``).
+        model_defaults: its settings start from the model's default file (``clipedit/settings/hparams/edit``:
+            rank, keep_targets, keep_reading, the default sites); else from ``hparams_cls``'s own defaults.
         word_agnostic: trained once for every word (``compare`` runs it once a seed and scores every word);
             False: word-specific (one run per defended word).
         exemplars: learns from the defended words' rendered exemplars; False: draws its own typographic
             training split from the model's world (``defend`` renders no exemplars for it).
         any_word: the rewrite against any written word: its exemplars are ``"*"``'s vocabulary and its
-            settings ``defaults.json``'s ``any_word`` entry.
+            settings the model's ``edit-any-word`` default file on top of its ``edit`` file.
         needs_world: needs a labelled world (its splits or its validation scenes come from it).
         applies: ``applies(bundle)`` raises ClipeditError saying why the method does not apply at its
             defaults (e.g. no class token; finetune-local: a default layer that is part of a weight);
@@ -157,8 +155,7 @@ class MethodSpec:
 
     hparams_cls: type
     run: Callable[[ModelBundle, DefenseData, Any, MethodContext], DefenseResult]
-    config_field: Optional[str] = None
-    defaults: Optional[Callable[[DefenseConfig], Any]] = None
+    model_defaults: bool = False
     word_agnostic: bool = False
     exemplars: bool = True
     any_word: bool = False
@@ -170,25 +167,10 @@ class MethodSpec:
     closed_form: bool = False
     planned_images: Optional[Callable[[Any, DefenseConfig, int], int]] = None
 
-    def resolve_hparams(self, config: DefenseConfig) -> Any:
-        """The settings ``run`` receives: ``config.method_hparams`` (an instance, or a dict over the defaults)."""
-        if self.defaults is not None:
-            base = self.defaults(config)
-        elif self.config_field is not None:
-            base = getattr(config, self.config_field)
-        else:
-            base = self.hparams_cls()
-        given = config.method_hparams
-        if given is None or isinstance(given, self.hparams_cls):
-            return base if given is None else given
-        if isinstance(given, Mapping):
-            return self.hparams_cls.from_dict({**base.to_dict(), **given})
-        raise ClipeditError(f"settings of {config.method} must be a {self.hparams_cls.__name__} or a dict, "
-                            f"got {type(given).__name__}")
-
     def settings(self, given: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
-        """Overrides for :meth:`resolve_hparams`: a caller's ``fixed`` settings (e.g. compare's n_train, n_val,
-        seed) where the settings class has the field, then the user's ``given`` (a dict of its fields)."""
+        """Overrides of the method's settings (``DefenseConfig.hparams`` as a dict): a caller's ``fixed``
+        settings (e.g. compare's n_train, n_val, seed) where the settings class has the field, then the user's
+        ``given`` (a dict of its fields)."""
         if not isinstance(given, Mapping):
             raise ClipeditError(f"the settings of a method must be a JSON object, got {type(given).__name__}")
         names = {f.name for f in dataclasses.fields(self.hparams_cls)}
@@ -237,7 +219,7 @@ def run_edit(bundle: ModelBundle, data: DefenseData, hparams: RewriteHParams, co
     any_word = context.config.any_word
     offline = offline_settings(bundle, any_word)
     steps = hparams.steps * len(context.sites) if hparams.solver == "optimize" else 0
-    details = {"selection": _fixed(f"the model's default settings (defaults.json{', any_word' if any_word else ''}; "
+    details = {"selection": _fixed(f"the model's default settings (its default file{', any_word' if any_word else ''}; "
                                    f"chosen offline among {offline['settings']} settings on validation)"),
                "budget": budget(data.images, steps, 1, offline, train_images=data.images,
                                 reference_images=context.config.n_reference,
@@ -338,9 +320,7 @@ def peer_floor(config: DefenseConfig, n_train: int, peers: Mapping[str, Mapping[
     for name, spec in METHODS.items():
         if spec.planned_images is None or name == exclude:
             continue
-        base = spec.defaults(config) if spec.defaults else getattr(config, spec.config_field) \
-            if spec.config_field else spec.hparams_cls()
-        hp = spec.hparams_cls.from_dict({**base.to_dict(), **dict(peers.get(name, {}))})
+        hp = spec.hparams_cls.from_dict(dict(peers.get(name, {})))
         if hasattr(hp, "n_train"):
             hp = dataclasses.replace(hp, n_train=n_train)
         out[name] = int(spec.planned_images(hp, config, n_train))
@@ -387,23 +367,20 @@ def _defense_prefix_applies(bundle: ModelBundle) -> None:
 
 #: The table, in ``clipedit compare``'s column order.
 METHODS: dict[str, MethodSpec] = {
-    "edit": MethodSpec(RewriteHParams, run_edit, config_field="hparams", sweepable=True, closed_form=True),
-    "edit-any-word": MethodSpec(RewriteHParams, run_edit, config_field="hparams", word_agnostic=True,
+    "edit": MethodSpec(RewriteHParams, run_edit, model_defaults=True, sweepable=True, closed_form=True),
+    "edit-any-word": MethodSpec(RewriteHParams, run_edit, model_defaults=True, word_agnostic=True,
                                 any_word=True),
-    "dyslexify": MethodSpec(DyslexifyHParams, run_dyslexify, defaults=lambda config: DyslexifyHParams(),
-                            word_agnostic=True, exemplars=False, needs_world=True, applies=_dyslexify_applies,
-                            plain_weights=False),
+    "dyslexify": MethodSpec(DyslexifyHParams, run_dyslexify, word_agnostic=True, exemplars=False,
+                            needs_world=True, applies=_dyslexify_applies, plain_weights=False),
     "head-ablation-weights": MethodSpec(HeadAblationHParams, run_head_ablation, needs_world=True),
-    "paint": MethodSpec(PaintHParams, run_paint, defaults=lambda config: PaintHParams(), word_agnostic=True,
-                        exemplars=False, needs_world=True),
-    "defense-prefix": MethodSpec(DefensePrefixHParams, run_defense_prefix,
-                                 defaults=lambda config: DefensePrefixHParams(), word_agnostic=True,
+    "paint": MethodSpec(PaintHParams, run_paint, word_agnostic=True, exemplars=False, needs_world=True),
+    "defense-prefix": MethodSpec(DefensePrefixHParams, run_defense_prefix, word_agnostic=True,
                                  exemplars=False, needs_world=True, applies=_defense_prefix_applies,
                                  plain_weights=False,
                                  planned_images=lambda hp, config, n: dp.images_seen(n, hp)),
-    "finetune-local": MethodSpec(FinetuneHParams, _run_finetune(local=True), config_field="finetune",
+    "finetune-local": MethodSpec(FinetuneHParams, _run_finetune(local=True),
                                  applies=_finetune_local_applies),
-    "finetune-global": MethodSpec(FinetuneHParams, _run_finetune(local=False), config_field="finetune",
+    "finetune-global": MethodSpec(FinetuneHParams, _run_finetune(local=False),
                                   planned_images=_finetune_images),
 }
 
@@ -451,7 +428,7 @@ def run_defense(bundle: ModelBundle, data: DefenseData, config: DefenseConfig,
     context = MethodContext(sites=tuple(config.sites), statistics=statistics, config=config,
                             meta={"words": list(data.words), **(meta or {})}, shared=shared, peers=peers or {})
     start = time.perf_counter()
-    result = spec.run(bundle, data, config.method_hparams, context)
+    result = spec.run(bundle, data, config.hparams, context)
     seconds = round(time.perf_counter() - start, 3)
     recorded = config.to_dict()
     if result.edit_set is not None:

@@ -69,7 +69,7 @@ class DefenseResult:
     def hparams_used(self) -> Any:
         """The method's settings as used: an edit's rank clamped to its exemplar keys is recorded as the
         rank used, with ``rank_requested`` beside it (each member's metadata says the same)."""
-        hp = self.config.get("method_hparams")
+        hp = self.config.get("hparams")
         if self.edit_set is None or not isinstance(hp, dict) or "rank" not in hp:
             return hp
         ranks = {m.rank for m in self.edit_set.edits if isinstance(m, LayerEdit)}

@@ -46,10 +46,7 @@ from clipedit.core.exemplar_sums import (
 )
 from clipedit.core.sites import candidate_sites
 from clipedit.core.subspace import regularise
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import defaults_for
 from clipedit.defenses.methods import METHODS, method_spec, run_defense
-from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import (
     PICK_TOLERANCE,
     HeldoutData,
@@ -67,6 +64,8 @@ from clipedit.defenses.typographic import defense_data, reference_statistics
 from clipedit.errors import ClipeditError, SiteError
 from clipedit.eval.intervals import wilson
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +257,7 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
                                       "the sweep's reading tolerance")
     rows: list[dict[str, Any]] = []
     seconds["solve"] = seconds["evaluate"] = 0.0
-    pairs, site_sets = _candidates(bundle, settings)
+    pairs, site_sets = _candidates(bundle, settings, config)
     total = sum(len(r) for _, r in pairs) + len(site_sets) * len(settings.ranks or [config.hparams.rank])
     bar = tqdm(candidate_edits(bundle, words, settings, config), total=total, desc="sweep candidates",
                unit="setting", leave=False, disable=None)  # None: shown on terminals only
@@ -289,7 +288,7 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
     ``config`` is resolved; each candidate is what ``defend`` with ``config`` at that site (or sites) and
     rank applies (same solver, same settings, same exemplars).
     """
-    pairs, site_sets = _candidates(bundle, settings)
+    pairs, site_sets = _candidates(bundle, settings, config)
     exemplars = defense_data(bundle, words, config)
     hp = config.hparams
     if not method_spec(config.method).closed_form:  # every candidate is one run of the method
@@ -323,13 +322,12 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
             finally:
                 revert_edit_set(bundle.model, edit_set)
             setup = 0.0
-    single = {name: ranks for name, ranks in _candidates(bundle, settings)[0]}
+    single = {name: ranks for name, ranks in _candidates(bundle, settings, config)[0]}
     for site_set in site_sets:
         for rank in (single[site_set[0]] if len(site_set) == 1 else None) or settings.ranks or [config.hparams.rank]:
             clock = time.perf_counter()
             candidate = dataclasses.replace(config, sites=tuple(site_set),
-                                            hparams=dataclasses.replace(hp, layer=None, rank=rank),
-                                            method_hparams=None)
+                                            hparams=dataclasses.replace(hp, layer=None, rank=rank))
             result = run_defense(bundle, exemplars, resolve_config(bundle, candidate),
                                  lambda layer: reference_statistics(bundle, layer, config))
             if result.edit_set is None:
@@ -340,23 +338,23 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
                 revert_edit_set(bundle.model, result.edit_set)
 
 
-def _candidates(bundle: ModelBundle, settings: SweepSettings
+def _candidates(bundle: ModelBundle, settings: SweepSettings, config: DefenseConfig
                 ) -> tuple[list[tuple[str, list[int]]], list[tuple[str, ...]]]:
     """(single sites with their ranks, multi-site sets) to try, names and ranks checked."""
-    site_sets = _site_sets(bundle, settings)
+    site_sets = _site_sets(bundle, settings, config)
     pairs = [] if settings.sites is not None and not settings.sites else plan(bundle, settings.sites, settings.ranks)
     if not pairs and not site_sets:
         raise ClipeditError("no candidate to sweep")
     return pairs, site_sets
 
 
-def _site_sets(bundle: ModelBundle, settings: SweepSettings) -> list[tuple[str, ...]]:
-    """The multi-site candidates: the given sets (names checked), else the model's default sites when it
-    has several and no single sites were named."""
+def _site_sets(bundle: ModelBundle, settings: SweepSettings, config: DefenseConfig) -> list[tuple[str, ...]]:
+    """The multi-site candidates: the given sets (names checked), else the resolved ``config``'s sites (the
+    model's default sites when none were given) when they are several and no single sites were named."""
     if settings.site_sets is not None:
         sets = [tuple(s) for s in settings.site_sets]
     else:
-        default = defaults_for(bundle).sites
+        default = config.sites if len(config.sites) > 1 else None
         sets = [default] if default and not settings.sites else []
     for site_set in sets:
         if len(site_set) < 2 or len(set(site_set)) != len(site_set):
@@ -391,7 +389,7 @@ def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig
         log.warning("no setting met the pick rule on validation; keeping %s rank %d", "+".join(config.sites), hp.rank)
         return config, selection
     chosen = dataclasses.replace(config, hparams=dataclasses.replace(hp, layer=None, rank=picked["rank"]),
-                                 sites=tuple(picked["sites"]), method_hparams=None)
+                                 sites=tuple(picked["sites"]))
     return resolve_config(bundle, chosen), selection
 
 

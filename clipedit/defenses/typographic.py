@@ -5,7 +5,7 @@
     defense = clipedit.defend(bundle, "ipod")          # edits bundle.model in place
     defense.save("ipod.safetensors")                   # the edit set (one site, or the model's default sites)
 
-One path: :func:`~clipedit.defenses.config.resolve_config` fills the settings from ``defaults.json``,
+One path: :func:`~clipedit.settings.resolve.resolve_config` fills the settings from the model's default file,
 the exemplars become :class:`~clipedit.defenses.methods.DefenseData`, the method table runs the method
 (:func:`~clipedit.defenses.methods.run_defense`), and the edit is an
 :class:`~clipedit.core.edit_sets.EditSet`. ``defend(bundle, "*")`` defends against any written word:
@@ -20,18 +20,18 @@ from typing import Optional
 from clipedit.attacks import Attack
 from clipedit.core import EditRequest, KeepRequest
 from clipedit.defenses.any_word import any_word_data, evaluation_words
-from clipedit.defenses.arguments import check_defend_arguments
-from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.edit_requests import keep_request_from_attacks, request_from_attacks
 from clipedit.defenses.exemplars import N_SIGNS, reference_statistics, sign_exemplars, text_exemplars, world_of
 from clipedit.defenses.methods import DefenseData, method_spec, run_defense
-from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.result import DefenseResult
 from clipedit.defenses.vocabulary import ANY_WORD
 from clipedit.errors import render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
 from clipedit.eval.timing import StageTimer
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.arguments import check_defend_arguments
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
         words: the word(s) to defend against; several words make one joint edit; ``"*"``: any word
             (exemplars from a broad vocabulary, :mod:`clipedit.defenses.any_word`).
         config: method, layer, rank, renders … (a DefenseConfig or a dict of overrides, see
-            :func:`~clipedit.defenses.config.resolve_config`); the rest from the model's defaults.
+            :func:`~clipedit.settings.resolve.resolve_config`); the rest from the model's defaults.
         exemplars: rendered attacks to use instead of generating ``config.renders`` per word.
         request: a ready ``EditRequest`` (e.g. a real photo pair) instead of rendered exemplars.
         evaluate: ``True`` or :class:`~clipedit.eval.evaluation.EvalOptions`: the CLI's before/after
@@ -109,7 +109,7 @@ def defense_data(bundle: ModelBundle, words: list[str], config: DefenseConfig,
         exemplars = list(exemplars)
         req = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=config.mask == "text")
         data = DefenseData.of(words, req, exemplars)
-    if spec.config_field == "hparams" and config.hparams is not None and config.hparams.keep_reading > 0:
+    if getattr(config.hparams, "keep_reading", 0) > 0:  # the rewrite keeps reading
         data.keep = sign_requests(bundle, config)
     return data
 
