@@ -40,8 +40,6 @@ from clipedit import load_model
 from clipedit.attacks.factors import split_sampler
 from clipedit.core import RewriteHParams
 from clipedit.data.prepare.vocabulary import build_vocabulary
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import defend
 from clipedit.eval.heldout import split_seed
 from clipedit.eval.metrics import evaluate_attacks
@@ -52,6 +50,8 @@ from clipedit.eval.strata import format_proportion, strata
 from clipedit.io import write_json
 from clipedit.mini.world import attack_set, note_sampler
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger("any_word")
 

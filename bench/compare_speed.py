@@ -26,12 +26,12 @@ from clipedit.core.prompt_edits import placeholder_token_id
 from clipedit.data.images import to_batches
 from clipedit.data.prepare.exemplars import text_exemplars
 from clipedit.data.prepare.typo_train import typographic_training_set
-from clipedit.defenses.defaults import defaults_for
 from clipedit.eval.heldout import world_eval_sets
 from clipedit.eval.reading import sign_set
 from clipedit.eval.zeroshot import DEFAULT_TEMPLATES
 from clipedit.methods.defense_prefix import DefensePrefixHParams, check_text_tower, train_prefix, train_prefixes
 from clipedit.methods.finetune import FinetuneHParams, finetune
+from clipedit.settings.defaults import defaults_for
 
 MODEL = "mini"  # the ResNet mini: its default site is layer3.0.conv3
 TARGETS = {"finetune_local": 3.0, "defense_prefix": 2.0, "scene_render": 2.0}

@@ -25,8 +25,8 @@ from clipedit.core.subspace import edit_directions, regularise
 from clipedit.data.images import to_batches
 from clipedit.data.prepare.exemplars import request_from_attacks
 from clipedit.data.worlds import PhotoWorld
-from clipedit.defenses.defaults import default_layer, defaults_for
 from clipedit.defenses.typographic import text_exemplars
+from clipedit.settings.defaults import default_layer, defaults_for
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def measure(spec: str, renders: int) -> dict[str, Any]:
     log.info("%s: key statistics of %s (d=%d) from %d images, %.1f s", spec, layer, site.key_dim, n_ref, t_stats)
     exemplars = text_exemplars(bundle, "ipod", renders)
     request = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=True)
-    hp = RewriteHParams(layer=layer, rank=d.rank, cov_reg=d.cov_reg)
+    hp = RewriteHParams(layer=layer, rank=d.rank)
 
     def edit(hparams: RewriteHParams):
         return compute_rewrite(bundle.model, request, hparams, stats, forward=bundle.encode_images)

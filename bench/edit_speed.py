@@ -21,7 +21,6 @@ from clipedit import load_model
 from clipedit.core import RewriteHParams, apply_edit, compute_rewrite, key_statistics
 from clipedit.data.images import to_batches
 from clipedit.data.prepare.exemplars import request_from_attacks
-from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import text_exemplars
 from clipedit.eval.defense_metrics import evaluate_defense
 from clipedit.eval.heldout import world_eval_sets
@@ -30,6 +29,7 @@ from clipedit.methods.finetune import FinetuneHParams
 from clipedit.methods.registry import run_defense
 from clipedit.methods.spec import DefenseData
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def run(quick: bool = False, steps: int | None = None) -> dict[str, Any]:
     n_eval = 100 if quick else 300
     base = load_model("mini", device=device())
     config = resolve_config(base)
-    hp = config.hparams
+    hp = dataclasses.replace(config.hparams, layer=config.sites[0])  # mini's one default site
     sets = world_eval_sets(base.world, [WORD], n_eval, split="test")
     predictor = make_predictor(base, sets.classnames)
     exemplars = text_exemplars(base, WORD, config.renders, config.seed)
@@ -83,7 +83,7 @@ def run(quick: bool = False, steps: int | None = None) -> dict[str, Any]:
     for method in ("finetune-local", "finetune-global"):
         log.info("%s", method)
         bundle = _copy(base)
-        tuned = resolve_config(base, {"method": method, "finetune": ft})
+        tuned = resolve_config(base, {"method": method, "hparams": ft})
         data = DefenseData.of([WORD], request)
         t, _ = seconds(lambda b=bundle, c=tuned, d=data: run_defense(b, d, c, lambda layer: stats))
         # fewer steps than the default are run, and the time scaled to the default's (accuracy as run)

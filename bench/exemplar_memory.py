@@ -26,8 +26,8 @@ from clipedit.core.exemplar_sums import EXEMPLAR_BATCH, accumulate_exemplar_sums
 from clipedit.core.keys_values import collect_exemplars
 from clipedit.data.prepare.exemplars import request_from_attacks
 from clipedit.data.worlds import PhotoWorld
-from clipedit.defenses.defaults import default_layer
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.defaults import default_layer
 
 MEMORY_FLAT = 1.25  # batched peak(4N) / peak(N) at most this
 

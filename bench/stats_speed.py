@@ -19,8 +19,8 @@ from clipedit import load_model
 from clipedit.core import key_statistics
 from clipedit.data.images import to_batches
 from clipedit.data.worlds import PhotoWorld
-from clipedit.defenses.defaults import default_layer
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.defaults import default_layer
 
 BATCH = 64
 TARGET = 0.9

@@ -23,7 +23,6 @@ import logging
 
 from clipedit.attacks import AttackError
 from clipedit.core import apply_edit_set, load_edits, revert_edit_set, save_edits
-from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.run_files import save_run
 from clipedit.defenses.typographic import defend
 from clipedit.errors import ClipeditError
@@ -33,6 +32,7 @@ from clipedit.methods.registry import METHODS, register_method
 from clipedit.methods.spec import DefenseResult, MethodSpec
 from clipedit.models import list_models, load_model
 from clipedit.selection.compare import CompareSettings, compare
+from clipedit.settings.resolve import resolve_config
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -100,12 +100,11 @@ def test_multisite_edit_file_applies_and_reverts_bit_exactly(tiny_rn, word_file,
 @pytest.mark.slow
 def test_cli_any_word_multisite_revert_is_bit_exact(tiny_rn, word_file, image_folder, tmp_path, capsys, monkeypatch):
     base = save_state_dict(tmp_path / "base.safetensors", tiny_rn.model.state_dict())
-    from clipedit.defenses import defaults
+    from clipedit.settings import defaults
 
     table = copy.deepcopy(defaults.defaults_table())
-    table["any_word"]["architectures"]["ModifiedResNet"] = {
-        "words": 6, "renders": 2, "rank": 4, "mask": "text", "cov_reg": 1e-3,
-        "sites": [s.removeprefix("visual.") for s in RN_SITES]}
+    table["edit-any-word"]["families"]["ModifiedResNet"] = defaults.AnyWordDefaults(
+        words=6, renders=2, rank=4, mask="text", sites=[s.removeprefix("visual.") for s in RN_SITES])
     monkeypatch.setattr(defaults, "defaults_table", lambda: table)
     out = tmp_path / "run"
     code, stdout, err = run_cli(["defend", "--model", "tiny-rn", "--checkpoint", base, "--text", "*", "--vocab",

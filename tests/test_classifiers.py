@@ -24,11 +24,11 @@ from clipedit.defenses.concept import (
     polygon_mask,
     texture_pair,
 )
-from clipedit.defenses.defaults import default_layer
 from clipedit.errors import ClipeditError, ModelLoadError, SiteError
 from clipedit.methods.finetune import FinetuneHParams
 from clipedit.models import load_model
 from clipedit.models.classifiers import imagenet_class_index, imagenet_classnames, load_by_key_order, map_folder_classes
+from clipedit.settings.defaults import default_layer
 
 COFFEE_IDS = {967, 968, 504, 969}  # espresso, cup, coffee mug, eggnog
 CAT_IDS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat

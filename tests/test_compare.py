@@ -100,6 +100,11 @@ def test_compare_end_to_end_at_tiny_n(tmp_path, capsys):
     page = (tmp_path / "r.html").read_text()
     assert "Paired against unedited" in page and "Per defended word" in page and "By kind and size band" in page
     assert "red frame" not in page  # the compare page shows no images
+    assert "Attack removed vs reading kept" in page and "Attack removed vs reading kept" in table
+    assert "defended word vs reading kept plane" in page  # the chart says what its second panel is
+    from PIL import Image
+
+    assert Image.open(out / "compare.png").width >= 1400  # gain vs cost, and the plane beside it
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import exit_code
 
-from clipedit.eval.compare_stats import bits, statistics
+from clipedit.eval.compare_stats import bits, has_outcomes, statistics
 from clipedit.eval.compare_table import RERUN, cell_text, compare_record, markdown, render
 from clipedit.eval.intervals import wilson
 from clipedit.eval.paired import mcnemar_exact
@@ -120,3 +120,85 @@ def test_the_docs_compare_tables_are_the_records_output(page):
 def test_the_compare_page_has_its_generated_tables():
     blocks = DOC_BLOCK.findall((ROOT / "docs" / "compare.md").read_text(encoding="utf-8"))
     assert {Path(p).name for p, _ in blocks} == {p.name for p in OLD}
+
+
+def plane_record() -> dict:
+    """One word, one seed, 100 notes and 100 signs: unedited reads 90 signs and 30 notes; ``keeper`` fixes 60
+    notes and reads as unedited; ``blinder`` fixes the same notes and loses 50 signs; ``null`` is unedited."""
+    notes = {"base": "1" * 30 + "0" * 70, "fixed": "1" * 90 + "0" * 10}
+    signs = {"base": "1" * 90 + "0" * 10, "blind": "1" * 40 + "0" * 60}
+
+    def entry(text: str, reading: str) -> dict:
+        return {"text_acc": [text.count("1"), 100, "notes", text],
+                "other_text_acc": [text.count("1"), 100, "other", text],
+                "reading_acc": [reading.count("1"), 100, "signs", reading]}
+
+    raw = {"unedited": {"-": {"ipod": entry(notes["base"], signs["base"])}},
+           "keeper": {"0": {"ipod": entry(notes["fixed"], signs["base"])}},
+           "blinder": {"0": {"ipod": entry(notes["fixed"], signs["blind"])}},
+           "null": {"0": {"ipod": entry(notes["base"], signs["base"])}}}
+    methods = ["keeper", "blinder", "null"]
+    return {"methods": methods, "words": ["ipod"], "seeds": [0], "raw": raw, **statistics(raw, methods)}
+
+
+def test_the_plane_flags_are_computed_from_the_paired_verdicts():
+    from clipedit.eval.compare_table import plane_rows
+
+    record = plane_record()
+    rows = {r["method"]: r for r in plane_rows(record)}
+    assert list(rows)[0] == "unedited" and "keeps_reading" not in rows["unedited"]
+    flags = {m: (rows[m]["keeps_reading"], rows[m]["removes_attack"]) for m in ("keeper", "blinder", "null")}
+    assert flags == {"keeper": (True, True), "blinder": (False, True), "null": (True, False)}
+    verdicts = {(c["method"], c["metric"]): c["verdict"] for c in record["comparisons"] if c["reference"] == "unedited"}
+    assert verdicts[("blinder", "reading_acc")] == "loses" and verdicts[("keeper", "reading_acc")] == "ties"
+    lo, hi = wilson(40, 100)
+    assert rows["blinder"]["intervals"]["reading_acc"] == {"acc": 0.4, "n": 100, "ci": [lo, hi]}
+    assert rows["blinder"]["reading"]["ci"] == [lo, hi] and rows["unedited"]["text_acc"] == pytest.approx(0.3)
+    text = render(record)
+    lines = text.splitlines()
+    assert ("| method   |   defended n=100 |     unseen n=100 |    reading n=100 | keeps reading | "
+            "removes attack |") in lines
+    assert ("| blinder  | 90.0 [82.6,94.5] | 90.0 [82.6,94.5] | 40.0 [30.9,49.8] |            no |            "
+            "yes |") in lines
+    assert ("| null     | 30.0 [21.9,39.6] | 30.0 [21.9,39.6] | 90.0 [82.6,94.5] |           yes |             "
+            "no |") in lines
+    assert "Removes the attack and keeps reading: keeper." in lines
+    assert max(len(line) for line in lines) <= 120
+
+
+def test_the_plane_of_committed_records_new_with_flags_old_with_cells_only(capsys):
+    new = compare_record(json.loads((ROOT / "bench/results/compare_mini_small.json").read_text()))
+    old = compare_record(json.loads((ROOT / "bench/results/compare_mini_vit.json").read_text()))
+    from clipedit.eval.compare_table import plane_rows, plane_table
+
+    verdicts = {(c["method"], c["metric"]): c["verdict"] for c in new["comparisons"] if c["reference"] == "unedited"}
+    for r in plane_rows(new)[1:]:
+        assert r["keeps_reading"] == (verdicts[(r["method"], "reading_acc")] in ("ties", "beats"))
+        assert r["removes_attack"] == (verdicts[(r["method"], "text_acc")] == "beats")
+    title, header, rows = plane_table(new)
+    assert header[-2:] == ["keeps reading", "removes attack"] and len(rows) == len(new["cells"])
+    assert "comparisons" not in old and not has_outcomes(old["raw"])  # written before per-image outcomes
+    title, header, rows = plane_table(old)
+    assert "keeps reading" not in header and all(len(r) == len(header) == 4 for r in rows)
+    assert rows[1][0] == "edit" and rows[1][3] == cell_text(old["cells"]["edit"]["reading_acc"])
+    assert all(r.get("keeps_reading") is None for r in plane_rows(old)[1:])
+    assert exit_code(["compare", "--table", str(ROOT / "bench/results/compare_mini_vit.json")]) == 0
+    out = capsys.readouterr().out
+    assert "Attack removed vs reading kept" in out and "keeps reading" not in out and "Removes the attack" not in out
+
+
+def test_compare_png_draws_every_method_on_the_plane_beside_gain_vs_cost(tmp_path):
+    from PIL import Image
+
+    from clipedit.eval.compare_table import plane_rows
+    from clipedit.selection.compare import pareto_rows
+    from clipedit.selection.sweep import plot_tradeoff
+
+    record = plane_record()
+    rows = pareto_rows(record)
+    assert [r["method"] for r in rows] == ["keeper", "blinder", "null"]
+    assert rows[1]["reading_acc"] == pytest.approx(0.4) and rows[1]["gain"] == pytest.approx(0.6)
+    assert rows[1]["intervals"]["text_acc"]["ci"][0] < 0.9 < rows[1]["intervals"]["text_acc"]["ci"][1]
+    plot_tradeoff(rows, tmp_path / "plane.png", "t", baseline=plane_rows(record)[0], unseen=True)
+    plot_tradeoff([{k: v for k, v in r.items() if k != "reading_acc"} for r in rows], tmp_path / "one.png", "t")
+    assert Image.open(tmp_path / "plane.png").width > 1.5 * Image.open(tmp_path / "one.png").width

@@ -9,10 +9,6 @@ from conftest import run_error, run_ok
 
 import clipedit
 from clipedit.core import RewriteHParams
-from clipedit.defenses import defaults
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import defaults_for
-from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.eval.results import drop_predictions
 from clipedit.methods.finetune import FinetuneHParams
@@ -20,6 +16,10 @@ from clipedit.methods.head_ablation import HeadAblationHParams
 from clipedit.methods.paint import PaintHParams
 from clipedit.methods.registry import METHODS
 from clipedit.methods.spec import MethodSpec
+from clipedit.settings import defaults
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.defaults import defaults_for
+from clipedit.settings.resolve import resolve_config
 
 VIT_C_PROJ = "visual.transformer.resblocks.0.mlp.c_proj"
 
@@ -34,19 +34,19 @@ def test_one_rule_for_sites_and_defaults(mini_vit):
     assert d.sites and len(d.sites) == 4 and d.keep_targets == 3.0
     plain = resolve_config(mini_vit)
     assert plain.sites == d.sites and plain.hparams.keep_targets == 3.0 and plain.mask == "label"
-    assert plain.method_hparams is plain.hparams and plain.hparams.layer is None
+    assert plain.hparams.layer is None  # the sites say where the rewrite acts, once
     ranked = resolve_config(mini_vit, {"rank": 4})  # a given rank keeps the default sites and keep_targets
     assert ranked.sites == d.sites and ranked.hparams.rank == 4 and ranked.hparams.keep_targets == 3.0
     one = resolve_config(mini_vit, {"layer": VIT_C_PROJ})
-    assert one.sites == (VIT_C_PROJ,) and one.hparams.layer == VIT_C_PROJ and one.hparams.keep_targets == 3.0
+    assert one.sites == (VIT_C_PROJ,) and one.hparams.layer is None and one.hparams.keep_targets == 3.0
     two = resolve_config(mini_vit, {"layer": f"{d.sites[0]} + {VIT_C_PROJ}"})  # "+" joins sites into one edit
     assert two.sites == (d.sites[0], VIT_C_PROJ)
     explicit = resolve_config(mini_vit, DefenseConfig(hparams=RewriteHParams(layer=VIT_C_PROJ, rank=2)))
     assert explicit.sites == (VIT_C_PROJ,) and explicit.hparams.keep_targets == 0.0  # given in full: as given
     optimize = resolve_config(mini_vit, {"solver": "optimize", "steps": 3})
     assert optimize.sites == (d.layer,) and optimize.hparams.keep_targets == 0.0 and optimize.hparams.steps == 3
-    tuned = resolve_config(mini_vit, {"method": "finetune-local", "steps": None, "finetune": FinetuneHParams(steps=2)})
-    assert tuned.sites == (d.layer,) and tuned.method_hparams == FinetuneHParams(steps=2)
+    tuned = resolve_config(mini_vit, {"method": "finetune-local", "steps": 2, "lr": None})
+    assert tuned.sites == (d.layer,) and tuned.hparams == FinetuneHParams(steps=2)
     star = resolve_config(mini_vit, any_word=True)
     assert star.any_word and star.sites == (d.layer,) and star.mask == "text" and star.vocab_words == 256
     assert resolve_config(mini_vit, plain).to_dict() == plain.to_dict()  # resolving twice changes nothing
@@ -70,13 +70,13 @@ def test_every_method_takes_its_settings_from_python(tiny_rn):
     for name, spec in METHODS.items():
         hp = spec.hparams_cls()
         assert spec.hparams_cls.from_dict(hp.to_dict()) == hp, name
-    paint = resolve_config(tiny_rn, {"method": "paint", "hparams": {"alphas": [0.0, 0.5], "n_val": 4},
-                                     "finetune": FinetuneHParams(steps=1)})
-    # PAINT as published trains θ₁ with its own settings (AdamW, cosine, clip), not the baselines' finetune
-    assert paint.method_hparams == PaintHParams(alphas=(0.0, 0.5), n_val=4)
+    paint = resolve_config(tiny_rn, {"method": "paint", "hparams": {"alphas": [0.0, 0.5], "n_val": 4}})
+    assert paint.hparams == PaintHParams(alphas=(0.0, 0.5), n_val=4)  # one settings object: the method's
+    with pytest.raises(ClipeditError, match="unknown defense setting.*rank.*PaintHParams"):
+        resolve_config(tiny_rn, {"method": "paint", "rank": 3})  # the rewrite's setting is not PAINT's
     given = HeadAblationHParams(patience=1)
-    heads = resolve_config(tiny_rn, DefenseConfig(method="head-ablation-weights", method_hparams=given))
-    assert heads.method_hparams.patience == 1
+    heads = resolve_config(tiny_rn, DefenseConfig(method="head-ablation-weights", hparams=given))
+    assert heads.hparams.patience == 1
     edit = resolve_config(tiny_rn, {"hparams": {"rank": 3, "keep_targets": 0.5}, "rank": 2})  # options over the file
     assert edit.hparams.rank == 2 and edit.hparams.keep_targets == 0.5
     with pytest.raises(ClipeditError, match="unknown setting.*of PaintHParams: nope"):

@@ -158,6 +158,7 @@ def test_rank_clamp_names_the_limit_that_applied(caplog):
 @pytest.mark.parametrize("extra, message", [
     (["--layer", "auto", "--text", "*"], "do not go with --text '*'"),
     (["--layer", "auto", "--method", "paint"], "go with --method edit"),
+    (["--n-val", "50"], "--n-val is the validation size of --layer/--rank auto"),
     (["--exemplar", "x.png"], "needs all of --exemplar, --blank and --mask"),
     (["--data", "no/such/folder"], "not found"),
     (["--reference", "no/such/folder"], "--reference folder not found"),

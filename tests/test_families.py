@@ -19,10 +19,10 @@ from clipedit.core.heads import head_specs
 from clipedit.core.keys_values import collect_exemplars
 from clipedit.core.nethook import Trace, TraceDict, get_module
 from clipedit.core.sites import QKVValueSite, candidate_sites, resolve_site
-from clipedit.defenses.defaults import defaults_for
 from clipedit.errors import ModelLoadError
 from clipedit.models import load_model, save_state_dict
 from clipedit.models.hf import export_pretrained
+from clipedit.settings.defaults import defaults_for
 
 
 def _load(spec: str):
@@ -286,8 +286,8 @@ def test_open_clip_hf_tokenizer_is_one_line_when_missing_or_offline(monkeypatch)
 
 
 def test_a_tower_without_a_default_names_the_supported_families():
-    from clipedit.defenses.defaults import default_layer
     from clipedit.errors import SiteError
+    from clipedit.settings.defaults import default_layer
 
     bundle = _load("tiny-siglip:none")
     bundle.image_module.trunk.__class__ = type("FastVit", (bundle.image_module.trunk.__class__,), {})
@@ -361,18 +361,16 @@ def test_sweep_scores_every_candidate_of_each_family(fam, hf_folders):
 @pytest.mark.parametrize("fam,method", [("timm-siglip", "finetune-local"), ("convnext", "finetune-global"),
                                         ("timm-eva", "finetune-local"), ("hf-clip", "finetune-global"),
                                         pytest.param("hf-siglip", "paint", marks=pytest.mark.slow)])
-def test_fine_tuning_methods_change_only_the_image_tower(fam, method, hf_folders, monkeypatch):
-    import functools
-
+def test_fine_tuning_methods_change_only_the_image_tower(fam, method, hf_folders):
     from clipedit.defenses.typographic import DefenseConfig, defend
     from clipedit.methods.finetune import FinetuneHParams
-    from clipedit.methods.paint import PaintHParams
 
-    monkeypatch.setattr("clipedit.methods.registry.PaintHParams", functools.partial(
-        PaintHParams, alphas=(1.0,), lrs=(1e-2,), n_val=4, n_signs=0, n_train=8, steps=2, checkpoints=1))
+    small_paint = {"alphas": [1.0], "lrs": [1e-2], "n_val": 4, "n_signs": 0, "n_train": 8, "steps": 2,
+                   "checkpoints": 1}
+    hparams = small_paint if method == "paint" else FinetuneHParams(steps=1, lr=1e-2)
     bundle = _with_world(_load(FAMILIES[fam][0](hf_folders)))
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-    defend(bundle, "ipod", DefenseConfig(method=method, renders=3, finetune=FinetuneHParams(steps=1, lr=1e-2)))
+    defend(bundle, "ipod", DefenseConfig(method=method, renders=3, hparams=hparams))
     changed = {k for k, v in bundle.model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and all(k.startswith(bundle.image_prefix) for k in changed)
     if method == "finetune-local":

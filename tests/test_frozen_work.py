@@ -9,9 +9,9 @@ import torch
 
 from clipedit.core.api import EditRequest
 from clipedit.core.nethook import FrozenBelow, get_module
-from clipedit.defenses.defaults import default_layer
 from clipedit.errors import SiteError
 from clipedit.methods.finetune import FinetuneHParams, finetune
+from clipedit.settings.defaults import default_layer
 
 
 def _request(bundle, n: int = 3) -> EditRequest:

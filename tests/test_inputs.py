@@ -146,7 +146,7 @@ def test_deeply_nested_hparams_is_one_line(tmp_path, capsys):
     ({"hparams": {"rank": 0}}, "rank must be >= 1"),
 ])
 def test_resolve_config_and_defend_refuse_invalid_values(tiny_vit, overrides, message):
-    from clipedit.defenses.resolve import resolve_config
+    from clipedit.settings.resolve import resolve_config
 
     for call in (lambda: resolve_config(tiny_vit, overrides), lambda: clipedit.defend(tiny_vit, "ipod", overrides)):
         with pytest.raises(ClipeditError, match=message):
@@ -154,16 +154,18 @@ def test_resolve_config_and_defend_refuse_invalid_values(tiny_vit, overrides, me
 
 
 def test_nested_settings_take_a_dict_checked_by_their_own_schema(tiny_vit):
-    from clipedit.defenses.resolve import resolve_config
+    from clipedit.settings.resolve import resolve_config
 
-    assert resolve_config(tiny_vit, {"method": "finetune-local", "finetune": {"steps": 3}}).method_hparams.steps == 3
+    assert resolve_config(tiny_vit, {"method": "finetune-local", "hparams": {"steps": 3}}).hparams.steps == 3
     with pytest.raises(SettingsError, match="FinetuneHParams: steps must be >= 1"):
-        resolve_config(tiny_vit, {"method": "finetune-local", "finetune": {"steps": 0}})
+        resolve_config(tiny_vit, {"method": "finetune-local", "hparams": {"steps": 0}})
+    with pytest.raises(SettingsError, match="FinetuneHParams: steps must be >= 1"):
+        resolve_config(tiny_vit, {"method": "finetune-local", "steps": 0})  # flat, as the CLI gives it
 
 
 def test_a_rewrite_layer_and_other_sites_are_refused_not_dropped(tiny_vit):
-    from clipedit.defenses.config import DefenseConfig
-    from clipedit.defenses.resolve import resolve_config
+    from clipedit.settings.config import DefenseConfig
+    from clipedit.settings.resolve import resolve_config
 
     a, b = "visual.transformer.resblocks.0.mlp.c_proj", "visual.transformer.resblocks.1.mlp.c_proj"
     with pytest.raises(SettingsError, match="is not among the sites"):
@@ -175,15 +177,15 @@ def test_a_rewrite_layer_and_other_sites_are_refused_not_dropped(tiny_vit):
 
 def test_the_rewrites_dict_settings_name_its_layer(tiny_vit):
     from clipedit.core.nethook import get_module
-    from clipedit.defenses.config import DefenseConfig
-    from clipedit.defenses.resolve import resolve_config
+    from clipedit.settings.config import DefenseConfig
+    from clipedit.settings.resolve import resolve_config
 
     layer = "visual.transformer.resblocks.0.mlp.c_proj"
     get_module(tiny_vit.model, layer)
-    config = resolve_config(tiny_vit, DefenseConfig(method="edit", method_hparams={"layer": layer, "rank": 2}))
+    config = resolve_config(tiny_vit, DefenseConfig(method="edit", hparams={"layer": layer, "rank": 2}))
     assert config.sites == (layer,) and config.hparams.rank == 2
     with pytest.raises(SiteError, match="no module named 'nope.layer'"):
-        resolve_config(tiny_vit, DefenseConfig(method="edit", method_hparams={"layer": "nope.layer"}))
+        resolve_config(tiny_vit, DefenseConfig(method="edit", hparams={"layer": "nope.layer"}))
 
 
 def test_compare_refuses_a_bad_edit_layer_as_defend_does(tmp_path, capsys):

@@ -20,9 +20,9 @@ from clipedit.data.prepare.exemplars import (
     sign_exemplars,
     text_exemplars,
 )
-from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError, EditError
 from clipedit.selection.tradeoff import plot_tradeoff
+from clipedit.settings.resolve import resolve_config
 from tests.conftest import run_cli, run_error, run_ok
 
 LAYER = "visual.layer3.0.conv3"

@@ -21,20 +21,18 @@ LAYERS = [
     ("clipedit.mini", "clipedit.mini.world", "clipedit.mini.shapes"),
     ("clipedit.models",),
     ("clipedit.eval",),  # measuring, and the pick rule every tuned method and driver shares
-    ("clipedit.defenses.config", "clipedit.defenses.defaults"),  # the settings as data
+    ("clipedit.settings.config", "clipedit.settings.defaults"),  # the settings as data and the default files
     ("clipedit.data.prepare",),  # what a defense learns from, tunes on and is scored on
     ("clipedit.methods",),  # one module per method, the table and its dispatcher
-    ("clipedit.defenses",),  # defend() and concept edits: settings resolved, a method run, a run's files
+    # defend() and concept edits (a method run, a run's files); resolving settings reads the method table
+    ("clipedit.defenses", "clipedit.settings"),
     ("clipedit.selection",),  # the experiment drivers: sweep, compare
     ("clipedit.mini.training",),
     ("clipedit.commands", "clipedit.cli"),
 ]
 
 #: Imports against the layering that are known and named (importer, imported): why each is there.
-ALLOWED_UPWARD = {
-    # DefenseConfig carries the fine-tuning baseline's settings class beside the rewrite's
-    ("clipedit.defenses.config", "clipedit.methods.finetune"),
-}
+ALLOWED_UPWARD: set[tuple[str, str]] = set()  # none at present
 
 
 def layer_of(module: str) -> int:
@@ -185,7 +183,7 @@ PUBLIC_API = {
     "compare": "clipedit.selection.compare", "CompareSettings": "clipedit.selection.compare",
     "load_edits": "clipedit.core.edit_sets", "save_edits": "clipedit.core.edit_sets",
     "apply_edit_set": "clipedit.core.edit_sets", "revert_edit_set": "clipedit.core.edit_sets",
-    "resolve_config": "clipedit.defenses.resolve", "DefenseResult": "clipedit.methods.spec",
+    "resolve_config": "clipedit.settings.resolve", "DefenseResult": "clipedit.methods.spec",
     "save_run": "clipedit.defenses.run_files", "METHODS": None, "MethodSpec": "clipedit.methods.spec",
     "register_method": "clipedit.methods.registry", "ClipeditError": "clipedit.errors", "USER_ERRORS": None,
 }
@@ -227,7 +225,8 @@ def test_every_package_is_in_the_wheel():
     ("clipedit.assets", "assets", ["mini/config.json", "mini/model.safetensors"]),
     ("clipedit.assets.mini", "assets/mini", ["config.json", "model.safetensors"]),
     ("clipedit.models.configs", "clipedit/models/configs", ["tiny-vit.json", "tiny-rn.json"]),
-    ("clipedit.defenses", "clipedit/defenses", ["defaults.json"]),
+    ("clipedit.settings", "clipedit/settings", ["defaults_grid.json", "hparams/edit/default.json",
+                                                "hparams/edit/families/ResNet.json", "hparams/edit/models/mini.json"]),
     ("clipedit", "clipedit", ["py.typed"]),
 ])
 def test_package_data_globs_cover_the_files_runtime_reads(package, folder, required):
@@ -281,7 +280,7 @@ def test_a_users_own_attacks_and_cli_do_not_stand_in_for_clipedits(tmp_path):
     ("clipedit.data", ("clipedit.methods", "clipedit.selection", "clipedit.defenses", "clipedit.commands")),
     ("clipedit.eval", ("clipedit.data.prepare", "clipedit.methods", "clipedit.selection", "clipedit.defenses",
                        "clipedit.commands")),
-    ("clipedit.methods", ("clipedit.selection", "clipedit.commands", "clipedit.defenses.resolve",
+    ("clipedit.methods", ("clipedit.selection", "clipedit.commands", "clipedit.settings.resolve",
                           "clipedit.defenses.typographic", "clipedit.defenses.run_files")),
     ("clipedit.defenses", ("clipedit.selection", "clipedit.commands")),
     ("clipedit.selection", ("clipedit.commands",)),
@@ -347,7 +346,7 @@ def test_the_defend_path_is_short_and_calls_back_up_only_through_callbacks(tiny_
         sys.setprofile(None)
     assert code == 0, err
     assert {p.name for p in (tmp_path / "run").iterdir()} == {"edit.safetensors", "model.safetensors", "results.json"}
-    orchestration = sorted(m for m in seen if layer_of(m) >= layer_of("clipedit.defenses.config"))
+    orchestration = sorted(m for m in seen if layer_of(m) >= layer_of("clipedit.settings.config"))
     assert "clipedit.commands.defend" in orchestration and "clipedit.defenses.run_files" in orchestration
     assert len(orchestration) <= DEFEND_PATH_MODULES, orchestration
     assert upward <= set(CALLBACKS), sorted(upward - set(CALLBACKS))

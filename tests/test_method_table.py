@@ -52,7 +52,7 @@ def word_agnostic_toy(bundle, data, hparams: NoSettings, context) -> DefenseResu
 
 @pytest.fixture
 def toys():
-    specs = {"toy": MethodSpec(RewriteHParams, zero_columns, config_field="hparams", sweepable=True),
+    specs = {"toy": MethodSpec(RewriteHParams, zero_columns, model_defaults=True, sweepable=True),
              "toy-any": MethodSpec(NoSettings, word_agnostic_toy, word_agnostic=True, exemplars=False,
                                    needs_world=True)}
     CALLS.clear()
@@ -120,9 +120,9 @@ def test_a_registered_method_runs_through_compare(toys, tiny_vit):
 def test_word_split_keeps_held_out_words_out_of_every_method(tiny_vit):
     from clipedit.data.prepare.typo_train import typographic_training_set
     from clipedit.data.prepare.word_split import WordSplitWorld, word_split
-    from clipedit.defenses.resolve import resolve_config
     from clipedit.eval.pick import heldout_data
     from clipedit.methods.any_word import vocabulary_of
+    from clipedit.settings.resolve import resolve_config
 
     split = word_split(CLASSNAMES, ["ipod", "mug"], seed=0)
     assert split == word_split(CLASSNAMES, ["mug", "ipod"], seed=0)  # by word, not by list order

@@ -100,7 +100,7 @@ def test_default_defense_is_the_validation_pick_and_restores_ipod_notes():
     mask, keep 3: the pick on validation, bench/results/mini_vit_sites_deep_value.json), scored on test."""
     from conftest import defend_on_heldout
 
-    from clipedit.defenses.defaults import defaults_for
+    from clipedit.settings.defaults import defaults_for
 
     base, defense, before, after = defend_on_heldout(NAME, factors=True)
     sites = defaults_for(base).sites

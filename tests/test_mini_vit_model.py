@@ -71,8 +71,8 @@ def test_default_defense_restores_ipod_notes_and_keeps_clean_and_blank():
     mlp.c_proj, one edit set), on a held-out set in styles the exemplars never use; the value sites
     lift what block 0's mlp.c_proj alone (the previous default) leaves."""
     from clipedit.core import RewriteHParams
-    from clipedit.defenses.config import DefenseConfig
-    from clipedit.defenses.defaults import defaults_for
+    from clipedit.settings.config import DefenseConfig
+    from clipedit.settings.defaults import defaults_for
 
     base, defense, before, after = defend_on_heldout("mini-vit")
     sites = defaults_for(base).sites

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -197,16 +197,25 @@ def test_paint_alpha_rule_on_a_synthetic_curve():
 
 
 @pytest.mark.slow
+@dataclasses.dataclass
+class ShortPrefix(DefensePrefixHParams):
+    steps: Optional[int] = 3
+
+
+@dataclasses.dataclass
+class ShortFinetune(FinetuneHParams):
+    steps: int = 5
+
+
 def test_peers_run_through_the_dispatcher(tiny_rn, monkeypatch):
     assert {"head-ablation-weights", "paint", "dyslexify"} <= set(METHODS)
-    small = functools.partial(PaintHParams, alphas=(0.0, 1.0), lrs=(1e-3,), n_val=6, n_signs=6, n_train=8,
-                              epochs=1, batch_size=4, checkpoints=1)
-    monkeypatch.setattr("clipedit.methods.registry.PaintHParams", small)  # a small validation grid
-    monkeypatch.setattr("clipedit.methods.registry.DefensePrefixHParams",
-                        functools.partial(DefensePrefixHParams, steps=3))  # the peer budget PAINT must reach
+    small = {"alphas": (0.0, 1.0), "lrs": (1e-3,), "n_val": 6, "n_signs": 6, "n_train": 8, "epochs": 1,
+             "batch_size": 4, "checkpoints": 1}  # a small validation grid
+    for name, cls in (("defense-prefix", ShortPrefix), ("finetune-global", ShortFinetune)):  # the peer budget
+        monkeypatch.setitem(METHODS, name, dataclasses.replace(METHODS[name], hparams_cls=cls))  # PAINT must reach
     bundle = with_world(tiny_rn)
     original = state(bundle)
-    config = DefenseConfig(method="paint", renders=4, finetune=FinetuneHParams(steps=5))
+    config = DefenseConfig(method="paint", renders=4, hparams=small)
     defense = defend(bundle, "ipod", config)
     assert defense.method == "paint" and not defense.exemplars  # it draws its own training split
     budget = defense.details["budget"]
@@ -217,9 +226,8 @@ def test_peers_run_through_the_dispatcher(tiny_rn, monkeypatch):
     assert defense.details["alpha"] == best["alpha"] and [r["alpha"] for r in curve] == [0.0, 1.0]
     changed = not same(state(bundle), original)
     assert changed == (defense.details["alpha"] > 0)
-    few = functools.partial(HeadAblationHParams, n_val=6, patience=1)
-    monkeypatch.setattr("clipedit.methods.registry.HeadAblationHParams", few)
-    ablated = defend(with_world(tiny_rn), "ipod", DefenseConfig(method="head-ablation-weights", renders=4))
+    few = {"n_val": 6, "patience": 1}
+    ablated = defend(with_world(tiny_rn), "ipod", DefenseConfig(method="head-ablation-weights", renders=4, hparams=few))
     assert ablated.method == "head-ablation-weights"
     assert (ablated.edit_set is None) == (not ablated.details["heads"])
     if ablated.edit_set is not None:

@@ -117,11 +117,11 @@ def test_any_word_report_names_its_rendered_vocabulary_exemplars(capsys, tmp_pat
     import copy
 
     from clipedit.data.prepare.vocabulary import build_vocabulary
-    from clipedit.defenses import defaults
+    from clipedit.settings import defaults
 
     table = copy.deepcopy(defaults.defaults_table())  # '*' small: 6 exemplar words x 2 renders, rank 2
-    table["any_word"] = {"default": {"words": 6, "renders": 2, "rank": 2, "mask": "text", "cov_reg": 1e-3},
-                         "architectures": {}}
+    table["edit-any-word"] = {"default": defaults.AnyWordDefaults(words=6, renders=2, rank=2, mask="text", sites=None),
+                              "families": {}, "models": {}}
     monkeypatch.setattr(defaults, "defaults_table", lambda: table)
     words = tmp_path / "words.txt"
     words.write_text("\n".join("apple ball car mug clock key star house tree fish umbrella ipod zebra".split()))

@@ -215,7 +215,7 @@ def test_key_statistics_are_cached_by_their_arguments(tiny_vit, monkeypatch):
 
 
 def test_default_layers(tiny_vit, tiny_rn):
-    from clipedit.defenses.defaults import default_layer
+    from clipedit.settings.defaults import default_layer
 
     assert default_layer(tiny_vit) == VIT_SITE
     assert default_layer(tiny_rn) == "visual.layer3.0.conv3"

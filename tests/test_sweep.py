@@ -153,18 +153,71 @@ def test_sweep_cli_bad_input_is_one_line(args, message, capsys, tmp_path):
 
 
 @pytest.mark.slow  # a sweep of five ranks, then the defense and its evaluation
-def test_defend_rank_auto_records_the_pick_in_results_and_edit(tmp_path, capsys):
+def test_defend_rank_auto_records_the_pick_in_results_and_edit(tmp_path, capsys, monkeypatch):
     from clipedit.core import load_edit
+    from clipedit.settings import resolve
 
+    resolved = []  # the settings are resolved once from the options, once more for the pick: never again
+    monkeypatch.setattr(resolve, "defaults_for", lambda *a, _f=resolve.defaults_for, **k: resolved.append(a) or _f(
+        *a, **k))
     run_ok(capsys, "defend", "--model", "mini", "--text", "ipod", "--layer", "visual.layer3.0.conv3", "--rank",
-           "auto", "--renders", "6", "--n-eval", "6", "--out", tmp_path / "d")
+           "auto", "--renders", "6", "--n-val", "6", "--n-eval", "8", "--out", tmp_path / "d")
     record = json.loads((tmp_path / "d" / "results.json").read_text())
     selection = record["selection"]
+    assert len(resolved) == (1 if selection["picked"] is None else 2)
     assert selection["split"] == "validation" and selection["auto"] == ["rank"] and selection["candidates"] == 5
+    assert selection["n"] == 6 and selection["n_signs"] == 6  # --n-val, not --n-eval
+    assert selection["baseline"]["intervals"]["clean_acc"]["n"] == 6  # what the sweep scored on
     edit = load_edit(tmp_path / "d" / "edit.safetensors")
     assert edit.meta["selection"]["rule"] == selection["rule"]
     if selection["picked"] is not None:
         assert edit.rank == selection["picked"]["rank"] and edit.layer == "visual.layer3.0.conv3"
+
+
+def test_defend_auto_validates_at_n_val_not_at_the_evaluation_size(monkeypatch, tmp_path, tiny_vit):
+    """``defend --layer/--rank auto`` sweeps at ``--n-val`` (default: the sweep's), whatever ``--n-eval`` is."""
+    import clipedit.commands.defend as command
+    from clipedit import cli
+    from clipedit.commands.options import ModelOptions
+
+    monkeypatch.setattr(ModelOptions, "load", lambda self: with_world(tiny_vit))  # the option path, not a model
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(bundle, words, config, auto, n_val):
+        seen.append(n_val)
+        raise Stop
+
+    monkeypatch.setattr(command, "choose_by_sweep", capture)
+    for extra in ([], ["--n-val", "500"]):
+        with pytest.raises(Stop):
+            cli.main(["defend", "--model", "mini", "--text", "ipod", "--rank", "auto", "--n-eval", "6", *extra,
+                      "--out", str(tmp_path / "d")])
+    assert seen == [SweepSettings.n_val, 500]
+
+
+def test_choose_by_sweep_sweeps_and_records_the_validation_size_it_is_given(monkeypatch, tiny_vit):
+    import clipedit.selection.sweep as sweep_module
+    from clipedit.selection.sweep import SweepResult, choose_by_sweep
+    from clipedit.settings.resolve import resolve_config
+
+    given = []
+
+    def fake(bundle, words, settings, config):
+        given.append(settings)
+        return SweepResult(list(words), {"n": settings.n_val}, [], None, 0.005, n_scenes=settings.n_val)
+
+    monkeypatch.setattr(sweep_module, "sweep", fake)
+    bundle = with_world(tiny_vit)
+    config = resolve_config(bundle, DefenseConfig(renders=6))
+    for n_val in (500, 6):  # above the sweep's default (no cap at 240) and below its signs
+        chosen, selection = choose_by_sweep(bundle, ["ipod"], config, ["rank"], n_val)
+        assert given[-1].n_val == n_val and given[-1].n_signs == min(n_val, SweepSettings.n_signs)
+        assert selection["n"] == n_val and selection["n_signs"] == min(n_val, SweepSettings.n_signs)
+        assert chosen is config  # nothing admissible: the config as it was
 
 
 @pytest.mark.parametrize("args, message", [
@@ -214,9 +267,9 @@ def test_each_sweep_candidate_is_the_edit_defend_applies_with_that_setting(tiny_
     import copy
 
     from clipedit.core import RewriteHParams
-    from clipedit.defenses.resolve import resolve_config
     from clipedit.defenses.typographic import defend
     from clipedit.selection.sweep import candidate_edits
+    from clipedit.settings.resolve import resolve_config
 
     bundle = with_world(tiny_vit)
     c_proj, v_proj = "visual.transformer.resblocks.0.mlp.c_proj", "visual.transformer.resblocks.1.attn.v_proj"

@@ -312,3 +312,82 @@ def test_16_bit_greyscale_images_keep_their_tones(tmp_path):
     assert rgb.shape == (32, 64, 3)
     assert abs(rgb.mean() - 127.5) < 2 and rgb[:, 0].max() == 0 and rgb[:, -1].min() == 255
     assert np.all(np.diff(rgb[0, :, 0].astype(int)) >= 0)
+
+
+# -- the word-disjoint split on --data -----------------------------------------------------------------------
+def _spy_methods(monkeypatch) -> dict:
+    """Every method's run replaced by a spy that records the world it is handed and the words that world
+    writes when a method asks for "another class's name" (as the peers' training and validation sets do)."""
+    import clipedit.selection.compare as compare_module
+
+    seen: dict = {}
+
+    def spy(base, method, word, seed, settings, shared):
+        attacks, _ = base.world.attack_set(40, seed, "other", split="validation")
+        seen[method] = {"world": base.world, "written": {a.text for a in attacks}}
+        return base, {"budget": {}}, 0.0
+
+    monkeypatch.setattr(compare_module, "run_method", spy)
+    return seen
+
+
+def test_compare_data_unseen_words_are_held_out_class_words_for_every_method(tmp_path, tiny_vit, monkeypatch):
+    from clipedit.data.prepare.user_data import scoring_sets, with_validation_world
+    from clipedit.data.prepare.word_split import WordSplitWorld, word_split
+    from clipedit.selection.compare import CompareSettings, compare, images_key
+
+    root = _folder(tmp_path / "six", 4, classes=6)
+    split = split_data(str(root), seed=0)
+    words = ("ipod",)
+    expected = word_split(split.classnames, words, seed=5)
+    assert expected.heldout and len(expected.trainable) > 2  # something held out, something left to train on
+    seen = _spy_methods(monkeypatch)
+    record = compare(tiny_vit, CompareSettings(methods=("edit", "edit-any-word"), words=words, seeds=(0,),
+                                               n_test=12, n_signs=0, n_train=8, n_val=4, data=str(root),
+                                               word_seed=5))
+    assert record["word_split"] == expected.record()
+    assert set(seen) == {"edit", "edit-any-word"}  # a word-specific and a word-agnostic method
+    for method, got in seen.items():
+        assert isinstance(got["world"], WordSplitWorld) and got["world"].heldout_words == expected.heldout
+        assert got["world"].from_photos  # still the data's photo world to code that asks
+        assert got["written"] and got["written"] <= set(expected.trainable), method
+    # the unseen-words cells: notes on the test photos writing held-out words only, the same set compare scored
+    tests = scoring_sets(with_validation_world(tiny_vit, split), split, words, 12, 0, unseen=expected.heldout)
+    other, labels = tests["ipod"].sets.other
+    assert other and {a.text for a in other} <= set(expected.heldout)
+    entry = record["raw"]["unedited"]["-"]["ipod"]["other_text_acc"]
+    assert entry[2] == images_key([a.attacked for a in other], labels) + ":text" and entry[1] > 0
+    assert record["cells"]["edit"]["other_text_acc"]["n"] == entry[1]
+    assert any(f"unseen words: {', '.join(expected.heldout)}, held out" in n for n in record["notes"])
+
+
+def test_compare_data_with_too_few_classes_to_hold_one_out_has_no_unseen_cell(tmp_path, tiny_vit, monkeypatch):
+    from clipedit.data.prepare.word_split import WordSplitWorld
+    from clipedit.selection.compare import CompareSettings, compare
+
+    root = _folder(tmp_path / "three", 8, classes=3)
+    seen = _spy_methods(monkeypatch)
+    record = compare(tiny_vit, CompareSettings(methods=("edit",), words=("ipod", "mug"), seeds=(0,), n_test=6,
+                                               n_signs=0, n_train=8, n_val=4, data=str(root)))
+    assert "word_split" not in record and record["cells"]["unedited"]["other_text_acc"]["n"] == 0
+    assert not isinstance(seen["edit"]["world"], WordSplitWorld)  # nothing to hold out: the data's world as it is
+    assert any("no word-disjoint split, no unseen-words cell" in n for n in record["notes"])
+    assert any(n.startswith("unseen words: left out (no test-side image carries a held-out class word")
+               for n in record["notes"])
+
+
+def test_a_benchmark_photo_counts_as_unseen_only_with_a_held_out_word():
+    from pathlib import Path
+
+    from clipedit.data.benchmarks import BenchmarkImage
+    from clipedit.data.prepare.user_data import metric_of
+
+    def photo(word):
+        return BenchmarkImage(Path("x.png"), "apple", word)
+
+    held = frozenset({"mug"})
+    assert metric_of(photo("ipod"), {"ipod"}, held) == "text_acc"
+    assert metric_of(photo("mug"), {"ipod"}, held) == "other_text_acc"
+    assert metric_of(photo("star"), {"ipod"}, held) is None  # a trainable class word: in neither word cell
+    assert metric_of(photo("star"), {"ipod"}) == "other_text_acc"  # no split: every other word
+    assert metric_of(photo("apple"), {"ipod"}, held) is None  # its own class: no attack

@@ -197,9 +197,10 @@ def test_defense_save_writes_an_edit_or_an_edit_set(tiny_vit, tmp_path):
     from test_sweep import with_world
 
     from clipedit.core.edit_sets import load_edits
-    from clipedit.defenses.config import DefenseConfig
     from clipedit.defenses.typographic import defend
     from clipedit.errors import ClipeditError
+    from clipedit.methods.finetune import FinetuneHParams
+    from clipedit.settings.config import DefenseConfig
 
     sites = (V_SITE, "visual.transformer.resblocks.0.mlp.c_proj")
     for config, n_edits in ((DefenseConfig(hparams=RewriteHParams(layer=V_SITE, rank=2), renders=2), 1),
@@ -211,6 +212,6 @@ def test_defense_save_writes_an_edit_or_an_edit_set(tiny_vit, tmp_path):
     bundle = with_world(tiny_vit)
     bundle.model = copy.deepcopy(bundle.model)
     finetuned = defend(bundle, "ipod", DefenseConfig(method="finetune-global", renders=2,
-                                                    hparams=RewriteHParams(layer=sites[1], steps=1)))
+                                                    hparams=FinetuneHParams(steps=1)))
     with pytest.raises(ClipeditError, match="no edit to save"):
         finetuned.save(tmp_path / "ft.safetensors")

@@ -17,7 +17,6 @@ from clipedit.data.images import LazyImages, load_image, load_mask
 from clipedit.defenses.concept import (
     CONCEPT_METHODS,
     DIRECTIONS,
-    ConceptConfig,
     band_mask,
     concept_edit,
     concept_request,
@@ -26,17 +25,16 @@ from clipedit.defenses.concept import (
     polygon_mask,
     texture_pair,
 )
-from clipedit.defenses.defaults import defaults_for
-from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.eval.metrics import evaluate_images
 from clipedit.eval.predictor import make_predictor
 from clipedit.eval.results import before_after_metrics, format_table, make_record, write_results
 from clipedit.io import atomic_output_set, save_image
-from clipedit.methods.finetune import FinetuneHParams
 from clipedit.methods.registry import METHODS
 from clipedit.models.checkpoint import save_model_weights
 from clipedit.outputs import OutputSet, check_outputs
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +67,12 @@ TASK = "concept_edit"
 @click.option("--layer", type=LAYERS, default=None,
               help="Dotted name of the layer to rewrite (default per architecture).")
 @click.option("--rank", type=click.IntRange(min=1), default=None,
-              help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json].")
+              help="Rank of the update [default: per architecture and model, clipedit/settings/hparams].")
 @click.option("--solver", type=click.Choice(SOLVERS), default="closed-form", show_default=True)
 @click.option("--mask-threshold", type=finite(0, 1, max_open=True), default=0.0, show_default=True,
               help="Edit feature-map locations covered more than this fraction by the mask.")
 @click.option("--cov-reg", type=finite(min=0), default=None,
-              help="Regularisation of the key statistics [default: defaults.json].")
+              help="Regularisation of the key statistics [default: 0.001].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Steps of the optimize solver / fine-tuning baselines.")
 @click.option("--lr", type=finite(min=0, min_open=True), default=None, help="Their learning rate.")
@@ -112,11 +110,9 @@ def edit_classifier(model, exemplar, mask_path, mask_band, mask_polygon, texture
     bundle = model.load()
     if bundle.kind != "classifier" or not bundle.classnames:
         raise ClipeditError(f"{bundle.name} is not an ImageNet classifier (try efficientnet-lite0, timm/resnet50 …)")
-    defaults = defaults_for(bundle)
-    if (defaults.caution and METHODS[method].closed_form and layer in (None, defaults.layer)
-            and rank in (None, defaults.rank)):
-        click.echo(f"Warning: {defaults.caution}", err=True)
     config = _concept_config(bundle, method, layer, rank, solver, mask_threshold, cov_reg, steps, lr)
+    if config.caution:  # the model's default site and rank, with a measured weakness
+        click.echo(f"Warning: {config.caution}", err=True)
     scores = _scorer(bundle, evaluation, batch_size)
     before = scores()
     result = concept_edit(bundle, concept_request(bundle.preprocess, [pair], direction), config, reference=ref_images)
@@ -133,14 +129,14 @@ def edit_classifier(model, exemplar, mask_path, mask_band, mask_polygon, texture
                + (" edit.safetensors," if result.edit_set is not None else "") + " model.safetensors, results.json")
 
 
-def _concept_config(bundle, method, layer, rank, solver, mask_threshold, cov_reg, steps, lr) -> ConceptConfig:
+def _concept_config(bundle, method, layer, rank, solver, mask_threshold, cov_reg, steps, lr) -> DefenseConfig:
     """The user's settings over the model's defaults (``resolve_config``, as every command)."""
-    optimize = {"steps": steps, "lr": lr} if solver == "optimize" else {}
-    resolved = resolve_config(bundle, {"method": method, "layer": layer, "rank": rank, "solver": solver,
-                                       "mask_threshold": mask_threshold, "cov_reg": cov_reg, **optimize,
-                                       "finetune": FinetuneHParams(loss="kl", **{k: v for k, v in (("steps", steps),
-                                                                   ("lr", lr)) if v is not None})})
-    return ConceptConfig(method=method, hparams=resolved.hparams, finetune=resolved.finetune)
+    if METHODS[method].model_defaults:  # the rewrite: steps and lr are its optimize solver's
+        given = {"rank": rank, "solver": solver, "mask_threshold": mask_threshold, "cov_reg": cov_reg,
+                 **({"steps": steps, "lr": lr} if solver == "optimize" else {})}
+    else:  # a fine-tuning baseline, on the classifier's logits
+        given = {"steps": steps, "lr": lr, "loss": "kl"}
+    return resolve_config(bundle, {"method": method, "layer": layer, **given})
 
 
 def _scorer(bundle, evaluation, batch_size: int):
@@ -154,7 +150,7 @@ def _scorer(bundle, evaluation, batch_size: int):
 
 def _record(bundle, result, evaluation, before, after, seed, data, **extra) -> dict:
     """The results record (one writer): before/after top-1/top-5 when evaluated."""
-    fields = {"method": result.method, "layer": result.layer, "hparams": result.config["method_hparams"],
+    fields = {"method": result.method, "layer": result.layer, "hparams": result.config["hparams"],
               "config": result.config, **extra}
     if evaluation is None:
         return make_record(dataset="none", bundle=bundle, task=TASK, metrics={}, classnames=[], templates=None,

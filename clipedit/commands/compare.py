@@ -23,7 +23,7 @@ from clipedit.data.prepare.typo_train import check_supported
 from clipedit.data.prepare.user_data import with_validation_world
 from clipedit.data.splits import MIN_PER_SIDE, split_data
 from clipedit.errors import ClipeditError
-from clipedit.eval.compare_table import compare_record, render, report_tables
+from clipedit.eval.compare_table import compare_record, plane_rows, render, report_tables
 from clipedit.eval.paired import ALPHA
 from clipedit.eval.report import write_report
 from clipedit.eval.results import make_record, write_results
@@ -53,7 +53,8 @@ DEFAULTS = CompareSettings()
               help=f"Methods to run [default: every one that applies; known: {', '.join(COMPARE_METHODS)}].")
 @click.option("--words", default=None, metavar="W,…",
               help=f"Defended words (each defended separately) [default: {','.join(WORLD_WORDS)}; with --data: a "
-                   "benchmark's three most frequent written words, an ImageFolder's first three classes].")
+                   "benchmark's three most frequent written words, an ImageFolder's first three classes, leaving "
+                   "two undefended for the word-disjoint split].")
 @click.option("--seeds", default=",".join(map(str, DEFAULTS.seeds)), show_default=True, metavar="S,…",
               help="Seeds (exemplars, training splits, training order); over seeds: the mean, with a bootstrap "
                    "interval over test images and seeds.")
@@ -76,8 +77,9 @@ DEFAULTS = CompareSettings()
 @click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of --data's validation/test split.")
 @click.option("--word-seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the word-disjoint split: the class words no method trains or renders on, which the "
-                   "'unseen words' cells write (the model's world).")
+              help="Seed of the word-disjoint split: the class words (the model's world's, or --data's classes) "
+                   "no method trains or renders on, which alone the 'unseen words' cells write (or, on a "
+                   "benchmark, show); recorded in compare.json's word_split.")
 @click.option("--supported", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="PAINT's supported task: an ImageFolder distinct from the patch data [default: clean "
                    "validation scenes and signs of the model's world].")
@@ -92,7 +94,8 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                 word_seed, supported, supported_classes, report, table_file, out) -> None:
     """Run every method on the same exemplars / typographic training split, each tuned on validation only,
     and score all on the test split; writes compare.json (clip_benchmark fields, flat metrics, per-image
-    outcomes) and compare.png (gain vs cost), and prints the tables (every cell: value [95% interval], n
+    outcomes) and compare.png (gain vs cost; beside it, every method on the defended word vs reading kept plane
+    with its intervals), and prints the tables (every cell: value [95% interval], n
     distinct images; every method against unedited and edit as a paired difference with a Holm-corrected
     exact McNemar p and its verdict).
 
@@ -159,7 +162,7 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
         plot_tradeoff(pareto_rows(record), stage / "compare.png",
                       f"{bundle.name}: defenses vs {', '.join(settings.words)} (test split, n={n}"
                       f"{'' if split else ' a set'}, "
-                      f"{len(settings.seeds)} seed(s))")
+                      f"{len(settings.seeds)} seed(s))", baseline=plane_rows(record)[0], unseen=True)
         chart = (stage / "compare.png").read_bytes()
     if report is not None:
         write_report(report, title=f"clipedit compare: {bundle.name}",
@@ -168,6 +171,10 @@ def compare_cmd(model, methods, words, seeds, n_test, n_signs, n_train, n_val, h
                             ("seconds", f"{seconds:.0f}")],
                      header=[], rows=[], chart=chart, grid=[],
                      tables=report_tables(record),
+                     chart_caption="Left: gain (defended-word text-note accuracy) vs cost (clean / blank-note loss). "
+                                   "Right: every method on the defended word vs reading kept plane: text-note "
+                                   "accuracy (filled: defended word, hollow: unseen words) against signs read, "
+                                   "bars: 95% intervals both ways, x: the unedited model.",
                      notes=["Cells: percent [95% interval], n = distinct test images; one seed: Wilson; several: "
                             "a bootstrap over test images and seeds (at least the Wilson width).",
                             f"Verdicts: paired on the same images, beats/loses when the Holm-adjusted exact McNemar "

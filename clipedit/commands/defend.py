@@ -13,12 +13,11 @@ import click
 
 from clipedit.commands.defense_options import eval_options, photo_options, settings_options
 from clipedit.commands.options import GreedyCommand, check_out_dir, check_out_file, model_options, split_list
-from clipedit.commands.params import TEXT
+from clipedit.commands.params import TEXT, count
 from clipedit.data.benchmarks import data_path
 from clipedit.data.classnames import case_note
 from clipedit.data.folders import image_paths
 from clipedit.data.prepare.vocabulary import ANY_WORD
-from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.run_files import OUTPUT_SET, run_outputs, save_run
 from clipedit.defenses.typographic import defend
 from clipedit.errors import ClipeditError
@@ -27,7 +26,8 @@ from clipedit.eval.timing import StageTimer
 from clipedit.methods.any_word import evaluation_words
 from clipedit.methods.registry import method_spec
 from clipedit.outputs import check_outputs
-from clipedit.selection.sweep import choose_by_sweep
+from clipedit.selection.sweep import SweepSettings, choose_by_sweep
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,16 @@ log = logging.getLogger(__name__)
 @settings_options
 @photo_options
 @eval_options
+@click.option("--n-val", type=count(), default=None, metavar="N",
+              help="With --layer/--rank auto: validation scenes per set the sweep picks on (defended word; other "
+                   "words), as sweep's and compare's --n-val; signs for reading: at most "
+                   f"{SweepSettings.n_signs} [default: {SweepSettings.n_val}, sweep's]. Recorded under selection "
+                   "in results.json.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: runs/defend-WORDS].")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.html",
               help="Write a self-contained HTML report: table, chart, images before/after, the exemplar.")
-def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
+def defend_cmd(model, texts, settings, photo, evaluation, n_val, out, report) -> None:
     """Rewrite one layer so that written WORDS no longer steer the model, and report before/after."""
     timer = StageTimer(say=lambda line: click.echo(line, err=True))  # each stage's seconds, in results.json
     words = [w for t in texts for w in (split_list(t) or [])]
@@ -62,6 +67,9 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
     any_word = words == [ANY_WORD]
     overrides = settings.overrides(any_word)
     _check_before_load(settings, photo, evaluation, any_word)
+    if n_val is not None and not settings.auto:
+        raise ClipeditError("--n-val is the validation size of --layer/--rank auto's sweep; without them nothing "
+                            "selects on it (a method's own validation size: n_val in --hparams)")
     bundle = model.load()
     timer.lap("load")
     config = resolve_config(bundle, overrides, any_word=any_word)
@@ -70,7 +78,8 @@ def defend_cmd(model, texts, settings, photo, evaluation, out, report) -> None:
         if not method_spec(config.method).sweepable:
             raise ClipeditError("--layer/--rank auto go with --method edit and rendered exemplars of named words")
         click.echo(f"choosing the {' and the '.join(settings.auto)} on the validation split …", err=True)
-        config, selection = choose_by_sweep(bundle, words, config, settings.auto, evaluation.n_eval)
+        config, selection = choose_by_sweep(bundle, words, config, settings.auto,
+                                            SweepSettings.n_val if n_val is None else n_val)
         timer.lap("choose")
         _say_choice(selection)
     if not any_word and (note := case_note(words, bundle.classnames or [])) is not None:

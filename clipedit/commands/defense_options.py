@@ -14,11 +14,11 @@ from clipedit.data.benchmarks import LAYOUTS
 from clipedit.data.images import load_image, load_mask, load_photos
 from clipedit.data.prepare.exemplars import request_from_images
 from clipedit.data.prepare.typo_train import check_supported
-from clipedit.defenses.config import MAX_RENDERS
 from clipedit.errors import ClipeditError
-from clipedit.eval.evaluation import EvalOptions
+from clipedit.eval.evaluation import N_EVAL, EvalOptions
 from clipedit.methods.finetune import FinetuneHParams
 from clipedit.methods.registry import METHODS
+from clipedit.settings.defaults import MAX_RENDERS
 
 
 @dataclass
@@ -54,21 +54,22 @@ class SettingsOptions:
         if self.vocab is not None and not any_word:
             raise ClipeditError("--vocab goes with --text '*'")
         layer = None if self.layer in (None, "auto") else self.layer.split(JOIN)
-        if layer and len(layer) > 1 and METHODS[self.method].config_field != "hparams":  # never tune only the first
+        spec = METHODS[self.method]
+        if layer and len(layer) > 1 and not spec.model_defaults:  # never tune only the first
             raise ClipeditError(f"--method {self.method} trains one layer; --layer names {len(layer)} "
                                 f"({', '.join(layer)})")
-        given = {"method": self.method, "layer": layer, "rank": _rank(self.rank), "solver": self.solver,
-                 "cov_reg": self.cov_reg, "keep_targets": self.keep_targets,
-                 "keep_reading": self.keep_reading, "renders": self.renders,
-                 "mask": self.mask_kind, "seed": self.seed, "reference": self.reference, "vocab": self.vocab,
+        given = {"method": self.method, "layer": layer, "renders": self.renders, "mask": self.mask_kind,
+                 "seed": self.seed, "reference": self.reference, "vocab": self.vocab,
                  "photos": load_photos(self.photos) if self.photos else None,
-                 "hparams": self.supported_hparams(read_json_file(self.hparams_file, "--hparams")),
-                 "finetune": FinetuneHParams(**{k: v for k, v in (("steps", self.steps), ("lr", self.lr))
-                                                if v is not None})}
-        if self.solver == "optimize":
+                 "hparams": self.supported_hparams(read_json_file(self.hparams_file, "--hparams"))}
+        if spec.model_defaults:  # the rewrite's options (--steps, --lr: its optimize solver's)
+            given.update(rank=_rank(self.rank), solver=self.solver, cov_reg=self.cov_reg,
+                         keep_targets=self.keep_targets, keep_reading=self.keep_reading)
+            if self.solver == "optimize":
+                given.update(steps=self.steps, lr=self.lr)
+        elif issubclass(spec.hparams_cls, FinetuneHParams):  # the fine-tuning baselines' steps and lr
             given.update(steps=self.steps, lr=self.lr)
         return given
-
 
     def supported_hparams(self, hparams: Optional[dict]) -> Optional[dict]:
         """``--supported DIR`` (PAINT's supported task, checked now) merged into the method's settings."""
@@ -115,12 +116,12 @@ settings_options = option_group(
                  metavar="FILE.json", help="The method's settings (its hparams class's fields) as a JSON object; "
                                            "the options below override them."),
     click.option("--layer", type=LAYERS, default=None,
-                 help="Dotted name of the layer to rewrite (default per architecture and model, defaults.json); "
-                      "several joined by '+' (A+B): one edit over those sites, solved in order; 'auto': the "
-                      "sweep's pick on the validation split (clipedit sweep)."),
+                 help="Dotted name of the layer to rewrite (default per architecture and model, "
+                      "clipedit/settings/hparams); several joined by '+' (A+B): one edit over those sites, solved "
+                      "in order; 'auto': the sweep's pick on the validation split (clipedit sweep)."),
     click.option("--rank", default=None, metavar="INTEGER|auto",
-                 help="Rank of the update [default: per architecture, clipedit/defenses/defaults.json]; 'auto': "
-                      "the sweep's pick on the validation split."),
+                 help="Rank of the update [default: per architecture and model, clipedit/settings/hparams]; "
+                      "'auto': the sweep's pick on the validation split."),
     click.option("--solver", type=click.Choice(SOLVERS), default=None,
                  help="How the rewrite is solved [default: closed-form, or --hparams' solver]."),
     click.option("--cov-reg", type=finite(min=0, min_open=True), default=None,
@@ -133,7 +134,7 @@ settings_options = option_group(
                  help="Steps of the optimize solver / fine-tuning baselines."),
     click.option("--lr", type=finite(min=0, min_open=True), default=None, help="Their learning rate."),
     click.option("--renders", type=count(max=MAX_RENDERS), default=None,
-                 help="Rendered exemplars per word [default: per architecture, defaults.json]."),
+                 help="Rendered exemplars per word [default: per architecture and model, clipedit/settings/hparams]."),
     click.option("--mask-kind", type=click.Choice(["text", "label"]), default=None,
                  help="Edit the glyphs' locations or the whole label's."),
     click.option("--photos", cls=GreedyOption, type=IMAGE_FILE,
@@ -194,7 +195,7 @@ class EvalChoice:
 
     data: Optional[str] = None
     classes: Optional[str] = None
-    n_eval: int = 1000
+    n_eval: int = N_EVAL
     no_eval: bool = False
 
     def options(self, keep_predictions: bool) -> Optional[EvalOptions]:
@@ -211,7 +212,7 @@ eval_options = option_group(
                  help="ImageFolder to render notes on, or a typographic benchmark as published (KIND: "
                       f"{', '.join(LAYOUTS)}) to evaluate on (default: the model's world's held-out scenes)."),
     click.option("--classes", default=None, help="Class names for --data (comma-separated)."),
-    click.option("--n-eval", type=count(), default=1000, show_default=True,
+    click.option("--n-eval", type=count(), default=N_EVAL, show_default=True,
                  help="Held-out scenes per set (models whose world generates them, e.g. mini)."),
     click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation."),
 )

@@ -38,9 +38,9 @@ def stats_cmd(model: ModelOptions, reference: Path, layer: Optional[str], batch_
     from clipedit.core.distributed import IndexedBatches, agree, init_from_environment, is_main_process, rank_and_world
     from clipedit.data.folders import files_key, image_paths
     from clipedit.data.images import LazyImages
-    from clipedit.defenses.defaults import default_layer, defaults_for
     from clipedit.io import save_state_dict
     from clipedit.outputs import check_outputs
+    from clipedit.settings.resolve import resolve_config
 
     if out is not None:
         check_out_file(out)
@@ -50,7 +50,7 @@ def stats_cmd(model: ModelOptions, reference: Path, layer: Optional[str], batch_
     if out is not None and layer is not None and JOIN in layer:
         raise ClipeditError("--out writes one site's statistics: give one --layer")
     bundle = model.load()
-    layers = layer.split(JOIN) if layer else list(defaults_for(bundle).sites or [default_layer(bundle)])
+    layers = list(resolve_config(bundle, {"layer": layer}).sites)  # the model's default sites when none is given
     if out is not None and len(layers) > 1:
         raise ClipeditError(f"--out writes one site's statistics; this model's default is {len(layers)} sites: "
                                "give one --layer")

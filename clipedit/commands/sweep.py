@@ -19,7 +19,6 @@ from clipedit.commands.params import TEXT, count, finite
 from clipedit.data.benchmarks import data_path
 from clipedit.data.prepare.user_data import with_validation_world
 from clipedit.data.splits import split_data
-from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.eval.pick import PICK_TOLERANCE, tolerance_text
 from clipedit.eval.results import format_table, make_record, write_results
@@ -27,6 +26,7 @@ from clipedit.io import atomic_output_set
 from clipedit.outputs import OutputSet, check_outputs
 from clipedit.selection.sweep import DEFAULT_RANKS, SweepSettings, sweep
 from clipedit.selection.tradeoff import plot_tradeoff
+from clipedit.settings.resolve import resolve_config
 
 SWEEP_FILES = ("sweep.json", "sweep.png")
 
@@ -51,7 +51,7 @@ SWEEP_FILES = ("sweep.json", "sweep.png")
               help="Pick rule: also lose at most this much reading kept (signs) [default: reading recorded, not "
                    "in the rule].")
 @click.option("--renders", type=click.IntRange(min=1), default=None,
-              help="Rendered exemplars per word [default: per architecture, defaults.json].")
+              help="Rendered exemplars per word [default: per architecture and model, clipedit/settings/hparams].")
 @click.option("--data", default=None, metavar="DIR|KIND:PATH",
               help="A labelled dataset of yours, split as clipedit compare --data splits it (a seeded hash of "
                    "file names); the sweep renders its exemplars and scores on the validation side only.")

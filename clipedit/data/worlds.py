@@ -55,6 +55,8 @@ class PhotoWorld:
     name = "photos"
     classnames = None
     templates = None
+    #: Reference views come from photographs (not a model's own world): a real model wants --reference.
+    from_photos = True
 
     def __init__(self, photos: Optional[Sequence[Image.Image]] = None) -> None:
         self._photos = list(photos) if photos else None

@@ -10,6 +10,7 @@ map to the original's (or the other way round):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -23,13 +24,13 @@ from clipedit.core import EditRequest, RewriteHParams, key_statistics
 from clipedit.data.images import to_batches
 from clipedit.data.prepare.exemplars import request_from_images
 from clipedit.data.reference import default_reference, images_key
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import ClipeditError
 from clipedit.methods.finetune import FinetuneHParams
-from clipedit.methods.registry import run_defense
+from clipedit.methods.registry import method_spec, run_defense
 from clipedit.methods.spec import DefenseData, DefenseResult
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -175,23 +176,28 @@ class ConceptConfig:
     finetune: FinetuneHParams = field(default_factory=lambda: FinetuneHParams(steps=200, lr=1e-4, loss="kl"))
 
 
-def concept_edit(bundle: ModelBundle, request: EditRequest, config: Optional[ConceptConfig] = None,
+def concept_edit(bundle: ModelBundle, request: EditRequest, config: Optional[ConceptConfig | DefenseConfig] = None,
                  reference: Optional[Sequence[Image.Image]] = None, layer: Optional[str] = None) -> DefenseResult:
     """Edit ``bundle.model`` in place so the request's keys are treated like its targets.
 
     Args:
+        config: a :class:`ConceptConfig`, or a :class:`DefenseConfig` (e.g. resolved by the CLI; used as it is).
         reference: images for the key statistics C (default: views of scikit-image's photos).
-        layer: site (dotted name in ``bundle.model``) overriding ``config.hparams.layer``;
+        layer: site (dotted name in ``bundle.model``) overriding a ConceptConfig's ``hparams.layer``;
             default: the model's default site.
     """
 
     config = config or ConceptConfig()
-    hp = RewriteHParams(**{**config.hparams.to_dict(), "layer": layer or config.hparams.layer})
+    if isinstance(config, ConceptConfig):  # the method's settings, its site given apart
+        site = layer or config.hparams.layer
+        settings = config.finetune if isinstance(config.finetune, method_spec(config.method).hparams_cls) \
+            else dataclasses.replace(config.hparams, layer=None)
+        config = DefenseConfig(method=config.method, hparams=settings, sites=(site,) if site else None)
 
     def statistics(site: str):
         images = list(reference) if reference else default_reference()
         return key_statistics(bundle.model, site, lambda: to_batches(images, bundle.preprocess, 32),
                               data_key=images_key(images) + repr(bundle.preprocess), forward=bundle.encode_images)
 
-    resolved = resolve_config(bundle, DefenseConfig(method=config.method, hparams=hp, finetune=config.finetune))
+    resolved = resolve_config(bundle, config)
     return run_defense(bundle, DefenseData.of([], request), resolved, statistics, {"task": "concept_edit"})

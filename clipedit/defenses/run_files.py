@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from clipedit.core import LayerEdit, save_edits
-from clipedit.defenses.config import DefenseConfig
 from clipedit.defenses.typographic import text_exemplars
 from clipedit.eval.report import bar_chart, evaluation_grid, exemplars_fact, write_chart, write_report
 from clipedit.eval.results import rate_with_interval, undefined_reasons, write_results
@@ -25,6 +24,7 @@ from clipedit.methods.spec import DefenseResult
 from clipedit.models.bundle import ModelBundle
 from clipedit.models.checkpoint import save_model_weights, stored_dtypes
 from clipedit.outputs import OutputSet, check_outputs
+from clipedit.settings.config import DefenseConfig
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
     defense = clipedit.defend(bundle, "ipod")          # edits bundle.model in place
     defense.save("ipod.safetensors")                   # the edit set (one site, or the model's default sites)
 
-One path: :func:`~clipedit.defenses.config.resolve_config` fills the settings from ``defaults.json``,
+One path: :func:`~clipedit.settings.resolve.resolve_config` fills the settings from the model's default file,
 the exemplars become :class:`~clipedit.methods.spec.DefenseData`, the method table runs the method
 (:func:`~clipedit.methods.registry.run_defense`), and the edit is an
 :class:`~clipedit.core.edit_sets.EditSet`. ``defend(bundle, "*")`` defends against any written word:
@@ -29,9 +29,6 @@ from clipedit.data.prepare.exemplars import (
     world_of,
 )
 from clipedit.data.prepare.vocabulary import ANY_WORD
-from clipedit.defenses.arguments import check_defend_arguments
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.resolve import resolve_config
 from clipedit.errors import render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
 from clipedit.eval.timing import StageTimer
@@ -39,6 +36,9 @@ from clipedit.methods.any_word import any_word_data, evaluation_words
 from clipedit.methods.registry import method_spec, run_defense
 from clipedit.methods.spec import DefenseData, DefenseResult
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.arguments import check_defend_arguments
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
         words: the word(s) to defend against; several words make one joint edit; ``"*"``: any word
             (exemplars from a broad vocabulary, :mod:`clipedit.methods.any_word`).
         config: method, layer, rank, renders … (a DefenseConfig or a dict of overrides, see
-            :func:`~clipedit.defenses.config.resolve_config`); the rest from the model's defaults.
+            :func:`~clipedit.settings.resolve.resolve_config`); the rest from the model's defaults.
         exemplars: rendered attacks to use instead of generating ``config.renders`` per word.
         request: a ready ``EditRequest`` (e.g. a real photo pair) instead of rendered exemplars.
         evaluate: ``True`` or :class:`~clipedit.eval.evaluation.EvalOptions`: the CLI's before/after
@@ -116,7 +116,7 @@ def defense_data(bundle: ModelBundle, words: list[str], config: DefenseConfig,
         exemplars = list(exemplars)
         req = request_from_attacks(bundle.preprocess, exemplars, use_text_mask=config.mask == "text")
         data = DefenseData.of(words, req, exemplars)
-    if spec.config_field == "hparams" and config.hparams is not None and config.hparams.keep_reading > 0:
+    if getattr(config.hparams, "keep_reading", 0) > 0:  # the rewrite keeps reading
         data.keep = sign_requests(bundle, config)
     return data
 

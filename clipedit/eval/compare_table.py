@@ -2,6 +2,10 @@
 
 - **under attack** / **kept**: one row per method (``unedited`` first), one column per metric; each cell
   ``value [95% interval]`` in percent, the metric's n (distinct images) in its header.
+- **attack removed vs reading kept** (the plane): per method, defended-word and unseen-word text-note
+  accuracy and reading kept, each with its interval, and two flags computed from the record's paired verdicts
+  against ``unedited`` (:func:`plane_rows`): *keeps reading* (reading's difference ties or beats) and
+  *removes the attack* (defended-word accuracy beats). A record without paired verdicts shows the cells only.
 - **budget**: the record's per-method ``budget`` entries (when it has them) and seconds per defense.
 - **paired**: every method minus ``unedited`` (and minus ``edit``), same images: the difference in points
   with its interval, the Holm-adjusted p of the exact McNemar / sign test, and the verdict computed from them
@@ -84,6 +88,71 @@ def cell_tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[list[
     return out
 
 
+#: The plane's metrics: defended word, unseen words (text-note accuracy) and reading kept.
+PLANE = ("text_acc", "other_text_acc", "reading_acc")
+#: The plane's flags: name, the metric whose paired verdict against ``unedited`` decides it, verdicts that pass.
+FLAGS: tuple[tuple[str, str, tuple[str, ...]], ...] = (("keeps_reading", "reading_acc", ("ties", "beats")),
+                                                       ("removes_attack", "text_acc", ("beats",)))
+
+
+def plane_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every method on the defended word vs reading plane, ``unedited`` first: ``text_acc``,
+    ``other_text_acc``, ``reading_acc`` and ``blank_acc`` (values, None where not measured), ``intervals``
+    (``{metric: {acc, n, ci: [lo, hi]}}``, as a sweep row carries them) and ``reading`` (reading's alone); each
+    other method also ``keeps_reading`` / ``removes_attack`` (:data:`FLAGS`) from the record's paired verdicts
+    against ``unedited``: True / False, or None where the record has no verdict for it (an old record)."""
+    verdicts = {(c["method"], c["metric"]): c.get("verdict") for c in record.get("comparisons") or []
+                if c.get("reference") == BASE}
+    out = []
+    for m in _methods(record):
+        cells = record["cells"][m]
+        intervals = {k: {"acc": c["value"], "n": c["n"], "ci": [c["lo"], c["hi"]]}
+                     for k in PLANE if (c := cells.get(k)) and c.get("value") is not None and c.get("n")}
+        row = {"method": m, **{k: intervals.get(k, {}).get("acc") for k in PLANE},
+               "blank_acc": (cells.get("blank_acc") or {}).get("value"), "intervals": intervals,
+               "reading": intervals.get("reading_acc")}
+        if m != BASE:
+            for flag, metric, passing in FLAGS:
+                v = verdicts.get((m, metric))
+                row[flag] = None if v is None else v in passing
+        out.append(row)
+    return out
+
+
+def plane_table(record: dict[str, Any]) -> Optional[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of the plane (:func:`plane_rows`); None without defended-word and reading cells.
+    The flag columns only where the record has paired verdicts."""
+    if not (_n(record, "text_acc") and _n(record, "reading_acc")):
+        return None
+    keys = [k for k in PLANE if _n(record, k)]
+    flagged = bool(record.get("comparisons"))
+    header = ["method", *(f"{PLANE_LABELS[k]} n={_n(record, k)}" for k in keys),
+              *(["keeps reading", "removes attack"] if flagged else [])]
+    rows = []
+    for r in plane_rows(record):
+        flags = [] if not flagged else ["(reference)", ""] if r["method"] == BASE else \
+            [_yes(r["keeps_reading"]), _yes(r["removes_attack"])]
+        rows.append([r["method"], *(cell_text(record["cells"][r["method"]].get(k)) for k in keys), *flags])
+    title = ("Attack removed vs reading kept (text-note accuracy, signs read; keeps reading: reading ties or beats "
+             "unedited, removes attack: defended word beats unedited, paired verdicts)" if flagged else
+             "Attack removed vs reading kept (text-note accuracy, signs read)")
+    return title, header, rows
+
+
+def plane_both(record: dict[str, Any]) -> Optional[list[str]]:
+    """The methods with both flags of :data:`FLAGS` (None: the record has no paired verdicts)."""
+    if not record.get("comparisons"):
+        return None
+    return [r["method"] for r in plane_rows(record)[1:] if r.get("keeps_reading") and r.get("removes_attack")]
+
+
+PLANE_LABELS = {"text_acc": "defended", "other_text_acc": "unseen", "reading_acc": "reading"}
+
+
+def _yes(flag: Optional[bool]) -> str:
+    return "n/a" if flag is None else "yes" if flag else "no"
+
+
 def budget_table(record: dict[str, Any]) -> Optional[tuple[list[str], list[list[str]]]]:
     """(header, rows): each method's ``budget`` entries (record ``budget``: method -> dict) and
     seconds per defense; None when the record has neither."""
@@ -160,10 +229,10 @@ def detail_tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[lis
 
 
 def report_tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """The HTML compare page's tables: cells, budget, paired differences, per word, per seed, strata."""
-    budget = budget_table(record)
-    return [*cell_tables(record), *([("Budget", *budget)] if budget else []), *paired_tables(record),
-            *detail_tables(record)]
+    """The HTML compare page's tables: cells, the plane, budget, paired differences, per word, per seed, strata."""
+    budget, plane = budget_table(record), plane_table(record)
+    return [*cell_tables(record), *([plane] if plane else []), *([("Budget", *budget)] if budget else []),
+            *paired_tables(record), *detail_tables(record)]
 
 
 def verdict_lines(record: dict[str, Any]) -> list[str]:
@@ -196,6 +265,13 @@ def render(record: dict[str, Any]) -> str:
     parts = [_wrap(interval_note(record))]
     for title, header, rows in cell_tables(record):
         parts += ["", f"**{title}**", "", markdown(header, rows)]
+    plane = plane_table(record)
+    if plane is not None:
+        title, header, rows = plane
+        parts += ["", _wrap(f"**{title}**"), "", markdown(header, rows)]
+        both = plane_both(record)
+        if both is not None:
+            parts += ["", _wrap(f"Removes the attack and keeps reading: {', '.join(both) or 'no method'}.")]
     budget = budget_table(record)
     if budget is not None:
         parts += ["", "**Budget**", "", markdown(*budget)]

@@ -21,6 +21,8 @@ from clipedit.eval.heldout import EvalSets, folder_eval_sets, world_eval_sets
 from clipedit.eval.predictor import Predictor, make_predictor
 from clipedit.models.bundle import ModelBundle
 
+#: Held-out scenes per set of an evaluation (``EvalOptions.n``, ``--n-eval``, compare's ``n_test``).
+N_EVAL = 1000
 
 @dataclass
 class EvalOptions:
@@ -36,7 +38,7 @@ class EvalOptions:
 
     data: Optional[str] = None
     classes: Optional[Sequence[str]] = None
-    n: int = 1000
+    n: int = N_EVAL
     keep_predictions: bool = False
 
 

@@ -223,7 +223,8 @@ def render_report(*, title: str, facts: Sequence[tuple[str, str]], header: Seque
                   rows: Sequence[Sequence[Any]], chart: Optional[bytes], grid: Sequence[GridItem],
                   exemplar: Optional[dict[str, Image.Image | np.ndarray]] = None,
                   notes: Sequence[str] = (),
-                  tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[Any]]]] = ()) -> str:
+                  tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[Any]]]] = (),
+                  chart_caption: str = "bar chart of the figures") -> str:
     """The report as one HTML string.
 
     Args:
@@ -236,6 +237,7 @@ def render_report(*, title: str, facts: Sequence[tuple[str, str]], header: Seque
         notes: short remarks printed at the end (e.g. skipped images).
         tables: further (title, header, rows) tables, each under its own heading after the figures
             (an empty ``header`` leaves the figures table out).
+        chart_caption: what the chart shows (its alt text, and a line under it unless the default).
     """
     esc = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -249,7 +251,9 @@ def render_report(*, title: str, facts: Sequence[tuple[str, str]], header: Seque
             out.append("<tr>" + "".join(f"<td>{esc(format_value(c))}</td>" for c in row) + "</tr>")
         out.append("</tbody></table>")
     if chart is not None:
-        out.append(f'<h2>Chart</h2><img class="chart" alt="bar chart of the figures" src="{data_uri(chart)}">')
+        out.append(f'<h2>Chart</h2><img class="chart" alt="{esc(chart_caption)}" src="{data_uri(chart)}">')
+        if chart_caption != "bar chart of the figures":
+            out.append(f'<p class="note">{esc(chart_caption)}</p>')
     if grid:
         has_after = any(item.after is not None for item in grid)
         out.append(f"<h2>Attacked images ({len(grid)} shown)</h2><div class=\"grid\">")

@@ -3,8 +3,8 @@
 Exemplars are rendered from the exemplar side of a broad vocabulary
 (:func:`clipedit.data.prepare.vocabulary.build_vocabulary`), a few words at a time and again for every
 site, so memory stays flat in their number (the closed form needs only KᵀMK and KᵀMR sums). The
-edit may span several sites. Settings left unset come from the ``any_word`` entry of
-``defaults.json`` (through :func:`~clipedit.defenses.config.resolve_config` with ``any_word=True``).
+edit may span several sites. Settings left unset come from the model's
+``edit-any-word`` default file (through :func:`~clipedit.settings.resolve.resolve_config` with ``any_word=True``).
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator, Sequence
 from clipedit.core import EditRequest
 from clipedit.data.prepare.exemplars import request_from_attacks, text_exemplars
 from clipedit.data.prepare.vocabulary import ANY_WORD, Vocabulary, build_vocabulary
-from clipedit.defenses.config import DefenseConfig
 from clipedit.methods.spec import DefenseData
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
 
 #: Words rendered per exemplar batch (their renders are the one batch held in memory).
 WORDS_PER_BATCH = 8

@@ -20,13 +20,13 @@ from clipedit.core.api import EditRequest
 from clipedit.core.hparams import COUNT, POSITIVE, HParams
 from clipedit.core.nethook import FrozenBelow, training_only
 from clipedit.core.sites import resolve_site
-from clipedit.defenses.defaults import default_layer
 from clipedit.errors import ClipeditError, EditError
 from clipedit.methods.spec import DefenseData, DefenseResult, MethodContext, budget, fixed_selection
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.defaults import default_layer
 
 if TYPE_CHECKING:  # DefenseConfig carries this module's settings class (a type, not a runtime import)
-    from clipedit.defenses.config import DefenseConfig
+    from clipedit.settings.config import DefenseConfig
 
 log = logging.getLogger(__name__)
 

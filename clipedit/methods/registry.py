@@ -5,7 +5,7 @@ Every method takes the same exemplars (:class:`~clipedit.methods.spec.DefenseDat
 :class:`~clipedit.methods.spec.DefenseResult`:
 
     spec = METHODS["edit"]
-    result = spec.run(bundle, data, hparams, context)     # hparams: a spec.hparams_cls
+    result = spec.run(bundle, data, config.hparams, context)     # a resolved config's hparams: a spec.hparams_cls
 
 ``run(bundle, data, hparams, context)`` changes ``bundle.model`` in place. ``context`` gives the sites,
 the key statistics, the words, the split a method may tune on (validation only), a cache of the
@@ -30,7 +30,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 from clipedit.core import KeyStatistics, RewriteHParams
-from clipedit.defenses.config import DefenseConfig
 from clipedit.errors import ClipeditError
 from clipedit.methods.defense_prefix import DefensePrefixHParams, check_text_tower, images_seen, run_defense_prefix
 from clipedit.methods.dyslexify import DyslexifyHParams, class_token_sites, run_dyslexify
@@ -40,27 +39,23 @@ from clipedit.methods.paint import PaintHParams, run_paint
 from clipedit.methods.rewrite import run_edit
 from clipedit.methods.spec import DefenseData, DefenseResult, MethodContext, MethodSpec
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
 
 #: The table, in ``clipedit compare``'s column order.
 METHODS: dict[str, MethodSpec] = {
-    "edit": MethodSpec(RewriteHParams, run_edit, config_field="hparams", sweepable=True, closed_form=True),
-    "edit-any-word": MethodSpec(RewriteHParams, run_edit, config_field="hparams", word_agnostic=True,
+    "edit": MethodSpec(RewriteHParams, run_edit, model_defaults=True, sweepable=True, closed_form=True),
+    "edit-any-word": MethodSpec(RewriteHParams, run_edit, model_defaults=True, word_agnostic=True,
                                 any_word=True),
-    "dyslexify": MethodSpec(DyslexifyHParams, run_dyslexify, defaults=lambda config: DyslexifyHParams(),
-                            word_agnostic=True, exemplars=False, needs_world=True, applies=class_token_sites,
-                            plain_weights=False),
+    "dyslexify": MethodSpec(DyslexifyHParams, run_dyslexify, word_agnostic=True, exemplars=False,
+                            needs_world=True, applies=class_token_sites, plain_weights=False),
     "head-ablation-weights": MethodSpec(HeadAblationHParams, run_head_ablation, needs_world=True),
-    "paint": MethodSpec(PaintHParams, run_paint, defaults=lambda config: PaintHParams(), word_agnostic=True,
-                        exemplars=False, needs_world=True),
-    "defense-prefix": MethodSpec(DefensePrefixHParams, run_defense_prefix,
-                                 defaults=lambda config: DefensePrefixHParams(), word_agnostic=True,
+    "paint": MethodSpec(PaintHParams, run_paint, word_agnostic=True, exemplars=False, needs_world=True),
+    "defense-prefix": MethodSpec(DefensePrefixHParams, run_defense_prefix, word_agnostic=True,
                                  exemplars=False, needs_world=True, applies=check_text_tower,
                                  plain_weights=False,
                                  planned_images=lambda hp, config, n: images_seen(n, hp)),
-    "finetune-local": MethodSpec(FinetuneHParams, run_finetune(local=True), config_field="finetune",
-                                 applies=finetune_local_applies),
-    "finetune-global": MethodSpec(FinetuneHParams, run_finetune(local=False), config_field="finetune",
-                                  planned_images=finetune_images),
+    "finetune-local": MethodSpec(FinetuneHParams, run_finetune(local=True), applies=finetune_local_applies),
+    "finetune-global": MethodSpec(FinetuneHParams, run_finetune(local=False), planned_images=finetune_images),
 }
 
 
@@ -108,7 +103,7 @@ def run_defense(bundle: ModelBundle, data: DefenseData, config: DefenseConfig,
                             meta={"words": list(data.words), **(meta or {})}, shared=shared, peers=peers or {},
                             methods=METHODS)
     start = time.perf_counter()
-    result = spec.run(bundle, data, config.method_hparams, context)
+    result = spec.run(bundle, data, config.hparams, context)
     seconds = round(time.perf_counter() - start, 3)
     recorded = config.to_dict()
     if result.edit_set is not None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from clipedit.core import RewriteHParams
 from clipedit.core.multisite import apply_multisite_rewrite
-from clipedit.defenses.defaults import offline_settings
 from clipedit.methods.spec import DefenseData, DefenseResult, MethodContext, budget, fixed_selection, run_meta
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.defaults import offline_settings
 
 
 def run_edit(bundle: ModelBundle, data: DefenseData, hparams: RewriteHParams, context: MethodContext
@@ -17,7 +17,7 @@ def run_edit(bundle: ModelBundle, data: DefenseData, hparams: RewriteHParams, co
     any_word = context.config.any_word
     offline = offline_settings(bundle, any_word)
     steps = hparams.steps * len(context.sites) if hparams.solver == "optimize" else 0
-    details = {"selection": fixed_selection(f"the model's default settings (defaults.json"
+    details = {"selection": fixed_selection(f"the model's default settings (its default file"
                                             f"{', any_word' if any_word else ''}; chosen offline among "
                                             f"{offline['settings']} settings on validation)"),
                "budget": budget(data.images, steps, 1, offline, train_images=data.images,

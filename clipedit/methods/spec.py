@@ -26,7 +26,7 @@ from clipedit.eval.results import before_after_metrics, drop_predictions, make_r
 from clipedit.models.bundle import ModelBundle
 
 if TYPE_CHECKING:  # the settings carry the fine-tuning baseline's settings class (a type, not a runtime import)
-    from clipedit.defenses.config import DefenseConfig
+    from clipedit.settings.config import DefenseConfig
 
 
 @dataclass
@@ -84,7 +84,7 @@ class DefenseResult:
     def hparams_used(self) -> Any:
         """The method's settings as used: an edit's rank clamped to its exemplar keys is recorded as the
         rank used, with ``rank_requested`` beside it (each member's metadata says the same)."""
-        hp = self.config.get("method_hparams")
+        hp = self.config.get("hparams")
         if self.edit_set is None or not isinstance(hp, dict) or "rank" not in hp:
             return hp
         ranks = {m.rank for m in self.edit_set.edits if isinstance(m, LayerEdit)}
@@ -189,16 +189,14 @@ class MethodSpec:
         hparams_cls: a dataclass with ``to_dict()`` / ``from_dict()``.
         run: ``run(bundle, data, hparams, context) -> DefenseResult``; its ``details`` carry ``selection``
             (what it chose and by which rule on which split) and ``budget`` (:func:`budget`).
-        config_field: the DefenseConfig field that holds its settings (``hparams``: the rewrite's;
-            ``finetune``), if any.
-        defaults: its settings from a resolved config when none are given (default: ``config_field``'s
-            value, else ``hparams_cls()``).
+        model_defaults: its settings start from the model's default file (``clipedit/settings/hparams/edit``:
+            rank, keep_targets, keep_reading, the default sites); else from ``hparams_cls``'s own defaults.
         word_agnostic: trained once for every word (``compare`` runs it once a seed and scores every word);
             False: word-specific (one run per defended word).
         exemplars: learns from the defended words' rendered exemplars; False: draws its own typographic
             training split from the model's world (``defend`` renders no exemplars for it).
         any_word: the rewrite against any written word: its exemplars are ``"*"``'s vocabulary and its
-            settings ``defaults.json``'s ``any_word`` entry.
+            settings the model's ``edit-any-word`` default file on top of its ``edit`` file.
         needs_world: needs a labelled world (its splits or its validation scenes come from it).
         applies: ``applies(bundle)`` raises ClipeditError saying why the method does not apply at its
             defaults (e.g. no class token; finetune-local: a default layer that is part of a weight);
@@ -216,8 +214,7 @@ class MethodSpec:
 
     hparams_cls: type
     run: Callable[[ModelBundle, DefenseData, Any, MethodContext], DefenseResult]
-    config_field: Optional[str] = None
-    defaults: Optional[Callable[[DefenseConfig], Any]] = None
+    model_defaults: bool = False
     word_agnostic: bool = False
     exemplars: bool = True
     any_word: bool = False
@@ -229,25 +226,10 @@ class MethodSpec:
     closed_form: bool = False
     planned_images: Optional[Callable[[Any, DefenseConfig, int], int]] = None
 
-    def resolve_hparams(self, config: DefenseConfig) -> Any:
-        """The settings ``run`` receives: ``config.method_hparams`` (an instance, or a dict over the defaults)."""
-        if self.defaults is not None:
-            base = self.defaults(config)
-        elif self.config_field is not None:
-            base = getattr(config, self.config_field)
-        else:
-            base = self.hparams_cls()
-        given = config.method_hparams
-        if given is None or isinstance(given, self.hparams_cls):
-            return base if given is None else given
-        if isinstance(given, Mapping):
-            return self.hparams_cls.from_dict({**base.to_dict(), **given})
-        raise ClipeditError(f"settings of {config.method} must be a {self.hparams_cls.__name__} or a dict, "
-                            f"got {type(given).__name__}")
-
     def settings(self, given: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
-        """Overrides for :meth:`resolve_hparams`: a caller's ``fixed`` settings (e.g. compare's n_train, n_val,
-        seed) where the settings class has the field, then the user's ``given`` (a dict of its fields)."""
+        """Overrides of the method's settings (``DefenseConfig.hparams`` as a dict): a caller's ``fixed``
+        settings (e.g. compare's n_train, n_val, seed) where the settings class has the field, then the user's
+        ``given`` (a dict of its fields)."""
         if not isinstance(given, Mapping):
             raise ClipeditError(f"the settings of a method must be a JSON object, got {type(given).__name__}")
         names = {f.name for f in dataclasses.fields(self.hparams_cls)}
@@ -304,9 +286,7 @@ def peer_floor(methods: Mapping[str, MethodSpec], config: DefenseConfig, n_train
     for name, spec in methods.items():
         if spec.planned_images is None or name == exclude:
             continue
-        base = spec.defaults(config) if spec.defaults else getattr(config, spec.config_field) \
-            if spec.config_field else spec.hparams_cls()
-        hp = spec.hparams_cls.from_dict({**base.to_dict(), **dict(peers.get(name, {}))})
+        hp = spec.hparams_cls.from_dict(dict(peers.get(name, {})))
         if hasattr(hp, "n_train"):
             hp = dataclasses.replace(hp, n_train=n_train)
         out[name] = int(spec.planned_images(hp, config, n_train))

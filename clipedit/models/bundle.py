@@ -65,7 +65,7 @@ class ModelBundle:
 
     @property
     def architecture(self) -> str:
-        """The image tower's family as ``defaults.json`` keys it: its class name, and for open_clip's timm
+        """The image tower's family as the default files key it: its class name, and for open_clip's timm
         adapter the trunk's too (``TimmModel/VisionTransformer``, ``TimmModel/ConvNeXt``)."""
         tower = self.image_module
         name = type(tower).__name__

@@ -12,9 +12,10 @@ selects anything selects on the same validation sets (the validation split's lea
 clean, blank note and signs (reading kept). Each run's budget (images seen, optimizer steps, settings
 tried, the offline grid behind its defaults, seconds) is in the record under ``budget``.
 
-Word-disjoint split (:mod:`clipedit.data.prepare.word_split`, on the model's world): the class words are
-split by a seeded hash (``word_seed``) into words any method may train or render on and held-out
-words no method sees; the "unseen words" cells write held-out words only, for every method.
+Word-disjoint split (:mod:`clipedit.data.prepare.word_split`; class words: the model's world's, or the
+classes of ``data``): the class words are split by a seeded hash (``word_seed``) into words any method
+may train or render on and held-out words no method sees; the "unseen words" cells write (or, on a
+benchmark, show) held-out words only, for every method; recorded under ``word_split``.
 
 The record keeps every method's per-image outcomes (``raw``), from which :mod:`clipedit.eval.compare_stats`
 computes every cell (n = distinct images; one seed: Wilson; several: a bootstrap over images and seeds),
@@ -48,11 +49,11 @@ from clipedit.data.prepare.user_data import (
     with_validation_world,
 )
 from clipedit.data.prepare.vocabulary import ANY_WORD
-from clipedit.data.prepare.word_split import WordSplitWorld, word_split
+from clipedit.data.prepare.word_split import WordSplit, WordSplitWorld, word_split
 from clipedit.data.splits import DataSplit, split_data
-from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import DefenseConfig, defense_data, reference_statistics
 from clipedit.errors import ClipeditError, SettingsError
+from clipedit.eval.evaluation import N_EVAL
 from clipedit.eval.heldout import SCENE_OFFSET
 from clipedit.eval.pick import heldout_data
 from clipedit.methods.registry import METHODS, method_spec, run_defense
@@ -72,6 +73,7 @@ from clipedit.selection.compare_units import (
     unit_key,
     write_partial,
 )
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +110,14 @@ class CompareSettings:
             its class names (default: the benchmark's or the folder names).
         supported, supported_classes: the supported task (an ImageFolder) and its class names, for the
             methods whose selection rule has one (PAINT, Defense-Prefix).
-        word_seed: seed of the word-disjoint split of the class words (model's world only).
+        word_seed: seed of the word-disjoint split of the class words (the model's world's, or ``data``'s
+            classes).
     """
 
     methods: Optional[tuple[str, ...]] = None
     words: Optional[tuple[str, ...]] = None
     seeds: tuple[int, ...] = (0, 1, 2)
-    n_test: int = 1000
+    n_test: int = N_EVAL
     n_signs: int = 1000
     n_train: int = 1000
     n_val: int = 500
@@ -169,9 +172,8 @@ def check_settings(bundle: ModelBundle, settings: CompareSettings) -> tuple[str,
     check_given(settings)
     if bundle.world is None or not bundle.world.classnames:
         raise ClipeditError(f"{bundle.name} has no labelled world to compare on (give --data KIND:PATH)")
-    for m, given in settings.hparams.items():  # what defend receives, checked as defend checks it
-        if METHODS[m].config_field is not None:  # (a layer not in the model included)
-            resolve_config(bundle, DefenseConfig(method=m, method_hparams=dict(given) or None))
+    for m, given in settings.hparams.items():  # what defend receives, checked as defend checks it (a layer
+        resolve_config(bundle, DefenseConfig(method=m, hparams=dict(given) or None))  # not in the model included)
     if settings.methods is None:
         chosen = tuple(m for m in compare_methods() if METHODS[m].not_applicable(bundle, m) is None)
     else:
@@ -212,7 +214,7 @@ def run_method(base: ModelBundle, method: str, word: Optional[str], seed: int, s
     fixed = fixed_settings(settings, seed)
     peers = {m: METHODS[m].settings(settings.hparams.get(m, {}), fixed) for m in compare_methods()}
     start = time.perf_counter()
-    config = resolve_config(bundle, DefenseConfig(method=method, seed=seed, method_hparams=peers[method] or None))
+    config = resolve_config(bundle, DefenseConfig(method=method, seed=seed, hparams=peers[method] or None))
     words = [ANY_WORD] if config.any_word else [word] if word is not None else list(settings.words)
     data = defense_data(bundle, words, config)
     result = run_defense(bundle, data, config, lambda layer: reference_statistics(bundle, layer, config),
@@ -252,15 +254,25 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
     settings = resolved(settings, split)
     methods = check_settings(base, settings)
     t_all = time.perf_counter()
-    words_apart = None
+    # the class words (the world's, or the data's classes) split: held-out words no method trains, renders or
+    # validates on; the unseen-words cells write (an ImageFolder) or show (a benchmark) held-out words only.
+    # On data with fewer than two class words besides the defended ones nothing can be held out: no split,
+    # and no unseen-words cell (said in the notes)
+    try:
+        words_apart: Optional[WordSplit] = word_split(base.world.classnames, settings.words, settings.word_seed)
+    except ClipeditError:
+        if split is None:
+            raise
+        words_apart = None
     if split is not None:
-        tests = scoring_sets(base, split, settings.words, settings.n_test, settings.n_signs)
+        tests = scoring_sets(base, split, settings.words, settings.n_test, settings.n_signs,
+                             unseen=words_apart.heldout if words_apart is not None else ())
     else:
-        words_apart = word_split(base.world.classnames, settings.words, settings.word_seed)
         tests = {w: heldout_data(base, [w], settings.n_test, settings.n_signs or None, split="test",
                                  offset=i * SCENE_OFFSET,  # each word its own scenes and signs
                                  other_words=words_apart.heldout)  # unseen words: held out of every method
                  for i, w in enumerate(settings.words)}
+    if words_apart is not None:
         base = dataclasses.replace(base, world=WordSplitWorld(base.world, words_apart))  # what methods see
     digest = settings_digest(base, settings, methods)
     agree(digest, "compare settings")

@@ -18,7 +18,7 @@ from clipedit.selection.compare_units import (
 )
 
 #: Why a metric can be missing on a user's data (left out of the table, said in the notes).
-MISSING = {"other_text_acc": "no test-side image carries a word other than the defended ones",
+MISSING = {"other_text_acc": "no test-side image carries a held-out class word (the word-disjoint split's)",
            "clean_acc": "the dataset has no clean photos", "blank_acc": "the dataset has no blank-note photos",
            "reading_acc": "no signs were asked for (--n-signs 0)"}
 
@@ -99,9 +99,14 @@ def data_notes(record: dict[str, Any], split: Optional[DataSplit] = None) -> lis
         notes.append(f"supported task (PAINT, Defense-Prefix): {record['settings']['supported']}")
     if record.get("word_split"):
         notes.append(f"unseen words: {', '.join(record['word_split']['heldout'])}, held out of every method's "
-                     "training, rendering and validation")
+                     "training, rendering and validation" + ("; the benchmark's photos written with any other "
+                                                             "word (a trainable class word, or no class name) "
+                                                             "count in no word cell"
+                                                             if split is not None and split.layout != FOLDER
+                                                             else ""))
     elif split is not None:
-        notes.append("unseen words: the data's own written words; no word-disjoint split on --data")
+        notes.append("unseen words: fewer than two class words besides the defended ones, so none can be held "
+                     "out of the methods: no word-disjoint split, no unseen-words cell")
     return notes
 
 
@@ -128,13 +133,18 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def pareto_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """Gain vs cost of each method against the unedited model (means), for the trade-off plot."""
+    """Gain vs cost of each method against the unedited model (means), for the trade-off plot; with each
+    method's place on the defended word vs reading plane (:func:`clipedit.eval.compare_table.plane_rows`:
+    text-note and reading accuracies with their intervals, and the flags), for the plot's second panel."""
+    from clipedit.eval.compare_table import plane_rows
+
     base = record["cells"]["unedited"]
+    plane = {r["method"]: r for r in plane_rows(record)}
 
     def delta(c: dict, key: str) -> float:
         a, b = c.get(key, {}).get("value"), base.get(key, {}).get("value")
         return 0.0 if a is None or b is None else a - b
 
-    return [{"method": m, "gain": delta(c, "text_acc"), "other_gain": delta(c, "other_text_acc"),
+    return [{**plane[m], "method": m, "gain": delta(c, "text_acc"), "other_gain": delta(c, "other_text_acc"),
              "clean_loss": -delta(c, "clean_acc"), "blank_loss": -delta(c, "blank_acc")}
             for m, c in record["cells"].items() if m != "unedited"]

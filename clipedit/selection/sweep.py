@@ -46,9 +46,6 @@ from clipedit.core.exemplar_sums import (
 )
 from clipedit.core.sites import candidate_sites
 from clipedit.core.subspace import regularise
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import defaults_for
-from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.typographic import defense_data, reference_statistics
 from clipedit.errors import ClipeditError, SiteError
 from clipedit.eval.intervals import wilson
@@ -67,6 +64,8 @@ from clipedit.eval.pick import (
 )
 from clipedit.methods.registry import METHODS, method_spec, run_defense
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
+from clipedit.settings.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +262,7 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
                                       "the sweep's reading tolerance")
     rows: list[dict[str, Any]] = []
     seconds["solve"] = seconds["evaluate"] = 0.0
-    pairs, site_sets = _candidates(bundle, settings)
+    pairs, site_sets = _candidates(bundle, settings, config)
     total = sum(len(r) for _, r in pairs) + len(site_sets) * len(settings.ranks or [config.hparams.rank])
     bar = tqdm(candidate_edits(bundle, words, settings, config), total=total, desc="sweep candidates",
                unit="setting", leave=False, disable=None)  # None: shown on terminals only
@@ -294,7 +293,7 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
     ``config`` is resolved; each candidate is what ``defend`` with ``config`` at that site (or sites) and
     rank applies (same solver, same settings, same exemplars).
     """
-    pairs, site_sets = _candidates(bundle, settings)
+    pairs, site_sets = _candidates(bundle, settings, config)
     exemplars = defense_data(bundle, words, config)
     hp = config.hparams
     if not method_spec(config.method).closed_form:  # every candidate is one run of the method
@@ -328,13 +327,12 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
             finally:
                 revert_edit_set(bundle.model, edit_set)
             setup = 0.0
-    single = {name: ranks for name, ranks in _candidates(bundle, settings)[0]}
+    single = {name: ranks for name, ranks in _candidates(bundle, settings, config)[0]}
     for site_set in site_sets:
         for rank in (single[site_set[0]] if len(site_set) == 1 else None) or settings.ranks or [config.hparams.rank]:
             clock = time.perf_counter()
             candidate = dataclasses.replace(config, sites=tuple(site_set),
-                                            hparams=dataclasses.replace(hp, layer=None, rank=rank),
-                                            method_hparams=None)
+                                            hparams=dataclasses.replace(hp, layer=None, rank=rank))
             result = run_defense(bundle, exemplars, resolve_config(bundle, candidate),
                                  lambda layer: reference_statistics(bundle, layer, config))
             if result.edit_set is None:
@@ -345,23 +343,23 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
                 revert_edit_set(bundle.model, result.edit_set)
 
 
-def _candidates(bundle: ModelBundle, settings: SweepSettings
+def _candidates(bundle: ModelBundle, settings: SweepSettings, config: DefenseConfig
                 ) -> tuple[list[tuple[str, list[int]]], list[tuple[str, ...]]]:
     """(single sites with their ranks, multi-site sets) to try, names and ranks checked."""
-    site_sets = _site_sets(bundle, settings)
+    site_sets = _site_sets(bundle, settings, config)
     pairs = [] if settings.sites is not None and not settings.sites else plan(bundle, settings.sites, settings.ranks)
     if not pairs and not site_sets:
         raise ClipeditError("no candidate to sweep")
     return pairs, site_sets
 
 
-def _site_sets(bundle: ModelBundle, settings: SweepSettings) -> list[tuple[str, ...]]:
-    """The multi-site candidates: the given sets (names checked), else the model's default sites when it
-    has several and no single sites were named."""
+def _site_sets(bundle: ModelBundle, settings: SweepSettings, config: DefenseConfig) -> list[tuple[str, ...]]:
+    """The multi-site candidates: the given sets (names checked), else the resolved ``config``'s sites (the
+    model's default sites when none were given) when they are several and no single sites were named."""
     if settings.site_sets is not None:
         sets = [tuple(s) for s in settings.site_sets]
     else:
-        default = defaults_for(bundle).sites
+        default = config.sites if len(config.sites) > 1 else None
         sets = [default] if default and not settings.sites else []
     for site_set in sets:
         if len(site_set) < 2 or len(set(site_set)) != len(site_set):
@@ -373,9 +371,10 @@ def _site_sets(bundle: ModelBundle, settings: SweepSettings) -> list[tuple[str, 
 
 def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig, auto: Sequence[str],
                     n_val: int = SweepSettings.n_val) -> tuple[DefenseConfig, dict[str, Any]]:
-    """``--layer auto`` / ``--rank auto`` (``auto`` names which): sweep on the validation split (at most
-    ``n_val`` scenes per set) and take the pick rule's setting; returns (the config to defend with, what was
-    chosen and by which rule). No admissible setting: ``config`` unchanged."""
+    """``--layer auto`` / ``--rank auto`` (``auto`` names which): sweep on the validation split at ``n_val``
+    scenes per set (``defend --n-val``, the meaning of sweep's and compare's ``--n-val``; signs: at most
+    ``SweepSettings.n_signs``) and take the pick rule's setting; returns (the config to defend with, what was
+    chosen and by which rule, with ``n`` and ``n_signs``). No admissible setting: ``config`` unchanged."""
     if not method_spec(config.method).sweepable or config.any_word:
         raise ClipeditError("--layer/--rank auto go with a method that acts on sites (--method edit) and rendered "
                             "exemplars of named words")
@@ -384,15 +383,16 @@ def choose_by_sweep(bundle: ModelBundle, words: list[str], config: DefenseConfig
     settings = SweepSettings(sites=None if auto_layer else list(config.sites) if single else [],
                              ranks=None if auto_rank else [hp.rank],
                              site_sets=None if auto_layer or single else [config.sites],
-                             n_val=min(n_val, SweepSettings.n_val), n_signs=min(n_val, SweepSettings.n_signs))
+                             n_val=n_val, n_signs=min(n_val, SweepSettings.n_signs))
     result = sweep(bundle, words, settings, config)
     picked = result.picked
-    selection = {"split": "validation", "rule": result.rule(), "tolerance": result.tolerance_record(),
+    selection = {"split": "validation", "n": settings.n_val, "n_signs": settings.n_signs,
+                 "rule": result.rule(), "tolerance": result.tolerance_record(),
                  "candidates": len(result.rows),
                  "auto": list(auto), "picked": picked, "baseline": result.baseline}
     if picked is None:
         log.warning("no setting met the pick rule on validation; keeping %s rank %d", "+".join(config.sites), hp.rank)
         return config, selection
     chosen = dataclasses.replace(config, hparams=dataclasses.replace(hp, layer=None, rank=picked["rank"]),
-                                 sites=tuple(picked["sites"]), method_hparams=None)
+                                 sites=tuple(picked["sites"]))
     return resolve_config(bundle, chosen), selection

@@ -40,42 +40,69 @@ def rank_labels(rows: Sequence[dict[str, Any]], points: Sequence[tuple[float, fl
 
 
 def _plot_reading(ax, rows: Sequence[dict[str, Any]], colours: dict, markers: dict,
-                  baseline: Optional[dict[str, Any]], picked: Optional[dict[str, Any]]) -> None:
-    """Defended-word text-note accuracy vs reading kept (signs), each candidate with its reading interval."""
+                  baseline: Optional[dict[str, Any]], picked: Optional[dict[str, Any]], unseen: bool = False) -> None:
+    """Defended-word text-note accuracy vs reading kept (signs), each point with its 95% intervals in both
+    directions where the row carries them (``intervals``: ``text_acc``, ``reading_acc``; ``reading``); with
+    ``unseen`` (compare's plane, one point a method), also unseen-word text-note accuracy (hollow markers, the
+    same colour) and each method's name; the unedited model (``baseline``) marked with its own intervals."""
+    def bars(r: dict[str, Any], key: str, x: float, y: float, colour, alpha: float = 0.35) -> None:
+        iv = r.get("intervals") or {}
+        xci = (iv.get("reading_acc") or r.get("reading") or {}).get("ci")
+        yci = (iv.get(key) or {}).get("ci")
+        if xci or yci:
+            ax.errorbar(x, y, xerr=[[x - 100 * xci[0]], [100 * xci[1] - x]] if xci else None,
+                        yerr=[[y - 100 * yci[0]], [100 * yci[1] - y]] if yci else None, fmt="none", ecolor=colour,
+                        alpha=alpha, lw=0.8, zorder=2)
+
     for r in rows:
         lab = r.get("site") or r["method"]
+        marker = markers.get(r["method"].split(" ")[0], "X")
         x, y = 100 * r["reading_acc"], 100 * r["text_acc"]
-        ci = (r.get("reading") or {}).get("ci")
-        if ci:
-            ax.errorbar(x, y, xerr=[[x - 100 * ci[0]], [100 * ci[1] - x]], fmt="none", ecolor=colours[lab],
-                        alpha=0.35, lw=0.8, zorder=2)
-        ax.scatter(x, y, marker=markers.get(r["method"].split(" ")[0], "X"), color=colours[lab], s=36, zorder=3)
+        bars(r, "text_acc", x, y, colours[lab])
+        ax.scatter(x, y, marker=marker, color=colours[lab], s=36, zorder=3)
+        if unseen and r.get("other_text_acc") is not None:
+            yo = 100 * r["other_text_acc"]
+            bars(r, "other_text_acc", x, yo, colours[lab], alpha=0.2)
+            ax.scatter(x, yo, marker=marker, facecolors="none", edgecolors=colours[lab], s=36, zorder=3)
         if r.get("rank") is not None:
             ax.annotate(str(r["rank"]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        elif unseen:  # the compare plane: one point a method, named
+            ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7,
+                        color=colours[lab])
     if baseline is not None and baseline.get("reading_acc") is not None and baseline.get("text_acc") is not None:
         bx, by = 100 * baseline["reading_acc"], 100 * baseline["text_acc"]
+        bars(baseline, "text_acc", bx, by, "black", alpha=0.6)
         ax.scatter(bx, by, marker="x", color="black", s=60, zorder=4, label="unedited")
+        if unseen and baseline.get("other_text_acc") is not None:
+            bars(baseline, "other_text_acc", bx, 100 * baseline["other_text_acc"], "black", alpha=0.35)
+            ax.scatter(bx, 100 * baseline["other_text_acc"], marker="o", facecolors="none", edgecolors="black",
+                       s=36, zorder=4, label="unedited, unseen words")
         ax.axvline(bx, color="black", lw=0.7, ls="--", alpha=0.6)
         if baseline.get("blank_acc") is not None:
             ax.axhline(100 * baseline["blank_acc"], color="grey", lw=0.8, ls=":", label="unedited blank note")
+    if unseen and any(r.get("other_text_acc") is not None for r in rows):
+        ax.scatter([], [], marker="o", facecolors="none", edgecolors="grey", s=36,
+                   label="hollow: unseen words (same colour)")
     if picked is not None and picked.get("reading_acc") is not None:
         ax.scatter(100 * picked["reading_acc"], 100 * picked["text_acc"], s=160, facecolors="none",
                    edgecolors="red", label="pick", zorder=4)
     n = (rows[0].get("reading") or {}).get("n")
     ax.set_xlabel(f"reading kept: signs read correctly, %{f' (n={n})' if n else ''}")
-    ax.set_ylabel("defended-word text-note accuracy, %")
-    ax.set_title("attack removed vs reading kept (up and right is better)", fontsize=10)
+    ax.set_ylabel("text-note accuracy, %" + (" (filled: defended word)" if unseen else " (defended word)"))
+    ax.set_title("attack removed vs reading kept\n(up and right is better; bars: 95% intervals)", fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
 
 
 def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", tolerance: float = PICK_TOLERANCE,
-                  picked: Optional[dict[str, Any]] = None, baseline: Optional[dict[str, Any]] = None) -> None:
+                  picked: Optional[dict[str, Any]] = None, baseline: Optional[dict[str, Any]] = None,
+                  unseen: bool = False) -> None:
     """Gain (defended-word text-note accuracy) vs cost (clean/blank loss), one marker per method,
     one colour per site, the Pareto front drawn; written as a PNG at ``path``. When the rows carry reading
     (``reading_acc`` and ``text_acc``), a second panel beside it: defended-word text-note accuracy vs
-    reading kept, with the reading's 95% interval and the unedited model (``baseline``) marked."""
+    reading kept, each point with its 95% intervals both ways (the rows' ``intervals``), the unedited model
+    (``baseline``) marked; ``unseen``: unseen-word text-note accuracy too (hollow markers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,7 +152,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path, title: str = "", toleran
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     if reading:
-        _plot_reading(ax_read, reading, colours, markers, baseline, picked)
+        _plot_reading(ax_read, reading, colours, markers, baseline, picked, unseen=unseen)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

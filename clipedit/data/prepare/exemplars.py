@@ -16,10 +16,9 @@ from clipedit.core import EditRequest, KeepRequest, KeyStatistics, key_statistic
 from clipedit.data.folders import files_key, image_paths
 from clipedit.data.images import LazyImages, to_batches
 from clipedit.data.worlds import PhotoWorld, World
-from clipedit.defenses.config import DefenseConfig
-from clipedit.defenses.defaults import defaults_for
 from clipedit.errors import ClipeditError, EditError, render_errors
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +90,13 @@ def reference_statistics(bundle: ModelBundle, layer: str, config: DefenseConfig)
         batches = lambda: to_batches(LazyImages(paths), preprocess, 64)  # noqa: E731
     else:
         world = world_of(bundle, config.photos)
-        n = config.n_reference or defaults_for(bundle).n_reference
+        n = config.n_reference
+        if n is None:
+            raise ClipeditError("reference_statistics: n_reference is unset (resolve_config fills it)")
         data_key = world.reference_key(n) + repr(preprocess)
         batches = lambda: to_batches(world.reference_images(n), preprocess, 64)  # noqa: E731
     stats = key_statistics(bundle.model, layer, batches, data_key=data_key, forward=bundle.encode_images)
-    if config.reference is None and isinstance(world, PhotoWorld):  # said once the site has proved usable
+    if config.reference is None and getattr(world, "from_photos", False):  # said once the site has proved usable
         log.warning("no --reference images: key statistics from views of %s; pass --reference "
                     "for a real model", "the given photos" if config.photos else world.source)
     return stats

@@ -11,13 +11,17 @@ What comes from which side (``clipedit compare --data`` and ``clipedit sweep --d
   photos (exemplar styles), the key statistics use views of them, the word-agnostic peers' typographic
   training split (Dyslexify, PAINT: :mod:`clipedit.data.prepare.typo_train`) is rendered on them, and every
   method's own tuning (the sweep, head ablation's keep rule, PAINT's α) scores notes rendered on them in
-  the validation split's held-out styles. Of a benchmark's validation side, its clean photos are used
+  the validation split's held-out styles. In ``compare``, every note drawn with "another class's name"
+  writes a trainable word of the word-disjoint split (:class:`~clipedit.data.prepare.word_split.WordSplitWorld`):
+  no method renders a held-out class word (a benchmark's validation photos, when they are not all clean, may
+  still carry one in their own writing). Of a benchmark's validation side, its clean photos are used
   when it has at least ``MIN_PER_SIDE`` of them, else all its photos (then some carry their own writing).
 * **Test side** -> what compare scores, never seen by any method:
   an ImageFolder's test photos with notes rendered in the test split's held-out styles, one scene per
-  photo and set (defended words; other class names = unseen words; clean; blank note), or a benchmark's
-  test photos as they are: ``text_acc`` over attacked photos whose word is a defended one (and not the
-  photo's class), ``other_text_acc`` over those with any other word, ``clean_acc`` / ``blank_acc`` over
+  photo and set (defended words; unseen words = the held-out class words of the word-disjoint split,
+  :mod:`clipedit.data.prepare.word_split`; clean; blank note), or a benchmark's test photos as they are:
+  ``text_acc`` over attacked photos whose word is a defended one (and not the photo's class),
+  ``other_text_acc`` over those written with a held-out class word, ``clean_acc`` / ``blank_acc`` over
   its clean / blank photos where the layout has them (RTA-100 and PAINT have neither: those rows are
   left out of the table, with a note). Synthetic (rendered) photos of a benchmark are not scored.
   ``reading_acc`` is clipedit's signs (the data's class names written alone on plain canvases, test
@@ -71,10 +75,11 @@ def with_validation_world(bundle: ModelBundle, split: DataSplit) -> ModelBundle:
 
 def default_words(split: DataSplit, k: int = 3) -> list[str]:
     """Words to defend when none are given: a benchmark's ``k`` most frequent written words found on both
-    sides (ties: alphabetical); an ImageFolder's first ``k`` class names, leaving one class for the
-    unseen-words set."""
+    sides (ties: alphabetical); an ImageFolder's first ``k`` class names, leaving two classes, so that the
+    word-disjoint split (:mod:`clipedit.data.prepare.word_split`) can hold one out for the unseen-words set and
+    keep one for the methods."""
     if split.layout == FOLDER:
-        return list(split.classnames[:max(1, min(k, len(split.classnames) - 1))])
+        return list(split.classnames[:max(1, min(k, len(split.classnames) - 2))])
     both = {normalize_name(r.word) for r in split.test if r.kind == "attacked" and r.word}
     counts = Counter(r.word for r in split.validation + split.test
                      if r.kind == "attacked" and r.word and normalize_name(r.word) in both)
@@ -95,6 +100,8 @@ class BenchmarkTest:
         words: the defended words (the rest of the written words are the unseen ones).
         signs: written class names alone (reading kept), or None.
         bundle: the model with memoised preprocessing (the signs are decoded once).
+        unseen: the words (normalised) whose photos the unseen-words cell counts: the word-disjoint split's
+            held-out class words (None: every written word besides the defended ones).
     """
 
     images: torch.Tensor
@@ -103,21 +110,30 @@ class BenchmarkTest:
     words: list[str]
     signs: Optional[SignSet]
     bundle: ModelBundle
+    unseen: Optional[frozenset[str]] = None
 
 
-def metric_of(record: BenchmarkImage, defended: set[str]) -> Optional[str]:
-    """Which metric a benchmark photo counts in (None: not scored)."""
+def metric_of(record: BenchmarkImage, defended: set[str], unseen: Optional[frozenset[str]] = None
+              ) -> Optional[str]:
+    """Which metric a benchmark photo counts in (None: not scored); ``unseen``: the words (normalised) of the
+    unseen-words cell (None: every word besides the defended ones)."""
     if record.kind in ("clean", "blank"):
         return f"{record.kind}_acc"
     if record.kind != "attacked" or not record.word or normalize_name(record.word) == normalize_name(record.true_class):
         return None
-    return "text_acc" if normalize_name(record.word) in defended else "other_text_acc"
+    word = normalize_name(record.word)
+    if word in defended:
+        return "text_acc"
+    return "other_text_acc" if unseen is None or word in unseen else None
 
 
-def scoring_sets(bundle: ModelBundle, split: DataSplit, words: Sequence[str], n: int, n_signs: int
-              ) -> dict[str, HeldoutData | BenchmarkTest]:
+def scoring_sets(bundle: ModelBundle, split: DataSplit, words: Sequence[str], n: int, n_signs: int,
+                 unseen: Optional[Sequence[str]] = None) -> dict[str, HeldoutData | BenchmarkTest]:
     """Per defended word, the test side's sets (see the module docstring); ``n`` caps an ImageFolder's
-    scenes a set (one per photo at most).
+    scenes a set (one per photo at most). ``unseen``: the words of the unseen-words sets, the word-disjoint
+    split's held-out class words (an ImageFolder's notes write only them, a benchmark's cell counts only
+    photos written with them; empty: no unseen-words set); None: every class / written word besides the
+    defended ones.
 
     Raises:
         ClipeditError: a benchmark whose test side has no attacked photo with a defended word.
@@ -125,7 +141,8 @@ def scoring_sets(bundle: ModelBundle, split: DataSplit, words: Sequence[str], n:
     world = side_world(split, "test") if split.layout == FOLDER else None
     if world is not None:
         test_bundle = dataclasses.replace(bundle, world=world)
-        return {w: heldout_data(test_bundle, [w], n, n_signs or None, split="test") for w in words}
+        return {w: heldout_data(test_bundle, [w], n, n_signs or None, split="test", other_words=unseen)
+                for w in words}
     records = split.test
     held = dataclasses.replace(bundle, preprocess=MemoPreprocess(bundle.preprocess))
     images = torch.cat(list(to_batches(LazyImages([r.path for r in records]), bundle.preprocess, 256)))
@@ -136,7 +153,8 @@ def scoring_sets(bundle: ModelBundle, split: DataSplit, words: Sequence[str], n:
         if not any(metric_of(r, {normalize_name(w)}) == "text_acc" for r in records):
             raise ClipeditError(f"no test-side photo of {split.dataset} carries the word {w!r} (its words: "
                                 f"{', '.join(sorted({r.word for r in records if r.word})[:12]) or 'none'})")
-        out[w] = BenchmarkTest(images, records, predictor, [w], signs, held)
+        out[w] = BenchmarkTest(images, records, predictor, [w], signs, held,
+                               frozenset(normalize_name(u) for u in unseen) if unseen is not None else None)
     return out
 
 
@@ -156,7 +174,7 @@ def benchmark_counts(test: BenchmarkTest, bundle: ModelBundle,
     defended = {normalize_name(w) for w in test.words}
     out: dict[str, list[bool]] = {}
     for record, p in zip(test.records, pred.tolist()):
-        key = metric_of(record, defended)
+        key = metric_of(record, defended, test.unseen)
         if key is not None:
             out.setdefault(key, []).append(p == class_index(record.true_class, predictor.classnames))
         word = class_index(record.word, predictor.classnames) if key == "text_acc" else None

@@ -64,7 +64,8 @@ def word_split(classnames: Sequence[str], defended: Sequence[str], seed: int = 0
 
 
 class WordSplitWorld:
-    """A world whose "other class's name" is always a trainable word; everything else is the world's own."""
+    """A world whose "other class's name" is always a trainable word; everything else is the world's own
+    (attributes such as ``from_photos`` are read through to it)."""
 
     def __init__(self, world, split: WordSplit) -> None:
         self._world = world

@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 
 from clipedit.attacks import Attack
 from clipedit.core import EditRequest
-from clipedit.defenses.config import DefenseConfig
 from clipedit.errors import ArgumentError, check_argument
 from clipedit.eval.evaluation import EvalOptions
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
 
 
 def check_defend_arguments(bundle, words, config, exemplars, request, evaluate=False) -> list[str]:
