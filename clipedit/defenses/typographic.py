@@ -14,7 +14,7 @@ exemplars rendered from a broad vocabulary (:mod:`clipedit.methods.any_word`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Optional
 
 from clipedit.attacks import Attack
@@ -29,14 +29,13 @@ from clipedit.data.prepare.exemplars import (
     world_of,
 )
 from clipedit.data.prepare.vocabulary import ANY_WORD
-from clipedit.errors import render_errors
+from clipedit.errors import ArgumentError, check_argument, render_errors
 from clipedit.eval.evaluation import EvalOptions, Evaluation
 from clipedit.eval.timing import StageTimer
 from clipedit.methods.any_word import any_word_data, evaluation_words
 from clipedit.methods.registry import method_spec, run_defense
 from clipedit.methods.spec import DefenseData, DefenseResult
 from clipedit.models.bundle import ModelBundle
-from clipedit.settings.arguments import check_defend_arguments
 from clipedit.settings.config import DefenseConfig
 from clipedit.settings.resolve import resolve_config
 
@@ -67,7 +66,7 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
         timer: laps this call's stages (``result.stages``: seconds per stage); a caller's timer keeps its
             own laps before them and says each stage's opening line where it says (the CLI: stderr).
     """
-    words = check_defend_arguments(bundle, words, config, exemplars, request, evaluate)
+    words = _check_arguments(bundle, words, config, exemplars, request, evaluate)
     config = resolve_config(bundle, config, any_word=words == [ANY_WORD] and request is None and exemplars is None)
     if config.any_word:
         words = [ANY_WORD]  # a method that is the rewrite against any word defends against any word
@@ -94,6 +93,26 @@ def defend(bundle: ModelBundle, words: str | Sequence[str] = "ipod",
                           "templates": evaluation.predictor.templates, "sets": evaluation.sets}
     result.stages = timer.seconds()
     return result
+
+
+def _check_arguments(bundle, words, config, exemplars, request, evaluate=False) -> list[str]:
+    """``words`` as a list, after checking every argument of :func:`defend`: a wrong type or an empty word is
+    one ``ClipeditError`` (``ArgumentError``), not an AttributeError deep inside."""
+    check_argument(bundle, ModelBundle, "bundle", "defend")
+    check_argument(config, (DefenseConfig, Mapping, type(None)), "config", "defend")
+    check_argument(request, (EditRequest, type(None)), "request", "defend")
+    check_argument(evaluate, (bool, EvalOptions), "evaluate", "defend")
+    if isinstance(words, str) or not isinstance(words, Sequence):
+        check_argument(words, str, "words", "defend")
+        words = [words]
+    words = list(words)
+    for w in words:
+        check_argument(w, str, "each word", "defend")
+    if not words or (request is None and exemplars is None and not all(w.strip() for w in words)):
+        raise ArgumentError(f"defend: no word to defend against (got {words!r})")
+    if exemplars is not None and not all(isinstance(a, Attack) for a in exemplars):
+        raise ArgumentError("defend: exemplars must be clipedit.attacks.Attack renders")
+    return words
 
 
 def defense_data(bundle: ModelBundle, words: list[str], config: DefenseConfig,

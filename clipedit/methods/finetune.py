@@ -9,7 +9,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +23,8 @@ from clipedit.core.sites import resolve_site
 from clipedit.errors import ClipeditError, EditError
 from clipedit.methods.spec import DefenseData, DefenseResult, MethodContext, budget, fixed_selection
 from clipedit.models.bundle import ModelBundle
+from clipedit.settings.config import DefenseConfig
 from clipedit.settings.defaults import default_layer
-
-if TYPE_CHECKING:  # DefenseConfig carries this module's settings class (a type, not a runtime import)
-    from clipedit.settings.config import DefenseConfig
 
 log = logging.getLogger(__name__)
 

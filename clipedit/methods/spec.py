@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -24,9 +24,7 @@ from clipedit.errors import ClipeditError
 from clipedit.eval.defense_metrics import comparison_rows
 from clipedit.eval.results import before_after_metrics, drop_predictions, make_record
 from clipedit.models.bundle import ModelBundle
-
-if TYPE_CHECKING:  # the settings carry the fine-tuning baseline's settings class (a type, not a runtime import)
-    from clipedit.settings.config import DefenseConfig
+from clipedit.settings.config import DefenseConfig
 
 
 @dataclass

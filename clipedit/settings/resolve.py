@@ -10,7 +10,8 @@ from typing import Any
 
 from clipedit.core import resolve_site
 from clipedit.errors import ClipeditError, SettingsError
-from clipedit.methods.registry import MethodSpec, method_spec
+from clipedit.methods.registry import method_spec
+from clipedit.methods.spec import MethodSpec
 from clipedit.models.bundle import ModelBundle
 from clipedit.settings.config import DefenseConfig
 from clipedit.settings.defaults import ModelDefaults, defaults_for, no_default_layer
