@@ -191,8 +191,8 @@ def test_compare_png_draws_every_method_on_the_plane_beside_gain_vs_cost(tmp_pat
     from PIL import Image
 
     from clipedit.eval.compare_table import plane_rows
-    from clipedit.selection.compare import pareto_rows
-    from clipedit.selection.sweep import plot_tradeoff
+    from clipedit.selection.compare_results import pareto_rows
+    from clipedit.selection.tradeoff import plot_tradeoff
 
     record = plane_record()
     rows = pareto_rows(record)

@@ -334,7 +334,8 @@ def _spy_methods(monkeypatch) -> dict:
 def test_compare_data_unseen_words_are_held_out_class_words_for_every_method(tmp_path, tiny_vit, monkeypatch):
     from clipedit.data.prepare.user_data import scoring_sets, with_validation_world
     from clipedit.data.prepare.word_split import WordSplitWorld, word_split
-    from clipedit.selection.compare import CompareSettings, compare, images_key
+    from clipedit.selection.compare import CompareSettings, compare
+    from clipedit.selection.compare_scoring import images_key
 
     root = _folder(tmp_path / "six", 4, classes=6)
     split = split_data(str(root), seed=0)
