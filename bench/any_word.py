@@ -155,7 +155,7 @@ def star_config(base: ModelBundle, rank: int, words: int, renders: int, mask: st
 
 
 def star_defaults(base: ModelBundle) -> DefenseConfig:
-    """What '*' uses on ``base`` by default (``defaults.json``, ``any_word``)."""
+    """What '*' uses on ``base`` by default (its ``edit-any-word`` default file over its ``edit`` file)."""
     return resolve_config(base, any_word=True)
 
 

@@ -31,8 +31,8 @@ from clipedit.settings.resolve import resolve_config
 
 
 def settings(base) -> dict[str, DefenseConfig]:
-    """The default (one site or several, ``defaults.json``), the paper's single-exemplar rank-1 edit of the
-    default layer, and the fine-tuning baselines (on the default layer / the whole image tower)."""
+    """The default (one site or several, the model's ``edit`` default file), the paper's single-exemplar rank-1
+    edit of the default layer, and the fine-tuning baselines (on the default layer / the whole image tower)."""
     default, layer = resolve_config(base), defaults_for(base).layer
     out = {"edit (default)": default}
     if len(default.sites) > 1:  # the default layer alone, as the rewrite had it before the multi-site default
