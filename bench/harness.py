@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, str] = {
     "scripts_reading": "bench.scripts_reading",
     "compare": "bench.compare",
     "compare_speed": "bench.compare_speed",
+    "compare_reproduce": "bench.compare_reproduce",
     "snow_edit": "bench.snow_edit",
     "fonts": "bench.fonts",
 }
