@@ -41,6 +41,7 @@ BENCHMARKS: dict[str, str] = {
     "compare_speed": "bench.compare_speed",
     "snow_edit": "bench.snow_edit",
     "fonts": "bench.fonts",
+    "surgical_sites": "bench.surgical_sites",
 }
 
 

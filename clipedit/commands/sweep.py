@@ -20,7 +20,7 @@ from clipedit.data.benchmarks import data_path
 from clipedit.data.splits import split_data
 from clipedit.defenses.resolve import resolve_config
 from clipedit.defenses.selection import PICK_TOLERANCE, tolerance_text
-from clipedit.defenses.sweep import DEFAULT_RANKS, SweepSettings, plot_tradeoff, sweep
+from clipedit.defenses.sweep import DEFAULT_RANKS, READING_TOLERANCE, SweepSettings, plot_tradeoff, sweep
 from clipedit.defenses.user_data import with_validation_world
 from clipedit.errors import ClipeditError
 from clipedit.eval.results import format_table, make_record, write_results
@@ -47,8 +47,8 @@ SWEEP_FILES = ("sweep.json", "sweep.png")
 @click.option("--tolerance", type=finite(min=0, max=100), default=100 * PICK_TOLERANCE, show_default=True,
               help="Pick rule: largest clean / blank-note loss, in points.")
 @click.option("--reading-tolerance", type=finite(min=0, max=100), default=None, metavar="POINTS",
-              help="Pick rule: also lose at most this much reading kept (signs) [default: reading recorded, not "
-                   "in the rule].")
+              help=f"Pick rule: also lose at most this much reading kept (signs) [default: "
+                   f"{100 * READING_TOLERANCE:g}; with --n-signs 0 reading is not in the rule].")
 @click.option("--renders", type=click.IntRange(min=1), default=None,
               help="Rendered exemplars per word [default: per architecture, defaults.json].")
 @click.option("--data", default=None, metavar="DIR|KIND:PATH",
@@ -78,7 +78,8 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, reading_tol
         raise ClipeditError("--reading-tolerance needs signs to score reading on (--n-signs > 0)")
     settings = SweepSettings(sites=singles, ranks=_ranks(ranks), site_sets=sets, n_val=n_val, n_signs=n_signs,
                              tolerance=tolerance / 100,
-                             reading_tolerance=None if reading_tolerance is None else reading_tolerance / 100)
+                             reading_tolerance=(READING_TOLERANCE if reading_tolerance is None
+                                                else reading_tolerance / 100) if n_signs else None)
     names = class_list(classes, None)
     if names is not None and data is None:
         raise ClipeditError("--classes goes with --data")

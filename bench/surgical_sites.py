@@ -1,0 +1,233 @@
+"""Where a rewrite can remove the attack and keep reading: sites x rank x keep set x keep_reading β, each scored on
+the VALIDATION split by the sweep's scorer (defended-word and other-word notes, clean, blank, reading kept; n and
+95% Wilson interval each), and the default each model gets from the declared rule (bench/results/surgical_sites.json).
+
+    python -m bench surgical_sites --model mini-vit-deep [--n 100] [--betas 0,1,3] [--update-results]
+    python -m bench surgical_sites --model mini --update-results
+    python -m bench surgical_sites --model mini --part target [--n 100] --update-results
+
+``--part target`` (after the search): the model's picked setting for the word and, for '*', the model's
+any-word defaults with the picked β, defended on a copy and scored on the TEST split's leave-out factors
+(notes + stickers; the defended word's and other words' sets, blank, clean, reading), each figure with n and a
+95% Wilson interval, against the issue's targets (:data:`TARGETS`, verdicts computed here).
+
+Each run measures one model and writes its entry into the result file (the other models' entries stay). The
+candidates of each model are data (:data:`PLANS`): groups of (sites, ranks, multi-site sets, keep_targets), each
+swept at every β of ``--betas`` (``keep_reading``: signs in exemplar styles kept as they are in the closed form).
+
+The rule (:data:`clipedit.defenses.sweep.SweepSettings`' defaults, ``sweep``'s pick): among candidates whose clean
+and blank-note accuracy each lose at most 0.5 point (one scene at n = 100) and whose reading kept loses at most
+5 points against the unedited model, the largest defended-word text-note accuracy; ties: unseen words.
+
+Negative results are kept: every candidate's figures are recorded, admissible or not.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import time
+from typing import Any
+
+from bench.measure import out_options, result_path
+from clipedit import load_model
+from clipedit.defenses.resolve import resolve_config
+from clipedit.defenses.selection import admissible, heldout_data, pick, scene_tolerance, score
+from clipedit.defenses.sweep import SweepSettings, sweep
+from clipedit.defenses.typographic import defend
+from clipedit.eval.intervals import wilson
+from clipedit.io import write_json
+
+log = logging.getLogger(__name__)
+
+VIT = "visual.transformer.resblocks.{}."
+
+
+def _vit_sites(blocks) -> list[str]:
+    return [VIT.format(b) + part for b in blocks for part in ("attn.v_proj", "mlp.c_proj")]
+
+
+#: model -> groups of candidates: name, single sites (each at ``ranks``), multi-site sets (each at ``set_ranks``),
+#: keep_targets (None: the model's default). The ResNet's attention pool is not a site: AttentionPool2d passes its
+#: projections' weights to F.multi_head_attention_forward and assembles their input (mean token, positional
+#: embedding) inside its forward, so no forward hook sees a key (sites.py refuses it).
+PLANS: dict[str, list[dict[str, Any]]] = {
+    "mini-vit-deep": [
+        {"group": "later sites (blocks 1-4), rank 32", "sites": _vit_sites(range(1, 5)), "ranks": [32]},
+        {"group": "default block-0 pair, rank 32-128, keep clean+blank (3)",
+         "sets": [[VIT.format(0) + "attn.v_proj", VIT.format(0) + "mlp.c_proj"]], "set_ranks": [32, 64, 128],
+         "keep_targets": 3.0},
+        {"group": "reading blocks' values (1-3), rank 32", "sets": [[VIT.format(b) + "attn.v_proj" for b in (1, 2, 3)]],
+         "set_ranks": [32]},
+    ],
+    "mini-vit": [
+        {"group": "later sites (blocks 1-3), rank 32", "sites": _vit_sites(range(1, 4)), "ranks": [32]},
+        {"group": "default four sites, rank 32-64, keep clean+blank (3)",
+         "sets": [[VIT.format(b) + "attn.v_proj" for b in (0, 1, 2)] + [VIT.format(0) + "mlp.c_proj"]],
+         "set_ranks": [32, 64], "keep_targets": 3.0},
+    ],
+    "mini": [
+        {"group": "layer3 / layer4 conv3, rank 32", "sites": ["visual.layer3.0.conv3", "visual.layer4.0.conv3"],
+         "ranks": [32], "keep_targets": 0.0},
+        {"group": "layer3 conv3, rank 64-128, keep clean+blank (3)", "sites": ["visual.layer3.0.conv3"],
+         "ranks": [64, 128], "keep_targets": 3.0},
+        {"group": "layer3+layer4 conv3, rank 32", "sets": [["visual.layer3.0.conv3", "visual.layer4.0.conv3"]],
+         "set_ranks": [32], "keep_targets": 0.0},
+    ],
+}
+
+
+#: The issue's targets, in points: notes + stickers within 5 of the unedited blank note (defended and unseen
+#: words), reading within 5 of the unedited model's, clean and blank-note loss at most 0.5.
+TARGETS = {"notes_gap": 5.0, "reading_gap": 5.0, "loss": 0.5}
+HEADLINE = "notes + stickers"
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", default="mini-vit-deep", choices=sorted(PLANS))
+    ap.add_argument("--word", default="ipod")
+    ap.add_argument("--n", type=int, default=100, help="validation scenes per set and signs")
+    ap.add_argument("--betas", default="0,1,3", help="keep_reading values (comma-separated)")
+    ap.add_argument("--groups", default=None, help="only these group indices (comma-separated)")
+    ap.add_argument("--part", default="search", choices=["search", "target"])
+    out_options(ap)
+
+
+def measure(model: str, word: str, n: int, betas: list[float], groups: list[int] | None = None) -> dict[str, Any]:
+    """Every candidate of ``PLANS[model]`` at every β, scored on one validation set; the rule's pick."""
+    bundle = load_model(model)
+    data = heldout_data(bundle, [word], n, n)
+    settings = SweepSettings(n_val=n, n_signs=n)
+    rows, baseline, seconds = [], None, {}
+    for gi, group in enumerate(PLANS[model]):
+        if groups is not None and gi not in groups:
+            continue
+        for beta in betas:
+            overrides: dict[str, Any] = {"keep_reading": beta}
+            if group.get("keep_targets") is not None:
+                overrides["keep_targets"] = group["keep_targets"]
+            config = resolve_config(bundle, overrides)
+            swept = []
+            if group.get("sites"):
+                swept.append(SweepSettings(sites=group["sites"], ranks=group["ranks"], site_sets=(), n_val=n,
+                                           n_signs=n, reading_tolerance=None))
+            if group.get("sets"):
+                swept.append(SweepSettings(sites=[], ranks=group["set_ranks"], site_sets=group["sets"], n_val=n,
+                                           n_signs=n, reading_tolerance=None))
+            for s in swept:
+                clock = time.perf_counter()
+                result = sweep(bundle, [word], s, config, data=data)
+                seconds[f"{gi}/{beta}/{len(seconds)}"] = round(time.perf_counter() - clock, 1)
+                baseline = result.baseline
+                for row in result.rows:
+                    rows.append({**row, "group": group["group"], "keep_reading": beta,
+                                 "keep_targets": config.hparams.keep_targets, "mask": config.mask,
+                                 "renders": config.renders})
+                log.info("%s group %d beta %g: %d candidates", model, gi, beta, len(result.rows))
+    tol = scene_tolerance(settings.tolerance, int(baseline["intervals"]["text_acc"]["n"]), "pick tolerance")
+    reading = scene_tolerance(settings.reading_tolerance, n, "reading tolerance")
+    best = pick(rows, baseline, tol, reading)
+    for row in rows:
+        row["rule_admissible"] = admissible(row, baseline, tol, reading)
+    return {"model": model, "word": word, "split": "validation", "n": n, "betas": betas, "baseline": baseline,
+            "rule": {"text": (f"largest defended-word text-note accuracy with clean and blank-note loss <= "
+                              f"{tol.text()} and reading-kept loss <= {reading.text()}; ties: unseen words"),
+                     "tolerance": tol.to_dict(), "reading_tolerance": reading.to_dict()},
+            "picked": rows[best] if best is not None else None, "rows": rows, "seconds": seconds}
+
+
+def _proportion(acc: float, n: int) -> dict[str, Any]:
+    hits = int(round(acc * n))
+    return {"acc": hits / n, "n": n, "ci95": list(wilson(hits, n))}
+
+
+def figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The target's figures of one scored state: notes + stickers (defended word, other words), blank and clean
+    on the defended word's notes + stickers scenes, reading kept (signs); each a proportion with n and CI."""
+    ed, ot = result["strata"][HEADLINE], result["other_strata"][HEADLINE]
+    return {"word_notes": ed["text_acc"], "other_notes": ot["text_acc"], "blank": ed["blank_acc"],
+            "clean": ed["clean_acc"], "reading": _proportion(result["reading_acc"], int(result["reading_n"]))}
+
+
+def verdicts(row: dict[str, Any], unedited: dict[str, Any]) -> dict[str, Any]:
+    """Each target met or missed, and by how much (points; positive: missed by that much)."""
+    pt = lambda d: 100 * d["acc"]  # noqa: E731
+    out = {}
+    for key in ("word_notes", "other_notes"):
+        short = pt(unedited["blank"]) - pt(row[key]) - TARGETS["notes_gap"]
+        out[key] = {"gap_to_unedited_blank": round(pt(unedited["blank"]) - pt(row[key]), 1),
+                    "met": short <= 1e-9, "missed_by": round(max(short, 0.0), 1)}
+    short = pt(unedited["reading"]) - pt(row["reading"]) - TARGETS["reading_gap"]
+    out["reading"] = {"loss": round(pt(unedited["reading"]) - pt(row["reading"]), 1), "met": short <= 1e-9,
+                      "missed_by": round(max(short, 0.0), 1)}
+    for key in ("clean", "blank"):
+        short = pt(unedited[key]) - pt(row[key]) - TARGETS["loss"]
+        out[key] = {"loss": round(pt(unedited[key]) - pt(row[key]), 1), "met": short <= 1e-9,
+                    "missed_by": round(max(short, 0.0), 1)}
+    return out
+
+
+def target(model: str, word: str, n: int, picked: dict[str, Any] | None) -> dict[str, Any]:
+    """The picked setting (``picked``: a search row; None: the model's defaults) for ``word`` and the any-word
+    defaults with its β for '*', each on a copy of the model, scored on the test split."""
+    bundle = load_model(model)
+    chosen: dict[str, Any] = {}
+    if picked is not None:
+        chosen = {"layer": list(picked["sites"]), "rank": picked["rank"], "keep_targets": picked["keep_targets"],
+                  "keep_reading": picked["keep_reading"], "mask": picked["mask"]}
+    star = {"keep_reading": chosen.get("keep_reading", 0.0)}
+    unedited = figures(score(heldout_data(bundle, [word], n, n, split="test")))
+    out: dict[str, Any] = {"model": model, "split": "test", "n": n, "chosen": chosen, "targets": TARGETS,
+                           "unedited": unedited, "defended": {}}
+    for words, overrides in ((word, chosen), ("*", star)):
+        copy_ = dataclasses.replace(bundle, model=copy.deepcopy(bundle.model))
+        clock = time.perf_counter()
+        result = defend(copy_, words, dict(overrides))
+        seconds = time.perf_counter() - clock
+        row = figures(score(heldout_data(copy_, [word], n, n, split="test")))
+        out["defended"][words] = {"settings": overrides, "config": result.config, "seconds": round(seconds, 1), **row,
+            "verdicts": verdicts(row, unedited)}
+        log.info("%s %s: %s", model, words, {k: v["acc"] for k, v in row.items()})
+    return out
+
+
+def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    path = result_path(args.out, "surgical_sites")
+    if args.part == "target":
+        record = json.loads(path.read_text()) if path.exists() else {"models": {}}
+        entry = record["models"].get(args.model)
+        if entry is None:
+            raise SystemExit(f"Error: no search entry for {args.model} in {path}; run the search first")
+        entry["target"] = target(args.model, args.word, args.n, entry["picked"])
+        write_json(path, record)
+        print(json.dumps(entry["target"]["defended"], indent=1)[:4000])
+        print(f"wrote {path}")
+        return
+    betas = [float(b) for b in args.betas.split(",")]
+    groups = [int(g) for g in args.groups.split(",")] if args.groups else None
+    entry = measure(args.model, args.word, args.n, betas, groups)
+    record = json.loads(path.read_text()) if path.exists() else {"models": {}}
+    entry["target"] = record["models"].get(args.model, {}).get("target")  # a later search keeps the target run
+    record["models"][args.model] = entry
+    write_json(path, record)
+    base = entry["baseline"]
+    print(f"{args.model} unedited: notes {base['text_acc']:.3f} other {base['other_text_acc']:.3f} "
+          f"blank {base['blank_acc']:.3f} reading {base['reading_acc']:.3f}")
+    for r in entry["rows"]:
+        print(f"{r['site']:<70} r{r['rank']:<4} kt{r['keep_targets']:g} b{r['keep_reading']:g}: notes "
+              f"{r['text_acc']:.3f} other {r['other_text_acc']:.3f} clean {r['clean_acc']:.3f} blank "
+              f"{r['blank_acc']:.3f} reading {r['reading_acc']:.3f}{' *' if r['rule_admissible'] else ''}")
+    picked = entry["picked"]
+    print("picked:", None if picked is None else (picked["site"], picked["rank"], picked["keep_targets"],
+                                                  picked["keep_reading"]))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    from bench.harness import script
+
+    script(__file__)
+
