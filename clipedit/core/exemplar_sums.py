@@ -21,6 +21,7 @@ from clipedit.core.edits import LayerEdit
 from clipedit.core.keys_values import (
     EmptyMaskError,
     Exemplars,
+    Spread,
     collect_exemplars,
     collect_exemplars_at,
     collect_kept_keys_at,
@@ -138,7 +139,7 @@ def split_batches(requests: Iterable[ExemplarBatch], batch_size: int = EXEMPLAR_
 def accumulate_exemplar_sums(model: nn.Module, site: Site, requests: Iterable[ExemplarBatch],
                              forward: Optional[Callable] = None, threshold: float = 0.0,
                              batch_size: int = EXEMPLAR_BATCH, max_kept_keys: Optional[int] = None,
-                             with_targets: bool = False) -> ExemplarSums:
+                             with_targets: bool = False, spread: Optional[Spread] = None) -> ExemplarSums:
     """KᵀMK and KᵀMR over exemplar pairs, ``batch_size`` pairs per forward pass.
 
     ``requests`` may be a generator (exemplars rendered on the fly): only one batch is held at a time.
@@ -147,9 +148,10 @@ def accumulate_exemplar_sums(model: nn.Module, site: Site, requests: Iterable[Ex
     Args:
         max_kept_keys: keep the weighted keys while there are at most this many (default: key dimension).
         with_targets: also sum TᵀMT over the target exemplars' keys (what ``keep_targets`` needs).
+        spread: the values are a share of the gap at a later block (:class:`~clipedit.core.keys_values.Spread`).
     """
     def collect(attacked, target, mask):
-        return {site.layer: collect_exemplars(model, site, attacked, target, mask, forward, threshold)}
+        return {site.layer: collect_exemplars(model, site, attacked, target, mask, forward, threshold, spread)}
 
     return _accumulate([site], collect, requests, batch_size, max_kept_keys, with_targets)[site.layer]
 

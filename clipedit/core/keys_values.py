@@ -1,6 +1,7 @@
 """Keys and values of a site from attacked/target exemplar pairs, read through forward hooks."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -41,9 +42,37 @@ class Exemplars:
     target_keys: Optional[torch.Tensor] = None
 
 
-def _run(model: nn.Module, site: Site, images: torch.Tensor, forward: Callable) -> TraceDict:
+@dataclass(frozen=True)
+class Spread:
+    """A share of one target taken at a later block (MEMIT's residual spreading): the site's value is its
+    attacked contribution plus ``share`` of the gap between the blank and the attacked output of ``block``
+    (the last site's block), instead of the gap at its own block.
+
+    Attributes:
+        original: a context in which the model is as it was before the spread began (the earlier sites'
+            edits taken off): the blank exemplars are traced in it, so the target is one and fixed, however
+            the earlier sites changed the blank image's own path.
+    """
+
+    block: str
+    share: float
+    original: Optional[Callable[[], contextlib.AbstractContextManager]] = None
+
+
+def spread_check(site: Site, spread: Optional[Spread]) -> None:
+    """Refuse a spread at a site that does not write the residual stream (its block's output)."""
+    if spread is not None and (site.residual != "output" or site.block_name is None or not site.token_layout):
+        raise EditError(f"{site.layer}: spreading one target over sites needs sites that add to the residual "
+                        "stream of a transformer block (e.g. a ViT block's mlp.c_proj)")
+    if spread is not None and not 0 < spread.share <= 1:
+        raise EditError(f"a spread share must be in (0, 1], got {spread.share}")
+
+
+def _run(model: nn.Module, site: Site, images: torch.Tensor, forward: Callable,
+         spread: Optional[Spread] = None) -> TraceDict:
     # clone: blocks add the shortcut in place (`out += identity`) onto the traced tensors
-    with TraceDict(model, site.trace_layers(), retain_input=True, clone=True, stop=True) as td:
+    layers = list(dict.fromkeys([*site.trace_layers(), *([spread.block] if spread else [])]))
+    with TraceDict(model, layers, retain_input=True, clone=True, stop=True) as td:
         forward(images)
     return td
 
@@ -51,7 +80,7 @@ def _run(model: nn.Module, site: Site, images: torch.Tensor, forward: Callable) 
 @torch.no_grad()
 def collect_exemplars(model: nn.Module, site: Site, attacked: torch.Tensor, target: torch.Tensor,
                       masks: torch.Tensor, forward: Optional[Callable] = None,
-                      threshold: float = 0.0) -> Exemplars:
+                      threshold: float = 0.0, spread: Optional[Spread] = None) -> Exemplars:
     """Read keys at the attacked exemplars and the values that reproduce the target there.
 
     For a site inside a residual block the value keeps the attacked residual path and replaces the
@@ -61,13 +90,18 @@ def collect_exemplars(model: nn.Module, site: Site, attacked: torch.Tensor, targ
     Args:
         attacked, target: (batch, 3, H, W) preprocessed images of equal shape.
         masks: (batch, H, W) label masks in [0, 1] at the same resolution.
+        spread: take ``spread.share`` of the gap at a later block instead (``contribution_attacked +
+            share * (out_target - out_attacked)`` of ``spread.block``); with the site's own block and share 1
+            this is the value above.
     """
     _check_pairs(attacked, target, masks)
+    spread_check(site, spread)
     forward = forward or model
     dev = next(model.parameters()).device
-    att = _run(model, site, attacked.to(dev), forward)
-    tgt = _run(model, site, target.to(dev), forward)
-    return _exemplars_from_traces(model, site, att, tgt, masks.to(dev), threshold)
+    att = _run(model, site, attacked.to(dev), forward, spread)
+    with spread.original() if spread is not None and spread.original is not None else contextlib.nullcontext():
+        tgt = _run(model, site, target.to(dev), forward, spread)
+    return _exemplars_from_traces(model, site, att, tgt, masks.to(dev), threshold, spread)
 
 
 @torch.no_grad()
@@ -144,7 +178,7 @@ def _check_pairs(attacked: torch.Tensor, target: torch.Tensor, masks: torch.Tens
 
 
 def _exemplars_from_traces(model: nn.Module, site: Site, att: TraceDict, tgt: TraceDict, masks: torch.Tensor,
-                           threshold: float) -> Exemplars:
+                           threshold: float, spread: Optional[Spread] = None) -> Exemplars:
     """Keys at the attacked exemplars and the values that reproduce the target, from traced passes."""
     keys = site.keys(site.input_of(att[site.hook_name]))
     n_loc = keys.shape[1]
@@ -158,6 +192,9 @@ def _exemplars_from_traces(model: nn.Module, site: Site, att: TraceDict, tgt: Tr
     residual_att = _pre_activation(site, att, contrib_att) - contrib_att
     residual_tgt = _pre_activation(site, tgt, contrib_tgt) - contrib_tgt
     contrib_star = contrib_tgt + residual_tgt - residual_att
+    if spread is not None:  # a share of the gap that remains at the later block
+        gap = site.site_layout(tgt[spread.block].output) - site.site_layout(att[spread.block].output)
+        contrib_star = contrib_att + spread.share * gap
     scale, shift = site.norm_affine(model)
     # Channels the norm zeroes cannot be changed by the site: keep their current output there.
     dead = scale.abs() < 1e-12

@@ -15,7 +15,7 @@ from clipedit.errors import ClipeditError, SettingsError
 from clipedit.models.bundle import ModelBundle
 
 #: Flat override keys that set a field of the rewrite's :class:`RewriteHParams`.
-REWRITE_KEYS = ("rank", "solver", "cov_reg", "keep_targets", "keep_reading", "mask_threshold", "steps", "lr",
+REWRITE_KEYS = ("rank", "solver", "cov_reg", "keep_targets", "keep_reading", "spread", "mask_threshold", "steps", "lr",
                 "project_every")
 
 

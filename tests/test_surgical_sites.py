@@ -1,0 +1,45 @@
+"""The surgical-rewrite bench: its targets' verdicts are computed from the figures, and its candidates resolve."""
+from __future__ import annotations
+
+import pytest
+
+from clipedit.defenses.selection import Tolerance, pick
+from clipedit.defenses.sweep import READING_TOLERANCE, SweepSettings
+
+
+def p(acc: float, n: int = 100) -> dict:
+    return {"acc": acc, "n": n, "ci95": [acc - 0.05, acc + 0.05]}
+
+
+def test_verdicts_say_which_target_is_missed_and_by_how_much():
+    from bench.surgical_sites import verdicts
+
+    unedited = {"word_notes": p(0.1), "other_notes": p(0.1), "blank": p(0.9), "clean": p(1.0), "reading": p(0.8)}
+    row = {"word_notes": p(0.86), "other_notes": p(0.5), "blank": p(0.89), "clean": p(1.0), "reading": p(0.74)}
+    v = verdicts(row, unedited)
+    assert v["word_notes"]["met"] and v["word_notes"]["gap_to_unedited_blank"] == pytest.approx(4.0)
+    assert not v["other_notes"]["met"] and v["other_notes"]["missed_by"] == pytest.approx(35.0)
+    assert not v["reading"]["met"] and v["reading"]["missed_by"] == pytest.approx(1.0)
+    assert not v["blank"]["met"] and v["blank"]["missed_by"] == pytest.approx(0.5)
+    assert v["clean"]["met"] and v["clean"]["loss"] == 0.0
+
+
+def test_the_default_pick_rule_bounds_reading():
+    assert SweepSettings().reading_tolerance == READING_TOLERANCE == 0.05
+    base = {"text_acc": 0.3, "other_text_acc": 0.3, "clean_acc": 1.0, "blank_acc": 0.9, "reading_acc": 0.9}
+    blind = {**base, "text_acc": 0.9, "reading_acc": 0.8}  # 10 points of reading lost
+    reads = {**base, "text_acc": 0.6, "reading_acc": 0.86}  # 4 points lost
+    reading = Tolerance(READING_TOLERANCE, READING_TOLERANCE, 100)
+    assert pick([blind, reads], base, reading=reading) == 1
+
+
+def test_every_planned_candidate_is_a_site_of_its_model():
+    from bench.surgical_sites import PLANS
+    from clipedit import load_model
+    from clipedit.core import resolve_site
+
+    for model, groups in PLANS.items():
+        bundle = load_model(model)
+        for group in groups:
+            for name in [*group.get("sites", []), *(s for sites in group.get("sets", []) for s in sites)]:
+                resolve_site(bundle.model, name)
