@@ -61,6 +61,10 @@ PLANS: dict[str, list[dict[str, Any]]] = {
          "keep_targets": 3.0},
         {"group": "reading blocks' values (1-3), rank 32", "sets": [[VIT.format(b) + "attn.v_proj" for b in (1, 2, 3)]],
          "set_ranks": [32]},
+        {"group": "MLP outputs of blocks 0-2, each its own block's target, rank 32",
+         "sets": [[VIT.format(b) + "mlp.c_proj" for b in (0, 1, 2)]], "set_ranks": [32]},
+        {"group": "MLP outputs of blocks 0-2, one target spread (MEMIT), rank 32",
+         "sets": [[VIT.format(b) + "mlp.c_proj" for b in (0, 1, 2)]], "set_ranks": [32], "spread": True},
     ],
     "mini-vit": [
         {"group": "later sites (blocks 1-3), rank 32", "sites": _vit_sites(range(1, 4)), "ranks": [32]},
@@ -99,7 +103,6 @@ def measure(model: str, word: str, n: int, betas: list[float], groups: list[int]
     """Every candidate of ``PLANS[model]`` at every β, scored on one validation set; the rule's pick."""
     bundle = load_model(model)
     data = heldout_data(bundle, [word], n, n)
-    settings = SweepSettings(n_val=n, n_signs=n)
     rows, baseline, seconds = [], None, {}
     for gi, group in enumerate(PLANS[model]):
         if groups is not None and gi not in groups:
@@ -108,6 +111,8 @@ def measure(model: str, word: str, n: int, betas: list[float], groups: list[int]
             overrides: dict[str, Any] = {"keep_reading": beta}
             if group.get("keep_targets") is not None:
                 overrides["keep_targets"] = group["keep_targets"]
+            if group.get("spread"):
+                overrides["spread"] = True
             config = resolve_config(bundle, overrides)
             swept = []
             if group.get("sites"):
@@ -123,19 +128,27 @@ def measure(model: str, word: str, n: int, betas: list[float], groups: list[int]
                 baseline = result.baseline
                 for row in result.rows:
                     rows.append({**row, "group": group["group"], "keep_reading": beta,
-                                 "keep_targets": config.hparams.keep_targets, "mask": config.mask,
-                                 "renders": config.renders})
+                                 "keep_targets": config.hparams.keep_targets, "spread": config.hparams.spread,
+                                 "mask": config.mask, "renders": config.renders})
                 log.info("%s group %d beta %g: %d candidates", model, gi, beta, len(result.rows))
+    return {"model": model, "word": word, "split": "validation", "n": n, "betas": betas, "baseline": baseline,
+            "rows": rows, "seconds": seconds}
+
+
+def choose(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` with the rule (SweepSettings' defaults) applied to its rows: each row's ``rule_admissible``, the
+    rule as text and data, and ``picked`` (None: no row meets it)."""
+    settings, rows, baseline = SweepSettings(), entry["rows"], entry["baseline"]
     tol = scene_tolerance(settings.tolerance, int(baseline["intervals"]["text_acc"]["n"]), "pick tolerance")
-    reading = scene_tolerance(settings.reading_tolerance, n, "reading tolerance")
+    reading = scene_tolerance(settings.reading_tolerance, int(baseline["intervals"]["reading_acc"]["n"]),
+                              "reading tolerance")
     best = pick(rows, baseline, tol, reading)
     for row in rows:
         row["rule_admissible"] = admissible(row, baseline, tol, reading)
-    return {"model": model, "word": word, "split": "validation", "n": n, "betas": betas, "baseline": baseline,
-            "rule": {"text": (f"largest defended-word text-note accuracy with clean and blank-note loss <= "
-                              f"{tol.text()} and reading-kept loss <= {reading.text()}; ties: unseen words"),
-                     "tolerance": tol.to_dict(), "reading_tolerance": reading.to_dict()},
-            "picked": rows[best] if best is not None else None, "rows": rows, "seconds": seconds}
+    rule = {"text": (f"largest defended-word text-note accuracy with clean and blank-note loss <= {tol.text()} and "
+                     f"reading-kept loss <= {reading.text()}; ties: unseen words"),
+            "tolerance": tol.to_dict(), "reading_tolerance": reading.to_dict()}
+    return {**entry, "rule": rule, "picked": rows[best] if best is not None else None}
 
 
 def _proportion(acc: float, n: int) -> dict[str, Any]:
@@ -210,14 +223,21 @@ def main(args: argparse.Namespace) -> None:
     groups = [int(g) for g in args.groups.split(",")] if args.groups else None
     entry = measure(args.model, args.word, args.n, betas, groups)
     record = json.loads(path.read_text()) if path.exists() else {"models": {}}
-    entry["target"] = record["models"].get(args.model, {}).get("target")  # a later search keeps the target run
+    old = record["models"].get(args.model, {})
+    if groups is not None and old.get("n") == args.n and old.get("word") == args.word:  # other groups' rows stay
+        measured = {row["group"] for row in entry["rows"]}
+        entry["rows"] = [r for r in old.get("rows", []) if r["group"] not in measured] + entry["rows"]
+        entry["seconds"] = {**old.get("seconds", {}), **entry["seconds"]}
+    entry = choose(entry)
+    entry["target"] = old.get("target")  # a later search keeps the target run
     record["models"][args.model] = entry
     write_json(path, record)
     base = entry["baseline"]
     print(f"{args.model} unedited: notes {base['text_acc']:.3f} other {base['other_text_acc']:.3f} "
           f"blank {base['blank_acc']:.3f} reading {base['reading_acc']:.3f}")
     for r in entry["rows"]:
-        print(f"{r['site']:<70} r{r['rank']:<4} kt{r['keep_targets']:g} b{r['keep_reading']:g}: notes "
+        print(f"{r['site']:<70} r{r['rank']:<4} kt{r['keep_targets']:g} b{r['keep_reading']:g}"
+              f"{' spread' if r.get('spread') else ''}: notes "
               f"{r['text_acc']:.3f} other {r['other_text_acc']:.3f} clean {r['clean_acc']:.3f} blank "
               f"{r['blank_acc']:.3f} reading {r['reading_acc']:.3f}{' *' if r['rule_admissible'] else ''}")
     picked = entry["picked"]
