@@ -5,6 +5,7 @@ the VALIDATION split by the sweep's scorer (defended-word and other-word notes, 
     python -m bench surgical_sites --model mini-vit-deep [--n 100] [--betas 0,1,3] [--update-results]
     python -m bench surgical_sites --model mini --update-results
     python -m bench surgical_sites --model mini --part target [--n 100] --update-results
+    python -m bench surgical_sites --tables [--write-docs]   # docs/results.md's tables, from the result file
 
 ``--part target`` (after the search): the model's picked setting for the word and, for '*', the model's
 any-word defaults with the picked β, defended on a copy and scored on the TEST split's leave-out factors
@@ -29,13 +30,15 @@ import dataclasses
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
-from bench.measure import out_options, result_path
+from bench.measure import RESULTS, out_options, result_path
 from clipedit import load_model
+from clipedit.core.edit_sets import revert_edit_set
 from clipedit.defenses.resolve import resolve_config
-from clipedit.defenses.selection import admissible, heldout_data, pick, scene_tolerance, score
-from clipedit.defenses.sweep import SweepSettings, sweep
+from clipedit.defenses.selection import admissible, gains, heldout_data, pick, scene_tolerance, score
+from clipedit.defenses.sweep import SweepSettings, sweep, with_intervals
 from clipedit.defenses.typographic import defend
 from clipedit.eval.intervals import wilson
 from clipedit.io import write_json
@@ -95,7 +98,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=100, help="validation scenes per set and signs")
     ap.add_argument("--betas", default="0,1,3", help="keep_reading values (comma-separated)")
     ap.add_argument("--groups", default=None, help="only these group indices (comma-separated)")
-    ap.add_argument("--part", default="search", choices=["search", "target"])
+    ap.add_argument("--part", default="search", choices=["search", "star", "target"])
+    ap.add_argument("--tables", action="store_true", help="print the markdown tables of the result file")
+    ap.add_argument("--write-docs", action="store_true", help="with --tables: write them into docs/results.md")
     out_options(ap)
 
 
@@ -133,6 +138,32 @@ def measure(model: str, word: str, n: int, betas: list[float], groups: list[int]
                 log.info("%s group %d beta %g: %d candidates", model, gi, beta, len(result.rows))
     return {"model": model, "word": word, "split": "validation", "n": n, "betas": betas, "baseline": baseline,
             "rows": rows, "seconds": seconds}
+
+
+def measure_star(model: str, word: str, n: int, betas: list[float]) -> dict[str, Any]:
+    """'*' (the model's any-word defaults) at each β, applied to the model, scored on the validation split as the
+    search's rows are, and taken off again (the sweep does not take '*'); the rule's pick among them."""
+    bundle = load_model(model)
+    data = heldout_data(bundle, [word], n, n)  # shares bundle.model: scores the model as it is when called
+    baseline = with_intervals(score(data))
+    rows = []
+    for beta in betas:
+        clock = time.perf_counter()
+        result = defend(bundle, "*", {"keep_reading": beta})
+        seconds = time.perf_counter() - clock
+        try:
+            row = {"method": "edit", "site": result.layer, "sites": result.layer.split("+"),
+                   "rank": result.config["hparams"]["rank"], "seconds": round(seconds, 1),
+                   **with_intervals(score(data))}
+        finally:
+            revert_edit_set(bundle.model, result.edit_set)
+        row.update(gains(row, baseline))
+        rows.append({**row, "group": "'*' (any-word defaults)", "keep_reading": beta,
+                     "keep_targets": result.config["hparams"]["keep_targets"], "spread": False,
+                     "mask": result.config["mask"], "renders": result.config["renders"]})
+        log.info("%s '*' beta %g: %s", model, beta, {k: row[k] for k in ("text_acc", "other_text_acc", "reading_acc")})
+    return choose({"word": "*", "scored_word": word, "n": n, "split": "validation", "baseline": baseline,
+                   "rows": rows})
 
 
 def choose(entry: dict[str, Any]) -> dict[str, Any]:
@@ -182,15 +213,16 @@ def verdicts(row: dict[str, Any], unedited: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def target(model: str, word: str, n: int, picked: dict[str, Any] | None) -> dict[str, Any]:
+def target(model: str, word: str, n: int, picked: dict[str, Any] | None, star_beta: float) -> dict[str, Any]:
     """The picked setting (``picked``: a search row; None: the model's defaults) for ``word`` and the any-word
-    defaults with its β for '*', each on a copy of the model, scored on the test split."""
+    defaults with ``star_beta`` (chosen by the rule on validation) for '*', each on a copy of the model, scored on
+    the test split."""
     bundle = load_model(model)
     chosen: dict[str, Any] = {}
     if picked is not None:
         chosen = {"layer": list(picked["sites"]), "rank": picked["rank"], "keep_targets": picked["keep_targets"],
                   "keep_reading": picked["keep_reading"], "mask": picked["mask"]}
-    star = {"keep_reading": chosen.get("keep_reading", 0.0)}
+    star = {"keep_reading": star_beta}
     unedited = figures(score(heldout_data(bundle, [word], n, n, split="test")))
     out: dict[str, Any] = {"model": model, "split": "test", "n": n, "chosen": chosen, "targets": TARGETS,
                            "unedited": unedited, "defended": {}}
@@ -206,15 +238,119 @@ def target(model: str, word: str, n: int, picked: dict[str, Any] | None) -> dict
     return out
 
 
+def _cell(p: dict[str, Any] | None) -> str:
+    """``86.0% [77.9, 91.5]`` from a proportion (``acc``, ``ci95`` or ``ci``)."""
+    if not p or p.get("acc") is None:
+        return "-"
+    lo, hi = p.get("ci95") or p.get("ci")
+    return f"{100 * p['acc']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _site_text(sites: list[str]) -> str:
+    short = [s.removeprefix("visual.").replace("transformer.resblocks.", "b") for s in sites]
+    return " + ".join(f"`{s}`" for s in short)
+
+
+def _row_cells(r: dict[str, Any]) -> list[str]:
+    iv = r["intervals"]
+    return [_cell(iv.get(k)) for k in ("text_acc", "other_text_acc", "blank_acc", "clean_acc", "reading_acc")]
+
+
+def tables(record: dict[str, Any]) -> str:
+    """The markdown of docs/results.md's surgical-rewrite tables, from the result file (every candidate; the pick;
+    the test split's targets)."""
+    out = []
+    for model, e in record["models"].items():
+        b, n = e["baseline"], e["n"]
+        out.append(f"**{model}**, validation split, word \"{e['word']}\", n = {b['intervals']['text_acc']['n']} "
+                   f"scenes a set (other words: {b['intervals']['other_text_acc']['n']}), "
+                   f"{b['intervals']['reading_acc']['n']} signs; 95% Wilson intervals.\n")
+        head = ["group", "site(s)", "rank", "keep blank", "β (signs)", "\"" + e["word"] + "\" notes", "other words",
+                "blank", "clean", "reading", "rule"]
+        rows = [["unedited", "-", "-", "-", "-", *_row_cells(b), ""]]
+        for r in e["rows"]:
+            rows.append([r["group"], _site_text(r["sites"]) + (" (spread)" if r.get("spread") else ""), str(r["rank"]),
+                         f"{r['keep_targets']:g}", f"{r['keep_reading']:g}", *_row_cells(r),
+                         "pick" if r is e.get("picked") or r == e.get("picked") else
+                         "meets" if r.get("rule_admissible") else ""])
+        out.append("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+        out.extend("| " + " | ".join(row) + " |" for row in rows)
+        p = e.get("picked")
+        out.append(f"\nRule: {e['rule']['text']}. Pick: " + (
+            f"{_site_text(p['sites'])}, rank {p['rank']}, keep blank {p['keep_targets']:g}, β {p['keep_reading']:g}."
+            if p else "none meets it.") + f" (n = {n}.)\n")
+        st = e.get("star")
+        if st:
+            sb = st["baseline"]
+            out.append("'*' (the any-word defaults of defaults.json, β the only change), the same validation sets:\n")
+            sh = ["setting", "β (signs)", "\"" + e["word"] + "\" notes", "other words", "blank", "clean", "reading",
+                  "rule"]
+            out.append("| " + " | ".join(sh) + " |\n|" + "---|" * len(sh))
+            out.append("| unedited | - | " + " | ".join(_row_cells(sb)) + " | |")
+            for r in st["rows"]:
+                out.append(f"| `*` at {_site_text(r['sites'])}, rank {r['rank']} | {r['keep_reading']:g} | "
+                           + " | ".join(_row_cells(r)) + " | "
+                           + ("pick" if r == st.get("picked") else "meets" if r.get("rule_admissible") else "") + " |")
+            out.append("")
+        t = e.get("target")
+        if t:
+            out.append(f"Test split's leave-out factors, notes + stickers, n = {t['n']} scenes a set drawn "
+                       f"({t['unedited']['word_notes']['n']} \"{e['word']}\" and {t['unedited']['other_notes']['n']} "
+                       f"other-word notes + stickers), {t['unedited']['reading']['n']} signs:\n")
+            th = ["setting", f"\"{e['word']}\" notes+stickers", "other words", "blank", "clean", "reading",
+                  "targets missed (points short)"]
+            out.append("| " + " | ".join(th) + " |\n|" + "---|" * len(th))
+            keys = ("word_notes", "other_notes", "blank", "clean", "reading")
+            out.append("| unedited | " + " | ".join(_cell(t["unedited"][k]) for k in keys) + " | |")
+            for words, d in t["defended"].items():
+                missed = [f"{k} {v['missed_by']:g}" for k, v in d["verdicts"].items() if not v["met"]]
+                out.append(f"| defend `{words}` | " + " | ".join(_cell(d[k]) for k in keys) + " | "
+                           + (", ".join(missed) or "none") + " |")
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+BEGIN, END = "<!-- surgical_sites --tables -->", "<!-- /surgical_sites --tables -->"
+
+
+def docs_with_tables(text: str, generated: str) -> str:
+    """``text`` (docs/results.md) with the part between the markers replaced by ``generated``."""
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"Error: {DOCS} has no {BEGIN} ... {END} section")
+    head, rest = text.split(BEGIN, 1)
+    return head + BEGIN + "\n" + generated + rest[rest.index(END):]
+
+
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     path = result_path(args.out, "surgical_sites")
+    if args.tables:
+        generated = tables(json.loads(result_path(args.out, "surgical_sites").read_text() if args.out else
+                                      (RESULTS / "surgical_sites.json").read_text()))
+        if args.write_docs:
+            DOCS.write_text(docs_with_tables(DOCS.read_text(), generated))
+        print(generated)
+        return
+    if args.part == "star":
+        record = json.loads(path.read_text()) if path.exists() else {"models": {}}
+        if args.model not in record["models"]:
+            raise SystemExit(f"Error: no search entry for {args.model} in {path}; run the search first")
+        star = measure_star(args.model, args.word, args.n, [float(b) for b in args.betas.split(",")])
+        record = json.loads(path.read_text())  # re-read: another model's run may have written meanwhile
+        record["models"][args.model]["star"] = star
+        write_json(path, record)
+        print(tables({"models": {args.model: {**record["models"][args.model], "target": None}}}))
+        return
     if args.part == "target":
         record = json.loads(path.read_text()) if path.exists() else {"models": {}}
         entry = record["models"].get(args.model)
         if entry is None:
             raise SystemExit(f"Error: no search entry for {args.model} in {path}; run the search first")
-        entry["target"] = target(args.model, args.word, args.n, entry["picked"])
+        star = (entry.get("star") or {}).get("picked")
+        if star is None:
+            raise SystemExit(f"Error: no '*' pick for {args.model} in {path}; run --part star first")
+        entry["target"] = target(args.model, args.word, args.n, entry["picked"], star["keep_reading"])
         write_json(path, record)
         print(json.dumps(entry["target"]["defended"], indent=1)[:4000])
         print(f"wrote {path}")

@@ -43,3 +43,14 @@ def test_every_planned_candidate_is_a_site_of_its_model():
         for group in groups:
             for name in [*group.get("sites", []), *(s for sites in group.get("sets", []) for s in sites)]:
                 resolve_site(bundle.model, name)
+
+
+def test_the_docs_tables_are_the_ones_the_committed_results_give():
+    import json
+
+    from bench.measure import RESULTS
+    from bench.surgical_sites import BEGIN, DOCS, END, tables
+
+    text = DOCS.read_text()
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert section.strip() == tables(json.loads((RESULTS / "surgical_sites.json").read_text())).strip()
