@@ -74,6 +74,7 @@ PLANS: dict[str, list[dict[str, Any]]] = {
         {"group": "default four sites, rank 32-64, keep clean+blank (3)",
          "sets": [[VIT.format(b) + "attn.v_proj" for b in (0, 1, 2)] + [VIT.format(0) + "mlp.c_proj"]],
          "set_ranks": [32, 64], "keep_targets": 3.0},
+        {"group": "block 0 sites alone, rank 32", "sites": _vit_sites([0]), "ranks": [32]},
     ],
     "mini": [
         {"group": "layer3 / layer4 conv3, rank 32", "sites": ["visual.layer3.0.conv3", "visual.layer4.0.conv3"],
@@ -350,7 +351,10 @@ def main(args: argparse.Namespace) -> None:
         star = (entry.get("star") or {}).get("picked")
         if star is None:
             raise SystemExit(f"Error: no '*' pick for {args.model} in {path}; run --part star first")
-        entry["target"] = target(args.model, args.word, args.n, entry["picked"], star["keep_reading"])
+        done = target(args.model, args.word, args.n, entry["picked"], star["keep_reading"])
+        record = json.loads(path.read_text())  # re-read: another model's run may have written meanwhile
+        entry = record["models"][args.model]
+        entry["target"] = done
         write_json(path, record)
         print(json.dumps(entry["target"]["defended"], indent=1)[:4000])
         print(f"wrote {path}")
@@ -361,11 +365,13 @@ def main(args: argparse.Namespace) -> None:
     record = json.loads(path.read_text()) if path.exists() else {"models": {}}
     old = record["models"].get(args.model, {})
     if groups is not None and old.get("n") == args.n and old.get("word") == args.word:  # other groups' rows stay
-        measured = {row["group"] for row in entry["rows"]}
-        entry["rows"] = [r for r in old.get("rows", []) if r["group"] not in measured] + entry["rows"]
+        measured = {(row["group"], row["keep_reading"]) for row in entry["rows"]}
+        entry["rows"] = [r for r in old.get("rows", []) if (r["group"], r["keep_reading"]) not in measured] \
+            + entry["rows"]
+        entry["betas"] = sorted({*old.get("betas", []), *entry["betas"]})
         entry["seconds"] = {**old.get("seconds", {}), **entry["seconds"]}
     entry = choose(entry)
-    entry["target"] = old.get("target")  # a later search keeps the target run
+    entry["star"], entry["target"] = old.get("star"), old.get("target")  # a later search keeps the other parts
     record["models"][args.model] = entry
     write_json(path, record)
     base = entry["baseline"]
