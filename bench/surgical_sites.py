@@ -299,18 +299,21 @@ def tables(record: dict[str, Any]) -> str:
                        f"({t['unedited']['word_notes']['n']} \"{e['word']}\" and {t['unedited']['other_notes']['n']} "
                        f"other-word notes + stickers), {t['unedited']['reading']['n']} signs:\n")
             th = ["setting", f"\"{e['word']}\" notes+stickers", "other words", "blank", "clean", "reading",
-                  "targets missed (points short)"]
+                  "targets missed, by (points)"]
             out.append("| " + " | ".join(th) + " |\n|" + "---|" * len(th))
             keys = ("word_notes", "other_notes", "blank", "clean", "reading")
             out.append("| unedited | " + " | ".join(_cell(t["unedited"][k]) for k in keys) + " | |")
             for words, d in t["defended"].items():
-                missed = [f"{k} {v['missed_by']:g}" for k, v in d["verdicts"].items() if not v["met"]]
+                missed = [f"{VERDICT_NAMES[k].format(word=e['word'])} by {v['missed_by']:.1f}"
+                          for k, v in d["verdicts"].items() if not v["met"]]
                 out.append(f"| defend `{words}` | " + " | ".join(_cell(d[k]) for k in keys) + " | "
                            + (", ".join(missed) or "none") + " |")
             out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 
+VERDICT_NAMES = {"word_notes": "\"{word}\" notes", "other_notes": "other words", "reading": "reading",
+                 "clean": "clean loss", "blank": "blank loss"}
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 BEGIN, END = "<!-- surgical_sites --tables -->", "<!-- /surgical_sites --tables -->"
 
