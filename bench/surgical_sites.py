@@ -68,6 +68,8 @@ PLANS: dict[str, list[dict[str, Any]]] = {
          "sets": [[VIT.format(b) + "mlp.c_proj" for b in (0, 1, 2)]], "set_ranks": [32]},
         {"group": "MLP outputs of blocks 0-2, one target spread (MEMIT), rank 32",
          "sets": [[VIT.format(b) + "mlp.c_proj" for b in (0, 1, 2)]], "set_ranks": [32], "spread": True},
+        {"group": "class token alone, MLP outputs of blocks 2-4, rank 32",
+         "sites": [VIT.format(b) + "mlp.c_proj" for b in (2, 3, 4)], "ranks": [32], "class_token": "only"},
     ],
     "mini-vit": [
         {"group": "later sites (blocks 1-3), rank 32", "sites": _vit_sites(range(1, 4)), "ranks": [32]},
@@ -75,6 +77,8 @@ PLANS: dict[str, list[dict[str, Any]]] = {
          "sets": [[VIT.format(b) + "attn.v_proj" for b in (0, 1, 2)] + [VIT.format(0) + "mlp.c_proj"]],
          "set_ranks": [32, 64], "keep_targets": 3.0},
         {"group": "block 0 sites alone, rank 32", "sites": _vit_sites([0]), "ranks": [32]},
+        {"group": "class token alone, MLP outputs of blocks 1-3, rank 32",
+         "sites": [VIT.format(b) + "mlp.c_proj" for b in (1, 2, 3)], "ranks": [32], "class_token": "only"},
     ],
     "mini": [
         {"group": "layer3 / layer4 conv3, rank 32", "sites": ["visual.layer3.0.conv3", "visual.layer4.0.conv3"],
@@ -119,6 +123,8 @@ def measure(model: str, word: str, n: int, betas: list[float], groups: list[int]
                 overrides["keep_targets"] = group["keep_targets"]
             if group.get("spread"):
                 overrides["spread"] = True
+            if group.get("class_token"):
+                overrides["class_token"] = group["class_token"]
             config = resolve_config(bundle, overrides)
             swept = []
             if group.get("sites"):
@@ -135,6 +141,7 @@ def measure(model: str, word: str, n: int, betas: list[float], groups: list[int]
                 for row in result.rows:
                     rows.append({**row, "group": group["group"], "keep_reading": beta,
                                  "keep_targets": config.hparams.keep_targets, "spread": config.hparams.spread,
+                                 "class_token": config.hparams.class_token,
                                  "mask": config.mask, "renders": config.renders})
                 log.info("%s group %d beta %g: %d candidates", model, gi, beta, len(result.rows))
     return {"model": model, "word": word, "split": "validation", "n": n, "betas": betas, "baseline": baseline,
@@ -270,7 +277,9 @@ def tables(record: dict[str, Any]) -> str:
                 "blank", "clean", "reading", "rule"]
         rows = [["unedited", "-", "-", "-", "-", *_row_cells(b), ""]]
         for r in e["rows"]:
-            rows.append([r["group"], _site_text(r["sites"]) + (" (spread)" if r.get("spread") else ""), str(r["rank"]),
+            where = (" (spread)" if r.get("spread") else "") + (f" (class token: {r['class_token']})"
+                                                                 if r.get("class_token", "off") != "off" else "")
+            rows.append([r["group"], _site_text(r["sites"]) + where, str(r["rank"]),
                          f"{r['keep_targets']:g}", f"{r['keep_reading']:g}", *_row_cells(r),
                          "pick" if r is e.get("picked") or r == e.get("picked") else
                          "meets" if r.get("rule_admissible") else ""])
@@ -382,7 +391,7 @@ def main(args: argparse.Namespace) -> None:
           f"blank {base['blank_acc']:.3f} reading {base['reading_acc']:.3f}")
     for r in entry["rows"]:
         print(f"{r['site']:<70} r{r['rank']:<4} kt{r['keep_targets']:g} b{r['keep_reading']:g}"
-              f"{' spread' if r.get('spread') else ''}: notes "
+              f"{' spread' if r.get('spread') else ''} {r.get('class_token', 'off')}: notes "
               f"{r['text_acc']:.3f} other {r['other_text_acc']:.3f} clean {r['clean_acc']:.3f} blank "
               f"{r['blank_acc']:.3f} reading {r['reading_acc']:.3f}{' *' if r['rule_admissible'] else ''}")
     picked = entry["picked"]

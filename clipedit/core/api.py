@@ -110,17 +110,18 @@ def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditReque
     if hparams.solver == "closed-form":
         sums = accumulate_exemplar_sums(model, site, [requests] if isinstance(requests, EditRequest) else requests,
                                         forward, hparams.mask_threshold, with_targets=hparams.keep_targets > 0,
-                                        spread=spread)
+                                        spread=spread, class_token=hparams.class_token)
         if hparams.keep_reading > 0:
             if keep is None:
                 raise EditError("keep_reading needs images to keep (signs, KeepRequest); none were given")
             accumulate_kept_sums(model, [site], {site.layer: sums}, [keep] if isinstance(keep, KeepRequest) else keep,
-                                 forward, hparams.mask_threshold)
+                                 forward, hparams.mask_threshold, class_token=hparams.class_token)
         edit = closed_form_edit(site, sums, C, hparams.rank, hparams.keep_targets, meta,
                                 keep_reading=hparams.keep_reading)
     else:
-        if spread is not None:
-            raise EditError("a spread edit is solved in closed form; the optimize solver does not take it")
+        if spread is not None or hparams.class_token != "off":
+            raise EditError("a spread or class-token edit is solved in closed form; the optimize solver does not "
+                            "take it")
         req = _merge(requests)
         ex = collect_exemplars(model, site, req.attacked, req.target, req.mask, forward, hparams.mask_threshold)
         D = edit_directions(ex.keys.cpu(), C, hparams.rank, ex.weights.cpu())

@@ -235,6 +235,9 @@ class RewriteHParams(HParams):
             share of the gap that remains there (1/3, then 1/2, then all of it for three sites), instead of each
             site matching the blank at its own block. Sites must write the residual stream (a ViT block's
             ``mlp.c_proj``), in forward order; closed form only.
+        class_token: a ViT site is edited at the label's tokens (``off``), at the class token alone (``only``:
+            its keys on the attacked exemplars, its target the blank exemplar's, the signs' class token kept), or
+            at both (``also``). Closed form only.
         steps, lr, project_every: the ``optimize`` solver (paper: 20000 steps, lr 1e-4).
     """
 
@@ -246,6 +249,7 @@ class RewriteHParams(HParams):
     keep_targets: float = 0.0
     keep_reading: float = 0.0
     spread: bool = False
+    class_token: Literal["off", "only", "also"] = "off"
     steps: int = 20000
     lr: float = 1e-4
     project_every: int = 10

@@ -15,8 +15,8 @@ from clipedit.errors import ClipeditError, SettingsError
 from clipedit.models.bundle import ModelBundle
 
 #: Flat override keys that set a field of the rewrite's :class:`RewriteHParams`.
-REWRITE_KEYS = ("rank", "solver", "cov_reg", "keep_targets", "keep_reading", "spread", "mask_threshold", "steps", "lr",
-                "project_every")
+REWRITE_KEYS = ("rank", "solver", "cov_reg", "keep_targets", "keep_reading", "spread", "class_token", "mask_threshold",
+                "steps", "lr", "project_every")
 
 
 def resolve_config(bundle: ModelBundle, overrides: DefenseConfig | Mapping[str, Any] | None = None,

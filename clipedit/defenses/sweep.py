@@ -303,10 +303,11 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
     clock = time.perf_counter()
     sites = [resolve_site(bundle.model, name) for name, _ in pairs]
     all_sums = accumulate_exemplar_sums_at(bundle.model, sites, exemplars.requests(), bundle.encode_images,
-                                           hp.mask_threshold, with_targets=hp.keep_targets > 0) if sites else {}
+                                           hp.mask_threshold, with_targets=hp.keep_targets > 0,
+                                           class_token=hp.class_token) if sites else {}
     if sites and hp.keep_reading > 0:  # the signs' keys, kept as they are (what defend's solve keeps)
         accumulate_kept_sums(bundle.model, sites, all_sums, exemplars.keep(), bundle.encode_images,
-                             hp.mask_threshold)
+                             hp.mask_threshold, class_token=hp.class_token)
     shared = (time.perf_counter() - clock) / max(len(sites), 1)
     for site, (name, site_ranks) in zip(sites, pairs):
         clock = time.perf_counter()
