@@ -70,6 +70,8 @@ PLANS: dict[str, list[dict[str, Any]]] = {
          "sets": [[VIT.format(b) + "mlp.c_proj" for b in (0, 1, 2)]], "set_ranks": [32], "spread": True},
         {"group": "class token alone, MLP outputs of blocks 2-4, rank 32",
          "sites": [VIT.format(b) + "mlp.c_proj" for b in (2, 3, 4)], "ranks": [32], "class_token": "only"},
+        {"group": "class token alone, block 3's MLP output, rank 64-128",
+         "sites": [VIT.format(3) + "mlp.c_proj"], "ranks": [64, 128], "class_token": "only"},
     ],
     "mini-vit": [
         {"group": "later sites (blocks 1-3), rank 32", "sites": _vit_sites(range(1, 4)), "ranks": [32]},
