@@ -223,15 +223,19 @@ def verdicts(row: dict[str, Any], unedited: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def overrides_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The ``defend`` overrides that rebuild a search row's setting (every setting the search varies)."""
+    return {"layer": list(row["sites"]), "rank": row["rank"], "keep_targets": row["keep_targets"],
+            "keep_reading": row["keep_reading"], "mask": row["mask"], "spread": bool(row.get("spread")),
+            "class_token": row.get("class_token", "off")}
+
+
 def target(model: str, word: str, n: int, picked: dict[str, Any] | None, star_beta: float) -> dict[str, Any]:
     """The picked setting (``picked``: a search row; None: the model's defaults) for ``word`` and the any-word
     defaults with ``star_beta`` (chosen by the rule on validation) for '*', each on a copy of the model, scored on
     the test split."""
     bundle = load_model(model)
-    chosen: dict[str, Any] = {}
-    if picked is not None:
-        chosen = {"layer": list(picked["sites"]), "rank": picked["rank"], "keep_targets": picked["keep_targets"],
-                  "keep_reading": picked["keep_reading"], "mask": picked["mask"]}
+    chosen = overrides_of(picked) if picked is not None else {}
     star = {"keep_reading": star_beta}
     unedited = figures(score(heldout_data(bundle, [word], n, n, split="test")))
     out: dict[str, Any] = {"model": model, "split": "test", "n": n, "chosen": chosen, "targets": TARGETS,

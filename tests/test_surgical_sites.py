@@ -54,3 +54,16 @@ def test_the_docs_tables_are_the_ones_the_committed_results_give():
     text = DOCS.read_text()
     section = text.split(BEGIN, 1)[1].split(END, 1)[0]
     assert section.strip() == tables(json.loads((RESULTS / "surgical_sites.json").read_text())).strip()
+
+
+def test_a_picked_row_is_rebuilt_with_every_setting_the_search_varies(tiny_vit):
+    from bench.surgical_sites import overrides_of
+    from clipedit.defenses.resolve import resolve_config
+
+    site = "visual.transformer.resblocks.1.mlp.c_proj"
+    row = {"sites": [site], "rank": 4, "keep_targets": 3.0, "keep_reading": 1.0, "mask": "label", "spread": False,
+           "class_token": "only"}
+    config = resolve_config(tiny_vit, overrides_of(row))
+    hp = config.hparams
+    assert (config.sites, hp.rank, hp.keep_targets, hp.keep_reading, config.mask, hp.spread, hp.class_token) == (
+        (site,), 4, 3.0, 1.0, "label", False, "only")
