@@ -106,6 +106,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--betas", default="0,1,3", help="keep_reading values (comma-separated)")
     ap.add_argument("--groups", default=None, help="only these group indices (comma-separated)")
     ap.add_argument("--part", default="search", choices=["search", "star", "target"])
+    ap.add_argument("--star-groups", default=None, help="with --part star: only these '|'-separated plans")
     ap.add_argument("--tables", action="store_true", help="print the markdown tables of the result file")
     ap.add_argument("--write-docs", action="store_true", help="with --tables: write them into docs/results.md")
     out_options(ap)
@@ -150,30 +151,47 @@ def measure(model: str, word: str, n: int, betas: list[float], groups: list[int]
             "rows": rows, "seconds": seconds}
 
 
-def measure_star(model: str, word: str, n: int, betas: list[float]) -> dict[str, Any]:
-    """'*' (the model's any-word defaults) at each β, applied to the model, scored on the validation split as the
-    search's rows are, and taken off again (the sweep does not take '*'); the rule's pick among them."""
+#: '*' candidates per model besides its any-word defaults (each a group of overrides on top of them).
+STAR_PLANS: dict[str, dict[str, dict[str, Any]]] = {
+    "mini-vit-deep": {"'*' at block 3's class token (mlp.c_proj), rank 64":
+                      {"layer": VIT.format(3) + "mlp.c_proj", "rank": 64, "class_token": "only"}},
+    "mini-vit": {"'*' at block 2's class token (mlp.c_proj), rank 32":
+                 {"layer": VIT.format(2) + "mlp.c_proj", "rank": 32, "class_token": "only"}},
+}
+STAR_DEFAULT = "'*' (any-word defaults)"
+
+
+def measure_star(model: str, word: str, n: int, betas: list[float], groups: list[str] | None = None
+                 ) -> dict[str, Any]:
+    """'*' (the model's any-word defaults, and :data:`STAR_PLANS`' variants) at each β, applied to the model,
+    scored on the validation split as the search's rows are, and taken off again (the sweep does not take '*');
+    returns the entry with the rule's pick among them (``groups``: only these plan names)."""
     bundle = load_model(model)
     data = heldout_data(bundle, [word], n, n)  # shares bundle.model: scores the model as it is when called
     baseline = with_intervals(score(data))
+    plans = {STAR_DEFAULT: {}, **STAR_PLANS.get(model, {})}
     rows = []
-    for beta in betas:
-        clock = time.perf_counter()
-        result = defend(bundle, "*", {"keep_reading": beta})
-        seconds = time.perf_counter() - clock
-        try:
-            row = {"method": "edit", "site": result.layer, "sites": result.layer.split("+"),
-                   "rank": result.config["hparams"]["rank"], "seconds": round(seconds, 1),
-                   **with_intervals(score(data))}
-        finally:
-            revert_edit_set(bundle.model, result.edit_set)
-        row.update(gains(row, baseline))
-        rows.append({**row, "group": "'*' (any-word defaults)", "keep_reading": beta,
-                     "keep_targets": result.config["hparams"]["keep_targets"], "spread": False,
-                     "mask": result.config["mask"], "renders": result.config["renders"]})
-        log.info("%s '*' beta %g: %s", model, beta, {k: row[k] for k in ("text_acc", "other_text_acc", "reading_acc")})
-    return choose({"word": "*", "scored_word": word, "n": n, "split": "validation", "baseline": baseline,
-                   "rows": rows})
+    for group, extra in plans.items():
+        if groups is not None and group not in groups:
+            continue
+        for beta in betas:
+            clock = time.perf_counter()
+            result = defend(bundle, "*", {**extra, "keep_reading": beta})
+            seconds = time.perf_counter() - clock
+            try:
+                row = {"method": "edit", "site": result.layer, "sites": result.layer.split("+"),
+                       "rank": result.config["hparams"]["rank"], "seconds": round(seconds, 1),
+                       **with_intervals(score(data))}
+            finally:
+                revert_edit_set(bundle.model, result.edit_set)
+            row.update(gains(row, baseline))
+            hp = result.config["hparams"]
+            rows.append({**row, "group": group, "keep_reading": beta, "keep_targets": hp["keep_targets"],
+                         "spread": hp.get("spread", False), "class_token": hp.get("class_token", "off"),
+                         "mask": result.config["mask"], "renders": result.config["renders"]})
+            log.info("%s %s beta %g: %s", model, group, beta,
+                     {k: row[k] for k in ("text_acc", "other_text_acc", "reading_acc")})
+    return {"word": "*", "scored_word": word, "n": n, "split": "validation", "baseline": baseline, "rows": rows}
 
 
 def choose(entry: dict[str, Any]) -> dict[str, Any]:
@@ -230,13 +248,20 @@ def overrides_of(row: dict[str, Any]) -> dict[str, Any]:
             "class_token": row.get("class_token", "off")}
 
 
-def target(model: str, word: str, n: int, picked: dict[str, Any] | None, star_beta: float) -> dict[str, Any]:
-    """The picked setting (``picked``: a search row; None: the model's defaults) for ``word`` and the any-word
-    defaults with ``star_beta`` (chosen by the rule on validation) for '*', each on a copy of the model, scored on
-    the test split."""
+def star_overrides_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The overrides on the any-word defaults that rebuild a '*' row (its plan's, and β)."""
+    plan = {g: v for plans in STAR_PLANS.values() for g, v in plans.items()}.get(row.get("group"), {})
+    return {**plan, "keep_reading": row["keep_reading"]}
+
+
+def target(model: str, word: str, n: int, picked: dict[str, Any] | None, star_overrides: dict[str, Any]
+           ) -> dict[str, Any]:
+    """The picked setting (``picked``: a search row; None: the model's defaults) for ``word`` and the '*' setting
+    the rule picked on validation (``star_overrides`` on the any-word defaults), each on a copy of the model,
+    scored on the test split."""
     bundle = load_model(model)
     chosen = overrides_of(picked) if picked is not None else {}
-    star = {"keep_reading": star_beta}
+    star = star_overrides
     unedited = figures(score(heldout_data(bundle, [word], n, n, split="test")))
     out: dict[str, Any] = {"model": model, "split": "test", "n": n, "chosen": chosen, "targets": TARGETS,
                            "unedited": unedited, "defended": {}}
@@ -304,7 +329,8 @@ def tables(record: dict[str, Any]) -> str:
             out.append("| " + " | ".join(sh) + " |\n|" + "---|" * len(sh))
             out.append("| unedited | - | " + " | ".join(_row_cells(sb)) + " | |")
             for r in st["rows"]:
-                out.append(f"| `*` at {_site_text(r['sites'])}, rank {r['rank']} | {r['keep_reading']:g} | "
+                cls = f" (class token: {r['class_token']})" if r.get("class_token", "off") != "off" else ""
+                out.append(f"| `*` at {_site_text(r['sites'])}{cls}, rank {r['rank']} | {r['keep_reading']:g} | "
                            + " | ".join(_row_cells(r)) + " | "
                            + ("pick" if r == st.get("picked") else "meets" if r.get("rule_admissible") else "") + " |")
             out.append("")
@@ -355,9 +381,13 @@ def main(args: argparse.Namespace) -> None:
         record = json.loads(path.read_text()) if path.exists() else {"models": {}}
         if args.model not in record["models"]:
             raise SystemExit(f"Error: no search entry for {args.model} in {path}; run the search first")
-        star = measure_star(args.model, args.word, args.n, [float(b) for b in args.betas.split(",")])
+        only = [g for g in args.star_groups.split("|")] if args.star_groups else None
+        star = measure_star(args.model, args.word, args.n, [float(b) for b in args.betas.split(",")], only)
         record = json.loads(path.read_text())  # re-read: another model's run may have written meanwhile
-        record["models"][args.model]["star"] = star
+        old = record["models"][args.model].get("star") or {}
+        if only is not None and old:  # the other plans' rows stay
+            star["rows"] = [r for r in old["rows"] if r.get("group", STAR_DEFAULT) not in only] + star["rows"]
+        record["models"][args.model]["star"] = choose(star)
         write_json(path, record)
         print(tables({"models": {args.model: {**record["models"][args.model], "target": None}}}))
         return
@@ -369,7 +399,7 @@ def main(args: argparse.Namespace) -> None:
         star = (entry.get("star") or {}).get("picked")
         if star is None:
             raise SystemExit(f"Error: no '*' pick for {args.model} in {path}; run --part star first")
-        done = target(args.model, args.word, args.n, entry["picked"], star["keep_reading"])
+        done = target(args.model, args.word, args.n, entry["picked"], star_overrides_of(star))
         record = json.loads(path.read_text())  # re-read: another model's run may have written meanwhile
         entry = record["models"][args.model]
         entry["target"] = done

@@ -67,3 +67,11 @@ def test_a_picked_row_is_rebuilt_with_every_setting_the_search_varies(tiny_vit):
     hp = config.hparams
     assert (config.sites, hp.rank, hp.keep_targets, hp.keep_reading, config.mask, hp.spread, hp.class_token) == (
         (site,), 4, 3.0, 1.0, "label", False, "only")
+
+
+def test_a_star_row_is_rebuilt_from_its_plan_and_beta():
+    from bench.surgical_sites import STAR_DEFAULT, STAR_PLANS, star_overrides_of
+
+    group, plan = next(iter(STAR_PLANS["mini-vit-deep"].items()))
+    assert star_overrides_of({"group": group, "keep_reading": 1.0}) == {**plan, "keep_reading": 1.0}
+    assert star_overrides_of({"group": STAR_DEFAULT, "keep_reading": 3.0}) == {"keep_reading": 3.0}
