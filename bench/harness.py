@@ -42,6 +42,7 @@ BENCHMARKS: dict[str, str] = {
     "compare_reproduce": "bench.compare_reproduce",
     "snow_edit": "bench.snow_edit",
     "fonts": "bench.fonts",
+    "surgical_sites": "bench.surgical_sites",
 }
 
 

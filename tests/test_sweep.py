@@ -88,7 +88,9 @@ def test_sweep_scores_every_site_and_rank_caches_statistics_and_leaves_the_model
         for key in ("text_acc", "other_text_acc", "clean_acc", "blank_acc", "reading_acc"):
             assert 0.0 <= r[key] <= 1.0
         assert r["gain"] == pytest.approx(r["text_acc"] - result.baseline["text_acc"])
-    assert result.picked is None or result.picked is result.rows[pick(result.rows, result.baseline)]
+    assert result.reading is not None and result.reading.asked == SweepSettings().reading_tolerance
+    assert result.picked is None or result.picked is result.rows[pick(result.rows, result.baseline, result.tolerance,
+                                                                       result.reading)]
     assert all(torch.equal(before[k], v) for k, v in bundle.model.state_dict().items())
     assert len(list((cache_dir / "stats").glob("*.safetensors"))) == len(sites)  # once per site, on disk
 

@@ -24,7 +24,7 @@ from clipedit.eval.pick import PICK_TOLERANCE, tolerance_text
 from clipedit.eval.results import format_table, make_record, write_results
 from clipedit.io import atomic_output_set
 from clipedit.outputs import OutputSet, check_outputs
-from clipedit.selection.sweep import DEFAULT_RANKS, SweepSettings, sweep
+from clipedit.selection.sweep import DEFAULT_RANKS, READING_TOLERANCE, SweepSettings, sweep
 from clipedit.selection.tradeoff import plot_tradeoff
 from clipedit.settings.resolve import resolve_config
 
@@ -48,8 +48,8 @@ SWEEP_FILES = ("sweep.json", "sweep.png")
 @click.option("--tolerance", type=finite(min=0, max=100), default=100 * PICK_TOLERANCE, show_default=True,
               help="Pick rule: largest clean / blank-note loss, in points.")
 @click.option("--reading-tolerance", type=finite(min=0, max=100), default=None, metavar="POINTS",
-              help="Pick rule: also lose at most this much reading kept (signs) [default: reading recorded, not "
-                   "in the rule].")
+              help=f"Pick rule: also lose at most this much reading kept (signs) [default: "
+                   f"{100 * READING_TOLERANCE:g}; with --n-signs 0 reading is not in the rule].")
 @click.option("--renders", type=click.IntRange(min=1), default=None,
               help="Rendered exemplars per word [default: per architecture and model, clipedit/settings/hparams].")
 @click.option("--data", default=None, metavar="DIR|KIND:PATH",
@@ -79,7 +79,8 @@ def sweep_cmd(model, texts, sites, ranks, n_val, n_signs, tolerance, reading_tol
         raise ClipeditError("--reading-tolerance needs signs to score reading on (--n-signs > 0)")
     settings = SweepSettings(sites=singles, ranks=_ranks(ranks), site_sets=sets, n_val=n_val, n_signs=n_signs,
                              tolerance=tolerance / 100,
-                             reading_tolerance=None if reading_tolerance is None else reading_tolerance / 100)
+                             reading_tolerance=(READING_TOLERANCE if reading_tolerance is None
+                                                else reading_tolerance / 100) if n_signs else None)
     names = class_list(classes, None)
     if names is not None and data is None:
         raise ClipeditError("--classes goes with --data")

@@ -17,7 +17,7 @@ from torch import nn
 from clipedit.core.edits import LayerEdit, apply_edit
 from clipedit.core.exemplar_sums import accumulate_exemplar_sums, accumulate_kept_sums, closed_form_edit
 from clipedit.core.hparams import RewriteHParams
-from clipedit.core.keys_values import collect_exemplars
+from clipedit.core.keys_values import Spread, collect_exemplars
 from clipedit.core.sites import resolve_site
 from clipedit.core.solvers import solve_optimize
 from clipedit.core.statistics import cached_second_moment
@@ -85,7 +85,8 @@ def _merge(requests: EditRequest | Sequence[EditRequest]) -> EditRequest:
 def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditRequest],
                     hparams: RewriteHParams, stats: KeyStatistics,
                     forward: Optional[Callable] = None, meta: Optional[dict] = None,
-                    keep: Optional[KeepRequest | Iterable[KeepRequest]] = None) -> LayerEdit:
+                    keep: Optional[KeepRequest | Iterable[KeepRequest]] = None,
+                    spread: Optional[Spread] = None) -> LayerEdit:
     """Compute (without applying) the rank-r edit of ``hparams.layer``.
 
     The closed-form solver accumulates its sums over batches of exemplars (memory flat in their
@@ -96,6 +97,8 @@ def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditReque
         meta: extra metadata stored with the edit (model name, words …).
         keep: images to keep as they are at their masks (signs), weighed by ``hparams.keep_reading``; required
             when it is above 0 and ignored at 0.
+        spread: the site's values are a share of the gap at a later block (a spread multi-site edit,
+            :func:`~clipedit.core.multisite.apply_multisite_rewrite`); closed form only.
     """
     if hparams.layer is None:
         raise EditError("no layer given")
@@ -106,15 +109,19 @@ def compute_rewrite(model: nn.Module, requests: EditRequest | Iterable[EditReque
     meta = {**(meta or {}), "hparams": hparams.to_dict()}
     if hparams.solver == "closed-form":
         sums = accumulate_exemplar_sums(model, site, [requests] if isinstance(requests, EditRequest) else requests,
-                                        forward, hparams.mask_threshold, with_targets=hparams.keep_targets > 0)
+                                        forward, hparams.mask_threshold, with_targets=hparams.keep_targets > 0,
+                                        spread=spread, class_token=hparams.class_token)
         if hparams.keep_reading > 0:
             if keep is None:
                 raise EditError("keep_reading needs images to keep (signs, KeepRequest); none were given")
             accumulate_kept_sums(model, [site], {site.layer: sums}, [keep] if isinstance(keep, KeepRequest) else keep,
-                                 forward, hparams.mask_threshold)
+                                 forward, hparams.mask_threshold, class_token=hparams.class_token)
         edit = closed_form_edit(site, sums, C, hparams.rank, hparams.keep_targets, meta,
                                 keep_reading=hparams.keep_reading)
     else:
+        if spread is not None or hparams.class_token != "off":
+            raise EditError("a spread or class-token edit is solved in closed form; the optimize solver does not "
+                            "take it")
         req = _merge(requests)
         ex = collect_exemplars(model, site, req.attacked, req.target, req.mask, forward, hparams.mask_threshold)
         D = edit_directions(ex.keys.cpu(), C, hparams.rank, ex.weights.cpu())

@@ -21,6 +21,7 @@ from clipedit.core.edits import LayerEdit
 from clipedit.core.keys_values import (
     EmptyMaskError,
     Exemplars,
+    Spread,
     collect_exemplars,
     collect_exemplars_at,
     collect_kept_keys_at,
@@ -138,7 +139,8 @@ def split_batches(requests: Iterable[ExemplarBatch], batch_size: int = EXEMPLAR_
 def accumulate_exemplar_sums(model: nn.Module, site: Site, requests: Iterable[ExemplarBatch],
                              forward: Optional[Callable] = None, threshold: float = 0.0,
                              batch_size: int = EXEMPLAR_BATCH, max_kept_keys: Optional[int] = None,
-                             with_targets: bool = False) -> ExemplarSums:
+                             with_targets: bool = False, spread: Optional[Spread] = None,
+                             class_token: str = "off") -> ExemplarSums:
     """KᵀMK and KᵀMR over exemplar pairs, ``batch_size`` pairs per forward pass.
 
     ``requests`` may be a generator (exemplars rendered on the fly): only one batch is held at a time.
@@ -147,9 +149,12 @@ def accumulate_exemplar_sums(model: nn.Module, site: Site, requests: Iterable[Ex
     Args:
         max_kept_keys: keep the weighted keys while there are at most this many (default: key dimension).
         with_targets: also sum TᵀMT over the target exemplars' keys (what ``keep_targets`` needs).
+        spread: the values are a share of the gap at a later block (:class:`~clipedit.core.keys_values.Spread`).
+        class_token: the class token's locations too or alone (:func:`~clipedit.core.keys_values.site_locations`).
     """
     def collect(attacked, target, mask):
-        return {site.layer: collect_exemplars(model, site, attacked, target, mask, forward, threshold)}
+        return {site.layer: collect_exemplars(model, site, attacked, target, mask, forward, threshold, spread,
+                                              class_token)}
 
     return _accumulate([site], collect, requests, batch_size, max_kept_keys, with_targets)[site.layer]
 
@@ -157,12 +162,12 @@ def accumulate_exemplar_sums(model: nn.Module, site: Site, requests: Iterable[Ex
 @torch.no_grad()
 def accumulate_exemplar_sums_at(model: nn.Module, sites: Sequence[Site], requests: Iterable[ExemplarBatch],
                                 forward: Optional[Callable] = None, threshold: float = 0.0,
-                                batch_size: int = EXEMPLAR_BATCH, with_targets: bool = False
-                                ) -> dict[str, ExemplarSums]:
+                                batch_size: int = EXEMPLAR_BATCH, with_targets: bool = False,
+                                class_token: str = "off") -> dict[str, ExemplarSums]:
     """:func:`accumulate_exemplar_sums` for several sites at once (one traced pass of each batch for all of
     them, :func:`~clipedit.core.keys_values.collect_exemplars_at`), keyed by site name."""
     def collect(attacked, target, mask):
-        return collect_exemplars_at(model, sites, attacked, target, mask, forward, threshold)
+        return collect_exemplars_at(model, sites, attacked, target, mask, forward, threshold, class_token)
 
     return _accumulate(sites, collect, requests, batch_size, None, with_targets)
 
@@ -199,7 +204,7 @@ def _accumulate(sites: Sequence[Site], collect: Callable, requests: Iterable[Exe
 @torch.no_grad()
 def accumulate_kept_sums(model: nn.Module, sites: Sequence[Site], all_sums: dict[str, ExemplarSums],
                          kept: Iterable[KeptBatch], forward: Optional[Callable] = None, threshold: float = 0.0,
-                         batch_size: int = EXEMPLAR_BATCH) -> None:
+                         batch_size: int = EXEMPLAR_BATCH, class_token: str = "off") -> None:
     """Add the keys of ``kept`` images (e.g. signs) at their masks to each site's sums (``add_kept``), one
     traced pass per batch for all sites. Batches whose masks cover no location add nothing; it is an error if
     all do.
@@ -213,7 +218,7 @@ def accumulate_kept_sums(model: nn.Module, sites: Sequence[Site], all_sums: dict
             images, masks = batch.images[start:start + batch_size], batch.mask[start:start + batch_size]
             n_images += images.shape[0]
             try:
-                collected = collect_kept_keys_at(model, sites, images, masks, forward, threshold)
+                collected = collect_kept_keys_at(model, sites, images, masks, forward, threshold, class_token)
             except EmptyMaskError as e:
                 empty = e
                 continue

@@ -230,6 +230,14 @@ class RewriteHParams(HParams):
             names written alone, no object, in exemplar styles; given to the solve as ``KeepRequest``) at their
             labels to the site's current outputs there, the signs' total mask weight scaled to β times the
             exemplars' (0: no signs; the solve is then today's, bit for bit). Directions as for keep_targets.
+        spread: a multi-site edit spreads one target over its sites (MEMIT's residual spreading): the target is
+            the blank exemplar's residual stream after the LAST site's block; each site in turn takes an equal
+            share of the gap that remains there (1/3, then 1/2, then all of it for three sites), instead of each
+            site matching the blank at its own block. Sites must write the residual stream (a ViT block's
+            ``mlp.c_proj``), in forward order; closed form only.
+        class_token: a ViT site is edited at the label's tokens (``off``), at the class token alone (``only``:
+            its keys on the attacked exemplars, its target the blank exemplar's, the signs' class token kept), or
+            at both (``also``). Closed form only.
         steps, lr, project_every: the ``optimize`` solver (paper: 20000 steps, lr 1e-4).
     """
 
@@ -240,6 +248,8 @@ class RewriteHParams(HParams):
     mask_threshold: float = 0.0
     keep_targets: float = 0.0
     keep_reading: float = 0.0
+    spread: bool = False
+    class_token: Literal["off", "only", "also"] = "off"
     steps: int = 20000
     lr: float = 1e-4
     project_every: int = 10
@@ -257,6 +267,9 @@ class RewriteHParams(HParams):
                                 "outweigh the edit until it changes nothing")
         if self.keep_targets > 0 and self.solver != "closed-form":
             raise EditError("keep_targets (keeping the blank exemplars) is part of the closed-form solve; "
+                            "the optimize solver does not take it")
+        if self.spread and self.solver != "closed-form":
+            raise EditError("spread (one target spread over the sites) is part of the closed-form solve; "
                             "the optimize solver does not take it")
         if self.keep_reading > 0 and self.solver != "closed-form":
             raise EditError("keep_reading (keeping the signs' outputs) is part of the closed-form solve; "

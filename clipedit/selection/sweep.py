@@ -8,9 +8,10 @@ each lose at most 0.5 point against the unedited model on the validation split, 
 text-note accuracy on the defended word(s); ties go to the larger gain on unseen words, then to the
 earlier row (sites in forward order, ranks ascending). ``defend --layer auto`` / ``--rank auto`` use it.
 Reading kept (signs, :mod:`clipedit.eval.reading`) is scored and recorded for every candidate (n and 95%
-Wilson interval) and drawn against the defended word; it enters the rule only when asked
-(``SweepSettings.reading_tolerance``, ``sweep --reading-tolerance``): a candidate must then also lose at most
-that much reading against the unedited model (the default pick does not use it yet).
+Wilson interval) and drawn against the defended word, and it is in the rule: a candidate must also lose at
+most ``SweepSettings.reading_tolerance`` of reading against the unedited model (default
+:data:`READING_TOLERANCE`, 5 points; ``sweep --reading-tolerance POINTS``; None: reading recorded, not in the
+rule). Without signs (``n_signs=0``) the rule has no reading bound, and says so.
 
 What is scored is what ``defend`` applies: every candidate is built by the one closed-form solver
 (:func:`clipedit.core.exemplar_sums.closed_form_edit`) with the resolved settings (``keep_targets``,
@@ -71,8 +72,8 @@ log = logging.getLogger(__name__)
 
 
 DEFAULT_RANKS: tuple[int, ...] = (1, 4, 16, 32, 64)
-
-
+#: The pick rule's largest loss of reading kept (signs, a fraction) against the unedited model.
+READING_TOLERANCE = 0.05
 SCORED = ("text_acc", "other_text_acc", "clean_acc", "blank_acc", "reading_acc", "attack_success_rate")
 
 
@@ -112,8 +113,8 @@ class SweepSettings:
         n_val: validation scenes per set (defended words; other words).
         n_signs: validation signs for the reading-kept figure (0: none).
         tolerance: the pick rule's largest clean / blank-note loss (a fraction).
-        reading_tolerance: the largest reading-kept loss (a fraction) a pick may also cost (None: reading is
-            recorded but not in the rule).
+        reading_tolerance: the largest reading-kept loss (a fraction) a pick may also cost (default
+            :data:`READING_TOLERANCE`; None, or no signs: reading is recorded but not in the rule).
     """
 
     sites: Optional[Sequence[str]] = None
@@ -122,7 +123,7 @@ class SweepSettings:
     n_val: int = 240
     n_signs: int = 120
     tolerance: float = PICK_TOLERANCE
-    reading_tolerance: Optional[float] = None
+    reading_tolerance: Optional[float] = READING_TOLERANCE
 
 
 @dataclass
@@ -255,9 +256,9 @@ def sweep(bundle: ModelBundle, words: str | Sequence[str], settings: Optional[Sw
     n_scenes = int(baseline["n"])  # clean and blank-note accuracy are over the defended words' scenes
     tol = scene_tolerance(settings.tolerance, n_scenes, "the sweep's pick-rule tolerance")
     reading_tol = None
-    if settings.reading_tolerance is not None:
-        if data.signs is None:
-            raise ClipeditError("a reading tolerance needs signs to score reading on (n_signs > 0)")
+    if settings.reading_tolerance is not None and data.signs is None:
+        log.warning("no signs scored (n_signs=0): the pick rule has no reading bound")
+    elif settings.reading_tolerance is not None:
         reading_tol = scene_tolerance(settings.reading_tolerance, len(data.signs.images),
                                       "the sweep's reading tolerance")
     rows: list[dict[str, Any]] = []
@@ -304,10 +305,11 @@ def candidate_edits(bundle: ModelBundle, words: list[str], settings: SweepSettin
     clock = time.perf_counter()
     sites = [resolve_site(bundle.model, name) for name, _ in pairs]
     all_sums = accumulate_exemplar_sums_at(bundle.model, sites, exemplars.requests(), bundle.encode_images,
-                                           hp.mask_threshold, with_targets=hp.keep_targets > 0) if sites else {}
+                                           hp.mask_threshold, with_targets=hp.keep_targets > 0,
+                                           class_token=hp.class_token) if sites else {}
     if sites and hp.keep_reading > 0:  # the signs' keys, kept as they are (what defend's solve keeps)
         accumulate_kept_sums(bundle.model, sites, all_sums, exemplars.keep(), bundle.encode_images,
-                             hp.mask_threshold)
+                             hp.mask_threshold, class_token=hp.class_token)
     shared = (time.perf_counter() - clock) / max(len(sites), 1)
     for site, (name, site_ranks) in zip(sites, pairs):
         clock = time.perf_counter()
