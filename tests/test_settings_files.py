@@ -83,7 +83,9 @@ def test_every_family_and_model_entry_resolves_to_todays_defaults(entry, monkeyp
     got = dataclasses.asdict(defaults_for(bundle, entry["any_word"]))
     want = dict(entry["defaults"])
     assert want.pop("cov_reg") == RewriteHParams().cov_reg  # stated once, in RewriteHParams
-    assert got.pop("keep_reading") == RewriteHParams().keep_reading  # no file set it before
+    if not want.pop("retuned", False):  # the bundled minis' entries were retuned with reading in the rule
+        assert got.pop("keep_reading") == RewriteHParams().keep_reading  # no file set it before
+        assert got.pop("class_token") == RewriteHParams().class_token
     got["sites"] = list(got["sites"]) if got["sites"] else None
     assert got == want
 
@@ -105,7 +107,7 @@ def test_bundled_models_resolve_as_before():
         got = {k: record[k] for k in ("method", "sites", "renders", "mask", "n_reference", "vocab_words",
                                       "any_word", "seed")} | {"settings": record["hparams"]}
         want = json.loads(json.dumps(case["resolved"]))
-        if "layer" in want["settings"]:  # the rewrite's layer was kept in step with the sites: now the sites alone
+        if "layer" in want["settings"] and not case.get("retuned"):  # the layer was kept in step with the sites
             assert want["settings"]["layer"] == (want["sites"][0] if len(want["sites"]) == 1 else None)
             want["settings"]["layer"] = None
         got = json.loads(json.dumps(got))
@@ -156,3 +158,22 @@ def test_defend_does_not_resolve_a_resolved_config_again(tiny_rn, monkeypatch):
     assert not calls and defense.config == config.to_dict()
     clipedit.defend(tiny_rn, "ipod", {"layer": "visual.layer3.0.conv3", "rank": 2, "renders": 2, "n_reference": 8})
     assert len(calls) == 1  # overrides from Python: resolved once, there
+
+
+@pytest.mark.parametrize("model", ["mini", "mini-vit", "mini-vit-deep"])
+def test_the_bundled_minis_defaults_are_the_reading_rules_picks_on_validation(model):
+    """Each bundled mini's default edit (one word, and '*') is the setting that the sweep's rule (clean and
+    blank-note loss within a scene, reading within 5 points, then the most defended-word accuracy) picked on
+    the validation split in bench/results/surgical_sites.json: what is scored there is what defend applies."""
+    record = json.loads((Path(__file__).parents[1] / "bench" / "results" / "surgical_sites.json").read_text())
+    entry = record["models"][model]
+    assert entry["split"] == "validation" and "reading" in entry["rule"]["text"]
+    bundle = clipedit.load_model(model, device="cpu")
+    for picked, any_word in ((entry["picked"], False), (entry["star"]["picked"], True)):
+        config = resolve_config(bundle, {}, any_word=any_word)
+        hp = config.hparams
+        assert list(config.sites) == picked["sites"], (model, any_word)
+        assert (hp.rank, hp.keep_targets, hp.keep_reading, hp.class_token, config.mask) == \
+            (picked["rank"], picked["keep_targets"], picked["keep_reading"], picked.get("class_token", "off"),
+             picked["mask"]), (model, any_word)
+        assert config.renders == picked["renders"]

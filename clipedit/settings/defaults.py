@@ -40,6 +40,7 @@ class EditDefaults(HParams):
         keep_targets: weight of keeping the blank exemplars as they are in the solve.
         keep_reading: weight of keeping signs (class names written alone) as they are in the solve.
         mask: ``text`` (glyphs) or ``label`` (the whole note).
+        class_token: where a ViT site is edited: ``off`` (the label's tokens), ``only`` (the class token), ``also``.
         renders: exemplars rendered per word.
         n_reference: reference images drawn from the model's world for the key statistics.
         caution: a measured weakness of the default site and rank, said when both are used.
@@ -51,6 +52,7 @@ class EditDefaults(HParams):
     keep_targets: float
     keep_reading: float
     mask: Literal["text", "label"]
+    class_token: Literal["off", "only", "also"]
     renders: int
     n_reference: int
     caution: Optional[str]
@@ -70,6 +72,8 @@ class AnyWordDefaults(HParams):
         rank: rank of the update.
         mask: ``text`` or ``label``.
         sites: the edit's sites, relative to the image module (None: the model's ``layer`` alone).
+        keep_reading: weight of keeping signs as they are (replaces the ``edit`` file's).
+        class_token: where a ViT site is edited (replaces the ``edit`` file's).
     """
 
     words: int
@@ -77,6 +81,8 @@ class AnyWordDefaults(HParams):
     rank: int
     mask: Literal["text", "label"]
     sites: Optional[tuple[str, ...]]
+    keep_reading: float
+    class_token: Literal["off", "only", "also"]
 
     BOUNDS = {"words": COUNT, "renders": Bound(1, MAX_RENDERS), "rank": COUNT}
 
@@ -100,6 +106,7 @@ class ModelDefaults:
     keep_targets: float
     keep_reading: float
     mask: str
+    class_token: str
     renders: int
     n_reference: int
     caution: Optional[str]
@@ -190,7 +197,10 @@ def offline_grid_table() -> dict:
 
 def offline_settings(bundle: ModelBundle, any_word: bool = False) -> dict:
     """How many settings an offline validation grid tried before ``bundle``'s defaults were chosen (the
-    model's entry, or for ``"*"`` its architecture's), with the files it was counted from; 0: untuned."""
+    model's entry, or for ``"*"`` the model's own '*' entry, else its architecture's), with the files it was counted from; 0: untuned."""
     table = offline_grid_table()
-    entry = table["any_word"].get(bundle.architecture) if any_word else table["models"].get(bundle.name)
+    if any_word:
+        entry = table.get("any_word_models", {}).get(bundle.name) or table["any_word"].get(bundle.architecture)
+    else:
+        entry = table["models"].get(bundle.name)
     return dict(entry) if entry else {"settings": 0, "sources": [], "split": None}

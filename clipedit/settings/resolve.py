@@ -107,7 +107,8 @@ def _settings(spec: MethodSpec, config: DefenseConfig, given: dict[str, Any], d:
     elif spec.model_defaults:
         closed_form = given.get("solver", "closed-form") == "closed-form"
         model = {"rank": d.rank, "keep_targets": d.keep_targets if closed_form else 0.0,
-                 "keep_reading": d.keep_reading if closed_form else 0.0}
+                 "keep_reading": d.keep_reading if closed_form else 0.0,
+                 "class_token": d.class_token if closed_form else "off"}
         hp = cls.from_dict({**model, **given})
     else:
         hp = cls.from_dict(given) if given else cls()
