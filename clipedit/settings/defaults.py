@@ -197,7 +197,8 @@ def offline_grid_table() -> dict:
 
 def offline_settings(bundle: ModelBundle, any_word: bool = False) -> dict:
     """How many settings an offline validation grid tried before ``bundle``'s defaults were chosen (the
-    model's entry, or for ``"*"`` the model's own '*' entry, else its architecture's), with the files it was counted from; 0: untuned."""
+    model's entry, or for ``"*"`` the model's own '*' entry, else its architecture's), with the files it was
+    counted from; 0: untuned."""
     table = offline_grid_table()
     if any_word:
         entry = table.get("any_word_models", {}).get(bundle.name) or table["any_word"].get(bundle.architecture)
