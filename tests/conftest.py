@@ -145,7 +145,8 @@ def defend_on_heldout(model: str, word: str = "ipod", n: int = 240, config=None,
     split before/after (``factors`` False: the world's own held-out styles, which the thresholds of the
     mini tests were measured on; True: the split's leave-out factors, :mod:`attacks.factors`).
 
-    Returns (unedited bundle, the defense, figures before, figures after).
+    Returns (unedited bundle, the defense, figures before, figures after); the figures carry ``reading_acc``
+    (``n`` test signs read).
     """
     import copy
     import dataclasses
@@ -154,15 +155,19 @@ def defend_on_heldout(model: str, word: str = "ipod", n: int = 240, config=None,
     from clipedit.eval.defense_metrics import evaluate_defense
     from clipedit.eval.heldout import world_eval_sets
     from clipedit.eval.predictor import make_predictor
+    from clipedit.eval.reading import reading_accuracy, sign_set
     from clipedit.models import load_model
 
     base = load_model(model, device="cpu")
     sets = world_eval_sets(base.world, [word], n=n, split="test", factors=factors)
     predictor = make_predictor(base, sets.classnames)
-    before = evaluate_defense(base, predictor, sets)
+    signs = sign_set(base.world, n, split="test", classnames=None)
+    before = {**evaluate_defense(base, predictor, sets), "reading_acc": reading_accuracy(base, predictor, signs)}
     edited = dataclasses.replace(base, model=copy.deepcopy(base.model))
     defense = defend(edited, word, config)
-    after = evaluate_defense(edited, predictor.with_bundle(edited), sets)
+    after_predictor = predictor.with_bundle(edited)
+    after = {**evaluate_defense(edited, after_predictor, sets),
+             "reading_acc": reading_accuracy(edited, after_predictor, signs)}
     return base, defense, before, after
 
 

@@ -29,9 +29,12 @@ def mini_vit():
     return clipedit.load_model("mini-vit", device="cpu")
 
 
+LATER_C_PROJ = "visual.transformer.resblocks.2.mlp.c_proj"
+
+
 def test_one_rule_for_sites_and_defaults(mini_vit):
     d = defaults_for(mini_vit)
-    assert d.sites and len(d.sites) == 4 and d.keep_targets == 3.0
+    assert d.sites == (LATER_C_PROJ,) and d.keep_targets == 3.0 and d.class_token == "only"  # reading rule's pick
     plain = resolve_config(mini_vit)
     assert plain.sites == d.sites and plain.hparams.keep_targets == 3.0 and plain.mask == "label"
     assert plain.hparams.layer is None  # the sites say where the rewrite acts, once
@@ -48,7 +51,8 @@ def test_one_rule_for_sites_and_defaults(mini_vit):
     tuned = resolve_config(mini_vit, {"method": "finetune-local", "steps": 2, "lr": None})
     assert tuned.sites == (d.layer,) and tuned.hparams == FinetuneHParams(steps=2)
     star = resolve_config(mini_vit, any_word=True)
-    assert star.any_word and star.sites == (d.layer,) and star.mask == "text" and star.vocab_words == 256
+    assert star.any_word and star.sites == (LATER_C_PROJ,) and star.mask == "text" and star.vocab_words == 256
+    assert star.hparams.class_token == "only" and star.hparams.keep_reading == 1.0  # its own '*' file
     assert resolve_config(mini_vit, plain).to_dict() == plain.to_dict()  # resolving twice changes nothing
     with pytest.raises(ClipeditError, match="unknown defense setting"):
         resolve_config(mini_vit, {"rnak": 3})
@@ -114,7 +118,8 @@ def test_python_defend_gives_the_cli_figures_and_records_the_config(tmp_path, ca
     defense = clipedit.defend(bundle, "ipod", {"renders": 4}, evaluate=clipedit.EvalOptions(n=12))
     assert drop_predictions(defense.figures["before"]) == record["before"] == drop_predictions(before)
     assert drop_predictions(defense.figures["after"]) == record["after"]
-    assert defense.config == record["config"] and record["config"]["sites"] == ["visual.layer3.0.conv3"]
+    assert defense.config == record["config"]
+    assert record["config"]["sites"] == ["visual.layer3.0.conv3", "visual.layer4.0.conv3"]
     edit_set = clipedit.load_edits(out / "edit.safetensors")
     assert edit_set.meta["config"] == record["config"] and edit_set.meta["config"]["hparams"]["rank"] == 32
 

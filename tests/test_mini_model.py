@@ -43,13 +43,17 @@ def test_bundled_config_records_the_full_held_out_figures():
 
 
 @pytest.mark.slow
-def test_default_defense_restores_ipod_notes_and_keeps_clean_and_blank():
-    """`defend("ipod")` with the defaults, on a held-out set in styles the exemplars never use."""
-    _, defense, before, after = defend_on_heldout("mini")
-    assert defense.layer == "visual.layer3.0.conv3" and defense.edit.rank == 32
-    assert before["attack_success_rate"] >= 0.4 and after["attack_success_rate"] <= 0.1
-    assert after["text_acc"] >= 0.70 and after["text_acc"] >= before["text_acc"] + 0.3
+def test_default_defense_restores_ipod_notes_and_keeps_clean_blank_and_reading():
+    """`defend("ipod")` with the defaults (the reading rule's pick: layer3 and layer4's conv3, keep_reading 3),
+    on a held-out set in styles the exemplars never use: the note's pull falls, reading stays."""
+    from clipedit.settings.resolve import resolve_config
+
+    base, defense, before, after = defend_on_heldout("mini")
+    assert [e.layer for e in defense.edit_set.edits] == list(resolve_config(base).sites)
+    assert before["attack_success_rate"] >= 0.4 and after["attack_success_rate"] <= 0.2
+    assert after["text_acc"] >= before["text_acc"] + 0.35  # measured: 25.4% -> 71.7%; reading 85.0% -> 81.7%
     assert after["clean_acc"] >= before["clean_acc"] - 0.03 and after["blank_acc"] >= before["blank_acc"] - 0.03
+    assert after["reading_acc"] >= before["reading_acc"] - 0.05  # the rule's bound, on test signs
     assert after["other_text_acc"] >= before["other_text_acc"]  # unedited words are not made worse
 
 

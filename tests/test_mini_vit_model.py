@@ -66,25 +66,30 @@ def test_bundled_config_records_the_full_held_out_figures_and_its_training():
 
 
 @pytest.mark.slow
-def test_default_defense_restores_ipod_notes_and_keeps_clean_and_blank():
-    """`defend("ipod")` with mini-vit's defaults (blocks 0-2's attention value projections and block 0's
-    mlp.c_proj, one edit set), on a held-out set in styles the exemplars never use; the value sites
-    lift what block 0's mlp.c_proj alone (the previous default) leaves."""
+def test_default_defense_restores_ipod_notes_keeps_reading_and_trades_against_the_previous_default():
+    """`defend("ipod")` with mini-vit's defaults (the reading rule's pick: block 2's mlp.c_proj at the class
+    token, keep_reading 1), on a held-out set in styles the exemplars never use; the previous default (blocks
+    0-2's value projections and block 0's mlp.c_proj at the label's tokens, no reading kept) removes more
+    of the attack and blinds reading: the trade the rule makes, measured."""
     from clipedit.core import RewriteHParams
     from clipedit.settings.config import DefenseConfig
-    from clipedit.settings.defaults import defaults_for
+    from clipedit.settings.resolve import resolve_config
 
     base, defense, before, after = defend_on_heldout("mini-vit")
-    sites = defaults_for(base).sites
-    assert any(s.endswith("attn.v_proj") for s in sites) and defense.layer == "+".join(sites)
+    sites = resolve_config(base).sites
     assert [e.layer for e in defense.edit_set.edits] == list(sites)
-    assert before["attack_success_rate"] >= 0.4 and after["attack_success_rate"] <= 0.1
-    assert after["text_acc"] >= 0.68 and after["text_acc"] >= before["text_acc"] + 0.35  # measured: 32.9% -> 72.1%
+    assert defense.config["hparams"]["class_token"] == "only"
+    assert before["attack_success_rate"] >= 0.4
+    assert after["text_acc"] >= before["text_acc"] + 0.1  # measured: 32.9% -> 49.6%; reading 74.6% -> 71.7%
     assert after["clean_acc"] >= before["clean_acc"] - 0.02 and after["blank_acc"] >= before["blank_acc"] - 0.03
+    assert after["reading_acc"] >= before["reading_acc"] - 0.05
 
-    single = DefenseConfig(hparams=RewriteHParams(layer=defaults_for(base).layer, rank=32), mask="label")
-    *_, after_single = defend_on_heldout("mini-vit", config=single)
-    assert after["text_acc"] >= after_single["text_acc"] + 0.03  # measured: 65.0% alone, 72.1% with them
+    previous = DefenseConfig(sites=tuple(f"visual.transformer.resblocks.{b}.attn.v_proj" for b in range(3))
+                             + ("visual.transformer.resblocks.0.mlp.c_proj",),
+                             hparams=RewriteHParams(rank=32, keep_targets=3.0), mask="label")
+    *_, after_previous = defend_on_heldout("mini-vit", config=previous)
+    assert after_previous["text_acc"] >= after["text_acc"] + 0.1  # measured: 72.1% against 49.6%
+    assert after_previous["reading_acc"] <= after["reading_acc"] - 0.2  # measured: 22.5% against 71.7%
 
 
 def test_bundled_assets_fit_the_size_budget():
