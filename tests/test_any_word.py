@@ -104,7 +104,8 @@ def test_cli_any_word_multisite_revert_is_bit_exact(tiny_rn, word_file, image_fo
 
     table = copy.deepcopy(defaults.defaults_table())
     table["edit-any-word"]["families"]["ModifiedResNet"] = defaults.AnyWordDefaults(
-        words=6, renders=2, rank=4, mask="text", sites=[s.removeprefix("visual.") for s in RN_SITES])
+        words=6, renders=2, rank=4, mask="text", sites=[s.removeprefix("visual.") for s in RN_SITES], keep_reading=0.0,
+        class_token="off")
     monkeypatch.setattr(defaults, "defaults_table", lambda: table)
     out = tmp_path / "run"
     code, stdout, err = run_cli(["defend", "--model", "tiny-rn", "--checkpoint", base, "--text", "*", "--vocab",
@@ -141,5 +142,7 @@ def test_any_word_edit_lifts_words_it_never_saw():
     defend(edited, "*", DefenseConfig(vocab_words=48, renders=4, n_reference=128))
     after = evaluate_attacks(edited, predictor.with_bundle(edited), attacks, labels, progress=False)
     lift = f"text-note accuracy {before['text_acc']:.3f} -> {after['text_acc']:.3f}"
-    assert after["text_acc"] >= before["text_acc"] + 0.15, lift
+    # mini's '*' default keeps reading (keep_reading 3, the reading rule's pick): it lifts less than it did at
+    # keep_reading 0 (measured: 30.8% -> 42.5%)
+    assert after["text_acc"] >= before["text_acc"] + 0.08, lift
     assert after["clean_acc"] >= before["clean_acc"] - 0.02, f"clean {before['clean_acc']} -> {after['clean_acc']}"

@@ -120,7 +120,8 @@ def test_any_word_report_names_its_rendered_vocabulary_exemplars(capsys, tmp_pat
     from clipedit.settings import defaults
 
     table = copy.deepcopy(defaults.defaults_table())  # '*' small: 6 exemplar words x 2 renders, rank 2
-    table["edit-any-word"] = {"default": defaults.AnyWordDefaults(words=6, renders=2, rank=2, mask="text", sites=None),
+    table["edit-any-word"] = {"default": defaults.AnyWordDefaults(words=6, renders=2, rank=2, mask="text", sites=None,
+                                                                  keep_reading=0.0, class_token="off"),
                               "families": {}, "models": {}}
     monkeypatch.setattr(defaults, "defaults_table", lambda: table)
     words = tmp_path / "words.txt"
