@@ -6,11 +6,13 @@ same code runs in one process.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -21,9 +23,26 @@ from clipedit.errors import ClipeditError
 T = TypeVar("T")
 
 
+_ALONE = threading.local()
+
+
+@contextlib.contextmanager
+def rank_alone() -> Iterator[None]:
+    """Inside, this rank works alone: :func:`is_distributed` is False, so sums are not sharded and nothing
+    waits on the other ranks. For work dealt out whole to one rank (compare's units), whose key statistics
+    are of weights only this rank holds (e.g. a second site's, after the first site's edit)."""
+    before = getattr(_ALONE, "on", False)
+    _ALONE.on = True
+    try:
+        yield
+    finally:
+        _ALONE.on = before
+
+
 def is_distributed() -> bool:
-    """True inside an initialised process group of more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True inside an initialised process group of more than one rank (and not inside :func:`rank_alone`)."""
+    return (not getattr(_ALONE, "on", False) and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1)
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-from clipedit.core.distributed import agree, digest_of, rank_and_world
+from clipedit.core.distributed import agree, digest_of, rank_alone, rank_and_world
 from clipedit.core.hparams import COUNT, COUNT0, SEED, Bound, check_fields
 from clipedit.data.prepare.user_data import (
     default_words,
@@ -288,7 +288,8 @@ def compare(base: ModelBundle, settings: CompareSettings, progress: Callable[[st
         method, seed, word = unit
         if unit != UNEDITED and (i == 0 or mine[i - 1][0] != method):
             progress(f"{method}: started ({len(settings.seeds)} seed(s) x {len(settings.words)} word(s))")
-        own[unit_key(unit)] = run_unit(base, unit, settings, tests, shared)
+        with rank_alone():  # a unit runs whole on this rank: its statistics are not shared with the others
+            own[unit_key(unit)] = run_unit(base, unit, settings, tests, shared)
         progress("unedited: scored" if unit == UNEDITED else
                  f"{method} seed {seed}{f' {word}' if word else ''}: {own[unit_key(unit)]['seconds']:.0f} s")
         write_partial(partial_dir, digest, own)
