@@ -258,7 +258,7 @@ def test_every_block_of_the_docs_runs(path, tmp_path, monkeypatch, capsys):
         assert ran >= 10 and (tmp_path / "ipod-edit.safetensors").is_file() and (tmp_path / "run-hf").is_dir()
 
 
-@pytest.mark.slow  # the default defense of each mini (mini-vit's spans four sites)
+@pytest.mark.slow  # the default defense of each mini (mini's spans two sites)
 @pytest.mark.parametrize("model", ["mini", "mini-vit"])
 def test_the_package_docstring_example_runs_on_both_minis(model, tmp_path, monkeypatch, capsys):
     import clipedit
@@ -268,6 +268,6 @@ def test_the_package_docstring_example_runs_on_both_minis(model, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     exec(compile(code.replace('"mini"', repr(model)).replace("n=200", "n=20"), "clipedit.__doc__", "exec"), {})
     edits = clipedit.load_edits(tmp_path / "ipod-edit.safetensors")
-    assert len(edits.layers) == (4 if model == "mini-vit" else 1)
+    assert edits.layers == list(clipedit.resolve_config(clipedit.load_model(model, device="cpu")).sites)
     before, after = (float(x) for x in capsys.readouterr().out.split())
     assert 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0
